@@ -1,0 +1,183 @@
+//! A policy bundle: a directory loaded, validated and versioned as a whole.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::catalog::Catalog;
+use crate::guardrail::Guardrail;
+use crate::inventory::Inventory;
+use crate::policy::CompiledPolicy;
+use crate::source::{Problem, SourceFile};
+
+/// Why a bundle could not be loaded: every problem found, each at `file:line`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid policy bundle: {}", summary(.problems))]
+pub struct BundleError {
+    pub problems: Vec<Problem>,
+}
+
+fn summary(problems: &[Problem]) -> String {
+    match problems {
+        [one] => one.to_string(),
+        many => format!("{} problems, first: {}", many.len(), many.first().map(ToString::to_string).unwrap_or_default()),
+    }
+}
+
+/// A loaded, validated policy bundle. Immutable: a new version is a new `Bundle`.
+#[derive(Debug)]
+pub struct Bundle {
+    version: String,
+    catalog: Catalog,
+    inventory: Inventory,
+    agents: BTreeMap<String, Guardrail>,
+    pub(crate) policy: CompiledPolicy,
+}
+
+/// Files of a bundle that take part in decisions (and so in its version).
+pub fn is_policy_file(path: &str) -> bool {
+    matches!(path, "actions.toml" | "assets.toml" | "assets.csv")
+        || (path.starts_with("agents/") && path.ends_with(".toml") && path.matches('/').count() == 1)
+        || (path.starts_with("cedar/") && path.ends_with(".cedar") && path.matches('/').count() == 1)
+}
+
+/// The bundle version: SHA-256 over the policy files sorted by path, each fed as
+/// `path NUL length NUL content` with CRLF normalised to LF; written `sha256:<hex>`.
+pub fn bundle_version(files: &[SourceFile]) -> String {
+    let mut sorted: Vec<&SourceFile> = files.iter().filter(|f| is_policy_file(&f.path)).collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut h = Sha256::new();
+    for f in sorted {
+        let text = f.text.replace("\r\n", "\n");
+        h.update(f.path.as_bytes());
+        h.update([0]);
+        h.update(text.len().to_string().as_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut out = String::from("sha256:");
+    for b in digest.iter() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+impl Bundle {
+    /// Loads a bundle from its files (paths relative to the bundle root). Files outside the
+    /// bundle layout (`README.md`, `tests/…`) are ignored; a misplaced file under `agents/`
+    /// or `cedar/` is an error. All problems are reported together.
+    pub fn load(files: &[SourceFile]) -> Result<Self, BundleError> {
+        let mut problems = Vec::new();
+        let find = |name: &str| files.iter().find(|f| f.path == name);
+        for f in files {
+            let stray = (f.path.starts_with("agents/") || f.path.starts_with("cedar/")) && !is_policy_file(&f.path);
+            if stray {
+                problems.push(Problem::in_file(&f.path, "unexpected file: agents/ holds `*.toml`, cedar/ holds `*.cedar`"));
+            }
+        }
+
+        let catalog = match find("actions.toml") {
+            None => {
+                problems.push(Problem::in_file("actions.toml", "missing: a bundle needs an action catalog"));
+                None
+            }
+            Some(f) => Catalog::parse(f).map_err(|p| problems.extend(p)).ok(),
+        };
+
+        let mut inventory = Inventory::default();
+        for (name, parse) in [
+            ("assets.toml", Inventory::parse_toml as fn(&SourceFile) -> Result<Inventory, Vec<Problem>>),
+            ("assets.csv", Inventory::parse_csv),
+        ] {
+            if let Some(f) = find(name) {
+                match parse(f) {
+                    Ok(inv) => {
+                        for msg in inventory.merge(inv) {
+                            problems.push(Problem::in_file(name, msg));
+                        }
+                    }
+                    Err(p) => problems.extend(p),
+                }
+            }
+        }
+
+        let mut agents: BTreeMap<String, Guardrail> = BTreeMap::new();
+        let mut names: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(catalog) = &catalog {
+            let mut agent_files: Vec<&SourceFile> =
+                files.iter().filter(|f| f.path.starts_with("agents/") && is_policy_file(&f.path)).collect();
+            agent_files.sort_by(|a, b| a.path.cmp(&b.path));
+            for f in agent_files {
+                let g = match Guardrail::parse(f, catalog) {
+                    Ok(g) => g,
+                    Err(p) => {
+                        problems.extend(p);
+                        continue;
+                    }
+                };
+                if let Some(prev) = agents.get(&g.id) {
+                    problems.push(Problem {
+                        file: f.path.clone(),
+                        line: Some(g.id_line),
+                        message: format!("duplicate agent id `{}` (also in {})", g.id, prev.file),
+                    });
+                    continue;
+                }
+                if let Some(prev) = names.insert(g.name.clone(), g.file.clone()) {
+                    problems.push(Problem::in_file(&f.path, format!("duplicate agent name `{}` (also in {prev})", g.name)));
+                    continue;
+                }
+                agents.insert(g.id.clone(), g);
+            }
+        }
+
+        let (Some(catalog), true) = (catalog, problems.is_empty()) else {
+            problems.sort();
+            return Err(BundleError { problems });
+        };
+        let mut cedar_files: Vec<SourceFile> =
+            files.iter().filter(|f| f.path.starts_with("cedar/") && is_policy_file(&f.path)).cloned().collect();
+        cedar_files.sort_by(|a, b| a.path.cmp(&b.path));
+        let guardrails: Vec<Guardrail> = agents.values().cloned().collect();
+        let policy = CompiledPolicy::build(&catalog, &inventory, &guardrails, &cedar_files)
+            .map_err(|problems| BundleError { problems })?;
+        Ok(Self { version: bundle_version(files), catalog, inventory, agents, policy })
+    }
+
+    /// `sha256:<hex>` of the bundle's canonical content; see [`bundle_version`].
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
+    pub fn agent(&self, id: &str) -> Option<&Guardrail> {
+        self.agents.get(id)
+    }
+
+    pub fn agents(&self) -> impl Iterator<Item = &Guardrail> {
+        self.agents.values()
+    }
+
+    /// The generated Cedar schema (Cedar schema syntax).
+    pub fn cedar_schema(&self) -> &str {
+        self.policy.schema_text()
+    }
+
+    /// Every policy in the bundle as Cedar source: compiled guardrails, then hand-written files.
+    pub fn cedar_policies(&self) -> &str {
+        self.policy.policy_text()
+    }
+
+    /// How many Cedar policies the bundle holds.
+    pub fn policy_count(&self) -> usize {
+        self.policy.policy_count()
+    }
+}

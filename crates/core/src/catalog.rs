@@ -1,0 +1,416 @@
+//! The action catalog (`actions.toml`): every action class an agent may ask for.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::duration::Duration;
+use crate::source::{Problem, SourceFile, toml_problem};
+
+/// What kind of work an action does; drives step-up and confidence rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Category {
+    Enrichment,
+    Ticketing,
+    Containment,
+    Identity,
+    Network,
+    Secrets,
+}
+
+impl Category {
+    pub const ALL: [Category; 6] = [
+        Category::Enrichment,
+        Category::Ticketing,
+        Category::Containment,
+        Category::Identity,
+        Category::Network,
+        Category::Secrets,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Enrichment => "enrichment",
+            Category::Ticketing => "ticketing",
+            Category::Containment => "containment",
+            Category::Identity => "identity",
+            Category::Network => "network",
+            Category::Secrets => "secrets",
+        }
+    }
+
+    /// Identity and secrets actions always need a step-up approver below level 4.
+    pub fn needs_step_up(self) -> bool {
+        matches!(self, Category::Identity | Category::Secrets)
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The impact of an action if it is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Risk {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::Low => "low",
+            Risk::Medium => "medium",
+            Risk::High => "high",
+            Risk::Critical => "critical",
+        }
+    }
+}
+
+/// The type of one action parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamType {
+    String,
+    Integer,
+    Boolean,
+    StringList,
+}
+
+impl ParamType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParamType::String => "string",
+            ParamType::Integer => "integer",
+            ParamType::Boolean => "boolean",
+            ParamType::StringList => "string_list",
+        }
+    }
+
+    fn accepts(self, value: &serde_json::Value) -> bool {
+        use serde_json::Value;
+        match self {
+            ParamType::String => value.is_string(),
+            ParamType::Integer => value.is_i64(),
+            ParamType::Boolean => value.is_boolean(),
+            ParamType::StringList => matches!(value, Value::Array(items) if items.iter().all(Value::is_string)),
+        }
+    }
+}
+
+/// One parameter of an action class.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ParamType,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// An entry of the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActionClass {
+    pub id: String,
+    pub description: String,
+    pub category: Category,
+    pub risk: Risk,
+    pub reversible: bool,
+    /// The action that undoes this one, when `reversible`.
+    pub compensation: Option<String>,
+    /// The asset kind this action touches (`host`, `account`, …).
+    pub target_kind: String,
+    /// The connector (tool) that performs it.
+    pub tool: String,
+    /// The team accountable for the workflow this action belongs to.
+    pub owner: String,
+    pub lease_ttl: Duration,
+    pub params: Vec<ParamSpec>,
+}
+
+impl ActionClass {
+    /// Read-only actions have no side effects and are never held back by confidence bands.
+    pub fn read_only(&self) -> bool {
+        self.category == Category::Enrichment
+    }
+
+    /// Checks `params` against this action's schema: no unknown names, every required one
+    /// present, every value of its declared type.
+    pub fn check_params(&self, params: &serde_json::Map<String, serde_json::Value>) -> Result<(), String> {
+        for (name, value) in params {
+            let spec = self
+                .params
+                .iter()
+                .find(|p| &p.name == name)
+                .ok_or_else(|| format!("action `{}` has no parameter `{name}`", self.id))?;
+            if !spec.ty.accepts(value) {
+                return Err(format!(
+                    "parameter `{name}` of action `{}` must be of type {}",
+                    self.id,
+                    spec.ty.as_str()
+                ));
+            }
+        }
+        if let Some(missing) = self.params.iter().find(|p| p.required && !params.contains_key(&p.name)) {
+            return Err(format!(
+                "action `{}` requires parameter `{}`",
+                self.id, missing.name
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The loaded catalog, keyed by action id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    actions: BTreeMap<String, ActionClass>,
+}
+
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(300);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    #[serde(default, rename = "action")]
+    actions: Vec<RawAction>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAction {
+    id: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    category: Category,
+    risk: Risk,
+    reversible: Spanned<bool>,
+    compensation: Option<Spanned<String>>,
+    target: Spanned<String>,
+    tool: Spanned<String>,
+    owner: Spanned<String>,
+    lease_ttl: Option<Duration>,
+    #[serde(default)]
+    params: Vec<Spanned<ParamSpec>>,
+}
+
+/// `host.isolate`: dot-separated lowercase words.
+pub fn is_action_id(s: &str) -> bool {
+    s.split('.').count() >= 2 && s.split('.').all(is_ident)
+}
+
+/// A lowercase identifier: `[a-z][a-z0-9_]*`.
+pub fn is_ident(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl Catalog {
+    /// Parses and checks `actions.toml`. Every problem is collected, not just the first.
+    pub fn parse(file: &SourceFile) -> Result<Self, Vec<Problem>> {
+        let raw: RawCatalog = toml::from_str(&file.text).map_err(|e| vec![toml_problem(file, &e)])?;
+        let mut problems = Vec::new();
+        let mut actions = BTreeMap::new();
+        let mut compensations = Vec::new();
+        for a in raw.actions {
+            let id = a.id.get_ref().clone();
+            if !is_action_id(&id) {
+                problems.push(file.problem_at(
+                    Some(a.id.span()),
+                    format!("action id `{id}` must be dot-separated lowercase words, like `host.isolate`"),
+                ));
+                continue;
+            }
+            if actions.contains_key(&id) {
+                problems.push(file.problem_at(Some(a.id.span()), format!("duplicate action `{id}`")));
+                continue;
+            }
+            let target_kind = a.target.get_ref().clone();
+            if !is_ident(&target_kind) {
+                problems.push(file.problem_at(
+                    Some(a.target.span()),
+                    format!("target kind `{target_kind}` must be a lowercase word, like `host`"),
+                ));
+            }
+            for field in [&a.tool, &a.owner] {
+                if field.get_ref().trim().is_empty() {
+                    problems.push(file.problem_at(Some(field.span()), format!("action `{id}`: value must not be empty")));
+                }
+            }
+            let mut seen = Vec::new();
+            for p in &a.params {
+                let name = &p.get_ref().name;
+                if !is_ident(name) {
+                    problems.push(file.problem_at(
+                        Some(p.span()),
+                        format!("parameter name `{name}` must be a lowercase identifier"),
+                    ));
+                } else if seen.contains(name) {
+                    problems.push(file.problem_at(Some(p.span()), format!("duplicate parameter `{name}`")));
+                }
+                seen.push(name.clone());
+            }
+            match (*a.reversible.get_ref(), &a.compensation) {
+                (true, None) => problems.push(file.problem_at(
+                    Some(a.reversible.span()),
+                    format!("action `{id}` is reversible but names no `compensation`"),
+                )),
+                (false, Some(c)) => problems.push(file.problem_at(
+                    Some(c.span()),
+                    format!("action `{id}` names a compensation but is not `reversible`"),
+                )),
+                (true, Some(c)) => compensations.push((id.clone(), c.clone())),
+                (false, None) => {}
+            }
+            actions.insert(
+                id.clone(),
+                ActionClass {
+                    id,
+                    description: a.description,
+                    category: a.category,
+                    risk: a.risk,
+                    reversible: *a.reversible.get_ref(),
+                    compensation: a.compensation.map(|c| c.into_inner()),
+                    target_kind,
+                    tool: a.tool.into_inner(),
+                    owner: a.owner.into_inner(),
+                    lease_ttl: a.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
+                    params: a.params.into_iter().map(Spanned::into_inner).collect(),
+                },
+            );
+        }
+        for (id, comp) in compensations {
+            match actions.get(comp.get_ref()) {
+                None => problems.push(file.problem_at(
+                    Some(comp.span()),
+                    format!("compensation of `{id}` names a missing action `{}`", comp.get_ref()),
+                )),
+                Some(c) if c.target_kind != actions[&id].target_kind => problems.push(file.problem_at(
+                    Some(comp.span()),
+                    format!(
+                        "compensation `{}` of `{id}` targets `{}`, not `{}`",
+                        c.id, c.target_kind, actions[&id].target_kind
+                    ),
+                )),
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            Ok(Self { actions })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<&ActionClass> {
+        self.actions.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ActionClass> {
+        self.actions.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.actions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Catalog, Vec<Problem>> {
+        Catalog::parse(&SourceFile::new("actions.toml", text))
+    }
+
+    const ISOLATE: &str = r#"
+[[action]]
+id = "host.isolate"
+category = "containment"
+risk = "high"
+reversible = true
+compensation = "host.release"
+target = "host"
+tool = "edr"
+owner = "team:endpoint"
+params = [{ name = "reason", type = "string", required = true }]
+
+[[action]]
+id = "host.release"
+category = "containment"
+risk = "medium"
+reversible = true
+compensation = "host.isolate"
+target = "host"
+tool = "edr"
+owner = "team:endpoint"
+lease_ttl = "2m"
+"#;
+
+    #[test]
+    fn parses_a_reversible_pair() {
+        let c = parse(ISOLATE).unwrap();
+        let iso = c.get("host.isolate").unwrap();
+        assert_eq!(iso.compensation.as_deref(), Some("host.release"));
+        assert_eq!(iso.lease_ttl, DEFAULT_LEASE_TTL);
+        assert_eq!(c.get("host.release").unwrap().lease_ttl.as_secs(), 120);
+    }
+
+    #[test]
+    fn compensation_naming_a_missing_action_is_located() {
+        let text = ISOLATE.replace("compensation = \"host.release\"", "compensation = \"host.relase\"");
+        let errs = parse(&text).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, Some(7));
+        assert!(errs[0].message.contains("missing action `host.relase`"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn duplicate_ids_and_unknown_categories_are_errors() {
+        let dup = format!("{ISOLATE}\n{}", &ISOLATE[ISOLATE.find("[[action]]").unwrap()..ISOLATE.find("\n\n[[action]]").unwrap()]);
+        let errs = parse(&dup).unwrap_err();
+        assert!(errs.iter().any(|e| e.message == "duplicate action `host.isolate`"), "{errs:?}");
+
+        let errs = parse(&ISOLATE.replacen("containment", "containmnet", 1)).unwrap_err();
+        assert_eq!(errs[0].line, Some(4));
+        assert!(errs[0].message.contains("containmnet"));
+    }
+
+    #[test]
+    fn reversible_needs_a_compensation_and_vice_versa() {
+        let errs = parse(&ISOLATE.replacen("compensation = \"host.release\"\n", "", 1)).unwrap_err();
+        assert!(errs[0].message.contains("names no `compensation`"));
+        let errs = parse(&ISOLATE.replacen("reversible = true", "reversible = false", 1)).unwrap_err();
+        assert!(errs[0].message.contains("is not `reversible`"));
+    }
+
+    #[test]
+    fn params_are_checked_against_the_schema() {
+        let c = parse(ISOLATE).unwrap();
+        let iso = c.get("host.isolate").unwrap();
+        let ok: serde_json::Map<_, _> = serde_json::from_str(r#"{"reason":"c2 beacon"}"#).unwrap();
+        assert!(iso.check_params(&ok).is_ok());
+        let missing = serde_json::Map::new();
+        assert!(iso.check_params(&missing).unwrap_err().contains("requires parameter `reason`"));
+        let wrong: serde_json::Map<_, _> = serde_json::from_str(r#"{"reason":7}"#).unwrap();
+        assert!(iso.check_params(&wrong).unwrap_err().contains("type string"));
+        let extra: serde_json::Map<_, _> = serde_json::from_str(r#"{"reason":"x","force":true}"#).unwrap();
+        assert!(iso.check_params(&extra).unwrap_err().contains("no parameter `force`"));
+    }
+}

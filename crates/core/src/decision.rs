@@ -1,0 +1,511 @@
+//! The decision ladder (DESIGN.md §3): from a granted autonomy level to an outcome.
+//!
+//! [`decide`] resolves the request against the bundle (agent, action, target, Cedar) and then
+//! climbs the ladder in [`climb`], a pure function of plain facts that the property tests
+//! drive directly.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::bundle::Bundle;
+use crate::guardrail::{Grant, Guardrail, Mode, Thresholds};
+use crate::inventory::Asset;
+use crate::policy::RequestFacts;
+use crate::request::{AgentStatus, BudgetUsage, DecisionInput, TaskState};
+
+/// What Warden does with a request. Ordered from least to most permissive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Deny,
+    Advise,
+    RequireApproval,
+    Execute,
+}
+
+impl Outcome {
+    /// The outcome an effective autonomy level leads to.
+    pub fn for_level(level: u8) -> Self {
+        match level {
+            0 => Outcome::Deny,
+            1 => Outcome::Advise,
+            2 => Outcome::RequireApproval,
+            _ => Outcome::Execute,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Deny => "deny",
+            Outcome::Advise => "advise",
+            Outcome::RequireApproval => "require_approval",
+            Outcome::Execute => "execute",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the agent's confidence falls against its thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Band {
+    Low,
+    Escalate,
+    Autonomous,
+}
+
+impl Band {
+    pub fn of(confidence: f64, t: Thresholds) -> Self {
+        if confidence >= t.autonomous {
+            Band::Autonomous
+        } else if confidence >= t.escalate {
+            Band::Escalate
+        } else {
+            Band::Low
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Band::Low => "low",
+            Band::Escalate => "escalate",
+            Band::Autonomous => "autonomous",
+        }
+    }
+}
+
+/// Stable codes for everything that lowers a level. Clients match on these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CapCode {
+    UnknownAgent,
+    UnknownAction,
+    InvalidRequest,
+    AgentInactive,
+    Halted,
+    TaskClosed,
+    OutOfScope,
+    EvaluationError,
+    Forbidden,
+    NoGrant,
+    ConfidenceBelowEscalate,
+    ConfidenceBelowAutonomous,
+    Irreversible,
+    Tier0Target,
+    PrivilegedTarget,
+    StepUp,
+    BreakerOpen,
+    BudgetExceeded,
+    DistinctTargetsExceeded,
+    ShadowMode,
+}
+
+impl CapCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapCode::UnknownAgent => "unknown_agent",
+            CapCode::UnknownAction => "unknown_action",
+            CapCode::InvalidRequest => "invalid_request",
+            CapCode::AgentInactive => "agent_inactive",
+            CapCode::Halted => "halted",
+            CapCode::TaskClosed => "task_closed",
+            CapCode::OutOfScope => "out_of_scope",
+            CapCode::EvaluationError => "evaluation_error",
+            CapCode::Forbidden => "forbidden",
+            CapCode::NoGrant => "no_grant",
+            CapCode::ConfidenceBelowEscalate => "confidence_below_escalate",
+            CapCode::ConfidenceBelowAutonomous => "confidence_below_autonomous",
+            CapCode::Irreversible => "irreversible",
+            CapCode::Tier0Target => "tier0_target",
+            CapCode::PrivilegedTarget => "privileged_target",
+            CapCode::StepUp => "step_up",
+            CapCode::BreakerOpen => "breaker_open",
+            CapCode::BudgetExceeded => "budget_exceeded",
+            CapCode::DistinctTargetsExceeded => "distinct_targets_exceeded",
+            CapCode::ShadowMode => "shadow_mode",
+        }
+    }
+}
+
+impl fmt::Display for CapCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One reason the effective level is below the granted one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cap {
+    pub code: CapCode,
+    pub reason: String,
+}
+
+/// A policy that determined the decision, and who answers for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRef {
+    pub id: String,
+    pub owner: String,
+    pub file: String,
+    pub line: usize,
+}
+
+/// What a `require_approval` decision needs from humans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequirement {
+    /// Any one of these roles may approve.
+    pub roles: Vec<String>,
+    /// Distinct approvers needed.
+    pub quorum: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// The agent's owner may not approve.
+    pub separation_of_duties: bool,
+    /// Whom to tell.
+    pub notify: Vec<String>,
+}
+
+/// The decision contract (DESIGN.md §3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub granted_level: u8,
+    pub effective_level: u8,
+    pub band: Band,
+    pub caps: Vec<Cap>,
+    pub policies: Vec<PolicyRef>,
+    pub bundle_version: String,
+    /// Flagged for post-hoc review (level 4 high-impact executions, low confidence, …).
+    pub review: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalRequirement>,
+    /// A budget was exceeded: the store must open the breaker for this agent × action.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trip_breaker: bool,
+    /// In shadow mode, the outcome that would have applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_outcome: Option<Outcome>,
+}
+
+impl Decision {
+    pub fn has_cap(&self, code: CapCode) -> bool {
+        self.caps.iter().any(|c| c.code == code)
+    }
+}
+
+/// Plain facts the ladder climbs on, already resolved from bundle and request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LadderFacts {
+    /// Highest level granted by a satisfied permit (1–4).
+    pub granted: u8,
+    pub confidence: f64,
+    pub thresholds: Thresholds,
+    /// Enrichment: no side effects, not held back by confidence bands.
+    pub read_only: bool,
+    pub reversible: bool,
+    /// Risk `high` or `critical`.
+    pub high_impact: bool,
+    /// Category `identity` or `secrets`.
+    pub step_up_category: bool,
+    pub tier0: bool,
+    pub privileged: bool,
+    pub known_target: bool,
+    pub require_reversible_for_autonomy: bool,
+    pub review_autonomous: bool,
+    pub budget: BudgetUsage,
+    pub max_per_hour: Option<u32>,
+    pub max_distinct_targets: Option<u32>,
+    pub shadow: bool,
+}
+
+/// Where the ladder ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Climb {
+    pub effective: u8,
+    pub band: Band,
+    pub caps: Vec<Cap>,
+    pub review: bool,
+    pub trip_breaker: bool,
+    pub shadow_outcome: Option<Outcome>,
+}
+
+/// The ladder proper: caps applied to a granted level, in DESIGN.md §3 order.
+pub fn climb(f: &LadderFacts) -> Climb {
+    let band = Band::of(f.confidence, f.thresholds);
+    let mut c = Climb { effective: f.granted, band, caps: Vec::new(), review: false, trip_breaker: false, shadow_outcome: None };
+    let cap = |c: &mut Climb, to: u8, code: CapCode, reason: String| {
+        c.effective = c.effective.min(to);
+        c.caps.push(Cap { code, reason });
+    };
+    if f.granted == 0 {
+        return c;
+    }
+    let unknown = if f.known_target { "" } else { " (unknown target, treated as tier0, privileged, prod)" };
+
+    // Confidence bands; read-only actions are not held back by them.
+    if !f.read_only {
+        if band == Band::Low && f.granted >= 2 {
+            let reason = format!(
+                "confidence {} is below the escalate threshold {}: recorded as advice, flagged for tuning",
+                f.confidence, f.thresholds.escalate
+            );
+            cap(&mut c, 1, CapCode::ConfidenceBelowEscalate, reason);
+            c.review = true;
+        } else if band == Band::Escalate && f.granted >= 3 {
+            let reason = format!(
+                "confidence {} is below the autonomous threshold {}",
+                f.confidence, f.thresholds.autonomous
+            );
+            cap(&mut c, 2, CapCode::ConfidenceBelowAutonomous, reason);
+        }
+    }
+
+    // Conditions of autonomy (levels 3 and 4).
+    let side_effects = !f.read_only;
+    if f.granted == 3 {
+        if side_effects && !f.reversible {
+            cap(&mut c, 2, CapCode::Irreversible, "level 3 autonomy needs a reversible action".into());
+        }
+        if f.tier0 {
+            cap(&mut c, 2, CapCode::Tier0Target, format!("level 3 autonomy excludes tier0 targets{unknown}"));
+        }
+        if f.privileged {
+            let reason = format!("level 3 autonomy excludes privileged targets; a step-up approver must decide{unknown}");
+            cap(&mut c, 2, CapCode::PrivilegedTarget, reason);
+        }
+        if f.step_up_category {
+            let reason = "identity and secrets actions need a step-up approver below level 4".into();
+            cap(&mut c, 2, CapCode::StepUp, reason);
+        }
+    }
+    if f.granted == 4 && f.require_reversible_for_autonomy && side_effects && !f.reversible {
+        let reason = "the agent's rollback rules allow autonomy only for reversible actions".into();
+        cap(&mut c, 2, CapCode::Irreversible, reason);
+    }
+
+    // Budgets and the breaker matter only if the request would otherwise execute.
+    if c.effective >= 3 {
+        if f.budget.breaker_open {
+            let reason = "the breaker for this agent and action is open until a human resets it".into();
+            cap(&mut c, 2, CapCode::BreakerOpen, reason);
+        } else {
+            if let Some(max) = f.max_per_hour.filter(|m| f.budget.executions >= *m) {
+                let reason = format!("{} executions in the last hour reach the budget of {max}", f.budget.executions);
+                cap(&mut c, 2, CapCode::BudgetExceeded, reason);
+                c.trip_breaker = true;
+            }
+            let new_target = !f.budget.target_seen;
+            if let Some(max) = f.max_distinct_targets.filter(|m| new_target && f.budget.distinct_targets >= *m) {
+                let reason = format!(
+                    "{} distinct targets in the last hour reach the budget of {max}",
+                    f.budget.distinct_targets
+                );
+                cap(&mut c, 2, CapCode::DistinctTargetsExceeded, reason);
+                c.trip_breaker = true;
+            }
+        }
+    }
+
+    if c.effective >= 3 {
+        let lifted = f.granted == 4 && side_effects && (!f.reversible || f.high_impact || f.step_up_category || f.tier0 || f.privileged);
+        c.review |= lifted || f.review_autonomous;
+    }
+
+    if f.shadow && c.effective >= 2 {
+        c.shadow_outcome = Some(Outcome::for_level(c.effective));
+        cap(&mut c, 1, CapCode::ShadowMode, "shadow mode: decided and recorded, never executed or queued".into());
+    }
+    c
+}
+
+/// Decides one request. Pure: the same bundle and input always give the same decision.
+/// Anything that cannot be evaluated is a `deny` (fail closed).
+pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
+    let req = input.request;
+    let guardrail = bundle.agent(input.agent);
+    let thresholds = guardrail.map(|g| g.thresholds).unwrap_or_default();
+    let mut d = Decision {
+        outcome: Outcome::Deny,
+        granted_level: 0,
+        effective_level: 0,
+        band: Band::of(req.confidence, thresholds),
+        caps: Vec::new(),
+        policies: Vec::new(),
+        bundle_version: bundle.version().to_string(),
+        review: false,
+        approval: None,
+        trip_breaker: false,
+        shadow_outcome: None,
+    };
+    let deny = |mut d: Decision, code: CapCode, reason: String| {
+        d.caps.push(Cap { code, reason });
+        d.effective_level = 0;
+        d.outcome = Outcome::Deny;
+        d
+    };
+
+    let Some(g) = guardrail else {
+        return deny(d, CapCode::UnknownAgent, format!("agent `{}` has no guardrail in this bundle", input.agent));
+    };
+    let Some(action) = bundle.catalog().get(&req.action) else {
+        return deny(d, CapCode::UnknownAction, format!("action `{}` is not in the catalog", req.action));
+    };
+    if let Err(reason) = check_request(g, action, input) {
+        return deny(d, CapCode::InvalidRequest, reason);
+    }
+
+    let (asset, known) = match bundle.inventory().get(&req.target) {
+        Some(a) => (Cow::Borrowed(a), true),
+        None => (Cow::Owned(Asset::unknown(&req.target)), false),
+    };
+    let (severity, source) = input.task.map_or(("unknown", "unknown"), |t| (t.severity.as_str(), t.source.as_str()));
+    let (hour, weekday) = (input.now.hour(), input.now.weekday().number_days_from_monday());
+    let facts = RequestFacts {
+        agent: &g.id,
+        action,
+        target: &asset,
+        known_target: known,
+        confidence: req.confidence,
+        params: &req.params,
+        severity,
+        source,
+        hour,
+        weekday,
+    };
+    let verdict = match bundle.policy.evaluate(&facts) {
+        Ok(v) if v.errors.is_empty() => v,
+        Ok(v) => return deny(d, CapCode::EvaluationError, format!("policy evaluation failed: {}", v.errors.join("; "))),
+        Err(e) => return deny(d, CapCode::EvaluationError, format!("policy evaluation failed: {e}")),
+    };
+
+    let policy_ref = |i: usize| {
+        let m = bundle.policy.meta(i);
+        PolicyRef { id: m.id.clone(), owner: m.owner.clone(), file: m.file.clone(), line: m.line }
+    };
+    let granted = verdict.permits.iter().filter_map(|&i| bundle.policy.meta(i).level).max().unwrap_or(0);
+    let determining: Vec<usize> =
+        verdict.permits.iter().copied().filter(|&i| bundle.policy.meta(i).level == Some(granted)).collect();
+    d.granted_level = granted;
+    d.policies = determining.iter().map(|&i| policy_ref(i)).collect();
+    let grant: Option<&Grant> = determining.iter().find_map(|&i| bundle.policy.meta(i).grant.and_then(|gi| g.grants.get(gi)));
+    let thresholds = grant.map_or(g.thresholds, |gr| gr.thresholds);
+    d.band = Band::of(req.confidence, thresholds);
+
+    // Hard stops: any of them denies, whatever was granted.
+    let mut stops = Vec::new();
+    if !verdict.forbids.is_empty() {
+        let ids: Vec<String> = verdict.forbids.iter().map(|&i| format!("`{}`", bundle.policy.meta(i).id)).collect();
+        stops.push(Cap { code: CapCode::Forbidden, reason: format!("forbidden by {}", ids.join(", ")) });
+        d.policies = verdict.forbids.iter().map(|&i| policy_ref(i)).collect();
+    }
+    if let Some(h) = input.halts.iter().find(|h| h.matches(&g.id, &action.id, input.now)) {
+        let scope = match &h.id {
+            Some(id) => format!("{:?} `{id}`", h.scope).to_lowercase(),
+            None => "everything".to_string(),
+        };
+        let why = if h.reason.is_empty() { String::new() } else { format!(": {}", h.reason) };
+        stops.push(Cap { code: CapCode::Halted, reason: format!("emergency stop on {scope}{why}") });
+    }
+    if input.agent_status != AgentStatus::Active {
+        let status = format!("{:?}", input.agent_status).to_lowercase();
+        stops.push(Cap { code: CapCode::AgentInactive, reason: format!("agent is {status}") });
+    }
+    if input.task.is_some_and(|t| t.state == TaskState::Closed) {
+        stops.push(Cap { code: CapCode::TaskClosed, reason: format!("task `{}` is closed", req.task) });
+    }
+    if let Some(envs) = &g.environments
+        && !envs.contains(&asset.environment)
+    {
+        let reason = format!("the agent's scope excludes the `{}` environment", asset.environment.as_str());
+        stops.push(Cap { code: CapCode::OutOfScope, reason });
+    }
+    if !g.task_sources.is_empty() && !g.task_sources.iter().any(|s| s == source) {
+        let reason = format!("the agent's scope excludes tasks from source `{source}`");
+        stops.push(Cap { code: CapCode::OutOfScope, reason });
+    }
+    if granted == 0 && stops.is_empty() {
+        let reason = format!("no policy grants `{}` on `{}` to this agent", action.id, req.target);
+        stops.push(Cap { code: CapCode::NoGrant, reason });
+    }
+    if !stops.is_empty() {
+        d.caps = stops;
+        return d;
+    }
+
+    let facts = LadderFacts {
+        granted,
+        confidence: req.confidence,
+        thresholds,
+        read_only: action.read_only(),
+        reversible: action.reversible,
+        high_impact: action.risk >= crate::catalog::Risk::High,
+        step_up_category: action.category.needs_step_up(),
+        tier0: asset.criticality.tier() == 0,
+        privileged: asset.privileged,
+        known_target: known,
+        require_reversible_for_autonomy: g.rollback.require_reversible_for_autonomy,
+        review_autonomous: g.audit.review_autonomous,
+        budget: input.budget,
+        max_per_hour: grant.and_then(|gr| gr.max_per_hour).or(g.rollback.max_per_hour),
+        max_distinct_targets: g.rollback.max_distinct_targets,
+        shadow: input.shadow || g.mode == Mode::Shadow,
+    };
+    let c = climb(&facts);
+    d.effective_level = c.effective;
+    d.outcome = Outcome::for_level(c.effective);
+    d.band = c.band;
+    d.caps = c.caps;
+    d.review = c.review;
+    d.trip_breaker = c.trip_breaker;
+    d.shadow_outcome = c.shadow_outcome;
+    if d.outcome == Outcome::RequireApproval {
+        d.approval = Some(approval(g, grant, &asset, action.category.needs_step_up(), input.now));
+    }
+    d
+}
+
+fn check_request(g: &Guardrail, action: &crate::catalog::ActionClass, input: &DecisionInput<'_>) -> Result<(), String> {
+    let req = input.request;
+    if req.target.kind != action.target_kind {
+        return Err(format!("action `{}` targets `{}`, not `{}`", action.id, action.target_kind, req.target.kind));
+    }
+    if !(0.0..=1.0).contains(&req.confidence) {
+        return Err(format!("confidence must be between 0 and 1, not {}", req.confidence));
+    }
+    action.check_params(&req.params)?;
+    if g.audit.require_rationale && req.rationale.trim().is_empty() {
+        return Err("the agent's audit rules require a rationale".into());
+    }
+    if (req.evidence.len() as u64) < u64::from(g.audit.min_evidence) {
+        return Err(format!("the agent's audit rules require at least {} evidence items", g.audit.min_evidence));
+    }
+    Ok(())
+}
+
+fn approval(g: &Guardrail, grant: Option<&Grant>, asset: &Asset, step_up_category: bool, now: OffsetDateTime) -> ApprovalRequirement {
+    let e = &g.escalation;
+    let roles = if step_up_category || asset.privileged {
+        e.step_up_roles.clone()
+    } else {
+        grant.map_or_else(|| e.approver_roles.clone(), |gr| gr.approver_roles.clone())
+    };
+    let mut quorum = grant.map_or(e.quorum, |gr| gr.quorum);
+    if asset.privileged {
+        quorum = quorum.max(e.privileged_quorum);
+    }
+    let expiry = i64::try_from(e.approval_expiry.as_secs()).unwrap_or(i64::MAX);
+    ApprovalRequirement {
+        roles,
+        quorum,
+        expires_at: now.saturating_add(time::Duration::seconds(expiry)),
+        separation_of_duties: e.separation_of_duties,
+        notify: e.notify.clone(),
+    }
+}

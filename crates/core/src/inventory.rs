@@ -1,0 +1,353 @@
+//! The asset inventory (`assets.toml`, `assets.csv`): what actions touch and how much it matters.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+use crate::catalog::is_ident;
+use crate::source::{Problem, SourceFile, toml_problem};
+
+/// How critical an asset is: `tier0` (crown jewels) to `tier3` (least critical).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Criticality {
+    Tier0,
+    Tier1,
+    Tier2,
+    Tier3,
+}
+
+impl Criticality {
+    pub const ALL: [Criticality; 4] = [Self::Tier0, Self::Tier1, Self::Tier2, Self::Tier3];
+
+    /// 0 for `tier0` … 3 for `tier3`: a lower number is more critical.
+    pub fn tier(self) -> u8 {
+        self as u8
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tier0 => "tier0",
+            Self::Tier1 => "tier1",
+            Self::Tier2 => "tier2",
+            Self::Tier3 => "tier3",
+        }
+    }
+}
+
+impl FromStr for Criticality {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| format!("unknown criticality `{s}` (expected tier0, tier1, tier2 or tier3)"))
+    }
+}
+
+/// Where an asset lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Environment {
+    Prod,
+    Staging,
+    Sandbox,
+}
+
+impl Environment {
+    pub const ALL: [Environment; 3] = [Self::Prod, Self::Staging, Self::Sandbox];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Prod => "prod",
+            Self::Staging => "staging",
+            Self::Sandbox => "sandbox",
+        }
+    }
+}
+
+impl FromStr for Environment {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .ok_or_else(|| format!("unknown environment `{s}` (expected prod, staging or sandbox)"))
+    }
+}
+
+/// What an action names as its target: `KIND:ID`, e.g. `host:web-42`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TargetRef {
+    pub kind: String,
+    pub id: String,
+}
+
+impl TargetRef {
+    pub fn new(kind: impl Into<String>, id: impl Into<String>) -> Self {
+        Self {
+            kind: kind.into(),
+            id: id.into(),
+        }
+    }
+}
+
+impl FromStr for TargetRef {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, id) = s
+            .split_once(':')
+            .ok_or_else(|| format!("target `{s}` must be written `KIND:ID`, like `host:web-42`"))?;
+        if !is_ident(kind) {
+            return Err(format!("target kind `{kind}` must be a lowercase word, like `host`"));
+        }
+        if id.is_empty() || id.chars().any(char::is_control) {
+            return Err(format!("target `{s}` has an empty or unprintable id"));
+        }
+        Ok(Self::new(kind, id))
+    }
+}
+
+impl TryFrom<String> for TargetRef {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<TargetRef> for String {
+    fn from(t: TargetRef) -> String {
+        t.to_string()
+    }
+}
+
+impl fmt::Display for TargetRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.kind, self.id)
+    }
+}
+
+/// One asset of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Asset {
+    pub kind: String,
+    pub id: String,
+    pub criticality: Criticality,
+    pub environment: Environment,
+    pub owner: String,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl Asset {
+    /// What Warden assumes about a target it does not know: the worst case.
+    pub fn unknown(target: &TargetRef) -> Self {
+        Self {
+            kind: target.kind.clone(),
+            id: target.id.clone(),
+            criticality: Criticality::Tier0,
+            environment: Environment::Prod,
+            owner: "unknown".into(),
+            privileged: true,
+            tags: Vec::new(),
+        }
+    }
+
+    pub fn target(&self) -> TargetRef {
+        TargetRef::new(self.kind.clone(), self.id.clone())
+    }
+}
+
+/// All known assets, keyed by `KIND:ID`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    assets: BTreeMap<TargetRef, Asset>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInventory {
+    #[serde(default, rename = "asset")]
+    assets: Vec<Spanned<Asset>>,
+}
+
+impl Inventory {
+    /// Parses `assets.toml`.
+    pub fn parse_toml(file: &SourceFile) -> Result<Self, Vec<Problem>> {
+        let raw: RawInventory = toml::from_str(&file.text).map_err(|e| vec![toml_problem(file, &e)])?;
+        let mut inv = Self::default();
+        let mut problems = Vec::new();
+        for a in raw.assets {
+            let span = a.span();
+            if let Err(msg) = inv.insert(a.into_inner()) {
+                problems.push(file.problem_at(Some(span), msg));
+            }
+        }
+        if problems.is_empty() { Ok(inv) } else { Err(problems) }
+    }
+
+    /// Parses an inventory export in CSV with the header
+    /// `kind,id,criticality,environment,owner,privileged,tags` (tags separated by `;`).
+    pub fn parse_csv(file: &SourceFile) -> Result<Self, Vec<Problem>> {
+        const HEADER: [&str; 7] = ["kind", "id", "criticality", "environment", "owner", "privileged", "tags"];
+        let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(file.text.as_bytes());
+        let header = reader
+            .headers()
+            .map_err(|e| vec![Problem { file: file.path.clone(), line: Some(1), message: e.to_string() }])?
+            .clone();
+        if header.iter().collect::<Vec<_>>() != HEADER {
+            return Err(vec![Problem {
+                file: file.path.clone(),
+                line: Some(1),
+                message: format!("header must be `{}`", HEADER.join(",")),
+            }]);
+        }
+        let mut inv = Self::default();
+        let mut problems = Vec::new();
+        for record in reader.records() {
+            let record = match record {
+                Ok(r) => r,
+                Err(e) => {
+                    let line = e.position().map(|p| p.line() as usize);
+                    problems.push(Problem { file: file.path.clone(), line, message: e.to_string() });
+                    continue;
+                }
+            };
+            let line = record.position().map(|p| p.line() as usize);
+            let at = |message: String| Problem { file: file.path.clone(), line, message };
+            let parsed = (|| -> Result<Asset, String> {
+                let privileged = match &record[5] {
+                    "true" | "yes" | "1" => true,
+                    "false" | "no" | "0" | "" => false,
+                    other => return Err(format!("privileged must be true or false, not `{other}`")),
+                };
+                Ok(Asset {
+                    kind: record[0].to_string(),
+                    id: record[1].to_string(),
+                    criticality: record[2].parse()?,
+                    environment: record[3].parse()?,
+                    owner: record[4].to_string(),
+                    privileged,
+                    tags: record[6].split(';').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
+                })
+            })();
+            match parsed.and_then(|a| inv.insert(a)) {
+                Ok(()) => {}
+                Err(msg) => problems.push(at(msg)),
+            }
+        }
+        if problems.is_empty() { Ok(inv) } else { Err(problems) }
+    }
+
+    /// Adds one asset; an invalid kind or a second asset with the same `KIND:ID` is refused.
+    pub fn insert(&mut self, asset: Asset) -> Result<(), String> {
+        if !is_ident(&asset.kind) {
+            return Err(format!("asset kind `{}` must be a lowercase word, like `host`", asset.kind));
+        }
+        if asset.id.is_empty() || asset.id.chars().any(char::is_control) {
+            return Err(format!("asset of kind `{}` has an empty or unprintable id", asset.kind));
+        }
+        let key = asset.target();
+        if self.assets.contains_key(&key) {
+            return Err(format!("duplicate asset `{key}`"));
+        }
+        self.assets.insert(key, asset);
+        Ok(())
+    }
+
+    /// Merges `other` in; duplicates are reported, not overwritten.
+    pub fn merge(&mut self, other: Inventory) -> Vec<String> {
+        other.assets.into_values().filter_map(|a| self.insert(a).err()).collect()
+    }
+
+    pub fn get(&self, target: &TargetRef) -> Option<&Asset> {
+        self.assets.get(target)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Asset> {
+        self.assets.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.assets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.assets.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_refs_parse_kind_and_id() {
+        let t: TargetRef = "ip:2001:db8::1".parse().unwrap();
+        assert_eq!((t.kind.as_str(), t.id.as_str()), ("ip", "2001:db8::1"));
+        assert!("web-42".parse::<TargetRef>().unwrap_err().contains("KIND:ID"));
+        assert!("Host:x".parse::<TargetRef>().is_err());
+        assert!("host:".parse::<TargetRef>().is_err());
+    }
+
+    #[test]
+    fn unknown_targets_are_the_worst_case() {
+        let a = Asset::unknown(&"host:ghost".parse().unwrap());
+        assert_eq!(a.criticality, Criticality::Tier0);
+        assert!(a.privileged);
+        assert_eq!(a.environment, Environment::Prod);
+    }
+
+    #[test]
+    fn toml_inventory_reports_duplicates_with_lines() {
+        let text = r#"
+[[asset]]
+kind = "host"
+id = "web-1"
+criticality = "tier2"
+environment = "prod"
+owner = "team:web"
+
+[[asset]]
+kind = "host"
+id = "web-1"
+criticality = "tier3"
+environment = "staging"
+owner = "team:web"
+"#;
+        let errs = Inventory::parse_toml(&SourceFile::new("assets.toml", text)).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].to_string(), "assets.toml:9: duplicate asset `host:web-1`");
+    }
+
+    #[test]
+    fn csv_inventory_parses_tags_and_locates_bad_rows() {
+        let text = "kind,id,criticality,environment,owner,privileged,tags\n\
+                    account,adm-jdoe,tier0,prod,team:iam,true,admin;break-glass\n\
+                    host,web-2,tier9,prod,team:web,false,\n";
+        let errs = Inventory::parse_csv(&SourceFile::new("assets.csv", text)).unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, Some(3));
+        assert!(errs[0].message.contains("tier9"));
+
+        let ok = text.replace("tier9", "tier2");
+        let inv = Inventory::parse_csv(&SourceFile::new("assets.csv", ok)).unwrap();
+        let adm = inv.get(&"account:adm-jdoe".parse().unwrap()).unwrap();
+        assert!(adm.privileged);
+        assert_eq!(adm.tags, ["admin", "break-glass"]);
+        assert_eq!(inv.len(), 2);
+    }
+
+    #[test]
+    fn csv_with_a_wrong_header_is_refused() {
+        let errs = Inventory::parse_csv(&SourceFile::new("a.csv", "id,kind\nx,y\n")).unwrap_err();
+        assert!(errs[0].message.starts_with("header must be"));
+    }
+}

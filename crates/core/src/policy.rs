@@ -1,0 +1,557 @@
+//! Cedar: the schema generated from the catalog and inventory, guardrails compiled to
+//! policies, hand-written rules, and evaluation. The only module that imports `cedar_policy`.
+//!
+//! Entity model (namespace `Warden`):
+//! - principal `Warden::Agent::"<SPIFFE ID>"` with `name`, `owner`, `purpose`, `mode`;
+//! - resource `Warden::<Kind>::"<id>"` (kind `host` → `Host`) with `criticality` (`"tier0"`…),
+//!   `tier` (0…3), `environment`, `owner`, `privileged`, `tags`, `known`;
+//! - action `Warden::Action::"<action id>"`, member of the group named by its category
+//!   (`Warden::Action::"containment"`);
+//! - context `confidence` (decimal), `hour` and `weekday` (UTC, Monday = 0),
+//!   `task` (`severity`, `source`), `params` (typed from the catalog).
+//!
+//! Guardrail entries become `permit` policies (`forbid` for level 0) annotated with `@level`,
+//! `@owner`, `@file` and `@line`; hand-written permits must carry `@level` and `@owner`,
+//! forbids `@owner`. The granted level is the highest `@level` among satisfied permits.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityUid, Policy, PolicyId,
+    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use miette::Diagnostic;
+
+use crate::catalog::{ActionClass, Catalog, ParamType};
+use crate::guardrail::Guardrail;
+use crate::inventory::{Asset, Inventory};
+use crate::source::{Problem, SourceFile};
+
+/// Where a policy came from and who answers for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PolicyMeta {
+    pub id: String,
+    pub owner: String,
+    pub file: String,
+    pub line: usize,
+    /// Granted level of a permit.
+    pub level: Option<u8>,
+    pub forbid: bool,
+    /// For guardrail policies, the index of the grant in its guardrail.
+    pub grant: Option<usize>,
+}
+
+/// The outcome of evaluating the policy set for one request.
+#[derive(Debug, Default)]
+pub(crate) struct Verdict {
+    /// Indexes into [`CompiledPolicy::meta`] of the satisfied forbids.
+    pub forbids: Vec<usize>,
+    /// Indexes of the satisfied permits.
+    pub permits: Vec<usize>,
+    /// Errors raised while evaluating; any error means the decision fails closed.
+    pub errors: Vec<String>,
+}
+
+/// Facts about one request that the policies can see.
+pub(crate) struct RequestFacts<'a> {
+    pub agent: &'a str,
+    pub action: &'a ActionClass,
+    pub target: &'a Asset,
+    pub known_target: bool,
+    pub confidence: f64,
+    pub params: &'a serde_json::Map<String, serde_json::Value>,
+    pub severity: &'a str,
+    pub source: &'a str,
+    pub hour: u8,
+    pub weekday: u8,
+}
+
+/// A validated policy set ready to evaluate.
+#[derive(Debug)]
+pub(crate) struct CompiledPolicy {
+    schema_text: String,
+    policy_text: String,
+    schema: Schema,
+    /// Per agent: its guardrail policies plus every hand-written rule. Policies scoped to
+    /// another principal can never match, so evaluating the slice equals evaluating the whole.
+    slices: HashMap<String, PolicySet>,
+    /// Every policy; used for validation and for agents without a slice.
+    full: PolicySet,
+    meta: Vec<PolicyMeta>,
+    meta_by_id: HashMap<String, usize>,
+    entities: Entities,
+    agent_entities: HashMap<String, Entity>,
+    authorizer: Authorizer,
+}
+
+const NS: &str = "Warden";
+
+/// `host` → `Host`, `ip_address` → `IpAddress`.
+pub(crate) fn entity_type_name(kind: &str) -> String {
+    kind.split('_')
+        .map(|w| {
+            let mut c = w.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + c.as_str(),
+                None => String::new(),
+            }
+        })
+        .collect()
+}
+
+/// A Cedar string literal.
+fn lit(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\0' => out.push_str("\\0"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn cedar_type(t: ParamType) -> &'static str {
+    match t {
+        ParamType::String => "String",
+        ParamType::Integer => "Long",
+        ParamType::Boolean => "Bool",
+        ParamType::StringList => "Set<String>",
+    }
+}
+
+/// The Cedar schema for a catalog and inventory.
+pub(crate) fn generate_schema(catalog: &Catalog, inventory: &Inventory) -> String {
+    let mut kinds: Vec<&str> = catalog.iter().map(|a| a.target_kind.as_str()).collect();
+    kinds.extend(inventory.iter().map(|a| a.kind.as_str()));
+    kinds.sort_unstable();
+    kinds.dedup();
+    let mut s = String::new();
+    let _ = writeln!(s, "// Generated by Warden from actions.toml and the asset inventory. Do not edit.");
+    let _ = writeln!(s, "namespace {NS} {{");
+    let _ = writeln!(
+        s,
+        "  entity Agent = {{ \"name\": String, \"owner\": String, \"purpose\": String, \"mode\": String }};"
+    );
+    for kind in &kinds {
+        let _ = writeln!(
+            s,
+            "  entity {} = {{ \"criticality\": String, \"tier\": Long, \"environment\": String, \"owner\": String, \
+             \"privileged\": Bool, \"tags\": Set<String>, \"known\": Bool }};",
+            entity_type_name(kind)
+        );
+    }
+    let mut categories: Vec<_> = catalog.iter().map(|a| a.category).collect();
+    categories.sort_unstable();
+    categories.dedup();
+    for c in categories {
+        let _ = writeln!(s, "  action {};", lit(c.as_str()));
+    }
+    for a in catalog.iter() {
+        let mut params = String::new();
+        for (i, p) in a.params.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let opt = if p.required { "" } else { "?" };
+            let _ = write!(params, "{sep}{}{opt}: {}", lit(&p.name), cedar_type(p.ty));
+        }
+        let _ = writeln!(
+            s,
+            "  action {} in [{}] appliesTo {{ principal: [Agent], resource: [{}], context: {{ \
+             \"confidence\": __cedar::decimal, \"hour\": Long, \"weekday\": Long, \
+             \"task\": {{ \"severity\": String, \"source\": String }}, \"params\": {{ {params} }} }} }};",
+            lit(&a.id),
+            lit(a.category.as_str()),
+            entity_type_name(&a.target_kind)
+        );
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// One guardrail's policies, as Cedar source.
+pub(crate) fn compile_guardrail(g: &Guardrail) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "// {} ({}), from {}", g.name, g.id, g.file);
+    for (i, grant) in g.grants.iter().enumerate() {
+        let effect = if grant.level == 0 { "forbid" } else { "permit" };
+        let _ = writeln!(s, "@id({})", lit(&format!("agent/{}/{}#{i}", g.name, grant.action)));
+        let _ = writeln!(s, "@level(\"{}\")", grant.level);
+        let _ = writeln!(s, "@owner({})", lit(&g.owner));
+        let _ = writeln!(s, "@file({})", lit(&g.file));
+        let _ = writeln!(s, "@line(\"{}\")", grant.line);
+        let _ = writeln!(
+            s,
+            "{effect} (principal == {NS}::Agent::{}, action == {NS}::Action::{}, resource)",
+            lit(&g.id),
+            lit(&grant.action)
+        );
+        let mut conds = Vec::new();
+        if let Some(envs) = &grant.conditions.environments {
+            let list: Vec<String> = envs.iter().map(|e| lit(e.as_str())).collect();
+            conds.push(format!("[{}].contains(resource.environment)", list.join(", ")));
+        }
+        if let Some(max) = grant.conditions.max_criticality {
+            conds.push(format!("resource.tier >= {}", max.tier()));
+        }
+        if grant.conditions.allow_privileged == Some(false) {
+            conds.push("!resource.privileged".to_string());
+        }
+        if conds.is_empty() {
+            s.push_str(";\n\n");
+        } else {
+            let _ = writeln!(s, "when {{ {} }};\n", conds.join(" && "));
+        }
+    }
+    s
+}
+
+fn diagnostic_text(d: &dyn Diagnostic, display: String) -> String {
+    match d.help() {
+        Some(help) => format!("{display} ({help})"),
+        None => display,
+    }
+}
+
+fn first_label_offset(d: &dyn Diagnostic) -> Option<usize> {
+    d.labels().and_then(|mut l| l.next()).map(|l| l.offset())
+}
+
+/// Parses one hand-written file; each policy gets its `@id` (or `<file>#<n>`) as id.
+fn parse_handwritten(file: &SourceFile, problems: &mut Vec<Problem>) -> Vec<(Policy, PolicyMeta)> {
+    let set = match PolicySet::from_str(&file.text) {
+        Ok(set) => set,
+        Err(errs) => {
+            for e in errs.iter() {
+                let offset = first_label_offset(e);
+                problems.push(Problem {
+                    file: file.path.clone(),
+                    line: offset.map(|o| file.line_at(o)),
+                    message: diagnostic_text(e, e.to_string()),
+                });
+            }
+            return Vec::new();
+        }
+    };
+    if set.templates().next().is_some() {
+        problems.push(Problem::in_file(&file.path, "templates are not supported; write static policies"));
+    }
+    // The parser numbers policies `policy0`, `policy1`, … in source order.
+    let mut policies: Vec<&Policy> = set.policies().collect();
+    policies.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(usize::MAX));
+    let mut out = Vec::new();
+    let mut cursor = 0;
+    for (n, p) in policies.into_iter().enumerate() {
+        let text = p.to_string();
+        let start = file.text[cursor..].find(text.as_str()).map(|i| cursor + i);
+        if let Some(s) = start {
+            cursor = s + text.len();
+        }
+        let line = start.map_or(1, |s| file.line_at(s));
+        let mut report = |message: String| {
+            problems.push(Problem { file: file.path.clone(), line: Some(line), message });
+        };
+        let id = p.annotation("id").map_or_else(|| format!("{}#{n}", file.path), str::to_string);
+        let owner = match p.annotation("owner") {
+            Some(o) if !o.trim().is_empty() => o.to_string(),
+            _ => {
+                report(format!("policy `{id}` needs an `@owner(\"…\")` annotation: who answers for it"));
+                String::new()
+            }
+        };
+        let forbid = p.effect() == Effect::Forbid;
+        let level = match (forbid, p.annotation("level")) {
+            (true, None) => None,
+            (true, Some(_)) => {
+                report(format!("policy `{id}` is a forbid; `@level` applies to permits only"));
+                None
+            }
+            (false, Some(l)) => match l.parse::<u8>() {
+                Ok(l @ 1..=4) => Some(l),
+                _ => {
+                    report(format!("policy `{id}` has `@level(\"{l}\")`; a permit's level must be 1 to 4"));
+                    None
+                }
+            },
+            (false, None) => {
+                report(format!("permit `{id}` needs a `@level(\"1\"…\"4\")` annotation: the autonomy it grants"));
+                None
+            }
+        };
+        let policy = p.new_id(PolicyId::new(id.clone()));
+        out.push((policy, PolicyMeta { id, owner, file: file.path.clone(), line, level, forbid, grant: None }));
+    }
+    out
+}
+
+fn asset_entity(type_name: &str, asset: &Asset, known: bool) -> Result<Entity, String> {
+    let uid = EntityUid::from_str(&format!("{NS}::{type_name}::{}", lit(&asset.id))).map_err(|e| e.to_string())?;
+    let attrs = HashMap::from([
+        ("criticality".to_string(), RestrictedExpression::new_string(asset.criticality.as_str().into())),
+        ("tier".to_string(), RestrictedExpression::new_long(i64::from(asset.criticality.tier()))),
+        ("environment".to_string(), RestrictedExpression::new_string(asset.environment.as_str().into())),
+        ("owner".to_string(), RestrictedExpression::new_string(asset.owner.clone())),
+        ("privileged".to_string(), RestrictedExpression::new_bool(asset.privileged)),
+        (
+            "tags".to_string(),
+            RestrictedExpression::new_set(asset.tags.iter().map(|t| RestrictedExpression::new_string(t.clone()))),
+        ),
+        ("known".to_string(), RestrictedExpression::new_bool(known)),
+    ]);
+    Entity::new(uid, attrs, HashSet::new()).map_err(|e| e.to_string())
+}
+
+fn agent_uid(id: &str) -> Result<EntityUid, String> {
+    EntityUid::from_str(&format!("{NS}::Agent::{}", lit(id))).map_err(|e| e.to_string())
+}
+
+fn agent_entity(g: &Guardrail) -> Result<Entity, String> {
+    let mode = match g.mode {
+        crate::guardrail::Mode::Enforce => "enforce",
+        crate::guardrail::Mode::Shadow => "shadow",
+    };
+    let attrs = HashMap::from([
+        ("name".to_string(), RestrictedExpression::new_string(g.name.clone())),
+        ("owner".to_string(), RestrictedExpression::new_string(g.owner.clone())),
+        ("purpose".to_string(), RestrictedExpression::new_string(g.purpose.clone())),
+        ("mode".to_string(), RestrictedExpression::new_string(mode.into())),
+    ]);
+    Entity::new(agent_uid(&g.id)?, attrs, HashSet::new()).map_err(|e| e.to_string())
+}
+
+fn param_expr(ty: ParamType, v: &serde_json::Value) -> Option<RestrictedExpression> {
+    Some(match ty {
+        ParamType::String => RestrictedExpression::new_string(v.as_str()?.to_string()),
+        ParamType::Integer => RestrictedExpression::new_long(v.as_i64()?),
+        ParamType::Boolean => RestrictedExpression::new_bool(v.as_bool()?),
+        ParamType::StringList => RestrictedExpression::new_set(
+            v.as_array()?
+                .iter()
+                .map(|s| s.as_str().map(|s| RestrictedExpression::new_string(s.to_string())))
+                .collect::<Option<Vec<_>>>()?,
+        ),
+    })
+}
+
+/// Cedar decimals carry four places; truncate so a rule never sees more confidence than sent.
+fn decimal_text(x: f64) -> String {
+    let n = (x.clamp(0.0, 1.0) * 10_000.0).floor() as u32;
+    format!("{}.{:04}", n / 10_000, n % 10_000)
+}
+
+impl CompiledPolicy {
+    /// Compiles guardrails and hand-written files, validates the whole set against the
+    /// generated schema, and prepares per-agent slices and entities.
+    pub(crate) fn build(
+        catalog: &Catalog,
+        inventory: &Inventory,
+        guardrails: &[Guardrail],
+        cedar_files: &[SourceFile],
+    ) -> Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
+        for kind in catalog.iter().map(|a| &a.target_kind).chain(inventory.iter().map(|a| &a.kind)) {
+            if matches!(entity_type_name(kind).as_str(), "Agent" | "Action") {
+                problems.push(Problem::in_file("actions.toml", format!("asset kind `{kind}` is reserved")));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let schema_text = generate_schema(catalog, inventory);
+        let (schema, _warnings) = Schema::from_cedarschema_str(&schema_text).map_err(|e| {
+            vec![Problem::in_file("actions.toml", format!("generated Cedar schema is invalid: {e}"))]
+        })?;
+
+        let mut meta: Vec<PolicyMeta> = Vec::new();
+        let mut full = PolicySet::new();
+        let mut slices: HashMap<String, PolicySet> = HashMap::new();
+        let mut policy_text = String::new();
+        let mut add = |policy: Policy, m: PolicyMeta, slice_agents: &[&str], problems: &mut Vec<Problem>| {
+            for agent in slice_agents {
+                // A duplicate id is reported once, below, from the full set.
+                let _ = slices.entry((*agent).to_string()).or_default().add(policy.clone());
+            }
+            if let Err(e) = full.add(policy) {
+                let message = format!("policy id `{}` is used twice ({e})", m.id);
+                problems.push(Problem { file: m.file.clone(), line: Some(m.line), message });
+                return;
+            }
+            meta.push(m);
+        };
+
+        for g in guardrails {
+            let text = compile_guardrail(g);
+            policy_text.push_str(&text);
+            let set = match PolicySet::from_str(&text) {
+                Ok(set) => set,
+                Err(e) => {
+                    let p = Problem { file: g.file.clone(), line: None, message: format!("compiles to invalid Cedar: {e}") };
+                    problems.push(p);
+                    continue;
+                }
+            };
+            let mut policies: Vec<&Policy> = set.policies().collect();
+            policies.sort_by_key(|p| p.annotation("line").and_then(|l| l.parse::<usize>().ok()));
+            for p in policies {
+                let id = p.annotation("id").unwrap_or_default().to_string();
+                let index = id.rsplit('#').next().and_then(|i| i.parse::<usize>().ok());
+                let grant = index.and_then(|i| g.grants.get(i).map(|gr| (i, gr)));
+                let Some((index, grant)) = grant else { continue };
+                let m = PolicyMeta {
+                    id: id.clone(),
+                    owner: g.owner.clone(),
+                    file: g.file.clone(),
+                    line: grant.line,
+                    level: (grant.level > 0).then_some(grant.level),
+                    forbid: grant.level == 0,
+                    grant: Some(index),
+                };
+                add(p.new_id(PolicyId::new(id)), m, &[g.id.as_str()], &mut problems);
+            }
+        }
+        let all_agents: Vec<&str> = guardrails.iter().map(|g| g.id.as_str()).collect();
+        for file in cedar_files {
+            policy_text.push_str(&format!("// from {}\n{}\n", file.path, file.text));
+            for (policy, m) in parse_handwritten(file, &mut problems) {
+                add(policy, m, &all_agents, &mut problems);
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+
+        let meta_by_id: HashMap<String, usize> = meta.iter().enumerate().map(|(i, m)| (m.id.clone(), i)).collect();
+        let validation = Validator::new(schema.clone()).validate(&full, ValidationMode::Strict);
+        for e in validation.validation_errors() {
+            let m = meta_by_id.get(&e.policy_id().to_string()).map(|i| &meta[*i]);
+            let message = diagnostic_text(e, e.to_string());
+            problems.push(match m {
+                Some(m) => Problem { file: m.file.clone(), line: Some(m.line), message },
+                None => Problem::in_file("cedar", message),
+            });
+        }
+        if !problems.is_empty() {
+            problems.sort();
+            problems.dedup();
+            return Err(problems);
+        }
+
+        let mut entities = Vec::new();
+        let mut agent_entities = HashMap::new();
+        for g in guardrails {
+            let e = agent_entity(g).map_err(|e| vec![Problem::in_file(&g.file, e)])?;
+            agent_entities.insert(g.id.clone(), e.clone());
+            entities.push(e);
+        }
+        for a in inventory.iter() {
+            let e = asset_entity(&entity_type_name(&a.kind), a, true)
+                .map_err(|e| vec![Problem::in_file("assets.toml", format!("asset `{}`: {e}", a.target()))])?;
+            entities.push(e);
+        }
+        let entities = Entities::from_entities(entities, Some(&schema))
+            .map_err(|e| vec![Problem::in_file("assets.toml", format!("entities do not fit the schema: {e}"))])?;
+
+        Ok(Self {
+            schema_text,
+            policy_text,
+            schema,
+            slices,
+            full,
+            meta,
+            meta_by_id,
+            entities,
+            agent_entities,
+            authorizer: Authorizer::new(),
+        })
+    }
+
+    pub(crate) fn schema_text(&self) -> &str {
+        &self.schema_text
+    }
+
+    pub(crate) fn policy_text(&self) -> &str {
+        &self.policy_text
+    }
+
+    pub(crate) fn meta(&self, index: usize) -> &PolicyMeta {
+        &self.meta[index]
+    }
+
+    pub(crate) fn policy_count(&self) -> usize {
+        self.meta.len()
+    }
+
+    /// Evaluates the agent's slice for one request. Errors inside Cedar are reported in the
+    /// verdict; errors building the request are returned as `Err`.
+    pub(crate) fn evaluate(&self, f: &RequestFacts<'_>) -> Result<Verdict, String> {
+        let principal = agent_uid(f.agent)?;
+        let action = EntityUid::from_str(&format!("{NS}::Action::{}", lit(&f.action.id))).map_err(|e| e.to_string())?;
+        let type_name = entity_type_name(&f.target.kind);
+        let resource =
+            EntityUid::from_str(&format!("{NS}::{type_name}::{}", lit(&f.target.id))).map_err(|e| e.to_string())?;
+
+        let mut params = Vec::with_capacity(f.params.len());
+        for spec in &f.action.params {
+            if let Some(v) = f.params.get(&spec.name) {
+                let e = param_expr(spec.ty, v).ok_or_else(|| format!("parameter `{}` has the wrong type", spec.name))?;
+                params.push((spec.name.clone(), e));
+            }
+        }
+        let task = RestrictedExpression::new_record([
+            ("severity".to_string(), RestrictedExpression::new_string(f.severity.to_string())),
+            ("source".to_string(), RestrictedExpression::new_string(f.source.to_string())),
+        ])
+        .map_err(|e| e.to_string())?;
+        let context = Context::from_pairs([
+            ("confidence".to_string(), RestrictedExpression::new_decimal(decimal_text(f.confidence))),
+            ("hour".to_string(), RestrictedExpression::new_long(i64::from(f.hour))),
+            ("weekday".to_string(), RestrictedExpression::new_long(i64::from(f.weekday))),
+            ("task".to_string(), task),
+            ("params".to_string(), RestrictedExpression::new_record(params).map_err(|e| e.to_string())?),
+        ])
+        .map_err(|e| e.to_string())?;
+        let request = Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
+
+        let set = self.slices.get(f.agent).unwrap_or(&self.full);
+        let response = if f.known_target {
+            self.authorizer.is_authorized(&request, set, &self.entities)
+        } else {
+            let agent = self.agent_entities.get(f.agent).cloned().into_iter();
+            let target = asset_entity(&type_name, f.target, false)?;
+            let entities = Entities::from_entities(agent.chain([target]), Some(&self.schema)).map_err(|e| e.to_string())?;
+            self.authorizer.is_authorized(&request, set, &entities)
+        };
+
+        let mut verdict = Verdict {
+            errors: response.diagnostics().errors().map(|e| e.to_string()).collect(),
+            ..Verdict::default()
+        };
+        for id in response.diagnostics().reason() {
+            let Some(&i) = self.meta_by_id.get(id.as_ref() as &str) else {
+                verdict.errors.push(format!("policy `{id}` has no metadata"));
+                continue;
+            };
+            if self.meta[i].forbid {
+                verdict.forbids.push(i);
+            } else {
+                verdict.permits.push(i);
+            }
+        }
+        debug_assert_eq!(
+            response.decision() == CedarDecision::Deny,
+            !verdict.forbids.is_empty() || verdict.permits.is_empty()
+        );
+        Ok(verdict)
+    }
+}
