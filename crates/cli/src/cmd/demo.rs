@@ -1,0 +1,72 @@
+//! `warden demo`: the example bundle's decisions, scenario by scenario.
+
+use clap::Args;
+use warden_core::policy_test::parse_cases;
+use warden_core::{Bundle, SourceFile};
+
+use crate::{Failure, render};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Use this bundle directory instead of the example bundle built into the binary.
+    #[arg(long)]
+    pub policy: Option<std::path::PathBuf>,
+}
+
+/// The example bundle (`examples/policy`), built in so the demo runs anywhere.
+pub const EXAMPLE_BUNDLE: &[(&str, &str)] = &[
+    ("actions.toml", include_str!("../../../../examples/policy/actions.toml")),
+    ("assets.toml", include_str!("../../../../examples/policy/assets.toml")),
+    ("assets.csv", include_str!("../../../../examples/policy/assets.csv")),
+    ("agents/phish-triage.toml", include_str!("../../../../examples/policy/agents/phish-triage.toml")),
+    ("agents/edr-responder.toml", include_str!("../../../../examples/policy/agents/edr-responder.toml")),
+    ("agents/identity-responder.toml", include_str!("../../../../examples/policy/agents/identity-responder.toml")),
+    ("agents/enrichment-bot.toml", include_str!("../../../../examples/policy/agents/enrichment-bot.toml")),
+    ("agents/network-guard.toml", include_str!("../../../../examples/policy/agents/network-guard.toml")),
+    ("cedar/containment.cedar", include_str!("../../../../examples/policy/cedar/containment.cedar")),
+    ("cedar/network.cedar", include_str!("../../../../examples/policy/cedar/network.cedar")),
+];
+
+const SCRIPT: &str = include_str!("demo.toml");
+
+pub fn run(a: DemoArgs) -> Result<(), Failure> {
+    let bundle = match &a.policy {
+        Some(dir) => crate::cmd::policy::load(dir)?.1,
+        None => {
+            let files: Vec<SourceFile> = EXAMPLE_BUNDLE.iter().map(|(p, t)| SourceFile::new(*p, *t)).collect();
+            Bundle::load(&files).map_err(|e| anyhow::anyhow!("the built-in example bundle is invalid: {e}"))?
+        }
+    };
+    let script = SourceFile::new("demo.toml", SCRIPT);
+    let cases = parse_cases(&script).map_err(|p| anyhow::anyhow!("the demo script is invalid: {}", p[0]))?;
+    println!("Warden demo — policy bundle {}", bundle.version());
+    println!(
+        "{} agents, {} action classes, {} assets, {} Cedar policies\n",
+        bundle.agents().count(),
+        bundle.catalog().len(),
+        bundle.inventory().len(),
+        bundle.policy_count()
+    );
+    let mut surprises = 0;
+    for (i, case) in cases.iter().enumerate() {
+        let s = &case.scenario;
+        let agent = bundle.agent(&s.agent).map_or(s.agent.as_str(), |g| g.name.as_str());
+        println!("{}. {}", i + 1, s.name);
+        println!("   {agent} asks for {} on {} (confidence {})", s.action, s.target, s.confidence);
+        let d = s.decide(&bundle);
+        for line in render::decision(&d).lines() {
+            println!("   {line}");
+        }
+        let mismatches = s.expect.as_ref().map(|e| e.mismatches(&d)).unwrap_or_default();
+        for m in &mismatches {
+            println!("   !! {m}");
+        }
+        surprises += usize::from(!mismatches.is_empty());
+        println!();
+    }
+    if surprises > 0 {
+        return Err(Failure::Other(anyhow::anyhow!("{surprises} scenario(s) did not decide as scripted")));
+    }
+    println!("{} scenarios decided as scripted.", cases.len());
+    Ok(())
+}
