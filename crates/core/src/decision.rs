@@ -509,3 +509,193 @@ fn approval(g: &Guardrail, grant: Option<&Grant>, asset: &Asset, step_up_categor
         notify: e.notify.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A level 3 grant on a reversible, low-impact action against a tier2, non-privileged,
+    /// known target at autonomous confidence, within budget: it executes.
+    fn base() -> LadderFacts {
+        LadderFacts {
+            granted: 3,
+            confidence: 0.95,
+            thresholds: Thresholds::default(),
+            read_only: false,
+            reversible: true,
+            high_impact: false,
+            step_up_category: false,
+            tier0: false,
+            privileged: false,
+            known_target: true,
+            require_reversible_for_autonomy: false,
+            review_autonomous: false,
+            budget: BudgetUsage::default(),
+            max_per_hour: Some(10),
+            max_distinct_targets: Some(5),
+            shadow: false,
+        }
+    }
+
+    fn codes(c: &Climb) -> Vec<CapCode> {
+        c.caps.iter().map(|c| c.code).collect()
+    }
+
+    #[test]
+    fn each_level_maps_to_its_outcome() {
+        for (level, outcome) in [(0, Outcome::Deny), (1, Outcome::Advise), (2, Outcome::RequireApproval), (3, Outcome::Execute), (4, Outcome::Execute)] {
+            let c = climb(&LadderFacts { granted: level, ..base() });
+            assert_eq!(Outcome::for_level(c.effective), outcome, "level {level}");
+            assert!(c.caps.is_empty());
+        }
+    }
+
+    #[test]
+    fn bands_use_inclusive_lower_bounds() {
+        let t = Thresholds::default();
+        assert_eq!(Band::of(0.90, t), Band::Autonomous);
+        assert_eq!(Band::of(0.8999, t), Band::Escalate);
+        assert_eq!(Band::of(0.60, t), Band::Escalate);
+        assert_eq!(Band::of(0.5999, t), Band::Low);
+    }
+
+    #[test]
+    fn escalate_band_sends_autonomy_to_a_human() {
+        let c = climb(&LadderFacts { confidence: 0.75, ..base() });
+        assert_eq!((c.effective, codes(&c)), (2, vec![CapCode::ConfidenceBelowAutonomous]));
+        let c = climb(&LadderFacts { granted: 4, confidence: 0.75, ..base() });
+        assert_eq!(c.effective, 2);
+        // At level 2 the escalate band changes nothing.
+        let c = climb(&LadderFacts { granted: 2, confidence: 0.75, ..base() });
+        assert_eq!((c.effective, c.caps.len()), (2, 0));
+    }
+
+    #[test]
+    fn low_band_is_advice_and_flagged_for_review() {
+        for granted in 2..=4 {
+            let c = climb(&LadderFacts { granted, confidence: 0.2, ..base() });
+            assert_eq!(c.effective, 1, "granted {granted}");
+            assert_eq!(codes(&c)[0], CapCode::ConfidenceBelowEscalate);
+            assert!(c.review);
+        }
+        let c = climb(&LadderFacts { granted: 1, confidence: 0.2, ..base() });
+        assert_eq!((c.effective, c.caps.len()), (1, 0));
+    }
+
+    #[test]
+    fn read_only_actions_ignore_confidence_bands() {
+        let c = climb(&LadderFacts { granted: 4, confidence: 0.1, read_only: true, reversible: false, ..base() });
+        assert_eq!((c.effective, c.caps.len(), c.review), (4, 0, false));
+    }
+
+    #[test]
+    fn level_three_needs_reversible_non_tier0_non_privileged_targets() {
+        let c = climb(&LadderFacts { reversible: false, ..base() });
+        assert_eq!((c.effective, codes(&c)), (2, vec![CapCode::Irreversible]));
+        let c = climb(&LadderFacts { tier0: true, ..base() });
+        assert_eq!((c.effective, codes(&c)), (2, vec![CapCode::Tier0Target]));
+        let c = climb(&LadderFacts { privileged: true, ..base() });
+        assert_eq!((c.effective, codes(&c)), (2, vec![CapCode::PrivilegedTarget]));
+        let c = climb(&LadderFacts { tier0: true, privileged: true, known_target: false, ..base() });
+        assert_eq!(codes(&c), vec![CapCode::Tier0Target, CapCode::PrivilegedTarget]);
+        assert!(c.caps[0].reason.contains("unknown target"));
+    }
+
+    #[test]
+    fn level_four_lifts_the_level_three_conditions_and_flags_review() {
+        let c = climb(&LadderFacts { granted: 4, reversible: false, tier0: true, privileged: true, step_up_category: true, ..base() });
+        assert_eq!((c.effective, c.caps.len(), c.review), (4, 0, true));
+        let c = climb(&LadderFacts { granted: 4, high_impact: true, ..base() });
+        assert!(c.review);
+        let c = climb(&LadderFacts { granted: 4, ..base() });
+        assert!(!c.review, "a reversible low-impact level 4 execution needs no review");
+    }
+
+    #[test]
+    fn step_up_categories_need_a_human_below_level_four() {
+        let c = climb(&LadderFacts { step_up_category: true, ..base() });
+        assert_eq!((c.effective, codes(&c)), (2, vec![CapCode::StepUp]));
+    }
+
+    #[test]
+    fn guardrails_may_require_reversibility_even_at_level_four() {
+        let f = LadderFacts { granted: 4, reversible: false, require_reversible_for_autonomy: true, ..base() };
+        let c = climb(&f);
+        assert_eq!((c.effective, codes(&c)), (2, vec![CapCode::Irreversible]));
+        let c = climb(&LadderFacts { read_only: true, ..f });
+        assert_eq!(c.effective, 4, "read-only actions have nothing to reverse");
+    }
+
+    #[test]
+    fn budgets_trip_the_breaker_only_for_would_be_executions() {
+        let over = BudgetUsage { executions: 10, ..BudgetUsage::default() };
+        let c = climb(&LadderFacts { budget: over, ..base() });
+        assert_eq!((c.effective, codes(&c), c.trip_breaker), (2, vec![CapCode::BudgetExceeded], true));
+        let c = climb(&LadderFacts { budget: BudgetUsage { executions: 9, ..over }, ..base() });
+        assert_eq!((c.effective, c.trip_breaker), (3, false));
+        // Already going to a human: the budget is not the reason, nothing trips.
+        let c = climb(&LadderFacts { budget: over, tier0: true, ..base() });
+        assert_eq!((codes(&c), c.trip_breaker), (vec![CapCode::Tier0Target], false));
+        let c = climb(&LadderFacts { granted: 2, budget: over, ..base() });
+        assert!(!c.trip_breaker);
+    }
+
+    #[test]
+    fn distinct_targets_count_only_new_targets() {
+        let full = BudgetUsage { distinct_targets: 5, ..BudgetUsage::default() };
+        let c = climb(&LadderFacts { budget: full, ..base() });
+        assert_eq!((codes(&c), c.trip_breaker), (vec![CapCode::DistinctTargetsExceeded], true));
+        let c = climb(&LadderFacts { budget: BudgetUsage { target_seen: true, ..full }, ..base() });
+        assert_eq!(c.effective, 3);
+    }
+
+    #[test]
+    fn an_open_breaker_holds_at_level_two_without_tripping_again() {
+        let b = BudgetUsage { breaker_open: true, executions: 99, ..BudgetUsage::default() };
+        let c = climb(&LadderFacts { granted: 4, budget: b, ..base() });
+        assert_eq!((c.effective, codes(&c), c.trip_breaker), (2, vec![CapCode::BreakerOpen], false));
+    }
+
+    #[test]
+    fn shadow_mode_caps_to_advice_and_remembers_the_outcome() {
+        let c = climb(&LadderFacts { shadow: true, ..base() });
+        assert_eq!((c.effective, c.shadow_outcome), (1, Some(Outcome::Execute)));
+        let c = climb(&LadderFacts { shadow: true, granted: 2, ..base() });
+        assert_eq!(c.shadow_outcome, Some(Outcome::RequireApproval));
+        let c = climb(&LadderFacts { shadow: true, granted: 1, ..base() });
+        assert_eq!((c.effective, c.shadow_outcome), (1, None));
+    }
+
+    #[test]
+    fn review_autonomous_flags_every_execution() {
+        let c = climb(&LadderFacts { review_autonomous: true, ..base() });
+        assert!(c.review);
+        let c = climb(&LadderFacts { review_autonomous: true, confidence: 0.7, ..base() });
+        assert!(!c.review, "nothing executed, nothing to review");
+    }
+
+    #[test]
+    fn decisions_serialise_with_the_contract_field_names() {
+        let d = Decision {
+            outcome: Outcome::RequireApproval,
+            granted_level: 3,
+            effective_level: 2,
+            band: Band::Escalate,
+            caps: vec![Cap { code: CapCode::ConfidenceBelowAutonomous, reason: "r".into() }],
+            policies: vec![],
+            bundle_version: "sha256:00".into(),
+            review: false,
+            approval: None,
+            trip_breaker: false,
+            shadow_outcome: None,
+        };
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["outcome"], "require_approval");
+        assert_eq!(v["band"], "escalate");
+        assert_eq!(v["caps"][0]["code"], "confidence_below_autonomous");
+        assert!(v.get("trip_breaker").is_none() && v.get("approval").is_none());
+        for code in [CapCode::Tier0Target, CapCode::DistinctTargetsExceeded, CapCode::EvaluationError] {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+}

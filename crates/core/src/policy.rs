@@ -191,7 +191,7 @@ pub(crate) fn compile_guardrail(g: &Guardrail) -> String {
         let _ = writeln!(s, "@owner({})", lit(&g.owner));
         let _ = writeln!(s, "@file({})", lit(&g.file));
         let _ = writeln!(s, "@line(\"{}\")", grant.line);
-        let _ = writeln!(
+        let _ = write!(
             s,
             "{effect} (principal == {NS}::Agent::{}, action == {NS}::Action::{}, resource)",
             lit(&g.id),
@@ -211,7 +211,7 @@ pub(crate) fn compile_guardrail(g: &Guardrail) -> String {
         if conds.is_empty() {
             s.push_str(";\n\n");
         } else {
-            let _ = writeln!(s, "when {{ {} }};\n", conds.join(" && "));
+            let _ = writeln!(s, "\nwhen {{ {} }};\n", conds.join(" && "));
         }
     }
     s

@@ -39,8 +39,8 @@ pub fn run(a: DemoArgs) -> Result<(), Failure> {
     };
     let script = SourceFile::new("demo.toml", SCRIPT);
     let cases = parse_cases(&script).map_err(|p| anyhow::anyhow!("the demo script is invalid: {}", p[0]))?;
-    println!("Warden demo — policy bundle {}", bundle.version());
-    println!(
+    outln!("Warden demo — policy bundle {}", bundle.version());
+    outln!(
         "{} agents, {} action classes, {} assets, {} Cedar policies\n",
         bundle.agents().count(),
         bundle.catalog().len(),
@@ -51,22 +51,40 @@ pub fn run(a: DemoArgs) -> Result<(), Failure> {
     for (i, case) in cases.iter().enumerate() {
         let s = &case.scenario;
         let agent = bundle.agent(&s.agent).map_or(s.agent.as_str(), |g| g.name.as_str());
-        println!("{}. {}", i + 1, s.name);
-        println!("   {agent} asks for {} on {} (confidence {})", s.action, s.target, s.confidence);
+        outln!("{}. {}", i + 1, s.name);
+        outln!("   {agent} asks for {} on {} (confidence {})", s.action, s.target, s.confidence);
         let d = s.decide(&bundle);
         for line in render::decision(&d).lines() {
-            println!("   {line}");
+            outln!("   {line}");
         }
         let mismatches = s.expect.as_ref().map(|e| e.mismatches(&d)).unwrap_or_default();
         for m in &mismatches {
-            println!("   !! {m}");
+            outln!("   !! {m}");
         }
         surprises += usize::from(!mismatches.is_empty());
-        println!();
+        outln!("");
     }
     if surprises > 0 {
         return Err(Failure::Other(anyhow::anyhow!("{surprises} scenario(s) did not decide as scripted")));
     }
-    println!("{} scenarios decided as scripted.", cases.len());
+    outln!("{} scenarios decided as scripted.", cases.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The built-in copy must list every policy file of `examples/policy`.
+    #[test]
+    fn the_built_in_bundle_lists_every_example_policy_file() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy");
+        let files = crate::bundle_dir::read(&root).unwrap();
+        let mut on_disk: Vec<&str> =
+            files.iter().map(|f| f.path.as_str()).filter(|p| warden_core::bundle::is_policy_file(p)).collect();
+        let mut built_in: Vec<&str> = EXAMPLE_BUNDLE.iter().map(|(p, _)| *p).collect();
+        on_disk.sort_unstable();
+        built_in.sort_unstable();
+        assert_eq!(on_disk, built_in);
+    }
 }

@@ -106,7 +106,7 @@ fn validate(a: &BundleArgs) -> Result<(), Failure> {
     let result = Bundle::load(&files);
     match (a.output, result) {
         (Output::Text, Ok(b)) => {
-            println!(
+            outln!(
                 "ok: {} — {} actions, {} assets, {} agents, {} Cedar policies",
                 b.version(),
                 b.catalog().len(),
@@ -120,12 +120,12 @@ fn validate(a: &BundleArgs) -> Result<(), Failure> {
         (Output::Json, Ok(b)) => {
             let out = json!({"valid": true, "bundle_version": b.version(), "actions": b.catalog().len(),
                 "assets": b.inventory().len(), "agents": b.agents().count(), "policies": b.policy_count()});
-            println!("{}", serde_json::to_string_pretty(&out).map_err(anyhow::Error::from)?);
+            outln!("{}", serde_json::to_string_pretty(&out).map_err(anyhow::Error::from)?);
             Ok(())
         }
         (Output::Json, Err(e)) => {
             let out = json!({"valid": false, "problems": e.problems});
-            println!("{}", serde_json::to_string_pretty(&out).map_err(anyhow::Error::from)?);
+            outln!("{}", serde_json::to_string_pretty(&out).map_err(anyhow::Error::from)?);
             Err(Failure::Invalid(String::new()))
         }
     }
@@ -154,12 +154,12 @@ fn test(a: &TestArgs) -> Result<(), Failure> {
         Output::Text => {
             for r in &results {
                 let status = if r.passed() { "ok  " } else { "FAIL" };
-                println!("{status} {}:{} {}", r.case.file, r.case.line, r.case.scenario.name);
+                outln!("{status} {}:{} {}", r.case.file, r.case.line, r.case.scenario.name);
                 for f in &r.failures {
-                    println!("       {f}");
+                    outln!("       {f}");
                 }
             }
-            println!("{passed} passed, {failed} failed");
+            outln!("{passed} passed, {failed} failed");
         }
         Output::Json => {
             let cases: Vec<_> = results
@@ -170,7 +170,7 @@ fn test(a: &TestArgs) -> Result<(), Failure> {
                 })
                 .collect();
             let out = json!({"bundle_version": bundle.version(), "passed": passed, "failed": failed, "cases": cases});
-            println!("{}", serde_json::to_string_pretty(&out).map_err(anyhow::Error::from)?);
+            outln!("{}", serde_json::to_string_pretty(&out).map_err(anyhow::Error::from)?);
         }
     }
     if failed > 0 { Err(Failure::Denied) } else { Ok(()) }
@@ -202,8 +202,8 @@ fn eval(a: &EvalArgs) -> Result<(), Failure> {
     let (_, bundle) = load(&a.dir)?;
     let d = scenario.decide(&bundle);
     match a.output {
-        Output::Text => print!("{}", render::decision(&d)),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&d).map_err(anyhow::Error::from)?),
+        Output::Text => out!("{}", render::decision(&d)),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&d).map_err(anyhow::Error::from)?),
     }
     if d.outcome == Outcome::Deny { Err(Failure::Denied) } else { Ok(()) }
 }
@@ -211,9 +211,9 @@ fn eval(a: &EvalArgs) -> Result<(), Failure> {
 fn show(a: &ShowArgs) -> Result<(), Failure> {
     let (_, bundle) = load(&a.dir)?;
     if a.schema {
-        print!("{}", bundle.cedar_schema());
+        out!("{}", bundle.cedar_schema());
     } else {
-        print!("{}", bundle.cedar_policies());
+        out!("{}", bundle.cedar_policies());
     }
     Ok(())
 }

@@ -1,0 +1,153 @@
+//! Broken bundles give located, readable problems — never a panic, never a partial bundle.
+
+use warden_core::{Bundle, Problem, SourceFile};
+
+use crate::example_files;
+
+/// The example bundle with `path` replaced by `edit(text)`.
+fn broken(path: &str, edit: impl Fn(&str) -> String) -> Vec<Problem> {
+    let mut files = example_files();
+    let f = files.iter_mut().find(|f| f.path == path).unwrap_or_else(|| panic!("no {path}"));
+    f.text = edit(&f.text);
+    match Bundle::load(&files) {
+        Ok(_) => panic!("the bundle should be invalid"),
+        Err(e) => e.problems,
+    }
+}
+
+fn line_of(files_text: &str, needle: &str) -> usize {
+    let offset = files_text.find(needle).unwrap_or_else(|| panic!("`{needle}` not found"));
+    files_text[..offset].matches('\n').count() + 1
+}
+
+fn original(path: &str) -> String {
+    example_files().into_iter().find(|f| f.path == path).unwrap().text
+}
+
+#[test]
+fn cedar_syntax_error() {
+    let path = "cedar/network.cedar";
+    let problems = broken(path, |t| t.replace("resource.tags.contains(\"internal\")", "resource.tags.contains(\"internal\" &&"));
+    assert_eq!(problems[0].file, path);
+    assert_eq!(problems[0].line, Some(line_of(&original(path), "when { resource.tags.contains(\"internal\")")));
+    assert!(problems[0].message.contains("unexpected token"), "{}", problems[0]);
+}
+
+#[test]
+fn cedar_typo_in_an_attribute_is_a_validation_error() {
+    let path = "cedar/containment.cedar";
+    let problems = broken(path, |t| t.replace("resource.tags.contains(\"break-glass\")", "resource.tag.contains(\"break-glass\")"));
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].file, path);
+    assert_eq!(problems[0].line, Some(line_of(&original(path), "@id(\"break-glass-untouchable\")")));
+    assert!(problems[0].message.contains("attribute `tag`"), "{}", problems[0]);
+}
+
+#[test]
+fn cedar_typo_in_an_entity_type_or_action_is_a_validation_error() {
+    let path = "cedar/network.cedar";
+    let problems = broken(path, |t| t.replacen("Warden::Action::\"ip.block\"", "Warden::Action::\"ip.blok\"", 1));
+    assert!(problems.iter().any(|p| p.message.contains("ip.blok")), "{problems:?}");
+    let problems = broken(path, |t| t.replace("Warden::Agent::", "Warden::Agnet::"));
+    assert!(problems.iter().any(|p| p.message.contains("Warden::Agnet")), "{problems:?}");
+}
+
+#[test]
+fn handwritten_rules_must_name_owner_and_level() {
+    let path = "cedar/network.cedar";
+    let problems = broken(path, |t| t.replace("@owner(\"team:soc-engineering\")\n", "").replace("@level(\"4\")", "@level(\"9\")"));
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(text.iter().any(|p| p.contains("needs an `@owner")), "{text:?}");
+    assert!(text.iter().any(|p| p.contains("level must be 1 to 4")), "{text:?}");
+}
+
+#[test]
+fn unknown_action_in_a_guardrail() {
+    let path = "agents/phish-triage.toml";
+    let problems = broken(path, |t| t.replace("action = \"email.release\"", "action = \"email.relaese\""));
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].file, path);
+    assert_eq!(problems[0].line, Some(line_of(&original(path), "action = \"email.release\"")));
+    assert_eq!(problems[0].message, "unknown action `email.relaese` (not in actions.toml)");
+}
+
+#[test]
+fn level_seven() {
+    let path = "agents/edr-responder.toml";
+    let problems = broken(path, |t| t.replacen("level = 3", "level = 7", 1));
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].line, Some(line_of(&original(path), "level = 3")));
+    assert_eq!(problems[0].message, "autonomy level must be 0 to 4, not 7");
+}
+
+#[test]
+fn threshold_above_one() {
+    let path = "agents/phish-triage.toml";
+    let problems = broken(path, |t| t.replace("autonomous = 0.90", "autonomous = 1.5"));
+    assert_eq!(problems[0].line, Some(line_of(&original(path), "autonomous = 0.90")));
+    assert!(problems[0].message.contains("between 0 and 1, not 1.5"), "{}", problems[0]);
+}
+
+#[test]
+fn duplicate_agent_id() {
+    let mut files = example_files();
+    let copy = files.iter().find(|f| f.path == "agents/phish-triage.toml").unwrap().text.clone();
+    files.push(SourceFile::new("agents/phish-triage-2.toml", copy));
+    let problems = Bundle::load(&files).unwrap_err().problems;
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].file, "agents/phish-triage.toml");
+    assert_eq!(problems[0].line, Some(4));
+    assert!(problems[0].message.starts_with("duplicate agent id `spiffe://acme.example/soc/phish-triage`"));
+}
+
+#[test]
+fn compensation_naming_a_missing_action() {
+    let path = "actions.toml";
+    let problems = broken(path, |t| t.replace("compensation = \"host.release\"", "compensation = \"host.unisolate\""));
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].line, Some(line_of(&original(path), "compensation = \"host.release\"")));
+    assert_eq!(problems[0].message, "compensation of `host.isolate` names a missing action `host.unisolate`");
+}
+
+#[test]
+fn duplicate_assets_across_toml_and_csv() {
+    let problems = broken("assets.csv", |t| format!("{t}host,web-42,tier3,prod,team:web,false,\n"));
+    assert!(problems.iter().any(|p| p.message == "duplicate asset `host:web-42`"), "{problems:?}");
+}
+
+#[test]
+fn a_missing_catalog_and_stray_files_are_reported() {
+    let mut files: Vec<SourceFile> = example_files().into_iter().filter(|f| f.path != "actions.toml").collect();
+    files.push(SourceFile::new("cedar/rules.ceder", "forbid(principal, action, resource);"));
+    let problems = Bundle::load(&files).unwrap_err().problems;
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(text.iter().any(|p| p.starts_with("actions.toml: missing")), "{text:?}");
+    assert!(text.iter().any(|p| p.starts_with("cedar/rules.ceder: unexpected file")), "{text:?}");
+}
+
+#[test]
+fn garbage_never_panics() {
+    let samples = ["", "[[", "level = ", "\u{0}\u{1}", "[agent]\nid = 3", "[[action]]\nid = \"a.b\"", "permit(", "@level(\"4\") permit(principal, action, resource);"];
+    for path in ["actions.toml", "assets.toml", "assets.csv", "agents/phish-triage.toml", "cedar/network.cedar"] {
+        for s in samples {
+            let mut files = example_files();
+            files.iter_mut().find(|f| f.path == path).unwrap().text = s.to_string();
+            let _ = Bundle::load(&files);
+        }
+    }
+}
+
+#[test]
+fn the_version_is_a_hash_of_the_policy_content_only() {
+    let files = example_files();
+    let a = Bundle::load(&files).unwrap();
+    let mut reordered = files.clone();
+    reordered.reverse();
+    reordered.retain(|f| !f.path.starts_with("tests/"));
+    let b = Bundle::load(&reordered).unwrap();
+    assert_eq!(a.version(), b.version(), "order and tests/ do not change the version");
+    assert!(a.version().starts_with("sha256:") && a.version().len() == 7 + 64);
+    let mut edited = files;
+    edited.iter_mut().find(|f| f.path == "assets.csv").unwrap().text.push_str("host,lt-new,tier3,prod,team:workplace,false,\n");
+    assert_ne!(Bundle::load(&edited).unwrap().version(), a.version());
+}
