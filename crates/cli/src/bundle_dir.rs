@@ -40,7 +40,8 @@ fn walk(dir: &Path, prefix: &str, depth: usize, out: &mut Vec<SourceFile>) -> Re
             if meta.len() > MAX_FILE {
                 bail!("`{}` is larger than {} MiB", path.display(), MAX_FILE >> 20);
             }
-            let text = fs::read_to_string(&path).with_context(|| format!("cannot read `{}` as UTF-8 text", path.display()))?;
+            let text =
+                fs::read_to_string(&path).with_context(|| format!("cannot read `{}` as UTF-8 text", path.display()))?;
             out.push(SourceFile::new(rel, text));
         }
     }

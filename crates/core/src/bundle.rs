@@ -20,7 +20,9 @@ pub struct BundleError {
 fn summary(problems: &[Problem]) -> String {
     match problems {
         [one] => one.to_string(),
-        many => format!("{} problems, first: {}", many.len(), many.first().map(ToString::to_string).unwrap_or_default()),
+        many => {
+            format!("{} problems, first: {}", many.len(), many.first().map(ToString::to_string).unwrap_or_default())
+        }
     }
 }
 
@@ -73,7 +75,8 @@ impl Bundle {
         for f in files {
             let stray = (f.path.starts_with("agents/") || f.path.starts_with("cedar/")) && !is_policy_file(&f.path);
             if stray {
-                problems.push(Problem::in_file(&f.path, "unexpected file: agents/ holds `*.toml`, cedar/ holds `*.cedar`"));
+                problems
+                    .push(Problem::in_file(&f.path, "unexpected file: agents/ holds `*.toml`, cedar/ holds `*.cedar`"));
             }
         }
 
@@ -125,7 +128,8 @@ impl Bundle {
                     continue;
                 }
                 if let Some(prev) = names.insert(g.name.clone(), g.file.clone()) {
-                    problems.push(Problem::in_file(&f.path, format!("duplicate agent name `{}` (also in {prev})", g.name)));
+                    problems
+                        .push(Problem::in_file(&f.path, format!("duplicate agent name `{}` (also in {prev})", g.name)));
                     continue;
                 }
                 agents.insert(g.id.clone(), g);

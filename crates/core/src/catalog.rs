@@ -155,18 +155,11 @@ impl ActionClass {
                 .find(|p| &p.name == name)
                 .ok_or_else(|| format!("action `{}` has no parameter `{name}`", self.id))?;
             if !spec.ty.accepts(value) {
-                return Err(format!(
-                    "parameter `{name}` of action `{}` must be of type {}",
-                    self.id,
-                    spec.ty.as_str()
-                ));
+                return Err(format!("parameter `{name}` of action `{}` must be of type {}", self.id, spec.ty.as_str()));
             }
         }
         if let Some(missing) = self.params.iter().find(|p| p.required && !params.contains_key(&p.name)) {
-            return Err(format!(
-                "action `{}` requires parameter `{}`",
-                self.id, missing.name
-            ));
+            return Err(format!("action `{}` requires parameter `{}`", self.id, missing.name));
         }
         Ok(())
     }
@@ -213,8 +206,7 @@ pub fn is_action_id(s: &str) -> bool {
 /// A lowercase identifier: `[a-z][a-z0-9_]*`.
 pub fn is_ident(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some('a'..='z'))
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    matches!(chars.next(), Some('a'..='z')) && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 impl Catalog {
@@ -246,17 +238,20 @@ impl Catalog {
             }
             for field in [&a.tool, &a.owner] {
                 if field.get_ref().trim().is_empty() {
-                    problems.push(file.problem_at(Some(field.span()), format!("action `{id}`: value must not be empty")));
+                    problems
+                        .push(file.problem_at(Some(field.span()), format!("action `{id}`: value must not be empty")));
                 }
             }
             let mut seen = Vec::new();
             for p in &a.params {
                 let name = &p.get_ref().name;
                 if !is_ident(name) {
-                    problems.push(file.problem_at(
-                        Some(p.span()),
-                        format!("parameter name `{name}` must be a lowercase identifier"),
-                    ));
+                    problems.push(
+                        file.problem_at(
+                            Some(p.span()),
+                            format!("parameter name `{name}` must be a lowercase identifier"),
+                        ),
+                    );
                 } else if seen.contains(name) {
                     problems.push(file.problem_at(Some(p.span()), format!("duplicate parameter `{name}`")));
                 }
@@ -267,10 +262,12 @@ impl Catalog {
                     Some(a.reversible.span()),
                     format!("action `{id}` is reversible but names no `compensation`"),
                 )),
-                (false, Some(c)) => problems.push(file.problem_at(
-                    Some(c.span()),
-                    format!("action `{id}` names a compensation but is not `reversible`"),
-                )),
+                (false, Some(c)) => {
+                    problems.push(file.problem_at(
+                        Some(c.span()),
+                        format!("action `{id}` names a compensation but is not `reversible`"),
+                    ))
+                }
                 (true, Some(c)) => compensations.push((id.clone(), c.clone())),
                 (false, None) => {}
             }
@@ -307,11 +304,7 @@ impl Catalog {
                 Some(_) => {}
             }
         }
-        if problems.is_empty() {
-            Ok(Self { actions })
-        } else {
-            Err(problems)
-        }
+        if problems.is_empty() { Ok(Self { actions }) } else { Err(problems) }
     }
 
     pub fn get(&self, id: &str) -> Option<&ActionClass> {
@@ -383,7 +376,10 @@ lease_ttl = "2m"
 
     #[test]
     fn duplicate_ids_and_unknown_categories_are_errors() {
-        let dup = format!("{ISOLATE}\n{}", &ISOLATE[ISOLATE.find("[[action]]").unwrap()..ISOLATE.find("\n\n[[action]]").unwrap()]);
+        let dup = format!(
+            "{ISOLATE}\n{}",
+            &ISOLATE[ISOLATE.find("[[action]]").unwrap()..ISOLATE.find("\n\n[[action]]").unwrap()]
+        );
         let errs = parse(&dup).unwrap_err();
         assert!(errs.iter().any(|e| e.message == "duplicate action `host.isolate`"), "{errs:?}");
 

@@ -239,7 +239,14 @@ pub struct Climb {
 /// The ladder proper: caps applied to a granted level, in DESIGN.md §3 order.
 pub fn climb(f: &LadderFacts) -> Climb {
     let band = Band::of(f.confidence, f.thresholds);
-    let mut c = Climb { effective: f.granted, band, caps: Vec::new(), review: false, trip_breaker: false, shadow_outcome: None };
+    let mut c = Climb {
+        effective: f.granted,
+        band,
+        caps: Vec::new(),
+        review: false,
+        trip_breaker: false,
+        shadow_outcome: None,
+    };
     let cap = |c: &mut Climb, to: u8, code: CapCode, reason: String| {
         c.effective = c.effective.min(to);
         c.caps.push(Cap { code, reason });
@@ -259,10 +266,8 @@ pub fn climb(f: &LadderFacts) -> Climb {
             cap(&mut c, 1, CapCode::ConfidenceBelowEscalate, reason);
             c.review = true;
         } else if band == Band::Escalate && f.granted >= 3 {
-            let reason = format!(
-                "confidence {} is below the autonomous threshold {}",
-                f.confidence, f.thresholds.autonomous
-            );
+            let reason =
+                format!("confidence {} is below the autonomous threshold {}", f.confidence, f.thresholds.autonomous);
             cap(&mut c, 2, CapCode::ConfidenceBelowAutonomous, reason);
         }
     }
@@ -277,7 +282,8 @@ pub fn climb(f: &LadderFacts) -> Climb {
             cap(&mut c, 2, CapCode::Tier0Target, format!("level 3 autonomy excludes tier0 targets{unknown}"));
         }
         if f.privileged {
-            let reason = format!("level 3 autonomy excludes privileged targets; a step-up approver must decide{unknown}");
+            let reason =
+                format!("level 3 autonomy excludes privileged targets; a step-up approver must decide{unknown}");
             cap(&mut c, 2, CapCode::PrivilegedTarget, reason);
         }
         if f.step_up_category {
@@ -314,7 +320,9 @@ pub fn climb(f: &LadderFacts) -> Climb {
     }
 
     if c.effective >= 3 {
-        let lifted = f.granted == 4 && side_effects && (!f.reversible || f.high_impact || f.step_up_category || f.tier0 || f.privileged);
+        let lifted = f.granted == 4
+            && side_effects
+            && (!f.reversible || f.high_impact || f.step_up_category || f.tier0 || f.privileged);
         c.review |= lifted || f.review_autonomous;
     }
 
@@ -381,7 +389,9 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
     };
     let verdict = match bundle.policy.evaluate(&facts) {
         Ok(v) if v.errors.is_empty() => v,
-        Ok(v) => return deny(d, CapCode::EvaluationError, format!("policy evaluation failed: {}", v.errors.join("; "))),
+        Ok(v) => {
+            return deny(d, CapCode::EvaluationError, format!("policy evaluation failed: {}", v.errors.join("; ")));
+        }
         Err(e) => return deny(d, CapCode::EvaluationError, format!("policy evaluation failed: {e}")),
     };
 
@@ -394,7 +404,8 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
         verdict.permits.iter().copied().filter(|&i| bundle.policy.meta(i).level == Some(granted)).collect();
     d.granted_level = granted;
     d.policies = determining.iter().map(|&i| policy_ref(i)).collect();
-    let grant: Option<&Grant> = determining.iter().find_map(|&i| bundle.policy.meta(i).grant.and_then(|gi| g.grants.get(gi)));
+    let grant: Option<&Grant> =
+        determining.iter().find_map(|&i| bundle.policy.meta(i).grant.and_then(|gi| g.grants.get(gi)));
     let thresholds = grant.map_or(g.thresholds, |gr| gr.thresholds);
     d.band = Band::of(req.confidence, thresholds);
 
@@ -489,7 +500,13 @@ fn check_request(g: &Guardrail, action: &crate::catalog::ActionClass, input: &De
     Ok(())
 }
 
-fn approval(g: &Guardrail, grant: Option<&Grant>, asset: &Asset, step_up_category: bool, now: OffsetDateTime) -> ApprovalRequirement {
+fn approval(
+    g: &Guardrail,
+    grant: Option<&Grant>,
+    asset: &Asset,
+    step_up_category: bool,
+    now: OffsetDateTime,
+) -> ApprovalRequirement {
     let e = &g.escalation;
     let roles = if step_up_category || asset.privileged {
         e.step_up_roles.clone()
@@ -543,7 +560,13 @@ mod tests {
 
     #[test]
     fn each_level_maps_to_its_outcome() {
-        for (level, outcome) in [(0, Outcome::Deny), (1, Outcome::Advise), (2, Outcome::RequireApproval), (3, Outcome::Execute), (4, Outcome::Execute)] {
+        for (level, outcome) in [
+            (0, Outcome::Deny),
+            (1, Outcome::Advise),
+            (2, Outcome::RequireApproval),
+            (3, Outcome::Execute),
+            (4, Outcome::Execute),
+        ] {
             let c = climb(&LadderFacts { granted: level, ..base() });
             assert_eq!(Outcome::for_level(c.effective), outcome, "level {level}");
             assert!(c.caps.is_empty());
@@ -603,7 +626,14 @@ mod tests {
 
     #[test]
     fn level_four_lifts_the_level_three_conditions_and_flags_review() {
-        let c = climb(&LadderFacts { granted: 4, reversible: false, tier0: true, privileged: true, step_up_category: true, ..base() });
+        let c = climb(&LadderFacts {
+            granted: 4,
+            reversible: false,
+            tier0: true,
+            privileged: true,
+            step_up_category: true,
+            ..base()
+        });
         assert_eq!((c.effective, c.caps.len(), c.review), (4, 0, true));
         let c = climb(&LadderFacts { granted: 4, high_impact: true, ..base() });
         assert!(c.review);

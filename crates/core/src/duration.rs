@@ -25,9 +25,7 @@ impl Duration {
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(|| format!("duration `{text}` has no unit (use s, m, h or d)"))?;
         let (digits, unit) = text.split_at(split);
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("duration `{text}` must start with a whole number"))?;
+        let n: u64 = digits.parse().map_err(|_| format!("duration `{text}` must start with a whole number"))?;
         let scale = match unit {
             "s" => 1,
             "m" => 60,
@@ -35,20 +33,18 @@ impl Duration {
             "d" => 86_400,
             _ => return Err(format!("duration `{text}` has unknown unit `{unit}` (use s, m, h or d)")),
         };
-        n.checked_mul(scale)
-            .map(Self)
-            .ok_or_else(|| format!("duration `{text}` is too large"))
+        n.checked_mul(scale).map(Self).ok_or_else(|| format!("duration `{text}` is too large"))
     }
 }
 
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.0;
-        if s != 0 && s % 86_400 == 0 {
+        if s != 0 && s.is_multiple_of(86_400) {
             write!(f, "{}d", s / 86_400)
-        } else if s != 0 && s % 3600 == 0 {
+        } else if s != 0 && s.is_multiple_of(3600) {
             write!(f, "{}h", s / 3600)
-        } else if s != 0 && s % 60 == 0 {
+        } else if s != 0 && s.is_multiple_of(60) {
             write!(f, "{}m", s / 60)
         } else {
             write!(f, "{s}s")

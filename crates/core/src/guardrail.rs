@@ -1,9 +1,12 @@
 //! Guardrail files (`agents/*.toml`): one per agent, the seven parts of an agent policy.
 //!
-//! 1. purpose & scope (`[agent]`, `[scope]`), 2. allowed data & tools (`[data]`),
-//! 3. actions with an autonomy level each (`[[action]]`), 4. confidence thresholds
-//! (`[confidence]`), 5. escalation rules (`[escalation]`), 6. audit requirements (`[audit]`),
-//! 7. rollback & emergency-stop rules (`[rollback]`).
+//! 1. purpose & scope (`[agent]`, `[scope]`)
+//! 2. allowed data & tools (`[data]`)
+//! 3. actions with an autonomy level each (`[[action]]`)
+//! 4. confidence thresholds (`[confidence]`)
+//! 5. escalation rules (`[escalation]`)
+//! 6. audit requirements (`[audit]`)
+//! 7. rollback & emergency-stop rules (`[rollback]`)
 
 use serde::{Deserialize, Serialize};
 use toml::Spanned;

@@ -89,19 +89,15 @@ pub struct TargetRef {
 
 impl TargetRef {
     pub fn new(kind: impl Into<String>, id: impl Into<String>) -> Self {
-        Self {
-            kind: kind.into(),
-            id: id.into(),
-        }
+        Self { kind: kind.into(), id: id.into() }
     }
 }
 
 impl FromStr for TargetRef {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (kind, id) = s
-            .split_once(':')
-            .ok_or_else(|| format!("target `{s}` must be written `KIND:ID`, like `host:web-42`"))?;
+        let (kind, id) =
+            s.split_once(':').ok_or_else(|| format!("target `{s}` must be written `KIND:ID`, like `host:web-42`"))?;
         if !is_ident(kind) {
             return Err(format!("target kind `{kind}` must be a lowercase word, like `host`"));
         }

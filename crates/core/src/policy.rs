@@ -19,8 +19,9 @@ use std::fmt::Write as _;
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityUid, Policy, PolicyId,
-    PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 
@@ -68,21 +69,32 @@ pub(crate) struct RequestFacts<'a> {
     pub weekday: u8,
 }
 
+/// One agent's view of the policy set.
+#[derive(Debug)]
+struct AgentSlices {
+    uid: EntityUid,
+    entity: Entity,
+    /// Per action id: the agent's guardrail policies for that action plus every hand-written
+    /// rule whose scope can match (agent, action, the action's resource type). Policies whose
+    /// scope cannot match never apply, so evaluating the slice equals evaluating the whole set.
+    by_action: HashMap<String, PolicySet>,
+}
+
 /// A validated policy set ready to evaluate.
 #[derive(Debug)]
 pub(crate) struct CompiledPolicy {
     schema_text: String,
     policy_text: String,
     schema: Schema,
-    /// Per agent: its guardrail policies plus every hand-written rule. Policies scoped to
-    /// another principal can never match, so evaluating the slice equals evaluating the whole.
-    slices: HashMap<String, PolicySet>,
-    /// Every policy; used for validation and for agents without a slice.
+    agents: HashMap<String, AgentSlices>,
+    action_uids: HashMap<String, EntityUid>,
+    /// Entity type per asset kind.
+    types: HashMap<String, EntityTypeName>,
+    /// Every policy, as validated.
     full: PolicySet,
     meta: Vec<PolicyMeta>,
     meta_by_id: HashMap<String, usize>,
     entities: Entities,
-    agent_entities: HashMap<String, Entity>,
     authorizer: Authorizer,
 }
 
@@ -295,8 +307,8 @@ fn parse_handwritten(file: &SourceFile, problems: &mut Vec<Problem>) -> Vec<(Pol
     out
 }
 
-fn asset_entity(type_name: &str, asset: &Asset, known: bool) -> Result<Entity, String> {
-    let uid = EntityUid::from_str(&format!("{NS}::{type_name}::{}", lit(&asset.id))).map_err(|e| e.to_string())?;
+fn asset_entity(type_name: &EntityTypeName, asset: &Asset, known: bool) -> Result<Entity, String> {
+    let uid = EntityUid::from_type_name_and_id(type_name.clone(), EntityId::new(&asset.id));
     let attrs = HashMap::from([
         ("criticality".to_string(), RestrictedExpression::new_string(asset.criticality.as_str().into())),
         ("tier".to_string(), RestrictedExpression::new_long(i64::from(asset.criticality.tier()))),
@@ -313,7 +325,7 @@ fn asset_entity(type_name: &str, asset: &Asset, known: bool) -> Result<Entity, S
 }
 
 fn agent_uid(id: &str) -> Result<EntityUid, String> {
-    EntityUid::from_str(&format!("{NS}::Agent::{}", lit(id))).map_err(|e| e.to_string())
+    Ok(EntityUid::from_type_name_and_id(type_name("Agent")?, EntityId::new(id)))
 }
 
 fn agent_entity(g: &Guardrail) -> Result<Entity, String> {
@@ -350,6 +362,38 @@ fn decimal_text(x: f64) -> String {
     format!("{}.{:04}", n / 10_000, n % 10_000)
 }
 
+/// Whether a policy's scope could match requests by `agent` for `action` (on `resource`).
+/// Conservative: when unsure, it could.
+fn scope_may_match(
+    p: &Policy,
+    agent: &EntityUid,
+    action: &EntityUid,
+    group: &EntityUid,
+    resource: &EntityTypeName,
+) -> bool {
+    let agent_type = agent.type_name();
+    let principal = match p.principal_constraint() {
+        PrincipalConstraint::Any | PrincipalConstraint::In(_) => true,
+        PrincipalConstraint::Eq(uid) => &uid == agent,
+        PrincipalConstraint::Is(t) | PrincipalConstraint::IsIn(t, _) => &t == agent_type,
+    };
+    let action_ok = match p.action_constraint() {
+        ActionConstraint::Any => true,
+        ActionConstraint::Eq(uid) => &uid == action,
+        ActionConstraint::In(uids) => uids.iter().any(|u| u == action || u == group),
+    };
+    let resource_ok = match p.resource_constraint() {
+        ResourceConstraint::Any | ResourceConstraint::In(_) => true,
+        ResourceConstraint::Eq(uid) => uid.type_name() == resource,
+        ResourceConstraint::Is(t) | ResourceConstraint::IsIn(t, _) => &t == resource,
+    };
+    principal && action_ok && resource_ok
+}
+
+fn type_name(name: &str) -> Result<EntityTypeName, String> {
+    EntityTypeName::from_str(&format!("{NS}::{name}")).map_err(|e| e.to_string())
+}
+
 impl CompiledPolicy {
     /// Compiles guardrails and hand-written files, validates the whole set against the
     /// generated schema, and prepares per-agent slices and entities.
@@ -369,18 +413,21 @@ impl CompiledPolicy {
             return Err(problems);
         }
         let schema_text = generate_schema(catalog, inventory);
-        let (schema, _warnings) = Schema::from_cedarschema_str(&schema_text).map_err(|e| {
-            vec![Problem::in_file("actions.toml", format!("generated Cedar schema is invalid: {e}"))]
-        })?;
+        let (schema, _warnings) = Schema::from_cedarschema_str(&schema_text)
+            .map_err(|e| vec![Problem::in_file("actions.toml", format!("generated Cedar schema is invalid: {e}"))])?;
 
         let mut meta: Vec<PolicyMeta> = Vec::new();
         let mut full = PolicySet::new();
-        let mut slices: HashMap<String, PolicySet> = HashMap::new();
+        // Guardrail policies per (agent, action); hand-written ones apply to everyone.
+        let mut own: HashMap<(String, String), Vec<Policy>> = HashMap::new();
+        let mut handwritten: Vec<Policy> = Vec::new();
         let mut policy_text = String::new();
-        let mut add = |policy: Policy, m: PolicyMeta, slice_agents: &[&str], problems: &mut Vec<Problem>| {
-            for agent in slice_agents {
-                // A duplicate id is reported once, below, from the full set.
-                let _ = slices.entry((*agent).to_string()).or_default().add(policy.clone());
+        let mut add = |policy: Policy, m: PolicyMeta, owner: Option<(&str, &str)>, problems: &mut Vec<Problem>| {
+            match owner {
+                Some((agent, action)) => {
+                    own.entry((agent.to_string(), action.to_string())).or_default().push(policy.clone())
+                }
+                None => handwritten.push(policy.clone()),
             }
             if let Err(e) = full.add(policy) {
                 let message = format!("policy id `{}` is used twice ({e})", m.id);
@@ -396,7 +443,11 @@ impl CompiledPolicy {
             let set = match PolicySet::from_str(&text) {
                 Ok(set) => set,
                 Err(e) => {
-                    let p = Problem { file: g.file.clone(), line: None, message: format!("compiles to invalid Cedar: {e}") };
+                    let p = Problem {
+                        file: g.file.clone(),
+                        line: None,
+                        message: format!("compiles to invalid Cedar: {e}"),
+                    };
                     problems.push(p);
                     continue;
                 }
@@ -417,14 +468,13 @@ impl CompiledPolicy {
                     forbid: grant.level == 0,
                     grant: Some(index),
                 };
-                add(p.new_id(PolicyId::new(id)), m, &[g.id.as_str()], &mut problems);
+                add(p.new_id(PolicyId::new(id)), m, Some((&g.id, &grant.action)), &mut problems);
             }
         }
-        let all_agents: Vec<&str> = guardrails.iter().map(|g| g.id.as_str()).collect();
         for file in cedar_files {
             policy_text.push_str(&format!("// from {}\n{}\n", file.path, file.text));
             for (policy, m) in parse_handwritten(file, &mut problems) {
-                add(policy, m, &all_agents, &mut problems);
+                add(policy, m, None, &mut problems);
             }
         }
         if !problems.is_empty() {
@@ -447,15 +497,42 @@ impl CompiledPolicy {
             return Err(problems);
         }
 
+        let internal = |e: String| vec![Problem::in_file("actions.toml", format!("cannot prepare policies: {e}"))];
+        let mut types = HashMap::new();
+        for kind in catalog.iter().map(|a| &a.target_kind).chain(inventory.iter().map(|a| &a.kind)) {
+            types.insert(kind.clone(), type_name(&entity_type_name(kind)).map_err(internal)?);
+        }
+        let action_uid = |id: &str| {
+            EntityUid::from_str(&format!("{NS}::Action::{}", lit(id))).map_err(|e| e.to_string()).map_err(internal)
+        };
+        let mut action_uids = HashMap::new();
+        for a in catalog.iter() {
+            action_uids.insert(a.id.clone(), action_uid(&a.id)?);
+        }
+
         let mut entities = Vec::new();
-        let mut agent_entities = HashMap::new();
+        let mut agents = HashMap::new();
         for g in guardrails {
-            let e = agent_entity(g).map_err(|e| vec![Problem::in_file(&g.file, e)])?;
-            agent_entities.insert(g.id.clone(), e.clone());
-            entities.push(e);
+            let entity = agent_entity(g).map_err(|e| vec![Problem::in_file(&g.file, e)])?;
+            let uid = entity.uid();
+            let mut by_action = HashMap::new();
+            for a in catalog.iter() {
+                let group = action_uid(a.category.as_str())?;
+                let resource = &types[&a.target_kind];
+                let mut set = PolicySet::new();
+                let mine = own.get(&(g.id.clone(), a.id.clone())).into_iter().flatten();
+                let shared =
+                    handwritten.iter().filter(|p| scope_may_match(p, &uid, &action_uids[&a.id], &group, resource));
+                for p in mine.chain(shared) {
+                    set.add(p.clone()).map_err(|e| internal(e.to_string()))?;
+                }
+                by_action.insert(a.id.clone(), set);
+            }
+            entities.push(entity.clone());
+            agents.insert(g.id.clone(), AgentSlices { uid, entity, by_action });
         }
         for a in inventory.iter() {
-            let e = asset_entity(&entity_type_name(&a.kind), a, true)
+            let e = asset_entity(&types[&a.kind], a, true)
                 .map_err(|e| vec![Problem::in_file("assets.toml", format!("asset `{}`: {e}", a.target()))])?;
             entities.push(e);
         }
@@ -466,12 +543,13 @@ impl CompiledPolicy {
             schema_text,
             policy_text,
             schema,
-            slices,
+            agents,
+            action_uids,
+            types,
             full,
             meta,
             meta_by_id,
             entities,
-            agent_entities,
             authorizer: Authorizer::new(),
         })
     }
@@ -495,16 +573,21 @@ impl CompiledPolicy {
     /// Evaluates the agent's slice for one request. Errors inside Cedar are reported in the
     /// verdict; errors building the request are returned as `Err`.
     pub(crate) fn evaluate(&self, f: &RequestFacts<'_>) -> Result<Verdict, String> {
-        let principal = agent_uid(f.agent)?;
-        let action = EntityUid::from_str(&format!("{NS}::Action::{}", lit(&f.action.id))).map_err(|e| e.to_string())?;
-        let type_name = entity_type_name(&f.target.kind);
-        let resource =
-            EntityUid::from_str(&format!("{NS}::{type_name}::{}", lit(&f.target.id))).map_err(|e| e.to_string())?;
+        let agent = self.agents.get(f.agent).ok_or_else(|| format!("agent `{}` has no policies", f.agent))?;
+        let action =
+            self.action_uids.get(&f.action.id).ok_or_else(|| format!("action `{}` has no entity", f.action.id))?;
+        let resource_type = self
+            .types
+            .get(&f.target.kind)
+            .map_or_else(|| type_name(&entity_type_name(&f.target.kind)), |t| Ok(t.clone()))?;
+        let resource = EntityUid::from_type_name_and_id(resource_type.clone(), EntityId::new(&f.target.id));
+        let set = agent.by_action.get(&f.action.id).unwrap_or(&self.full);
 
         let mut params = Vec::with_capacity(f.params.len());
         for spec in &f.action.params {
             if let Some(v) = f.params.get(&spec.name) {
-                let e = param_expr(spec.ty, v).ok_or_else(|| format!("parameter `{}` has the wrong type", spec.name))?;
+                let e =
+                    param_expr(spec.ty, v).ok_or_else(|| format!("parameter `{}` has the wrong type", spec.name))?;
                 params.push((spec.name.clone(), e));
             }
         }
@@ -521,22 +604,20 @@ impl CompiledPolicy {
             ("params".to_string(), RestrictedExpression::new_record(params).map_err(|e| e.to_string())?),
         ])
         .map_err(|e| e.to_string())?;
-        let request = Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
+        let request =
+            Request::new(agent.uid.clone(), action.clone(), resource, context, None).map_err(|e| e.to_string())?;
 
-        let set = self.slices.get(f.agent).unwrap_or(&self.full);
         let response = if f.known_target {
             self.authorizer.is_authorized(&request, set, &self.entities)
         } else {
-            let agent = self.agent_entities.get(f.agent).cloned().into_iter();
-            let target = asset_entity(&type_name, f.target, false)?;
-            let entities = Entities::from_entities(agent.chain([target]), Some(&self.schema)).map_err(|e| e.to_string())?;
+            let target = asset_entity(&resource_type, f.target, false)?;
+            let entities = Entities::from_entities([agent.entity.clone(), target], Some(&self.schema))
+                .map_err(|e| e.to_string())?;
             self.authorizer.is_authorized(&request, set, &entities)
         };
 
-        let mut verdict = Verdict {
-            errors: response.diagnostics().errors().map(|e| e.to_string()).collect(),
-            ..Verdict::default()
-        };
+        let mut verdict =
+            Verdict { errors: response.diagnostics().errors().map(|e| e.to_string()).collect(), ..Verdict::default() };
         for id in response.diagnostics().reason() {
             let Some(&i) = self.meta_by_id.get(id.as_ref() as &str) else {
                 verdict.errors.push(format!("policy `{id}` has no metadata"));
@@ -553,5 +634,88 @@ impl CompiledPolicy {
             !verdict.forbids.is_empty() || verdict.permits.is_empty()
         );
         Ok(verdict)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::Bundle;
+    use crate::policy_test::parse_cases;
+
+    fn example_files() -> Vec<SourceFile> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy");
+        let mut files = Vec::new();
+        for dir in ["", "agents/", "cedar/", "tests/"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let entry = entry.unwrap();
+                if entry.file_type().unwrap().is_file() {
+                    let path = format!("{dir}{}", entry.file_name().to_string_lossy());
+                    files.push(SourceFile::new(path, std::fs::read_to_string(entry.path()).unwrap()));
+                }
+            }
+        }
+        files
+    }
+
+    /// The per-agent slice gives exactly the verdict the whole policy set gives.
+    #[test]
+    fn slices_evaluate_like_the_full_set() {
+        let files = example_files();
+        let bundle = Bundle::load(&files).unwrap();
+        let p = &bundle.policy;
+        let authorizer = Authorizer::new();
+        let mut compared = 0;
+        for f in files.iter().filter(|f| f.path.starts_with("tests/")) {
+            for case in parse_cases(f).unwrap() {
+                let s = &case.scenario;
+                let Some(action) = bundle.catalog().get(&s.action) else { continue };
+                let Some(slice) = p.agents.get(&s.agent).and_then(|a| a.by_action.get(&action.id)) else { continue };
+                let Some(asset) = bundle.inventory().get(&s.target) else { continue };
+                let ctx = Context::from_pairs([
+                    ("confidence".to_string(), RestrictedExpression::new_decimal(decimal_text(s.confidence))),
+                    ("hour".to_string(), RestrictedExpression::new_long(3)),
+                    ("weekday".to_string(), RestrictedExpression::new_long(2)),
+                    (
+                        "task".to_string(),
+                        RestrictedExpression::new_record([
+                            ("severity".to_string(), RestrictedExpression::new_string("high".into())),
+                            ("source".to_string(), RestrictedExpression::new_string("edr".into())),
+                        ])
+                        .unwrap(),
+                    ),
+                    ("params".to_string(), RestrictedExpression::new_record([]).unwrap()),
+                ])
+                .unwrap();
+                let uid = |t: &str, id: &str| EntityUid::from_str(&format!("{NS}::{t}::{}", lit(id))).unwrap();
+                let req = Request::new(
+                    uid("Agent", &s.agent),
+                    uid("Action", &action.id),
+                    uid(&entity_type_name(&asset.kind), &asset.id),
+                    ctx,
+                    None,
+                )
+                .unwrap();
+                let a = authorizer.is_authorized(&req, slice, &p.entities);
+                let b = authorizer.is_authorized(&req, &p.full, &p.entities);
+                assert_eq!(a.decision(), b.decision(), "{}", s.name);
+                let mut ra: Vec<_> = a.diagnostics().reason().map(ToString::to_string).collect();
+                let mut rb: Vec<_> = b.diagnostics().reason().map(ToString::to_string).collect();
+                ra.sort();
+                rb.sort();
+                assert_eq!(ra, rb, "{}", s.name);
+                compared += 1;
+            }
+        }
+        assert!(compared > 30, "only {compared} cases compared");
+    }
+
+    #[test]
+    fn cedar_literals_escape_quotes_and_controls() {
+        assert_eq!(lit(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(lit("x\ny\u{1}"), "\"x\\ny\\u{1}\"");
+        assert_eq!(entity_type_name("ip_address"), "IpAddress");
+        assert_eq!(decimal_text(0.99999), "0.9999");
+        assert_eq!(decimal_text(1.0), "1.0000");
     }
 }

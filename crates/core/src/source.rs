@@ -19,10 +19,7 @@ pub struct SourceFile {
 
 impl SourceFile {
     pub fn new(path: impl Into<String>, text: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            text: text.into(),
-        }
+        Self { path: path.into(), text: text.into() }
     }
 
     /// The 1-based line that holds byte `offset`.
@@ -32,11 +29,7 @@ impl SourceFile {
 
     /// A problem at the start of `span` in this file.
     pub fn problem_at(&self, span: Option<Range<usize>>, message: impl Into<String>) -> Problem {
-        Problem {
-            file: self.path.clone(),
-            line: span.map(|s| self.line_at(s.start)),
-            message: message.into(),
-        }
+        Problem { file: self.path.clone(), line: span.map(|s| self.line_at(s.start)), message: message.into() }
     }
 }
 
@@ -56,11 +49,7 @@ pub struct Problem {
 
 impl Problem {
     pub fn in_file(file: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            file: file.into(),
-            line: None,
-            message: message.into(),
-        }
+        Self { file: file.into(), line: None, message: message.into() }
     }
 }
 

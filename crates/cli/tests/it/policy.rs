@@ -4,24 +4,52 @@ use crate::{edit, example_copy, example_dir, warden};
 
 #[test]
 fn validate_accepts_the_example_bundle() {
-    warden()
-        .args(["policy", "validate"])
-        .arg(example_dir())
-        .assert()
-        .success()
-        .stdout(predicate::str::is_match(r"^ok: sha256:[0-9a-f]{64} — 19 actions, 36 assets, 5 agents, 27 Cedar policies\n$").unwrap());
+    warden().args(["policy", "validate"]).arg(example_dir()).assert().success().stdout(
+        predicate::str::is_match(r"^ok: sha256:[0-9a-f]{64} — 19 actions, 36 assets, 5 agents, 27 Cedar policies\n$")
+            .unwrap(),
+    );
 }
 
 /// Each broken bundle named by the issue: exit 3, one `file:line: message` per problem.
 #[test]
 fn validate_locates_each_kind_of_problem() {
     let cases = [
-        ("cedar/network.cedar", "context.params has duration_minutes &&", "context.params has duration_minutes &&&", "cedar/network.cedar:7: invalid token"),
-        ("agents/phish-triage.toml", "action = \"email.release\"", "action = \"email.relaese\"", "agents/phish-triage.toml:46: unknown action `email.relaese` (not in actions.toml)"),
-        ("agents/edr-responder.toml", "level = 3", "level = 7", "agents/edr-responder.toml:37: autonomy level must be 0 to 4, not 7"),
-        ("agents/phish-triage.toml", "autonomous = 0.90", "autonomous = 1.5", "agents/phish-triage.toml:17: threshold `autonomous` must be between 0 and 1, not 1.5"),
-        ("agents/network-guard.toml", "soc/network-guard", "soc/phish-triage", "agents/phish-triage.toml:4: duplicate agent id `spiffe://acme.example/soc/phish-triage` (also in agents/network-guard.toml)"),
-        ("actions.toml", "compensation = \"host.release\"", "compensation = \"host.relase\"", "actions.toml:132: compensation of `host.isolate` names a missing action `host.relase`"),
+        (
+            "cedar/network.cedar",
+            "context.params has duration_minutes &&",
+            "context.params has duration_minutes &&&",
+            "cedar/network.cedar:7: invalid token",
+        ),
+        (
+            "agents/phish-triage.toml",
+            "action = \"email.release\"",
+            "action = \"email.relaese\"",
+            "agents/phish-triage.toml:46: unknown action `email.relaese` (not in actions.toml)",
+        ),
+        (
+            "agents/edr-responder.toml",
+            "level = 3",
+            "level = 7",
+            "agents/edr-responder.toml:37: autonomy level must be 0 to 4, not 7",
+        ),
+        (
+            "agents/phish-triage.toml",
+            "autonomous = 0.90",
+            "autonomous = 1.5",
+            "agents/phish-triage.toml:17: threshold `autonomous` must be between 0 and 1, not 1.5",
+        ),
+        (
+            "agents/network-guard.toml",
+            "soc/network-guard",
+            "soc/phish-triage",
+            "agents/phish-triage.toml:4: duplicate agent id `spiffe://acme.example/soc/phish-triage` (also in agents/network-guard.toml)",
+        ),
+        (
+            "actions.toml",
+            "compensation = \"host.release\"",
+            "compensation = \"host.relase\"",
+            "actions.toml:132: compensation of `host.isolate` names a missing action `host.relase`",
+        ),
     ];
     for (file, from, to, expected) in cases {
         let dir = example_copy();
@@ -40,7 +68,14 @@ fn validate_locates_each_kind_of_problem() {
 fn validate_json_lists_problems() {
     let dir = example_copy();
     edit(dir.path(), "agents/edr-responder.toml", "level = 3", "level = 7");
-    let out = warden().args(["policy", "validate", "--output", "json"]).arg(dir.path()).assert().code(3).get_output().stdout.clone();
+    let out = warden()
+        .args(["policy", "validate", "--output", "json"])
+        .arg(dir.path())
+        .assert()
+        .code(3)
+        .get_output()
+        .stdout
+        .clone();
     let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v["valid"], false);
     assert_eq!(v["problems"][0]["file"], "agents/edr-responder.toml");
@@ -88,7 +123,12 @@ fn a_failing_case_exits_2_and_says_why() {
 fn a_malformed_test_file_is_invalid_input() {
     let dir = example_copy();
     edit(dir.path(), "tests/edr-responder.toml", "confidence = 0.93", "confidence = \"high\"");
-    warden().args(["policy", "test"]).arg(dir.path()).assert().code(3).stderr(predicate::str::contains("tests/edr-responder.toml:"));
+    warden()
+        .args(["policy", "test"])
+        .arg(dir.path())
+        .assert()
+        .code(3)
+        .stderr(predicate::str::contains("tests/edr-responder.toml:"));
 }
 
 fn write_request(dir: &std::path::Path, name: &str, body: &str) -> std::path::PathBuf {
@@ -120,8 +160,12 @@ fn eval_prints_the_decision() {
         .arg(&req)
         .assert()
         .success()
-        .stdout(predicate::str::starts_with("require_approval  (granted level 2 → effective 2, confidence band autonomous)\n"))
-        .stdout(predicate::str::contains("  approval  roles soc-analyst, incident-commander · quorum 1 · expires 2026-01-07T03:10:00Z"));
+        .stdout(predicate::str::starts_with(
+            "require_approval  (granted level 2 → effective 2, confidence band autonomous)\n",
+        ))
+        .stdout(predicate::str::contains(
+            "  approval  roles soc-analyst, incident-commander · quorum 1 · expires 2026-01-07T03:10:00Z",
+        ));
 }
 
 #[test]
@@ -186,7 +230,12 @@ fn eval_rejects_malformed_requests_with_exit_3() {
 
 #[test]
 fn show_prints_the_schema_and_the_policies() {
-    warden().args(["policy", "show", "--schema"]).arg(example_dir()).assert().success().stdout(predicate::str::contains("namespace Warden {"));
+    warden()
+        .args(["policy", "show", "--schema"])
+        .arg(example_dir())
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("namespace Warden {"));
     warden()
         .args(["policy", "show"])
         .arg(example_dir())

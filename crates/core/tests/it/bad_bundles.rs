@@ -27,7 +27,8 @@ fn original(path: &str) -> String {
 #[test]
 fn cedar_syntax_error() {
     let path = "cedar/network.cedar";
-    let problems = broken(path, |t| t.replace("resource.tags.contains(\"internal\")", "resource.tags.contains(\"internal\" &&"));
+    let problems =
+        broken(path, |t| t.replace("resource.tags.contains(\"internal\")", "resource.tags.contains(\"internal\" &&"));
     assert_eq!(problems[0].file, path);
     assert_eq!(problems[0].line, Some(line_of(&original(path), "when { resource.tags.contains(\"internal\")")));
     assert!(problems[0].message.contains("unexpected token"), "{}", problems[0]);
@@ -36,7 +37,9 @@ fn cedar_syntax_error() {
 #[test]
 fn cedar_typo_in_an_attribute_is_a_validation_error() {
     let path = "cedar/containment.cedar";
-    let problems = broken(path, |t| t.replace("resource.tags.contains(\"break-glass\")", "resource.tag.contains(\"break-glass\")"));
+    let problems = broken(path, |t| {
+        t.replace("resource.tags.contains(\"break-glass\")", "resource.tag.contains(\"break-glass\")")
+    });
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert_eq!(problems[0].file, path);
     assert_eq!(problems[0].line, Some(line_of(&original(path), "@id(\"break-glass-untouchable\")")));
@@ -55,7 +58,8 @@ fn cedar_typo_in_an_entity_type_or_action_is_a_validation_error() {
 #[test]
 fn handwritten_rules_must_name_owner_and_level() {
     let path = "cedar/network.cedar";
-    let problems = broken(path, |t| t.replace("@owner(\"team:soc-engineering\")\n", "").replace("@level(\"4\")", "@level(\"9\")"));
+    let problems =
+        broken(path, |t| t.replace("@owner(\"team:soc-engineering\")\n", "").replace("@level(\"4\")", "@level(\"9\")"));
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert!(text.iter().any(|p| p.contains("needs an `@owner")), "{text:?}");
     assert!(text.iter().any(|p| p.contains("level must be 1 to 4")), "{text:?}");
@@ -127,7 +131,16 @@ fn a_missing_catalog_and_stray_files_are_reported() {
 
 #[test]
 fn garbage_never_panics() {
-    let samples = ["", "[[", "level = ", "\u{0}\u{1}", "[agent]\nid = 3", "[[action]]\nid = \"a.b\"", "permit(", "@level(\"4\") permit(principal, action, resource);"];
+    let samples = [
+        "",
+        "[[",
+        "level = ",
+        "\u{0}\u{1}",
+        "[agent]\nid = 3",
+        "[[action]]\nid = \"a.b\"",
+        "permit(",
+        "@level(\"4\") permit(principal, action, resource);",
+    ];
     for path in ["actions.toml", "assets.toml", "assets.csv", "agents/phish-triage.toml", "cedar/network.cedar"] {
         for s in samples {
             let mut files = example_files();
@@ -148,6 +161,11 @@ fn the_version_is_a_hash_of_the_policy_content_only() {
     assert_eq!(a.version(), b.version(), "order and tests/ do not change the version");
     assert!(a.version().starts_with("sha256:") && a.version().len() == 7 + 64);
     let mut edited = files;
-    edited.iter_mut().find(|f| f.path == "assets.csv").unwrap().text.push_str("host,lt-new,tier3,prod,team:workplace,false,\n");
+    edited
+        .iter_mut()
+        .find(|f| f.path == "assets.csv")
+        .unwrap()
+        .text
+        .push_str("host,lt-new,tier3,prod,team:workplace,false,\n");
     assert_ne!(Bundle::load(&edited).unwrap().version(), a.version());
 }

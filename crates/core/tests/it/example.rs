@@ -6,11 +6,7 @@ use warden_core::policy_test::{parse_cases, run_case};
 use crate::{example_bundle, example_files};
 
 fn all_cases() -> Vec<warden_core::policy_test::Case> {
-    example_files()
-        .iter()
-        .filter(|f| f.path.starts_with("tests/"))
-        .flat_map(|f| parse_cases(f).unwrap())
-        .collect()
+    example_files().iter().filter(|f| f.path.starts_with("tests/")).flat_map(|f| parse_cases(f).unwrap()).collect()
 }
 
 #[test]
@@ -36,10 +32,26 @@ fn the_example_tests_cover_every_outcome_band_and_cap() {
     assert_eq!(outcomes.len(), 4, "{outcomes:?}");
     assert_eq!(bands.len(), 3, "{bands:?}");
     let all_caps = [
-        "unknown_agent", "unknown_action", "invalid_request", "agent_inactive", "halted", "task_closed",
-        "out_of_scope", "evaluation_error", "forbidden", "no_grant", "confidence_below_escalate",
-        "confidence_below_autonomous", "irreversible", "tier0_target", "privileged_target", "step_up",
-        "breaker_open", "budget_exceeded", "distinct_targets_exceeded", "shadow_mode",
+        "unknown_agent",
+        "unknown_action",
+        "invalid_request",
+        "agent_inactive",
+        "halted",
+        "task_closed",
+        "out_of_scope",
+        "evaluation_error",
+        "forbidden",
+        "no_grant",
+        "confidence_below_escalate",
+        "confidence_below_autonomous",
+        "irreversible",
+        "tier0_target",
+        "privileged_target",
+        "step_up",
+        "breaker_open",
+        "budget_exceeded",
+        "distinct_targets_exceeded",
+        "shadow_mode",
     ];
     let missing: Vec<_> = all_caps.iter().filter(|c| !caps.contains(*c)).collect();
     assert!(missing.is_empty(), "caps no example test reaches: {missing:?}");

@@ -5,7 +5,10 @@ use time::OffsetDateTime;
 use warden_core::decision::{LadderFacts, climb};
 use warden_core::guardrail::Thresholds;
 use warden_core::inventory::TargetRef;
-use warden_core::{ActionRequest, AgentStatus, Bundle, BudgetUsage, CapCode, DecisionInput, Halt, HaltScope, Outcome, SourceFile, decide};
+use warden_core::{
+    ActionRequest, AgentStatus, BudgetUsage, Bundle, CapCode, DecisionInput, Halt, HaltScope, Outcome, SourceFile,
+    decide,
+};
 
 use crate::{example_bundle, example_files};
 
@@ -14,9 +17,14 @@ fn thresholds() -> impl Strategy<Value = Thresholds> {
 }
 
 fn budget() -> impl Strategy<Value = BudgetUsage> {
-    (0u32..30, 0u32..10, any::<bool>(), prop::bool::weighted(0.1)).prop_map(|(executions, distinct_targets, target_seen, breaker_open)| {
-        BudgetUsage { executions, distinct_targets, target_seen, breaker_open }
-    })
+    (0u32..30, 0u32..10, any::<bool>(), prop::bool::weighted(0.1)).prop_map(
+        |(executions, distinct_targets, target_seen, breaker_open)| BudgetUsage {
+            executions,
+            distinct_targets,
+            target_seen,
+            breaker_open,
+        },
+    )
 }
 
 prop_compose! {
@@ -90,13 +98,20 @@ fn drawn(bundle: &'static Bundle) -> impl Strategy<Value = Drawn> {
         0.0f64..=1.0,
         prop::collection::vec(halt, 0..2),
         budget(),
-        prop::sample::select(vec![AgentStatus::Active, AgentStatus::Active, AgentStatus::Active, AgentStatus::Suspended]),
+        prop::sample::select(vec![
+            AgentStatus::Active,
+            AgentStatus::Active,
+            AgentStatus::Active,
+            AgentStatus::Suspended,
+        ]),
         prop::bool::weighted(0.1),
         0i64..(14 * 86_400),
     )
         .prop_map(move |(agent, action, asset, confidence, halts, budget, status, shadow, offset)| {
             let class = bundle.catalog().get(&action).unwrap();
-            let target = asset.filter(|t| t.kind == class.target_kind).unwrap_or_else(|| TargetRef::new(class.target_kind.clone(), "stranger-1"));
+            let target = asset
+                .filter(|t| t.kind == class.target_kind)
+                .unwrap_or_else(|| TargetRef::new(class.target_kind.clone(), "stranger-1"));
             let params = class
                 .params
                 .iter()
@@ -111,18 +126,38 @@ fn drawn(bundle: &'static Bundle) -> impl Strategy<Value = Drawn> {
                     (p.name.clone(), v)
                 })
                 .collect();
-            let evidence = (0..2).map(|i| warden_core::request::Evidence { kind: "edr".into(), reference: format!("det:{i}"), summary: None }).collect();
+            let evidence = (0..2)
+                .map(|i| warden_core::request::Evidence {
+                    kind: "edr".into(),
+                    reference: format!("det:{i}"),
+                    summary: None,
+                })
+                .collect();
             let halts = halts
                 .into_iter()
                 .map(|(scope, expired)| Halt {
                     scope: [HaltScope::All, HaltScope::Agent, HaltScope::Action, HaltScope::Agent][scope as usize],
-                    id: match scope { 1 => Some(agent.clone()), 2 => Some(action.clone()), 3 => Some("spiffe://acme.example/other/agent".into()), _ => None },
+                    id: match scope {
+                        1 => Some(agent.clone()),
+                        2 => Some(action.clone()),
+                        3 => Some("spiffe://acme.example/other/agent".into()),
+                        _ => None,
+                    },
                     reason: "test".into(),
                     expires_at: expired.then_some(OffsetDateTime::UNIX_EPOCH),
                 })
                 .collect();
             Drawn {
-                request: ActionRequest { task: "T-1".into(), action, target, params, confidence, rationale: "why".into(), evidence, idempotency_key: None },
+                request: ActionRequest {
+                    task: "T-1".into(),
+                    action,
+                    target,
+                    params,
+                    confidence,
+                    rationale: "why".into(),
+                    evidence,
+                    idempotency_key: None,
+                },
                 agent,
                 halts,
                 budget,
@@ -134,16 +169,19 @@ fn drawn(bundle: &'static Bundle) -> impl Strategy<Value = Drawn> {
 }
 
 fn run(bundle: &Bundle, d: &Drawn) -> warden_core::Decision {
-    decide(bundle, &DecisionInput {
-        agent: &d.agent,
-        agent_status: d.status,
-        request: &d.request,
-        task: None,
-        budget: d.budget,
-        halts: &d.halts,
-        now: d.now,
-        shadow: d.shadow,
-    })
+    decide(
+        bundle,
+        &DecisionInput {
+            agent: &d.agent,
+            agent_status: d.status,
+            request: &d.request,
+            task: None,
+            budget: d.budget,
+            halts: &d.halts,
+            now: d.now,
+            shadow: d.shadow,
+        },
+    )
 }
 
 /// The example bundle plus a blanket forbid on targets tagged `frozen`, and one rule that
