@@ -168,7 +168,11 @@ fn benches(c: &mut Criterion) {
 
     let raw = raw(&bundle, &agent);
     let authorizer = Authorizer::new();
-    eprintln!("policies: {} in the bundle, {} in the (agent, action) slice", raw.all.num_of_policies(), raw.slice.num_of_policies());
+    eprintln!(
+        "policies: {} in the bundle, {} in the (agent, action) slice",
+        raw.all.num_of_policies(),
+        raw.slice.num_of_policies()
+    );
     assert_eq!(
         authorizer.is_authorized(&raw.request, &raw.all, &raw.entities).decision(),
         cedar_policy::Decision::Allow

@@ -45,7 +45,7 @@ pub(crate) struct PolicyMeta {
 }
 
 /// The outcome of evaluating the policy set for one request.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Verdict {
     /// Indexes into [`CompiledPolicy::meta`] of the satisfied forbids.
     pub forbids: Vec<usize>,
@@ -74,10 +74,19 @@ pub(crate) struct RequestFacts<'a> {
 struct AgentSlices {
     uid: EntityUid,
     entity: Entity,
-    /// Per action id: the agent's guardrail policies for that action plus every hand-written
-    /// rule whose scope can match (agent, action, the action's resource type). Policies whose
-    /// scope cannot match never apply, so evaluating the slice equals evaluating the whole set.
-    by_action: HashMap<String, PolicySet>,
+    by_action: HashMap<String, ActionSlice>,
+}
+
+/// The policies that can apply to one (agent, action). Policies whose scope cannot match never
+/// apply, so evaluating `all` equals evaluating the whole set. Policies that do not read
+/// `context` depend only on the bundle, so for known targets their verdict is computed at load
+/// (`fixed`) and only the `dynamic` ones are evaluated per request.
+#[derive(Debug)]
+struct ActionSlice {
+    all: PolicySet,
+    dynamic: PolicySet,
+    /// Per known target id (of the action's kind): the verdict of the context-free policies.
+    fixed: HashMap<String, Verdict>,
 }
 
 /// A validated policy set ready to evaluate.
@@ -90,7 +99,8 @@ pub(crate) struct CompiledPolicy {
     action_uids: HashMap<String, EntityUid>,
     /// Entity type per asset kind.
     types: HashMap<String, EntityTypeName>,
-    /// Every policy, as validated.
+    /// Every policy, as validated; tests check the slices against it.
+    #[cfg(test)]
     full: PolicySet,
     meta: Vec<PolicyMeta>,
     meta_by_id: HashMap<String, usize>,
@@ -390,6 +400,62 @@ fn scope_may_match(
     principal && action_ok && resource_ok
 }
 
+/// Whether a policy's condition mentions `context` (conservatively yes if it cannot be told).
+fn reads_context(p: &Policy) -> bool {
+    fn walk(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(m) => {
+                m.get("Var").and_then(|v| v.as_str()) == Some("context") || m.values().any(walk)
+            }
+            serde_json::Value::Array(a) => a.iter().any(walk),
+            _ => false,
+        }
+    }
+    p.to_json().map_or(true, |v| v.get("conditions").is_none_or(walk))
+}
+
+/// The satisfied permits and forbids and the errors of one Cedar response, in policy order.
+fn verdict_of(response: &cedar_policy::Response, meta: &[PolicyMeta], by_id: &HashMap<String, usize>) -> Verdict {
+    let mut verdict =
+        Verdict { errors: response.diagnostics().errors().map(|e| e.to_string()).collect(), ..Verdict::default() };
+    for id in response.diagnostics().reason() {
+        let Some(&i) = by_id.get(id.as_ref() as &str) else {
+            verdict.errors.push(format!("policy `{id}` has no metadata"));
+            continue;
+        };
+        if meta[i].forbid {
+            verdict.forbids.push(i);
+        } else {
+            verdict.permits.push(i);
+        }
+    }
+    debug_assert_eq!(
+        response.decision() == CedarDecision::Deny,
+        !verdict.forbids.is_empty() || verdict.permits.is_empty()
+    );
+    verdict.permits.sort_unstable();
+    verdict.forbids.sort_unstable();
+    verdict.errors.sort();
+    verdict
+}
+
+impl Verdict {
+    /// Combines the verdicts of two disjoint parts of a policy set as Cedar would for the
+    /// whole: a satisfied forbid hides the satisfied permits.
+    fn merge(mut self, other: Verdict) -> Verdict {
+        self.forbids.extend(other.forbids);
+        self.permits.extend(other.permits);
+        self.errors.extend(other.errors);
+        if !self.forbids.is_empty() {
+            self.permits.clear();
+        }
+        self.forbids.sort_unstable();
+        self.permits.sort_unstable();
+        self.errors.sort();
+        self
+    }
+}
+
 fn type_name(name: &str) -> Result<EntityTypeName, String> {
     EntityTypeName::from_str(&format!("{NS}::{name}")).map_err(|e| e.to_string())
 }
@@ -511,25 +577,11 @@ impl CompiledPolicy {
         }
 
         let mut entities = Vec::new();
-        let mut agents = HashMap::new();
+        let mut agent_entities = Vec::new();
         for g in guardrails {
             let entity = agent_entity(g).map_err(|e| vec![Problem::in_file(&g.file, e)])?;
-            let uid = entity.uid();
-            let mut by_action = HashMap::new();
-            for a in catalog.iter() {
-                let group = action_uid(a.category.as_str())?;
-                let resource = &types[&a.target_kind];
-                let mut set = PolicySet::new();
-                let mine = own.get(&(g.id.clone(), a.id.clone())).into_iter().flatten();
-                let shared =
-                    handwritten.iter().filter(|p| scope_may_match(p, &uid, &action_uids[&a.id], &group, resource));
-                for p in mine.chain(shared) {
-                    set.add(p.clone()).map_err(|e| internal(e.to_string()))?;
-                }
-                by_action.insert(a.id.clone(), set);
-            }
             entities.push(entity.clone());
-            agents.insert(g.id.clone(), AgentSlices { uid, entity, by_action });
+            agent_entities.push((g, entity));
         }
         for a in inventory.iter() {
             let e = asset_entity(&types[&a.kind], a, true)
@@ -539,6 +591,37 @@ impl CompiledPolicy {
         let entities = Entities::from_entities(entities, Some(&schema))
             .map_err(|e| vec![Problem::in_file("assets.toml", format!("entities do not fit the schema: {e}"))])?;
 
+        let authorizer = Authorizer::new();
+        let mut agents = HashMap::new();
+        for (g, entity) in agent_entities {
+            let uid = entity.uid();
+            let mut by_action = HashMap::new();
+            for a in catalog.iter() {
+                let group = action_uid(a.category.as_str())?;
+                let resource = &types[&a.target_kind];
+                let (mut all, mut dynamic, mut fixed_set) = (PolicySet::new(), PolicySet::new(), PolicySet::new());
+                let mine = own.get(&(g.id.clone(), a.id.clone())).into_iter().flatten();
+                let shared =
+                    handwritten.iter().filter(|p| scope_may_match(p, &uid, &action_uids[&a.id], &group, resource));
+                for p in mine.chain(shared) {
+                    let part = if reads_context(p) { &mut dynamic } else { &mut fixed_set };
+                    for set in [&mut all, part] {
+                        set.add(p.clone()).map_err(|e| internal(e.to_string()))?;
+                    }
+                }
+                let mut fixed = HashMap::new();
+                for asset in inventory.iter().filter(|t| t.kind == a.target_kind) {
+                    let target = EntityUid::from_type_name_and_id(resource.clone(), EntityId::new(&asset.id));
+                    let request = Request::new(uid.clone(), action_uids[&a.id].clone(), target, Context::empty(), None)
+                        .map_err(|e| internal(e.to_string()))?;
+                    let response = authorizer.is_authorized(&request, &fixed_set, &entities);
+                    fixed.insert(asset.id.clone(), verdict_of(&response, &meta, &meta_by_id));
+                }
+                by_action.insert(a.id.clone(), ActionSlice { all, dynamic, fixed });
+            }
+            agents.insert(g.id.clone(), AgentSlices { uid, entity, by_action });
+        }
+
         Ok(Self {
             schema_text,
             policy_text,
@@ -546,11 +629,12 @@ impl CompiledPolicy {
             agents,
             action_uids,
             types,
+            #[cfg(test)]
             full,
             meta,
             meta_by_id,
             entities,
-            authorizer: Authorizer::new(),
+            authorizer,
         })
     }
 
@@ -581,7 +665,16 @@ impl CompiledPolicy {
             .get(&f.target.kind)
             .map_or_else(|| type_name(&entity_type_name(&f.target.kind)), |t| Ok(t.clone()))?;
         let resource = EntityUid::from_type_name_and_id(resource_type.clone(), EntityId::new(&f.target.id));
-        let set = agent.by_action.get(&f.action.id).unwrap_or(&self.full);
+        let slice =
+            agent.by_action.get(&f.action.id).ok_or_else(|| format!("action `{}` has no slice", f.action.id))?;
+        // Known target: the context-free part was decided at load.
+        let fixed = if f.known_target { slice.fixed.get(&f.target.id) } else { None };
+        let set = if fixed.is_some() { &slice.dynamic } else { &slice.all };
+        if let Some(fixed) = fixed
+            && set.is_empty()
+        {
+            return Ok(fixed.clone());
+        }
 
         let mut params = Vec::with_capacity(f.params.len());
         for spec in &f.action.params {
@@ -607,7 +700,7 @@ impl CompiledPolicy {
         let request =
             Request::new(agent.uid.clone(), action.clone(), resource, context, None).map_err(|e| e.to_string())?;
 
-        let response = if f.known_target {
+        let response = if fixed.is_some() {
             self.authorizer.is_authorized(&request, set, &self.entities)
         } else {
             let target = asset_entity(&resource_type, f.target, false)?;
@@ -615,25 +708,11 @@ impl CompiledPolicy {
                 .map_err(|e| e.to_string())?;
             self.authorizer.is_authorized(&request, set, &entities)
         };
-
-        let mut verdict =
-            Verdict { errors: response.diagnostics().errors().map(|e| e.to_string()).collect(), ..Verdict::default() };
-        for id in response.diagnostics().reason() {
-            let Some(&i) = self.meta_by_id.get(id.as_ref() as &str) else {
-                verdict.errors.push(format!("policy `{id}` has no metadata"));
-                continue;
-            };
-            if self.meta[i].forbid {
-                verdict.forbids.push(i);
-            } else {
-                verdict.permits.push(i);
-            }
-        }
-        debug_assert_eq!(
-            response.decision() == CedarDecision::Deny,
-            !verdict.forbids.is_empty() || verdict.permits.is_empty()
-        );
-        Ok(verdict)
+        let verdict = verdict_of(&response, &self.meta, &self.meta_by_id);
+        Ok(match fixed {
+            Some(fixed) => fixed.clone().merge(verdict),
+            None => verdict,
+        })
     }
 }
 
@@ -671,6 +750,7 @@ mod tests {
                 let s = &case.scenario;
                 let Some(action) = bundle.catalog().get(&s.action) else { continue };
                 let Some(slice) = p.agents.get(&s.agent).and_then(|a| a.by_action.get(&action.id)) else { continue };
+                let slice = &slice.all;
                 let Some(asset) = bundle.inventory().get(&s.target) else { continue };
                 let ctx = Context::from_pairs([
                     ("confidence".to_string(), RestrictedExpression::new_decimal(decimal_text(s.confidence))),
@@ -708,6 +788,97 @@ mod tests {
             }
         }
         assert!(compared > 30, "only {compared} cases compared");
+    }
+
+    /// Precomputed context-free verdicts merged with per-request evaluation give exactly what
+    /// Cedar gives on the whole policy set, for every example case at several hours and
+    /// confidences, on known and unknown targets.
+    #[test]
+    fn evaluate_matches_the_whole_policy_set() {
+        let files = example_files();
+        let bundle = Bundle::load(&files).unwrap();
+        let p = &bundle.policy;
+        let mut compared = 0;
+        for f in files.iter().filter(|f| f.path.starts_with("tests/")) {
+            for case in parse_cases(f).unwrap() {
+                let s = &case.scenario;
+                let Some(action) = bundle.catalog().get(&s.action) else { continue };
+                if bundle.agent(&s.agent).is_none() || action.target_kind != s.target.kind {
+                    continue;
+                }
+                let known = bundle.inventory().get(&s.target).cloned();
+                let asset = known.clone().unwrap_or_else(|| crate::inventory::Asset::unknown(&s.target));
+                for (hour, confidence) in [(3, s.confidence), (10, 0.3), (10, 0.99)] {
+                    let facts = RequestFacts {
+                        agent: &s.agent,
+                        action,
+                        target: &asset,
+                        known_target: known.is_some(),
+                        confidence,
+                        params: &s.params,
+                        severity: "critical",
+                        source: "edr",
+                        hour,
+                        weekday: 2,
+                    };
+                    let Ok(got) = p.evaluate(&facts) else { continue };
+                    let ctx = Context::from_pairs([
+                        ("confidence".to_string(), RestrictedExpression::new_decimal(decimal_text(confidence))),
+                        ("hour".to_string(), RestrictedExpression::new_long(i64::from(hour))),
+                        ("weekday".to_string(), RestrictedExpression::new_long(2)),
+                        (
+                            "task".to_string(),
+                            RestrictedExpression::new_record([
+                                ("severity".to_string(), RestrictedExpression::new_string("critical".into())),
+                                ("source".to_string(), RestrictedExpression::new_string("edr".into())),
+                            ])
+                            .unwrap(),
+                        ),
+                        (
+                            "params".to_string(),
+                            RestrictedExpression::new_record(action.params.iter().filter_map(|spec| {
+                                s.params
+                                    .get(&spec.name)
+                                    .and_then(|v| param_expr(spec.ty, v))
+                                    .map(|e| (spec.name.clone(), e))
+                            }))
+                            .unwrap(),
+                        ),
+                    ])
+                    .unwrap();
+                    let agent = &p.agents[&s.agent];
+                    let resource_type = &p.types[&asset.kind];
+                    let req = Request::new(
+                        agent.uid.clone(),
+                        p.action_uids[&action.id].clone(),
+                        EntityUid::from_type_name_and_id(resource_type.clone(), EntityId::new(&asset.id)),
+                        ctx,
+                        None,
+                    )
+                    .unwrap();
+                    let entities = if known.is_some() {
+                        p.entities.clone()
+                    } else {
+                        let target = asset_entity(resource_type, &asset, false).unwrap();
+                        Entities::from_entities([agent.entity.clone(), target], Some(&p.schema)).unwrap()
+                    };
+                    let want =
+                        verdict_of(&Authorizer::new().is_authorized(&req, &p.full, &entities), &p.meta, &p.meta_by_id);
+                    assert_eq!(got, want, "{} at {hour}h, confidence {confidence}", s.name);
+                    compared += 1;
+                }
+            }
+        }
+        assert!(compared > 100, "only {compared} comparisons");
+    }
+
+    #[test]
+    fn context_reads_are_detected() {
+        let p = |text: &str| Policy::from_str(text).unwrap();
+        assert!(reads_context(&p("permit(principal, action, resource) when { context.hour > 3 };")));
+        assert!(reads_context(&p("forbid(principal, action, resource) unless { context has params };")));
+        assert!(!reads_context(&p("forbid(principal, action, resource) when { resource.tier > 1 };")));
+        assert!(!reads_context(&p("permit(principal, action, resource);")));
     }
 
     #[test]
