@@ -106,6 +106,8 @@ fn input<'a>(agent: &'a str, req: &'a ActionRequest) -> DecisionInput<'a> {
 struct Raw {
     all: PolicySet,
     slice: PolicySet,
+    /// The part of `slice` whose conditions read `context`.
+    dynamic: PolicySet,
     entities: Entities,
     request: Request,
 }
@@ -131,6 +133,12 @@ fn raw(bundle: &Bundle, agent: &str) -> Raw {
             slice.add(p.clone()).unwrap();
         }
     }
+    let mut dynamic = PolicySet::new();
+    for p in slice.policies() {
+        if p.to_json().unwrap().get("conditions").unwrap().to_string().contains(r#"{"Var":"context"}"#) {
+            dynamic.add(p.clone()).unwrap();
+        }
+    }
     let entities = serde_json::json!([
         {"uid": {"type": "Warden::Agent", "id": agent}, "parents": [],
          "attrs": {"name": "agent-25", "owner": "team:bench-4", "purpose": "", "mode": "enforce"}},
@@ -153,7 +161,7 @@ fn raw(bundle: &Bundle, agent: &str) -> Raw {
         None,
     )
     .unwrap();
-    Raw { all, slice, entities, request }
+    Raw { all, slice, dynamic, entities, request }
 }
 
 fn benches(c: &mut Criterion) {
@@ -169,9 +177,10 @@ fn benches(c: &mut Criterion) {
     let raw = raw(&bundle, &agent);
     let authorizer = Authorizer::new();
     eprintln!(
-        "policies: {} in the bundle, {} in the (agent, action) slice",
+        "policies: {} in the bundle, {} in the (agent, action) slice, {} of them read the context",
         raw.all.num_of_policies(),
-        raw.slice.num_of_policies()
+        raw.slice.num_of_policies(),
+        raw.dynamic.num_of_policies()
     );
     assert_eq!(
         authorizer.is_authorized(&raw.request, &raw.all, &raw.entities).decision(),
@@ -188,6 +197,9 @@ fn benches(c: &mut Criterion) {
     });
     g.bench_function("raw_cedar_same_slice", |b| {
         b.iter(|| authorizer.is_authorized(black_box(&raw.request), black_box(&raw.slice), black_box(&raw.entities)))
+    });
+    g.bench_function("raw_cedar_context_part", |b| {
+        b.iter(|| authorizer.is_authorized(black_box(&raw.request), black_box(&raw.dynamic), black_box(&raw.entities)))
     });
     g.finish();
 

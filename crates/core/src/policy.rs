@@ -17,6 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::str::FromStr;
+use std::sync::RwLock;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
@@ -42,6 +43,8 @@ pub(crate) struct PolicyMeta {
     pub forbid: bool,
     /// For guardrail policies, the index of the grant in its guardrail.
     pub grant: Option<usize>,
+    /// Whether the condition reads `context` (else its verdict depends on the bundle alone).
+    pub reads_context: bool,
 }
 
 /// The outcome of evaluating the policy set for one request.
@@ -79,14 +82,16 @@ struct AgentSlices {
 
 /// The policies that can apply to one (agent, action). Policies whose scope cannot match never
 /// apply, so evaluating `all` equals evaluating the whole set. Policies that do not read
-/// `context` depend only on the bundle, so for known targets their verdict is computed at load
-/// (`fixed`) and only the `dynamic` ones are evaluated per request.
+/// `context` (`fixed_set`) depend only on the bundle, so for a known target their verdict is
+/// computed once, on first use, and remembered; per request only `dynamic` is evaluated.
 #[derive(Debug)]
 struct ActionSlice {
     all: PolicySet,
     dynamic: PolicySet,
-    /// Per known target id (of the action's kind): the verdict of the context-free policies.
-    fixed: HashMap<String, Verdict>,
+    fixed_set: PolicySet,
+    /// Verdicts of `fixed_set` per known target id. Bounded by the inventory; dropped with
+    /// the bundle.
+    fixed: RwLock<HashMap<String, Verdict>>,
 }
 
 /// A validated policy set ready to evaluate.
@@ -312,7 +317,9 @@ fn parse_handwritten(file: &SourceFile, problems: &mut Vec<Problem>) -> Vec<(Pol
             }
         };
         let policy = p.new_id(PolicyId::new(id.clone()));
-        out.push((policy, PolicyMeta { id, owner, file: file.path.clone(), line, level, forbid, grant: None }));
+        let reads_context = reads_context(&policy);
+        let m = PolicyMeta { id, owner, file: file.path.clone(), line, level, forbid, grant: None, reads_context };
+        out.push((policy, m));
     }
     out
 }
@@ -533,6 +540,7 @@ impl CompiledPolicy {
                     level: (grant.level > 0).then_some(grant.level),
                     forbid: grant.level == 0,
                     grant: Some(index),
+                    reads_context: reads_context(p),
                 };
                 add(p.new_id(PolicyId::new(id)), m, Some((&g.id, &grant.action)), &mut problems);
             }
@@ -604,20 +612,13 @@ impl CompiledPolicy {
                 let shared =
                     handwritten.iter().filter(|p| scope_may_match(p, &uid, &action_uids[&a.id], &group, resource));
                 for p in mine.chain(shared) {
-                    let part = if reads_context(p) { &mut dynamic } else { &mut fixed_set };
+                    let dynamic_policy = meta_by_id.get(p.id().as_ref() as &str).is_none_or(|&i| meta[i].reads_context);
+                    let part = if dynamic_policy { &mut dynamic } else { &mut fixed_set };
                     for set in [&mut all, part] {
                         set.add(p.clone()).map_err(|e| internal(e.to_string()))?;
                     }
                 }
-                let mut fixed = HashMap::new();
-                for asset in inventory.iter().filter(|t| t.kind == a.target_kind) {
-                    let target = EntityUid::from_type_name_and_id(resource.clone(), EntityId::new(&asset.id));
-                    let request = Request::new(uid.clone(), action_uids[&a.id].clone(), target, Context::empty(), None)
-                        .map_err(|e| internal(e.to_string()))?;
-                    let response = authorizer.is_authorized(&request, &fixed_set, &entities);
-                    fixed.insert(asset.id.clone(), verdict_of(&response, &meta, &meta_by_id));
-                }
-                by_action.insert(a.id.clone(), ActionSlice { all, dynamic, fixed });
+                by_action.insert(a.id.clone(), ActionSlice { all, dynamic, fixed_set, fixed: RwLock::default() });
             }
             agents.insert(g.id.clone(), AgentSlices { uid, entity, by_action });
         }
@@ -667,10 +668,10 @@ impl CompiledPolicy {
         let resource = EntityUid::from_type_name_and_id(resource_type.clone(), EntityId::new(&f.target.id));
         let slice =
             agent.by_action.get(&f.action.id).ok_or_else(|| format!("action `{}` has no slice", f.action.id))?;
-        // Known target: the context-free part was decided at load.
-        let fixed = if f.known_target { slice.fixed.get(&f.target.id) } else { None };
+        // Known target: the context-free part depends on the bundle alone.
+        let fixed = if f.known_target { Some(self.fixed_verdict(slice, &agent.uid, action, &resource)) } else { None };
         let set = if fixed.is_some() { &slice.dynamic } else { &slice.all };
-        if let Some(fixed) = fixed
+        if let Some(fixed) = &fixed
             && set.is_empty()
         {
             return Ok(fixed.clone());
@@ -710,9 +711,31 @@ impl CompiledPolicy {
         };
         let verdict = verdict_of(&response, &self.meta, &self.meta_by_id);
         Ok(match fixed {
-            Some(fixed) => fixed.clone().merge(verdict),
+            Some(fixed) => fixed.merge(verdict),
             None => verdict,
         })
+    }
+
+    /// The verdict of the slice's context-free policies on a known target, computed on first
+    /// use. A poisoned cache is bypassed, never trusted.
+    fn fixed_verdict(&self, slice: &ActionSlice, agent: &EntityUid, action: &EntityUid, target: &EntityUid) -> Verdict {
+        let id = target.id().unescaped();
+        if let Ok(cache) = slice.fixed.read()
+            && let Some(v) = cache.get(id)
+        {
+            return v.clone();
+        }
+        let verdict = match Request::new(agent.clone(), action.clone(), target.clone(), Context::empty(), None) {
+            Ok(request) => {
+                let response = self.authorizer.is_authorized(&request, &slice.fixed_set, &self.entities);
+                verdict_of(&response, &self.meta, &self.meta_by_id)
+            }
+            Err(e) => Verdict { errors: vec![e.to_string()], ..Verdict::default() },
+        };
+        if let Ok(mut cache) = slice.fixed.write() {
+            cache.insert(id.to_string(), verdict.clone());
+        }
+        verdict
     }
 }
 
