@@ -17,7 +17,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::str::FromStr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
@@ -81,17 +81,33 @@ struct AgentSlices {
 }
 
 /// The policies that can apply to one (agent, action). Policies whose scope cannot match never
-/// apply, so evaluating `all` equals evaluating the whole set. Policies that do not read
-/// `context` (`fixed_set`) depend only on the bundle, so for a known target their verdict is
-/// computed once, on first use, and remembered; per request only `dynamic` is evaluated.
+/// apply, so evaluating `all` equals evaluating the whole set.
+///
+/// For a known target, what does not depend on the request's `context` depends on the bundle
+/// alone and is worked out once, on first use ([`KnownTarget`]): the verdict of the policies
+/// that never read `context`, and which context-reading policies cannot hold for this target
+/// because the first thing their condition tests is a context-free fact that is false for it.
 #[derive(Debug)]
 struct ActionSlice {
     all: PolicySet,
+    /// Policies that read `context`.
     dynamic: PolicySet,
+    /// Policies that do not.
     fixed_set: PolicySet,
-    /// Verdicts of `fixed_set` per known target id. Bounded by the inventory; dropped with
-    /// the bundle.
-    fixed: RwLock<HashMap<String, Verdict>>,
+    /// For dynamic policies whose first `when` tests a context-free fact first: a permit with
+    /// the same scope and id whose condition is just that fact (see [`probe`]).
+    probes: PolicySet,
+    /// Per known target id. Bounded by the inventory; dropped with the bundle.
+    known: RwLock<HashMap<String, Arc<KnownTarget>>>,
+}
+
+/// What a known target's (agent, action) slice leaves to evaluate per request.
+#[derive(Debug)]
+struct KnownTarget {
+    /// The verdict of `fixed_set`.
+    fixed: Verdict,
+    /// The dynamic policies that may still hold.
+    dynamic: PolicySet,
 }
 
 /// A validated policy set ready to evaluate.
@@ -407,18 +423,47 @@ fn scope_may_match(
     principal && action_ok && resource_ok
 }
 
+/// Whether a policy (JSON form) mentions `context` anywhere.
+fn json_reads_context(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.get("Var").and_then(|v| v.as_str()) == Some("context") || m.values().any(json_reads_context)
+        }
+        serde_json::Value::Array(a) => a.iter().any(json_reads_context),
+        _ => false,
+    }
+}
+
 /// Whether a policy's condition mentions `context` (conservatively yes if it cannot be told).
 fn reads_context(p: &Policy) -> bool {
-    fn walk(v: &serde_json::Value) -> bool {
-        match v {
-            serde_json::Value::Object(m) => {
-                m.get("Var").and_then(|v| v.as_str()) == Some("context") || m.values().any(walk)
-            }
-            serde_json::Value::Array(a) => a.iter().any(walk),
-            _ => false,
-        }
+    p.to_json().map_or(true, |v| v.get("conditions").is_none_or(json_reads_context))
+}
+
+/// For a policy whose first condition is `when { A && … }` with a context-free leftmost
+/// operand `A`: a permit with the same id and scope and the condition `when { A }`.
+///
+/// Cedar evaluates the scope, then conditions left to right, short-circuiting `&&`; so if the
+/// probe is neither satisfied nor in error for a target, the policy cannot be satisfied and
+/// cannot raise an error for that target, whatever the context.
+fn probe(p: &Policy) -> Option<Policy> {
+    let mut est = p.to_json().ok()?;
+    let first = est.get("conditions")?.as_array()?.first()?;
+    if first.get("kind")?.as_str()? != "when" {
+        return None;
     }
-    p.to_json().map_or(true, |v| v.get("conditions").is_none_or(walk))
+    let mut leaf = first.get("body")?;
+    while let Some(and) = leaf.get("&&") {
+        leaf = and.get("left")?;
+    }
+    if json_reads_context(leaf) {
+        return None;
+    }
+    let condition = serde_json::json!([{"kind": "when", "body": leaf.clone()}]);
+    let obj = est.as_object_mut()?;
+    obj.insert("effect".into(), "permit".into());
+    obj.insert("annotations".into(), serde_json::json!({}));
+    obj.insert("conditions".into(), condition);
+    Policy::from_json(Some(p.id().clone()), est).ok()
 }
 
 /// The satisfied permits and forbids and the errors of one Cedar response, in policy order.
@@ -600,6 +645,8 @@ impl CompiledPolicy {
             .map_err(|e| vec![Problem::in_file("assets.toml", format!("entities do not fit the schema: {e}"))])?;
 
         let authorizer = Authorizer::new();
+        let probes: HashMap<PolicyId, Option<Policy>> =
+            handwritten.iter().filter(|p| reads_context(p)).map(|p| (p.id().clone(), probe(p))).collect();
         let mut agents = HashMap::new();
         for (g, entity) in agent_entities {
             let uid = entity.uid();
@@ -607,18 +654,29 @@ impl CompiledPolicy {
             for a in catalog.iter() {
                 let group = action_uid(a.category.as_str())?;
                 let resource = &types[&a.target_kind];
-                let (mut all, mut dynamic, mut fixed_set) = (PolicySet::new(), PolicySet::new(), PolicySet::new());
+                let mut slice = ActionSlice {
+                    all: PolicySet::new(),
+                    dynamic: PolicySet::new(),
+                    fixed_set: PolicySet::new(),
+                    probes: PolicySet::new(),
+                    known: RwLock::default(),
+                };
                 let mine = own.get(&(g.id.clone(), a.id.clone())).into_iter().flatten();
                 let shared =
                     handwritten.iter().filter(|p| scope_may_match(p, &uid, &action_uids[&a.id], &group, resource));
                 for p in mine.chain(shared) {
-                    let dynamic_policy = meta_by_id.get(p.id().as_ref() as &str).is_none_or(|&i| meta[i].reads_context);
-                    let part = if dynamic_policy { &mut dynamic } else { &mut fixed_set };
-                    for set in [&mut all, part] {
-                        set.add(p.clone()).map_err(|e| internal(e.to_string()))?;
+                    let add = |set: &mut PolicySet, p: Policy| set.add(p).map_err(|e| internal(e.to_string()));
+                    add(&mut slice.all, p.clone())?;
+                    if meta_by_id.get(p.id().as_ref() as &str).is_none_or(|&i| meta[i].reads_context) {
+                        add(&mut slice.dynamic, p.clone())?;
+                        if let Some(probe) = probes.get(p.id()).cloned().flatten() {
+                            add(&mut slice.probes, probe)?;
+                        }
+                    } else {
+                        add(&mut slice.fixed_set, p.clone())?;
                     }
                 }
-                by_action.insert(a.id.clone(), ActionSlice { all, dynamic, fixed_set, fixed: RwLock::default() });
+                by_action.insert(a.id.clone(), slice);
             }
             agents.insert(g.id.clone(), AgentSlices { uid, entity, by_action });
         }
@@ -669,12 +727,12 @@ impl CompiledPolicy {
         let slice =
             agent.by_action.get(&f.action.id).ok_or_else(|| format!("action `{}` has no slice", f.action.id))?;
         // Known target: the context-free part depends on the bundle alone.
-        let fixed = if f.known_target { Some(self.fixed_verdict(slice, &agent.uid, action, &resource)) } else { None };
-        let set = if fixed.is_some() { &slice.dynamic } else { &slice.all };
-        if let Some(fixed) = &fixed
+        let known = if f.known_target { Some(self.known_target(slice, &agent.uid, action, &resource)) } else { None };
+        let set = known.as_ref().map_or(&slice.all, |k| &k.dynamic);
+        if let Some(k) = &known
             && set.is_empty()
         {
-            return Ok(fixed.clone());
+            return Ok(k.fixed.clone());
         }
 
         let mut params = Vec::with_capacity(f.params.len());
@@ -701,7 +759,7 @@ impl CompiledPolicy {
         let request =
             Request::new(agent.uid.clone(), action.clone(), resource, context, None).map_err(|e| e.to_string())?;
 
-        let response = if fixed.is_some() {
+        let response = if known.is_some() {
             self.authorizer.is_authorized(&request, set, &self.entities)
         } else {
             let target = asset_entity(&resource_type, f.target, false)?;
@@ -710,32 +768,58 @@ impl CompiledPolicy {
             self.authorizer.is_authorized(&request, set, &entities)
         };
         let verdict = verdict_of(&response, &self.meta, &self.meta_by_id);
-        Ok(match fixed {
-            Some(fixed) => fixed.merge(verdict),
+        Ok(match known {
+            Some(k) => k.fixed.clone().merge(verdict),
             None => verdict,
         })
     }
 
-    /// The verdict of the slice's context-free policies on a known target, computed on first
-    /// use. A poisoned cache is bypassed, never trusted.
-    fn fixed_verdict(&self, slice: &ActionSlice, agent: &EntityUid, action: &EntityUid, target: &EntityUid) -> Verdict {
+    /// What the slice leaves to evaluate for a known target, worked out on first use.
+    /// A poisoned cache is bypassed, never trusted.
+    fn known_target(
+        &self,
+        slice: &ActionSlice,
+        agent: &EntityUid,
+        action: &EntityUid,
+        target: &EntityUid,
+    ) -> Arc<KnownTarget> {
         let id = target.id().unescaped();
-        if let Ok(cache) = slice.fixed.read()
-            && let Some(v) = cache.get(id)
+        if let Ok(cache) = slice.known.read()
+            && let Some(k) = cache.get(id)
         {
-            return v.clone();
+            return Arc::clone(k);
         }
-        let verdict = match Request::new(agent.clone(), action.clone(), target.clone(), Context::empty(), None) {
-            Ok(request) => {
-                let response = self.authorizer.is_authorized(&request, &slice.fixed_set, &self.entities);
-                verdict_of(&response, &self.meta, &self.meta_by_id)
-            }
-            Err(e) => Verdict { errors: vec![e.to_string()], ..Verdict::default() },
-        };
-        if let Ok(mut cache) = slice.fixed.write() {
-            cache.insert(id.to_string(), verdict.clone());
+        let known =
+            Arc::new(match Request::new(agent.clone(), action.clone(), target.clone(), Context::empty(), None) {
+                Ok(request) => {
+                    let response = self.authorizer.is_authorized(&request, &slice.fixed_set, &self.entities);
+                    let fixed = verdict_of(&response, &self.meta, &self.meta_by_id);
+                    // Probes satisfied or in error keep their policy; policies without a probe stay.
+                    let probed = self.authorizer.is_authorized(&request, &slice.probes, &self.entities);
+                    let d = probed.diagnostics();
+                    let keep: HashSet<&PolicyId> = d
+                        .reason()
+                        .chain(
+                            d.errors().map(|cedar_policy::AuthorizationError::PolicyEvaluationError(e)| e.policy_id()),
+                        )
+                        .collect();
+                    let mut dynamic = PolicySet::new();
+                    for p in slice.dynamic.policies() {
+                        if (slice.probes.policy(p.id()).is_none() || keep.contains(p.id()))
+                            && dynamic.add(p.clone()).is_err()
+                        {
+                            return Arc::new(KnownTarget { fixed, dynamic: slice.dynamic.clone() });
+                        }
+                    }
+                    KnownTarget { fixed, dynamic }
+                }
+                // Without a request nothing can be precomputed: evaluate everything per request.
+                Err(_) => KnownTarget { fixed: Verdict::default(), dynamic: slice.all.clone() },
+            });
+        if let Ok(mut cache) = slice.known.write() {
+            cache.insert(id.to_string(), Arc::clone(&known));
         }
-        verdict
+        known
     }
 }
 
@@ -818,7 +902,17 @@ mod tests {
     /// confidences, on known and unknown targets.
     #[test]
     fn evaluate_matches_the_whole_policy_set() {
-        let files = example_files();
+        let mut files = example_files();
+        // Rules that stress the context-free shortcuts: a context-free first operand that
+        // errors on some targets, a context-first condition, an `unless` first, a probe that
+        // holds for some targets only.
+        files.push(SourceFile::new(
+            "cedar/zz-tricky.cedar",
+            "@id(\"t1\") @owner(\"t\") forbid (principal, action, resource) when { resource.tier * 9223372036854775807 > 1 && context.hour > 3 };\n\
+             @id(\"t2\") @owner(\"t\") forbid (principal, action, resource) when { context.hour > 9 && resource.privileged };\n\
+             @id(\"t3\") @owner(\"t\") forbid (principal, action in Warden::Action::\"identity\", resource) unless { resource.tier < 3 } when { context.hour == 10 };\n\
+             @id(\"t4\") @owner(\"t\") @level(\"4\") permit (principal, action, resource) when { resource.environment == \"sandbox\" && context.confidence.greaterThan(decimal(\"0.5\")) };\n",
+        ));
         let bundle = Bundle::load(&files).unwrap();
         let p = &bundle.policy;
         let mut compared = 0;
@@ -893,6 +987,30 @@ mod tests {
             }
         }
         assert!(compared > 100, "only {compared} comparisons");
+    }
+
+    #[test]
+    fn probes_take_the_leftmost_context_free_test_of_the_first_when() {
+        let p = |text: &str| Policy::from_str(text).unwrap();
+        let probe_text = |text: &str| probe(&p(text)).map(|q| q.to_string());
+        let got = probe_text(
+            "forbid(principal, action, resource) when { resource.tier > 1 && context.hour > 3 && resource.privileged };",
+        );
+        let got = got.expect("a probe");
+        assert!(got.starts_with("permit") && got.contains("resource.tier") && !got.contains("context"), "{got}");
+        assert!(!got.contains("privileged"), "only the leftmost operand: {got}");
+        assert_eq!(
+            probe_text("forbid(principal, action, resource) when { context.hour > 3 && resource.tier > 1 };"),
+            None
+        );
+        assert_eq!(
+            probe_text("forbid(principal, action, resource) unless { resource.tier > 1 } when { context.hour > 3 };"),
+            None
+        );
+        let nested = probe_text(
+            "forbid(principal, action, resource) when { (resource.tier > 1 && resource.privileged) && context.hour > 3 };",
+        );
+        assert!(nested.is_some_and(|t| !t.contains("privileged")));
     }
 
     #[test]
