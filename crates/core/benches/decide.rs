@@ -189,6 +189,18 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("decision");
     g.bench_function("warden_decide", |b| b.iter(|| decide(black_box(&bundle), black_box(&input(&agent, &known)))));
+    g.bench_function("warden_decide_first_on_target", |b| {
+        b.iter_custom(|iters| {
+            let mut total = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                bundle.clear_memo();
+                let start = std::time::Instant::now();
+                black_box(decide(black_box(&bundle), black_box(&input(&agent, &known))));
+                total += start.elapsed();
+            }
+            total
+        })
+    });
     g.bench_function("warden_decide_unknown_target", |b| {
         b.iter(|| decide(black_box(&bundle), black_box(&input(&agent, &unknown))))
     });

@@ -180,6 +180,13 @@ impl Bundle {
         self.policy.policy_text()
     }
 
+    /// Forgets what the bundle remembered about known targets (the verdicts of policies that
+    /// do not read the request context). Answers do not change; the next decision on each
+    /// target pays to work them out again. For benchmarks and memory pressure.
+    pub fn clear_memo(&self) {
+        self.policy.clear_memo();
+    }
+
     /// How many Cedar policies the bundle holds.
     pub fn policy_count(&self) -> usize {
         self.policy.policy_count()

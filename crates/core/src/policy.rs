@@ -774,6 +774,17 @@ impl CompiledPolicy {
         })
     }
 
+    /// Forgets every remembered known-target result; they are worked out again on demand.
+    pub(crate) fn clear_memo(&self) {
+        for agent in self.agents.values() {
+            for slice in agent.by_action.values() {
+                if let Ok(mut m) = slice.known.write() {
+                    m.clear();
+                }
+            }
+        }
+    }
+
     /// What the slice leaves to evaluate for a known target, worked out on first use.
     /// A poisoned cache is bypassed, never trusted.
     fn known_target(

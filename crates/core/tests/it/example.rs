@@ -80,3 +80,14 @@ fn compiled_guardrail_policies() {
     let edr = &text[start..end];
     insta::assert_snapshot!(edr);
 }
+
+#[test]
+fn remembered_target_facts_change_no_answer() {
+    let cases = all_cases();
+    let first: Vec<_> = cases.iter().map(|c| c.scenario.decide(example_bundle())).collect();
+    let warm: Vec<_> = cases.iter().map(|c| c.scenario.decide(example_bundle())).collect();
+    example_bundle().clear_memo();
+    let cold: Vec<_> = cases.iter().map(|c| c.scenario.decide(example_bundle())).collect();
+    assert_eq!(first, warm);
+    assert_eq!(first, cold);
+}
