@@ -14,7 +14,7 @@ use crate::bundle::Bundle;
 use crate::guardrail::{Grant, Guardrail, Mode, Thresholds};
 use crate::inventory::Asset;
 use crate::policy::RequestFacts;
-use crate::request::{AgentStatus, BudgetUsage, DecisionInput, TaskState};
+use crate::request::{AgentStatus, BudgetUsage, DecisionInput, HaltScope, TaskState};
 
 /// What Warden does with a request. Ordered from least to most permissive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -417,9 +417,10 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
         d.policies = verdict.forbids.iter().map(|&i| policy_ref(i)).collect();
     }
     if let Some(h) = input.halts.iter().find(|h| h.matches(&g.id, &action.id, input.now)) {
-        let scope = match &h.id {
-            Some(id) => format!("{:?} `{id}`", h.scope).to_lowercase(),
-            None => "everything".to_string(),
+        let scope = match (h.scope, &h.id) {
+            (HaltScope::Agent, Some(id)) => format!("agent `{id}`"),
+            (HaltScope::Action, Some(id)) => format!("action `{id}`"),
+            _ => "everything".to_string(),
         };
         let why = if h.reason.is_empty() { String::new() } else { format!(": {}", h.reason) };
         stops.push(Cap { code: CapCode::Halted, reason: format!("emergency stop on {scope}{why}") });
