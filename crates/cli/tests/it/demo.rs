@@ -22,3 +22,11 @@ fn help_documents_the_exit_codes() {
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("Exit codes: 0 ok, 1 failure, 2 denied or verification failed, 3 invalid input."));
 }
+
+#[test]
+fn demo_transcript() {
+    let out = warden().arg("demo").assert().success().get_output().stdout.clone();
+    let text = String::from_utf8(out).unwrap();
+    let version = text.split_whitespace().find(|w| w.starts_with("sha256:")).unwrap().to_string();
+    insta::assert_snapshot!(text.replace(&version, "[bundle_version]"));
+}
