@@ -243,3 +243,20 @@ fn show_prints_the_schema_and_the_policies() {
         .success()
         .stdout(predicate::str::contains("@id(\"agent/phish-triage/email.quarantine#0\")"));
 }
+
+#[test]
+fn test_json_reports_each_case_with_its_decision() {
+    let out = warden()
+        .args(["policy", "test", "--output", "json"])
+        .arg(example_dir())
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["failed"], 0);
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len() as u64, v["passed"].as_u64().unwrap());
+    assert!(cases.iter().all(|c| c["passed"] == true && c["decision"]["outcome"].is_string()));
+}
