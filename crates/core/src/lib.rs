@@ -5,6 +5,7 @@
 //! SourceFile* ──Bundle::load──► Bundle ──decide(input)──► Decision
 //! ```
 
+pub mod audit;
 pub mod bundle;
 pub mod catalog;
 pub mod decision;

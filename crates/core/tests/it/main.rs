@@ -2,6 +2,7 @@
 
 mod bad_bundles;
 mod example;
+mod merkle;
 mod properties;
 
 use std::path::Path;
