@@ -3,3 +3,4 @@
 //! Storage lives elsewhere; this module only hashes, proves and verifies.
 
 pub mod merkle;
+pub mod note;
