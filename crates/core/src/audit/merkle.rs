@@ -311,6 +311,9 @@ impl MemoryTree {
     }
 }
 
+/// # Panics
+/// When asked for a subtree outside the tree, which [`root`] and the proof functions never do
+/// for sizes up to [`MemoryTree::size`].
 impl TreeReader for MemoryTree {
     type Error = std::convert::Infallible;
     fn perfect_subtree(&self, start: u64, level: u32) -> Result<Hash, Self::Error> {
