@@ -59,7 +59,7 @@ fn split(n: u64) -> u64 {
 
 /// MTH of leaves `[start, start + n)`, where `start` is a multiple of the largest power of two
 /// not above `n` (true of every range the RFC's recursion visits).
-fn range_hash<R: TreeReader>(r: &R, start: u64, n: u64) -> Result<Hash, R::Error> {
+fn range_hash<R: TreeReader + ?Sized>(r: &R, start: u64, n: u64) -> Result<Hash, R::Error> {
     if n.is_power_of_two() {
         return r.perfect_subtree(start, n.trailing_zeros());
     }
@@ -70,13 +70,17 @@ fn range_hash<R: TreeReader>(r: &R, start: u64, n: u64) -> Result<Hash, R::Error
 }
 
 /// The root hash of the first `size` leaves.
-pub fn root<R: TreeReader>(r: &R, size: u64) -> Result<Hash, R::Error> {
+pub fn root<R: TreeReader + ?Sized>(r: &R, size: u64) -> Result<Hash, R::Error> {
     if size == 0 { Ok(empty_root()) } else { range_hash(r, 0, size) }
 }
 
 /// The audit path of leaf `index` in the tree of the first `size` leaves (RFC 9162 §2.1.3.1),
 /// ordered from the leaf up.
-pub fn inclusion_proof<R: TreeReader>(r: &R, index: u64, size: u64) -> Result<Vec<Hash>, ProofError<R::Error>> {
+pub fn inclusion_proof<R: TreeReader + ?Sized>(
+    r: &R,
+    index: u64,
+    size: u64,
+) -> Result<Vec<Hash>, ProofError<R::Error>> {
     if index >= size {
         return Err(ProofError::IndexOutOfRange { index, size });
     }
@@ -85,7 +89,7 @@ pub fn inclusion_proof<R: TreeReader>(r: &R, index: u64, size: u64) -> Result<Ve
     Ok(out)
 }
 
-fn path<R: TreeReader>(r: &R, m: u64, start: u64, n: u64, out: &mut Vec<Hash>) -> Result<(), R::Error> {
+fn path<R: TreeReader + ?Sized>(r: &R, m: u64, start: u64, n: u64, out: &mut Vec<Hash>) -> Result<(), R::Error> {
     if n == 1 {
         return Ok(());
     }
@@ -102,7 +106,7 @@ fn path<R: TreeReader>(r: &R, m: u64, start: u64, n: u64, out: &mut Vec<Hash>) -
 
 /// The consistency proof between the trees of the first `old` and `new` leaves
 /// (RFC 9162 §2.1.4.1). Empty when `old == new`.
-pub fn consistency_proof<R: TreeReader>(r: &R, old: u64, new: u64) -> Result<Vec<Hash>, ProofError<R::Error>> {
+pub fn consistency_proof<R: TreeReader + ?Sized>(r: &R, old: u64, new: u64) -> Result<Vec<Hash>, ProofError<R::Error>> {
     if old == 0 || old > new {
         return Err(ProofError::BadSizes { old, new });
     }
@@ -113,7 +117,7 @@ pub fn consistency_proof<R: TreeReader>(r: &R, old: u64, new: u64) -> Result<Vec
     Ok(out)
 }
 
-fn subproof<R: TreeReader>(
+fn subproof<R: TreeReader + ?Sized>(
     r: &R,
     m: u64,
     start: u64,
@@ -223,7 +227,7 @@ pub struct Completed {
 
 impl Frontier {
     /// The frontier of a tree of `size` leaves, from its reader.
-    pub fn load<R: TreeReader>(r: &R, size: u64) -> Result<Self, R::Error> {
+    pub fn load<R: TreeReader + ?Sized>(r: &R, size: u64) -> Result<Self, R::Error> {
         let mut edge = Vec::new();
         let mut start = 0;
         for level in (0..64).rev() {
