@@ -4,6 +4,7 @@
 
 pub mod conformance;
 mod sqlite;
+pub mod verify;
 
 use std::ops::Range;
 

@@ -1,5 +1,7 @@
 //! The SQLite store: the conformance suite, plus what only a file on disk can show.
 
+mod verify;
+
 use warden_store::{AuditLog, SCHEMA_VERSION, SqliteStore, StoreError, conformance};
 
 #[test]
