@@ -35,6 +35,19 @@ enum Command {
     Policy(cmd::policy::PolicyCommand),
     /// Walk through the example bundle's decisions, one scenario at a time.
     Demo(cmd::demo::DemoArgs),
+    /// Create a data directory: the store, the audit log's signing key, the admin token.
+    Init(cmd::init::InitArgs),
+    /// Verify, prove and export the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(cmd::audit::AuditCommand),
+    /// Run the gateway: agents' action requests over HTTP.
+    Serve(cmd::serve::ServeArgs),
+    /// Register agents, mint their JWT-SVIDs, suspend them.
+    #[command(subcommand)]
+    Agent(cmd::agent::AgentCommand),
+    /// Add human principals and their roles.
+    #[command(subcommand)]
+    User(cmd::agent::UserCommand),
 }
 
 /// How a command ended, beyond plain success.
@@ -68,10 +81,23 @@ pub fn emit(text: &str) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors are invalid input (exit 3), not clap's default 2, which means "denied".
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 3 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
     let result = match cli.command {
         Command::Policy(c) => cmd::policy::run(c),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Init(a) => cmd::init::run(a),
+        Command::Audit(c) => cmd::audit::run(c),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::Agent(c) => cmd::agent::run_agent(c),
+        Command::User(c) => cmd::agent::run_user(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

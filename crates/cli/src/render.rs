@@ -4,6 +4,14 @@ use std::fmt::Write as _;
 
 use warden_core::Decision;
 
+/// Output format for commands a person may read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
 /// A decision as a short block of text, one fact per line.
 pub fn decision(d: &Decision) -> String {
     let mut s = String::new();

@@ -1,22 +1,35 @@
-//! The behaviour every [`AuditLog`] backend must show. Each check takes a fresh, empty log and
+//! The behaviour every [`Store`] backend must show. Each check takes a fresh, empty store and
 //! panics with a readable message on the first difference; backends run [`run_all`] in their
-//! tests.
+//! tests (SQLite today; PostgreSQL runs the same suite when it arrives).
 
+use std::sync::Arc;
+
+use serde_json::json;
+use time::macros::datetime;
+use warden_core::audit::entry::{Actor, Entry, Event, EventType};
 use warden_core::audit::merkle::{MemoryTree, consistency_proof, inclusion_proof};
+use warden_core::audit::note::{Checkpoint, NoteSigner, NoteVerifier};
 
-use crate::AuditLog;
+use crate::{AuditLog, Batch, Change, Ledger, LedgerOptions, Query, Record, Store, StoreError, Table};
 
 fn entry(seq: u64) -> Vec<u8> {
     format!("{{\"seq\":{seq},\"type\":\"test\"}}").into_bytes()
 }
 
-/// Runs every check, each on a fresh log from `fresh`.
-pub fn run_all(fresh: &dyn Fn() -> Box<dyn AuditLog>) {
+/// Runs every check, each on a fresh store from `fresh`.
+pub fn run_all(fresh: &dyn Fn() -> Arc<dyn Store>) {
     appends_number_entries_from_zero(&*fresh());
     roots_and_proofs_match_an_in_memory_tree(&*fresh());
     a_failing_builder_appends_nothing(&*fresh());
     concurrent_appenders_get_one_total_order(&*fresh());
     checkpoints_are_kept_by_size(&*fresh());
+    records_insert_get_and_conflict(&*fresh());
+    updates_are_optimistic(&*fresh());
+    find_filters_and_orders(&*fresh());
+    budget_usage_counts_hits_and_distinct_targets(&*fresh());
+    a_conflicting_batch_leaves_nothing_and_spares_its_group(&*fresh());
+    ledger_commits_concurrent_batches_in_one_signed_order(fresh());
+    ledger_time_never_goes_backwards(fresh());
 }
 
 pub fn appends_number_entries_from_zero(log: &dyn AuditLog) {
@@ -90,6 +103,232 @@ pub fn checkpoints_are_kept_by_size(log: &dyn AuditLog) {
     log.put_checkpoint(3, "three\n").unwrap();
     log.put_checkpoint(5, "a second note for 5 is ignored\n").unwrap();
     assert_eq!(log.latest_checkpoint().unwrap(), Some((5, "five\n".into())));
-    let sizes: Vec<u64> = log.checkpoints().unwrap().into_iter().map(|(s, _)| s).collect();
+    let sizes: Vec<u64> = log.checkpoints(0, 10).unwrap().into_iter().map(|(s, _)| s).collect();
     assert_eq!(sizes, vec![1, 3, 5]);
+    let sizes: Vec<u64> = log.checkpoints(2, 1).unwrap().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(sizes, vec![3], "paged from a size");
+    assert_eq!(log.checkpoint_at(3).unwrap().as_deref(), Some("three\n"));
+    assert_eq!(log.checkpoint_at(4).unwrap(), None);
+}
+
+const T0: time::OffsetDateTime = datetime!(2026-11-23 06:00 UTC);
+
+fn no_seal(_: u64, _: &warden_core::audit::merkle::Hash) -> Result<Option<String>, String> {
+    Ok(None)
+}
+
+fn commit(store: &dyn Store, batch: Batch) -> Result<std::ops::Range<u64>, StoreError> {
+    store.commit_group(T0, &[batch], &mut no_seal).unwrap().remove(0)
+}
+
+fn agent(id: &str, state: &str) -> Record {
+    Record::new(Table::Agents, id, json!({"owner": "soc"})).agent(id).state(state).at(1)
+}
+
+fn ev(kind: EventType) -> Event {
+    Event::new(kind, Actor::system("conformance"))
+}
+
+pub fn records_insert_get_and_conflict(store: &dyn Store) {
+    for table in Table::ALL {
+        let r = Record::new(table, "r1", json!({"n": 1})).key(format!("k-{}", table.name()));
+        commit(store, Batch::new().change(Change::Insert(r.clone()))).unwrap();
+        let got = store.get(table, "r1").unwrap().expect("inserted record");
+        assert_eq!((got.version, got.body.clone(), got.key.clone()), (1, json!({"n": 1}), r.key.clone()), "{table:?}");
+        let again = commit(store, Batch::new().change(Change::Insert(r.clone())));
+        assert!(matches!(again, Err(StoreError::Conflict { .. })), "duplicate id in {table:?}: {again:?}");
+        let same_key = Record::new(table, "r2", json!({})).key(format!("k-{}", table.name()));
+        let again = commit(store, Batch::new().change(Change::Insert(same_key)));
+        assert!(matches!(again, Err(StoreError::Conflict { .. })), "duplicate key in {table:?}: {again:?}");
+        assert_eq!(store.get(table, "r2").unwrap(), None);
+    }
+    assert_eq!(store.get(Table::Agents, "nobody").unwrap(), None);
+}
+
+pub fn updates_are_optimistic(store: &dyn Store) {
+    commit(store, Batch::new().change(Change::Insert(agent("a", "active")))).unwrap();
+    let mut r = store.get(Table::Agents, "a").unwrap().unwrap();
+    r.state = Some("suspended".into());
+    commit(store, Batch::new().change(Change::Update(r.clone()))).unwrap();
+    let now = store.get(Table::Agents, "a").unwrap().unwrap();
+    assert_eq!((now.version, now.state.as_deref()), (2, Some("suspended")));
+    // A second writer that read version 1 loses.
+    r.state = Some("halted".into());
+    let stale = commit(store, Batch::new().change(Change::Update(r.clone())));
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
+    assert_eq!(store.get(Table::Agents, "a").unwrap().unwrap().state.as_deref(), Some("suspended"));
+    let mut gone = r;
+    gone.id = "nobody".into();
+    assert!(matches!(commit(store, Batch::new().change(Change::Update(gone))), Err(StoreError::Conflict { .. })));
+}
+
+pub fn find_filters_and_orders(store: &dyn Store) {
+    let mut batch = Batch::new();
+    for (i, (agent, task, state)) in
+        [("a1", "t1", "pending"), ("a1", "t2", "approved"), ("a2", "t1", "pending"), ("a1", "t1", "pending")]
+            .into_iter()
+            .enumerate()
+    {
+        let r = Record::new(Table::Approvals, format!("ap{i}"), json!({})).agent(agent).task(task).state(state);
+        batch = batch.change(Change::Insert(r.at(100 - i as i64)));
+    }
+    commit(store, batch).unwrap();
+    let ids =
+        |q: Query| -> Vec<String> { store.find(Table::Approvals, &q).unwrap().into_iter().map(|r| r.id).collect() };
+    assert_eq!(ids(Query::default()), ["ap3", "ap2", "ap1", "ap0"], "ordered by `at`");
+    assert_eq!(ids(Query { descending: true, limit: 2, ..Query::default() }), ["ap0", "ap1"]);
+    assert_eq!(
+        ids(Query { agent: Some("a1".into()), state: Some("pending".into()), ..Query::default() }),
+        ["ap3", "ap0"]
+    );
+    assert_eq!(ids(Query { task: Some("t1".into()), ..Query::default() }), ["ap3", "ap2", "ap0"]);
+    assert_eq!(ids(Query { at_from: Some(98), at_to: Some(100), ..Query::default() }), ["ap2", "ap1"]);
+    assert!(ids(Query { agent: Some("a3".into()), ..Query::default() }).is_empty());
+    assert!(store.find(Table::Leases, &Query::default()).unwrap().is_empty(), "tables are separate");
+}
+
+pub fn budget_usage_counts_hits_and_distinct_targets(store: &dyn Store) {
+    let hit = |target: &str, at: i64| Change::BudgetHit {
+        agent: "a".into(),
+        action: "host.isolate".into(),
+        target: target.into(),
+        at,
+    };
+    commit(store, Batch::new().change(hit("h1", 10)).change(hit("h1", 20)).change(hit("h2", 30)).change(hit("h3", 40)))
+        .unwrap();
+    commit(
+        store,
+        Batch::new().change(Change::BudgetHit {
+            agent: "a".into(),
+            action: "account.disable".into(),
+            target: "u1".into(),
+            at: 35,
+        }),
+    )
+    .unwrap();
+    let usage = |agent: &str, since: i64, target: &str| {
+        let u = store.budget_usage(agent, "host.isolate", since, target).unwrap();
+        (u.hits, u.distinct_targets, u.target_seen)
+    };
+    assert_eq!(usage("a", 0, "h1"), (4, 3, true));
+    assert_eq!(usage("a", 20, "h9"), (3, 3, false));
+    assert_eq!(usage("a", 21, "h1"), (2, 2, false), "h1's hits are older than the window");
+    assert_eq!(usage("a", 41, "h3"), (0, 0, false));
+    assert_eq!(usage("b", 0, "h1"), (0, 0, false));
+    commit(store, Batch::new().change(Change::SetMeta { key: "origin".into(), value: "x".into() })).unwrap();
+    commit(store, Batch::new().change(Change::SetMeta { key: "origin".into(), value: "y".into() })).unwrap();
+    assert_eq!(store.meta("origin").unwrap().as_deref(), Some("y"));
+    assert_eq!(store.meta("missing").unwrap(), None);
+}
+
+pub fn a_conflicting_batch_leaves_nothing_and_spares_its_group(store: &dyn Store) {
+    commit(store, Batch::new().change(Change::Insert(agent("taken", "active"))).event(ev(EventType::AgentAdded)))
+        .unwrap();
+    let good1 = Batch::new().change(Change::Insert(agent("b1", "active"))).event(ev(EventType::AgentAdded));
+    let bad = Batch::new()
+        .change(Change::Insert(agent("b2", "active")))
+        .change(Change::Insert(agent("taken", "active")))
+        .event(ev(EventType::AgentAdded))
+        .event(ev(EventType::AgentAdded));
+    let good2 = Batch::new()
+        .change(Change::Insert(agent("b3", "active")))
+        .event(ev(EventType::AgentAdded))
+        .event(ev(EventType::TaskOpened));
+    let mut sealed = Vec::new();
+    let results = store
+        .commit_group(T0, &[good1, bad, good2], &mut |size, root| {
+            sealed.push((size, *root));
+            Ok(Some(format!("note for {size}\n")))
+        })
+        .unwrap();
+    assert_eq!(results[0], Ok(1..2));
+    assert!(matches!(results[1], Err(StoreError::Conflict { .. })), "{:?}", results[1]);
+    assert_eq!(results[2], Ok(2..4), "the next batch takes the seqs the failed one would have");
+    assert_eq!(store.get(Table::Agents, "b2").unwrap(), None, "nothing of the failed batch");
+    assert!(store.get(Table::Agents, "b3").unwrap().is_some());
+    assert_eq!(store.size().unwrap(), 4);
+    assert_eq!(sealed, vec![(4, store.root(4).unwrap())], "one seal, for the group's final tree");
+    assert_eq!(store.latest_checkpoint().unwrap(), Some((4, "note for 4\n".into())));
+    let entries = store.entries(0, 10).unwrap();
+    for e in &entries {
+        let parsed = Entry::parse(&e.bytes).expect("entries are canonical");
+        assert_eq!(parsed.seq, e.seq);
+        assert_eq!(parsed.time, "2026-11-23T06:00:00.000Z");
+    }
+    assert_eq!(Entry::parse(&entries[3].bytes).unwrap().event.kind, EventType::TaskOpened);
+    // A group in which nothing lands is not sealed.
+    let results = store
+        .commit_group(T0, &[Batch::new().change(Change::Insert(agent("taken", "x")))], &mut |_, _| {
+            panic!("nothing to seal")
+        })
+        .unwrap();
+    assert!(results[0].is_err());
+}
+
+pub fn ledger_commits_concurrent_batches_in_one_signed_order(store: Arc<dyn Store>) {
+    let signer = NoteSigner::new("conformance.test/audit", &[5u8; 32]).unwrap();
+    let verifier = NoteVerifier::parse(&signer.verifier_key()).unwrap();
+    let ledger = Ledger::open(store.clone(), signer, Arc::new(crate::SystemClock), LedgerOptions::default()).unwrap();
+    let threads = 16;
+    let per = 10;
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let ledger = &ledger;
+            scope.spawn(move || {
+                for i in 0..per {
+                    let id = format!("task-{t}-{i}");
+                    let r = Record::new(Table::Tasks, &id, json!({})).task(&id).state("open");
+                    let got = ledger
+                        .commit(Batch::new().change(Change::Insert(r)).event(ev(EventType::TaskOpened).task(&id)))
+                        .unwrap();
+                    assert_eq!(got.end - got.start, 1);
+                    let entry = store_entry(ledger.store().as_ref(), got.start);
+                    assert_eq!(entry.event.task.as_deref(), Some(id.as_str()), "the receipt points at our entry");
+                }
+            });
+        }
+    });
+    let size = (threads * per) as u64;
+    assert_eq!(store.size().unwrap(), size);
+    assert_eq!(store.find(Table::Tasks, &Query::default()).unwrap().len(), threads * per);
+    let (cp_size, note) = store.latest_checkpoint().unwrap().expect("a checkpoint");
+    assert_eq!(cp_size, size, "the last group was sealed");
+    let cp = Checkpoint::open(&note, &verifier).unwrap();
+    assert_eq!(cp.root, store.root(size).unwrap());
+    assert_eq!(cp.origin, "conformance.test/audit");
+    for (s, note) in store.checkpoints(0, 10_000).unwrap() {
+        let cp = Checkpoint::open(&note, &verifier).unwrap();
+        assert_eq!(cp.root, store.root(s).unwrap(), "every checkpoint is consistent with the log");
+    }
+    // Group commit: fewer transactions than batches is the point, but never required.
+    assert!(store.checkpoints(0, 10_000).unwrap().len() as u64 <= size);
+}
+
+fn store_entry(store: &dyn Store, seq: u64) -> Entry {
+    Entry::parse(&store.entries(seq, 1).unwrap()[0].bytes).unwrap()
+}
+
+#[derive(Debug)]
+struct Backwards(std::sync::Mutex<Vec<time::OffsetDateTime>>);
+
+impl crate::Clock for Backwards {
+    fn now(&self) -> time::OffsetDateTime {
+        self.0.lock().unwrap().pop().unwrap_or(T0)
+    }
+}
+
+pub fn ledger_time_never_goes_backwards(store: Arc<dyn Store>) {
+    let signer = NoteSigner::new("conformance.test/audit", &[6u8; 32]).unwrap();
+    // Popped from the end: 06:05, then 06:01 (a clock step backwards), then 06:07.
+    let clock = Backwards(std::sync::Mutex::new(vec![
+        datetime!(2026-11-23 06:07 UTC),
+        datetime!(2026-11-23 06:01 UTC),
+        datetime!(2026-11-23 06:05 UTC),
+    ]));
+    let ledger = Ledger::open(store.clone(), signer, Arc::new(clock), LedgerOptions::default()).unwrap();
+    for _ in 0..3 {
+        ledger.commit(Batch::new().event(ev(EventType::PolicyLoaded))).unwrap();
+    }
+    let times: Vec<String> = (0..3).map(|s| store_entry(store.as_ref(), s).time).collect();
+    assert_eq!(times, ["2026-11-23T06:05:00.000Z", "2026-11-23T06:05:00.000Z", "2026-11-23T06:07:00.000Z"]);
 }

@@ -1,22 +1,42 @@
-//! Warden's durable store. So far: the audit log — entries, the Merkle tree's perfect-subtree
-//! hashes, and signed checkpoints — behind the [`AuditLog`] trait, with an embedded SQLite
-//! implementation and a [`conformance`] suite any backend must pass.
+//! Warden's durable store: the state tables (agents, users, tasks, requests, decisions,
+//! approvals, leases, executions, halts, budget counters) and the audit log (entries, the
+//! Merkle tree's perfect-subtree hashes, signed checkpoints).
+//!
+//! ```text
+//! caller ──Batch{changes, events}──► Ledger (group commit, seq + time, signs checkpoints)
+//!                                       │ commit_group: one transaction, one fsync
+//!                                       ▼
+//!                                   dyn Store (SqliteStore; the conformance suite says what
+//!                                              any other backend must do)
+//! ```
+//!
+//! Every state change travels with the audit events that describe it, in one transaction:
+//! there is no way to change a table without the log saying so.
 
 pub mod conformance;
+pub mod data_dir;
+mod ledger;
+pub mod proofs;
+mod records;
 mod sqlite;
 pub mod verify;
 
 use std::ops::Range;
 
+use time::OffsetDateTime;
+use warden_core::audit::entry::Event;
 use warden_core::audit::merkle::{Hash, TreeReader};
 
+pub use data_dir::{DataDir, DataDirError};
+pub use ledger::{Clock, Ledger, LedgerOptions, SystemClock};
+pub use records::{Change, Query, Record, Table};
 pub use sqlite::SqliteStore;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Why the store could not do what was asked. Nothing was changed when an error is returned.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("the database error: {0}")]
     Database(String),
@@ -26,6 +46,13 @@ pub enum StoreError {
     MissingSubtree { start: u64, end: u64 },
     #[error("cannot build audit entry {seq}: {reason}")]
     Entry { seq: u64, reason: String },
+    /// An insert met an existing id or key, or an update met a newer version.
+    #[error("conflict in `{table}` on `{id}`: {reason}")]
+    Conflict { table: &'static str, id: String, reason: &'static str },
+    #[error("cannot sign the checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("the store is closed")]
+    Closed,
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -45,10 +72,11 @@ pub struct StoredEntry {
 /// Builds the bytes of the entry with a given sequence number (entries carry their own `seq`).
 pub type EntryBuilder<'a> = dyn FnMut(u64) -> Result<Vec<u8>, String> + 'a;
 
-/// The append-only audit log.
+/// The append-only audit log: the part of the store auditors read.
 pub trait AuditLog: TreeReader<Error = StoreError> + Send + Sync {
-    /// Appends `count` entries in one total order; `build(seq)` makes each entry's bytes.
+    /// Appends `count` raw entries in one total order; `build(seq)` makes each entry's bytes.
     /// When this returns `Ok`, the entries are durable. On error nothing was appended.
+    /// Warden itself writes through [`Ledger`]; this is the primitive under it.
     fn append(&self, count: usize, build: &mut EntryBuilder<'_>) -> Result<Range<u64>, StoreError>;
     /// The number of entries.
     fn size(&self) -> Result<u64, StoreError>;
@@ -58,10 +86,75 @@ pub trait AuditLog: TreeReader<Error = StoreError> + Send + Sync {
     fn root(&self, size: u64) -> Result<Hash, StoreError> {
         warden_core::audit::merkle::root(self, size)
     }
-    /// Stores a signed checkpoint note for tree `size`.
+    /// The stored hashes of the perfect subtrees at `level` (≥ 1) whose first leaf is in
+    /// `starts`, in order: what a verifier compares its own hashes with, a range at a time.
+    fn subtrees(&self, level: u32, starts: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
+        let step = 1u64 << level;
+        let first = starts.start.div_ceil(step) * step;
+        (first..starts.end).step_by(step as usize).map(|s| Ok((s, self.perfect_subtree(s, level)?))).collect()
+    }
+    /// Stores a signed checkpoint note for tree `size` (a second note for a size is ignored).
     fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError>;
     /// The newest stored checkpoint: (size, note).
     fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError>;
-    /// Every stored checkpoint, oldest first.
-    fn checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError>;
+    /// The checkpoint stored for exactly `size`, if any.
+    fn checkpoint_at(&self, size: u64) -> Result<Option<String>, StoreError>;
+    /// Stored checkpoints with size ≥ `from_size`, oldest first, at most `limit`.
+    fn checkpoints(&self, from_size: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError>;
+}
+
+/// Budget use of one agent × action in a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub hits: u64,
+    pub distinct_targets: u64,
+    pub target_seen: bool,
+}
+
+/// A group of changes and the audit events that describe them: all applied, or none.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch {
+    pub changes: Vec<Change>,
+    pub events: Vec<Event>,
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn change(mut self, c: Change) -> Self {
+        self.changes.push(c);
+        self
+    }
+    pub fn event(mut self, e: Event) -> Self {
+        self.events.push(e);
+        self
+    }
+}
+
+/// Signs the checkpoint for a tree of `size` with `root`, or declines (`Ok(None)`).
+pub type Seal<'a> = dyn FnMut(u64, &Hash) -> Result<Option<String>, String> + 'a;
+
+/// The whole store: state tables and the audit log, written together.
+pub trait Store: AuditLog {
+    /// In one durable transaction, for each batch in order: applies its changes and appends
+    /// its events as entries stamped `time` — or, when a change conflicts or an entry cannot
+    /// be built, leaves nothing of that batch and reports why in its slot. Then, if anything
+    /// was appended, asks `seal` for a checkpoint of the new tree and stores it in the same
+    /// transaction. An `Err` means nothing of any batch was committed.
+    fn commit_group(
+        &self,
+        time: OffsetDateTime,
+        batches: &[Batch],
+        seal: &mut Seal<'_>,
+    ) -> Result<Vec<Result<Range<u64>, StoreError>>, StoreError>;
+    /// One record by id.
+    fn get(&self, table: Table, id: &str) -> Result<Option<Record>, StoreError>;
+    /// Records matching every filter of `query`, ordered by `at` then id.
+    fn find(&self, table: Table, query: &Query) -> Result<Vec<Record>, StoreError>;
+    /// Budget hits of `agent` × `action` at or after `since_ms` (Unix milliseconds), and
+    /// whether `target` is among them.
+    fn budget_usage(&self, agent: &str, action: &str, since_ms: i64, target: &str) -> Result<Usage, StoreError>;
+    /// A value of the store's own settings (origin, verifier key…).
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
 }

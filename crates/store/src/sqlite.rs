@@ -1,16 +1,22 @@
 //! The embedded default: one SQLite file in WAL mode with `synchronous = FULL`, so a
-//! committed append survives a crash or power loss.
+//! committed transaction survives a crash or power loss. One writer connection (holding the
+//! tree's right edge) and, on disk, a small pool of reader connections, so reads never wait
+//! for an fsync nor for each other.
 
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use time::OffsetDateTime;
 use warden_core::audit::merkle::{Frontier, Hash, TreeReader, leaf_hash};
 
-use crate::{AuditLog, EntryBuilder, SCHEMA_VERSION, StoreError, StoredEntry};
+use crate::{
+    AuditLog, Batch, Change, EntryBuilder, Query, Record, SCHEMA_VERSION, Seal, Store, StoreError, StoredEntry, Table,
+    Usage,
+};
 
-const MIGRATIONS: &[&str] = &["
+const AUDIT_TABLES: &str = "
     CREATE TABLE audit_entries (
         seq INTEGER PRIMARY KEY,
         bytes BLOB NOT NULL,
@@ -26,16 +32,53 @@ const MIGRATIONS: &[&str] = &["
         size INTEGER PRIMARY KEY,
         note TEXT NOT NULL
     );
-"];
+";
 
-/// The audit log in a SQLite database.
+/// The state tables: every one the same shape (see [`Record`]).
+fn state_tables() -> String {
+    let mut sql = String::from(
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE budget_hits (agent TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
+                                   at INTEGER NOT NULL);
+         CREATE INDEX budget_hits_by_pair ON budget_hits (agent, action, at);",
+    );
+    for t in Table::ALL {
+        let n = t.name();
+        sql.push_str(&format!(
+            "CREATE TABLE {n} (id TEXT PRIMARY KEY, version INTEGER NOT NULL, agent TEXT, task TEXT,
+                               state TEXT, key TEXT UNIQUE, at INTEGER, body TEXT NOT NULL);
+             CREATE INDEX {n}_by_agent ON {n} (agent, at);
+             CREATE INDEX {n}_by_task ON {n} (task, at);
+             CREATE INDEX {n}_by_state ON {n} (state, at);"
+        ));
+    }
+    sql
+}
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+fn migration(i: u32) -> Option<String> {
+    match i {
+        0 => Some(AUDIT_TABLES.to_string()),
+        1 => Some(state_tables()),
+        _ => None,
+    }
+}
+
+/// Reader connections per on-disk store.
+const READERS: usize = 4;
+
+/// The store in a SQLite database.
 #[derive(Debug)]
 pub struct SqliteStore {
-    inner: Mutex<Inner>,
+    writer: Mutex<Writer>,
+    /// A second connection for reads (on disk only; in memory there is one database per
+    /// connection, so reads go through the writer).
+    readers: Vec<Mutex<Connection>>,
+    next_reader: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug)]
-struct Inner {
+struct Writer {
     conn: Connection,
     /// The right edge of the tree, kept in step with the committed entries.
     frontier: Frontier,
@@ -53,6 +96,10 @@ fn hash_of(bytes: Vec<u8>) -> Result<Hash, StoreError> {
     bytes.try_into().map_err(|_| StoreError::Database("a stored hash is not 32 bytes".into()))
 }
 
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
 /// Reads perfect-subtree hashes straight from a connection.
 struct ConnReader<'a>(&'a Connection);
 
@@ -61,15 +108,13 @@ impl TreeReader for ConnReader<'_> {
     fn perfect_subtree(&self, start: u64, level: u32) -> Result<Hash, StoreError> {
         let found: Option<Vec<u8>> = if level == 0 {
             self.0
-                .query_row("SELECT leaf_hash FROM audit_entries WHERE seq = ?1", [to_i64(start)?], |r| r.get(0))
+                .prepare_cached("SELECT leaf_hash FROM audit_entries WHERE seq = ?1")?
+                .query_row([to_i64(start)?], |r| r.get(0))
                 .optional()?
         } else {
             self.0
-                .query_row(
-                    "SELECT hash FROM audit_subtrees WHERE level = ?1 AND start = ?2",
-                    params![level, to_i64(start)?],
-                    |r| r.get(0),
-                )
+                .prepare_cached("SELECT hash FROM audit_subtrees WHERE level = ?1 AND start = ?2")?
+                .query_row(params![level, to_i64(start)?], |r| r.get(0))
                 .optional()?
         };
         match found {
@@ -80,14 +125,130 @@ impl TreeReader for ConnReader<'_> {
 }
 
 fn entry_count(conn: &Connection) -> Result<u64, StoreError> {
-    Ok(to_u64(conn.query_row("SELECT count(*) FROM audit_entries", [], |r| r.get::<_, i64>(0))?))
+    Ok(to_u64(conn.query_row("SELECT coalesce(max(seq) + 1, 0) FROM audit_entries", [], |r| r.get::<_, i64>(0))?))
+}
+
+/// The tree's right edge as of this transaction: the cached one, unless another process
+/// (an admin command beside a running server) appended since.
+fn current_frontier(conn: &Connection, cached: &Frontier) -> Result<Frontier, StoreError> {
+    let size = entry_count(conn)?;
+    if size == cached.size() { Ok(cached.clone()) } else { Frontier::load(&ConnReader(conn), size) }
+}
+
+/// Appends `count` entries inside `tx`, pushing their leaves onto `frontier`.
+fn append_in(
+    tx: &Transaction<'_>,
+    frontier: &mut Frontier,
+    count: usize,
+    build: &mut EntryBuilder<'_>,
+) -> Result<Range<u64>, StoreError> {
+    let first = frontier.size();
+    let mut put_entry = tx.prepare_cached("INSERT INTO audit_entries (seq, bytes, leaf_hash) VALUES (?1, ?2, ?3)")?;
+    let mut put_subtree = tx.prepare_cached("INSERT INTO audit_subtrees (level, start, hash) VALUES (?1, ?2, ?3)")?;
+    for seq in first..first + count as u64 {
+        let bytes = build(seq).map_err(|reason| StoreError::Entry { seq, reason })?;
+        let leaf = leaf_hash(&bytes);
+        put_entry.execute(params![to_i64(seq)?, bytes, leaf.as_slice()])?;
+        for done in frontier.push(leaf).into_iter().filter(|d| d.level > 0) {
+            put_subtree.execute(params![done.level, to_i64(done.start)?, done.hash.as_slice()])?;
+        }
+    }
+    Ok(first..first + count as u64)
+}
+
+fn conflict(table: Table, id: &str, reason: &'static str) -> StoreError {
+    StoreError::Conflict { table: table.name(), id: id.to_string(), reason }
+}
+
+fn body_text(r: &Record) -> Result<String, StoreError> {
+    serde_json::to_string(&r.body).map_err(|e| StoreError::Database(format!("record `{}`: {e}", r.id)))
+}
+
+fn apply(tx: &Transaction<'_>, change: &Change) -> Result<(), StoreError> {
+    match change {
+        Change::Insert(r) => {
+            let sql = format!(
+                "INSERT INTO {} (id, version, agent, task, state, key, at, body) VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                r.table.name()
+            );
+            let res =
+                tx.prepare_cached(&sql)?.execute(params![r.id, r.agent, r.task, r.state, r.key, r.at, body_text(r)?]);
+            match res {
+                Ok(_) => Ok(()),
+                Err(e) if is_constraint(&e) => Err(conflict(r.table, &r.id, "the id or key is already taken")),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Change::Update(r) => {
+            let sql = format!(
+                "UPDATE {} SET version = version + 1, agent = ?3, task = ?4, state = ?5, key = ?6, at = ?7, body = ?8
+                 WHERE id = ?1 AND version = ?2",
+                r.table.name()
+            );
+            let res = tx.prepare_cached(&sql)?.execute(params![
+                r.id,
+                to_i64(r.version)?,
+                r.agent,
+                r.task,
+                r.state,
+                r.key,
+                r.at,
+                body_text(r)?
+            ]);
+            match res {
+                Ok(1) => Ok(()),
+                Ok(_) => Err(conflict(r.table, &r.id, "the record changed since it was read, or is gone")),
+                Err(e) if is_constraint(&e) => Err(conflict(r.table, &r.id, "the key is already taken")),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Change::BudgetHit { agent, action, target, at } => {
+            tx.prepare_cached("INSERT INTO budget_hits (agent, action, target, at) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![agent, action, target, at])?;
+            Ok(())
+        }
+        Change::SetMeta { key, value } => {
+            tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+            )?
+            .execute(params![key, value])?;
+            Ok(())
+        }
+    }
+}
+
+/// Failures that belong to one batch (the others in its group go on).
+fn batch_level(e: &StoreError) -> bool {
+    matches!(e, StoreError::Conflict { .. } | StoreError::Entry { .. })
+}
+
+fn read_record(table: Table, r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let body: String = r.get(7)?;
+    Ok(Record {
+        table,
+        id: r.get(0)?,
+        version: to_u64(r.get(1)?),
+        agent: r.get(2)?,
+        task: r.get(3)?,
+        state: r.get(4)?,
+        key: r.get(5)?,
+        at: r.get(6)?,
+        body: serde_json::from_str(&body)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e)))?,
+    })
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, applies pending migrations, and
     /// refuses a database written by a newer schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::init(Connection::open(path)?)
+        let mut store = Self::init(Connection::open(path)?)?;
+        for _ in 0..READERS {
+            let reader = Connection::open(path)?;
+            reader.busy_timeout(std::time::Duration::from_secs(5))?;
+            store.readers.push(Mutex::new(reader));
+        }
+        Ok(store)
     }
 
     /// A private in-memory database, for tests.
@@ -104,77 +265,95 @@ impl SqliteStore {
             return Err(StoreError::SchemaVersion { found: version });
         }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            tx.execute_batch(sql)?;
+        for i in version..SCHEMA_VERSION {
+            let sql = migration(i).ok_or(StoreError::SchemaVersion { found: i })?;
+            tx.execute_batch(&sql)?;
             tx.pragma_update(None, "user_version", i + 1)?;
         }
         tx.commit()?;
         let size = entry_count(&conn)?;
         let frontier = Frontier::load(&ConnReader(&conn), size)?;
-        Ok(Self { inner: Mutex::new(Inner { conn, frontier }) })
+        Ok(Self { writer: Mutex::new(Writer { conn, frontier }), readers: Vec::new(), next_reader: Default::default() })
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
-        self.inner.lock().map_err(|_| StoreError::Database("the store lock is poisoned".into()))
+    fn writer(&self) -> Result<MutexGuard<'_, Writer>, StoreError> {
+        self.writer.lock().map_err(|_| StoreError::Database("the store lock is poisoned".into()))
+    }
+
+    /// Runs `f` on a connection for reading.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if self.readers.is_empty() {
+            return f(&self.writer()?.conn);
+        }
+        // The first free reader, else wait for one picked by a rotating counter.
+        for r in &self.readers {
+            if let Ok(conn) = r.try_lock() {
+                return f(&conn);
+            }
+        }
+        let i = self.next_reader.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.readers.len();
+        let conn = self.readers[i].lock().map_err(|_| StoreError::Database("the store lock is poisoned".into()))?;
+        f(&conn)
     }
 }
 
 impl TreeReader for SqliteStore {
     type Error = StoreError;
     fn perfect_subtree(&self, start: u64, level: u32) -> Result<Hash, StoreError> {
-        let inner = self.lock()?;
-        ConnReader(&inner.conn).perfect_subtree(start, level)
+        self.read(|c| ConnReader(c).perfect_subtree(start, level))
     }
 }
 
 impl AuditLog for SqliteStore {
     fn append(&self, count: usize, build: &mut EntryBuilder<'_>) -> Result<Range<u64>, StoreError> {
-        let mut guard = self.lock()?;
-        let inner = &mut *guard;
-        let mut frontier = inner.frontier.clone();
-        let first = frontier.size();
-        let tx = inner.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        {
-            let mut put_entry =
-                tx.prepare_cached("INSERT INTO audit_entries (seq, bytes, leaf_hash) VALUES (?1, ?2, ?3)")?;
-            let mut put_subtree =
-                tx.prepare_cached("INSERT INTO audit_subtrees (level, start, hash) VALUES (?1, ?2, ?3)")?;
-            for seq in first..first + count as u64 {
-                let bytes = build(seq).map_err(|reason| StoreError::Entry { seq, reason })?;
-                let leaf = leaf_hash(&bytes);
-                put_entry.execute(params![to_i64(seq)?, bytes, leaf.as_slice()])?;
-                for done in frontier.push(leaf).into_iter().filter(|d| d.level > 0) {
-                    put_subtree.execute(params![done.level, to_i64(done.start)?, done.hash.as_slice()])?;
-                }
-            }
-        }
+        let mut guard = self.writer()?;
+        let w = &mut *guard;
+        let tx = w.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut frontier = current_frontier(&tx, &w.frontier)?;
+        let range = append_in(&tx, &mut frontier, count, build)?;
         tx.commit()?;
-        inner.frontier = frontier;
-        Ok(first..first + count as u64)
+        w.frontier = frontier;
+        Ok(range)
     }
 
     fn size(&self) -> Result<u64, StoreError> {
-        Ok(self.lock()?.frontier.size())
+        self.read(entry_count)
     }
 
     fn entries(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, StoreError> {
-        let inner = self.lock()?;
-        let mut stmt = inner
-            .conn
-            .prepare_cached("SELECT seq, bytes, leaf_hash FROM audit_entries WHERE seq >= ?1 ORDER BY seq LIMIT ?2")?;
-        let rows = stmt.query_map(params![to_i64(from)?, to_i64(limit as u64)?], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?))
-        })?;
-        rows.map(|row| {
-            let (seq, bytes, hash) = row?;
-            Ok(StoredEntry { seq: to_u64(seq), bytes, leaf_hash: hash_of(hash)? })
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, bytes, leaf_hash FROM audit_entries WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![to_i64(from)?, to_i64(limit as u64)?], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?))
+            })?;
+            rows.map(|row| {
+                let (seq, bytes, hash) = row?;
+                Ok(StoredEntry { seq: to_u64(seq), bytes, leaf_hash: hash_of(hash)? })
+            })
+            .collect()
         })
-        .collect()
+    }
+
+    fn subtrees(&self, level: u32, starts: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT start, hash FROM audit_subtrees WHERE level = ?1 AND start >= ?2 AND start < ?3 ORDER BY start",
+            )?;
+            let rows = stmt.query_map(params![level, to_i64(starts.start)?, to_i64(starts.end)?], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            rows.map(|row| {
+                let (start, hash) = row?;
+                Ok((to_u64(start), hash_of(hash)?))
+            })
+            .collect()
+        })
     }
 
     fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
-        let inner = self.lock()?;
-        inner.conn.execute(
+        self.writer()?.conn.execute(
             "INSERT INTO audit_checkpoints (size, note) VALUES (?1, ?2) ON CONFLICT (size) DO NOTHING",
             params![to_i64(size)?, note],
         )?;
@@ -182,19 +361,135 @@ impl AuditLog for SqliteStore {
     }
 
     fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
-        let inner = self.lock()?;
-        Ok(inner
-            .conn
-            .query_row("SELECT size, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1", [], |r| {
+        self.read(|c| {
+            Ok(c.query_row("SELECT size, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1", [], |r| {
                 Ok((to_u64(r.get(0)?), r.get(1)?))
             })
             .optional()?)
+        })
     }
 
-    fn checkpoints(&self) -> Result<Vec<(u64, String)>, StoreError> {
-        let inner = self.lock()?;
-        let mut stmt = inner.conn.prepare_cached("SELECT size, note FROM audit_checkpoints ORDER BY size")?;
-        let rows = stmt.query_map([], |r| Ok((to_u64(r.get(0)?), r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    fn checkpoint_at(&self, size: u64) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT note FROM audit_checkpoints WHERE size = ?1", [to_i64(size)?], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    fn checkpoints(&self, from_size: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached("SELECT size, note FROM audit_checkpoints WHERE size >= ?1 ORDER BY size LIMIT ?2")?;
+            let rows = stmt.query_map(params![to_i64(from_size)?, to_i64(limit as u64)?], |r| {
+                Ok((to_u64(r.get(0)?), r.get(1)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+}
+
+impl Store for SqliteStore {
+    fn commit_group(
+        &self,
+        time: OffsetDateTime,
+        batches: &[Batch],
+        seal: &mut Seal<'_>,
+    ) -> Result<Vec<Result<Range<u64>, StoreError>>, StoreError> {
+        let mut guard = self.writer()?;
+        let w = &mut *guard;
+        let tx = w.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut frontier = current_frontier(&tx, &w.frontier)?;
+        let start = frontier.size();
+        let mut results = Vec::with_capacity(batches.len());
+        for batch in batches {
+            tx.execute_batch("SAVEPOINT batch")?;
+            let mut attempt = frontier.clone();
+            let outcome = batch.changes.iter().try_for_each(|c| apply(&tx, c)).and_then(|()| {
+                let mut events = batch.events.iter();
+                append_in(&tx, &mut attempt, batch.events.len(), &mut |seq| {
+                    let ev = events.next().ok_or("fewer events than entries")?;
+                    ev.to_entry_bytes(seq, time).map_err(|e| e.to_string())
+                })
+            });
+            match outcome {
+                Ok(range) => {
+                    tx.execute_batch("RELEASE batch")?;
+                    frontier = attempt;
+                    results.push(Ok(range));
+                }
+                Err(e) if batch_level(&e) => {
+                    tx.execute_batch("ROLLBACK TO batch; RELEASE batch")?;
+                    results.push(Err(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if frontier.size() > start
+            && let Some(note) = seal(frontier.size(), &frontier.root()).map_err(StoreError::Checkpoint)?
+        {
+            tx.prepare_cached("INSERT INTO audit_checkpoints (size, note) VALUES (?1, ?2)")?
+                .execute(params![to_i64(frontier.size())?, note])?;
+        }
+        tx.commit()?;
+        w.frontier = frontier;
+        Ok(results)
+    }
+
+    fn get(&self, table: Table, id: &str) -> Result<Option<Record>, StoreError> {
+        self.read(|c| {
+            let sql =
+                format!("SELECT id, version, agent, task, state, key, at, body FROM {} WHERE id = ?1", table.name());
+            Ok(c.prepare_cached(&sql)?.query_row([id], |r| read_record(table, r)).optional()?)
+        })
+    }
+
+    fn find(&self, table: Table, q: &Query) -> Result<Vec<Record>, StoreError> {
+        let mut sql =
+            format!("SELECT id, version, agent, task, state, key, at, body FROM {} WHERE 1 = 1", table.name());
+        let mut args: Vec<rusqlite::types::Value> = Vec::new();
+        for (column, value) in [("agent", &q.agent), ("task", &q.task), ("state", &q.state), ("key", &q.key)] {
+            if let Some(v) = value {
+                args.push(v.clone().into());
+                sql.push_str(&format!(" AND {column} = ?{}", args.len()));
+            }
+        }
+        if let Some(from) = q.at_from {
+            args.push(from.into());
+            sql.push_str(&format!(" AND at >= ?{}", args.len()));
+        }
+        if let Some(to) = q.at_to {
+            args.push(to.into());
+            sql.push_str(&format!(" AND at < ?{}", args.len()));
+        }
+        let dir = if q.descending { "DESC" } else { "ASC" };
+        sql.push_str(&format!(" ORDER BY at {dir}, id {dir}"));
+        if q.limit > 0 {
+            sql.push_str(&format!(" LIMIT {}", q.limit));
+        }
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| read_record(table, r))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn budget_usage(&self, agent: &str, action: &str, since_ms: i64, target: &str) -> Result<Usage, StoreError> {
+        self.read(|c| {
+            Ok(c.prepare_cached(
+                "SELECT count(*), count(DISTINCT target), coalesce(sum(target = ?4), 0) FROM budget_hits
+                 WHERE agent = ?1 AND action = ?2 AND at >= ?3",
+            )?
+            .query_row(params![agent, action, since_ms, target], |r| {
+                Ok(Usage {
+                    hits: to_u64(r.get(0)?),
+                    distinct_targets: to_u64(r.get(1)?),
+                    target_seen: r.get::<_, i64>(2)? > 0,
+                })
+            })?)
+        })
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.read(|c| Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?))
     }
 }

@@ -1,2 +1,6 @@
+pub mod agent;
+pub mod audit;
 pub mod demo;
+pub mod init;
 pub mod policy;
+pub mod serve;

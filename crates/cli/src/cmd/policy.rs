@@ -4,20 +4,14 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use serde_json::json;
 use warden_core::policy_test::{self, Scenario};
 use warden_core::{Bundle, Outcome, Problem, SourceFile};
 
 use crate::{Failure, bundle_dir, render};
 
-/// Output format for commands a person may read.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    #[default]
-    Text,
-    Json,
-}
+pub use crate::render::Output;
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {

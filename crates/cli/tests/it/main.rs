@@ -1,7 +1,9 @@
 //! The `warden` binary, end to end: arguments in, output and exit codes out.
 
+mod audit;
 mod demo;
 mod policy;
+mod serve;
 
 use std::path::{Path, PathBuf};
 

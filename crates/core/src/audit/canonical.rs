@@ -112,6 +112,235 @@ pub fn number(x: f64) -> Result<String, CanonicalError> {
     Ok(s)
 }
 
+/// Why bytes are not canonical JSON.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not RFC 8785 canonical JSON at byte {at}: {what}")]
+pub struct NotCanonical {
+    pub at: usize,
+    pub what: &'static str,
+}
+
+/// What [`check`] learnt of a canonical object on the way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TopLevel {
+    /// The top-level member `seq`, when it is a non-negative integer.
+    pub seq: Option<u64>,
+}
+
+/// Checks that `bytes` are exactly the canonical form of a JSON object — what
+/// `to_vec(parse(bytes)) == bytes` checks, in one pass and without building the value.
+pub fn check(bytes: &[u8]) -> Result<TopLevel, NotCanonical> {
+    let text = std::str::from_utf8(bytes).map_err(|e| NotCanonical { at: e.valid_up_to(), what: "invalid UTF-8" })?;
+    let mut sc = Scanner { s: text, b: bytes, i: 0, top: TopLevel::default() };
+    if sc.peek() != Some(b'{') {
+        return Err(sc.err("the entry must be an object"));
+    }
+    sc.value(0)?;
+    if sc.i != bytes.len() {
+        return Err(sc.err("trailing bytes"));
+    }
+    Ok(sc.top)
+}
+
+struct Scanner<'a> {
+    s: &'a str,
+    b: &'a [u8],
+    i: usize,
+    top: TopLevel,
+}
+
+impl<'a> Scanner<'a> {
+    fn err(&self, what: &'static str) -> NotCanonical {
+        NotCanonical { at: self.i, what }
+    }
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+    fn eat(&mut self, c: u8, what: &'static str) -> Result<(), NotCanonical> {
+        if self.peek() == Some(c) {
+            self.i += 1;
+            Ok(())
+        } else {
+            Err(self.err(what))
+        }
+    }
+    fn literal(&mut self, lit: &str) -> Result<(), NotCanonical> {
+        if self.b[self.i..].starts_with(lit.as_bytes()) {
+            self.i += lit.len();
+            Ok(())
+        } else {
+            Err(self.err("unknown literal"))
+        }
+    }
+
+    fn value(&mut self, depth: usize) -> Result<(), NotCanonical> {
+        if depth > 128 {
+            return Err(self.err("nested too deeply"));
+        }
+        match self.peek() {
+            Some(b'{') => self.object(depth),
+            Some(b'[') => {
+                self.i += 1;
+                if self.peek() == Some(b']') {
+                    self.i += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.value(depth + 1)?;
+                    match self.peek() {
+                        Some(b',') => self.i += 1,
+                        Some(b']') => {
+                            self.i += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(self.err("expected `,` or `]`")),
+                    }
+                }
+            }
+            Some(b'"') => self.string().map(|_| ()),
+            Some(b't') => self.literal("true"),
+            Some(b'f') => self.literal("false"),
+            Some(b'n') => self.literal("null"),
+            Some(b'-' | b'0'..=b'9') => self.number().map(|_| ()),
+            _ => Err(self.err("expected a value (no whitespace is allowed)")),
+        }
+    }
+
+    fn object(&mut self, depth: usize) -> Result<(), NotCanonical> {
+        self.i += 1;
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Ok(());
+        }
+        let mut prev: Option<std::borrow::Cow<'a, str>> = None;
+        loop {
+            let key_at = self.i;
+            let key = self.string()?;
+            if let Some(p) = &prev
+                && p.encode_utf16().cmp(key.encode_utf16()) != std::cmp::Ordering::Less
+            {
+                return Err(NotCanonical { at: key_at, what: "members out of order or repeated" });
+            }
+            self.eat(b':', "expected `:`")?;
+            if depth == 0 && key == "seq" {
+                let start = self.i;
+                let is_int = self.number()?;
+                let digits = &self.s[start..self.i];
+                if is_int && !digits.starts_with('-') {
+                    self.top.seq = digits.parse().ok();
+                }
+            } else {
+                self.value(depth + 1)?;
+            }
+            prev = Some(key);
+            match self.peek() {
+                Some(b',') => self.i += 1,
+                Some(b'}') => {
+                    self.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(self.err("expected `,` or `}`")),
+            }
+        }
+    }
+
+    /// A string with exactly the minimal escapes; its decoded text.
+    fn string(&mut self) -> Result<std::borrow::Cow<'a, str>, NotCanonical> {
+        self.eat(b'"', "expected a string")?;
+        let start = self.i;
+        let mut owned: Option<String> = None;
+        loop {
+            let Some(c) = self.peek() else { return Err(self.err("unterminated string")) };
+            match c {
+                b'"' => {
+                    let raw = &self.s[start..self.i];
+                    self.i += 1;
+                    return Ok(match owned {
+                        Some(o) => std::borrow::Cow::Owned(o),
+                        None => std::borrow::Cow::Borrowed(raw),
+                    });
+                }
+                0x00..=0x1f => return Err(self.err("unescaped control character")),
+                b'\\' => {
+                    let o = owned.get_or_insert_with(String::new);
+                    if o.is_empty() {
+                        o.push_str(&self.s[start..self.i]);
+                    }
+                    let (ch, len) = match self.b.get(self.i + 1) {
+                        Some(b'"') => ('"', 2),
+                        Some(b'\\') => ('\\', 2),
+                        Some(b'b') => ('\u{8}', 2),
+                        Some(b'f') => ('\u{c}', 2),
+                        Some(b'n') => ('\n', 2),
+                        Some(b'r') => ('\r', 2),
+                        Some(b't') => ('\t', 2),
+                        Some(b'u') => {
+                            let hex = self.s.get(self.i + 2..self.i + 6).ok_or_else(|| self.err("short \\u escape"))?;
+                            let v = u32::from_str_radix(hex, 16).map_err(|_| self.err("bad \\u escape"))?;
+                            let short = matches!(v, 0x8 | 0x9 | 0xa | 0xc | 0xd);
+                            if v >= 0x20 || short || hex.bytes().any(|h| h.is_ascii_uppercase()) {
+                                return Err(self.err("\\u escape where canonical JSON writes the character"));
+                            }
+                            (char::from_u32(v).unwrap_or('\0'), 6)
+                        }
+                        _ => return Err(self.err("escape canonical JSON does not use")),
+                    };
+                    o.push(ch);
+                    self.i += len;
+                    // Keep copying from here on.
+                    let rest_start = self.i;
+                    while let Some(c) = self.peek() {
+                        if c == b'"' || c == b'\\' || c < 0x20 {
+                            break;
+                        }
+                        self.i += 1;
+                    }
+                    o.push_str(&self.s[rest_start..self.i]);
+                }
+                _ => self.i += 1,
+            }
+        }
+    }
+
+    /// A number in ECMAScript's form; whether it was written as an integer.
+    fn number(&mut self) -> Result<bool, NotCanonical> {
+        let start = self.i;
+        if self.peek() == Some(b'-') {
+            self.i += 1;
+        }
+        let int_start = self.i;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+        let int_digits = self.i - int_start;
+        let mut plain_int = true;
+        if matches!(self.peek(), Some(b'.' | b'e' | b'E' | b'+')) {
+            plain_int = false;
+            while matches!(self.peek(), Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')) {
+                self.i += 1;
+            }
+        }
+        let text = &self.s[start..self.i];
+        if int_digits == 0 {
+            return Err(NotCanonical { at: start, what: "malformed number" });
+        }
+        // Short integers are canonical exactly when they have no leading zero and are not -0;
+        // anything else must be what ECMAScript would print for the same double.
+        if plain_int && int_digits <= 15 {
+            let digits = &self.s[int_start..self.i];
+            if (digits.starts_with('0') && digits.len() > 1) || text == "-0" {
+                return Err(NotCanonical { at: start, what: "number not in canonical form" });
+            }
+            return Ok(true);
+        }
+        let v: f64 = text.parse().map_err(|_| NotCanonical { at: start, what: "malformed number" })?;
+        match number(v) {
+            Ok(canon) if canon == text => Ok(plain_int),
+            _ => Err(NotCanonical { at: start, what: "number not in canonical form" }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +366,35 @@ mod tests {
         assert_eq!(number(123456789012.5).unwrap(), "123456789012.5");
         assert_eq!(number(1e20).unwrap(), "100000000000000000000");
         assert!(number(f64::NAN).is_err() && number(f64::INFINITY).is_err());
+    }
+
+    #[test]
+    fn check_accepts_exactly_the_canonical_forms() {
+        let v = serde_json::json!({"a": {"y": true, "z": null}, "b": [1, 2.5, -0.001, 1e30, "x\u{1}\n\"\\é€😀"], "seq": 42});
+        let bytes = to_vec(&v).unwrap();
+        assert_eq!(check(&bytes).unwrap().seq, Some(42));
+        for bad in [
+            r#"{"b":1,"a":2}"#,
+            r#"{"a":1,"a":2}"#,
+            r#"{"a": 1}"#,
+            r#"{"a":01}"#,
+            r#"{"a":1.0}"#,
+            r#"{"a":1E3}"#,
+            r#"{"a":-0}"#,
+            r#"{"a":"\u0041"}"#,
+            r#"{"a":"\/"}"#,
+            r#"{"a":"\u000A"}"#,
+            r#"{"a":"\u000a"}"#,
+            r#"{"a":9007199254740993}"#,
+            r#"{"a":1}x"#,
+            r#"[1]"#,
+            r#"{"a":tru}"#,
+        ] {
+            assert!(check(bad.as_bytes()).is_err(), "accepted {bad}");
+        }
+        assert_eq!(check(br#"{"data":{"seq":1},"seq":7}"#).unwrap().seq, Some(7), "only the top level counts");
+        assert_eq!(check(br#"{"seq":-1}"#).unwrap().seq, None);
+        assert!(check(br#"{"a":"\u001f","b":"\t","c":1e+21,"d":0.000001}"#).is_ok());
     }
 
     #[test]

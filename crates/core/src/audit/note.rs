@@ -23,6 +23,8 @@ pub enum NoteError {
     BadKeyName(String),
     #[error("malformed verifier key")]
     BadVerifierKey,
+    #[error("malformed signer key (expected `PRIVATE+KEY+<name>+<key id>+<base64 key>`)")]
+    BadSignerKey,
     #[error("malformed note: {0}")]
     Malformed(&'static str),
     #[error("the note carries no signature by key `{0}`")]
@@ -82,6 +84,39 @@ impl NoteSigner {
         material.extend_from_slice(&self.key.verifying_key().to_bytes());
         let id: String = self.id.iter().map(|b| format!("{b:02x}")).collect();
         format!("{}+{id}+{}", self.name, B64.encode(material))
+    }
+
+    /// The signer key in the format of Go's `golang.org/x/mod/sumdb/note`:
+    /// `PRIVATE+KEY+<name>+<hex key id>+base64(0x01 ‖ seed)`. Secret: write it only to a file
+    /// only its owner can read.
+    pub fn to_private_key(&self) -> String {
+        let mut material = vec![ED25519];
+        material.extend_from_slice(&self.key.to_bytes());
+        let id: String = self.id.iter().map(|b| format!("{b:02x}")).collect();
+        format!("PRIVATE+KEY+{}+{id}+{}", self.name, B64.encode(material))
+    }
+
+    /// Parses a signer key written by [`NoteSigner::to_private_key`] (or by Go's `note`
+    /// package), checking its key id.
+    pub fn from_private_key(text: &str) -> Result<Self, NoteError> {
+        let rest = text.trim_end().strip_prefix("PRIVATE+KEY+").ok_or(NoteError::BadSignerKey)?;
+        // Names have no `+`; base64 may.
+        let mut parts = rest.splitn(3, '+');
+        let (name, id, material) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(n), Some(i), Some(m)) => (n, i, m),
+            _ => return Err(NoteError::BadSignerKey),
+        };
+        let material = B64.decode(material).map_err(|_| NoteError::BadSignerKey)?;
+        let seed: [u8; 32] = match material.split_first() {
+            Some((&ED25519, seed)) => seed.try_into().map_err(|_| NoteError::BadSignerKey)?,
+            _ => return Err(NoteError::BadSignerKey),
+        };
+        let signer = Self::new(name, &seed)?;
+        let expected: String = signer.id.iter().map(|b| format!("{b:02x}")).collect();
+        if id != expected {
+            return Err(NoteError::BadSignerKey);
+        }
+        Ok(signer)
     }
 
     /// The signed note for `text`, which must end in a newline.
@@ -214,6 +249,18 @@ impl Checkpoint {
 mod tests {
     use super::*;
 
+    #[test]
+    fn signer_keys_round_trip_and_are_checked() {
+        let signer = NoteSigner::new("warden.local/audit", &[9u8; 32]).unwrap();
+        let text = signer.to_private_key();
+        assert!(text.starts_with("PRIVATE+KEY+warden.local/audit+"), "{text}");
+        let back = NoteSigner::from_private_key(&format!("{text}\n")).unwrap();
+        assert_eq!(back.verifier_key(), signer.verifier_key());
+        let wrong_id = text.replacen("+warden.local/audit+", "+other+", 1);
+        assert_eq!(NoteSigner::from_private_key(&wrong_id).unwrap_err(), NoteError::BadSignerKey);
+        assert_eq!(NoteSigner::from_private_key(&signer.verifier_key()).unwrap_err(), NoteError::BadSignerKey);
+    }
+
     /// golang.org/x/mod/sumdb/note's published example: the same seed must give the same
     /// verifier key and, Ed25519 being deterministic, the same signed note byte for byte.
     #[test]
@@ -230,6 +277,9 @@ mod tests {
         assert_eq!(signer.sign(text).unwrap(), want);
         let verifier = NoteVerifier::parse(&signer.verifier_key()).unwrap();
         assert_eq!(verifier.open(&want).unwrap(), text);
+        let go_private = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+        assert_eq!(signer.to_private_key(), go_private);
+        assert_eq!(NoteSigner::from_private_key(go_private).unwrap().verifier_key(), signer.verifier_key());
     }
 
     fn signer() -> NoteSigner {

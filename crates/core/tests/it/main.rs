@@ -1,8 +1,10 @@
 //! Integration tests of the decision core against real bundles.
 
 mod bad_bundles;
+mod canonical;
 mod example;
 mod merkle;
+mod ocsf;
 mod properties;
 
 use std::path::Path;

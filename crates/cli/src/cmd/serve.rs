@@ -1,0 +1,178 @@
+//! `warden serve`: the gateway on a socket, until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use warden_server::AppState;
+use warden_server::identity::{ExternalIssuer, IssuerConfig};
+use warden_server::limits::Limits;
+use warden_server::state::DEFAULT_AUDIENCE;
+use warden_server::state::ServerOptions;
+use warden_store::{DataDir, LedgerOptions, SystemClock};
+
+use crate::Failure;
+use crate::cmd::policy;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The data directory (`warden init` makes one).
+    #[arg(long, env = "WARDEN_DATA", default_value = "./warden-data")]
+    pub data: PathBuf,
+    /// Address to listen on; port 0 picks a free one (the chosen address is printed).
+    #[arg(long, env = "WARDEN_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: String,
+    /// A TOML file with the trusted external issuers: `[[identity.issuers]]` (agents'
+    /// JWT-SVIDs) and `[[identity.oidc]]` (humans' OIDC tokens, roles from `roles_claim`),
+    /// each with `issuer`, `jwks_file` (relative to the file) and optional `audience`.
+    /// Everything else is set by flag or `WARDEN_…` variable.
+    #[arg(long, env = "WARDEN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The policy bundle directory.
+    #[arg(long, env = "WARDEN_POLICY")]
+    pub policy: PathBuf,
+    /// The audience JWT-SVIDs must name.
+    #[arg(long, env = "WARDEN_AUDIENCE", default_value = DEFAULT_AUDIENCE)]
+    pub audience: String,
+    /// Check the policy directory for changes every N seconds (0: only on
+    /// `POST /v1/policy/reload`). A changed bundle is swapped in only when valid; each load is
+    /// audited with its version.
+    #[arg(long, env = "WARDEN_POLICY_POLL", default_value_t = 2)]
+    pub policy_poll: u64,
+    /// Requests per second each agent may make, sustained (beyond: 429 `rate_limited`).
+    #[arg(long, env = "WARDEN_AGENT_RATE", default_value_t = 50.0)]
+    pub agent_rate: f64,
+    /// Requests an idle agent may make at once.
+    #[arg(long, env = "WARDEN_AGENT_BURST", default_value_t = 100.0)]
+    pub agent_burst: f64,
+    /// Requests in flight across the server (beyond: 503 `overloaded`, nothing queues).
+    #[arg(long, env = "WARDEN_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
+    /// Longest a request may take (beyond: 408).
+    #[arg(long, env = "WARDEN_REQUEST_TIMEOUT", default_value = "15s")]
+    pub request_timeout: String,
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key`).
+    #[arg(long, env = "WARDEN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, env = "WARDEN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Log lines as text or JSON (to stderr; filter with `RUST_LOG`).
+    #[arg(long, env = "WARDEN_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    identity: IdentitySection,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentitySection {
+    /// Workload issuers (JWT-SVIDs for agents).
+    #[serde(default)]
+    issuers: Vec<IssuerConfig>,
+    /// OIDC issuers of human tokens; `roles_claim` defaults to `roles`.
+    #[serde(default)]
+    oidc: Vec<IssuerConfig>,
+}
+
+/// Reads `--config`: the external issuers and their keys.
+fn load_config(path: &std::path::Path) -> Result<Vec<ExternalIssuer>, Failure> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
+    let cfg: ConfigFile =
+        toml::from_str(&text).map_err(|e| Failure::Invalid(format!("error: `{}`: {e}", path.display())))?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let humans = cfg.identity.oidc.into_iter().map(|mut i| {
+        i.roles_claim.get_or_insert_with(|| "roles".to_string());
+        i
+    });
+    let workloads = cfg.identity.issuers.into_iter().map(|mut i| {
+        i.roles_claim = None;
+        i
+    });
+    workloads
+        .chain(humans)
+        .map(|mut i| {
+            i.jwks_file = base.join(&i.jwks_file);
+            ExternalIssuer::load(&i).map_err(|e| Failure::Invalid(format!("error: {e}")))
+        })
+        .collect()
+}
+
+pub fn run(a: ServeArgs) -> Result<(), Failure> {
+    init_logs(a.log_format);
+    let (_, bundle) = policy::load(&a.policy)?;
+    let version = bundle.version().to_string();
+    let clock = Arc::new(SystemClock);
+    let data = DataDir::open(&a.data, clock.clone(), LedgerOptions::default())
+        .with_context(|| format!("opening the data directory `{}`", a.data.display()))?;
+    let timeout = warden_core::duration::Duration::parse(&a.request_timeout)
+        .map_err(|e| Failure::Invalid(format!("error: --request-timeout: {e}")))?;
+    if a.agent_rate <= 0.0 || a.agent_burst < 1.0 || a.max_in_flight == 0 || timeout.as_secs() == 0 {
+        return Err(Failure::Invalid("error: limits must be positive".into()));
+    }
+    let limits = Limits {
+        agent_rate: a.agent_rate,
+        agent_burst: a.agent_burst,
+        in_flight: a.max_in_flight,
+        timeout: std::time::Duration::from_secs(timeout.as_secs()),
+    };
+    let issuers = match &a.config {
+        Some(path) => load_config(path)?,
+        None => Vec::new(),
+    };
+    let options = ServerOptions { audience: a.audience.clone(), issuers, limits, policy_dir: Some(a.policy.clone()) };
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(warden_server::tls::acceptor(cert, key).map_err(|e| Failure::Invalid(format!("error: {e}")))?)
+        }
+        _ => None,
+    };
+    let app = AppState::with_options(data, bundle, clock, options).map_err(|e| anyhow::anyhow!(e.message))?;
+    let watch = (a.policy_poll > 0).then(|| std::time::Duration::from_secs(a.policy_poll));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on `{}`", a.listen))?;
+        let addr = listener.local_addr().context("reading the listening address")?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, %scheme, bundle = %version, "warden is serving");
+        outln!("listening on {addr}");
+        if let Some(every) = watch {
+            tokio::spawn(warden_server::serve::watch_policy(app.clone(), every));
+        }
+        let stop = warden_server::serve::signals();
+        match tls {
+            Some(acceptor) => {
+                let listener = warden_server::tls::TlsListener::new(listener, acceptor).context("starting TLS")?;
+                warden_server::serve::serve(listener, app, stop).await.context("serving")?;
+            }
+            None => warden_server::serve::serve(listener, app, stop).await.context("serving")?,
+        }
+        tracing::info!("stopped: in-flight requests finished, the log's tail signed");
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! The audit entry: one event, serialized as RFC 8785 canonical JSON — the exact bytes that are
+//! hashed into the Merkle tree.
+//!
+//! ```json
+//! {"action":"host.isolate","actor":{"id":"spiffe://acme.example/soc/edr","kind":"agent"},
+//!  "data":{…},"request":"req_01","seq":41,"task":"INC-7","time":"2026-11-23T06:03:07.123Z",
+//!  "type":"decision.made"}
+//! ```
+//!
+//! `seq` is the entry's leaf index; `time` is the commit time (UTC, milliseconds); `task`,
+//! `request` (the action request's id) and `action` (the action class) are the correlation
+//! ids, present only when the event has them; `actor` is who caused the change.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use super::canonical;
+
+/// Every kind of event the log records. The strings are part of the audit format: stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "store.initialized")]
+    StoreInitialized,
+    #[serde(rename = "policy.loaded")]
+    PolicyLoaded,
+    #[serde(rename = "agent.added")]
+    AgentAdded,
+    #[serde(rename = "agent.changed")]
+    AgentChanged,
+    #[serde(rename = "user.added")]
+    UserAdded,
+    #[serde(rename = "user.changed")]
+    UserChanged,
+    #[serde(rename = "task.opened")]
+    TaskOpened,
+    #[serde(rename = "task.closed")]
+    TaskClosed,
+    #[serde(rename = "action.requested")]
+    ActionRequested,
+    #[serde(rename = "decision.made")]
+    DecisionMade,
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested,
+    #[serde(rename = "approval.granted")]
+    ApprovalGranted,
+    #[serde(rename = "approval.rejected")]
+    ApprovalRejected,
+    #[serde(rename = "approval.expired")]
+    ApprovalExpired,
+    #[serde(rename = "approval.cancelled")]
+    ApprovalCancelled,
+    #[serde(rename = "lease.issued")]
+    LeaseIssued,
+    #[serde(rename = "lease.revoked")]
+    LeaseRevoked,
+    #[serde(rename = "execution.started")]
+    ExecutionStarted,
+    #[serde(rename = "execution.succeeded")]
+    ExecutionSucceeded,
+    #[serde(rename = "execution.failed")]
+    ExecutionFailed,
+    #[serde(rename = "execution.unknown")]
+    ExecutionUnknown,
+    #[serde(rename = "rollback.started")]
+    RollbackStarted,
+    #[serde(rename = "rollback.succeeded")]
+    RollbackSucceeded,
+    #[serde(rename = "rollback.failed")]
+    RollbackFailed,
+    #[serde(rename = "breaker.tripped")]
+    BreakerTripped,
+    #[serde(rename = "breaker.reset")]
+    BreakerReset,
+    #[serde(rename = "halt.set")]
+    HaltSet,
+    #[serde(rename = "halt.lifted")]
+    HaltLifted,
+    #[serde(rename = "notification.failed")]
+    NotificationFailed,
+}
+
+impl EventType {
+    /// Every event type, in declaration order.
+    pub const ALL: [EventType; 29] = [
+        EventType::StoreInitialized,
+        EventType::PolicyLoaded,
+        EventType::AgentAdded,
+        EventType::AgentChanged,
+        EventType::UserAdded,
+        EventType::UserChanged,
+        EventType::TaskOpened,
+        EventType::TaskClosed,
+        EventType::ActionRequested,
+        EventType::DecisionMade,
+        EventType::ApprovalRequested,
+        EventType::ApprovalGranted,
+        EventType::ApprovalRejected,
+        EventType::ApprovalExpired,
+        EventType::ApprovalCancelled,
+        EventType::LeaseIssued,
+        EventType::LeaseRevoked,
+        EventType::ExecutionStarted,
+        EventType::ExecutionSucceeded,
+        EventType::ExecutionFailed,
+        EventType::ExecutionUnknown,
+        EventType::RollbackStarted,
+        EventType::RollbackSucceeded,
+        EventType::RollbackFailed,
+        EventType::BreakerTripped,
+        EventType::BreakerReset,
+        EventType::HaltSet,
+        EventType::HaltLifted,
+        EventType::NotificationFailed,
+    ];
+
+    /// The type's name as written in entries, e.g. `decision.made`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::StoreInitialized => "store.initialized",
+            EventType::PolicyLoaded => "policy.loaded",
+            EventType::AgentAdded => "agent.added",
+            EventType::AgentChanged => "agent.changed",
+            EventType::UserAdded => "user.added",
+            EventType::UserChanged => "user.changed",
+            EventType::TaskOpened => "task.opened",
+            EventType::TaskClosed => "task.closed",
+            EventType::ActionRequested => "action.requested",
+            EventType::DecisionMade => "decision.made",
+            EventType::ApprovalRequested => "approval.requested",
+            EventType::ApprovalGranted => "approval.granted",
+            EventType::ApprovalRejected => "approval.rejected",
+            EventType::ApprovalExpired => "approval.expired",
+            EventType::ApprovalCancelled => "approval.cancelled",
+            EventType::LeaseIssued => "lease.issued",
+            EventType::LeaseRevoked => "lease.revoked",
+            EventType::ExecutionStarted => "execution.started",
+            EventType::ExecutionSucceeded => "execution.succeeded",
+            EventType::ExecutionFailed => "execution.failed",
+            EventType::ExecutionUnknown => "execution.unknown",
+            EventType::RollbackStarted => "rollback.started",
+            EventType::RollbackSucceeded => "rollback.succeeded",
+            EventType::RollbackFailed => "rollback.failed",
+            EventType::BreakerTripped => "breaker.tripped",
+            EventType::BreakerReset => "breaker.reset",
+            EventType::HaltSet => "halt.set",
+            EventType::HaltLifted => "halt.lifted",
+            EventType::NotificationFailed => "notification.failed",
+        }
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who caused a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    /// A workload, named by its SPIFFE ID.
+    Agent,
+    /// A human principal.
+    User,
+    /// Warden itself (expiry sweeps, restarts, the store's own bookkeeping).
+    System,
+}
+
+/// The actor of an event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Actor {
+    pub kind: ActorKind,
+    pub id: String,
+}
+
+impl Actor {
+    pub fn agent(id: impl Into<String>) -> Self {
+        Actor { kind: ActorKind::Agent, id: id.into() }
+    }
+    pub fn user(id: impl Into<String>) -> Self {
+        Actor { kind: ActorKind::User, id: id.into() }
+    }
+    /// Warden itself; `id` names the component (`warden`, `expiry`, `recovery`…).
+    pub fn system(id: impl Into<String>) -> Self {
+        Actor { kind: ActorKind::System, id: id.into() }
+    }
+}
+
+/// An event before it is committed: everything but its `seq` and `time`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub actor: Actor,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// The event's own fields. Always an object; never holds a secret.
+    #[serde(default = "empty_object")]
+    pub data: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Map::new())
+}
+
+impl Event {
+    pub fn new(kind: EventType, actor: Actor) -> Self {
+        Event { kind, actor, task: None, request: None, action: None, data: empty_object() }
+    }
+    pub fn task(mut self, id: impl Into<String>) -> Self {
+        self.task = Some(id.into());
+        self
+    }
+    pub fn request(mut self, id: impl Into<String>) -> Self {
+        self.request = Some(id.into());
+        self
+    }
+    pub fn action(mut self, id: impl Into<String>) -> Self {
+        self.action = Some(id.into());
+        self
+    }
+    /// Sets the event's data; anything but an object is wrapped as `{"value": …}`.
+    pub fn data(mut self, data: Value) -> Self {
+        self.data = match data {
+            Value::Object(_) => data,
+            other => Value::Object(Map::from_iter([("value".to_string(), other)])),
+        };
+        self
+    }
+
+    /// The committed entry's canonical bytes.
+    pub fn to_entry_bytes(&self, seq: u64, time: OffsetDateTime) -> Result<Vec<u8>, EntryError> {
+        let entry = Entry { seq, time: format_time(time)?, event: self.clone() };
+        let value = serde_json::to_value(&entry).map_err(|e| EntryError::Malformed(e.to_string()))?;
+        canonical::to_vec(&value).map_err(|e| EntryError::Malformed(e.to_string()))
+    }
+}
+
+/// A committed entry, as read back from its bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub seq: u64,
+    /// RFC 3339, UTC, millisecond precision: `2026-11-23T06:03:07.123Z`.
+    pub time: String,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl Entry {
+    /// Parses an entry's bytes, checking that they are canonical (so two parsers can never
+    /// disagree about what was hashed).
+    pub fn parse(bytes: &[u8]) -> Result<Self, EntryError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| EntryError::Malformed(e.to_string()))?;
+        let again = canonical::to_vec(&value).map_err(|e| EntryError::Malformed(e.to_string()))?;
+        if again != bytes {
+            return Err(EntryError::NotCanonical);
+        }
+        serde_json::from_value(value).map_err(|e| EntryError::Malformed(e.to_string()))
+    }
+
+    /// The entry's time, parsed.
+    pub fn timestamp(&self) -> Result<OffsetDateTime, EntryError> {
+        OffsetDateTime::parse(&self.time, &time::format_description::well_known::Rfc3339)
+            .map_err(|e| EntryError::Malformed(format!("time `{}`: {e}", self.time)))
+    }
+}
+
+/// Why an entry could not be written or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("the audit entry is malformed: {0}")]
+    Malformed(String),
+    #[error("the audit entry's bytes are not RFC 8785 canonical JSON")]
+    NotCanonical,
+}
+
+/// Formats a time as entries write it: UTC, milliseconds, `Z`.
+pub fn format_time(t: OffsetDateTime) -> Result<String, EntryError> {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    t.format(&fmt).map_err(|e| EntryError::Malformed(format!("time: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use time::macros::datetime;
+
+    #[test]
+    fn entry_bytes_are_canonical_with_sorted_members() {
+        let e = Event::new(EventType::DecisionMade, Actor::agent("spiffe://acme.example/soc/edr"))
+            .task("INC-7")
+            .request("req_1")
+            .action("host.isolate")
+            .data(json!({"outcome": "execute", "effective_level": 3}));
+        let bytes = e.to_entry_bytes(41, datetime!(2026-11-23 06:03:07.123456 UTC)).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes.clone()).unwrap(),
+            r#"{"action":"host.isolate","actor":{"id":"spiffe://acme.example/soc/edr","kind":"agent"},"data":{"effective_level":3,"outcome":"execute"},"request":"req_1","seq":41,"task":"INC-7","time":"2026-11-23T06:03:07.123Z","type":"decision.made"}"#
+        );
+        let back = Entry::parse(&bytes).unwrap();
+        assert_eq!(back.seq, 41);
+        assert_eq!(back.event, e);
+        assert_eq!(back.timestamp().unwrap(), datetime!(2026-11-23 06:03:07.123 UTC));
+    }
+
+    #[test]
+    fn absent_correlation_ids_are_left_out() {
+        let e = Event::new(EventType::StoreInitialized, Actor::system("warden"));
+        let bytes = e.to_entry_bytes(0, datetime!(2026-01-01 00:00 +02:00)).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            r#"{"actor":{"id":"warden","kind":"system"},"data":{},"seq":0,"time":"2025-12-31T22:00:00.000Z","type":"store.initialized"}"#
+        );
+    }
+
+    #[test]
+    fn non_canonical_bytes_are_refused() {
+        let bytes = br#"{"seq":0,"actor":{"id":"warden","kind":"system"},"data":{},"time":"2025-12-31T22:00:00.000Z","type":"store.initialized"}"#;
+        assert_eq!(Entry::parse(bytes), Err(EntryError::NotCanonical));
+    }
+
+    #[test]
+    fn type_names_round_trip() {
+        for t in EventType::ALL {
+            let s = serde_json::to_value(t).unwrap();
+            assert_eq!(s, Value::String(t.as_str().into()));
+            assert_eq!(t.to_string(), t.as_str());
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Load benchmark: `POST /v1/actions` on the advise and deny paths (decided, recorded durably,
+//! answered) beside `GET /healthz` (the framework floor), on the same server in the same run.
+//!
+//! ```text
+//! cargo bench -p warden-server --bench load -- [SECONDS] [CONNECTIONS]
+//! ```
+//!
+//! The server runs in this process on 127.0.0.1:0 with a fresh data directory in
+//! `WARDEN_BENCH_DIR` (default: the temp dir); the client is a minimal HTTP/1.1 keep-alive
+//! client on the same runtime, so client and server share the machine's cores.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
+use warden_core::Bundle;
+use warden_core::audit::entry::Actor;
+use warden_server::limits::Limits;
+use warden_server::state::ServerOptions;
+use warden_server::{AppState, admin};
+use warden_store::{DataDir, SystemClock};
+
+const EDR: &str = "spiffe://acme.example/soc/edr-responder";
+
+/// One keep-alive connection: sends `request` again and again, recording each latency.
+async fn client(addr: std::net::SocketAddr, request: Arc<Vec<u8>>, until: Instant) -> Vec<Duration> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut lat = Vec::new();
+    let mut line = String::new();
+    while Instant::now() < until {
+        let t = Instant::now();
+        w.write_all(&request).await.unwrap();
+        let mut len = 0usize;
+        line.clear();
+        r.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("HTTP/1.1 200"), "unexpected answer: {line}");
+        loop {
+            line.clear();
+            r.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).await.unwrap();
+        lat.push(t.elapsed());
+    }
+    lat
+}
+
+fn request(method: &str, path: &str, token: &str, body: Option<&serde_json::Value>) -> Arc<Vec<u8>> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    Arc::new(
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+struct Run {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn run(addr: std::net::SocketAddr, req: Arc<Vec<u8>>, secs: f64, conns: usize) -> Run {
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(secs);
+    let handles: Vec<_> = (0..conns).map(|_| tokio::spawn(client(addr, req.clone(), until))).collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort();
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    Run { rps: all.len() as f64 / elapsed, p50: at(0.5), p99: at(0.99) }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let secs: f64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let conns: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(32);
+    let base = std::env::var_os("WARDEN_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::tempdir_in(base).unwrap();
+    let (data, _) = DataDir::init(tmp.path(), "bench.local/audit", Arc::new(SystemClock)).unwrap();
+    let bundle = Bundle::load(
+        &warden_server::policy_dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy")).unwrap(),
+    )
+    .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    admin::add_agent(data.ledger(), &Actor::user("bench"), EDR, "team:endpoint-response", "", now).unwrap();
+    let limits = Limits { agent_rate: 1e9, agent_burst: 1e9, ..Limits::default() };
+    let options = ServerOptions { limits, ..Default::default() };
+    let app = AppState::with_options(data, bundle, Arc::new(SystemClock), options).unwrap();
+    let token = app.tokens.local.mint(EDR, "warden", now, 3600);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(warden_server::serve::serve(listener, app, std::future::pending()));
+        let task = json!({"id": "INC-7", "title": "bench", "trigger": {"source": "edr", "severity": "high"}});
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&request("POST", "/v1/tasks", &token, Some(&task))).await.unwrap();
+        let mut buf = [0u8; 12];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf[9..12], b"201");
+
+        let ask = |action: &str, confidence: f64| {
+            json!({"task": "INC-7", "action": action, "target": "host:web-01", "confidence": confidence,
+                   "params": {"reason": "beacon"}, "rationale": "bench", "evidence": [{"kind": "edr", "ref": "d:1"}]})
+        };
+        println!("load: {secs} s per run, {conns} keep-alive connections, client in-process");
+        println!("| run | requests/s | p50 | p99 | ratio to healthz |");
+        println!("|---|---|---|---|---|");
+        let floor = run(addr, request("GET", "/healthz", &token, None), secs, conns).await;
+        println!("| GET /healthz | {:.0} | {:?} | {:?} | 1.00 |", floor.rps, floor.p50, floor.p99);
+        let dry =
+            run(addr, request("POST", "/v1/decisions", &token, Some(&ask("host.isolate", 0.3))), secs, conns).await;
+        println!(
+            "| POST /v1/decisions (advise, dry run: nothing recorded) | {:.0} | {:?} | {:?} | {:.2} |",
+            dry.rps,
+            dry.p50,
+            dry.p99,
+            dry.rps / floor.rps
+        );
+        for (name, body) in [("advise", ask("host.isolate", 0.3)), ("deny", ask("host.wipe", 0.95))] {
+            let r = run(addr, request("POST", "/v1/actions", &token, Some(&body)), secs, conns).await;
+            println!(
+                "| POST /v1/actions ({name}, durable audit) | {:.0} | {:?} | {:?} | {:.2} |",
+                r.rps,
+                r.p50,
+                r.p99,
+                r.rps / floor.rps
+            );
+        }
+    });
+}

@@ -1,0 +1,150 @@
+//! Authentication in the handler's types: a handler that takes [`AgentCaller`] can only be
+//! reached by a verified, registered, active agent; one that takes [`HumanCaller`] only by a
+//! human. An agent can never call a human endpoint, nor a human an agent one.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use warden_core::audit::entry::Actor;
+use warden_core::request::AgentStatus;
+use warden_store::Query;
+use warden_store::data_dir::token_hash;
+
+use crate::error::ApiError;
+use crate::identity::{Subject, same_secret};
+use crate::model::{Agent, Model, User};
+use crate::state::{App, blocking};
+
+/// Whoever called, verified.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Agent(Agent),
+    Human(User),
+}
+
+impl Caller {
+    pub fn actor(&self) -> Actor {
+        match self {
+            Caller::Agent(a) => Actor::agent(&a.id),
+            Caller::Human(u) => Actor::user(&u.id),
+        }
+    }
+    /// `agent:<id>` or `user:<id>`.
+    pub fn label(&self) -> String {
+        match self {
+            Caller::Agent(a) => format!("agent:{}", a.id),
+            Caller::Human(u) => format!("user:{}", u.id),
+        }
+    }
+}
+
+/// A verified, registered, active agent.
+#[derive(Debug, Clone)]
+pub struct AgentCaller(pub Agent);
+
+/// A verified human.
+#[derive(Debug, Clone)]
+pub struct HumanCaller(pub User);
+
+/// Anyone verified.
+#[derive(Debug, Clone)]
+pub struct AnyCaller(pub Caller);
+
+async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing_token", "send `Authorization: Bearer <token>`"))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("malformed_token", "the Authorization header must be `Bearer <token>`"))?
+        .to_string();
+    if token.starts_with("wdn_") {
+        return blocking(app, move |s| {
+            let hash = token_hash(&token);
+            let query = Query { key: Some(hash.clone()), limit: 1, ..Query::default() };
+            let found = s.ledger().store().find(User::TABLE, &query)?;
+            let user = match found.first() {
+                Some(r) => User::from_record(r)?,
+                None => return Err(ApiError::unauthorized("unknown_token", "the API token is not known")),
+            };
+            if !same_secret(&user.token_hash, &hash) {
+                return Err(ApiError::unauthorized("unknown_token", "the API token is not known"));
+            }
+            if user.status != "active" {
+                return Err(ApiError::forbidden("user_disabled", format!("user `{}` is disabled", user.id)));
+            }
+            Ok(Caller::Human(user))
+        })
+        .await;
+    }
+    let sub = match app.tokens.subject(&token, app.now())? {
+        Subject::Agent(sub) => sub,
+        Subject::Human { id, roles } => {
+            // OIDC humans are known by their issuer's word; nothing is stored for them.
+            return Ok(Caller::Human(User { id, roles, token_hash: String::new(), status: "active".into() }));
+        }
+    };
+    blocking(app, move |s| {
+        let record = s.ledger().store().get(Agent::TABLE, &sub)?;
+        let agent = match record {
+            Some(r) => Agent::from_record(&r)?,
+            None => return Err(ApiError::forbidden("unknown_agent", format!("`{sub}` is not a registered agent"))),
+        };
+        match agent.status {
+            AgentStatus::Active if !s.rate.allow(&agent.id, &s.limits) => Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("agent `{sub}` exceeds {} requests per second", s.limits.agent_rate),
+            )),
+            AgentStatus::Active => Ok(Caller::Agent(agent)),
+            AgentStatus::Suspended => {
+                Err(ApiError::forbidden("agent_suspended", format!("agent `{sub}` is suspended")))
+            }
+            AgentStatus::Halted => Err(ApiError::forbidden("agent_halted", format!("agent `{sub}` is halted"))),
+        }
+    })
+    .await
+}
+
+impl FromRequestParts<App> for AnyCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        authenticate(parts, app).await.map(AnyCaller)
+    }
+}
+
+impl FromRequestParts<App> for AgentCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        match authenticate(parts, app).await? {
+            Caller::Agent(a) => Ok(AgentCaller(a)),
+            Caller::Human(_) => Err(ApiError::forbidden("humans_not_allowed", "this endpoint is for agents")),
+        }
+    }
+}
+
+impl FromRequestParts<App> for HumanCaller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
+        match authenticate(parts, app).await? {
+            Caller::Human(u) => Ok(HumanCaller(u)),
+            Caller::Agent(_) => Err(ApiError::forbidden("agents_not_allowed", "this endpoint is for humans")),
+        }
+    }
+}
+
+impl HumanCaller {
+    /// Refuses unless the human holds one of `roles` (`admin` holds every role).
+    pub fn require(&self, roles: &[&str]) -> Result<(), ApiError> {
+        if self.0.has_role("admin") || roles.iter().any(|r| self.0.has_role(r)) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("missing_role", format!("this needs one of the roles: {}", roles.join(", ")))
+                .details(serde_json::json!({"required": roles})))
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! Who is calling: agents by JWT-SVID (DESIGN §5), humans by API token.
+//!
+//! The local issuer signs JWT-SVIDs with the data directory's `token.key` (EdDSA) and publishes
+//! its key at `/.well-known/jwks.json`. Verification goes through `jsonwebtoken`, with the
+//! algorithm taken from the key, never from the token: `none` and HS* are refused before any
+//! key is looked at.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use ed25519_dalek::{Signer as _, SigningKey};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::error::ApiError;
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// The claims Warden reads from a JWT-SVID.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SvidClaims {
+    pub sub: String,
+    pub aud: Value,
+    pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// Every other claim (an OIDC issuer's roles live here).
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, Value>,
+}
+
+/// Whom a verified token speaks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Subject {
+    /// A workload: `sub` is its SPIFFE ID.
+    Agent(String),
+    /// A human from an OIDC issuer, with the roles its roles claim lists.
+    Human { id: String, roles: Vec<String> },
+}
+
+/// Warden as its own token issuer.
+pub struct LocalIssuer {
+    issuer: String,
+    key: SigningKey,
+    kid: String,
+    jwk: Value,
+    decoding: DecodingKey,
+}
+
+impl std::fmt::Debug for LocalIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalIssuer").field("issuer", &self.issuer).field("kid", &self.kid).finish_non_exhaustive()
+    }
+}
+
+impl LocalIssuer {
+    pub fn new(issuer: impl Into<String>, seed: &[u8; 32]) -> Result<Self, ApiError> {
+        let key = SigningKey::from_bytes(seed);
+        let x = B64URL.encode(key.verifying_key().to_bytes());
+        // RFC 7638 thumbprint: SHA-256 over the required members, sorted, no whitespace.
+        let thumb = Sha256::digest(format!(r#"{{"crv":"Ed25519","kty":"OKP","x":"{x}"}}"#).as_bytes());
+        let kid = B64URL.encode(thumb);
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"});
+        let decoding = DecodingKey::from_ed_components(&x)
+            .map_err(|e| ApiError::unavailable("issuer_unavailable", format!("the local issuer key: {e}")))?;
+        Ok(LocalIssuer { issuer: issuer.into(), key, kid, jwk, decoding })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The public keys, as a JWK set.
+    pub fn jwks(&self) -> Value {
+        json!({ "keys": [self.jwk] })
+    }
+
+    /// A JWT-SVID for `sub`, valid from `now` for `ttl_secs`.
+    pub fn mint(&self, sub: &str, audience: &str, now: OffsetDateTime, ttl_secs: i64) -> String {
+        let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": self.kid});
+        let iat = now.unix_timestamp();
+        let claims = SvidClaims {
+            sub: sub.to_string(),
+            aud: json!([audience]),
+            exp: iat + ttl_secs,
+            iat: Some(iat),
+            nbf: None,
+            iss: Some(self.issuer.clone()),
+            extra: serde_json::Map::new(),
+        };
+        let input = format!(
+            "{}.{}",
+            B64URL.encode(header.to_string()),
+            B64URL.encode(serde_json::to_vec(&claims).unwrap_or_default())
+        );
+        let sig = self.key.sign(input.as_bytes());
+        format!("{input}.{}", B64URL.encode(sig.to_bytes()))
+    }
+}
+
+/// An external issuer from the configuration: SPIRE, an OIDC provider… trusted through the
+/// public keys of its JWKS file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The `iss` its tokens carry.
+    pub issuer: String,
+    /// A JWKS JSON file with its public keys.
+    pub jwks_file: std::path::PathBuf,
+    /// The audience its tokens must name (default: the server's).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Set for an OIDC issuer of *human* tokens: the claim holding their roles (an array of
+    /// strings, or one space-separated string). Unset: a workload issuer of JWT-SVIDs.
+    #[serde(default)]
+    pub roles_claim: Option<String>,
+}
+
+/// Why an issuer's keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerError {
+    #[error("`{path}`: {reason}")]
+    Jwks { path: std::path::PathBuf, reason: String },
+}
+
+/// A trusted external issuer and its keys by `kid`.
+pub struct ExternalIssuer {
+    pub issuer: String,
+    pub audience: Option<String>,
+    /// Humans' issuers name their roles claim; workload issuers do not.
+    pub roles_claim: Option<String>,
+    keys: std::collections::HashMap<String, (Algorithm, DecodingKey)>,
+}
+
+impl std::fmt::Debug for ExternalIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut kids: Vec<&String> = self.keys.keys().collect();
+        kids.sort();
+        f.debug_struct("ExternalIssuer").field("issuer", &self.issuer).field("kids", &kids).finish()
+    }
+}
+
+/// The algorithm a JWK is for: its `alg`, or what its key type implies. Symmetric keys are
+/// refused.
+fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Result<Algorithm, String> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    if let Some(alg) = &jwk.common.key_algorithm {
+        let name = serde_json::to_value(alg).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        return match name.parse::<Algorithm>() {
+            Ok(a) if !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => Ok(a),
+            _ => Err(format!("algorithm `{name}` is not accepted")),
+        };
+    }
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Ok(Algorithm::RS256),
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Ok(Algorithm::ES256),
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => Ok(Algorithm::ES384),
+        AlgorithmParameters::OctetKeyPair(_) => Ok(Algorithm::EdDSA),
+        _ => Err("symmetric and unknown keys are not accepted".into()),
+    }
+}
+
+impl ExternalIssuer {
+    /// Loads the issuer's JWKS file; every key needs a `kid`.
+    pub fn load(cfg: &IssuerConfig) -> Result<Self, IssuerError> {
+        let bad = |reason: String| IssuerError::Jwks { path: cfg.jwks_file.clone(), reason };
+        let text = std::fs::read_to_string(&cfg.jwks_file).map_err(|e| bad(e.to_string()))?;
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not a JWKS: {e}")))?;
+        let mut keys = std::collections::HashMap::new();
+        for jwk in &set.keys {
+            let kid = jwk.common.key_id.clone().ok_or_else(|| bad("every key needs a `kid`".into()))?;
+            let alg = jwk_algorithm(jwk).map_err(|e| bad(format!("key `{kid}`: {e}")))?;
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(format!("key `{kid}`: {e}")))?;
+            keys.insert(kid, (alg, key));
+        }
+        if keys.is_empty() {
+            return Err(bad("the key set is empty".into()));
+        }
+        Ok(ExternalIssuer {
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            roles_claim: cfg.roles_claim.clone(),
+            keys,
+        })
+    }
+}
+
+/// Checks JWT-SVIDs against the trusted issuers (the local one and any configured) and an
+/// audience.
+#[derive(Debug)]
+pub struct TokenVerifier {
+    pub audience: String,
+    pub local: LocalIssuer,
+    pub external: Vec<ExternalIssuer>,
+}
+
+fn refused(code: &'static str, message: &str) -> ApiError {
+    ApiError::unauthorized(code, message)
+}
+
+impl TokenVerifier {
+    /// The verified claims of `token`, or the precise reason it is refused.
+    /// Whom `token` speaks for: an agent (JWT-SVID) or, from an OIDC issuer, a human.
+    pub fn subject(&self, token: &str, now: OffsetDateTime) -> Result<Subject, ApiError> {
+        let (claims, roles_claim) = self.verify_with(token, now)?;
+        let Some(claim) = roles_claim else { return Ok(Subject::Agent(claims.sub)) };
+        let roles = match claims.extra.get(&claim) {
+            Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Subject::Human { id: claims.sub, roles })
+    }
+
+    /// The verified claims of a token (agents' or humans').
+    pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<SvidClaims, ApiError> {
+        self.verify_with(token, now).map(|(c, _)| c)
+    }
+
+    fn verify_with(&self, token: &str, now: OffsetDateTime) -> Result<(SvidClaims, Option<String>), ApiError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+            return Err(refused("malformed_token", "the token is not a compact JWT"));
+        };
+        let header: Value = B64URL
+            .decode(header)
+            .ok()
+            .and_then(|h| serde_json::from_slice(&h).ok())
+            .ok_or_else(|| refused("malformed_token", "the token's header is not base64url JSON"))?;
+        let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
+        let allowed = ["EdDSA", "RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "PS384", "PS512"];
+        if !allowed.contains(&alg) {
+            return Err(refused("algorithm_not_allowed", &format!("the algorithm `{alg}` is not accepted")));
+        }
+        let kid = header.get("kid").and_then(Value::as_str).unwrap_or("");
+        // The key decides the algorithm, issuer and audience; the token only names the key.
+        let (key_alg, key, issuer, audience, roles_claim) = if kid == self.local.kid {
+            (Algorithm::EdDSA, &self.local.decoding, self.local.issuer(), self.audience.as_str(), None)
+        } else {
+            self.external
+                .iter()
+                .find_map(|x| {
+                    x.keys.get(kid).map(|(a, k)| {
+                        let aud = x.audience.as_deref().unwrap_or(&self.audience);
+                        (*a, k, x.issuer.as_str(), aud, x.roles_claim.clone())
+                    })
+                })
+                .ok_or_else(|| refused("unknown_key", &format!("no trusted issuer has a key `{kid}`")))?
+        };
+        if alg.parse::<Algorithm>().ok() != Some(key_alg) {
+            return Err(refused("algorithm_not_allowed", &format!("key `{kid}` does not sign with `{alg}`")));
+        }
+        let mut v = Validation::new(key_alg);
+        v.leeway = LEEWAY_SECS;
+        v.validate_nbf = true;
+        v.set_audience(&[audience]);
+        v.set_issuer(&[issuer]);
+        v.set_required_spec_claims(&["exp", "sub", "aud"]);
+        let data = jsonwebtoken::decode::<SvidClaims>(token, key, &v).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => refused("bad_signature", "the token's signature does not verify"),
+            ErrorKind::ExpiredSignature => refused("token_expired", "the token has expired"),
+            ErrorKind::ImmatureSignature => refused("token_not_yet_valid", "the token is not valid yet"),
+            ErrorKind::InvalidAudience => {
+                refused("wrong_audience", &format!("the token's audience does not include `{audience}`"))
+            }
+            ErrorKind::InvalidIssuer => refused("wrong_issuer", "the token's issuer is not the key's issuer"),
+            _ => refused("malformed_token", &format!("the token cannot be read: {e}")),
+        })?;
+        let claims = data.claims;
+        if claims.iat.is_some_and(|iat| iat > now.unix_timestamp() + LEEWAY_SECS as i64) {
+            return Err(refused("token_not_yet_valid", "the token was issued in the future"));
+        }
+        Ok((claims, roles_claim))
+    }
+}
+
+/// Constant-time equality for secrets' digests.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

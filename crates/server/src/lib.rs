@@ -1,0 +1,28 @@
+//! Warden's HTTP gateway: the service agents call. Workload identity (JWT-SVIDs from the local
+//! issuer), tasks, action requests decided by the core and recorded durably, the audit log
+//! over HTTP.
+//!
+//! ```text
+//! request ─► auth extractor (AgentCaller / HumanCaller) ─► handler ─► blocking(store work)
+//!                                                         │ decide(bundle, facts)   (pure)
+//!                                                         │ ledger.commit(batch)    (durable)
+//!                                                         ▼
+//!                                                       answer
+//! ```
+
+pub mod admin;
+pub mod auth;
+pub mod error;
+pub mod identity;
+pub mod limits;
+pub mod metrics;
+pub mod model;
+pub mod policy_dir;
+mod routes;
+pub mod serve;
+pub mod state;
+pub mod tls;
+
+pub use error::{ApiError, ApiResult};
+pub use routes::{BODY_LIMIT, router};
+pub use state::{App, AppState};

@@ -1,0 +1,69 @@
+//! Limits that keep one agent, or a flood, from taking the gateway down: a token bucket per
+//! agent (429), a cap on requests in flight (503, never an unbounded queue), a body cap (413)
+//! and a request timeout (408).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How much each agent may ask.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Requests per second per agent, sustained.
+    pub agent_rate: f64,
+    /// Requests an agent may make at once after being idle.
+    pub agent_burst: f64,
+    /// Requests in flight across the server; beyond it, 503 at once.
+    pub in_flight: usize,
+    /// Longest a request may take.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { agent_rate: 50.0, agent_burst: 100.0, in_flight: 512, timeout: Duration::from_secs(15) }
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Token buckets by agent id. Only authenticated agents get one, so the map is bounded by
+/// the registered agents.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    /// Takes one token for `agent`; `false` when its bucket is empty.
+    pub fn allow(&self, agent: &str, limits: &Limits) -> bool {
+        let Ok(mut buckets) = self.buckets.lock() else { return false };
+        let now = Instant::now();
+        let b = buckets.entry(agent.to_string()).or_insert(Bucket { tokens: limits.agent_burst, at: now });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * limits.agent_rate).min(limits.agent_burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_burst_then_refuses() {
+        let limits = Limits { agent_rate: 0.001, agent_burst: 3.0, ..Limits::default() };
+        let r = RateLimiter::default();
+        assert_eq!((0..5).map(|_| r.allow("a", &limits)).collect::<Vec<_>>(), [true, true, true, false, false]);
+        assert!(r.allow("b", &limits), "buckets are per agent");
+    }
+}

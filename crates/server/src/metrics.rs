@@ -1,0 +1,129 @@
+//! Prometheus metrics, kept by hand (a few counters and two histograms need no framework):
+//! decisions by outcome and action, decision and audit-append latency, breaker trips.
+//! Pending approvals and active leases are read from the store when scraped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BOUNDS: [f64; 12] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; 12],
+    overflow: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        match BOUNDS.iter().position(|b| secs <= *b) {
+            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
+            None => self.overflow.fetch_add(1, Ordering::Relaxed),
+        };
+        self.sum_nanos.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in BOUNDS.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += self.overflow.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+/// Everything `/metrics` shows that the server counts itself.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    decisions: Mutex<BTreeMap<(String, String), u64>>,
+    pub decision_latency: Histogram,
+    pub audit_append_latency: Histogram,
+    pub breaker_trips: AtomicU64,
+}
+
+/// Label values are action ids and outcomes; escape anyway.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn decided(&self, outcome: &str, action: &str) {
+        if let Ok(mut m) = self.decisions.lock() {
+            *m.entry((outcome.to_string(), action.to_string())).or_default() += 1;
+        }
+    }
+
+    /// The text exposition format; `gauges` are read from the store by the caller.
+    pub fn render(&self, pending_approvals: u64, active_leases: u64) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP warden_decisions_total Decisions recorded, by outcome and action class.\n");
+        out.push_str("# TYPE warden_decisions_total counter\n");
+        if let Ok(m) = self.decisions.lock() {
+            for ((outcome, action), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "warden_decisions_total{{outcome=\"{}\",action=\"{}\"}} {n}",
+                    label(outcome),
+                    label(action)
+                );
+            }
+        }
+        self.decision_latency.render(
+            "warden_decision_seconds",
+            "Time to decide one request (the core, without I/O).",
+            &mut out,
+        );
+        self.audit_append_latency.render(
+            "warden_audit_append_seconds",
+            "Time to commit a request's records and audit entries durably.",
+            &mut out,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP warden_breaker_trips_total Decisions that tripped a budget breaker.\n# TYPE warden_breaker_trips_total counter\nwarden_breaker_trips_total {}",
+            self.breaker_trips.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP warden_pending_approvals Requests waiting for a human.\n# TYPE warden_pending_approvals gauge\nwarden_pending_approvals {pending_approvals}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP warden_active_leases Unexpired, unrevoked leases.\n# TYPE warden_active_leases gauge\nwarden_active_leases {active_leases}"
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_counters_labelled() {
+        let m = Metrics::default();
+        m.decision_latency.observe(Duration::from_micros(30));
+        m.decision_latency.observe(Duration::from_millis(2));
+        m.decision_latency.observe(Duration::from_secs(2));
+        m.decided("execute", "host.isolate");
+        m.decided("execute", "host.isolate");
+        let text = m.render(3, 0);
+        assert!(text.contains("warden_decision_seconds_bucket{le=\"0.00005\"} 1\n"), "{text}");
+        assert!(text.contains("warden_decision_seconds_bucket{le=\"0.0025\"} 2\n"));
+        assert!(text.contains("warden_decision_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("warden_decision_seconds_count 3\n"));
+        assert!(text.contains("warden_decisions_total{outcome=\"execute\",action=\"host.isolate\"} 2\n"));
+        assert!(text.contains("warden_pending_approvals 3\n"));
+    }
+}

@@ -1,0 +1,207 @@
+//! The records the gateway keeps, typed, and how they map onto the store's tables.
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use time::OffsetDateTime;
+use warden_core::decision::Decision;
+use warden_core::request::{AgentStatus, Evidence, TaskState};
+use warden_store::{Record, Table};
+
+use crate::error::ApiError;
+
+/// Milliseconds since the Unix epoch: the store's `at` column.
+pub fn millis(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// RFC 3339 text of a time.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+/// A typed record: its table, its body and its indexed keys.
+pub trait Model: Serialize + DeserializeOwned {
+    const TABLE: Table;
+    fn id(&self) -> &str;
+    /// The record with its indexed keys (version 0: set it before an update).
+    fn record(&self) -> Record;
+    fn from_record(r: &Record) -> Result<Self, ApiError> {
+        serde_json::from_value(r.body.clone()).map_err(|e| {
+            tracing::error!(table = r.table.name(), id = %r.id, error = %e, "unreadable record");
+            ApiError::unavailable("store_unavailable", "a stored record cannot be read")
+        })
+    }
+}
+
+fn body<T: Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// A registered workload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agent {
+    /// Its SPIFFE ID.
+    pub id: String,
+    pub owner: String,
+    pub purpose: String,
+    pub status: AgentStatus,
+    pub created_at: String,
+}
+
+impl Model for Agent {
+    const TABLE: Table = Table::Agents;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn record(&self) -> Record {
+        let status = serde_json::to_value(self.status).ok().and_then(|v| v.as_str().map(str::to_string));
+        let mut r = Record::new(Table::Agents, &self.id, body(self)).agent(&self.id);
+        r.state = status;
+        r
+    }
+}
+
+/// A human principal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub roles: Vec<String>,
+    /// `sha256:<hex>` of the API token; the token itself is never stored.
+    pub token_hash: String,
+    #[serde(default = "active")]
+    pub status: String,
+}
+
+fn active() -> String {
+    "active".into()
+}
+
+impl User {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+impl Model for User {
+    const TABLE: Table = Table::Users;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn record(&self) -> Record {
+        Record::new(Table::Users, &self.id, body(self)).state(&self.status).key(&self.token_hash)
+    }
+}
+
+/// What started a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    pub source: String,
+    #[serde(default)]
+    pub alert_id: String,
+    #[serde(default = "unknown")]
+    pub severity: String,
+    #[serde(default)]
+    pub summary: String,
+}
+
+fn unknown() -> String {
+    "unknown".into()
+}
+
+/// An incident or mission agents work within.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub title: String,
+    pub trigger: Trigger,
+    pub state: TaskState,
+    /// Who opened it (`agent:<SPIFFE ID>` or `user:<id>`).
+    pub opened_by: String,
+    pub opened_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
+}
+
+impl Model for Task {
+    const TABLE: Table = Table::Tasks;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn record(&self) -> Record {
+        let state = if self.state == TaskState::Open { "open" } else { "closed" };
+        Record::new(Table::Tasks, &self.id, body(self)).task(&self.id).state(state)
+    }
+}
+
+/// An action request and where it stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActionRecord {
+    pub id: String,
+    pub agent: String,
+    pub task: String,
+    pub action: String,
+    pub target: String,
+    pub params: serde_json::Map<String, Value>,
+    pub confidence: f64,
+    pub rationale: String,
+    pub evidence: Vec<Evidence>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// SHA-256 of the canonical request body: the same key with another body is a conflict.
+    pub request_digest: String,
+    /// DESIGN §8: denied | advised | pending_approval | approved | …
+    pub state: String,
+    pub created_at: String,
+    pub created_ms: i64,
+}
+
+impl ActionRecord {
+    /// The unique key idempotency is enforced on.
+    pub fn idempotency_index(agent: &str, key: &str) -> String {
+        format!("{agent}\u{0}{key}")
+    }
+}
+
+impl Model for ActionRecord {
+    const TABLE: Table = Table::Requests;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn record(&self) -> Record {
+        let mut r = Record::new(Table::Requests, &self.id, body(self))
+            .agent(&self.agent)
+            .task(&self.task)
+            .state(&self.state)
+            .at(self.created_ms);
+        r.key = self.idempotency_key.as_deref().map(|k| Self::idempotency_index(&self.agent, k));
+        r
+    }
+}
+
+/// The decision on one request, stored under the request's id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub id: String,
+    pub agent: String,
+    pub task: String,
+    pub decision: Decision,
+    pub decided_at: String,
+    pub decided_ms: i64,
+}
+
+impl Model for DecisionRecord {
+    const TABLE: Table = Table::Decisions;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn record(&self) -> Record {
+        Record::new(Table::Decisions, &self.id, body(self))
+            .agent(&self.agent)
+            .task(&self.task)
+            .state(self.decision.outcome.to_string())
+            .at(self.decided_ms)
+    }
+}

@@ -1,0 +1,322 @@
+//! `POST /v1/actions`: the request pipeline — authenticate (in the types) → parse → load task,
+//! halts and budget → decide (the pure core) → record request, decision and audit entries in
+//! one durable commit → answer. `POST /v1/decisions` decides without recording.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use time::Duration;
+use warden_core::audit::canonical;
+use warden_core::audit::entry::{Actor, Event, EventType};
+use warden_core::decision::{Decision, Outcome};
+use warden_core::request::{ActionRequest, AgentStatus, BudgetUsage, DecisionInput, Halt, TaskInfo};
+use warden_core::{Bundle, decide};
+use warden_store::{Batch, Change, Query, Store, StoreError, Table};
+
+use super::ApiJson;
+use super::tasks::new_id;
+use crate::auth::{AgentCaller, AnyCaller, Caller};
+use crate::error::{ApiError, ApiResult};
+use crate::model::{ActionRecord, Agent, DecisionRecord, Model, Task, millis, rfc3339};
+use crate::state::{App, AppState, blocking};
+
+/// Budgets count over the last hour (`max_per_hour`, `max_distinct_targets`).
+const BUDGET_WINDOW: Duration = Duration::hours(1);
+
+/// Where a request rests after its decision (DESIGN §8). `execute` rests in `approved` until
+/// the executor takes it.
+fn state_of(d: &Decision) -> &'static str {
+    match d.outcome {
+        Outcome::Deny => "denied",
+        Outcome::Advise => "advised",
+        Outcome::RequireApproval => "pending_approval",
+        Outcome::Execute => "approved",
+    }
+}
+
+fn digest(req: &ActionRequest) -> Result<String, ApiError> {
+    let value = serde_json::to_value(req).map_err(|e| ApiError::bad_request("malformed_request", e.to_string()))?;
+    let bytes = canonical::to_vec(&value).map_err(|e| ApiError::bad_request("malformed_request", e.to_string()))?;
+    Ok(format!("sha256:{}", Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>()))
+}
+
+/// The answer for a recorded request.
+fn answer(a: &ActionRecord, d: &DecisionRecord) -> Value {
+    json!({
+        "id": a.id,
+        "state": a.state,
+        "agent": a.agent,
+        "task": a.task,
+        "action": a.action,
+        "target": a.target,
+        "created_at": a.created_at,
+        "decision": d.decision,
+    })
+}
+
+fn load_pair(store: &dyn Store, id: &str) -> Result<Option<(ActionRecord, DecisionRecord)>, ApiError> {
+    let Some(a) = store.get(Table::Requests, id)? else { return Ok(None) };
+    let d = store
+        .get(Table::Decisions, id)?
+        .ok_or_else(|| ApiError::unavailable("store_unavailable", format!("request `{id}` has no decision")))?;
+    Ok(Some((ActionRecord::from_record(&a)?, DecisionRecord::from_record(&d)?)))
+}
+
+/// A request already recorded under this agent's idempotency key: the same answer again, or
+/// 409 when the body differs.
+fn replay(store: &dyn Store, agent: &str, key: &str, digest: &str) -> Result<Option<Value>, ApiError> {
+    let query = Query { key: Some(ActionRecord::idempotency_index(agent, key)), limit: 1, ..Query::default() };
+    let Some(found) = store.find(Table::Requests, &query)?.into_iter().next() else { return Ok(None) };
+    let (a, d) = load_pair(store, &found.id)?
+        .ok_or_else(|| ApiError::unavailable("store_unavailable", "a recorded request vanished"))?;
+    if a.request_digest != digest {
+        return Err(ApiError::conflict(
+            "idempotency_conflict",
+            format!("idempotency key `{key}` was used for a different request ({})", a.id),
+        ));
+    }
+    Ok(Some(answer(&a, &d)))
+}
+
+fn active_halts(store: &dyn Store) -> Result<Vec<Halt>, ApiError> {
+    let query = Query { state: Some("active".into()), ..Query::default() };
+    store
+        .find(Table::Halts, &query)?
+        .iter()
+        .map(|r| {
+            serde_json::from_value(r.body.clone())
+                .map_err(|_| ApiError::unavailable("store_unavailable", "a stored halt cannot be read"))
+        })
+        .collect()
+}
+
+/// Where a tripped breaker is kept: the store's settings, one key per agent × action.
+pub fn breaker_key(agent: &str, action: &str) -> String {
+    format!("breaker:{agent}:{action}")
+}
+
+/// A breaker stays open until it is reset (`warden breaker reset`, with the execution work).
+fn breaker_open(store: &dyn Store, agent: &str, action: &str) -> Result<bool, ApiError> {
+    Ok(store.meta(&breaker_key(agent, action))?.is_some_and(|v| v.starts_with("open")))
+}
+
+struct Facts {
+    task: Option<TaskInfo>,
+    halts: Vec<Halt>,
+    budget: BudgetUsage,
+}
+
+fn facts(s: &AppState, agent: &str, req: &ActionRequest, require_task: bool) -> Result<Facts, ApiError> {
+    let store = s.ledger().store();
+    let task = match store.get(Table::Tasks, &req.task)? {
+        Some(r) => {
+            let t = Task::from_record(&r)?;
+            Some(TaskInfo { id: t.id, state: t.state, severity: t.trigger.severity, source: t.trigger.source })
+        }
+        None if require_task => {
+            return Err(ApiError::invalid(
+                "unknown_task",
+                format!("no task `{}`: open it first (POST /v1/tasks)", req.task),
+            ));
+        }
+        None => None,
+    };
+    let since = millis(s.now() - BUDGET_WINDOW);
+    let usage = store.budget_usage(agent, &req.action, since, &req.target.to_string())?;
+    let budget = BudgetUsage {
+        executions: u32::try_from(usage.hits).unwrap_or(u32::MAX),
+        distinct_targets: u32::try_from(usage.distinct_targets).unwrap_or(u32::MAX),
+        target_seen: usage.target_seen,
+        breaker_open: breaker_open(store.as_ref(), agent, &req.action)?,
+    };
+    Ok(Facts { task, halts: active_halts(store.as_ref())?, budget })
+}
+
+fn decide_with(
+    s: &AppState,
+    bundle: &Bundle,
+    agent: &str,
+    status: AgentStatus,
+    req: &ActionRequest,
+    f: &Facts,
+) -> Decision {
+    let input = DecisionInput {
+        agent,
+        agent_status: status,
+        request: req,
+        task: f.task.as_ref(),
+        budget: f.budget,
+        halts: &f.halts,
+        now: s.now(),
+        shadow: s.shadow,
+    };
+    decide(bundle, &input)
+}
+
+fn process(s: &AppState, bundle: &Bundle, agent: &Agent, req: ActionRequest, digest: String) -> ApiResult<Value> {
+    let store = s.ledger().store().as_ref();
+    if let Some(key) = &req.idempotency_key
+        && let Some(previous) = replay(store, &agent.id, key, &digest)?
+    {
+        return Ok(previous);
+    }
+    let f = facts(s, &agent.id, &req, true)?;
+    let started = std::time::Instant::now();
+    let decision = decide_with(s, bundle, &agent.id, agent.status, &req, &f);
+    s.metrics.decision_latency.observe(started.elapsed());
+    let now = s.now();
+    let id = new_id("act")?;
+    let target = req.target.to_string();
+    let record = ActionRecord {
+        id: id.clone(),
+        agent: agent.id.clone(),
+        task: req.task.clone(),
+        action: req.action.clone(),
+        target: target.clone(),
+        params: req.params.clone(),
+        confidence: req.confidence,
+        rationale: req.rationale.clone(),
+        evidence: req.evidence.clone(),
+        idempotency_key: req.idempotency_key.clone(),
+        request_digest: digest.clone(),
+        state: state_of(&decision).to_string(),
+        created_at: rfc3339(now),
+        created_ms: millis(now),
+    };
+    let drec = DecisionRecord {
+        id: id.clone(),
+        agent: agent.id.clone(),
+        task: req.task.clone(),
+        decision,
+        decided_at: rfc3339(now),
+        decided_ms: millis(now),
+    };
+    let actor = Actor::agent(&agent.id);
+    let requested =
+        Event::new(EventType::ActionRequested, actor.clone()).task(&req.task).request(&id).action(&req.action).data(
+            json!({
+                "target": target,
+                "params": req.params,
+                "confidence": req.confidence,
+                "rationale": req.rationale,
+                "evidence": req.evidence,
+                "idempotency_key": req.idempotency_key,
+                "request_digest": digest,
+            }),
+        );
+    let decided = Event::new(EventType::DecisionMade, actor).task(&req.task).request(&id).action(&req.action).data(
+        json!({"target": target, "confidence": req.confidence, "state": record.state, "decision": drec.decision}),
+    );
+    let mut batch = Batch::new()
+        .change(Change::Insert(record.record()))
+        .change(Change::Insert(drec.record()))
+        .event(requested)
+        .event(decided);
+    if drec.decision.trip_breaker && !f.budget.breaker_open {
+        batch = batch.change(Change::SetMeta {
+            key: breaker_key(&agent.id, &req.action),
+            value: format!("open {}", rfc3339(now)),
+        });
+        batch = batch.event(
+            Event::new(EventType::BreakerTripped, Actor::system("budget"))
+                .task(&req.task)
+                .request(&id)
+                .action(&req.action)
+                .data(json!({"agent": agent.id, "caps": drec.decision.caps})),
+        );
+    }
+    if drec.decision.outcome == Outcome::Execute {
+        batch = batch.change(Change::BudgetHit {
+            agent: agent.id.clone(),
+            action: req.action.clone(),
+            target,
+            at: millis(now),
+        });
+    }
+    let started = std::time::Instant::now();
+    let committed = s.ledger().commit(batch);
+    s.metrics.audit_append_latency.observe(started.elapsed());
+    match committed {
+        Ok(_) => {
+            s.metrics.decided(&drec.decision.outcome.to_string(), &record.action);
+            if drec.decision.trip_breaker && !f.budget.breaker_open {
+                s.metrics.breaker_trips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(answer(&record, &drec))
+        }
+        // Two requests with one idempotency key raced: the other one won.
+        Err(StoreError::Conflict { .. }) if req.idempotency_key.is_some() => {
+            let key = req.idempotency_key.as_deref().unwrap_or_default();
+            replay(store, &agent.id, key, &digest)?
+                .ok_or_else(|| ApiError::conflict("conflict", "the request conflicted; try again"))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn submit(
+    State(app): State<App>,
+    AgentCaller(agent): AgentCaller,
+    ApiJson(req): ApiJson<ActionRequest>,
+) -> ApiResult<Json<Value>> {
+    let bundle = app.bundle()?;
+    let digest = digest(&req)?;
+    blocking(&app, move |s| process(s, &bundle, &agent, req, digest)).await.map(Json)
+}
+
+/// `POST /v1/decisions`: the decision only. Agents decide for themselves; humans name the
+/// agent in `"agent"`.
+pub async fn dry_run(
+    State(app): State<App>,
+    AnyCaller(caller): AnyCaller,
+    ApiJson(mut body): ApiJson<Value>,
+) -> ApiResult<Json<Value>> {
+    let named = body.as_object_mut().and_then(|o| o.remove("agent"));
+    let agent_id = match (&caller, named) {
+        (Caller::Agent(a), None) => a.id.clone(),
+        (Caller::Agent(a), Some(Value::String(n))) if n == a.id => n,
+        (Caller::Agent(_), Some(_)) => {
+            return Err(ApiError::forbidden("not_your_agent", "an agent decides only for itself"));
+        }
+        (Caller::Human(_), Some(Value::String(n))) => n,
+        (Caller::Human(_), _) => return Err(ApiError::invalid("invalid_request", "name the agent in `agent`")),
+    };
+    let req: ActionRequest =
+        serde_json::from_value(body).map_err(|e| ApiError::bad_request("malformed_request", e.to_string()))?;
+    let bundle: Arc<Bundle> = app.bundle()?;
+    blocking(&app, move |s| {
+        let status = s
+            .ledger()
+            .store()
+            .get(Table::Agents, &agent_id)?
+            .map(|r| Agent::from_record(&r).map(|a| a.status))
+            .transpose()?
+            .unwrap_or(AgentStatus::Active);
+        let f = facts(s, &agent_id, &req, false)?;
+        let decision = decide_with(s, &bundle, &agent_id, status, &req, &f);
+        Ok(Json(json!({"agent": agent_id, "decision": decision, "recorded": false})))
+    })
+    .await
+}
+
+/// `GET /v1/actions/{id}`: agents see their own requests only.
+pub async fn get(
+    State(app): State<App>,
+    AnyCaller(caller): AnyCaller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    blocking(&app, move |s| {
+        let missing = || ApiError::not_found("unknown_action", format!("no action request `{id}`"));
+        let (a, d) = load_pair(s.ledger().store().as_ref(), &id)?.ok_or_else(missing)?;
+        if let Caller::Agent(agent) = &caller
+            && agent.id != a.agent
+        {
+            return Err(missing());
+        }
+        Ok(Json(answer(&a, &d)))
+    })
+    .await
+}

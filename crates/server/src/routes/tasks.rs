@@ -1,0 +1,128 @@
+//! Tasks: the incidents agents work within.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+use warden_core::audit::entry::{Event, EventType};
+use warden_core::request::TaskState;
+use warden_store::{Batch, Change, StoreError};
+
+use super::ApiJson;
+use crate::auth::AnyCaller;
+use crate::error::{ApiError, ApiResult};
+use crate::model::{Model, Task, Trigger, rfc3339};
+use crate::state::{App, blocking};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenTask {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub title: String,
+    pub trigger: Trigger,
+}
+
+/// A fresh id: `prefix_`, the time in milliseconds (12 hex digits) and 64 random bits
+/// (16 hex digits). Ids sort by creation time, so the store appends at the right edge of its
+/// indexes instead of touching a random page per insert.
+pub fn new_id(prefix: &str) -> Result<String, ApiError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|_| ApiError::unavailable("random_unavailable", "no randomness available"))?;
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    Ok(format!("{prefix}_{:012x}{}", ms & 0xffff_ffff_ffff, b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
+}
+
+fn check_task_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("invalid_task_id", format!("task id `{id}` must be 1–128 of A–Z a–z 0–9 - _ . :")))
+    }
+}
+
+pub async fn open(
+    State(app): State<App>,
+    AnyCaller(caller): AnyCaller,
+    ApiJson(body): ApiJson<OpenTask>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let id = match body.id {
+        Some(id) => {
+            check_task_id(&id)?;
+            id
+        }
+        None => new_id("task")?,
+    };
+    if body.title.trim().is_empty() || body.trigger.source.trim().is_empty() {
+        return Err(ApiError::invalid("invalid_request", "a task needs a `title` and a `trigger.source`"));
+    }
+    let task = Task {
+        id: id.clone(),
+        title: body.title,
+        trigger: body.trigger,
+        state: TaskState::Open,
+        opened_by: caller.label(),
+        opened_at: rfc3339(app.now()),
+        closed_at: None,
+        closed_by: None,
+    };
+    let event = Event::new(EventType::TaskOpened, caller.actor())
+        .task(&id)
+        .data(json!({"title": task.title, "trigger": task.trigger}));
+    let saved = task.clone();
+    blocking(&app, move |s| {
+        s.ledger().commit(Batch::new().change(Change::Insert(saved.record())).event(event)).map_err(|e| match e {
+            StoreError::Conflict { .. } => ApiError::conflict("task_exists", format!("task `{id}` already exists")),
+            other => other.into(),
+        })
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(task)))
+}
+
+/// The stored record of task `id`, or 404 `unknown_task`.
+fn stored_task(s: &crate::state::AppState, id: &str) -> Result<warden_store::Record, ApiError> {
+    s.ledger()
+        .store()
+        .get(Task::TABLE, id)?
+        .ok_or_else(|| ApiError::not_found("unknown_task", format!("no task `{id}`")))
+}
+
+pub async fn get(State(app): State<App>, AnyCaller(_): AnyCaller, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+    blocking(&app, move |s| {
+        let r = stored_task(s, &id)?;
+        Ok(Json(Task::from_record(&r)?))
+    })
+    .await
+}
+
+pub async fn close(
+    State(app): State<App>,
+    AnyCaller(caller): AnyCaller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Task>> {
+    let now = rfc3339(app.now());
+    blocking(&app, move |s| {
+        let r = stored_task(s, &id)?;
+        let mut task = Task::from_record(&r)?;
+        if task.state == TaskState::Closed {
+            return Err(ApiError::conflict("task_closed", format!("task `{id}` is already closed")));
+        }
+        task.state = TaskState::Closed;
+        task.closed_at = Some(now);
+        task.closed_by = Some(caller.label());
+        let mut updated = task.record();
+        updated.version = r.version;
+        let event = Event::new(EventType::TaskClosed, caller.actor()).task(&id);
+        s.ledger().commit(Batch::new().change(Change::Update(updated)).event(event)).map_err(|e| match e {
+            StoreError::Conflict { .. } => {
+                ApiError::conflict("conflict", format!("task `{id}` changed meanwhile; try again"))
+            }
+            other => other.into(),
+        })?;
+        Ok(Json(task))
+    })
+    .await
+}

@@ -1,0 +1,134 @@
+//! What every handler shares.
+
+use std::sync::{Arc, RwLock};
+
+use time::OffsetDateTime;
+use warden_core::Bundle;
+use warden_store::{Clock, DataDir, Ledger};
+
+use crate::error::ApiError;
+use crate::identity::{LocalIssuer, TokenVerifier};
+
+/// The default audience of JWT-SVIDs presented to Warden.
+pub const DEFAULT_AUDIENCE: &str = "warden";
+/// The local issuer's `iss`.
+pub const LOCAL_ISSUER: &str = "warden-local";
+
+/// How a server is set up beyond its data directory and bundle.
+#[derive(Debug)]
+pub struct ServerOptions {
+    /// The audience JWT-SVIDs must name.
+    pub audience: String,
+    /// External issuers trusted besides the local one.
+    pub issuers: Vec<crate::identity::ExternalIssuer>,
+    pub limits: crate::limits::Limits,
+    /// Where the bundle came from (reloadable), if from a directory.
+    pub policy_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            audience: DEFAULT_AUDIENCE.to_string(),
+            issuers: Vec::new(),
+            limits: crate::limits::Limits::default(),
+            policy_dir: None,
+        }
+    }
+}
+
+/// Shared state; handlers get it as `State<App>`.
+pub type App = Arc<AppState>;
+
+#[derive(Debug)]
+pub struct AppState {
+    pub data: DataDir,
+    bundle: RwLock<Arc<Bundle>>,
+    pub tokens: TokenVerifier,
+    pub clock: Arc<dyn Clock>,
+    /// Global shadow mode: decide and record, never execute.
+    pub shadow: bool,
+    /// Where the bundle is reloaded from, when it came from a directory.
+    pub policy_dir: Option<std::path::PathBuf>,
+    pub limits: crate::limits::Limits,
+    pub rate: crate::limits::RateLimiter,
+    /// Permits for requests in flight.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl AppState {
+    pub fn new(data: DataDir, bundle: Bundle, audience: &str, clock: Arc<dyn Clock>) -> Result<App, ApiError> {
+        let options = ServerOptions { audience: audience.to_string(), ..ServerOptions::default() };
+        Self::with_options(data, bundle, clock, options)
+    }
+
+    /// The state for a server; when the bundle came from a directory, its load is audited.
+    pub fn with_options(
+        data: DataDir,
+        bundle: Bundle,
+        clock: Arc<dyn Clock>,
+        options: ServerOptions,
+    ) -> Result<App, ApiError> {
+        if let Some(dir) = &options.policy_dir {
+            let event = crate::policy_dir::loaded_event(
+                &bundle,
+                warden_core::audit::entry::Actor::system("warden"),
+                &dir.display().to_string(),
+            );
+            data.ledger().commit(warden_store::Batch::new().event(event))?;
+        }
+        let local = LocalIssuer::new(LOCAL_ISSUER, &data.token_seed().0)?;
+        let tokens = TokenVerifier { audience: options.audience, local, external: options.issuers };
+        let limits = options.limits;
+        Ok(Arc::new(AppState {
+            data,
+            bundle: RwLock::new(Arc::new(bundle)),
+            tokens,
+            clock,
+            shadow: false,
+            policy_dir: options.policy_dir,
+            limits,
+            rate: crate::limits::RateLimiter::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.in_flight)),
+            metrics: crate::metrics::Metrics::default(),
+        }))
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        self.data.ledger()
+    }
+
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
+    /// The policy bundle in force.
+    pub fn bundle(&self) -> Result<Arc<Bundle>, ApiError> {
+        self.bundle
+            .read()
+            .map(|b| b.clone())
+            .map_err(|_| ApiError::unavailable("policy_unavailable", "the policy bundle is unavailable"))
+    }
+
+    /// Replaces the bundle in force.
+    pub fn set_bundle(&self, bundle: Bundle) -> Result<(), ApiError> {
+        let mut slot = self
+            .bundle
+            .write()
+            .map_err(|_| ApiError::unavailable("policy_unavailable", "the policy bundle is unavailable"))?;
+        *slot = Arc::new(bundle);
+        Ok(())
+    }
+}
+
+/// Runs store work (SQLite, fsync) off the async workers.
+pub async fn blocking<T: Send + 'static>(
+    app: &App,
+    f: impl FnOnce(&AppState) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || f(&app))
+        .await
+        .map_err(|_| ApiError::unavailable("internal", "a worker failed; nothing was done"))?
+}

@@ -1,0 +1,328 @@
+//! Tasks, action requests, idempotency, dry runs and the audit endpoints.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use warden_core::audit::note::{Checkpoint, NoteVerifier};
+use warden_core::audit::proof::{ConsistencyProof, InclusionProof};
+use warden_store::data_dir::recorded_verifier;
+use warden_store::verify::verify;
+
+use crate::{EDR, Harness, PHISH, harness};
+
+async fn open_task(h: &Harness, token: &str, id: &str, source: &str) -> Value {
+    let body = json!({"id": id, "title": "beaconing", "trigger": {"source": source, "alert_id": "A-1", "severity": "high", "summary": "C2"}});
+    let (status, task) = h.call("POST", "/v1/tasks", Some(token), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    task
+}
+
+fn isolate(target: &str, confidence: f64, key: Option<&str>) -> Value {
+    let mut b = json!({
+        "task": "INC-7", "action": "host.isolate", "target": target, "confidence": confidence,
+        "params": {"reason": "beacon"}, "rationale": "C2 beacon seen", "evidence": [{"kind": "edr", "ref": "det:1"}]
+    });
+    if let Some(k) = key {
+        b["idempotency_key"] = json!(k);
+    }
+    b
+}
+
+fn verified_size(h: &Harness) -> u64 {
+    let store = h.app.ledger().store();
+    let verifier = recorded_verifier(store.as_ref()).unwrap().unwrap();
+    verify(store.as_ref(), &verifier, &mut |_, _| {}).expect("the log verifies").size
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let h = harness();
+    assert_eq!(h.call("GET", "/healthz", None, None).await, (StatusCode::OK, json!({"status": "ok"})));
+    let (status, body) = h.call("GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["bundle_version"].as_str().unwrap().starts_with("sha256:"));
+    let (status, body) = h.call("GET", "/v1/nothing", None, None).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")));
+}
+
+#[tokio::test]
+async fn tasks_open_read_and_close_once() {
+    let h = harness();
+    let agent = h.svid(EDR);
+    let task = open_task(&h, &agent, "INC-7", "edr").await;
+    assert_eq!(
+        (task["state"].as_str(), task["opened_by"].as_str()),
+        (Some("open"), Some(format!("agent:{EDR}").as_str()))
+    );
+    let again = json!({"id": "INC-7", "title": "x", "trigger": {"source": "edr"}});
+    let (status, body) = h.call("POST", "/v1/tasks", Some(&agent), Some(again)).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::CONFLICT, json!("task_exists")));
+    let (status, body) = h.call("GET", "/v1/tasks/INC-7", Some(&h.admin), None).await;
+    assert_eq!((status, body["trigger"]["severity"].clone()), (StatusCode::OK, json!("high")));
+    let (status, body) = h.call("POST", "/v1/tasks/INC-7/close", Some(&h.admin), None).await;
+    assert_eq!(
+        (status, body["state"].clone(), body["closed_by"].clone()),
+        (StatusCode::OK, json!("closed"), json!("user:admin"))
+    );
+    let (status, body) = h.call("POST", "/v1/tasks/INC-7/close", Some(&h.admin), None).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::CONFLICT, json!("task_closed")));
+    let (status, _) = h.call("GET", "/v1/tasks/INC-404", Some(&agent), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, body) =
+        h.call("POST", "/v1/tasks", Some(&agent), Some(json!({"title": "t", "trigger": {"source": "edr"}}))).await;
+    assert!(body["id"].as_str().unwrap().starts_with("task_"), "ids are generated: {body}");
+    // A request on a closed task is denied, and recorded.
+    let (status, body) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, None))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["decision"]["outcome"], "deny");
+    assert!(body["decision"]["caps"].as_array().unwrap().iter().any(|c| c["code"] == "task_closed"), "{body}");
+}
+
+#[tokio::test]
+async fn requests_are_decided_recorded_and_readable() {
+    let h = harness();
+    let agent = h.svid(EDR);
+    open_task(&h, &agent, "INC-7", "edr").await;
+    let before = verified_size(&h);
+
+    let (status, exec) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, None))).await;
+    assert_eq!(status, StatusCode::OK, "{exec}");
+    assert_eq!((exec["state"].as_str(), exec["decision"]["outcome"].as_str()), (Some("approved"), Some("execute")));
+    assert_eq!(exec["decision"]["effective_level"], 3);
+    assert_eq!(exec["decision"]["policies"][0]["owner"], "team:endpoint-response");
+
+    let (_, approval) =
+        h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:db-payments-01", 0.95, None))).await;
+    assert_eq!(
+        (approval["state"].as_str(), approval["decision"]["outcome"].as_str()),
+        (Some("pending_approval"), Some("require_approval"))
+    );
+    assert_eq!(approval["decision"]["approval"]["quorum"], 1);
+
+    let (_, advise) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-01", 0.3, None))).await;
+    assert_eq!((advise["state"].as_str(), advise["decision"]["outcome"].as_str()), (Some("advised"), Some("advise")));
+
+    let mut unknown = isolate("host:web-42", 0.95, None);
+    unknown["action"] = json!("host.wipe");
+    let (_, deny) = h.call("POST", "/v1/actions", Some(&agent), Some(unknown)).await;
+    assert_eq!((deny["state"].as_str(), deny["decision"]["outcome"].as_str()), (Some("denied"), Some("deny")));
+
+    // Each request added exactly two entries (requested, decided); the log still verifies.
+    assert_eq!(verified_size(&h), before + 8);
+    let id = exec["id"].as_str().unwrap();
+    let (status, read) = h.call("GET", &format!("/v1/actions/{id}"), Some(&agent), None).await;
+    assert_eq!((status, &read), (StatusCode::OK, &exec));
+    let (status, _) = h.call("GET", &format!("/v1/actions/{id}"), Some(&h.svid(PHISH)), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "another agent cannot see it");
+    let (status, _) = h.call("GET", &format!("/v1/actions/{id}"), Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, entries) =
+        h.call("GET", &format!("/v1/audit/entries?since={before}&limit=2"), Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let e = &entries["entries"];
+    assert_eq!(
+        (e[0]["entry"]["type"].as_str(), e[1]["entry"]["type"].as_str()),
+        (Some("action.requested"), Some("decision.made"))
+    );
+    assert_eq!(e[1]["entry"]["request"], exec["id"]);
+    assert_eq!(e[1]["entry"]["actor"], json!({"kind": "agent", "id": EDR}));
+    assert_eq!(e[1]["entry"]["data"]["decision"]["outcome"], "execute");
+}
+
+#[tokio::test]
+async fn an_unknown_task_or_a_bad_body_records_nothing() {
+    let h = harness();
+    let agent = h.svid(EDR);
+    let before = verified_size(&h);
+    let (status, body) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, None))).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("unknown_task")));
+    let (status, body) = h.call("POST", "/v1/actions", Some(&agent), Some(json!({"task": "INC-7"}))).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("malformed_request")));
+    let mut extra = isolate("host:web-42", 0.95, None);
+    extra["surprise"] = json!(1);
+    let (status, _) = h.call("POST", "/v1/actions", Some(&agent), Some(extra)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "unknown fields are refused");
+    let mut huge = isolate("host:web-42", 0.95, None);
+    huge["rationale"] = json!("x".repeat(warden_server::BODY_LIMIT + 1));
+    let (status, body) = h.call("POST", "/v1/actions", Some(&agent), Some(huge)).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::PAYLOAD_TOO_LARGE, json!("body_too_large")));
+    assert_eq!(verified_size(&h), before);
+}
+
+#[tokio::test]
+async fn idempotency_replays_and_refuses_a_changed_body() {
+    let h = harness();
+    let agent = h.svid(EDR);
+    open_task(&h, &agent, "INC-7", "edr").await;
+    let (_, first) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, Some("k-1")))).await;
+    let size = verified_size(&h);
+    let (status, again) =
+        h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, Some("k-1")))).await;
+    assert_eq!((status, &again), (StatusCode::OK, &first), "the same answer");
+    assert_eq!(verified_size(&h), size, "no second effect");
+    let usage = h.app.ledger().store().budget_usage(EDR, "host.isolate", 0, "host:web-42").unwrap();
+    assert_eq!(usage.hits, 1, "counted once");
+    let (status, body) =
+        h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-01", 0.95, Some("k-1")))).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::CONFLICT, json!("idempotency_conflict")));
+    // Keys are per agent: another agent may use the same one.
+    let phish = h.svid(PHISH);
+    open_task(&h, &phish, "INC-8", "email").await;
+    let body = json!({"task": "INC-8", "action": "ticket.create", "target": "ticket:new", "confidence": 0.9,
+        "params": {"title": "x"}, "rationale": "r", "evidence": [{"kind": "mail", "ref": "m:1"}], "idempotency_key": "k-1"});
+    let (status, _) = h.call("POST", "/v1/actions", Some(&phish), Some(body)).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn concurrent_retries_with_one_key_record_once() {
+    let h = std::sync::Arc::new(harness());
+    let agent = h.svid(EDR);
+    open_task(&h, &agent, "INC-7", "edr").await;
+    let size = verified_size(&h);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (h, agent) = (h.clone(), agent.clone());
+        tasks.push(tokio::spawn(async move {
+            h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, Some("race")))).await
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        ids.insert(body["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1, "one request, one id: {ids:?}");
+    assert_eq!(verified_size(&h), size + 2);
+}
+
+#[tokio::test]
+async fn budgets_are_counted_in_the_store() {
+    let h = harness();
+    let agent = h.svid(EDR);
+    open_task(&h, &agent, "INC-7", "edr").await;
+    let mut executed = std::collections::BTreeSet::new();
+    let mut capped = None;
+    // web-01 twice: a host already touched in the window does not count again.
+    for host in ["web-01", "web-01", "web-02", "web-42", "build-07", "staging-api-01", "detonation-01", "detonation-02"]
+    {
+        let (_, body) =
+            h.call("POST", "/v1/actions", Some(&agent), Some(isolate(&format!("host:{host}"), 0.95, None))).await;
+        if body["decision"]["outcome"] == "execute" {
+            executed.insert(host);
+        } else if body["decision"]["caps"].as_array().unwrap().iter().any(|c| c["code"] == "distinct_targets_exceeded")
+        {
+            capped = Some(host);
+            break;
+        }
+    }
+    assert_eq!(executed.len(), 5, "edr-responder may touch 5 distinct hosts an hour: {executed:?}");
+    assert!(capped.is_some(), "the sixth distinct host goes to a human");
+    let usage = h.app.ledger().store().budget_usage(EDR, "host.isolate", 0, "host:web-01").unwrap();
+    assert_eq!((usage.hits, usage.distinct_targets), (6, 5), "six executions on five hosts");
+    // Exceeding the budget tripped the breaker: now even a known host goes to a human.
+    let (_, body) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, None))).await;
+    assert_eq!(body["decision"]["outcome"], "require_approval", "{body}");
+    assert!(body["decision"]["caps"].as_array().unwrap().iter().any(|c| c["code"] == "breaker_open"), "{body}");
+}
+
+#[tokio::test]
+async fn dry_runs_decide_without_recording() {
+    let h = harness();
+    let agent = h.svid(EDR);
+    open_task(&h, &agent, "INC-7", "edr").await;
+    let analyst = h.user("alice", &["soc-analyst"]);
+    let size = verified_size(&h);
+    let (status, body) = h.call("POST", "/v1/decisions", Some(&agent), Some(isolate("host:web-42", 0.95, None))).await;
+    assert_eq!(
+        (status, body["decision"]["outcome"].as_str(), body["recorded"].as_bool()),
+        (StatusCode::OK, Some("execute"), Some(false))
+    );
+    let mut as_human = isolate("host:db-payments-01", 0.95, None);
+    as_human["agent"] = json!(EDR);
+    let (status, body) = h.call("POST", "/v1/decisions", Some(&analyst), Some(as_human)).await;
+    assert_eq!((status, body["decision"]["outcome"].as_str()), (StatusCode::OK, Some("require_approval")));
+    let (status, body) =
+        h.call("POST", "/v1/decisions", Some(&analyst), Some(isolate("host:web-42", 0.95, None))).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_request")));
+    let mut other = isolate("host:web-42", 0.95, None);
+    other["agent"] = json!(PHISH);
+    let (status, _) = h.call("POST", "/v1/decisions", Some(&agent), Some(other)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "an agent decides only for itself");
+    assert_eq!(verified_size(&h), size, "nothing recorded");
+}
+
+#[tokio::test]
+async fn audit_proofs_over_http_verify_against_the_checkpoint() {
+    let h = harness();
+    let agent = h.svid(EDR);
+    open_task(&h, &agent, "INC-7", "edr").await;
+    for _ in 0..3 {
+        h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, None))).await;
+    }
+    let (status, note) = h.call("GET", "/v1/audit/checkpoint", Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let note = note.as_str().unwrap().to_string();
+    let store = h.app.ledger().store();
+    let verifier = NoteVerifier::parse(&h.app.ledger().signer().verifier_key()).unwrap();
+    let cp = Checkpoint::open(&note, &verifier).unwrap();
+    assert_eq!(cp.size, store.size().unwrap(), "the checkpoint covers every answered request");
+    let (_, p) = h.call("GET", "/v1/audit/proof/inclusion?index=4", Some(&h.admin), None).await;
+    let p: InclusionProof = serde_json::from_value(p).unwrap();
+    assert!(p.verify(&cp.root));
+    let (_, c) = h.call("GET", "/v1/audit/proof/consistency?old=2", Some(&h.admin), None).await;
+    let c: ConsistencyProof = serde_json::from_value(c).unwrap();
+    assert!(c.verify(&store.root(2).unwrap(), &cp.root));
+    let (status, body) = h.call("GET", "/v1/audit/proof/inclusion?index=4&size=9999", Some(&h.admin), None).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("no_checkpoint")));
+    let (status, body) = h.call("GET", "/v1/audit/proof/inclusion?index=999", Some(&h.admin), None).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_proof_request"))
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_and_latencies() {
+    let h = harness();
+    let agent = h.svid(EDR);
+    open_task(&h, &agent, "INC-7", "edr").await;
+    h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, None))).await;
+    h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:db-payments-01", 0.95, None))).await;
+    let (status, text) = h.call("GET", "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().unwrap();
+    assert!(text.contains("warden_decisions_total{outcome=\"execute\",action=\"host.isolate\"} 1\n"), "{text}");
+    assert!(text.contains("warden_decisions_total{outcome=\"require_approval\",action=\"host.isolate\"} 1\n"));
+    assert!(text.contains("warden_decision_seconds_count 2\n"));
+    assert!(text.contains("warden_audit_append_seconds_count 2\n"));
+    assert!(text.contains("warden_pending_approvals 1\n"));
+}
+
+#[tokio::test]
+async fn a_runaway_agent_trips_its_breaker_once_and_it_stays_open() {
+    let h = harness();
+    let agent = h.svid(EDR);
+    open_task(&h, &agent, "INC-7", "edr").await;
+    // edr-responder: max_per_hour = 10 for host.isolate.
+    for i in 0..10 {
+        let (_, body) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, None))).await;
+        assert_eq!(body["decision"]["outcome"], "execute", "request {i}: {body}");
+    }
+    let caps = |body: &Value| -> Vec<String> {
+        body["decision"]["caps"].as_array().unwrap().iter().map(|c| c["code"].as_str().unwrap().to_string()).collect()
+    };
+    let (_, eleventh) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, None))).await;
+    assert_eq!(eleventh["decision"]["outcome"], "require_approval", "{eleventh}");
+    assert!(caps(&eleventh).contains(&"budget_exceeded".to_string()), "{eleventh}");
+    let (_, twelfth) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-01", 0.95, None))).await;
+    assert!(caps(&twelfth).contains(&"breaker_open".to_string()), "the breaker stays open: {twelfth}");
+    let (_, entries) = h.call("GET", "/v1/audit/entries?limit=1000", Some(&h.admin), None).await;
+    let trips: Vec<&Value> =
+        entries["entries"].as_array().unwrap().iter().filter(|e| e["entry"]["type"] == "breaker.tripped").collect();
+    assert_eq!(trips.len(), 1, "tripped once");
+    assert_eq!(trips[0]["entry"]["request"], eleventh["id"]);
+    let (_, metrics) = h.call("GET", "/metrics", None, None).await;
+    assert!(metrics.as_str().unwrap().contains("warden_breaker_trips_total 1\n"));
+}

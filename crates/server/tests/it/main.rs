@@ -1,0 +1,125 @@
+//! The gateway in-process: the real router, a real data directory and the example bundle; no
+//! sockets. Tokens for agents come from the local issuer; humans use API tokens.
+
+mod api;
+mod identity;
+mod reload;
+mod tls;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt as _;
+use serde_json::Value;
+use tower::ServiceExt as _;
+use warden_core::audit::entry::Actor;
+use warden_core::{Bundle, SourceFile};
+use warden_server::identity::{ExternalIssuer, IssuerConfig};
+use warden_server::state::ServerOptions;
+use warden_server::{App, AppState, admin, router};
+use warden_store::{DataDir, SystemClock};
+
+pub const EDR: &str = "spiffe://acme.example/soc/edr-responder";
+pub const PHISH: &str = "spiffe://acme.example/soc/phish-triage";
+
+#[allow(missing_debug_implementations)]
+pub struct Harness {
+    pub _dir: tempfile::TempDir,
+    pub app: App,
+    pub router: Router,
+    pub admin: String,
+}
+
+/// The bundle at `root`, read the way the server reads it.
+pub fn read_bundle(root: &Path) -> Vec<SourceFile> {
+    warden_server::policy_dir::read(root).unwrap()
+}
+
+/// The issuer of `tests/fixtures/issuer` (test-only keys), trusted with audience `warden`.
+pub const SPIRE: &str = "https://spire.acme.example";
+
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/issuer").join(name)
+}
+
+/// An OIDC issuer of human tokens (the same test keys under another `kid` prefix).
+pub const IDP: &str = "https://idp.acme.example";
+
+pub fn external_issuers() -> Vec<ExternalIssuer> {
+    let spire =
+        IssuerConfig { issuer: SPIRE.into(), jwks_file: fixture("jwks.json"), audience: None, roles_claim: None };
+    let idp = IssuerConfig {
+        issuer: IDP.into(),
+        jwks_file: fixture("idp-jwks.json"),
+        audience: None,
+        roles_claim: Some("groups".into()),
+    };
+    vec![ExternalIssuer::load(&spire).unwrap(), ExternalIssuer::load(&idp).unwrap()]
+}
+
+pub fn example_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy")
+}
+
+/// A fresh data directory with the example bundle and its five agents registered.
+pub fn harness() -> Harness {
+    harness_from(None)
+}
+
+/// The same, with the bundle read from `policy_dir` (reloadable).
+pub fn harness_from(policy_dir: Option<&Path>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, admin_token) = DataDir::init(dir.path(), "warden.test/audit", Arc::new(SystemClock)).unwrap();
+    let files = read_bundle(policy_dir.unwrap_or(&example_dir()));
+    let bundle = Bundle::load(&files).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    for g in bundle.agents() {
+        admin::add_agent(data.ledger(), &Actor::user("admin"), &g.id, &g.owner, &g.purpose, now).unwrap();
+    }
+    let options = ServerOptions {
+        policy_dir: policy_dir.map(Path::to_path_buf),
+        issuers: external_issuers(),
+        ..Default::default()
+    };
+    let app = AppState::with_options(data, bundle, Arc::new(SystemClock), options).unwrap();
+    Harness { _dir: dir, router: router(app.clone()), app, admin: admin_token }
+}
+
+impl Harness {
+    /// A JWT-SVID for `agent` from the local issuer, valid 10 minutes.
+    pub fn svid(&self, agent: &str) -> String {
+        self.app.tokens.local.mint(agent, "warden", time::OffsetDateTime::now_utc(), 600)
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())).unwrap(),
+            None => req.body(Body::empty()).unwrap(),
+        };
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, value)
+    }
+
+    /// A human with `roles`, and their token.
+    pub fn user(&self, id: &str, roles: &[&str]) -> String {
+        let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        admin::add_user(self.app.ledger(), &Actor::user("admin"), id, &roles).unwrap().1
+    }
+}

@@ -1,0 +1,56 @@
+//! TLS: the gateway answers over rustls with the configured certificate; plain HTTP on the TLS
+//! port gets nothing.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_rustls::rustls;
+use warden_server::tls::{TlsListener, acceptor};
+
+use crate::harness;
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name)
+}
+
+#[tokio::test]
+async fn the_gateway_speaks_tls_with_the_configured_certificate() {
+    use rustls_pki_types::pem::PemObject as _;
+    let h = harness();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TlsListener::new(tcp, acceptor(&fixture("cert.pem"), &fixture("key.pem")).unwrap()).unwrap();
+    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
+    tokio::spawn(warden_server::serve::serve(listener, h.app.clone(), std::future::pending()));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls_pki_types::CertificateDer::from_pem_file(fixture("ca.pem")).unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with(r#"{"status":"ok"}"#), "{answer}");
+
+    // Plain HTTP on the TLS port is not served.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let _ = plain.read_to_end(&mut got).await;
+    assert!(!String::from_utf8_lossy(&got).contains("200 OK"));
+}
+
+#[test]
+fn a_missing_or_wrong_key_file_is_a_clear_error() {
+    let err = acceptor(&fixture("cert.pem"), &fixture("nope.pem")).err().unwrap();
+    assert!(err.to_string().contains("nope.pem"), "{err}");
+    let err = acceptor(&fixture("key.pem"), &fixture("key.pem")).err().unwrap();
+    assert!(err.to_string().contains("key.pem"), "{err}");
+}

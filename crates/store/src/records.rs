@@ -1,0 +1,126 @@
+//! The state tables. Every table has the same shape: a JSON document per record plus the few
+//! keys the store indexes (agent, task, state, a unique key, a time), so the front ends own
+//! their record types and the backends stay small and alike.
+
+use serde_json::Value;
+
+/// The state tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    Agents,
+    Users,
+    Tasks,
+    Requests,
+    Decisions,
+    Approvals,
+    Leases,
+    Executions,
+    Halts,
+}
+
+impl Table {
+    pub const ALL: [Table; 9] = [
+        Table::Agents,
+        Table::Users,
+        Table::Tasks,
+        Table::Requests,
+        Table::Decisions,
+        Table::Approvals,
+        Table::Leases,
+        Table::Executions,
+        Table::Halts,
+    ];
+
+    /// The table's name in the database.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Agents => "agents",
+            Table::Users => "users",
+            Table::Tasks => "tasks",
+            Table::Requests => "requests",
+            Table::Decisions => "decisions",
+            Table::Approvals => "approvals",
+            Table::Leases => "leases",
+            Table::Executions => "executions",
+            Table::Halts => "halts",
+        }
+    }
+}
+
+/// One record of a state table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub table: Table,
+    pub id: String,
+    /// 1 when inserted, +1 on every update: the optimistic-concurrency token.
+    pub version: u64,
+    /// The agent the record belongs to (a SPIFFE ID), when it has one.
+    pub agent: Option<String>,
+    /// The task the record belongs to, when it has one.
+    pub task: Option<String>,
+    /// The record's state (`pending`, `active`, `open`…), when it has one.
+    pub state: Option<String>,
+    /// A key unique within the table when set (an idempotency key, a token hash…).
+    pub key: Option<String>,
+    /// The time the table orders by (Unix milliseconds): creation, expiry…
+    pub at: Option<i64>,
+    pub body: Value,
+}
+
+impl Record {
+    /// A new record (version 0 until inserted) with no keys.
+    pub fn new(table: Table, id: impl Into<String>, body: Value) -> Self {
+        Record { table, id: id.into(), version: 0, agent: None, task: None, state: None, key: None, at: None, body }
+    }
+    pub fn agent(mut self, v: impl Into<String>) -> Self {
+        self.agent = Some(v.into());
+        self
+    }
+    pub fn task(mut self, v: impl Into<String>) -> Self {
+        self.task = Some(v.into());
+        self
+    }
+    pub fn state(mut self, v: impl Into<String>) -> Self {
+        self.state = Some(v.into());
+        self
+    }
+    pub fn key(mut self, v: impl Into<String>) -> Self {
+        self.key = Some(v.into());
+        self
+    }
+    pub fn at(mut self, ms: i64) -> Self {
+        self.at = Some(ms);
+        self
+    }
+}
+
+/// One change to the state tables.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Adds a record; conflicts when its id or key is taken. Stored with version 1.
+    Insert(Record),
+    /// Replaces a record; `record.version` is the version it was read at, and the update
+    /// conflicts if the stored one has moved on (or is gone). Stored with version + 1.
+    Update(Record),
+    /// Counts one use of `agent` × `action` on `target` at `at` (Unix milliseconds).
+    BudgetHit { agent: String, action: String, target: String, at: i64 },
+    /// Sets one of the store's own settings.
+    SetMeta { key: String, value: String },
+}
+
+/// A filter over one table; unset fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query {
+    pub agent: Option<String>,
+    pub task: Option<String>,
+    pub state: Option<String>,
+    pub key: Option<String>,
+    /// `at` ≥ this (records without `at` never match a time bound).
+    pub at_from: Option<i64>,
+    /// `at` < this.
+    pub at_to: Option<i64>,
+    /// Newest first instead of oldest first.
+    pub descending: bool,
+    /// At most this many (0: no limit).
+    pub limit: usize,
+}
