@@ -17,6 +17,7 @@ use crate::policy::RequestFacts;
 use crate::request::{AgentStatus, BudgetUsage, DecisionInput, HaltScope, TaskState};
 
 /// What Warden does with a request. Ordered from least to most permissive.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -54,6 +55,7 @@ impl fmt::Display for Outcome {
 }
 
 /// Where the agent's confidence falls against its thresholds.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Band {
@@ -83,6 +85,7 @@ impl Band {
 }
 
 /// Stable codes for everything that lowers a level. Clients match on these.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CapCode {
@@ -142,6 +145,7 @@ impl fmt::Display for CapCode {
 }
 
 /// One reason the effective level is below the granted one.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cap {
     pub code: CapCode,
@@ -149,6 +153,7 @@ pub struct Cap {
 }
 
 /// A policy that determined the decision, and who answers for it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRef {
     pub id: String,
@@ -158,6 +163,7 @@ pub struct PolicyRef {
 }
 
 /// What a `require_approval` decision needs from humans.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalRequirement {
     /// Any one of these roles may approve.
@@ -165,6 +171,7 @@ pub struct ApprovalRequirement {
     /// Distinct approvers needed.
     pub quorum: u32,
     #[serde(with = "time::serde::rfc3339")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub expires_at: OffsetDateTime,
     /// The agent's owner may not approve.
     pub separation_of_duties: bool,
@@ -173,6 +180,7 @@ pub struct ApprovalRequirement {
 }
 
 /// The decision contract (DESIGN.md §3).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     pub outcome: Outcome,

@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 use crate::inventory::TargetRef;
 
 /// One piece of evidence an agent cites.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Evidence {
@@ -17,14 +18,19 @@ pub struct Evidence {
 }
 
 /// An agent's intent (`POST /v1/actions` body; the agent comes from its credential).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionRequest {
     pub task: String,
     pub action: String,
+    /// `KIND:ID`, e.g. `host:web-01`.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "host:web-01"))]
     pub target: TargetRef,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub params: serde_json::Map<String, serde_json::Value>,
+    #[cfg_attr(feature = "openapi", schema(minimum = 0.0, maximum = 1.0))]
     pub confidence: f64,
     #[serde(default)]
     pub rationale: String,
@@ -35,6 +41,7 @@ pub struct ActionRequest {
 }
 
 /// Lifecycle state of a task.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
@@ -63,6 +70,7 @@ fn unknown() -> String {
 }
 
 /// Status of an agent's identity record.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentStatus {

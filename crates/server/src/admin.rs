@@ -123,6 +123,20 @@ pub fn set_agent_status(
     Ok(agent)
 }
 
+/// Records that a JWT-SVID was minted for `id` (who asked, audience, lifetime; never the token).
+pub fn record_token_minted(
+    ledger: &Ledger,
+    actor: &Actor,
+    id: &str,
+    audience: &str,
+    ttl_secs: u64,
+) -> Result<(), ApiError> {
+    let event = Event::new(EventType::AgentTokenIssued, actor.clone())
+        .data(json!({"agent": id, "audience": audience, "ttl_secs": ttl_secs}));
+    ledger.commit(Batch::new().event(event))?;
+    Ok(())
+}
+
 /// Adds a human principal; returns the user and their API token (shown once).
 pub fn add_user(ledger: &Ledger, actor: &Actor, id: &str, roles: &[String]) -> Result<(User, String), ApiError> {
     check_name("user", id)?;

@@ -17,6 +17,7 @@ pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod openapi;
 pub mod policy_dir;
 mod routes;
 pub mod serve;
@@ -24,5 +25,5 @@ pub mod state;
 pub mod tls;
 
 pub use error::{ApiError, ApiResult};
-pub use routes::{BODY_LIMIT, router};
+pub use routes::{BODY_LIMIT, openapi_document, router};
 pub use state::{App, AppState};

@@ -38,7 +38,7 @@ fn body<T: Serialize>(v: &T) -> Value {
 }
 
 /// A registered workload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Agent {
     /// Its SPIFFE ID.
     pub id: String,
@@ -93,7 +93,7 @@ impl Model for User {
 }
 
 /// What started a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
     pub source: String,
@@ -110,7 +110,7 @@ fn unknown() -> String {
 }
 
 /// An incident or mission agents work within.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
     pub id: String,
     pub title: String,

@@ -23,6 +23,7 @@ pub fn run_all(fresh: &dyn Fn() -> Arc<dyn Store>) {
     a_failing_builder_appends_nothing(&*fresh());
     concurrent_appenders_get_one_total_order(&*fresh());
     checkpoints_are_kept_by_size(&*fresh());
+    reads_beyond_any_size_find_nothing(&*fresh());
     records_insert_get_and_conflict(&*fresh());
     updates_are_optimistic(&*fresh());
     find_filters_and_orders(&*fresh());
@@ -109,6 +110,19 @@ pub fn checkpoints_are_kept_by_size(log: &dyn AuditLog) {
     assert_eq!(sizes, vec![3], "paged from a size");
     assert_eq!(log.checkpoint_at(3).unwrap().as_deref(), Some("three\n"));
     assert_eq!(log.checkpoint_at(4).unwrap(), None);
+}
+
+/// Any `u64` a client sends as a bound is a valid question: beyond the log there is nothing.
+pub fn reads_beyond_any_size_find_nothing(log: &dyn AuditLog) {
+    log.append(1, &mut |s| Ok(entry(s))).unwrap();
+    log.put_checkpoint(1, "one\n").unwrap();
+    for big in [u64::MAX, i64::MAX as u64 + 1, i64::MAX as u64] {
+        assert!(log.entries(big, 10).unwrap().is_empty(), "{big}");
+        assert!(log.checkpoints(big, 10).unwrap().is_empty(), "{big}");
+        assert_eq!(log.checkpoint_at(big).unwrap(), None, "{big}");
+        assert!(log.subtrees(0, big..u64::MAX).unwrap().is_empty(), "{big}");
+    }
+    assert_eq!(log.entries(0, usize::MAX).unwrap().len(), 1);
 }
 
 const T0: time::OffsetDateTime = datetime!(2026-11-23 06:00 UTC);

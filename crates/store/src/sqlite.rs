@@ -88,6 +88,11 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// A bound of a read: nothing stored lies beyond `i64::MAX`, so larger bounds clamp to it.
+fn bound(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 fn to_i64(v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Database(format!("value {v} is too large for the database")))
 }
@@ -325,7 +330,7 @@ impl AuditLog for SqliteStore {
             let mut stmt = c.prepare_cached(
                 "SELECT seq, bytes, leaf_hash FROM audit_entries WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
             )?;
-            let rows = stmt.query_map(params![to_i64(from)?, to_i64(limit as u64)?], |r| {
+            let rows = stmt.query_map(params![bound(from), bound(limit as u64)], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Vec<u8>>(2)?))
             })?;
             rows.map(|row| {
@@ -341,7 +346,7 @@ impl AuditLog for SqliteStore {
             let mut stmt = c.prepare_cached(
                 "SELECT start, hash FROM audit_subtrees WHERE level = ?1 AND start >= ?2 AND start < ?3 ORDER BY start",
             )?;
-            let rows = stmt.query_map(params![level, to_i64(starts.start)?, to_i64(starts.end)?], |r| {
+            let rows = stmt.query_map(params![level, bound(starts.start), bound(starts.end)], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
             })?;
             rows.map(|row| {
@@ -371,7 +376,7 @@ impl AuditLog for SqliteStore {
 
     fn checkpoint_at(&self, size: u64) -> Result<Option<String>, StoreError> {
         self.read(|c| {
-            Ok(c.query_row("SELECT note FROM audit_checkpoints WHERE size = ?1", [to_i64(size)?], |r| r.get(0))
+            Ok(c.query_row("SELECT note FROM audit_checkpoints WHERE size = ?1", [bound(size)], |r| r.get(0))
                 .optional()?)
         })
     }
@@ -380,9 +385,8 @@ impl AuditLog for SqliteStore {
         self.read(|c| {
             let mut stmt =
                 c.prepare_cached("SELECT size, note FROM audit_checkpoints WHERE size >= ?1 ORDER BY size LIMIT ?2")?;
-            let rows = stmt.query_map(params![to_i64(from_size)?, to_i64(limit as u64)?], |r| {
-                Ok((to_u64(r.get(0)?), r.get(1)?))
-            })?;
+            let rows =
+                stmt.query_map(params![bound(from_size), bound(limit as u64)], |r| Ok((to_u64(r.get(0)?), r.get(1)?)))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }

@@ -28,6 +28,9 @@ pub enum EventType {
     AgentAdded,
     #[serde(rename = "agent.changed")]
     AgentChanged,
+    /// A JWT-SVID was minted by the local issuer (the token itself is never recorded).
+    #[serde(rename = "agent.token_issued")]
+    AgentTokenIssued,
     #[serde(rename = "user.added")]
     UserAdded,
     #[serde(rename = "user.changed")]
@@ -82,11 +85,12 @@ pub enum EventType {
 
 impl EventType {
     /// Every event type, in declaration order.
-    pub const ALL: [EventType; 29] = [
+    pub const ALL: [EventType; 30] = [
         EventType::StoreInitialized,
         EventType::PolicyLoaded,
         EventType::AgentAdded,
         EventType::AgentChanged,
+        EventType::AgentTokenIssued,
         EventType::UserAdded,
         EventType::UserChanged,
         EventType::TaskOpened,
@@ -121,6 +125,7 @@ impl EventType {
             EventType::PolicyLoaded => "policy.loaded",
             EventType::AgentAdded => "agent.added",
             EventType::AgentChanged => "agent.changed",
+            EventType::AgentTokenIssued => "agent.token_issued",
             EventType::UserAdded => "user.added",
             EventType::UserChanged => "user.changed",
             EventType::TaskOpened => "task.opened",

@@ -14,13 +14,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use super::merkle::{self, Hash, ProofError, TreeReader};
 
 /// Proof that leaf `leaf_index` is in the tree of `tree_size` leaves.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InclusionProof {
     pub leaf_index: u64,
     pub tree_size: u64,
     #[serde(with = "b64")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Byte))]
     pub leaf_hash: Hash,
     #[serde(with = "b64_list")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub hashes: Vec<Hash>,
 }
 
@@ -39,11 +42,13 @@ impl InclusionProof {
 }
 
 /// Proof that the tree of `new_size` leaves extends the tree of `old_size` leaves.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsistencyProof {
     pub old_size: u64,
     pub new_size: u64,
     #[serde(with = "b64_list")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub hashes: Vec<Hash>,
 }
 

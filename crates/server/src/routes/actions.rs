@@ -5,10 +5,12 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
-use serde_json::{Value, json};
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::Duration;
+use utoipa::ToSchema;
 use warden_core::audit::canonical;
 use warden_core::audit::entry::{Actor, Event, EventType};
 use warden_core::decision::{Decision, Outcome};
@@ -16,8 +18,8 @@ use warden_core::request::{ActionRequest, AgentStatus, BudgetUsage, DecisionInpu
 use warden_core::{Bundle, decide};
 use warden_store::{Batch, Change, Query, Store, StoreError, Table};
 
-use super::ApiJson;
 use super::tasks::new_id;
+use super::{ApiJson, ApiPath};
 use crate::auth::{AgentCaller, AnyCaller, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::model::{ActionRecord, Agent, DecisionRecord, Model, Task, millis, rfc3339};
@@ -43,18 +45,80 @@ fn digest(req: &ActionRequest) -> Result<String, ApiError> {
     Ok(format!("sha256:{}", Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
-/// The answer for a recorded request.
-fn answer(a: &ActionRecord, d: &DecisionRecord) -> Value {
-    json!({
-        "id": a.id,
-        "state": a.state,
-        "agent": a.agent,
-        "task": a.task,
-        "action": a.action,
-        "target": a.target,
-        "created_at": a.created_at,
-        "decision": d.decision,
-    })
+/// The answer about a recorded request (DESIGN §8).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ActionAnswer {
+    /// The request's id (`act_…`).
+    pub id: String,
+    /// denied | advised | pending_approval | approved | rejected | expired | cancelled |
+    /// executing | succeeded | failed | unknown | rolled_back
+    #[schema(example = "advised")]
+    pub state: String,
+    /// The agent's SPIFFE ID.
+    pub agent: String,
+    pub task: String,
+    pub action: String,
+    /// `KIND:ID`
+    pub target: String,
+    pub created_at: String,
+    pub decision: Decision,
+}
+
+/// The answer of a dry run: the decision, not recorded.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DryRunAnswer {
+    pub agent: String,
+    pub decision: Decision,
+    /// Always `false`: nothing was recorded.
+    pub recorded: bool,
+}
+
+/// A dry run's body: an action request, and for humans the agent it is for.
+#[derive(Debug, Deserialize)]
+pub struct DryRunRequest {
+    /// The agent to decide for (humans must name it; agents may only name themselves).
+    #[serde(default)]
+    pub agent: Option<String>,
+    #[serde(flatten)]
+    pub request: ActionRequest,
+}
+
+/// The schema of [`ActionRequest`] with the optional `agent` beside its fields (`allOf` would
+/// not do: the request's schema forbids properties it does not name).
+impl utoipa::PartialSchema for DryRunRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{Object, Schema, Type};
+        let mut schema = <ActionRequest as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(o)) = &mut schema {
+            let agent = Object::builder()
+                .schema_type(Type::String)
+                .description(Some("The agent to decide for: humans must name it; agents may name only themselves."))
+                .build();
+            o.properties.insert("agent".into(), RefOr::T(Schema::Object(agent)));
+            o.description = Some("An action request, and for humans the agent it is for.".into());
+        }
+        schema
+    }
+}
+
+impl ToSchema for DryRunRequest {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        <ActionRequest as ToSchema>::schemas(schemas);
+    }
+}
+
+fn answer(a: &ActionRecord, d: &DecisionRecord) -> ActionAnswer {
+    ActionAnswer {
+        id: a.id.clone(),
+        state: a.state.clone(),
+        agent: a.agent.clone(),
+        task: a.task.clone(),
+        action: a.action.clone(),
+        target: a.target.clone(),
+        created_at: a.created_at.clone(),
+        decision: d.decision.clone(),
+    }
 }
 
 fn load_pair(store: &dyn Store, id: &str) -> Result<Option<(ActionRecord, DecisionRecord)>, ApiError> {
@@ -67,7 +131,7 @@ fn load_pair(store: &dyn Store, id: &str) -> Result<Option<(ActionRecord, Decisi
 
 /// A request already recorded under this agent's idempotency key: the same answer again, or
 /// 409 when the body differs.
-fn replay(store: &dyn Store, agent: &str, key: &str, digest: &str) -> Result<Option<Value>, ApiError> {
+fn replay(store: &dyn Store, agent: &str, key: &str, digest: &str) -> Result<Option<ActionAnswer>, ApiError> {
     let query = Query { key: Some(ActionRecord::idempotency_index(agent, key)), limit: 1, ..Query::default() };
     let Some(found) = store.find(Table::Requests, &query)?.into_iter().next() else { return Ok(None) };
     let (a, d) = load_pair(store, &found.id)?
@@ -156,7 +220,13 @@ fn decide_with(
     decide(bundle, &input)
 }
 
-fn process(s: &AppState, bundle: &Bundle, agent: &Agent, req: ActionRequest, digest: String) -> ApiResult<Value> {
+fn process(
+    s: &AppState,
+    bundle: &Bundle,
+    agent: &Agent,
+    req: ActionRequest,
+    digest: String,
+) -> ApiResult<ActionAnswer> {
     let store = s.ledger().store().as_ref();
     if let Some(key) = &req.idempotency_key
         && let Some(previous) = replay(store, &agent.id, key, &digest)?
@@ -257,35 +327,46 @@ fn process(s: &AppState, bundle: &Bundle, agent: &Agent, req: ActionRequest, dig
     }
 }
 
+/// Submit an action request (agents): the decision, recorded durably before the answer.
+/// A `deny` is a 200 with outcome `deny`, not an error.
+#[utoipa::path(post, path = "/v1/actions", tag = "actions", security(("bearer" = [])), request_body = ActionRequest,
+    responses(
+        (status = 200, description = "the decision, recorded", body = ActionAnswer),
+        (status = 409, description = "`idempotency_conflict`, `conflict`", body = crate::error::ErrorBody),
+        (status = 422, description = "`unknown_task` and other invalid requests", body = crate::error::ErrorBody),
+    ))]
 pub async fn submit(
     State(app): State<App>,
     AgentCaller(agent): AgentCaller,
     ApiJson(req): ApiJson<ActionRequest>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ActionAnswer>> {
     let bundle = app.bundle()?;
     let digest = digest(&req)?;
     blocking(&app, move |s| process(s, &bundle, &agent, req, digest)).await.map(Json)
 }
 
-/// `POST /v1/decisions`: the decision only. Agents decide for themselves; humans name the
-/// agent in `"agent"`.
+/// Dry run (agents and humans): the decision only, nothing recorded. Agents decide for
+/// themselves; humans name the agent in `agent`.
+#[utoipa::path(post, path = "/v1/decisions", tag = "actions", security(("bearer" = [])), request_body = DryRunRequest,
+    responses(
+        (status = 200, description = "the decision, not recorded", body = DryRunAnswer),
+        (status = 422, description = "`invalid_request` (a human named no agent)", body = crate::error::ErrorBody),
+    ))]
 pub async fn dry_run(
     State(app): State<App>,
     AnyCaller(caller): AnyCaller,
-    ApiJson(mut body): ApiJson<Value>,
-) -> ApiResult<Json<Value>> {
-    let named = body.as_object_mut().and_then(|o| o.remove("agent"));
-    let agent_id = match (&caller, named) {
+    ApiJson(body): ApiJson<DryRunRequest>,
+) -> ApiResult<Json<DryRunAnswer>> {
+    let agent_id = match (&caller, body.agent) {
         (Caller::Agent(a), None) => a.id.clone(),
-        (Caller::Agent(a), Some(Value::String(n))) if n == a.id => n,
+        (Caller::Agent(a), Some(n)) if n == a.id => n,
         (Caller::Agent(_), Some(_)) => {
             return Err(ApiError::forbidden("not_your_agent", "an agent decides only for itself"));
         }
-        (Caller::Human(_), Some(Value::String(n))) => n,
-        (Caller::Human(_), _) => return Err(ApiError::invalid("invalid_request", "name the agent in `agent`")),
+        (Caller::Human(_), Some(n)) => n,
+        (Caller::Human(_), None) => return Err(ApiError::invalid("invalid_request", "name the agent in `agent`")),
     };
-    let req: ActionRequest =
-        serde_json::from_value(body).map_err(|e| ApiError::bad_request("malformed_request", e.to_string()))?;
+    let req = body.request;
     let bundle: Arc<Bundle> = app.bundle()?;
     blocking(&app, move |s| {
         let status = s
@@ -297,17 +378,23 @@ pub async fn dry_run(
             .unwrap_or(AgentStatus::Active);
         let f = facts(s, &agent_id, &req, false)?;
         let decision = decide_with(s, &bundle, &agent_id, status, &req, &f);
-        Ok(Json(json!({"agent": agent_id, "decision": decision, "recorded": false})))
+        Ok(Json(DryRunAnswer { agent: agent_id, decision, recorded: false }))
     })
     .await
 }
 
-/// `GET /v1/actions/{id}`: agents see their own requests only.
+/// The state of a request. Agents see their own requests only.
+#[utoipa::path(get, path = "/v1/actions/{id}", tag = "actions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the request id (`act_…`)")),
+    responses(
+        (status = 200, body = ActionAnswer),
+        (status = 404, description = "`unknown_action`", body = crate::error::ErrorBody),
+    ))]
 pub async fn get(
     State(app): State<App>,
     AnyCaller(caller): AnyCaller,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<ActionAnswer>> {
     blocking(&app, move |s| {
         let missing = || ApiError::not_found("unknown_action", format!("no action request `{id}`"));
         let (a, d) = load_pair(s.ledger().store().as_ref(), &id)?.ok_or_else(missing)?;

@@ -1,40 +1,70 @@
 //! The HTTP routes (DESIGN §8), one module per area.
+//!
+//! Every route is registered through [`OpenApiRouter`] together with its `#[utoipa::path]`
+//! description, so the OpenAPI document (`/openapi.json`) and the router come from the same
+//! place and cannot drift apart.
 
 mod actions;
+mod admin;
 mod audit;
 mod ops;
 mod policy;
 mod tasks;
 
+use std::sync::OnceLock;
+
 use axum::Router;
-use axum::extract::{FromRequest, Request};
-use axum::routing::{get, post};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::ApiError;
+use crate::openapi::ApiDoc;
 use crate::state::App;
 
 /// The largest request body accepted (413 beyond).
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// Every route with its OpenAPI description.
+fn documented() -> OpenApiRouter<App> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::jwks))
+        .routes(routes!(ops::openapi))
+        .routes(routes!(tasks::open))
+        .routes(routes!(tasks::get))
+        .routes(routes!(tasks::close))
+        .routes(routes!(actions::submit))
+        .routes(routes!(actions::get))
+        .routes(routes!(actions::dry_run))
+        .routes(routes!(policy::reload))
+        .routes(routes!(audit::checkpoint))
+        .routes(routes!(audit::entries))
+        .routes(routes!(audit::inclusion))
+        .routes(routes!(audit::consistency))
+        .routes(routes!(admin::list_agents, admin::add_agent))
+        .routes(routes!(admin::get_agent))
+        .routes(routes!(admin::suspend_agent))
+        .routes(routes!(admin::resume_agent))
+        .routes(routes!(admin::agent_token))
+        .routes(routes!(admin::list_users, admin::add_user))
+}
+
+/// The OpenAPI 3.1 document of this server, generated from the routes above.
+pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
+    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOC.get_or_init(|| crate::openapi::complete(documented().split_for_parts().1))
+}
+
 /// The application: every route, with its limits.
 pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/.well-known/jwks.json", get(ops::jwks))
-        .route("/v1/tasks", post(tasks::open))
-        .route("/v1/tasks/{id}", get(tasks::get))
-        .route("/v1/tasks/{id}/close", post(tasks::close))
-        .route("/v1/actions", post(actions::submit))
-        .route("/v1/actions/{id}", get(actions::get))
-        .route("/v1/decisions", post(actions::dry_run))
-        .route("/v1/policy/reload", post(policy::reload))
-        .route("/v1/audit/checkpoint", get(audit::checkpoint))
-        .route("/v1/audit/entries", get(audit::entries))
-        .route("/v1/audit/proof/inclusion", get(audit::inclusion))
-        .route("/v1/audit/proof/consistency", get(audit::consistency))
+    let (routes, _) = documented().split_for_parts();
+    routes
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(app.clone(), admit))
@@ -86,6 +116,34 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 ))
             }
             Err(e) => Err(ApiError::bad_request("malformed_request", e.body_text())),
+        }
+    }
+}
+
+/// Query strings whose rejections are API errors (400 `malformed_query`).
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(ApiError::bad_request("malformed_query", e.body_text())),
+        }
+    }
+}
+
+/// Path parameters whose rejections are API errors (400 `malformed_path`, e.g. bad UTF-8).
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(e) => Err(ApiError::bad_request("malformed_path", e.body_text())),
         }
     }
 }

@@ -1,30 +1,56 @@
-//! Liveness, readiness, the issuer's keys.
+//! Operations: liveness, readiness, metrics, the local issuer's keys, this API's description.
 
 use axum::Json;
 use axum::extract::State;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::{App, blocking};
 
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: String,
 }
 
-/// Ready when the store answers and a bundle is in force.
-pub async fn readyz(State(app): State<App>) -> ApiResult<Json<Value>> {
-    let bundle = app.bundle()?.version().to_string();
-    let size = blocking(&app, |s| Ok(s.ledger().store().size()?))
+/// Liveness: the process answers. Touches nothing (the framework's floor in benchmarks).
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ready {
+    #[schema(example = "ready")]
+    pub status: String,
+    /// The policy bundle in force.
+    pub bundle_version: String,
+    /// Entries in the audit log.
+    pub audit_size: u64,
+}
+
+/// Readiness: a policy bundle is loaded and the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = Ready)))]
+pub async fn readyz(State(app): State<App>) -> ApiResult<Json<Ready>> {
+    let bundle_version = app.bundle()?.version().to_string();
+    let audit_size = blocking(&app, |s| Ok(s.ledger().store().size()?))
         .await
         .map_err(|_| ApiError::unavailable("store_unavailable", "the store does not answer"))?;
-    Ok(Json(json!({"status": "ready", "bundle_version": bundle, "audit_size": size})))
+    Ok(Json(Ready { status: "ready".into(), bundle_version, audit_size }))
 }
 
+/// The local issuer's public keys (RFC 7517), to verify JWT-SVIDs offline.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "ops",
+    responses((status = 200, description = "a JWK set", body = Object)))]
 pub async fn jwks(State(app): State<App>) -> Json<Value> {
     Json(app.tokens.local.jwks())
 }
 
-/// Prometheus text exposition.
+/// Prometheus metrics (text exposition format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(app): State<App>) -> ApiResult<impl axum::response::IntoResponse> {
     let pending = blocking(&app, |s| {
         let q = warden_store::Query { state: Some("pending_approval".into()), ..warden_store::Query::default() };
@@ -33,4 +59,11 @@ pub async fn metrics(State(app): State<App>) -> ApiResult<impl axum::response::I
     .await?;
     let text = app.metrics.render(pending, 0);
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+}
+
+/// This document: OpenAPI 3.1, generated from the routes.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
+pub async fn openapi() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(super::openapi_document())
 }

@@ -2,19 +2,36 @@
 
 use axum::Json;
 use axum::extract::State;
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::auth::HumanCaller;
 use crate::error::ApiResult;
 use crate::policy_dir::{Reload, reload as reload_dir};
 use crate::state::{App, blocking};
 
-pub async fn reload(State(app): State<App>, human: HumanCaller) -> ApiResult<Json<Value>> {
+/// What a reload did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReloadAnswer {
+    /// The bundle in force now.
+    pub bundle_version: String,
+    /// Whether a new version was loaded.
+    pub changed: bool,
+}
+
+/// Reload the policy directory now (role `admin`); a bundle that does not validate is refused
+/// and the one in force stays.
+#[utoipa::path(post, path = "/v1/policy/reload", tag = "admin", security(("bearer" = [])),
+    responses(
+        (status = 200, body = ReloadAnswer),
+        (status = 422, description = "`no_policy_dir`, `policy_unreadable`, `invalid_policy` (problems in `details`)",
+            body = crate::error::ErrorBody),
+    ))]
+pub async fn reload(State(app): State<App>, human: HumanCaller) -> ApiResult<Json<ReloadAnswer>> {
     human.require(&["admin"])?;
     let actor = warden_core::audit::entry::Actor::user(&human.0.id);
     let outcome = blocking(&app, move |s| reload_dir(s, actor)).await?;
     Ok(Json(match outcome {
-        Reload::Unchanged(v) => json!({"bundle_version": v, "changed": false}),
-        Reload::Loaded(v) => json!({"bundle_version": v, "changed": true}),
+        Reload::Unchanged(v) => ReloadAnswer { bundle_version: v, changed: false },
+        Reload::Loaded(v) => ReloadAnswer { bundle_version: v, changed: true },
     }))
 }

@@ -1,7 +1,7 @@
 //! Tasks: the incidents agents work within.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::json;
@@ -9,13 +9,13 @@ use warden_core::audit::entry::{Event, EventType};
 use warden_core::request::TaskState;
 use warden_store::{Batch, Change, StoreError};
 
-use super::ApiJson;
+use super::{ApiJson, ApiPath};
 use crate::auth::AnyCaller;
 use crate::error::{ApiError, ApiResult};
 use crate::model::{Model, Task, Trigger, rfc3339};
 use crate::state::{App, blocking};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenTask {
     #[serde(default)]
@@ -43,6 +43,13 @@ fn check_task_id(id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Open a task (agents and humans).
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), request_body = OpenTask,
+    responses(
+        (status = 201, description = "the task, open", body = Task),
+        (status = 409, description = "`task_exists`", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_task_id`, `invalid_request`", body = crate::error::ErrorBody),
+    ))]
 pub async fn open(
     State(app): State<App>,
     AnyCaller(caller): AnyCaller,
@@ -90,7 +97,18 @@ fn stored_task(s: &crate::state::AppState, id: &str) -> Result<warden_store::Rec
         .ok_or_else(|| ApiError::not_found("unknown_task", format!("no task `{id}`")))
 }
 
-pub async fn get(State(app): State<App>, AnyCaller(_): AnyCaller, Path(id): Path<String>) -> ApiResult<Json<Task>> {
+/// Read a task.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the task id")),
+    responses(
+        (status = 200, body = Task),
+        (status = 404, description = "`unknown_task`", body = crate::error::ErrorBody),
+    ))]
+pub async fn get(
+    State(app): State<App>,
+    AnyCaller(_): AnyCaller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Task>> {
     blocking(&app, move |s| {
         let r = stored_task(s, &id)?;
         Ok(Json(Task::from_record(&r)?))
@@ -98,10 +116,18 @@ pub async fn get(State(app): State<App>, AnyCaller(_): AnyCaller, Path(id): Path
     .await
 }
 
+/// Close a task (its leases are revoked once execution lands).
+#[utoipa::path(post, path = "/v1/tasks/{id}/close", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the task id")),
+    responses(
+        (status = 200, description = "the task, closed", body = Task),
+        (status = 404, description = "`unknown_task`", body = crate::error::ErrorBody),
+        (status = 409, description = "`task_closed`, `conflict`", body = crate::error::ErrorBody),
+    ))]
 pub async fn close(
     State(app): State<App>,
     AnyCaller(caller): AnyCaller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Task>> {
     let now = rfc3339(app.now());
     blocking(&app, move |s| {

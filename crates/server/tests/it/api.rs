@@ -326,3 +326,17 @@ async fn a_runaway_agent_trips_its_breaker_once_and_it_stays_open() {
     let (_, metrics) = h.call("GET", "/metrics", None, None).await;
     assert!(metrics.as_str().unwrap().contains("warden_breaker_trips_total 1\n"));
 }
+
+/// Found by schemathesis: bounds beyond `i64::MAX` were a store error (503).
+#[tokio::test]
+async fn huge_audit_bounds_are_answered_not_failed() {
+    let h = harness();
+    let (status, page) = h.call("GET", "/v1/audit/entries?since=9223372036854775808", Some(&h.admin), None).await;
+    assert_eq!((status, page["entries"].clone()), (StatusCode::OK, json!([])));
+    for q in ["inclusion?index=0&size=18446744073709551615", "consistency?old=0&new=9223372036854775808"] {
+        let (status, body) = h.call("GET", &format!("/v1/audit/proof/{q}"), Some(&h.admin), None).await;
+        assert_eq!((status, &body["error"]["code"]), (StatusCode::NOT_FOUND, &json!("no_checkpoint")), "{q}");
+    }
+    let (status, body) = h.call("GET", "/v1/audit/entries?since=-1", Some(&h.admin), None).await;
+    assert_eq!((status, &body["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("malformed_query")));
+}

@@ -1,8 +1,10 @@
 //! The gateway in-process: the real router, a real data directory and the example bundle; no
 //! sockets. Tokens for agents come from the local issuer; humans use API tokens.
 
+mod admin_api;
 mod api;
 mod identity;
+mod openapi;
 mod reload;
 mod tls;
 

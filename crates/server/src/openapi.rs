@@ -1,0 +1,110 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`.
+//!
+//! Operations are described where they are implemented (`#[utoipa::path]` on each handler,
+//! registered in [`crate::routes`]). What every operation shares is added here once, from what
+//! the router really does: the admission limit and the timeout answer every route, the
+//! authentication extractors every secured one, the JSON body extractor every one with a body.
+
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::response::{Response, ResponseBuilder};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, OpenApi, Ref, RefOr};
+use utoipa::{Modify, OpenApi as DeriveOpenApi};
+
+use crate::error::ErrorBody;
+
+#[derive(Debug, DeriveOpenApi)]
+#[openapi(
+    info(
+        title = "Warden",
+        description = "The control plane for AI agents in the SOC: workload identity, policy \
+            decisions with autonomy levels, and a tamper-evident audit log. Errors are \
+            `{\"error\": {\"code\", \"message\", \"details\"}}` with stable codes.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&Shared),
+    tags(
+        (name = "ops", description = "health, readiness, metrics, keys"),
+        (name = "tasks", description = "incidents and missions agents work within"),
+        (name = "actions", description = "action requests and their decisions"),
+        (name = "audit", description = "the tamper-evident log: checkpoints, entries, proofs"),
+        (name = "admin", description = "agents, users and policy (role `admin`)"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Shared;
+
+impl Modify for Shared {
+    fn modify(&self, doc: &mut OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT-SVID (agents), OIDC JWT or `wdn_…` API token (humans)")
+                    .description(Some(
+                        "Agents present a JWT-SVID from the local issuer or a configured one; humans an \
+                         API token from `warden user add` or an OIDC JWT from a configured issuer.",
+                    ))
+                    .build(),
+            ),
+        );
+        for (name, description) in [
+            ("Error", "an error; `error.code` is stable"),
+            ("Unauthenticated", "no, malformed, unknown, expired or otherwise invalid credential"),
+            ("Forbidden", "the caller may not do this (kind of caller, role, suspended or halted agent)"),
+            ("RateLimited", "the agent exceeds its request rate"),
+            ("Unavailable", "fail closed: overloaded, store or policy unavailable; nothing was done"),
+        ] {
+            components.responses.insert(name.to_string(), RefOr::T(error_response(description)));
+        }
+    }
+}
+
+fn error_response(description: &str) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody"))))
+        .build()
+}
+
+fn add(op: &mut Operation, status: &str, response: RefOr<Response>) {
+    op.responses.responses.entry(status.to_string()).or_insert(response);
+}
+
+fn shared(name: &str) -> RefOr<Response> {
+    RefOr::Ref(Ref::from_response_name(name))
+}
+
+fn local(description: &str) -> RefOr<Response> {
+    RefOr::T(error_response(description))
+}
+
+/// Adds to every operation the answers the router's shared layers can give.
+pub fn complete(mut doc: OpenApi) -> OpenApi {
+    for item in doc.paths.paths.values_mut() {
+        let ops = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
+        for op in ops.into_iter().flatten() {
+            add(op, "503", shared("Unavailable"));
+            add(op, "408", RefOr::T(ResponseBuilder::new().description("the request timed out").build()));
+            if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                add(op, "401", shared("Unauthenticated"));
+                add(op, "403", shared("Forbidden"));
+                add(op, "429", shared("RateLimited"));
+            }
+            if op.request_body.is_some() {
+                add(op, "400", local("malformed JSON or a body that does not fit the schema"));
+                add(op, "413", local("the body is larger than the limit"));
+                add(op, "415", local("the body is not `application/json`"));
+            }
+            let params = op.parameters.as_deref().unwrap_or_default();
+            if params.iter().any(|p| matches!(p.parameter_in, ParameterIn::Query | ParameterIn::Path)) {
+                add(op, "400", local("a malformed query or path parameter"));
+            }
+        }
+    }
+    doc
+}

@@ -1,0 +1,258 @@
+//! Agents and users over HTTP (what `warden agent …` and `warden user …` do with
+//! `--server`). Reads need any human; changes need the role `admin`. Each change is audited
+//! with the calling human as the actor, through the same functions the CLI uses on a data
+//! directory ([`crate::admin`]).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use warden_core::audit::entry::Actor;
+use warden_core::request::AgentStatus;
+
+use super::{ApiJson, ApiPath};
+use crate::admin;
+use crate::auth::HumanCaller;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::model::{Agent, rfc3339};
+use crate::state::{App, blocking};
+
+/// The longest JWT-SVID the API mints.
+const MAX_TOKEN_TTL_SECS: u64 = 86_400;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgent {
+    /// `spiffe://<trust domain>/<path>`
+    #[schema(example = "spiffe://acme.example/soc/phish-triage")]
+    pub id: String,
+    /// The accountable team or person.
+    pub owner: String,
+    #[serde(default)]
+    pub purpose: String,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    /// Why; recorded in the audit log.
+    #[serde(default)]
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Lifetime: `30s`, `10m`, `1h` (1s to 24h; default `10m`).
+    #[serde(default)]
+    #[schema(example = "10m")]
+    pub ttl: Option<String>,
+    /// The audience (default: this server's).
+    #[serde(default)]
+    pub audience: Option<String>,
+}
+
+/// A freshly minted JWT-SVID.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MintedToken {
+    pub token: String,
+    pub expires_at: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// 1–64 lowercase letters, digits, `-`, `_`, `.` or `@`.
+    #[schema(example = "alice")]
+    pub id: String,
+    /// `soc-analyst`, `incident-commander`, `iam-owner`, `admin`…
+    pub roles: Vec<String>,
+}
+
+/// A user as the API shows them (never the token hash).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    pub id: String,
+    pub roles: Vec<String>,
+    pub status: String,
+}
+
+/// A new user and their API token, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewUserAnswer {
+    pub id: String,
+    pub roles: Vec<String>,
+    /// Shown once; stored only as a hash.
+    pub token: String,
+}
+
+fn actor(h: &HumanCaller) -> Actor {
+    Actor::user(&h.0.id)
+}
+
+/// Registered agents, by id.
+#[utoipa::path(get, path = "/v1/agents", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = Vec<Agent>)))]
+pub async fn list_agents(State(app): State<App>, _: HumanCaller) -> ApiResult<Json<Vec<Agent>>> {
+    blocking(&app, |s| admin::list_agents(s.ledger()).map(Json)).await
+}
+
+/// Register an agent (role `admin`).
+#[utoipa::path(post, path = "/v1/agents", tag = "admin", security(("bearer" = [])), request_body = NewAgent,
+    responses(
+        (status = 201, body = Agent),
+        (status = 409, description = "`agent_exists`", body = ErrorBody),
+        (status = 422, description = "`invalid_spiffe_id`, `invalid_request`", body = ErrorBody),
+    ))]
+pub async fn add_agent(
+    State(app): State<App>,
+    human: HumanCaller,
+    ApiJson(body): ApiJson<NewAgent>,
+) -> ApiResult<(StatusCode, Json<Agent>)> {
+    human.require(&["admin"])?;
+    let actor = actor(&human);
+    let now = app.now();
+    blocking(&app, move |s| admin::add_agent(s.ledger(), &actor, &body.id, &body.owner, &body.purpose, now))
+        .await
+        .map(|a| (StatusCode::CREATED, Json(a)))
+}
+
+fn unknown_agent(id: &str) -> ApiError {
+    ApiError::not_found("unknown_agent", format!("no agent `{id}` is registered"))
+}
+
+/// One agent. The SPIFFE ID goes in the path percent-encoded (`spiffe%3A%2F%2F…`).
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the agent's SPIFFE ID, percent-encoded")),
+    responses(
+        (status = 200, body = Agent),
+        (status = 404, description = "`unknown_agent`", body = ErrorBody),
+    ))]
+pub async fn get_agent(State(app): State<App>, _: HumanCaller, ApiPath(id): ApiPath<String>) -> ApiResult<Json<Agent>> {
+    blocking(&app, move |s| admin::get_agent(s.ledger(), &id)?.map(Json).ok_or_else(|| unknown_agent(&id))).await
+}
+
+async fn set_status(
+    app: App,
+    human: HumanCaller,
+    id: String,
+    status: AgentStatus,
+    body: StatusChange,
+) -> ApiResult<Json<Agent>> {
+    human.require(&["admin"])?;
+    let actor = actor(&human);
+    blocking(&app, move |s| admin::set_agent_status(s.ledger(), &actor, &id, status, &body.reason).map(Json)).await
+}
+
+/// Suspend an agent (role `admin`): its tokens are refused until it is resumed.
+#[utoipa::path(post, path = "/v1/agents/{id}/suspend", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the agent's SPIFFE ID, percent-encoded")),
+    request_body = StatusChange,
+    responses(
+        (status = 200, body = Agent),
+        (status = 404, description = "`unknown_agent`", body = ErrorBody),
+        (status = 409, description = "`conflict`", body = ErrorBody),
+    ))]
+pub async fn suspend_agent(
+    State(app): State<App>,
+    human: HumanCaller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<StatusChange>,
+) -> ApiResult<Json<Agent>> {
+    set_status(app, human, id, AgentStatus::Suspended, body).await
+}
+
+/// Reactivate an agent (role `admin`).
+#[utoipa::path(post, path = "/v1/agents/{id}/resume", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the agent's SPIFFE ID, percent-encoded")),
+    request_body = StatusChange,
+    responses(
+        (status = 200, body = Agent),
+        (status = 404, description = "`unknown_agent`", body = ErrorBody),
+        (status = 409, description = "`conflict`", body = ErrorBody),
+    ))]
+pub async fn resume_agent(
+    State(app): State<App>,
+    human: HumanCaller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<StatusChange>,
+) -> ApiResult<Json<Agent>> {
+    set_status(app, human, id, AgentStatus::Active, body).await
+}
+
+/// Mint a JWT-SVID for an active agent from the local issuer (role `admin`). The token is
+/// not stored; minting is audited (without the token).
+#[utoipa::path(post, path = "/v1/agents/{id}/token", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the agent's SPIFFE ID, percent-encoded")),
+    request_body = TokenRequest,
+    responses(
+        (status = 200, body = MintedToken),
+        (status = 404, description = "`unknown_agent`", body = ErrorBody),
+        (status = 409, description = "`agent_not_active`", body = ErrorBody),
+        (status = 422, description = "`invalid_ttl`", body = ErrorBody),
+    ))]
+pub async fn agent_token(
+    State(app): State<App>,
+    human: HumanCaller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<TokenRequest>,
+) -> ApiResult<Json<MintedToken>> {
+    human.require(&["admin"])?;
+    let ttl = match &body.ttl {
+        None => 600,
+        Some(t) => {
+            warden_core::duration::Duration::parse(t).map_err(|e| ApiError::invalid("invalid_ttl", e))?.as_secs()
+        }
+    };
+    if ttl == 0 || ttl > MAX_TOKEN_TTL_SECS {
+        return Err(ApiError::invalid("invalid_ttl", "`ttl` must be between 1s and 24h"));
+    }
+    let audience = body.audience.unwrap_or_else(|| app.tokens.audience.clone());
+    let actor = actor(&human);
+    let now = app.now();
+    let minted = app.clone();
+    blocking(&app, move |s| {
+        let agent = admin::get_agent(s.ledger(), &id)?.ok_or_else(|| unknown_agent(&id))?;
+        if agent.status != AgentStatus::Active {
+            return Err(ApiError::conflict("agent_not_active", format!("agent `{id}` is not active")));
+        }
+        admin::record_token_minted(s.ledger(), &actor, &id, &audience, ttl)?;
+        let token = minted.tokens.local.mint(&id, &audience, now, ttl as i64);
+        let expires_at = rfc3339(now + time::Duration::seconds(ttl as i64));
+        Ok(Json(MintedToken { token, expires_at }))
+    })
+    .await
+}
+
+/// Users and their roles.
+#[utoipa::path(get, path = "/v1/users", tag = "admin", security(("bearer" = [])),
+    responses((status = 200, body = Vec<UserView>)))]
+pub async fn list_users(State(app): State<App>, _: HumanCaller) -> ApiResult<Json<Vec<UserView>>> {
+    blocking(&app, |s| {
+        let users = admin::list_users(s.ledger())?;
+        Ok(Json(users.into_iter().map(|u| UserView { id: u.id, roles: u.roles, status: u.status }).collect()))
+    })
+    .await
+}
+
+/// Add a user (role `admin`); the API token is in the answer, once.
+#[utoipa::path(post, path = "/v1/users", tag = "admin", security(("bearer" = [])), request_body = NewUser,
+    responses(
+        (status = 201, body = NewUserAnswer),
+        (status = 409, description = "`user_exists`", body = ErrorBody),
+        (status = 422, description = "`invalid_name`, `invalid_request`", body = ErrorBody),
+    ))]
+pub async fn add_user(
+    State(app): State<App>,
+    human: HumanCaller,
+    ApiJson(body): ApiJson<NewUser>,
+) -> ApiResult<(StatusCode, Json<NewUserAnswer>)> {
+    human.require(&["admin"])?;
+    let actor = actor(&human);
+    blocking(&app, move |s| {
+        let (user, token) = admin::add_user(s.ledger(), &actor, &body.id, &body.roles)?;
+        Ok((StatusCode::CREATED, Json(NewUserAnswer { id: user.id, roles: user.roles, token })))
+    })
+    .await
+}

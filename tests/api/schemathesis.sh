@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Property-based API tests: schemathesis (PyPI) against the `/openapi.json` of a real
+# `warden serve` on loopback, with the example bundle. It runs twice, once as a human (the
+# admin token of a fresh data directory) and once as an agent (a JWT-SVID from the local
+# issuer), and fails on any 5xx or any answer that breaks the document: undocumented status,
+# wrong content type, or a body that does not match its schema.
+#
+#   tests/api/schemathesis.sh            # uses `schemathesis` on PATH, target/debug/warden
+#   SCHEMATHESIS=path/to/schemathesis WARDEN=target/release/warden MAX_EXAMPLES=100 tests/api/schemathesis.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+warden="${WARDEN:-target/debug/warden}"
+st="${SCHEMATHESIS:-schemathesis}"
+examples="${MAX_EXAMPLES:-25}"
+[ -x "$warden" ] || { echo "no $warden: run 'cargo build' first" >&2; exit 3; }
+
+tmp="$(mktemp -d)"
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+"$warden" init --data "$tmp/data" --output json > "$tmp/init.json"
+admin="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["admin_token"])' "$tmp/init.json")"
+for f in examples/policy/agents/*.toml; do
+  id="$(sed -n 's/^id = "\(.*\)"/\1/p' "$f")"
+  "$warden" agent add "$id" --owner secops --purpose "schemathesis" --data "$tmp/data" > /dev/null
+done
+agent="$("$warden" agent token spiffe://acme.example/soc/edr-responder --ttl 1h --data "$tmp/data")"
+
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+base="http://127.0.0.1:$port"
+# A generous rate limit: the fuzzer sends hundreds of requests a second as one agent.
+"$warden" serve --data "$tmp/data" --policy examples/policy --listen "127.0.0.1:$port" \
+  --agent-rate 100000 --agent-burst 100000 --log-format json > "$tmp/server.log" 2>&1 &
+pid=$!
+# Wait until ready, then open a task both runs can refer to (Python: no curl needed).
+python3 - "$base" "$admin" <<'PY' || { cat "$tmp/server.log" >&2; exit 1; }
+import json, sys, time, urllib.request
+base, token = sys.argv[1], sys.argv[2]
+for _ in range(100):
+    try:
+        urllib.request.urlopen(base + "/readyz", timeout=1)
+        break
+    except OSError:
+        time.sleep(0.1)
+body = {"id": "INC-1", "title": "schemathesis", "trigger": {"source": "siem", "severity": "high"}}
+req = urllib.request.Request(base + "/v1/tasks", json.dumps(body).encode(), method="POST",
+    headers={"authorization": "Bearer " + token, "content-type": "application/json"})
+urllib.request.urlopen(req, timeout=5)
+PY
+
+checks="not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+status=0
+for who in human agent; do
+  token="$admin"; [ "$who" = agent ] && token="$agent"
+  echo "== schemathesis as the $who"
+  "$st" run "$base/openapi.json" \
+    --checks "$checks" \
+    --header "Authorization: Bearer $token" \
+    --max-examples "$examples" \
+    --phases examples,coverage,fuzzing \
+    --workers 1 \
+    --seed 1 \
+    --suppress-health-check all \
+    || status=1
+done
+if [ "$status" -ne 0 ]; then
+  echo "server log: $tmp/server.log (last lines)" >&2
+  tail -20 "$tmp/server.log" >&2
+fi
+exit "$status"
