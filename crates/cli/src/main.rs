@@ -16,6 +16,7 @@ macro_rules! out {
 }
 
 mod bundle_dir;
+mod client;
 mod cmd;
 mod render;
 

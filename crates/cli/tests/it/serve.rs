@@ -127,12 +127,12 @@ fn agent_and_user_administration_on_a_data_directory() {
     let data = tmp.path();
     warden().args(["init", "--data"]).arg(data).assert().success();
     stdout_of(data, &["agent", "add", EDR, "--owner", "team:endpoint-response", "--purpose", "contain hosts"]);
-    warden().args(["agent", "add", EDR, "--owner", "x", "--data"]).arg(data).assert().code(1);
+    warden().args(["agent", "add", EDR, "--owner", "x", "--data"]).arg(data).assert().code(3);
     warden().args(["agent", "add", "not-spiffe", "--owner", "x", "--data"]).arg(data).assert().code(3);
     let list: Value = serde_json::from_str(&stdout_of(data, &["agent", "list", "--output", "json"])).unwrap();
     assert_eq!((list[0]["id"].as_str(), list[0]["status"].as_str()), (Some(EDR), Some("active")));
     stdout_of(data, &["agent", "suspend", EDR, "--reason", "runaway"]);
-    warden().args(["agent", "token", EDR, "--data"]).arg(data).assert().code(1);
+    warden().args(["agent", "token", EDR, "--data"]).arg(data).assert().code(3);
     stdout_of(data, &["agent", "resume", EDR]);
     let token = stdout_of(data, &["agent", "token", EDR, "--ttl", "1m"]);
     assert_eq!(token.trim().split('.').count(), 3, "a compact JWT");
@@ -153,10 +153,121 @@ fn agent_and_user_administration_on_a_data_directory() {
         .collect();
     assert_eq!(
         types,
-        ["store.initialized", "user.added", "agent.added", "agent.changed", "agent.changed", "user.added"]
+        [
+            "store.initialized",
+            "user.added",
+            "agent.added",
+            "agent.changed",
+            "agent.changed",
+            "agent.token_issued",
+            "user.added"
+        ]
     );
     assert!(!export.contains("wdn_"), "no token in the log");
     warden().args(["audit", "verify", "--data"]).arg(data).assert().success();
+}
+
+/// Starts `warden serve` on a free port; the child and its address.
+fn start_server(data: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    let mut server = Command::new(assert_cmd::cargo::cargo_bin("warden"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .arg("--data")
+        .arg(data)
+        .arg("--policy")
+        .arg(example_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let addr = first.trim().strip_prefix("listening on ").expect("the address is printed").to_string();
+    (server, addr)
+}
+
+#[test]
+fn agent_and_user_administration_against_a_running_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path();
+    let init = warden().args(["init", "--output", "json", "--data"]).arg(data).assert().success();
+    let init: Value = serde_json::from_slice(&init.get_output().stdout).unwrap();
+    let admin = init["admin_token"].as_str().unwrap().to_string();
+    let (mut server, addr) = start_server(data, &[]);
+    let url = format!("http://{addr}");
+    let remote = |args: &[&str], token: &str| {
+        let mut cmd = warden();
+        cmd.args(args).args(["--server", &url]).env("WARDEN_TOKEN", token).env_remove("WARDEN_DATA");
+        cmd
+    };
+    let stdout = |args: &[&str], token: &str| {
+        let out = remote(args, token).assert().success();
+        String::from_utf8(out.get_output().stdout.clone()).unwrap()
+    };
+
+    stdout(&["agent", "add", EDR, "--owner", "team:endpoint-response"], &admin);
+    remote(&["agent", "add", EDR, "--owner", "x"], &admin).assert().code(3);
+    let list: Value = serde_json::from_str(&stdout(&["agent", "list", "--output", "json"], &admin)).unwrap();
+    assert_eq!(list[0]["id"].as_str(), Some(EDR));
+    let token = stdout(&["agent", "token", EDR, "--ttl", "5m"], &admin).trim().to_string();
+    let task = json!({"title": "beacon", "trigger": {"source": "edr"}});
+    assert_eq!(http(&addr, "POST", "/v1/tasks", &token, Some(&task)).unwrap().0, 201, "the minted token works");
+    stdout(&["agent", "suspend", EDR, "--reason", "drill"], &admin);
+    assert_eq!(http(&addr, "POST", "/v1/tasks", &token, Some(&task)).unwrap().0, 403);
+    stdout(&["agent", "resume", EDR], &admin);
+
+    let user: Value =
+        serde_json::from_str(&stdout(&["user", "add", "ana", "--role", "soc-analyst", "--output", "json"], &admin))
+            .unwrap();
+    let analyst = user["token"].as_str().unwrap().to_string();
+    assert!(stdout(&["user", "list"], &analyst).contains("ana  active  soc-analyst"));
+    // Refusals keep the exit-code contract: a missing role is "denied" (2), no token is
+    // invalid input (3), no server at all is a failure (1).
+    remote(&["agent", "suspend", EDR], &analyst).assert().code(2);
+    remote(&["agent", "list"], "wdn_not-a-token").assert().code(2);
+    warden().args(["agent", "list", "--server", &url]).env_remove("WARDEN_TOKEN").assert().code(3);
+    warden().args(["agent", "list", "--server", "http://127.0.0.1:9", "--token", &admin]).assert().code(1);
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+    // Each change is audited with the calling human as the actor.
+    let export = stdout_of(data, &["audit", "export", "--format", "jsonl"]);
+    let by_admin: Vec<String> = export
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["entry"].clone())
+        .filter(|e| e["actor"]["id"] == "admin")
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(by_admin, ["agent.added", "agent.token_issued", "agent.changed", "agent.changed", "user.added"]);
+    assert!(!export.contains(&token) && !export.contains(&analyst), "no token in the log");
+    warden().args(["audit", "verify", "--data"]).arg(data).assert().success();
+}
+
+#[test]
+fn administration_over_https_trusts_a_private_ca_when_told() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path();
+    let init = warden().args(["init", "--output", "json", "--data"]).arg(data).assert().success();
+    let init: Value = serde_json::from_slice(&init.get_output().stdout).unwrap();
+    let admin = init["admin_token"].as_str().unwrap().to_string();
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/tests/fixtures/tls");
+    let (cert, key, ca) = (tls.join("cert.pem"), tls.join("key.pem"), tls.join("ca.pem"));
+    let (mut server, addr) =
+        start_server(data, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let url = format!("https://localhost:{}", addr.rsplit(':').next().unwrap());
+    let list = |ca: Option<&Path>| {
+        let mut cmd = warden();
+        cmd.args(["user", "list", "--server", &url, "--token", &admin]);
+        if let Some(ca) = ca {
+            cmd.arg("--ca-cert").arg(ca);
+        }
+        cmd.assert()
+    };
+    list(None).code(1); // the private CA is not trusted by default
+    let out = list(Some(&ca)).success();
+    assert!(String::from_utf8_lossy(&out.get_output().stdout).contains("admin  active  admin"));
+    server.kill().unwrap();
+    server.wait().unwrap();
 }
 
 #[test]
