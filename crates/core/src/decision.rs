@@ -166,6 +166,9 @@ pub struct PolicyRef {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApprovalRequirement {
+    /// The approval opened for it (set by the gateway; the core decides without ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Any one of these roles may approve.
     pub roles: Vec<String>,
     /// Distinct approvers needed.
@@ -528,6 +531,7 @@ fn approval(
     }
     let expiry = i64::try_from(e.approval_expiry.as_secs()).unwrap_or(i64::MAX);
     ApprovalRequirement {
+        id: None,
         roles,
         quorum,
         expires_at: now.saturating_add(time::Duration::seconds(expiry)),

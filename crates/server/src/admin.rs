@@ -33,15 +33,18 @@ pub fn check_spiffe_id(id: &str) -> Result<(), ApiError> {
 }
 
 fn check_name(what: &'static str, name: &str) -> Result<(), ApiError> {
+    // Roles may name a team (`team:endpoint-response`), matched against agents' owners.
+    let extra: &[u8] = if what == "role" { b"-_.@:" } else { b"-_.@" };
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.@".contains(&b));
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || extra.contains(&b));
     if ok {
         Ok(())
     } else {
+        let allowed = if what == "role" { "`-`, `_`, `.`, `@` or `:`" } else { "`-`, `_`, `.` or `@`" };
         Err(ApiError::invalid(
             "invalid_name",
-            format!("{what} `{name}` must be 1–64 lowercase letters, digits, `-`, `_`, `.` or `@`"),
+            format!("{what} `{name}` must be 1–64 lowercase letters, digits, {allowed}"),
         ))
     }
 }

@@ -201,24 +201,66 @@ pub struct TokenVerifier {
     pub audience: String,
     pub local: LocalIssuer,
     pub external: Vec<ExternalIssuer>,
+    /// Tokens already verified, by SHA-256 of the token: a signature is checked once per
+    /// token, not once per request. Keys are fixed for the verifier's life, so a verdict stays
+    /// true until the token's `exp`, which every hit checks again.
+    cache: std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>,
 }
+
+#[derive(Debug, Clone)]
+struct Verified {
+    subject: Subject,
+    exp: i64,
+    nbf: Option<i64>,
+}
+
+/// The most verified tokens remembered; beyond it the cache starts over.
+const CACHE_MAX: usize = 4096;
 
 fn refused(code: &'static str, message: &str) -> ApiError {
     ApiError::unauthorized(code, message)
 }
 
 impl TokenVerifier {
-    /// The verified claims of `token`, or the precise reason it is refused.
-    /// Whom `token` speaks for: an agent (JWT-SVID) or, from an OIDC issuer, a human.
+    pub fn new(audience: String, local: LocalIssuer, external: Vec<ExternalIssuer>) -> Self {
+        TokenVerifier { audience, local, external, cache: Default::default() }
+    }
+
+    /// Whom `token` speaks for: an agent (JWT-SVID) or, from an OIDC issuer, a human; or the
+    /// precise reason it is refused.
     pub fn subject(&self, token: &str, now: OffsetDateTime) -> Result<Subject, ApiError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let t = now.unix_timestamp();
+        let leeway = LEEWAY_SECS as i64;
+        if let Ok(cache) = self.cache.lock()
+            && let Some(v) = cache.get(&digest)
+            && t <= v.exp + leeway
+            && v.nbf.is_none_or(|nbf| nbf <= t + leeway)
+        {
+            return Ok(v.subject.clone());
+        }
+        // Not remembered, or no longer in its validity window: verify in full (which names the
+        // precise refusal).
         let (claims, roles_claim) = self.verify_with(token, now)?;
-        let Some(claim) = roles_claim else { return Ok(Subject::Agent(claims.sub)) };
-        let roles = match claims.extra.get(&claim) {
-            Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-            Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
-            _ => Vec::new(),
+        let (exp, nbf) = (claims.exp, claims.nbf);
+        let subject = match roles_claim {
+            None => Subject::Agent(claims.sub),
+            Some(claim) => {
+                let roles = match claims.extra.get(&claim) {
+                    Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
+                    Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
+                    _ => Vec::new(),
+                };
+                Subject::Human { id: claims.sub, roles }
+            }
         };
-        Ok(Subject::Human { id: claims.sub, roles })
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(digest, Verified { subject: subject.clone(), exp, nbf });
+        }
+        Ok(subject)
     }
 
     /// The verified claims of a token (agents' or humans').
@@ -260,8 +302,9 @@ impl TokenVerifier {
             return Err(refused("algorithm_not_allowed", &format!("key `{kid}` does not sign with `{alg}`")));
         }
         let mut v = Validation::new(key_alg);
-        v.leeway = LEEWAY_SECS;
-        v.validate_nbf = true;
+        // Times are checked below against the server's clock, not the library's.
+        v.validate_exp = false;
+        v.validate_nbf = false;
         v.set_audience(&[audience]);
         v.set_issuer(&[issuer]);
         v.set_required_spec_claims(&["exp", "sub", "aud"]);
@@ -276,7 +319,14 @@ impl TokenVerifier {
             _ => refused("malformed_token", &format!("the token cannot be read: {e}")),
         })?;
         let claims = data.claims;
-        if claims.iat.is_some_and(|iat| iat > now.unix_timestamp() + LEEWAY_SECS as i64) {
+        let (t, leeway) = (now.unix_timestamp(), LEEWAY_SECS as i64);
+        if claims.exp + leeway < t {
+            return Err(refused("token_expired", "the token has expired"));
+        }
+        if claims.nbf.is_some_and(|nbf| nbf > t + leeway) {
+            return Err(refused("token_not_yet_valid", "the token is not valid yet"));
+        }
+        if claims.iat.is_some_and(|iat| iat > t + leeway) {
             return Err(refused("token_not_yet_valid", "the token was issued in the future"));
         }
         Ok((claims, roles_claim))
@@ -286,4 +336,33 @@ impl TokenVerifier {
 /// Constant-time equality for secrets' digests.
 pub fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let local = LocalIssuer::new("warden-local", &[7; 32]).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let token = local.mint("spiffe://a/b", "warden", now, 60);
+        let v = TokenVerifier::new("warden".into(), local, Vec::new());
+        assert_eq!(v.subject(&token, now).unwrap(), Subject::Agent("spiffe://a/b".into()));
+        // Remembered: a second check is a hit.
+        assert_eq!(
+            v.subject(&token, now + time::Duration::seconds(59)).unwrap(),
+            Subject::Agent("spiffe://a/b".into())
+        );
+        // Past exp + leeway, the hit is refused by the full check with its precise code.
+        let late = now + time::Duration::seconds(60 + LEEWAY_SECS as i64 + 1);
+        assert_eq!(v.subject(&token, late).unwrap_err().code, "token_expired");
+        // And a token that fails is never remembered.
+        let (head, sig) = token.rsplit_once('.').unwrap();
+        let flipped: String =
+            sig.chars().enumerate().map(|(i, c)| if i == 5 { if c == 'A' { 'B' } else { 'A' } } else { c }).collect();
+        let forged = format!("{head}.{flipped}");
+        assert!(v.subject(&forged, now).is_err());
+        assert!(v.subject(&forged, now).is_err());
+    }
 }

@@ -11,12 +11,14 @@
 //! ```
 
 pub mod admin;
+pub mod approvals;
 pub mod auth;
 pub mod error;
 pub mod identity;
 pub mod limits;
 pub mod metrics;
 pub mod model;
+pub mod notify;
 pub mod openapi;
 pub mod policy_dir;
 mod routes;
@@ -25,5 +27,5 @@ pub mod state;
 pub mod tls;
 
 pub use error::{ApiError, ApiResult};
-pub use routes::{BODY_LIMIT, openapi_document, router};
+pub use routes::{BODY_LIMIT, openapi_document, router, sweep_approvals};
 pub use state::{App, AppState};

@@ -14,6 +14,11 @@ pub fn millis(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// The time of a store `at` (milliseconds since the Unix epoch).
+pub fn from_millis(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 /// RFC 3339 text of a time.
 pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
@@ -156,6 +161,9 @@ pub struct ActionRecord {
     pub state: String,
     pub created_at: String,
     pub created_ms: i64,
+    /// The approval this request waits on (or waited on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
 }
 
 impl ActionRecord {

@@ -28,6 +28,7 @@ use crate::error::ErrorBody;
         (name = "ops", description = "health, readiness, metrics, keys"),
         (name = "tasks", description = "incidents and missions agents work within"),
         (name = "actions", description = "action requests and their decisions"),
+        (name = "approvals", description = "the approval inbox: humans decide what policy sends them"),
         (name = "audit", description = "the tamper-evident log: checkpoints, entries, proofs"),
         (name = "admin", description = "agents, users and policy (role `admin`)"),
     )

@@ -50,6 +50,23 @@ pub async fn watch_policy(app: App, every: std::time::Duration) {
     }
 }
 
+/// Every `every`: expires approvals past their expiry and sends escalation notices.
+pub async fn sweep_approvals(app: App, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let state = app.clone();
+        match tokio::task::spawn_blocking(move || crate::sweep_approvals(&state)).await {
+            Ok(Ok(swept)) => {
+                for a in &swept.expired {
+                    tracing::info!(approval = %a.id, "approval expired");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e.message, "approval sweep failed; retrying"),
+            Err(e) => tracing::error!(error = %e, "approval sweeper failed"),
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn signals() {
     let ctrl_c = async {

@@ -24,6 +24,8 @@ pub struct ServerOptions {
     pub limits: crate::limits::Limits,
     /// Where the bundle came from (reloadable), if from a directory.
     pub policy_dir: Option<std::path::PathBuf>,
+    /// Approval notices.
+    pub notify: crate::notify::NotifyOptions,
 }
 
 impl Default for ServerOptions {
@@ -33,6 +35,7 @@ impl Default for ServerOptions {
             issuers: Vec::new(),
             limits: crate::limits::Limits::default(),
             policy_dir: None,
+            notify: crate::notify::NotifyOptions::default(),
         }
     }
 }
@@ -55,6 +58,10 @@ pub struct AppState {
     /// Permits for requests in flight.
     pub in_flight: Arc<tokio::sync::Semaphore>,
     pub metrics: crate::metrics::Metrics,
+    /// Approval notices (webhooks).
+    pub notifier: crate::notify::Notifier,
+    /// Bumped after every approval transition: long polls wake up and look again.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl AppState {
@@ -79,9 +86,10 @@ impl AppState {
             data.ledger().commit(warden_store::Batch::new().event(event))?;
         }
         let local = LocalIssuer::new(LOCAL_ISSUER, &data.token_seed().0)?;
-        let tokens = TokenVerifier { audience: options.audience, local, external: options.issuers };
+        let tokens = TokenVerifier::new(options.audience, local, options.issuers);
         let limits = options.limits;
-        Ok(Arc::new(AppState {
+        let notify = options.notify;
+        Ok(Arc::new_cyclic(|weak| AppState {
             data,
             bundle: RwLock::new(Arc::new(bundle)),
             tokens,
@@ -92,11 +100,23 @@ impl AppState {
             rate: crate::limits::RateLimiter::default(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(limits.in_flight)),
             metrics: crate::metrics::Metrics::default(),
+            notifier: crate::notify::Notifier::start(notify, weak.clone()),
+            changes: tokio::sync::watch::Sender::new(0),
         }))
     }
 
     pub fn ledger(&self) -> &Ledger {
         self.data.ledger()
+    }
+
+    /// Tells long polls that an approval changed.
+    pub fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that sees every [`AppState::changed`] from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn now(&self) -> OffsetDateTime {

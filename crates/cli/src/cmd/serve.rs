@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use warden_server::AppState;
 use warden_server::identity::{ExternalIssuer, IssuerConfig};
 use warden_server::limits::Limits;
+use warden_server::notify::NotifyOptions;
 use warden_server::state::DEFAULT_AUDIENCE;
 use warden_server::state::ServerOptions;
 use warden_store::{DataDir, LedgerOptions, SystemClock};
@@ -32,8 +33,10 @@ pub struct ServeArgs {
     pub listen: String,
     /// A TOML file with the trusted external issuers: `[[identity.issuers]]` (agents'
     /// JWT-SVIDs) and `[[identity.oidc]]` (humans' OIDC tokens, roles from `roles_claim`),
-    /// each with `issuer`, `jwks_file` (relative to the file) and optional `audience`.
-    /// Everything else is set by flag or `WARDEN_…` variable.
+    /// each with `issuer`, `jwks_file` (relative to the file) and optional `audience`; and
+    /// `[notify]` (`public_url`, `attempts`, `backoff_ms`) with `[[notify.webhooks]]` (`name`,
+    /// `url`, `format` = `json` | `slack`) for approval notices. Everything else is set by flag
+    /// or `WARDEN_…` variable.
     #[arg(long, env = "WARDEN_CONFIG")]
     pub config: Option<PathBuf>,
     /// The policy bundle directory.
@@ -85,6 +88,29 @@ fn init_logs(format: LogFormat) {
 struct ConfigFile {
     #[serde(default)]
     identity: IdentitySection,
+    #[serde(default)]
+    notify: NotifySection,
+}
+
+/// `[notify]`: where approval notices go.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotifySection {
+    /// How people reach this server, for links in notices (default `http://<--listen>`).
+    public_url: Option<String>,
+    /// Attempts per notice and webhook (default 4).
+    attempts: Option<u32>,
+    /// Milliseconds before the second attempt, doubled after each (default 500).
+    backoff_ms: Option<u64>,
+    #[serde(default)]
+    webhooks: Vec<warden_server::notify::Webhook>,
+}
+
+/// What `--config` holds.
+#[derive(Debug, Default)]
+struct Config {
+    issuers: Vec<ExternalIssuer>,
+    notify: NotifySection,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -98,8 +124,8 @@ struct IdentitySection {
     oidc: Vec<IssuerConfig>,
 }
 
-/// Reads `--config`: the external issuers and their keys.
-fn load_config(path: &std::path::Path) -> Result<Vec<ExternalIssuer>, Failure> {
+/// Reads `--config`: the external issuers with their keys, and the notifications.
+fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
     let cfg: ConfigFile =
         toml::from_str(&text).map_err(|e| Failure::Invalid(format!("error: `{}`: {e}", path.display())))?;
@@ -112,13 +138,23 @@ fn load_config(path: &std::path::Path) -> Result<Vec<ExternalIssuer>, Failure> {
         i.roles_claim = None;
         i
     });
-    workloads
+    let issuers = workloads
         .chain(humans)
         .map(|mut i| {
             i.jwks_file = base.join(&i.jwks_file);
             ExternalIssuer::load(&i).map_err(|e| Failure::Invalid(format!("error: {e}")))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    for w in &cfg.notify.webhooks {
+        if !(w.url.starts_with("http://") || w.url.starts_with("https://")) {
+            return Err(Failure::Invalid(format!(
+                "error: `{}`: webhook `{}` needs an http:// or https:// url",
+                path.display(),
+                w.name
+            )));
+        }
+    }
+    Ok(Config { issuers, notify: cfg.notify })
 }
 
 pub fn run(a: ServeArgs) -> Result<(), Failure> {
@@ -139,11 +175,26 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         in_flight: a.max_in_flight,
         timeout: std::time::Duration::from_secs(timeout.as_secs()),
     };
-    let issuers = match &a.config {
+    let config = match &a.config {
         Some(path) => load_config(path)?,
-        None => Vec::new(),
+        None => Config::default(),
     };
-    let options = ServerOptions { audience: a.audience.clone(), issuers, limits, policy_dir: Some(a.policy.clone()) };
+    let scheme = if a.tls_cert.is_some() { "https" } else { "http" };
+    let defaults = NotifyOptions::default();
+    let notify = NotifyOptions {
+        public_url: config.notify.public_url.unwrap_or_else(|| format!("{scheme}://{}", a.listen)),
+        attempts: config.notify.attempts.unwrap_or(defaults.attempts),
+        backoff: config.notify.backoff_ms.map_or(defaults.backoff, std::time::Duration::from_millis),
+        webhooks: config.notify.webhooks,
+        ..defaults
+    };
+    let options = ServerOptions {
+        audience: a.audience.clone(),
+        issuers: config.issuers,
+        limits,
+        policy_dir: Some(a.policy.clone()),
+        notify,
+    };
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => {
             Some(warden_server::tls::acceptor(cert, key).map_err(|e| Failure::Invalid(format!("error: {e}")))?)
@@ -163,6 +214,7 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         if let Some(every) = watch {
             tokio::spawn(warden_server::serve::watch_policy(app.clone(), every));
         }
+        tokio::spawn(warden_server::serve::sweep_approvals(app.clone(), std::time::Duration::from_secs(1)));
         let stop = warden_server::serve::signals();
         match tls {
             Some(acceptor) => {

@@ -53,6 +53,9 @@ pub enum EventType {
     ApprovalExpired,
     #[serde(rename = "approval.cancelled")]
     ApprovalCancelled,
+    /// A pending approval reached its escalation point; its escalation notice went out.
+    #[serde(rename = "approval.escalated")]
+    ApprovalEscalated,
     #[serde(rename = "lease.issued")]
     LeaseIssued,
     #[serde(rename = "lease.revoked")]
@@ -85,7 +88,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every event type, in declaration order.
-    pub const ALL: [EventType; 30] = [
+    pub const ALL: [EventType; 31] = [
         EventType::StoreInitialized,
         EventType::PolicyLoaded,
         EventType::AgentAdded,
@@ -102,6 +105,7 @@ impl EventType {
         EventType::ApprovalRejected,
         EventType::ApprovalExpired,
         EventType::ApprovalCancelled,
+        EventType::ApprovalEscalated,
         EventType::LeaseIssued,
         EventType::LeaseRevoked,
         EventType::ExecutionStarted,
@@ -137,6 +141,7 @@ impl EventType {
             EventType::ApprovalRejected => "approval.rejected",
             EventType::ApprovalExpired => "approval.expired",
             EventType::ApprovalCancelled => "approval.cancelled",
+            EventType::ApprovalEscalated => "approval.escalated",
             EventType::LeaseIssued => "lease.issued",
             EventType::LeaseRevoked => "lease.revoked",
             EventType::ExecutionStarted => "execution.started",

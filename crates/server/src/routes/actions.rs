@@ -20,9 +20,10 @@ use warden_store::{Batch, Change, Query, Store, StoreError, Table};
 
 use super::tasks::new_id;
 use super::{ApiJson, ApiPath};
+use crate::approvals::{self, Approval, ApprovalState};
 use crate::auth::{AgentCaller, AnyCaller, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::model::{ActionRecord, Agent, DecisionRecord, Model, Task, millis, rfc3339};
+use crate::model::{ActionRecord, Agent, DecisionRecord, Model, Task, from_millis, millis, rfc3339};
 use crate::state::{App, AppState, blocking};
 
 /// Budgets count over the last hour (`max_per_hour`, `max_distinct_targets`).
@@ -227,19 +228,114 @@ fn process(
     req: ActionRequest,
     digest: String,
 ) -> ApiResult<ActionAnswer> {
+    // Two identical requests racing to open one approval: the loser sees the winner's
+    // approval on its next attempt and folds into it.
+    for _ in 0..3 {
+        if let Some(answer) = attempt(s, bundle, agent, &req, &digest)? {
+            return Ok(answer);
+        }
+    }
+    Err(ApiError::conflict("conflict", "the request kept conflicting with concurrent ones; try again"))
+}
+
+/// How a `require_approval` request joins the approval workflow.
+enum Joins {
+    Opens(Approval),
+    Folds(Approval, u64),
+}
+
+fn approval_for(
+    s: &AppState,
+    bundle: &Bundle,
+    agent: &Agent,
+    req: &ActionRequest,
+    id: &str,
+    decision: &Decision,
+    now: time::OffsetDateTime,
+) -> ApiResult<(Option<Joins>, Batch)> {
+    let mut batch = Batch::new();
+    let Some(need) = decision.approval.as_ref().filter(|_| decision.outcome == Outcome::RequireApproval) else {
+        return Ok((None, batch));
+    };
+    let store = s.ledger().store().as_ref();
+    let target = req.target.to_string();
+    if let Some(v) = approvals::pending_for(store, &agent.id, &req.action, &target)? {
+        if millis(now) < v.approval.expires_ms {
+            let mut a = v.approval;
+            a.requests.push(id.to_string());
+            return Ok((Some(Joins::Folds(a, v.version)), batch));
+        }
+        // Past its expiry but not yet swept: expire it in this commit, then open a new one.
+        let (_, expired) = approvals::expire_batch(store, &v, now)?;
+        batch.changes.extend(expired.changes);
+        batch.events.extend(expired.events);
+    }
+    let lease_ttl_secs = bundle.catalog().get(&req.action).map_or(300, |c| c.lease_ttl.as_secs());
+    let opens = Joins::Opens(Approval {
+        id: new_id("apr")?,
+        state: ApprovalState::Pending,
+        agent: agent.id.clone(),
+        owner: agent.owner.clone(),
+        task: req.task.clone(),
+        action: req.action.clone(),
+        target,
+        requests: vec![id.to_string()],
+        confidence: req.confidence,
+        rationale: req.rationale.clone(),
+        evidence: req.evidence.clone(),
+        roles: need.roles.clone(),
+        quorum: need.quorum.max(1),
+        separation_of_duties: need.separation_of_duties,
+        notify: need.notify.clone(),
+        caps: decision.caps.clone(),
+        policies: decision.policies.clone(),
+        bundle_version: decision.bundle_version.clone(),
+        lease_ttl_secs,
+        narrowed_lease_ttl_secs: None,
+        created_at: rfc3339(now),
+        created_ms: millis(now),
+        // Kept to the millisecond, as the store keeps it.
+        expires_at: rfc3339(from_millis(millis(need.expires_at))),
+        expires_ms: millis(need.expires_at),
+        votes: Vec::new(),
+        escalated: false,
+        decided_at: None,
+        decided_by: None,
+        reason: None,
+    });
+    Ok((Some(opens), batch))
+}
+
+/// One try at deciding and recording; `None` when it lost a race to open an approval.
+fn attempt(
+    s: &AppState,
+    bundle: &Bundle,
+    agent: &Agent,
+    req: &ActionRequest,
+    digest: &str,
+) -> ApiResult<Option<ActionAnswer>> {
     let store = s.ledger().store().as_ref();
     if let Some(key) = &req.idempotency_key
-        && let Some(previous) = replay(store, &agent.id, key, &digest)?
+        && let Some(previous) = replay(store, &agent.id, key, digest)?
     {
-        return Ok(previous);
+        return Ok(Some(previous));
     }
-    let f = facts(s, &agent.id, &req, true)?;
+    let f = facts(s, &agent.id, req, true)?;
     let started = std::time::Instant::now();
-    let decision = decide_with(s, bundle, &agent.id, agent.status, &req, &f);
+    let mut decision = decide_with(s, bundle, &agent.id, agent.status, req, &f);
     s.metrics.decision_latency.observe(started.elapsed());
     let now = s.now();
     let id = new_id("act")?;
     let target = req.target.to_string();
+    let (joins, mut batch) = approval_for(s, bundle, agent, req, &id, &decision, now)?;
+    let approval = match &joins {
+        Some(Joins::Opens(a) | Joins::Folds(a, _)) => Some(a.clone()),
+        None => None,
+    };
+    if let (Some(a), Some(need)) = (&approval, decision.approval.as_mut()) {
+        need.id = Some(a.id.clone());
+        need.expires_at = from_millis(a.expires_ms);
+    }
     let record = ActionRecord {
         id: id.clone(),
         agent: agent.id.clone(),
@@ -251,10 +347,11 @@ fn process(
         rationale: req.rationale.clone(),
         evidence: req.evidence.clone(),
         idempotency_key: req.idempotency_key.clone(),
-        request_digest: digest.clone(),
+        request_digest: digest.to_string(),
         state: state_of(&decision).to_string(),
         created_at: rfc3339(now),
         created_ms: millis(now),
+        approval: approval.as_ref().map(|a| a.id.clone()),
     };
     let drec = DecisionRecord {
         id: id.clone(),
@@ -277,14 +374,38 @@ fn process(
                 "request_digest": digest,
             }),
         );
-    let decided = Event::new(EventType::DecisionMade, actor).task(&req.task).request(&id).action(&req.action).data(
-        json!({"target": target, "confidence": req.confidence, "state": record.state, "decision": drec.decision}),
-    );
-    let mut batch = Batch::new()
+    let decided =
+        Event::new(EventType::DecisionMade, actor.clone()).task(&req.task).request(&id).action(&req.action).data(
+            json!({"target": target, "confidence": req.confidence, "state": record.state, "decision": drec.decision}),
+        );
+    batch = batch
         .change(Change::Insert(record.record()))
         .change(Change::Insert(drec.record()))
         .event(requested)
         .event(decided);
+    match &joins {
+        Some(Joins::Opens(a)) => {
+            batch = batch.change(Change::Insert(a.record())).event(
+                Event::new(EventType::ApprovalRequested, actor).task(&req.task).request(&id).action(&req.action).data(
+                    json!({"approval": a.id, "target": a.target, "roles": a.roles, "quorum": a.quorum,
+                           "expires_at": a.expires_at, "separation_of_duties": a.separation_of_duties,
+                           "folded": false}),
+                ),
+            );
+        }
+        Some(Joins::Folds(a, version)) => {
+            let mut r = a.record();
+            r.version = *version;
+            batch = batch.change(Change::Update(r)).event(
+                Event::new(EventType::ApprovalRequested, actor)
+                    .task(&req.task)
+                    .request(&id)
+                    .action(&req.action)
+                    .data(json!({"approval": a.id, "target": a.target, "folded": true, "requests": a.requests.len()})),
+            );
+        }
+        None => {}
+    }
     if drec.decision.trip_breaker && !f.budget.breaker_open {
         batch = batch.change(Change::SetMeta {
             key: breaker_key(&agent.id, &req.action),
@@ -315,14 +436,20 @@ fn process(
             if drec.decision.trip_breaker && !f.budget.breaker_open {
                 s.metrics.breaker_trips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            Ok(answer(&record, &drec))
+            if let Some(Joins::Opens(a)) = &joins {
+                s.changed();
+                s.notifier.send(crate::notify::Kind::Created, a);
+            }
+            Ok(Some(answer(&record, &drec)))
         }
         // Two requests with one idempotency key raced: the other one won.
         Err(StoreError::Conflict { .. }) if req.idempotency_key.is_some() => {
             let key = req.idempotency_key.as_deref().unwrap_or_default();
-            replay(store, &agent.id, key, &digest)?
+            replay(store, &agent.id, key, digest)?
+                .map(Some)
                 .ok_or_else(|| ApiError::conflict("conflict", "the request conflicted; try again"))
         }
+        Err(StoreError::Conflict { .. }) if joins.is_some() => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -383,27 +510,66 @@ pub async fn dry_run(
     .await
 }
 
-/// The state of a request. Agents see their own requests only.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GetQuery {
+    /// Long poll: while the request is `pending_approval`, wait up to this long (`30s`, at most
+    /// `60s`) for it to change before answering.
+    #[param(example = "30s")]
+    pub wait: Option<String>,
+}
+
+/// The longest long poll.
+const MAX_WAIT_SECS: u64 = 60;
+
+/// The state of a request. Agents see their own requests only. With `?wait=30s` the answer
+/// comes as soon as a pending approval is decided, or when the wait is over.
 #[utoipa::path(get, path = "/v1/actions/{id}", tag = "actions", security(("bearer" = [])),
-    params(("id" = String, Path, description = "the request id (`act_…`)")),
+    params(("id" = String, Path, description = "the request id (`act_…`)"), GetQuery),
     responses(
         (status = 200, body = ActionAnswer),
         (status = 404, description = "`unknown_action`", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_wait`", body = crate::error::ErrorBody),
     ))]
 pub async fn get(
     State(app): State<App>,
     AnyCaller(caller): AnyCaller,
     ApiPath(id): ApiPath<String>,
+    super::ApiQuery(q): super::ApiQuery<GetQuery>,
 ) -> ApiResult<Json<ActionAnswer>> {
-    blocking(&app, move |s| {
-        let missing = || ApiError::not_found("unknown_action", format!("no action request `{id}`"));
-        let (a, d) = load_pair(s.ledger().store().as_ref(), &id)?.ok_or_else(missing)?;
-        if let Caller::Agent(agent) = &caller
-            && agent.id != a.agent
-        {
-            return Err(missing());
+    let wait = match &q.wait {
+        None => 0,
+        Some(w) => {
+            let secs =
+                warden_core::duration::Duration::parse(w).map_err(|e| ApiError::invalid("invalid_wait", e))?.as_secs();
+            if secs > MAX_WAIT_SECS {
+                return Err(ApiError::invalid("invalid_wait", format!("`wait` is at most {MAX_WAIT_SECS}s")));
+            }
+            secs
         }
-        Ok(Json(answer(&a, &d)))
-    })
-    .await
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    // Subscribed before the first look, so no change between the look and the wait is missed.
+    let mut changes = app.subscribe();
+    loop {
+        let (id, caller) = (id.clone(), caller.clone());
+        let found = blocking(&app, move |s| {
+            let missing = || ApiError::not_found("unknown_action", format!("no action request `{id}`"));
+            let (a, d) = load_pair(s.ledger().store().as_ref(), &id)?.ok_or_else(missing)?;
+            if let Caller::Agent(agent) = &caller
+                && agent.id != a.agent
+            {
+                return Err(missing());
+            }
+            Ok(answer(&a, &d))
+        })
+        .await?;
+        if found.state != "pending_approval" || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(found));
+        }
+        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            // Timed out; one last look below.
+            continue;
+        }
+    }
 }

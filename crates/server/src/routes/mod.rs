@@ -6,6 +6,7 @@
 
 mod actions;
 mod admin;
+mod approvals;
 mod audit;
 mod ops;
 mod policy;
@@ -53,7 +54,13 @@ fn documented() -> OpenApiRouter<App> {
         .routes(routes!(admin::resume_agent))
         .routes(routes!(admin::agent_token))
         .routes(routes!(admin::list_users, admin::add_user))
+        .routes(routes!(approvals::list))
+        .routes(routes!(approvals::show))
+        .routes(routes!(approvals::approve))
+        .routes(routes!(approvals::reject))
 }
+
+pub use approvals::sweep as sweep_approvals;
 
 /// The OpenAPI 3.1 document of this server, generated from the routes above.
 pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {

@@ -116,7 +116,8 @@ pub async fn get(
     .await
 }
 
-/// Close a task (its leases are revoked once execution lands).
+/// Close a task: its pending approvals are cancelled in the same commit (its leases are
+/// revoked once execution lands).
 #[utoipa::path(post, path = "/v1/tasks/{id}/close", tag = "tasks", security(("bearer" = [])),
     params(("id" = String, Path, description = "the task id")),
     responses(
@@ -142,12 +143,26 @@ pub async fn close(
         let mut updated = task.record();
         updated.version = r.version;
         let event = Event::new(EventType::TaskClosed, caller.actor()).task(&id);
-        s.ledger().commit(Batch::new().change(Change::Update(updated)).event(event)).map_err(|e| match e {
+        let mut batch = Batch::new().change(Change::Update(updated)).event(event);
+        // Its pending approvals are cancelled in the same commit.
+        let store = s.ledger().store();
+        let pending = crate::approvals::pending_of_task(store.as_ref(), &id)?;
+        for v in &pending {
+            let (_, cancel) =
+                crate::approvals::cancel_batch(store.as_ref(), v, &caller.actor(), "the task was closed", s.now())?;
+            batch.changes.extend(cancel.changes);
+            batch.events.extend(cancel.events);
+        }
+        let cancelled = !pending.is_empty();
+        s.ledger().commit(batch).map_err(|e| match e {
             StoreError::Conflict { .. } => {
                 ApiError::conflict("conflict", format!("task `{id}` changed meanwhile; try again"))
             }
             other => other.into(),
         })?;
+        if cancelled {
+            s.changed();
+        }
         Ok(Json(task))
     })
     .await

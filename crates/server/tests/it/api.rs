@@ -106,8 +106,9 @@ async fn requests_are_decided_recorded_and_readable() {
     let (_, deny) = h.call("POST", "/v1/actions", Some(&agent), Some(unknown)).await;
     assert_eq!((deny["state"].as_str(), deny["decision"]["outcome"].as_str()), (Some("denied"), Some("deny")));
 
-    // Each request added exactly two entries (requested, decided); the log still verifies.
-    assert_eq!(verified_size(&h), before + 8);
+    // Each request added two entries (requested, decided), the one that needs a human a
+    // third (approval.requested); the log still verifies.
+    assert_eq!(verified_size(&h), before + 9);
     let id = exec["id"].as_str().unwrap();
     let (status, read) = h.call("GET", &format!("/v1/actions/{id}"), Some(&agent), None).await;
     assert_eq!((status, &read), (StatusCode::OK, &exec));

@@ -3,6 +3,7 @@
 
 mod admin_api;
 mod api;
+mod approvals;
 mod identity;
 mod openapi;
 mod reload;
@@ -20,9 +21,10 @@ use tower::ServiceExt as _;
 use warden_core::audit::entry::Actor;
 use warden_core::{Bundle, SourceFile};
 use warden_server::identity::{ExternalIssuer, IssuerConfig};
+use warden_server::notify::NotifyOptions;
 use warden_server::state::ServerOptions;
 use warden_server::{App, AppState, admin, router};
-use warden_store::{DataDir, SystemClock};
+use warden_store::{Clock, DataDir, SystemClock};
 
 pub const EDR: &str = "spiffe://acme.example/soc/edr-responder";
 pub const PHISH: &str = "spiffe://acme.example/soc/phish-triage";
@@ -73,27 +75,33 @@ pub fn harness() -> Harness {
 
 /// The same, with the bundle read from `policy_dir` (reloadable).
 pub fn harness_from(policy_dir: Option<&Path>) -> Harness {
+    harness_with(policy_dir, Arc::new(SystemClock), NotifyOptions::default())
+}
+
+/// The example bundle, a clock of the test's own and notices to `notify`'s webhooks.
+pub fn harness_with(policy_dir: Option<&Path>, clock: Arc<dyn Clock>, notify: NotifyOptions) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let (data, admin_token) = DataDir::init(dir.path(), "warden.test/audit", Arc::new(SystemClock)).unwrap();
+    let (data, admin_token) = DataDir::init(dir.path(), "warden.test/audit", clock.clone()).unwrap();
     let files = read_bundle(policy_dir.unwrap_or(&example_dir()));
     let bundle = Bundle::load(&files).unwrap();
-    let now = time::OffsetDateTime::now_utc();
+    let now = clock.now();
     for g in bundle.agents() {
         admin::add_agent(data.ledger(), &Actor::user("admin"), &g.id, &g.owner, &g.purpose, now).unwrap();
     }
     let options = ServerOptions {
         policy_dir: policy_dir.map(Path::to_path_buf),
         issuers: external_issuers(),
+        notify,
         ..Default::default()
     };
-    let app = AppState::with_options(data, bundle, Arc::new(SystemClock), options).unwrap();
+    let app = AppState::with_options(data, bundle, clock, options).unwrap();
     Harness { _dir: dir, router: router(app.clone()), app, admin: admin_token }
 }
 
 impl Harness {
     /// A JWT-SVID for `agent` from the local issuer, valid 10 minutes.
     pub fn svid(&self, agent: &str) -> String {
-        self.app.tokens.local.mint(agent, "warden", time::OffsetDateTime::now_utc(), 600)
+        self.app.tokens.local.mint(agent, "warden", self.app.now(), 600)
     }
 
     pub async fn call(

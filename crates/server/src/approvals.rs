@@ -1,0 +1,483 @@
+//! The approval workflow (DESIGN §3 `require_approval`): an approval is opened by a decision,
+//! gathers votes from humans with a required role until its quorum, or is rejected, expires or
+//! is cancelled. Every transition moves the approval and the requests it covers together, in
+//! one commit with its audit entries; concurrent votes are serialised by the records'
+//! versions, so exactly one transition wins.
+//!
+//! ```text
+//! pending ──quorum of distinct approvers──► approved
+//!    │ ──one reject (with a reason)───────► rejected
+//!    │ ──expires_at passes (sweeper/vote)─► expired
+//!    └ ──task closed / halt───────────────► cancelled
+//! ```
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use warden_core::audit::entry::{Actor, Event, EventType};
+use warden_core::decision::{Cap, PolicyRef};
+use warden_core::request::Evidence;
+use warden_store::{Batch, Change, Query, Record, Store, StoreError, Table};
+
+use crate::error::ApiError;
+use crate::model::{ActionRecord, Model, User, millis, rfc3339};
+
+/// How many times a vote is re-applied when another commit changed the approval meanwhile.
+const RETRIES: usize = 16;
+
+/// The window of an agent's track record.
+pub const TRACK_RECORD_DAYS: i64 = 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Rejected,
+    Expired,
+    Cancelled,
+}
+
+impl ApprovalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Rejected => "rejected",
+            ApprovalState::Expired => "expired",
+            ApprovalState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state the covered requests move to (DESIGN §8 request states).
+    fn request_state(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending_approval",
+            other => other.as_str(),
+        }
+    }
+}
+
+/// One approver's vote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Vote {
+    pub user: String,
+    /// The required role the approver holds.
+    pub role: String,
+    pub at: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A request waiting for humans, and what they decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Approval {
+    /// `apr_…`
+    pub id: String,
+    pub state: ApprovalState,
+    pub agent: String,
+    /// The agent's accountable owner (separation of duties).
+    pub owner: String,
+    pub task: String,
+    pub action: String,
+    pub target: String,
+    /// The request that opened it, then identical ones folded into it.
+    pub requests: Vec<String>,
+    pub confidence: f64,
+    pub rationale: String,
+    pub evidence: Vec<Evidence>,
+    /// Any one of these roles may approve.
+    pub roles: Vec<String>,
+    /// Distinct approvers needed.
+    pub quorum: u32,
+    /// The agent's owner may not approve.
+    pub separation_of_duties: bool,
+    pub notify: Vec<String>,
+    /// Why the decision went to humans.
+    pub caps: Vec<Cap>,
+    pub policies: Vec<PolicyRef>,
+    pub bundle_version: String,
+    /// The action's lease TTL from the catalog, in seconds: approvers may shorten it, never
+    /// lengthen it.
+    pub lease_ttl_secs: u64,
+    /// The shortest lease TTL an approver set, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub narrowed_lease_ttl_secs: Option<u64>,
+    pub created_at: String,
+    pub created_ms: i64,
+    pub expires_at: String,
+    pub expires_ms: i64,
+    pub votes: Vec<Vote>,
+    /// Whether the escalation notice went out.
+    #[serde(default)]
+    pub escalated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+    /// The human (or `system`) whose action ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Identical pending requests (same agent, action, target) fold into one approval.
+pub fn fold_key(agent: &str, action: &str, target: &str) -> String {
+    format!("fold\u{0}{agent}\u{0}{action}\u{0}{target}")
+}
+
+impl Model for Approval {
+    const TABLE: Table = Table::Approvals;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn record(&self) -> Record {
+        let mut r = Record::new(Table::Approvals, &self.id, serde_json::to_value(self).unwrap_or_default())
+            .agent(&self.agent)
+            .task(&self.task)
+            .state(self.state.as_str())
+            .at(self.expires_ms);
+        // Only a pending approval holds its fold key, so a new one can open once it ends.
+        if self.state == ApprovalState::Pending {
+            r = r.key(fold_key(&self.agent, &self.action, &self.target));
+        }
+        r
+    }
+}
+
+/// An approval with the version it was read at.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    pub approval: Approval,
+    pub version: u64,
+}
+
+pub fn load(store: &dyn Store, id: &str) -> Result<Option<Versioned>, ApiError> {
+    store
+        .get(Table::Approvals, id)?
+        .map(|r| Ok(Versioned { approval: Approval::from_record(&r)?, version: r.version }))
+        .transpose()
+}
+
+/// The pending approval for this agent × action × target, if any.
+pub fn pending_for(store: &dyn Store, agent: &str, action: &str, target: &str) -> Result<Option<Versioned>, ApiError> {
+    let q = Query { key: Some(fold_key(agent, action, target)), limit: 1, ..Query::default() };
+    match store.find(Table::Approvals, &q)?.into_iter().next() {
+        Some(r) => Ok(Some(Versioned { approval: Approval::from_record(&r)?, version: r.version })),
+        None => Ok(None),
+    }
+}
+
+/// Pending approvals (or those in `state`), soonest expiry first.
+pub fn list(store: &dyn Store, state: ApprovalState) -> Result<Vec<Approval>, ApiError> {
+    let q = Query { state: Some(state.as_str().into()), ..Query::default() };
+    let mut all = store.find(Table::Approvals, &q)?.iter().map(Approval::from_record).collect::<Result<Vec<_>, _>>()?;
+    all.sort_by(|a, b| a.expires_ms.cmp(&b.expires_ms).then_with(|| a.id.cmp(&b.id)));
+    Ok(all)
+}
+
+/// The changes that end `v` in `to`: the approval itself (version-checked) and each request it
+/// covers; the caller adds them, with an event, to one batch.
+pub fn end(
+    store: &dyn Store,
+    v: &Versioned,
+    to: ApprovalState,
+    by: &str,
+    reason: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<(Approval, Vec<Change>), ApiError> {
+    let mut a = v.approval.clone();
+    a.state = to;
+    a.decided_at = Some(rfc3339(now));
+    a.decided_by = Some(by.to_string());
+    a.reason = reason.map(str::to_string);
+    let mut record = a.record();
+    record.version = v.version;
+    let mut changes = vec![Change::Update(record)];
+    for id in &a.requests {
+        let Some(r) = store.get(Table::Requests, id)? else { continue };
+        let mut req = ActionRecord::from_record(&r)?;
+        if req.state != ApprovalState::Pending.request_state() {
+            continue;
+        }
+        req.state = to.request_state().to_string();
+        let mut updated = req.record();
+        updated.version = r.version;
+        changes.push(Change::Update(updated));
+    }
+    Ok((a, changes))
+}
+
+fn event_for(a: &Approval, kind: EventType, actor: Actor, data: serde_json::Value) -> Event {
+    let mut e = Event::new(kind, actor).task(&a.task).action(&a.action);
+    if let Some(first) = a.requests.first() {
+        e = e.request(first);
+    }
+    let mut body =
+        json!({"approval": a.id, "state": a.state, "agent": a.agent, "target": a.target, "requests": a.requests});
+    if let (Some(o), Some(extra)) = (body.as_object_mut(), data.as_object()) {
+        o.extend(extra.clone());
+    }
+    e.data(body)
+}
+
+/// The batch that expires `v` (actor `system`), audited as `approval.expired`.
+pub fn expire_batch(store: &dyn Store, v: &Versioned, now: OffsetDateTime) -> Result<(Approval, Batch), ApiError> {
+    let (a, changes) = end(store, v, ApprovalState::Expired, "system", Some("no decision before it expired"), now)?;
+    let event =
+        event_for(&a, EventType::ApprovalExpired, Actor::system("approvals"), json!({"expires_at": a.expires_at}));
+    Ok((a, Batch { changes, events: vec![event] }))
+}
+
+/// The batch that cancels `v`, audited as `approval.cancelled` by `actor`.
+pub fn cancel_batch(
+    store: &dyn Store,
+    v: &Versioned,
+    actor: &Actor,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<(Approval, Batch), ApiError> {
+    let (a, changes) = end(store, v, ApprovalState::Cancelled, &actor.id, Some(reason), now)?;
+    let event = event_for(&a, EventType::ApprovalCancelled, actor.clone(), json!({"reason": reason}));
+    Ok((a, Batch { changes, events: vec![event] }))
+}
+
+/// The pending approvals of a task, each to be cancelled with the task's close.
+pub fn pending_of_task(store: &dyn Store, task: &str) -> Result<Vec<Versioned>, ApiError> {
+    let q = Query { task: Some(task.into()), state: Some("pending".into()), ..Query::default() };
+    store
+        .find(Table::Approvals, &q)?
+        .iter()
+        .map(|r| Ok(Versioned { approval: Approval::from_record(r)?, version: r.version }))
+        .collect()
+}
+
+/// What a human asks for.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    Approve { reason: String, lease_ttl_secs: Option<u64> },
+    Reject { reason: String },
+}
+
+/// What a vote did.
+#[derive(Debug, Clone)]
+pub struct Voted {
+    pub approval: Approval,
+    /// Whether this vote moved the approval out of `pending`.
+    pub transitioned: bool,
+}
+
+fn closed(a: &Approval) -> ApiError {
+    let code = match a.state {
+        ApprovalState::Expired => "approval_expired",
+        ApprovalState::Cancelled => "approval_cancelled",
+        _ => "approval_decided",
+    };
+    ApiError::conflict(code, format!("approval `{}` is {}; it can no longer be decided", a.id, a.state.as_str()))
+}
+
+/// Whether `user` counts as the agent's owner: their id, `user:<id>`, or one of their roles
+/// (a team such as `team:endpoint-response`) names the owner.
+fn is_owner(user: &User, owner: &str) -> bool {
+    user.id == owner || owner.strip_prefix("user:") == Some(user.id.as_str()) || user.has_role(owner)
+}
+
+/// Applies one human's verdict to approval `id`, under every rule; re-applied on a version
+/// conflict until it either commits or a rule refuses it.
+pub fn vote(
+    store: &dyn Store,
+    commit: &dyn Fn(Batch) -> Result<(), StoreError>,
+    id: &str,
+    user: &User,
+    verdict: &Verdict,
+    now: OffsetDateTime,
+) -> Result<Voted, ApiError> {
+    if let Verdict::Reject { reason } = verdict
+        && reason.trim().is_empty()
+    {
+        return Err(ApiError::invalid("reason_required", "a rejection needs a `reason`"));
+    }
+    for _ in 0..RETRIES {
+        let v =
+            load(store, id)?.ok_or_else(|| ApiError::not_found("unknown_approval", format!("no approval `{id}`")))?;
+        let a = &v.approval;
+        if a.state != ApprovalState::Pending {
+            return Err(closed(a));
+        }
+        if millis(now) >= a.expires_ms {
+            // Too late: record the expiry (unless someone else just did), then refuse.
+            let (expired, batch) = expire_batch(store, &v, now)?;
+            match commit(batch) {
+                Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Err(closed(&expired));
+        }
+        let Some(role) = a.roles.iter().find(|r| user.has_role(r)) else {
+            return Err(ApiError::forbidden(
+                "missing_role",
+                format!("approving needs one of the roles: {}", a.roles.join(", ")),
+            )
+            .details(json!({"required": a.roles})));
+        };
+        if a.separation_of_duties && is_owner(user, &a.owner) {
+            return Err(ApiError::forbidden(
+                "separation_of_duties",
+                format!("`{}` owns agent `{}` and may not decide its requests", user.id, a.agent),
+            ));
+        }
+        let actor = Actor::user(&user.id);
+        let (approval, batch, transitioned) = match verdict {
+            Verdict::Reject { reason } => {
+                let (ended, changes) = end(store, &v, ApprovalState::Rejected, &user.id, Some(reason), now)?;
+                let event =
+                    event_for(&ended, EventType::ApprovalRejected, actor, json!({"role": role, "reason": reason}));
+                (ended, Batch { changes, events: vec![event] }, true)
+            }
+            Verdict::Approve { reason, lease_ttl_secs } => {
+                if a.votes.iter().any(|x| x.user == user.id) {
+                    return Err(ApiError::conflict(
+                        "already_voted",
+                        format!("`{}` already approved `{id}`; a person counts once toward the quorum", user.id),
+                    ));
+                }
+                let widest = a.narrowed_lease_ttl_secs.unwrap_or(a.lease_ttl_secs);
+                if let Some(ttl) = lease_ttl_secs
+                    && (*ttl == 0 || *ttl > widest)
+                {
+                    return Err(ApiError::invalid(
+                        "widening_not_allowed",
+                        format!("an approval may shorten the lease to at most {widest}s, not set {ttl}s"),
+                    ));
+                }
+                let mut next = v.clone();
+                next.approval.votes.push(Vote {
+                    user: user.id.clone(),
+                    role: role.clone(),
+                    at: rfc3339(now),
+                    reason: reason.clone(),
+                });
+                if let Some(ttl) = lease_ttl_secs {
+                    next.approval.narrowed_lease_ttl_secs = Some(*ttl);
+                }
+                let count = next.approval.votes.len() as u32;
+                let (updated, changes, done) = if count >= a.quorum {
+                    let (ended, changes) = end(store, &next, ApprovalState::Approved, &user.id, Some(reason), now)?;
+                    (ended, changes, true)
+                } else {
+                    let mut record = next.approval.record();
+                    record.version = v.version;
+                    (next.approval.clone(), vec![Change::Update(record)], false)
+                };
+                let event = event_for(
+                    &updated,
+                    EventType::ApprovalGranted,
+                    actor,
+                    json!({"role": role, "reason": reason, "votes": count, "quorum": a.quorum,
+                           "lease_ttl_secs": lease_ttl_secs}),
+                );
+                (updated, Batch { changes, events: vec![event] }, done)
+            }
+        };
+        match commit(batch) {
+            Ok(()) => return Ok(Voted { approval, transitioned }),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict("conflict", format!("approval `{id}` keeps changing; try again")))
+}
+
+/// An agent's record for one action over the last [`TRACK_RECORD_DAYS`] days.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TrackRecord {
+    pub days: i64,
+    pub approved: u64,
+    pub rejected: u64,
+    pub expired: u64,
+    pub rolled_back: u64,
+}
+
+pub fn track_record(
+    store: &dyn Store,
+    agent: &str,
+    action: &str,
+    now: OffsetDateTime,
+) -> Result<TrackRecord, ApiError> {
+    let since = millis(now - time::Duration::days(TRACK_RECORD_DAYS));
+    let mut t = TrackRecord { days: TRACK_RECORD_DAYS, ..TrackRecord::default() };
+    let q = Query { agent: Some(agent.into()), at_from: Some(since), ..Query::default() };
+    for r in store.find(Table::Approvals, &q)? {
+        let a = Approval::from_record(&r)?;
+        if a.action != action {
+            continue;
+        }
+        match a.state {
+            ApprovalState::Approved => t.approved += 1,
+            ApprovalState::Rejected => t.rejected += 1,
+            ApprovalState::Expired => t.expired += 1,
+            _ => {}
+        }
+    }
+    let q = Query {
+        agent: Some(agent.into()),
+        state: Some("rolled_back".into()),
+        at_from: Some(since),
+        ..Query::default()
+    };
+    for r in store.find(Table::Requests, &q)? {
+        if ActionRecord::from_record(&r)?.action == action {
+            t.rolled_back += 1;
+        }
+    }
+    Ok(t)
+}
+
+/// What a sweep found: approvals it expired, and ones due for their escalation notice (now
+/// marked as escalated).
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub expired: Vec<Approval>,
+    pub escalated: Vec<Approval>,
+}
+
+/// Expires every pending approval past its expiry, and marks for escalation those two thirds
+/// through their time. Each in its own commit; a conflict means a human got there first.
+pub fn sweep(
+    store: &dyn Store,
+    commit: &dyn Fn(Batch) -> Result<(), StoreError>,
+    now: OffsetDateTime,
+) -> Result<Swept, ApiError> {
+    let mut swept = Swept::default();
+    let now_ms = millis(now);
+    let q = Query { state: Some("pending".into()), ..Query::default() };
+    for r in store.find(Table::Approvals, &q)? {
+        let v = Versioned { approval: Approval::from_record(&r)?, version: r.version };
+        let a = &v.approval;
+        if now_ms >= a.expires_ms {
+            let (expired, batch) = expire_batch(store, &v, now)?;
+            match commit(batch) {
+                Ok(()) => swept.expired.push(expired),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else if !a.escalated && now_ms >= a.created_ms + (a.expires_ms - a.created_ms) * 2 / 3 {
+            let mut next = a.clone();
+            next.escalated = true;
+            let mut record = next.record();
+            record.version = v.version;
+            let event = event_for(
+                &next,
+                EventType::ApprovalEscalated,
+                Actor::system("approvals"),
+                json!({"notify": next.notify}),
+            );
+            match commit(Batch::new().change(Change::Update(record)).event(event)) {
+                Ok(()) => swept.escalated.push(next),
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(swept)
+}

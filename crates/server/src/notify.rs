@@ -1,0 +1,259 @@
+//! Telling humans an approval needs them: webhooks, generic JSON or a Slack-compatible
+//! incoming-webhook payload, sent when an approval opens, escalates and expires.
+//!
+//! Delivery never blocks or endangers the approval: notices go into a bounded queue drained by
+//! one thread, each retried with exponential backoff; a notice that cannot be delivered (or
+//! that finds the queue full) is audited as `notification.failed`, and the approval carries on.
+
+use std::sync::Weak;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use warden_core::audit::entry::{Actor, Event, EventType};
+use warden_store::Batch;
+
+use crate::approvals::Approval;
+use crate::state::AppState;
+
+/// Notices waiting for delivery, at most.
+const QUEUE: usize = 1024;
+
+/// Why a notice is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Created,
+    Escalated,
+    Expired,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Created => "approval.requested",
+            Kind::Escalated => "approval.escalated",
+            Kind::Expired => "approval.expired",
+        }
+    }
+}
+
+/// The payload shape a webhook receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// `{"event", "approval": {…}, "links": {…}}`
+    #[default]
+    Json,
+    /// A Slack incoming-webhook message: `{"text", "blocks": […]}`.
+    Slack,
+}
+
+/// One configured webhook (`[[notify.webhooks]]` in `warden.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// A name for logs and the audit log (never the URL, which may hold a secret).
+    #[serde(default = "default_name")]
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub format: Format,
+}
+
+fn default_name() -> String {
+    "webhook".into()
+}
+
+/// How notices are delivered.
+#[derive(Debug, Clone)]
+pub struct NotifyOptions {
+    pub webhooks: Vec<Webhook>,
+    /// Attempts per notice and webhook (at least 1).
+    pub attempts: u32,
+    /// The wait before the second attempt; doubled each time after.
+    pub backoff: Duration,
+    pub timeout: Duration,
+    /// The server's address as people reach it, for links (`https://warden.soc.example`).
+    pub public_url: String,
+}
+
+impl Default for NotifyOptions {
+    fn default() -> Self {
+        NotifyOptions {
+            webhooks: Vec::new(),
+            attempts: 4,
+            backoff: Duration::from_millis(500),
+            timeout: Duration::from_secs(5),
+            public_url: "http://127.0.0.1:8443".into(),
+        }
+    }
+}
+
+/// The generic JSON payload.
+pub fn json_payload(kind: Kind, a: &Approval, public_url: &str) -> Value {
+    json!({
+        "event": kind.as_str(),
+        "approval": {
+            "id": a.id, "state": a.state, "agent": a.agent, "owner": a.owner, "task": a.task,
+            "action": a.action, "target": a.target, "confidence": a.confidence, "rationale": a.rationale,
+            "evidence": a.evidence, "roles": a.roles, "quorum": a.quorum, "votes": a.votes.len(),
+            "expires_at": a.expires_at, "caps": a.caps, "requests": a.requests,
+        },
+        "links": links(a, public_url),
+    })
+}
+
+fn links(a: &Approval, public_url: &str) -> Value {
+    let base = public_url.trim_end_matches('/');
+    json!({
+        "approval": format!("{base}/v1/approvals/{}", a.id),
+        "task": format!("{base}/v1/tasks/{}", a.task),
+        "request": a.requests.first().map(|r| format!("{base}/v1/actions/{r}")),
+    })
+}
+
+/// The Slack-compatible payload: a header, the facts as fields, the rationale, the links.
+pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str) -> Value {
+    let title = match kind {
+        Kind::Created => "Approval needed",
+        Kind::Escalated => "Approval escalated: still waiting",
+        Kind::Expired => "Approval expired without a decision",
+    };
+    let l = links(a, public_url);
+    let text = format!("{title}: {} on {} by {}", a.action, a.target, a.agent);
+    json!({
+        "text": text,
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": title}},
+            {"type": "section", "fields": [
+                {"type": "mrkdwn", "text": format!("*Agent*\n{}", a.agent)},
+                {"type": "mrkdwn", "text": format!("*Action*\n{}", a.action)},
+                {"type": "mrkdwn", "text": format!("*Target*\n{}", a.target)},
+                {"type": "mrkdwn", "text": format!("*Confidence*\n{:.2}", a.confidence)},
+                {"type": "mrkdwn", "text": format!("*Approvers*\n{} (quorum {})", a.roles.join(", "), a.quorum)},
+                {"type": "mrkdwn", "text": format!("*Expires*\n{}", a.expires_at)},
+            ]},
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("*Rationale*\n{}", a.rationale)}},
+            {"type": "context", "elements": [
+                {"type": "mrkdwn", "text": format!("<{}|approval {}> · <{}|task {}>",
+                    l["approval"].as_str().unwrap_or_default(), a.id, l["task"].as_str().unwrap_or_default(), a.task)},
+            ]},
+        ],
+    })
+}
+
+#[derive(Debug)]
+struct Job {
+    kind: Kind,
+    approval: Approval,
+}
+
+/// Sends notices; cheap to call from a request's path (it only queues).
+#[derive(Debug)]
+pub struct Notifier {
+    tx: Option<SyncSender<Job>>,
+    app: Weak<AppState>,
+}
+
+impl Notifier {
+    /// A notifier that sends nothing (no webhook configured).
+    pub fn disabled() -> Self {
+        Notifier { tx: None, app: Weak::new() }
+    }
+
+    /// Starts the delivery thread for `options.webhooks`; failures are audited through `app`.
+    pub fn start(options: NotifyOptions, app: Weak<AppState>) -> Self {
+        if options.webhooks.is_empty() {
+            return Notifier { tx: None, app };
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let worker_app = app.clone();
+        let spawned = std::thread::Builder::new()
+            .name("warden-notify".into())
+            .spawn(move || deliver_all(rx, &options, &worker_app));
+        match spawned {
+            Ok(_) => Notifier { tx: Some(tx), app },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the notifier; notices will be audited as failed");
+                Notifier { tx: None, app }
+            }
+        }
+    }
+
+    /// Queues a notice about `approval`; never blocks.
+    pub fn send(&self, kind: Kind, approval: &Approval) {
+        let Some(tx) = &self.tx else { return };
+        match tx.try_send(Job { kind, approval: approval.clone() }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => audit_failure(&self.app, &job, "all", 0, "the notification queue is full"),
+            Err(TrySendError::Disconnected(job)) => {
+                audit_failure(&self.app, &job, "all", 0, "the notifier has stopped")
+            }
+        }
+    }
+}
+
+fn deliver_all(rx: Receiver<Job>, options: &NotifyOptions, app: &Weak<AppState>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(options.timeout))
+        .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into();
+    while let Ok(job) = rx.recv() {
+        for hook in &options.webhooks {
+            let payload = match hook.format {
+                Format::Json => json_payload(job.kind, &job.approval, &options.public_url),
+                Format::Slack => slack_payload(job.kind, &job.approval, &options.public_url),
+            };
+            let attempts = options.attempts.max(1);
+            let mut last = String::new();
+            let mut delivered = false;
+            for n in 0..attempts {
+                if n > 0 {
+                    std::thread::sleep(options.backoff.saturating_mul(1 << (n - 1).min(16)));
+                }
+                match agent.post(&hook.url).send_json(&payload) {
+                    Ok(res) if res.status().is_success() => {
+                        delivered = true;
+                        break;
+                    }
+                    Ok(res) => last = format!("HTTP {}", res.status().as_u16()),
+                    // The error may quote the URL; keep only its kind.
+                    Err(e) => last = error_kind(&e),
+                }
+            }
+            if !delivered {
+                tracing::warn!(webhook = %hook.name, approval = %job.approval.id, reason = %last, "notification failed");
+                audit_failure(app, &job, &hook.name, attempts, &last);
+            }
+        }
+    }
+}
+
+fn error_kind(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Timeout(_) => "timed out".into(),
+        ureq::Error::Io(io) => format!("connection failed ({:?})", io.kind()),
+        ureq::Error::HostNotFound => "host not found".into(),
+        ureq::Error::ConnectionFailed => "connection failed".into(),
+        _ => "request failed".into(),
+    }
+}
+
+fn audit_failure(app: &Weak<AppState>, job: &Job, webhook: &str, attempts: u32, reason: &str) {
+    let Some(app) = app.upgrade() else { return };
+    let a = &job.approval;
+    let mut event = Event::new(EventType::NotificationFailed, Actor::system("notifier"))
+        .task(&a.task)
+        .action(&a.action)
+        .data(json!({"approval": a.id, "notice": job.kind.as_str(), "webhook": webhook,
+                     "attempts": attempts, "reason": reason}));
+    if let Some(r) = a.requests.first() {
+        event = event.request(r);
+    }
+    if let Err(e) = app.ledger().commit(Batch::new().event(event)) {
+        tracing::error!(error = %e, "cannot audit a failed notification");
+    }
+}

@@ -1,0 +1,470 @@
+//! The approval workflow: every transition and every rule, expiry on a clock the test moves,
+//! concurrent approvers, long polls, and notices to a webhook receiver on loopback.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use warden_server::notify::{Format, NotifyOptions, Webhook};
+use warden_store::ManualClock;
+
+use crate::{EDR, Harness, harness_with};
+
+const IAM: &str = "spiffe://acme.example/soc/identity-responder";
+
+fn clocked() -> (Harness, Arc<ManualClock>) {
+    clocked_with(NotifyOptions::default())
+}
+
+fn clocked_with(notify: NotifyOptions) -> (Harness, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
+    (harness_with(None, clock.clone(), notify), clock)
+}
+
+async fn task(h: &Harness, agent: &str, id: &str) {
+    let body = json!({"id": id, "title": "t", "trigger": {"source": "edr", "severity": "high"}});
+    let (status, answer) = h.call("POST", "/v1/tasks", Some(agent), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+}
+
+/// EDR isolates the payments database: analysts or the incident commander, quorum 1, 10 min.
+async fn isolate_db(h: &Harness) -> Value {
+    let agent = h.svid(EDR);
+    task(h, &agent, "INC-7").await;
+    request(h, &agent, "INC-7", "host.isolate", "host:db-payments-01").await
+}
+
+async fn request(h: &Harness, agent: &str, task: &str, action: &str, target: &str) -> Value {
+    let body = json!({"task": task, "action": action, "target": target, "confidence": 0.95,
+        "params": {"reason": "beacon"}, "rationale": "C2 beacon from the host", "evidence": [{"kind": "edr", "ref": "det:9"}, {"kind": "idp", "ref": "risk:1"}]});
+    let (status, answer) = h.call("POST", "/v1/actions", Some(agent), Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["state"], "pending_approval", "{answer}");
+    answer
+}
+
+fn approval_id(answer: &Value) -> String {
+    answer["decision"]["approval"]["id"].as_str().expect("the decision names its approval").to_string()
+}
+
+async fn vote(h: &Harness, token: &str, id: &str, verb: &str, body: Value) -> (StatusCode, Value) {
+    h.call("POST", &format!("/v1/approvals/{id}/{verb}"), Some(token), Some(body)).await
+}
+
+async fn state_of_request(h: &Harness, id: &str) -> String {
+    let (_, a) = h.call("GET", &format!("/v1/actions/{id}"), Some(&h.admin), None).await;
+    a["state"].as_str().unwrap().to_string()
+}
+
+fn log(h: &Harness) -> Vec<Value> {
+    let store = h.app.ledger().store();
+    store.entries(0, 100_000).unwrap().iter().map(|e| serde_json::from_slice(&e.bytes).unwrap()).collect()
+}
+
+fn of_type<'a>(log: &'a [Value], t: &str) -> Vec<&'a Value> {
+    log.iter().filter(|e| e["type"] == t).collect()
+}
+
+#[tokio::test]
+async fn a_require_approval_decision_opens_an_approval_that_an_analyst_grants() {
+    let (h, _) = clocked();
+    let answer = isolate_db(&h).await;
+    let id = approval_id(&answer);
+    let (status, a) = h.call("GET", &format!("/v1/approvals/{id}"), Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    assert_eq!(a["state"], "pending");
+    assert_eq!(a["roles"], json!(["soc-analyst", "incident-commander"]));
+    assert_eq!((a["quorum"].as_u64(), a["separation_of_duties"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(a["rationale"], "C2 beacon from the host");
+    assert_eq!(a["evidence"][0]["ref"], "det:9");
+    assert_eq!(a["requests"], json!([answer["id"]]));
+    assert_eq!(a["expires_at"], answer["decision"]["approval"]["expires_at"]);
+    assert_eq!(a["track_record"], json!({"days": 30, "approved": 0, "rejected": 0, "expired": 0, "rolled_back": 0}));
+    let created =
+        time::OffsetDateTime::parse(a["created_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    let expires =
+        time::OffsetDateTime::parse(a["expires_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    let lifetime = expires - created;
+    assert!(
+        (lifetime - time::Duration::minutes(10)).abs() < time::Duration::milliseconds(1),
+        "the guardrail's 10m, not {lifetime}"
+    );
+
+    let (_, inbox) = h.call("GET", "/v1/approvals", Some(&h.admin), None).await;
+    assert_eq!(inbox.as_array().unwrap().len(), 1);
+
+    let ana = h.user("ana", &["soc-analyst"]);
+    let (status, done) = vote(&h, &ana, &id, "approve", json!({"reason": "confirmed C2"})).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!((done["state"].as_str(), done["decided_by"].as_str()), (Some("approved"), Some("ana")));
+    assert_eq!(done["votes"][0]["role"], "soc-analyst");
+    assert_eq!(state_of_request(&h, answer["id"].as_str().unwrap()).await, "approved");
+    let log = log(&h);
+    let granted = of_type(&log, "approval.granted");
+    assert_eq!(granted.len(), 1);
+    assert_eq!(
+        (granted[0]["actor"]["id"].as_str(), granted[0]["data"]["reason"].as_str()),
+        (Some("ana"), Some("confirmed C2"))
+    );
+    assert_eq!(of_type(&log, "approval.requested").len(), 1);
+    // Decided: nobody may decide it again.
+    let (status, again) = vote(&h, &h.user("bo", &["incident-commander"]), &id, "reject", json!({"reason": "x"})).await;
+    assert_eq!((status, &again["error"]["code"]), (StatusCode::CONFLICT, &json!("approval_decided")));
+}
+
+#[tokio::test]
+async fn a_rejection_needs_a_reason_and_ends_the_approval() {
+    let (h, _) = clocked();
+    let answer = isolate_db(&h).await;
+    let id = approval_id(&answer);
+    let ana = h.user("ana", &["soc-analyst"]);
+    let (status, e) = vote(&h, &ana, &id, "reject", json!({"reason": "  "})).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("reason_required")));
+    let (status, e) = vote(&h, &ana, &id, "reject", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    let (status, done) = vote(&h, &ana, &id, "reject", json!({"reason": "false positive: backup job"})).await;
+    assert_eq!((status, done["state"].as_str()), (StatusCode::OK, Some("rejected")));
+    assert_eq!(done["reason"], "false positive: backup job");
+    assert_eq!(state_of_request(&h, answer["id"].as_str().unwrap()).await, "rejected");
+    let log = log(&h);
+    let rejected = of_type(&log, "approval.rejected");
+    assert_eq!((rejected.len(), rejected[0]["actor"]["id"].as_str()), (1, Some("ana")));
+}
+
+#[tokio::test]
+async fn only_a_required_role_may_decide_and_never_the_agents_owner() {
+    let (h, _) = clocked();
+    let id = approval_id(&isolate_db(&h).await);
+    let iam = h.user("ivy", &["iam-owner"]);
+    let (status, e) = vote(&h, &iam, &id, "approve", json!({})).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::FORBIDDEN, &json!("missing_role")));
+    // `admin` administers; it is not an approver role.
+    let (status, e) = vote(&h, &h.admin, &id, "approve", json!({})).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::FORBIDDEN, &json!("missing_role")));
+    // An analyst of the team that owns the EDR agent: separation of duties.
+    let owner = h.user("olga", &["soc-analyst", "team:endpoint-response"]);
+    let (status, e) = vote(&h, &owner, &id, "approve", json!({})).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::FORBIDDEN, &json!("separation_of_duties")));
+    let (status, e) = vote(&h, &owner, &id, "reject", json!({"reason": "mine"})).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::FORBIDDEN, &json!("separation_of_duties")));
+    // Agents cannot reach the inbox at all.
+    let (status, e) = vote(&h, &h.svid(EDR), &id, "approve", json!({})).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::FORBIDDEN, &json!("agents_not_allowed")));
+    let (_, a) = h.call("GET", &format!("/v1/approvals/{id}"), Some(&h.admin), None).await;
+    assert_eq!((a["state"].as_str(), a["votes"].as_array().unwrap().len()), (Some("pending"), 0));
+}
+
+#[tokio::test]
+async fn a_quorum_of_two_counts_each_person_once() {
+    let (h, _) = clocked();
+    let agent = h.svid(IAM);
+    task(&h, &agent, "INC-3").await;
+    let answer = request(&h, &agent, "INC-3", "account.disable", "account:adm-jdoe").await;
+    let id = approval_id(&answer);
+    assert_eq!(answer["decision"]["approval"]["quorum"], 2);
+    let (ivy, ian) = (h.user("ivy", &["iam-owner"]), h.user("ian", &["iam-owner"]));
+    let (status, first) = vote(&h, &ivy, &id, "approve", json!({"reason": "token theft confirmed"})).await;
+    assert_eq!(
+        (status, first["state"].as_str(), first["votes"].as_array().unwrap().len()),
+        (StatusCode::OK, Some("pending"), 1)
+    );
+    let (status, dup) = vote(&h, &ivy, &id, "approve", json!({})).await;
+    assert_eq!((status, &dup["error"]["code"]), (StatusCode::CONFLICT, &json!("already_voted")));
+    assert_eq!(state_of_request(&h, answer["id"].as_str().unwrap()).await, "pending_approval");
+    let (status, done) = vote(&h, &ian, &id, "approve", json!({})).await;
+    assert_eq!((status, done["state"].as_str()), (StatusCode::OK, Some("approved")));
+    let voters: Vec<&str> = done["votes"].as_array().unwrap().iter().map(|v| v["user"].as_str().unwrap()).collect();
+    assert_eq!(voters, ["ivy", "ian"]);
+    assert_eq!(state_of_request(&h, answer["id"].as_str().unwrap()).await, "approved");
+    let log = log(&h);
+    let granted = of_type(&log, "approval.granted");
+    let states: Vec<&str> = granted.iter().map(|e| e["data"]["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["pending", "approved"], "one entry per vote, one transition");
+}
+
+#[tokio::test]
+async fn an_approval_expires_on_the_clock_and_cannot_be_approved_after() {
+    let (h, clock) = clocked();
+    let first = isolate_db(&h).await;
+    let id = approval_id(&first);
+    clock.advance(time::Duration::minutes(9));
+    assert!(warden_server::sweep_approvals(&h.app).unwrap().expired.is_empty(), "not yet");
+    clock.advance(time::Duration::minutes(1));
+    let swept = warden_server::sweep_approvals(&h.app).unwrap();
+    assert_eq!(swept.expired.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), [id.as_str()]);
+    assert_eq!(state_of_request(&h, first["id"].as_str().unwrap()).await, "expired");
+    let ana = h.user("ana", &["soc-analyst"]);
+    let (status, e) = vote(&h, &ana, &id, "approve", json!({})).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::CONFLICT, &json!("approval_expired")));
+    let log = log(&h);
+    assert_eq!(of_type(&log, "approval.expired").len(), 1);
+    assert_eq!(of_type(&log, "approval.expired")[0]["actor"]["kind"], "system");
+
+    // Without a sweep in between, a late vote records the expiry itself, then is refused.
+    let agent = h.svid(EDR);
+    let second = request(&h, &agent, "INC-7", "host.isolate", "host:db-payments-01").await;
+    let id2 = approval_id(&second);
+    assert_ne!(id2, id, "an expired approval is not folded into");
+    clock.advance(time::Duration::minutes(11));
+    let (status, e) = vote(&h, &ana, &id2, "approve", json!({})).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::CONFLICT, &json!("approval_expired")));
+    assert_eq!(state_of_request(&h, second["id"].as_str().unwrap()).await, "expired");
+}
+
+#[tokio::test]
+async fn closing_the_task_cancels_its_pending_approvals() {
+    let (h, _) = clocked();
+    let answer = isolate_db(&h).await;
+    let id = approval_id(&answer);
+    let (status, _) = h.call("POST", "/v1/tasks/INC-7/close", Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, a) = h.call("GET", &format!("/v1/approvals/{id}"), Some(&h.admin), None).await;
+    assert_eq!((a["state"].as_str(), a["decided_by"].as_str()), (Some("cancelled"), Some("admin")));
+    assert_eq!(state_of_request(&h, answer["id"].as_str().unwrap()).await, "cancelled");
+    let (status, e) = vote(&h, &h.user("ana", &["soc-analyst"]), &id, "approve", json!({})).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::CONFLICT, &json!("approval_cancelled")));
+    assert_eq!(of_type(&log(&h), "approval.cancelled").len(), 1);
+}
+
+#[tokio::test]
+async fn an_approval_may_narrow_the_lease_but_never_widen_it() {
+    let (h, _) = clocked();
+    let id = approval_id(&isolate_db(&h).await);
+    let ana = h.user("ana", &["soc-analyst"]);
+    // host.isolate's lease is 10m in the example catalog.
+    let (status, e) = vote(&h, &ana, &id, "approve", json!({"lease_ttl": "11m"})).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("widening_not_allowed")));
+    let (status, e) = vote(&h, &ana, &id, "approve", json!({"lease_ttl": "soon"})).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_ttl")));
+    let (status, done) = vote(&h, &ana, &id, "approve", json!({"lease_ttl": "2m"})).await;
+    assert_eq!((status, done["state"].as_str()), (StatusCode::OK, Some("approved")));
+    assert_eq!((done["lease_ttl_secs"].as_u64(), done["narrowed_lease_ttl_secs"].as_u64()), (Some(600), Some(120)));
+}
+
+#[tokio::test]
+async fn identical_pending_requests_fold_into_one_approval() {
+    let (h, _) = clocked();
+    let first = isolate_db(&h).await;
+    let agent = h.svid(EDR);
+    let second = request(&h, &agent, "INC-7", "host.isolate", "host:db-payments-01").await;
+    assert_eq!(approval_id(&first), approval_id(&second));
+    assert_eq!(first["decision"]["approval"]["expires_at"], second["decision"]["approval"]["expires_at"]);
+    let (_, inbox) = h.call("GET", "/v1/approvals", Some(&h.admin), None).await;
+    assert_eq!(inbox.as_array().unwrap().len(), 1);
+    assert_eq!(inbox[0]["requests"], json!([first["id"], second["id"]]));
+    let (_, done) = vote(&h, &h.user("ana", &["soc-analyst"]), &approval_id(&first), "approve", json!({})).await;
+    assert_eq!(done["state"], "approved");
+    for r in [&first, &second] {
+        assert_eq!(state_of_request(&h, r["id"].as_str().unwrap()).await, "approved");
+    }
+    // Once decided, the same request opens a new approval.
+    let third = request(&h, &agent, "INC-7", "host.isolate", "host:db-payments-01").await;
+    assert_ne!(approval_id(&third), approval_id(&first));
+    // The inbox sorts by expiry and shows the agent's track record when opened.
+    let (_, shown) = h.call("GET", &format!("/v1/approvals/{}", approval_id(&third)), Some(&h.admin), None).await;
+    assert_eq!(shown["track_record"]["approved"], 1);
+}
+
+#[tokio::test]
+async fn the_inbox_is_sorted_by_expiry() {
+    let (h, clock) = clocked();
+    let iam = h.svid(IAM);
+    task(&h, &iam, "INC-3").await;
+    // account.disable expires after the guardrail's default (15m); host.isolate after 10m.
+    let late = request(&h, &iam, "INC-3", "account.disable", "account:jdoe").await;
+    clock.advance(time::Duration::seconds(30));
+    let soon = isolate_db(&h).await;
+    let (_, inbox) = h.call("GET", "/v1/approvals", Some(&h.admin), None).await;
+    let order: Vec<&str> = inbox.as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
+    assert_eq!(order, [approval_id(&soon), approval_id(&late)]);
+    let (status, e) = h.call("GET", "/v1/approvals?state=sideways", Some(&h.admin), None).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("malformed_query")));
+}
+
+#[tokio::test]
+async fn many_concurrent_approvers_make_exactly_one_transition() {
+    let (h, _) = clocked();
+    let answer = isolate_db(&h).await;
+    let id = approval_id(&answer);
+    let tokens: Vec<String> = (0..16).map(|i| h.user(&format!("analyst{i}"), &["soc-analyst"])).collect();
+    let h = Arc::new(h);
+    let mut tasks = Vec::new();
+    for t in tokens {
+        let (h, id) = (h.clone(), id.clone());
+        tasks.push(tokio::spawn(async move { vote(&h, &t, &id, "approve", json!({"reason": "race"})).await }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            StatusCode::OK => ok += 1,
+            StatusCode::CONFLICT => assert_eq!(body["error"]["code"], "approval_decided", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(ok, 1, "exactly one approver wins");
+    let log = log(&h);
+    let approved: Vec<_> =
+        of_type(&log, "approval.granted").into_iter().filter(|e| e["data"]["state"] == "approved").collect();
+    assert_eq!(approved.len(), 1);
+    assert_eq!(of_type(&log, "approval.granted").len(), 1, "losers record nothing");
+}
+
+#[tokio::test]
+async fn an_agent_long_polls_until_the_decision() {
+    let (h, _) = clocked();
+    let answer = isolate_db(&h).await;
+    let (request_id, id) = (answer["id"].as_str().unwrap().to_string(), approval_id(&answer));
+    let h = Arc::new(h);
+    let agent = h.svid(EDR);
+    let poll = {
+        let (h, request_id) = (h.clone(), request_id.clone());
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let (status, a) = h.call("GET", &format!("/v1/actions/{request_id}?wait=30s"), Some(&agent), None).await;
+            (status, a, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!poll.is_finished(), "the poll waits while the approval is pending");
+    let (status, _) = vote(&h, &h.user("ana", &["soc-analyst"]), &id, "approve", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, a, waited) = poll.await.unwrap();
+    assert_eq!((status, a["state"].as_str()), (StatusCode::OK, Some("approved")));
+    assert!(waited < Duration::from_secs(25), "woken by the decision, not by the timeout ({waited:?})");
+    // Bad waits are refused; a decided request answers at once.
+    let (status, e) = h.call("GET", &format!("/v1/actions/{request_id}?wait=2h"), Some(&h.admin), None).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_wait")));
+}
+
+/// A webhook receiver on loopback: records every body, fails the first `fail_first` calls
+/// (or all of them) with 500.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Value>>>,
+    calls: Arc<Mutex<u32>>,
+}
+
+async fn receiver(fail_first: u32) -> (Receiver, String) {
+    let r = Receiver::default();
+    let state = r.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let state = state.clone();
+            async move {
+                let n = {
+                    let mut c = state.calls.lock().unwrap();
+                    *c += 1;
+                    *c
+                };
+                if n <= fail_first {
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                state.got.lock().unwrap().push(body);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (r, format!("http://{addr}/hook"))
+}
+
+fn notify_to(url: &str, format: Format) -> NotifyOptions {
+    NotifyOptions {
+        webhooks: vec![Webhook { name: "test".into(), url: url.into(), format }],
+        attempts: 3,
+        backoff: Duration::from_millis(20),
+        timeout: Duration::from_secs(2),
+        public_url: "https://warden.test".into(),
+    }
+}
+
+async fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..200 {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting");
+}
+
+#[tokio::test]
+async fn notices_go_out_as_json_on_creation_escalation_and_expiry_with_retries() {
+    let (rx, url) = receiver(2).await;
+    let (h, clock) = clocked_with(notify_to(&url, Format::Json));
+    let answer = isolate_db(&h).await;
+    let id = approval_id(&answer);
+    let created = eventually(|| rx.got.lock().unwrap().first().cloned()).await;
+    assert_eq!(*rx.calls.lock().unwrap(), 3, "two failures, then delivered on the third attempt");
+    assert_eq!(created["event"], "approval.requested");
+    assert_eq!(created["approval"]["id"], id);
+    assert_eq!(created["approval"]["agent"], EDR);
+    assert_eq!(created["approval"]["target"], "host:db-payments-01");
+    assert_eq!(created["approval"]["rationale"], "C2 beacon from the host");
+    assert_eq!(created["links"]["approval"], format!("https://warden.test/v1/approvals/{id}"));
+
+    clock.advance(time::Duration::minutes(7));
+    assert_eq!(warden_server::sweep_approvals(&h.app).unwrap().escalated.len(), 1);
+    assert!(warden_server::sweep_approvals(&h.app).unwrap().escalated.is_empty(), "escalated once");
+    clock.advance(time::Duration::minutes(3));
+    assert_eq!(warden_server::sweep_approvals(&h.app).unwrap().expired.len(), 1);
+    let events = eventually(|| {
+        let got = rx.got.lock().unwrap();
+        (got.len() == 3).then(|| got.iter().map(|v| v["event"].as_str().unwrap().to_string()).collect::<Vec<_>>())
+    })
+    .await;
+    assert_eq!(events, ["approval.requested", "approval.escalated", "approval.expired"]);
+    assert!(of_type(&log(&h), "notification.failed").is_empty());
+    assert_eq!(of_type(&log(&h), "approval.escalated").len(), 1);
+}
+
+#[tokio::test]
+async fn slack_notices_carry_blocks_with_the_facts_and_links() {
+    let (rx, url) = receiver(0).await;
+    let (h, _) = clocked_with(notify_to(&url, Format::Slack));
+    let id = approval_id(&isolate_db(&h).await);
+    let msg = eventually(|| rx.got.lock().unwrap().first().cloned()).await;
+    assert!(msg["text"].as_str().unwrap().contains("host.isolate on host:db-payments-01"), "{msg}");
+    let blocks = msg["blocks"].as_array().unwrap();
+    assert_eq!(blocks[0]["type"], "header");
+    let fields: Vec<&str> =
+        blocks[1]["fields"].as_array().unwrap().iter().map(|f| f["text"].as_str().unwrap()).collect();
+    assert!(fields.contains(&format!("*Agent*\n{EDR}").as_str()), "{fields:?}");
+    assert!(fields.contains(&"*Confidence*\n0.95"), "{fields:?}");
+    assert!(fields.contains(&"*Target*\nhost:db-payments-01"), "{fields:?}");
+    assert!(blocks[2]["text"]["text"].as_str().unwrap().contains("C2 beacon from the host"));
+    assert!(
+        blocks[3]["elements"][0]["text"].as_str().unwrap().contains(&format!("https://warden.test/v1/approvals/{id}"))
+    );
+}
+
+#[tokio::test]
+async fn a_failing_webhook_is_audited_and_the_approval_carries_on() {
+    let (rx, url) = receiver(u32::MAX).await;
+    let (h, _) = clocked_with(notify_to(&url, Format::Json));
+    let answer = isolate_db(&h).await;
+    let id = approval_id(&answer);
+    let failed = eventually(|| of_type(&log(&h), "notification.failed").first().map(|e| (*e).clone())).await;
+    assert_eq!(*rx.calls.lock().unwrap(), 3, "every attempt was made");
+    assert_eq!(failed["data"]["approval"], id);
+    assert_eq!(
+        (failed["data"]["webhook"].as_str(), failed["data"]["reason"].as_str()),
+        (Some("test"), Some("HTTP 500"))
+    );
+    assert!(!failed.to_string().contains(&url), "the URL (which may hold a secret) is not logged");
+    let (status, done) = vote(&h, &h.user("ana", &["soc-analyst"]), &id, "approve", json!({})).await;
+    assert_eq!((status, done["state"].as_str()), (StatusCode::OK, Some("approved")));
+
+    // A webhook nobody listens on fails the same way.
+    let (h, _) = clocked_with(notify_to("http://127.0.0.1:9/hook", Format::Json));
+    isolate_db(&h).await;
+    let failed = eventually(|| of_type(&log(&h), "notification.failed").first().map(|e| (*e).clone())).await;
+    assert!(failed["data"]["reason"].as_str().unwrap().starts_with("connection failed"), "{failed}");
+}
