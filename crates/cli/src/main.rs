@@ -49,6 +49,9 @@ enum Command {
     /// Add human principals and their roles.
     #[command(subcommand)]
     User(cmd::agent::UserCommand),
+    /// The approval inbox of a running server: list, show, approve, reject.
+    #[command(subcommand)]
+    Approvals(cmd::approvals::ApprovalsCommand),
 }
 
 /// How a command ended, beyond plain success.
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Agent(c) => cmd::agent::run_agent(c),
         Command::User(c) => cmd::agent::run_user(c),
+        Command::Approvals(c) => cmd::approvals::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,5 @@
 pub mod agent;
+pub mod approvals;
 pub mod audit;
 pub mod demo;
 pub mod init;

@@ -244,6 +244,58 @@ fn agent_and_user_administration_against_a_running_server() {
 }
 
 #[test]
+fn the_approval_inbox_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path();
+    let init = warden().args(["init", "--output", "json", "--data"]).arg(data).assert().success();
+    let init: Value = serde_json::from_slice(&init.get_output().stdout).unwrap();
+    let admin = init["admin_token"].as_str().unwrap().to_string();
+    stdout_of(data, &["agent", "add", EDR, "--owner", "team:endpoint-response"]);
+    let agent = stdout_of(data, &["agent", "token", EDR]).trim().to_string();
+    let user = |name: &str, role: &str| {
+        let out = stdout_of(data, &["user", "add", name, "--role", role, "--output", "json"]);
+        serde_json::from_str::<Value>(&out).unwrap()["token"].as_str().unwrap().to_string()
+    };
+    let (ana, ivy) = (user("ana", "soc-analyst"), user("ivy", "iam-owner"));
+    let (mut server, addr) = start_server(data, &[]);
+    let url = format!("http://{addr}");
+    let task = json!({"id": "INC-7", "title": "beacon", "trigger": {"source": "edr", "severity": "high"}});
+    assert_eq!(http(&addr, "POST", "/v1/tasks", &agent, Some(&task)).unwrap().0, 201);
+    let req = json!({"task": "INC-7", "action": "host.isolate", "target": "host:db-payments-01", "confidence": 0.95,
+        "params": {"reason": "beacon"}, "rationale": "C2 beacon", "evidence": [{"kind": "edr", "ref": "det:1"}]});
+    let (status, answer) = http(&addr, "POST", "/v1/actions", &agent, Some(&req)).unwrap();
+    assert_eq!((status, answer["state"].as_str()), (200, Some("pending_approval")), "{answer}");
+    let id = answer["decision"]["approval"]["id"].as_str().unwrap().to_string();
+
+    let run = |args: &[&str], token: &str| {
+        let mut cmd = warden();
+        cmd.arg("approvals").args(args).args(["--server", &url]).env("WARDEN_TOKEN", token);
+        cmd.assert()
+    };
+    let out = run(&["list", "--output", "json"], &ana).success();
+    let list: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(list[0]["id"].as_str(), Some(id.as_str()));
+    let out = run(&["show", &id], &ana).success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(text.contains("rationale   C2 beacon") && text.contains("last 30 days: 0 approved"), "{text}");
+    run(&["reject", &id], &ana).code(3); // --reason is required
+    run(&["approve", &id], &ivy).code(2); // not an approver role
+    run(&["approve", &id], &admin).code(2); // admin is not an approver role either
+    run(&["approve", &id, "--lease-ttl", "1h"], &ana).code(3); // widening
+    let out = run(&["approve", &id, "--reason", "confirmed", "--output", "json"], &ana).success();
+    let done: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(done["state"], "approved");
+    run(&["reject", &id, "--reason", "late"], &ana).code(3); // already decided
+    let out = run(&["list"], &ana).success();
+    assert_eq!(String::from_utf8_lossy(&out.get_output().stdout).trim(), "no pending approvals");
+    let (_, polled) =
+        http(&addr, "GET", &format!("/v1/actions/{}?wait=5s", answer["id"].as_str().unwrap()), &agent, None).unwrap();
+    assert_eq!(polled["state"], "approved");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
 fn administration_over_https_trusts_a_private_ca_when_told() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path();

@@ -53,8 +53,8 @@ pub async fn jwks(State(app): State<App>) -> Json<Value> {
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(app): State<App>) -> ApiResult<impl axum::response::IntoResponse> {
     let pending = blocking(&app, |s| {
-        let q = warden_store::Query { state: Some("pending_approval".into()), ..warden_store::Query::default() };
-        Ok(s.ledger().store().find(warden_store::Table::Requests, &q)?.len() as u64)
+        let q = warden_store::Query { state: Some("pending".into()), ..warden_store::Query::default() };
+        Ok(s.ledger().store().find(warden_store::Table::Approvals, &q)?.len() as u64)
     })
     .await?;
     let text = app.metrics.render(pending, 0);
