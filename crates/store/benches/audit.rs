@@ -4,6 +4,8 @@
 //! cargo bench -p warden-store --bench audit -- append [SECONDS]
 //!     raw write+fdatasync loop vs durable commits through the Ledger with 1, 8 and 64
 //!     concurrent appenders (one ~250-byte entry per commit)
+//! cargo bench -p warden-store --bench audit -- requests [SECONDS] [THREADS]
+//!     only the request-sized batches (2 records + 2 entries per commit), for profiling
 //! cargo bench -p warden-store --bench audit -- build DIR [ENTRIES]
 //!     a data directory with ENTRIES (default 1,000,000) entries, 1,000 per commit, for
 //!     `warden audit verify` to be timed and measured on (scripts/bench-audit)
@@ -58,8 +60,11 @@ fn raw_fsync(dir: &Path, secs: f64) -> f64 {
     rate
 }
 
-/// What one `POST /v1/actions` commits: two records and two entries.
-fn request_batch(i: u64) -> Batch {
+/// What one `POST /v1/actions` commits: two records and two entries. Ids and times grow
+/// across all appenders, as the gateway's time-ordered ids do.
+fn request_batch(_: u64) -> Batch {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let i = NEXT.fetch_add(1, Ordering::Relaxed);
     let id = format!("act_{i:016x}");
     let body = serde_json::json!({"id": id, "agent": "spiffe://acme.example/soc/edr-responder", "task": "INC-7",
         "action": "host.isolate", "target": "host:web-42", "params": {"reason": "beacon"}, "confidence": 0.3,
@@ -228,11 +233,18 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     match args.first().map(String::as_str) {
         Some("append") => append(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5.0)),
+        Some("requests") => {
+            // Only the request-sized phase, for profiling the commit path.
+            let secs = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5.0);
+            let threads = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(32);
+            let (rate, cps) = ledger_rate_with(&bench_dir(), threads, secs, &request_batch);
+            println!("request-sized batches, {threads} appenders: {rate:.0} commits/s, {cps} checkpoints");
+        }
         Some("build") => build(Path::new(&args[1]), args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1_000_000)),
         Some("verify") => verify_vs_sha(Path::new(&args[1])),
         _ => {
             eprintln!(
-                "usage: cargo bench -p warden-store --bench audit -- append [SECONDS] | build DIR [ENTRIES] | verify DIR"
+                "usage: cargo bench -p warden-store --bench audit -- append [SECONDS] | requests [SECONDS] [THREADS] | build DIR [ENTRIES] | verify DIR"
             );
         }
     }

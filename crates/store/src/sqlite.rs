@@ -264,6 +264,9 @@ impl SqliteStore {
     fn init(mut conn: Connection) -> Result<Self, StoreError> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Each batch of a commit group runs in a savepoint; its undo journal (the statement
+        // sub-journal) stays in memory instead of a temp file, written page by page.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
