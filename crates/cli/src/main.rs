@@ -52,6 +52,9 @@ enum Command {
     /// The approval inbox of a running server: list, show, approve, reject.
     #[command(subcommand)]
     Approvals(cmd::approvals::ApprovalsCommand),
+    /// The lab estate: a fake SOC on loopback for demos and tests.
+    #[command(subcommand)]
+    Lab(cmd::lab::LabCommand),
 }
 
 /// How a command ended, beyond plain success.
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
         Command::Agent(c) => cmd::agent::run_agent(c),
         Command::User(c) => cmd::agent::run_user(c),
         Command::Approvals(c) => cmd::approvals::run(c),
+        Command::Lab(c) => cmd::lab::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

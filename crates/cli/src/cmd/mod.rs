@@ -3,5 +3,6 @@ pub mod approvals;
 pub mod audit;
 pub mod demo;
 pub mod init;
+pub mod lab;
 pub mod policy;
 pub mod serve;

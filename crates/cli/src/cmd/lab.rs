@@ -1,0 +1,53 @@
+//! `warden lab serve`: the fake SOC estate the example connectors point at.
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+use crate::Failure;
+
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Serve the lab estate (EDR, identity provider, firewall, mail, ticketing, SIEM) until
+    /// SIGTERM/SIGINT. Prints the address and the API keys to export for `warden serve`.
+    Serve(LabArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:8700")]
+    pub listen: String,
+}
+
+pub fn run(c: LabCommand) -> Result<(), Failure> {
+    let LabCommand::Serve(a) = c;
+    // Keys already in the environment are kept, so a shell that exported them stays valid.
+    let mut keys = warden_lab::Keys::random();
+    for (name, slot) in [
+        ("LAB_EDR_KEY", &mut keys.edr),
+        ("LAB_IDP_KEY", &mut keys.idp),
+        ("LAB_FIREWALL_KEY", &mut keys.firewall),
+        ("LAB_MAIL_KEY", &mut keys.mail),
+        ("LAB_TICKETING_KEY", &mut keys.ticketing),
+        ("LAB_SIEM_KEY", &mut keys.siem),
+    ] {
+        if let Ok(v) = std::env::var(name)
+            && !v.is_empty()
+        {
+            *slot = v;
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener =
+            tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listening on `{}`", a.listen))?;
+        let addr = listener.local_addr().context("reading the listening address")?;
+        outln!("lab estate listening on {addr}");
+        for (name, key) in keys.env() {
+            outln!("export {name}={key}");
+        }
+        warden_lab::serve(listener, keys, warden_server::serve::signals()).await.context("serving the lab")?;
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! The lab estate: a fake SOC on loopback for demos and tests. It stands in for the vendor tools
+//! this machine cannot reach, speaking vendor-shaped JSON APIs, each behind its own API key:
+//!
+//! | tool | auth header | calls |
+//! |---|---|---|
+//! | EDR | `x-api-key` | contain / lift containment, kill a process, quarantine / restore a file |
+//! | identity provider | `authorization: SSWS <key>` | deactivate / activate a user, revoke sessions, rotate credentials |
+//! | firewall | `x-auth-token` | add a deny rule for an IP, delete it, update a rule |
+//! | mail | `x-api-key` | quarantine / release a message |
+//! | ticketing | `authorization: Bearer <key>` | create / close a ticket |
+//! | SIEM | `x-api-key` | enrich an alert, close it as a duplicate, reopen it |
+//!
+//! `GET /state` (no key) shows every object and a counter of every call. Warden never
+//! special-cases the lab: its connectors reach it through `connectors.toml` like any tool.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde_json::{Value, json};
+
+/// The API key of each tool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    pub edr: String,
+    pub idp: String,
+    pub firewall: String,
+    pub mail: String,
+    pub ticketing: String,
+    pub siem: String,
+}
+
+impl Keys {
+    /// Fresh random keys.
+    pub fn random() -> Self {
+        let k = |tool: &str| {
+            let mut b = [0u8; 12];
+            let _ = getrandom::fill(&mut b);
+            format!("lab-{tool}-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+        };
+        Keys { edr: k("edr"), idp: k("idp"), firewall: k("fw"), mail: k("mail"), ticketing: k("tkt"), siem: k("siem") }
+    }
+
+    /// `(environment variable, key)` pairs, the names the example `connectors.toml` reads.
+    pub fn env(&self) -> Vec<(&'static str, &str)> {
+        vec![
+            ("LAB_EDR_KEY", &self.edr),
+            ("LAB_IDP_KEY", &self.idp),
+            ("LAB_FIREWALL_KEY", &self.firewall),
+            ("LAB_MAIL_KEY", &self.mail),
+            ("LAB_TICKETING_KEY", &self.ticketing),
+            ("LAB_SIEM_KEY", &self.siem),
+        ]
+    }
+}
+
+#[derive(Debug, Default)]
+struct Estate {
+    hosts: BTreeMap<String, Value>,
+    users: BTreeMap<String, Value>,
+    rules: BTreeMap<String, Value>,
+    messages: BTreeMap<String, Value>,
+    tickets: BTreeMap<String, Value>,
+    alerts: BTreeMap<String, Value>,
+    calls: BTreeMap<String, u64>,
+    total: u64,
+    next: u64,
+}
+
+impl Estate {
+    fn id(&mut self, prefix: &str) -> String {
+        self.next += 1;
+        format!("{prefix}-{:06}", self.next)
+    }
+}
+
+#[derive(Debug)]
+struct Lab {
+    keys: Keys,
+    estate: Mutex<Estate>,
+}
+
+type Shared = Arc<Lab>;
+
+fn err(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+/// Checks the tool's key and counts the call; the closure changes the estate.
+fn call(
+    lab: &Lab,
+    headers: &HeaderMap,
+    tool: &str,
+    endpoint: &str,
+    f: impl FnOnce(&mut Estate) -> Result<Value, (StatusCode, String)>,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ok = match tool {
+        "edr" => header("x-api-key") == lab.keys.edr,
+        "idp" => header("authorization") == format!("SSWS {}", lab.keys.idp),
+        "firewall" => header("x-auth-token") == lab.keys.firewall,
+        "mail" => header("x-api-key") == lab.keys.mail,
+        "ticketing" => header("authorization") == format!("Bearer {}", lab.keys.ticketing),
+        _ => header("x-api-key") == lab.keys.siem,
+    };
+    let Ok(mut estate) = lab.estate.lock() else { return err(StatusCode::INTERNAL_SERVER_ERROR, "lab state poisoned") };
+    *estate.calls.entry(format!("{tool} {endpoint}")).or_default() += 1;
+    estate.total += 1;
+    if !ok {
+        return err(StatusCode::UNAUTHORIZED, "invalid api key");
+    }
+    match f(&mut estate) {
+        Ok(v) => Json(v).into_response(),
+        Err((status, message)) => err(status, &message),
+    }
+}
+
+fn field<'a>(body: &'a Value, name: &str) -> &'a str {
+    body.get(name).and_then(Value::as_str).unwrap_or("")
+}
+
+type Body = Option<Json<Value>>;
+
+fn body(b: Body) -> Value {
+    b.map(|Json(v)| v).unwrap_or(Value::Null)
+}
+
+async fn contain(State(lab): State<Shared>, h: HeaderMap, Path(host): Path<String>, b: Body) -> Response {
+    let b = body(b);
+    call(&lab, &h, "edr", "contain", |e| {
+        let existing = e.hosts.get(&host).and_then(|x| x["containment_id"].as_str().map(String::from));
+        let id = match existing {
+            Some(id) => id,
+            None => e.id("cnt"),
+        };
+        e.hosts.insert(
+            host.clone(),
+            json!({"status": "contained", "containment_id": id, "comment": field(&b, "comment")}),
+        );
+        Ok(json!({"host": host, "status": "contained", "containment_id": id}))
+    })
+}
+
+async fn lift(State(lab): State<Shared>, h: HeaderMap, Path(host): Path<String>, b: Body) -> Response {
+    let b = body(b);
+    call(&lab, &h, "edr", "lift_containment", |e| {
+        let current = e.hosts.get(&host).and_then(|x| x["containment_id"].as_str().map(String::from));
+        let asked = field(&b, "containment_id");
+        if let Some(cur) = &current
+            && !asked.is_empty()
+            && asked != cur
+        {
+            return Err((StatusCode::CONFLICT, format!("containment `{asked}` is not the one in force")));
+        }
+        e.hosts.insert(host.clone(), json!({"status": "normal", "containment_id": null}));
+        Ok(json!({"host": host, "status": "normal"}))
+    })
+}
+
+async fn kill(State(lab): State<Shared>, h: HeaderMap, Path(host): Path<String>, b: Body) -> Response {
+    let b = body(b);
+    call(&lab, &h, "edr", "kill_process", |e| {
+        let pid = b.get("pid").cloned().unwrap_or(Value::Null);
+        let entry = e.hosts.entry(host.clone()).or_insert_with(|| json!({"status": "normal"}));
+        entry["killed"] = json!(pid);
+        Ok(json!({"host": host, "killed": pid}))
+    })
+}
+
+async fn file_quarantine(State(lab): State<Shared>, h: HeaderMap, Path(host): Path<String>, b: Body) -> Response {
+    let b = body(b);
+    call(&lab, &h, "edr", "file_quarantine", |e| {
+        let id = e.id("fq");
+        let entry = e.hosts.entry(host.clone()).or_insert_with(|| json!({"status": "normal"}));
+        entry["quarantined"] = json!({"sha256": field(&b, "sha256"), "quarantine_id": id});
+        Ok(json!({"host": host, "quarantine_id": id}))
+    })
+}
+
+async fn file_restore(State(lab): State<Shared>, h: HeaderMap, Path(host): Path<String>) -> Response {
+    call(&lab, &h, "edr", "file_restore", |e| {
+        if let Some(entry) = e.hosts.get_mut(&host) {
+            entry["quarantined"] = Value::Null;
+        }
+        Ok(json!({"host": host, "restored": true}))
+    })
+}
+
+fn user_change(lab: &Lab, h: &HeaderMap, user: String, endpoint: &str, status: Option<&str>) -> Response {
+    call(lab, h, "idp", endpoint, |e| {
+        let entry = e
+            .users
+            .entry(user.clone())
+            .or_insert_with(|| json!({"status": "ACTIVE", "sessions_revoked": 0, "credential_version": 1}));
+        match endpoint {
+            "revoke_sessions" => entry["sessions_revoked"] = json!(entry["sessions_revoked"].as_u64().unwrap_or(0) + 1),
+            "rotate_credentials" => {
+                entry["credential_version"] = json!(entry["credential_version"].as_u64().unwrap_or(1) + 1)
+            }
+            _ => {}
+        }
+        if let Some(s) = status {
+            entry["status"] = json!(s);
+        }
+        Ok(json!({"id": user, "status": entry["status"], "credential_version": entry["credential_version"]}))
+    })
+}
+
+async fn deactivate(State(lab): State<Shared>, h: HeaderMap, Path(user): Path<String>) -> Response {
+    user_change(&lab, &h, user, "deactivate", Some("DEPROVISIONED"))
+}
+async fn activate(State(lab): State<Shared>, h: HeaderMap, Path(user): Path<String>) -> Response {
+    user_change(&lab, &h, user, "activate", Some("ACTIVE"))
+}
+async fn revoke_sessions(State(lab): State<Shared>, h: HeaderMap, Path(user): Path<String>) -> Response {
+    user_change(&lab, &h, user, "revoke_sessions", None)
+}
+async fn rotate(State(lab): State<Shared>, h: HeaderMap, Path(user): Path<String>) -> Response {
+    user_change(&lab, &h, user, "rotate_credentials", None)
+}
+
+async fn add_rule(State(lab): State<Shared>, h: HeaderMap, b: Body) -> Response {
+    let b = body(b);
+    call(&lab, &h, "firewall", "add_rule", |e| {
+        let source = field(&b, "source").to_string();
+        if source.is_empty() {
+            return Err((StatusCode::BAD_REQUEST, "a rule needs a `source`".into()));
+        }
+        let id = e.id("rule");
+        e.rules.insert(
+            id.clone(),
+            json!({"action": field(&b, "action"), "source": source, "comment": field(&b, "comment")}),
+        );
+        Ok(json!({"rule_id": id}))
+    })
+}
+
+async fn delete_rule(State(lab): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    call(&lab, &h, "firewall", "delete_rule", |e| match e.rules.remove(&id) {
+        Some(_) => Ok(json!({"deleted": id})),
+        None => Err((StatusCode::NOT_FOUND, format!("no rule `{id}`"))),
+    })
+}
+
+async fn update_rule(State(lab): State<Shared>, h: HeaderMap, Path(id): Path<String>, b: Body) -> Response {
+    let b = body(b);
+    call(&lab, &h, "firewall", "update_rule", |e| {
+        let rule = e.rules.entry(id.clone()).or_insert_with(|| json!({}));
+        rule["update"] = b.clone();
+        Ok(json!({"rule_id": id, "updated": true}))
+    })
+}
+
+async fn quarantine_msg(State(lab): State<Shared>, h: HeaderMap, Path(msg): Path<String>) -> Response {
+    call(&lab, &h, "mail", "quarantine", |e| {
+        let id = e.id("mq");
+        e.messages.insert(msg.clone(), json!({"status": "quarantined", "quarantine_id": id}));
+        Ok(json!({"message": msg, "quarantine_id": id}))
+    })
+}
+
+async fn release_msg(State(lab): State<Shared>, h: HeaderMap, Path(msg): Path<String>) -> Response {
+    call(&lab, &h, "mail", "release", |e| {
+        e.messages.insert(msg.clone(), json!({"status": "delivered"}));
+        Ok(json!({"message": msg, "status": "delivered"}))
+    })
+}
+
+async fn create_ticket(State(lab): State<Shared>, h: HeaderMap, b: Body) -> Response {
+    let b = body(b);
+    call(&lab, &h, "ticketing", "create", |e| {
+        let id = e.id("TCK");
+        e.tickets.insert(
+            id.clone(),
+            json!({"title": field(&b, "title"), "severity": field(&b, "severity"), "status": "open"}),
+        );
+        Ok(json!({"ticket_id": id, "status": "open"}))
+    })
+}
+
+async fn close_ticket(State(lab): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> Response {
+    call(&lab, &h, "ticketing", "close", |e| match e.tickets.get_mut(&id) {
+        Some(t) => {
+            t["status"] = json!("closed");
+            Ok(json!({"ticket_id": id, "status": "closed"}))
+        }
+        None => Err((StatusCode::NOT_FOUND, format!("no ticket `{id}`"))),
+    })
+}
+
+async fn enrich(State(lab): State<Shared>, h: HeaderMap, Path(alert): Path<String>) -> Response {
+    call(&lab, &h, "siem", "enrich", |e| {
+        let entry = e.alerts.entry(alert.clone()).or_insert_with(|| json!({"status": "open"}));
+        entry["enriched"] = json!(true);
+        Ok(
+            json!({"alert": alert, "context": {"related_alerts": 2, "asset_owner": "team:payments", "reputation": "suspicious"}}),
+        )
+    })
+}
+
+fn alert_status(lab: &Lab, h: &HeaderMap, alert: String, endpoint: &str, status: &str) -> Response {
+    call(lab, h, "siem", endpoint, |e| {
+        let entry = e.alerts.entry(alert.clone()).or_insert_with(|| json!({"status": "open"}));
+        entry["status"] = json!(status);
+        Ok(json!({"alert": alert, "status": status}))
+    })
+}
+
+async fn close_alert(State(lab): State<Shared>, h: HeaderMap, Path(alert): Path<String>) -> Response {
+    alert_status(&lab, &h, alert, "close", "closed")
+}
+async fn reopen_alert(State(lab): State<Shared>, h: HeaderMap, Path(alert): Path<String>) -> Response {
+    alert_status(&lab, &h, alert, "reopen", "open")
+}
+
+async fn state(State(lab): State<Shared>) -> Response {
+    let Ok(e) = lab.estate.lock() else { return err(StatusCode::INTERNAL_SERVER_ERROR, "lab state poisoned") };
+    Json(json!({
+        "edr": {"hosts": e.hosts}, "idp": {"users": e.users}, "firewall": {"rules": e.rules},
+        "mail": {"messages": e.messages}, "ticketing": {"tickets": e.tickets}, "siem": {"alerts": e.alerts},
+        "calls": {"total": e.total, "by_endpoint": e.calls},
+    }))
+    .into_response()
+}
+
+/// The lab's routes, with `keys` as the tools' API keys.
+pub fn router(keys: Keys) -> axum::Router {
+    let lab: Shared = Arc::new(Lab { keys, estate: Mutex::new(Estate::default()) });
+    axum::Router::new()
+        .route("/state", get(state))
+        .route("/edr/v1/hosts/{host}/contain", post(contain))
+        .route("/edr/v1/hosts/{host}/lift_containment", post(lift))
+        .route("/edr/v1/hosts/{host}/processes/kill", post(kill))
+        .route("/edr/v1/hosts/{host}/files/quarantine", post(file_quarantine))
+        .route("/edr/v1/hosts/{host}/files/restore", post(file_restore))
+        .route("/idp/api/v1/users/{user}/lifecycle/deactivate", post(deactivate))
+        .route("/idp/api/v1/users/{user}/lifecycle/activate", post(activate))
+        .route("/idp/api/v1/users/{user}/sessions/revoke", post(revoke_sessions))
+        .route("/idp/api/v1/users/{user}/credentials/rotate", post(rotate))
+        .route("/fw/api/v2/rules", post(add_rule))
+        .route("/fw/api/v2/rules/{id}", delete(delete_rule).post(update_rule))
+        .route("/mail/v1/messages/{msg}/quarantine", post(quarantine_msg))
+        .route("/mail/v1/messages/{msg}/release", post(release_msg))
+        .route("/tickets/api/tickets", post(create_ticket))
+        .route("/tickets/api/tickets/{id}/close", post(close_ticket))
+        .route("/siem/api/alerts/{alert}/enrich", post(enrich))
+        .route("/siem/api/alerts/{alert}/close", post(close_alert))
+        .route("/siem/api/alerts/{alert}/reopen", post(reopen_alert))
+        .with_state(lab)
+}
+
+/// Serves the lab on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    keys: Keys,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(keys)).with_graceful_shutdown(shutdown).await
+}
