@@ -25,7 +25,8 @@
 //! ```
 //!
 //! Placeholders: `{target}`, `{target.kind}`, `{target.id}`, `{params.NAME}`,
-//! `{captured.NAME}` (what the action being compensated captured), `{lease.id}`, `{task}`,
+//! `{captured.NAME}` (what the action being compensated captured), `{lease.id}`,
+//! `{lease.token}` (a JWT tools can verify offline), `{task}`,
 //! `{agent}`, `{action}`. A placeholder with no value fails the call before anything is sent.
 //! Secrets are resolved only when sending, and every resolved secret is replaced by
 //! `[redacted]` in whatever the connector returns — answers and errors alike.
@@ -103,6 +104,8 @@ pub struct Call {
     /// Fields captured by the action being compensated (empty otherwise).
     pub captured: Map<String, Value>,
     pub lease_id: String,
+    /// The lease's token (a JWT tools can verify offline).
+    pub lease_token: String,
     pub task: String,
     pub agent: String,
 }
@@ -249,7 +252,14 @@ impl HttpConnector {
                             && alt.split('.').nth(1).is_some_and(|n| !n.is_empty());
                         let plain = matches!(
                             alt,
-                            "target" | "target.kind" | "target.id" | "lease.id" | "task" | "agent" | "action"
+                            "target"
+                                | "target.kind"
+                                | "target.id"
+                                | "lease.id"
+                                | "lease.token"
+                                | "task"
+                                | "agent"
+                                | "action"
                         );
                         if !(named || plain) {
                             return Err(ConfigError(format!("action `{action}`: unknown placeholder `{{{p}}}`")));
@@ -308,6 +318,7 @@ fn lookup_one(call: &Call, p: &str) -> Option<String> {
         "target.kind" => Some(call.target_kind.clone()),
         "target.id" => Some(call.target_id.clone()),
         "lease.id" => Some(call.lease_id.clone()),
+        "lease.token" => Some(call.lease_token.clone()).filter(|t| !t.is_empty()),
         "task" => Some(call.task.clone()),
         "agent" => Some(call.agent.clone()),
         "action" => Some(call.action.clone()),

@@ -17,6 +17,9 @@ use time::OffsetDateTime;
 
 use crate::error::ApiError;
 
+/// The audience of lease tokens; never accepted as a credential for Warden's own API.
+pub const LEASE_AUDIENCE: &str = "warden-lease";
+
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 pub const LEEWAY_SECS: u64 = 30;
 
@@ -85,6 +88,26 @@ impl LocalIssuer {
 
     /// A JWT-SVID for `sub`, valid from `now` for `ttl_secs`.
     pub fn mint(&self, sub: &str, audience: &str, now: OffsetDateTime, ttl_secs: i64) -> String {
+        self.mint_with(sub, audience, now, ttl_secs, serde_json::Map::new())
+    }
+
+    /// A lease token (audience `warden-lease`): `jti` is the lease id, `scope` what it allows;
+    /// tools verify it offline with `/.well-known/jwks.json` or ask `/v1/leases/introspect`.
+    pub fn mint_lease(&self, sub: &str, lease_id: &str, scope: &str, now: OffsetDateTime, ttl_secs: i64) -> String {
+        let mut extra = serde_json::Map::new();
+        extra.insert("jti".into(), json!(lease_id));
+        extra.insert("scope".into(), json!(scope));
+        self.mint_with(sub, LEASE_AUDIENCE, now, ttl_secs, extra)
+    }
+
+    fn mint_with(
+        &self,
+        sub: &str,
+        audience: &str,
+        now: OffsetDateTime,
+        ttl_secs: i64,
+        extra: serde_json::Map<String, Value>,
+    ) -> String {
         let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": self.kid});
         let iat = now.unix_timestamp();
         let claims = SvidClaims {
@@ -94,7 +117,7 @@ impl LocalIssuer {
             iat: Some(iat),
             nbf: None,
             iss: Some(self.issuer.clone()),
-            extra: serde_json::Map::new(),
+            extra,
         };
         let input = format!(
             "{}.{}",
@@ -261,6 +284,22 @@ impl TokenVerifier {
             cache.insert(digest, Verified { subject: subject.clone(), exp, nbf });
         }
         Ok(subject)
+    }
+
+    /// The claims of a lease token signed by the local issuer (signature, issuer and audience
+    /// checked; expiry is the caller's to judge against the lease record).
+    pub fn lease_claims(&self, token: &str) -> Option<SvidClaims> {
+        let mut v = Validation::new(Algorithm::EdDSA);
+        v.validate_exp = false;
+        v.validate_nbf = false;
+        v.set_audience(&[LEASE_AUDIENCE]);
+        v.set_issuer(&[self.local.issuer()]);
+        v.set_required_spec_claims(&["exp", "sub", "aud"]);
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        if header.kid.as_deref() != Some(self.local.kid.as_str()) {
+            return None;
+        }
+        jsonwebtoken::decode::<SvidClaims>(token, &self.local.decoding, &v).ok().map(|d| d.claims)
     }
 
     /// The verified claims of a token (agents' or humans').

@@ -14,6 +14,8 @@ pub mod admin;
 pub mod approvals;
 pub mod auth;
 pub mod error;
+pub mod execution;
+pub mod halt;
 pub mod identity;
 pub mod limits;
 pub mod metrics;

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub decision_latency: Histogram,
     pub audit_append_latency: Histogram,
     pub breaker_trips: AtomicU64,
+    executions: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Label values are action ids and outcomes; escape anyway.
@@ -61,6 +62,12 @@ impl Metrics {
     pub fn decided(&self, outcome: &str, action: &str) {
         if let Ok(mut m) = self.decisions.lock() {
             *m.entry((outcome.to_string(), action.to_string())).or_default() += 1;
+        }
+    }
+
+    pub fn executed(&self, state: &str) {
+        if let Ok(mut m) = self.executions.lock() {
+            *m.entry(state.to_string()).or_default() += 1;
         }
     }
 
@@ -94,6 +101,13 @@ impl Metrics {
             "# HELP warden_breaker_trips_total Decisions that tripped a budget breaker.\n# TYPE warden_breaker_trips_total counter\nwarden_breaker_trips_total {}",
             self.breaker_trips.load(Ordering::Relaxed)
         );
+        out.push_str("# HELP warden_executions_total Executions through connectors, by result.\n");
+        out.push_str("# TYPE warden_executions_total counter\n");
+        if let Ok(m) = self.executions.lock() {
+            for (state, n) in m.iter() {
+                let _ = writeln!(out, "warden_executions_total{{state=\"{}\"}} {n}", label(state));
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP warden_pending_approvals Requests waiting for a human.\n# TYPE warden_pending_approvals gauge\nwarden_pending_approvals {pending_approvals}"

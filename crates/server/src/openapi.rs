@@ -29,6 +29,8 @@ use crate::error::ErrorBody;
         (name = "tasks", description = "incidents and missions agents work within"),
         (name = "actions", description = "action requests and their decisions"),
         (name = "approvals", description = "the approval inbox: humans decide what policy sends them"),
+        (name = "leases", description = "just-in-time credentials of executions"),
+        (name = "halts", description = "the emergency stop"),
         (name = "audit", description = "the tamper-evident log: checkpoints, entries, proofs"),
         (name = "admin", description = "agents, users and policy (role `admin`)"),
     )

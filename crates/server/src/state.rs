@@ -26,6 +26,8 @@ pub struct ServerOptions {
     pub policy_dir: Option<std::path::PathBuf>,
     /// Approval notices.
     pub notify: crate::notify::NotifyOptions,
+    /// How approved actions reach the tools; without one, they rest in `approved`.
+    pub connector: Option<Arc<dyn warden_connectors::Connector>>,
 }
 
 impl Default for ServerOptions {
@@ -36,6 +38,7 @@ impl Default for ServerOptions {
             limits: crate::limits::Limits::default(),
             policy_dir: None,
             notify: crate::notify::NotifyOptions::default(),
+            connector: None,
         }
     }
 }
@@ -62,6 +65,11 @@ pub struct AppState {
     pub notifier: crate::notify::Notifier,
     /// Bumped after every approval transition: long polls wake up and look again.
     changes: tokio::sync::watch::Sender<u64>,
+    pub connector: Option<Arc<dyn warden_connectors::Connector>>,
+    /// The halts in force, mirrored from the store. Executions hold it for reading from their
+    /// last check to the end of the tool call; a halt takes it for writing, so once a halt
+    /// returns no matching action starts.
+    pub halts: std::sync::RwLock<Vec<warden_core::request::Halt>>,
 }
 
 impl AppState {
@@ -89,7 +97,8 @@ impl AppState {
         let tokens = TokenVerifier::new(options.audience, local, options.issuers);
         let limits = options.limits;
         let notify = options.notify;
-        Ok(Arc::new_cyclic(|weak| AppState {
+        let halts = crate::halt::active(data.ledger().store().as_ref())?;
+        let app = Arc::new_cyclic(|weak| AppState {
             data,
             bundle: RwLock::new(Arc::new(bundle)),
             tokens,
@@ -102,7 +111,14 @@ impl AppState {
             metrics: crate::metrics::Metrics::default(),
             notifier: crate::notify::Notifier::start(notify, weak.clone()),
             changes: tokio::sync::watch::Sender::new(0),
-        }))
+            connector: options.connector,
+            halts: std::sync::RwLock::new(halts),
+        });
+        let unknown = crate::execution::reconcile_after_restart(&app)?;
+        if !unknown.is_empty() {
+            tracing::warn!(executions = ?unknown, "executions interrupted by a stop are now `unknown`: reconcile them");
+        }
+        Ok(app)
     }
 
     pub fn ledger(&self) -> &Ledger {

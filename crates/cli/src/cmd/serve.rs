@@ -69,6 +69,13 @@ pub struct ServeArgs {
     #[arg(long, env = "WARDEN_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Log lines as text or JSON (to stderr; filter with `RUST_LOG`).
+    /// Point a tool of the bundle's `connectors.toml` elsewhere: `NAME=URL` (repeatable).
+    #[arg(long = "tool-url", value_name = "NAME=URL")]
+    pub tool_urls: Vec<String>,
+    /// A directory of secret files (`secret:NAME` in connectors.toml reads the file NAME when
+    /// no environment variable NAME is set).
+    #[arg(long, env = "WARDEN_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
     #[arg(long, env = "WARDEN_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
 }
@@ -157,6 +164,28 @@ fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
     Ok(Config { issuers, notify: cfg.notify })
 }
 
+/// The bundle's `connectors.toml`, if it has one: without it, approved actions rest in
+/// `approved` (nothing reaches a tool).
+fn load_connectors(a: &ServeArgs) -> Result<Option<Arc<dyn warden_connectors::Connector>>, Failure> {
+    let mut urls = std::collections::BTreeMap::new();
+    for t in &a.tool_urls {
+        let (name, url) =
+            t.split_once('=').ok_or_else(|| Failure::Invalid(format!("error: --tool-url `{t}` must be NAME=URL")))?;
+        urls.insert(name.to_string(), url.to_string());
+    }
+    let path = a.policy.join("connectors.toml");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && urls.is_empty() => return Ok(None),
+        Err(e) => return Err(Failure::Invalid(format!("error: `{}`: {e}", path.display()))),
+    };
+    let secrets = warden_connectors::EnvSecrets { given: Default::default(), dir: a.secrets_dir.clone() };
+    let c = warden_connectors::HttpConnector::from_toml(&text, &urls, Box::new(secrets))
+        .map_err(|e| Failure::Invalid(format!("error: `{}`: {e}", path.display())))?;
+    tracing::info!(actions = c.actions().count(), "connectors loaded");
+    Ok(Some(Arc::new(c)))
+}
+
 pub fn run(a: ServeArgs) -> Result<(), Failure> {
     init_logs(a.log_format);
     let (_, bundle) = policy::load(&a.policy)?;
@@ -188,12 +217,14 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         webhooks: config.notify.webhooks,
         ..defaults
     };
+    let connector = load_connectors(&a)?;
     let options = ServerOptions {
         audience: a.audience.clone(),
         issuers: config.issuers,
         limits,
         policy_dir: Some(a.policy.clone()),
         notify,
+        connector,
     };
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => {

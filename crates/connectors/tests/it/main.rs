@@ -47,6 +47,7 @@ fn call(action: &str, target: &str, params: Value) -> Call {
         params: params.as_object().cloned().unwrap_or_default(),
         captured: Map::new(),
         lease_id: "lease_test".into(),
+        lease_token: String::new(),
         task: "INC-1".into(),
         agent: "spiffe://acme.example/soc/edr-responder".into(),
     }

@@ -23,6 +23,7 @@ use super::{ApiJson, ApiPath};
 use crate::approvals::{self, Approval, ApprovalState};
 use crate::auth::{AgentCaller, AnyCaller, Caller};
 use crate::error::{ApiError, ApiResult};
+use crate::execution::{self, Execution, LeaseState};
 use crate::model::{ActionRecord, Agent, DecisionRecord, Model, Task, from_millis, millis, rfc3339};
 use crate::state::{App, AppState, blocking};
 
@@ -63,6 +64,20 @@ pub struct ActionAnswer {
     pub target: String,
     pub created_at: String,
     pub decision: Decision,
+    /// The execution, once the action ran (or was attempted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub execution: Option<Execution>,
+    /// The lease the execution ran under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseRef>,
+}
+
+/// The lease of an execution, as the answer shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LeaseRef {
+    pub id: String,
+    pub expires_at: String,
+    pub state: LeaseState,
 }
 
 /// The answer of a dry run: the decision, not recorded.
@@ -119,7 +134,22 @@ fn answer(a: &ActionRecord, d: &DecisionRecord) -> ActionAnswer {
         target: a.target.clone(),
         created_at: a.created_at.clone(),
         decision: d.decision.clone(),
+        execution: None,
+        lease: None,
     }
+}
+
+/// The answer with the execution and its lease, when there is one.
+fn full_answer(store: &dyn Store, a: &ActionRecord, d: &DecisionRecord) -> Result<ActionAnswer, ApiError> {
+    let mut out = answer(a, d);
+    if let Some(r) = store.get(Table::Executions, &a.id)? {
+        let exec = Execution::from_record(&r)?;
+        if let Some((l, _)) = execution::lease(store, &exec.lease)? {
+            out.lease = Some(LeaseRef { id: l.id, expires_at: l.expires_at, state: l.state });
+        }
+        out.execution = Some(exec);
+    }
+    Ok(out)
 }
 
 fn load_pair(store: &dyn Store, id: &str) -> Result<Option<(ActionRecord, DecisionRecord)>, ApiError> {
@@ -143,19 +173,15 @@ fn replay(store: &dyn Store, agent: &str, key: &str, digest: &str) -> Result<Opt
             format!("idempotency key `{key}` was used for a different request ({})", a.id),
         ));
     }
-    Ok(Some(answer(&a, &d)))
+    Ok(Some(full_answer(store, &a, &d)?))
 }
 
-fn active_halts(store: &dyn Store) -> Result<Vec<Halt>, ApiError> {
-    let query = Query { state: Some("active".into()), ..Query::default() };
-    store
-        .find(Table::Halts, &query)?
-        .iter()
-        .map(|r| {
-            serde_json::from_value(r.body.clone())
-                .map_err(|_| ApiError::unavailable("store_unavailable", "a stored halt cannot be read"))
-        })
-        .collect()
+/// The halts in force (the in-memory mirror every halt updates before it returns).
+fn active_halts(s: &AppState) -> Result<Vec<Halt>, ApiError> {
+    s.halts
+        .read()
+        .map(|h| h.clone())
+        .map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))
 }
 
 /// Where a tripped breaker is kept: the store's settings, one key per agent × action.
@@ -197,7 +223,7 @@ fn facts(s: &AppState, agent: &str, req: &ActionRequest, require_task: bool) -> 
         target_seen: usage.target_seen,
         breaker_open: breaker_open(store.as_ref(), agent, &req.action)?,
     };
-    Ok(Facts { task, halts: active_halts(store.as_ref())?, budget })
+    Ok(Facts { task, halts: active_halts(s)?, budget })
 }
 
 fn decide_with(
@@ -440,6 +466,19 @@ fn attempt(
                 s.changed();
                 s.notifier.send(crate::notify::Kind::Created, a);
             }
+            if drec.decision.outcome == Outcome::Execute
+                && let Some(connector) = s.connector.as_deref()
+            {
+                // Recorded as decided; now run it (its own durable records before and after).
+                return match execution::execute(s, connector, &id) {
+                    Ok(_) | Err(ApiError { code: "halted", .. }) => {
+                        let (a, d) = load_pair(store, &id)?
+                            .ok_or_else(|| ApiError::unavailable("store_unavailable", "a recorded request vanished"))?;
+                        Ok(Some(full_answer(store, &a, &d)?))
+                    }
+                    Err(e) => Err(e),
+                };
+            }
             Ok(Some(answer(&record, &drec)))
         }
         // Two requests with one idempotency key raced: the other one won.
@@ -561,7 +600,7 @@ pub async fn get(
             {
                 return Err(missing());
             }
-            Ok(answer(&a, &d))
+            full_answer(s.ledger().store().as_ref(), &a, &d)
         })
         .await?;
         if found.state != "pending_approval" || tokio::time::Instant::now() >= deadline {
@@ -572,4 +611,30 @@ pub async fn get(
             continue;
         }
     }
+}
+
+/// Undo an executed action through its compensation (humans). Idempotent: an action already
+/// rolled back answers as it is. Irreversible actions are refused with 422.
+#[utoipa::path(post, path = "/v1/actions/{id}/rollback", tag = "actions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the request id (`act_…`)")),
+    responses(
+        (status = 200, description = "the execution, rolled back", body = Execution),
+        (status = 404, description = "`no_execution`, `unknown_action`", body = crate::error::ErrorBody),
+        (status = 409, description = "`not_rollbackable`, `conflict`", body = crate::error::ErrorBody),
+        (status = 422, description = "`irreversible`, `no_connector`", body = crate::error::ErrorBody),
+        (status = 502, description = "`rollback_failed`: the tool refused the compensation", body = crate::error::ErrorBody),
+    ))]
+pub async fn rollback(
+    State(app): State<App>,
+    human: crate::auth::HumanCaller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Execution>> {
+    blocking(&app, move |s| {
+        let connector = s
+            .connector
+            .as_deref()
+            .ok_or_else(|| ApiError::invalid("no_connector", "this server has no connectors configured"))?;
+        execution::rollback(s, connector, &id, &Actor::user(&human.0.id)).map(Json)
+    })
+    .await
 }

@@ -96,6 +96,18 @@ async fn decide(app: App, human: HumanCaller, id: String, verdict: Verdict) -> A
         if voted.transitioned {
             tracing::info!(approval = %id, state = voted.approval.state.as_str(), by = %human.0.id, "approval decided");
         }
+        // Approved: the covered requests execute now, each with its own lease and records.
+        if voted.transitioned
+            && voted.approval.state == ApprovalState::Approved
+            && let Some(connector) = s.connector.as_deref()
+        {
+            for request in &voted.approval.requests {
+                if let Err(e) = crate::execution::execute(s, connector, request) {
+                    tracing::warn!(request = %request, code = e.code, error = %e.message, "approved request not executed");
+                }
+            }
+            s.changed();
+        }
         view(s, voted.approval).map(Json)
     })
     .await

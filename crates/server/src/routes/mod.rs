@@ -8,6 +8,8 @@ mod actions;
 mod admin;
 mod approvals;
 mod audit;
+mod halts;
+mod leases;
 mod ops;
 mod policy;
 mod tasks;
@@ -58,9 +60,17 @@ fn documented() -> OpenApiRouter<App> {
         .routes(routes!(approvals::show))
         .routes(routes!(approvals::approve))
         .routes(routes!(approvals::reject))
+        .routes(routes!(actions::rollback))
+        .routes(routes!(leases::get))
+        .routes(routes!(leases::revoke))
+        .routes(routes!(leases::introspect))
+        .routes(routes!(halts::set))
+        .routes(routes!(halts::resume))
+        .routes(routes!(halts::list))
 }
 
 pub use approvals::sweep as sweep_approvals;
+pub(crate) use tasks::new_id;
 
 /// The OpenAPI 3.1 document of this server, generated from the routes above.
 pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
@@ -124,6 +134,30 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             }
             Err(e) => Err(ApiError::bad_request("malformed_request", e.body_text())),
         }
+    }
+}
+
+/// A body sent either as a form (`application/x-www-form-urlencoded`) or as JSON.
+#[derive(Debug)]
+pub struct FormOrJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for FormOrJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let form = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if !form {
+            return ApiJson::<T>::from_request(req, state).await.map(|ApiJson(v)| FormOrJson(v));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", e.body_text()))?;
+        serde_urlencoded::from_bytes(&bytes)
+            .map(FormOrJson)
+            .map_err(|e| ApiError::bad_request("malformed_request", e.to_string()))
     }
 }
 

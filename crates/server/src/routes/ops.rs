@@ -52,12 +52,19 @@ pub async fn jwks(State(app): State<App>) -> Json<Value> {
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(app): State<App>) -> ApiResult<impl axum::response::IntoResponse> {
-    let pending = blocking(&app, |s| {
+    let (pending, leases) = blocking(&app, |s| {
+        let store = s.ledger().store();
         let q = warden_store::Query { state: Some("pending".into()), ..warden_store::Query::default() };
-        Ok(s.ledger().store().find(warden_store::Table::Approvals, &q)?.len() as u64)
+        let pending = store.find(warden_store::Table::Approvals, &q)?.len() as u64;
+        let q = warden_store::Query {
+            state: Some("active".into()),
+            at_from: Some(crate::model::millis(s.now())),
+            ..warden_store::Query::default()
+        };
+        Ok((pending, store.find(warden_store::Table::Leases, &q)?.len() as u64))
     })
     .await?;
-    let text = app.metrics.render(pending, 0);
+    let text = app.metrics.render(pending, leases);
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 

@@ -4,6 +4,7 @@
 mod admin_api;
 mod api;
 mod approvals;
+mod execution;
 mod identity;
 mod openapi;
 mod reload;
@@ -80,6 +81,50 @@ pub fn harness_from(policy_dir: Option<&Path>) -> Harness {
 
 /// The example bundle, a clock of the test's own and notices to `notify`'s webhooks.
 pub fn harness_with(policy_dir: Option<&Path>, clock: Arc<dyn Clock>, notify: NotifyOptions) -> Harness {
+    harness_full(policy_dir, clock, notify, None)
+}
+
+/// The lab estate on a free loopback port (its own runtime thread): its URL and keys.
+pub fn lab() -> (String, warden_lab::Keys) {
+    let keys = warden_lab::Keys::random();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let served = keys.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            warden_lab::serve(listener, served, std::future::pending()).await.unwrap();
+        });
+    });
+    (format!("http://{}", rx.recv().unwrap()), keys)
+}
+
+/// The example bundle's connectors, pointed at `url` with `keys`.
+pub fn connector(url: &str, keys: &warden_lab::Keys) -> Arc<dyn warden_connectors::Connector> {
+    let text = std::fs::read_to_string(example_dir().join("connectors.toml")).unwrap();
+    let tools = ["edr", "idp", "firewall", "mail", "ticketing", "siem"]
+        .iter()
+        .map(|t| (t.to_string(), url.to_string()))
+        .collect();
+    let given = keys.env().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let secrets = warden_connectors::EnvSecrets { given, dir: None };
+    Arc::new(warden_connectors::HttpConnector::from_toml(&text, &tools, Box::new(secrets)).unwrap())
+}
+
+/// A harness whose executions reach a fresh lab estate: the harness, the lab's URL and keys.
+pub fn harness_lab() -> (Harness, String, warden_lab::Keys) {
+    let (url, keys) = lab();
+    let h = harness_full(None, Arc::new(SystemClock), NotifyOptions::default(), Some(connector(&url, &keys)));
+    (h, url, keys)
+}
+
+pub fn harness_full(
+    policy_dir: Option<&Path>,
+    clock: Arc<dyn Clock>,
+    notify: NotifyOptions,
+    connector: Option<Arc<dyn warden_connectors::Connector>>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let (data, admin_token) = DataDir::init(dir.path(), "warden.test/audit", clock.clone()).unwrap();
     let files = read_bundle(policy_dir.unwrap_or(&example_dir()));
@@ -92,6 +137,7 @@ pub fn harness_with(policy_dir: Option<&Path>, clock: Arc<dyn Clock>, notify: No
         policy_dir: policy_dir.map(Path::to_path_buf),
         issuers: external_issuers(),
         notify,
+        connector,
         ..Default::default()
     };
     let app = AppState::with_options(data, bundle, clock, options).unwrap();

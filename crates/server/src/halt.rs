@@ -1,0 +1,267 @@
+//! The emergency stop (DESIGN §3, §8): a halt of everything, one agent, or one action class.
+//! From the moment `set` returns, no matching action starts: executions hold the in-memory
+//! halt list for reading from their last check to the end of their tool call, and `set` takes
+//! it for writing before it answers. In the same commit, the matching leases are revoked, the
+//! matching pending approvals cancelled and a halted agent's status set to `halted`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use warden_core::audit::entry::{Actor, Event, EventType};
+use warden_core::request::{AgentStatus, Halt, HaltScope};
+use warden_store::{Batch, Change, Query, Record, Store, StoreError, Table};
+
+use crate::approvals;
+use crate::error::ApiError;
+use crate::execution::{self, Lease, LeaseState};
+use crate::model::{Agent, Model, rfc3339};
+use crate::state::AppState;
+
+/// A halt as stored: the halt itself and who set and lifted it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HaltRecord {
+    /// `halt_…`
+    pub id: String,
+    #[schema(value_type = Object)]
+    pub halt: Halt,
+    pub set_by: String,
+    pub set_at: String,
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted_reason: Option<String>,
+}
+
+impl Model for HaltRecord {
+    const TABLE: Table = Table::Halts;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn record(&self) -> Record {
+        Record::new(Table::Halts, &self.id, serde_json::to_value(self).unwrap_or_default()).state(if self.active {
+            "active"
+        } else {
+            "lifted"
+        })
+    }
+}
+
+/// The halts in force, from the store.
+pub fn active(store: &dyn Store) -> Result<Vec<Halt>, ApiError> {
+    Ok(records(store, true)?.into_iter().map(|(r, _)| r.halt).collect())
+}
+
+/// Halt records (active ones, or all), with their versions.
+pub fn records(store: &dyn Store, only_active: bool) -> Result<Vec<(HaltRecord, u64)>, ApiError> {
+    let q = Query { state: only_active.then(|| "active".to_string()), ..Query::default() };
+    store.find(Table::Halts, &q)?.iter().map(|r| Ok((HaltRecord::from_record(r)?, r.version))).collect()
+}
+
+/// What a halt did.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Halted {
+    pub halt: HaltRecord,
+    /// Leases revoked by this halt.
+    pub revoked_leases: Vec<String>,
+    /// Approvals cancelled by this halt.
+    pub cancelled_approvals: Vec<String>,
+    /// Executions rolled back (with `rollback`).
+    pub rolled_back: Vec<String>,
+    /// Rollbacks that failed, with why.
+    pub rollback_failures: Vec<String>,
+}
+
+fn lease_matches(h: &Halt, l: &Lease) -> bool {
+    match h.scope {
+        HaltScope::All => true,
+        HaltScope::Agent => h.id.as_deref() == Some(l.agent.as_str()),
+        HaltScope::Action => l.scope.split(' ').next() == h.id.as_deref(),
+    }
+}
+
+fn check(h: &Halt) -> Result<(), ApiError> {
+    match (h.scope, &h.id) {
+        (HaltScope::All, None) => {}
+        (HaltScope::All, Some(_)) => return Err(ApiError::invalid("invalid_halt", "scope `all` takes no `id`")),
+        (_, None) => return Err(ApiError::invalid("invalid_halt", "scopes `agent` and `action` need an `id`")),
+        (_, Some(id)) if id.trim().is_empty() => return Err(ApiError::invalid("invalid_halt", "`id` is empty")),
+        _ => {}
+    }
+    if h.reason.trim().is_empty() {
+        return Err(ApiError::invalid("reason_required", "a halt needs a `reason`"));
+    }
+    Ok(())
+}
+
+/// Sets a halt; see the module's documentation for what it guarantees.
+pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Halted, ApiError> {
+    check(&halt)?;
+    let store = s.ledger().store();
+    let mut gate =
+        s.halts.write().map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))?;
+    let now = s.now();
+    let record = HaltRecord {
+        id: crate::routes::new_id("halt")?,
+        halt: halt.clone(),
+        set_by: actor.id.clone(),
+        set_at: rfc3339(now),
+        active: true,
+        lifted_by: None,
+        lifted_at: None,
+        lifted_reason: None,
+    };
+    // Re-read and retry on a conflict: an execution may finish (and revoke its lease) meanwhile.
+    let mut outcome = None;
+    for _ in 0..16 {
+        let mut batch = Batch::new().change(Change::Insert(record.record())).event(
+            Event::new(EventType::HaltSet, actor.clone()).data(json!({
+                "halt": record.id, "scope": halt.scope, "id": halt.id, "reason": halt.reason,
+                "expires_at": halt.expires_at.map(rfc3339), "rollback": rollback,
+            })),
+        );
+        let q = Query { state: Some("active".into()), ..Query::default() };
+        let mut revoked = Vec::new();
+        for r in store.find(Table::Leases, &q)? {
+            let lease = Lease::from_record(&r)?;
+            if lease.state == LeaseState::Active && lease_matches(&halt, &lease) {
+                let b = execution::revoke_changes(&lease, r.version, actor, &format!("halt: {}", halt.reason), now);
+                batch.changes.extend(b.changes);
+                batch.events.extend(b.events);
+                revoked.push(lease.id);
+            }
+        }
+        let mut cancelled = Vec::new();
+        for a in approvals::list(store.as_ref(), approvals::ApprovalState::Pending)? {
+            if !halt.matches(&a.agent, &a.action, now) {
+                continue;
+            }
+            if let Some(v) = approvals::load(store.as_ref(), &a.id)? {
+                let (_, b) =
+                    approvals::cancel_batch(store.as_ref(), &v, actor, &format!("halt: {}", halt.reason), now)?;
+                batch.changes.extend(b.changes);
+                batch.events.extend(b.events);
+                cancelled.push(a.id);
+            }
+        }
+        if halt.scope == HaltScope::Agent
+            && let Some(id) = &halt.id
+            && let Some(r) = store.get(Table::Agents, id)?
+        {
+            let mut agent = Agent::from_record(&r)?;
+            if agent.status == AgentStatus::Active {
+                agent.status = AgentStatus::Halted;
+                let mut ar = agent.record();
+                ar.version = r.version;
+                batch = batch.change(Change::Update(ar)).event(
+                    Event::new(EventType::AgentChanged, actor.clone())
+                        .data(json!({"agent": id, "from": "active", "to": "halted", "reason": halt.reason})),
+                );
+            }
+        }
+        match s.ledger().commit(batch) {
+            Ok(_) => {
+                outcome = Some((revoked, cancelled));
+                break;
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let (revoked_leases, cancelled_approvals) =
+        outcome.ok_or_else(|| ApiError::conflict("conflict", "the estate kept changing; the halt was not set"))?;
+    gate.push(halt.clone());
+    drop(gate);
+    s.changed();
+    let mut halted = Halted {
+        halt: record,
+        revoked_leases,
+        cancelled_approvals,
+        rolled_back: Vec::new(),
+        rollback_failures: Vec::new(),
+    };
+    if rollback && let Some(connector) = s.connector.as_deref() {
+        // The matching executions of open tasks, undone one by one.
+        let q = Query { state: Some("succeeded".into()), ..Query::default() };
+        for r in store.find(Table::Executions, &q)? {
+            let exec = execution::Execution::from_record(&r)?;
+            if !halt.matches(&exec.agent, &exec.action, now) || exec.compensation.is_none() {
+                continue;
+            }
+            let open = store
+                .get(Table::Tasks, &exec.task)?
+                .map(|t| crate::model::Task::from_record(&t))
+                .transpose()?
+                .is_some_and(|t| t.state == warden_core::request::TaskState::Open);
+            if !open {
+                continue;
+            }
+            match execution::rollback(s, connector, &exec.id, actor) {
+                Ok(_) => halted.rolled_back.push(exec.id),
+                Err(e) => halted.rollback_failures.push(format!("{}: {}", exec.id, e.message)),
+            }
+        }
+    }
+    Ok(halted)
+}
+
+/// Lifts the active halts with this scope and id; a halted agent becomes active again.
+pub fn resume(
+    s: &AppState,
+    scope: HaltScope,
+    id: Option<&str>,
+    actor: &Actor,
+    reason: &str,
+) -> Result<Vec<HaltRecord>, ApiError> {
+    if reason.trim().is_empty() {
+        return Err(ApiError::invalid("reason_required", "a resume needs a `reason`"));
+    }
+    let store = s.ledger().store();
+    let mut gate =
+        s.halts.write().map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))?;
+    let now = s.now();
+    let mut batch = Batch::new();
+    let mut lifted = Vec::new();
+    for (mut h, v) in records(store.as_ref(), true)? {
+        if h.halt.scope != scope || h.halt.id.as_deref() != id {
+            continue;
+        }
+        h.active = false;
+        h.lifted_by = Some(actor.id.clone());
+        h.lifted_at = Some(rfc3339(now));
+        h.lifted_reason = Some(reason.to_string());
+        let mut r = h.record();
+        r.version = v;
+        batch = batch.change(Change::Update(r)).event(
+            Event::new(EventType::HaltLifted, actor.clone())
+                .data(json!({"halt": h.id, "scope": h.halt.scope, "id": h.halt.id, "reason": reason})),
+        );
+        lifted.push(h);
+    }
+    if lifted.is_empty() {
+        return Err(ApiError::not_found("no_halt", "no active halt has this scope and id"));
+    }
+    if scope == HaltScope::Agent
+        && let Some(agent_id) = id
+        && let Some(r) = store.get(Table::Agents, agent_id)?
+    {
+        let mut agent = Agent::from_record(&r)?;
+        if agent.status == AgentStatus::Halted {
+            agent.status = AgentStatus::Active;
+            let mut ar = agent.record();
+            ar.version = r.version;
+            batch = batch.change(Change::Update(ar)).event(
+                Event::new(EventType::AgentChanged, actor.clone())
+                    .data(json!({"agent": agent_id, "from": "halted", "to": "active", "reason": reason})),
+            );
+        }
+    }
+    s.ledger().commit(batch).map_err(|e| match e {
+        StoreError::Conflict { .. } => ApiError::conflict("conflict", "a halt changed meanwhile; try again"),
+        other => other.into(),
+    })?;
+    *gate = active(store.as_ref())?;
+    Ok(lifted)
+}
