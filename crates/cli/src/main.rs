@@ -55,6 +55,15 @@ enum Command {
     /// The lab estate: a fake SOC on loopback for demos and tests.
     #[command(subcommand)]
     Lab(cmd::lab::LabCommand),
+    /// Emergency stop of a running server: no matching action starts once this returns.
+    Halt(cmd::respond::HaltArgs),
+    /// Lift a halt (role admin).
+    Resume(cmd::respond::ResumeArgs),
+    /// Undo executed actions through their compensations.
+    Rollback(cmd::respond::RollbackArgs),
+    /// Budget breakers.
+    #[command(subcommand)]
+    Breaker(cmd::respond::BreakerCommand),
 }
 
 /// How a command ended, beyond plain success.
@@ -107,6 +116,10 @@ fn main() -> ExitCode {
         Command::User(c) => cmd::agent::run_user(c),
         Command::Approvals(c) => cmd::approvals::run(c),
         Command::Lab(c) => cmd::lab::run(c),
+        Command::Halt(a) => cmd::respond::halt(a),
+        Command::Resume(a) => cmd::respond::resume(a),
+        Command::Rollback(a) => cmd::respond::rollback(a),
+        Command::Breaker(c) => cmd::respond::breaker(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -26,6 +26,8 @@ pub enum Kind {
     Created,
     Escalated,
     Expired,
+    /// A budget breaker tripped: the agent × action now goes to humans until reset.
+    BreakerTripped,
 }
 
 impl Kind {
@@ -34,6 +36,7 @@ impl Kind {
             Kind::Created => "approval.requested",
             Kind::Escalated => "approval.escalated",
             Kind::Expired => "approval.expired",
+            Kind::BreakerTripped => "breaker.tripped",
         }
     }
 }
@@ -119,6 +122,7 @@ pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str) -> Value {
         Kind::Created => "Approval needed",
         Kind::Escalated => "Approval escalated: still waiting",
         Kind::Expired => "Approval expired without a decision",
+        Kind::BreakerTripped => "Budget breaker tripped",
     };
     let l = links(a, public_url);
     let text = format!("{title}: {} on {} by {}", a.action, a.target, a.agent);
@@ -143,10 +147,56 @@ pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str) -> Value {
     })
 }
 
+/// A tripped breaker, as notices show it.
+#[derive(Debug, Clone)]
+pub struct BreakerTrip {
+    pub agent: String,
+    pub action: String,
+    pub task: String,
+    pub request: String,
+    pub caps: Value,
+}
+
+fn breaker_json(b: &BreakerTrip, public_url: &str) -> Value {
+    let base = public_url.trim_end_matches('/');
+    json!({
+        "event": Kind::BreakerTripped.as_str(),
+        "breaker": {"agent": b.agent, "action": b.action, "task": b.task, "request": b.request, "caps": b.caps},
+        "links": {"request": format!("{base}/v1/actions/{}", b.request), "task": format!("{base}/v1/tasks/{}", b.task)},
+    })
+}
+
+fn breaker_slack(b: &BreakerTrip, public_url: &str) -> Value {
+    let base = public_url.trim_end_matches('/');
+    json!({
+        "text": format!("Budget breaker tripped: {} × {}", b.agent, b.action),
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": "Budget breaker tripped"}},
+            {"type": "section", "fields": [
+                {"type": "mrkdwn", "text": format!("*Agent*\n{}", b.agent)},
+                {"type": "mrkdwn", "text": format!("*Action*\n{}", b.action)},
+                {"type": "mrkdwn", "text": "*Now*\nevery request goes to a human until `warden breaker reset`"},
+            ]},
+            {"type": "context", "elements": [
+                {"type": "mrkdwn", "text": format!("<{base}/v1/actions/{}|request {}>", b.request, b.request)},
+            ]},
+        ],
+    })
+}
+
 #[derive(Debug)]
-struct Job {
-    kind: Kind,
-    approval: Approval,
+enum Job {
+    Approval { kind: Kind, approval: Box<Approval> },
+    Breaker(BreakerTrip),
+}
+
+impl Job {
+    fn kind(&self) -> Kind {
+        match self {
+            Job::Approval { kind, .. } => *kind,
+            Job::Breaker(_) => Kind::BreakerTripped,
+        }
+    }
 }
 
 /// Sends notices; cheap to call from a request's path (it only queues).
@@ -183,8 +233,17 @@ impl Notifier {
 
     /// Queues a notice about `approval`; never blocks.
     pub fn send(&self, kind: Kind, approval: &Approval) {
+        self.queue(Job::Approval { kind, approval: Box::new(approval.clone()) });
+    }
+
+    /// Queues a notice about a tripped breaker; never blocks.
+    pub fn breaker(&self, trip: BreakerTrip) {
+        self.queue(Job::Breaker(trip));
+    }
+
+    fn queue(&self, job: Job) {
         let Some(tx) = &self.tx else { return };
-        match tx.try_send(Job { kind, approval: approval.clone() }) {
+        match tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(job)) => audit_failure(&self.app, &job, "all", 0, "the notification queue is full"),
             Err(TrySendError::Disconnected(job)) => {
@@ -203,9 +262,13 @@ fn deliver_all(rx: Receiver<Job>, options: &NotifyOptions, app: &Weak<AppState>)
         .into();
     while let Ok(job) = rx.recv() {
         for hook in &options.webhooks {
-            let payload = match hook.format {
-                Format::Json => json_payload(job.kind, &job.approval, &options.public_url),
-                Format::Slack => slack_payload(job.kind, &job.approval, &options.public_url),
+            let payload = match (&job, hook.format) {
+                (Job::Approval { kind, approval }, Format::Json) => json_payload(*kind, approval, &options.public_url),
+                (Job::Approval { kind, approval }, Format::Slack) => {
+                    slack_payload(*kind, approval, &options.public_url)
+                }
+                (Job::Breaker(b), Format::Json) => breaker_json(b, &options.public_url),
+                (Job::Breaker(b), Format::Slack) => breaker_slack(b, &options.public_url),
             };
             let attempts = options.attempts.max(1);
             let mut last = String::new();
@@ -225,7 +288,7 @@ fn deliver_all(rx: Receiver<Job>, options: &NotifyOptions, app: &Weak<AppState>)
                 }
             }
             if !delivered {
-                tracing::warn!(webhook = %hook.name, approval = %job.approval.id, reason = %last, "notification failed");
+                tracing::warn!(webhook = %hook.name, notice = job.kind().as_str(), reason = %last, "notification failed");
                 audit_failure(app, &job, &hook.name, attempts, &last);
             }
         }
@@ -244,13 +307,17 @@ fn error_kind(e: &ureq::Error) -> String {
 
 fn audit_failure(app: &Weak<AppState>, job: &Job, webhook: &str, attempts: u32, reason: &str) {
     let Some(app) = app.upgrade() else { return };
-    let a = &job.approval;
-    let mut event = Event::new(EventType::NotificationFailed, Actor::system("notifier"))
-        .task(&a.task)
-        .action(&a.action)
-        .data(json!({"approval": a.id, "notice": job.kind.as_str(), "webhook": webhook,
-                     "attempts": attempts, "reason": reason}));
-    if let Some(r) = a.requests.first() {
+    let (task, action, request, subject) = match job {
+        Job::Approval { approval: a, .. } => (&a.task, &a.action, a.requests.first(), json!({"approval": a.id})),
+        Job::Breaker(b) => (&b.task, &b.action, Some(&b.request), json!({"agent": b.agent})),
+    };
+    let mut data = json!({"notice": job.kind().as_str(), "webhook": webhook, "attempts": attempts, "reason": reason});
+    if let (Some(d), Some(extra)) = (data.as_object_mut(), subject.as_object()) {
+        d.extend(extra.clone());
+    }
+    let mut event =
+        Event::new(EventType::NotificationFailed, Actor::system("notifier")).task(task).action(action).data(data);
+    if let Some(r) = request {
         event = event.request(r);
     }
     if let Err(e) = app.ledger().commit(Batch::new().event(event)) {

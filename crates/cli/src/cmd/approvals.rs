@@ -24,7 +24,7 @@ pub struct Remote {
 }
 
 impl Remote {
-    fn client(&self) -> Result<Client, Failure> {
+    pub fn client(&self) -> Result<Client, Failure> {
         Client::new(&self.server, self.token.as_deref(), self.ca_cert.as_deref())
     }
 }

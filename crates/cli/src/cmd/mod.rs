@@ -5,4 +5,5 @@ pub mod demo;
 pub mod init;
 pub mod lab;
 pub mod policy;
+pub mod respond;
 pub mod serve;

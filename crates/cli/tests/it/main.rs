@@ -3,6 +3,7 @@
 mod audit;
 mod demo;
 mod policy;
+mod respond;
 mod serve;
 
 use std::path::{Path, PathBuf};

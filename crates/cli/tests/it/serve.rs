@@ -15,7 +15,7 @@ use crate::{example_dir, warden};
 const EDR: &str = "spiffe://acme.example/soc/edr-responder";
 
 /// One HTTP/1.1 request on a fresh connection; (status, JSON body).
-fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&Value>) -> std::io::Result<(u16, Value)> {
+pub fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&Value>) -> std::io::Result<(u16, Value)> {
     let mut s = TcpStream::connect(addr)?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     write!(
@@ -30,7 +30,7 @@ fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&Value>)
     Ok((status, serde_json::from_str(body).unwrap_or(Value::String(body.into()))))
 }
 
-fn stdout_of(data: &Path, args: &[&str]) -> String {
+pub fn stdout_of(data: &Path, args: &[&str]) -> String {
     let out = warden().args(args).arg("--data").arg(data).assert().success();
     String::from_utf8(out.get_output().stdout.clone()).unwrap()
 }

@@ -189,9 +189,18 @@ pub fn breaker_key(agent: &str, action: &str) -> String {
     format!("breaker:{agent}:{action}")
 }
 
-/// A breaker stays open until it is reset (`warden breaker reset`, with the execution work).
-fn breaker_open(store: &dyn Store, agent: &str, action: &str) -> Result<bool, ApiError> {
-    Ok(store.meta(&breaker_key(agent, action))?.is_some_and(|v| v.starts_with("open")))
+/// A breaker's state: `open <time>` from its trip until `warden breaker reset` writes
+/// `closed <ms>`; budgets then count only what happened after the reset.
+pub struct Breaker {
+    pub open: bool,
+    pub reset_ms: Option<i64>,
+}
+
+pub fn breaker(store: &dyn Store, agent: &str, action: &str) -> Result<Breaker, ApiError> {
+    let v = store.meta(&breaker_key(agent, action))?;
+    let open = v.as_deref().is_some_and(|v| v.starts_with("open"));
+    let reset_ms = v.as_deref().and_then(|v| v.strip_prefix("closed ")).and_then(|ms| ms.parse().ok());
+    Ok(Breaker { open, reset_ms })
 }
 
 struct Facts {
@@ -215,13 +224,14 @@ fn facts(s: &AppState, agent: &str, req: &ActionRequest, require_task: bool) -> 
         }
         None => None,
     };
-    let since = millis(s.now() - BUDGET_WINDOW);
+    let b = breaker(store.as_ref(), agent, &req.action)?;
+    let since = millis(s.now() - BUDGET_WINDOW).max(b.reset_ms.unwrap_or(i64::MIN));
     let usage = store.budget_usage(agent, &req.action, since, &req.target.to_string())?;
     let budget = BudgetUsage {
         executions: u32::try_from(usage.hits).unwrap_or(u32::MAX),
         distinct_targets: u32::try_from(usage.distinct_targets).unwrap_or(u32::MAX),
         target_seen: usage.target_seen,
-        breaker_open: breaker_open(store.as_ref(), agent, &req.action)?,
+        breaker_open: b.open,
     };
     Ok(Facts { task, halts: active_halts(s)?, budget })
 }
@@ -461,6 +471,13 @@ fn attempt(
             s.metrics.decided(&drec.decision.outcome.to_string(), &record.action);
             if drec.decision.trip_breaker && !f.budget.breaker_open {
                 s.metrics.breaker_trips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                s.notifier.breaker(crate::notify::BreakerTrip {
+                    agent: agent.id.clone(),
+                    action: req.action.clone(),
+                    task: req.task.clone(),
+                    request: id.clone(),
+                    caps: serde_json::to_value(&drec.decision.caps).unwrap_or_default(),
+                });
             }
             if let Some(Joins::Opens(a)) = &joins {
                 s.changed();
@@ -635,6 +652,61 @@ pub async fn rollback(
             .as_deref()
             .ok_or_else(|| ApiError::invalid("no_connector", "this server has no connectors configured"))?;
         execution::rollback(s, connector, &id, &Actor::user(&human.0.id)).map(Json)
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    pub task: Option<String>,
+    /// The agent's SPIFFE ID.
+    pub agent: Option<String>,
+    /// A request state (`succeeded`, `pending_approval`, …).
+    pub state: Option<String>,
+    /// Only requests of the last `since` (`30m`, `1h`, `7d`).
+    pub since: Option<String>,
+    /// At most this many, newest first (1–1000, default 100).
+    pub limit: Option<u64>,
+}
+
+/// Requests, newest first (humans): by task, agent, state and age — what `warden rollback
+/// --task`/`--agent` pick from.
+#[utoipa::path(get, path = "/v1/actions", tag = "actions", security(("bearer" = [])), params(ListQuery),
+    responses(
+        (status = 200, body = Vec<ActionAnswer>),
+        (status = 422, description = "`invalid_since`", body = crate::error::ErrorBody),
+    ))]
+pub async fn list(
+    State(app): State<App>,
+    _: crate::auth::HumanCaller,
+    super::ApiQuery(q): super::ApiQuery<ListQuery>,
+) -> ApiResult<Json<Vec<ActionAnswer>>> {
+    let since = match &q.since {
+        None => None,
+        Some(t) => Some(warden_core::duration::Duration::parse(t).map_err(|e| ApiError::invalid("invalid_since", e))?),
+    };
+    blocking(&app, move |s| {
+        let store = s.ledger().store();
+        let at_from =
+            since.map(|d| millis(s.now() - Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2))));
+        let query = Query {
+            task: q.task,
+            agent: q.agent,
+            state: q.state,
+            at_from,
+            descending: true,
+            limit: q.limit.unwrap_or(100).clamp(1, 1000) as usize,
+            ..Query::default()
+        };
+        let mut out = Vec::new();
+        for r in store.find(Table::Requests, &query)? {
+            let a = ActionRecord::from_record(&r)?;
+            if let Some(d) = store.get(Table::Decisions, &a.id)? {
+                out.push(full_answer(store.as_ref(), &a, &DecisionRecord::from_record(&d)?)?);
+            }
+        }
+        Ok(Json(out))
     })
     .await
 }

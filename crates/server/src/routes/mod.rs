@@ -8,6 +8,7 @@ mod actions;
 mod admin;
 mod approvals;
 mod audit;
+mod breakers;
 mod halts;
 mod leases;
 mod ops;
@@ -42,7 +43,7 @@ fn documented() -> OpenApiRouter<App> {
         .routes(routes!(tasks::open))
         .routes(routes!(tasks::get))
         .routes(routes!(tasks::close))
-        .routes(routes!(actions::submit))
+        .routes(routes!(actions::submit, actions::list))
         .routes(routes!(actions::get))
         .routes(routes!(actions::dry_run))
         .routes(routes!(policy::reload))
@@ -67,6 +68,7 @@ fn documented() -> OpenApiRouter<App> {
         .routes(routes!(halts::set))
         .routes(routes!(halts::resume))
         .routes(routes!(halts::list))
+        .routes(routes!(breakers::reset))
 }
 
 pub use approvals::sweep as sweep_approvals;

@@ -468,3 +468,21 @@ async fn a_failing_webhook_is_audited_and_the_approval_carries_on() {
     let failed = eventually(|| of_type(&log(&h), "notification.failed").first().map(|e| (*e).clone())).await;
     assert!(failed["data"]["reason"].as_str().unwrap().starts_with("connection failed"), "{failed}");
 }
+
+#[tokio::test]
+async fn a_tripped_breaker_is_announced() {
+    let (rx, url) = receiver(0).await;
+    let (h, _) = clocked_with(notify_to(&url, Format::Json));
+    let agent = h.svid(EDR);
+    task(&h, &agent, "INC-7").await;
+    for _ in 0..11 {
+        let body = json!({"task": "INC-7", "action": "host.isolate", "target": "host:web-42", "confidence": 0.95,
+            "params": {"reason": "beacon"}, "rationale": "C2", "evidence": [{"kind": "edr", "ref": "d:1"}]});
+        assert_eq!(h.call("POST", "/v1/actions", Some(&agent), Some(body)).await.0, StatusCode::OK);
+    }
+    let notice = eventually(|| rx.got.lock().unwrap().iter().find(|v| v["event"] == "breaker.tripped").cloned()).await;
+    assert_eq!(
+        (notice["breaker"]["agent"].as_str(), notice["breaker"]["action"].as_str()),
+        (Some(EDR), Some("host.isolate"))
+    );
+}

@@ -284,3 +284,34 @@ async fn nothing_starts_after_a_halt_returns() {
     let q = warden_store::Query { state: Some("active".into()), ..Default::default() };
     assert!(store.find(warden_store::Table::Leases, &q).unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_runaway_trips_its_breaker_until_an_admin_resets_it() {
+    let (h, url, _) = harness_lab();
+    let agent = h.svid(EDR);
+    task(&h, &agent, "INC-7").await;
+    // The EDR responder's budget: 10 executions an hour.
+    for i in 0..10 {
+        let (_, a) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95))).await;
+        assert_eq!(a["state"], "succeeded", "execution {i}: {a}");
+    }
+    let (_, tripped) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95))).await;
+    assert_ne!(tripped["decision"]["outcome"], "execute", "{tripped}");
+    assert_eq!(types(&h).iter().filter(|t| *t == "breaker.tripped").count(), 1);
+    let (_, held) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95))).await;
+    assert!(held["decision"]["caps"].as_array().unwrap().iter().any(|c| c["code"] == "breaker_open"), "{held}");
+    let calls = lab_state(&url)["calls"]["total"].as_u64().unwrap();
+    assert_eq!(calls, 10, "nothing ran past the budget");
+
+    let body = json!({"agent": EDR, "action": "host.isolate", "reason": "runaway loop fixed"});
+    let ana = h.user("ana", &["soc-analyst"]);
+    let (status, e) = h.call("POST", "/v1/breakers/reset", Some(&ana), Some(body.clone())).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::FORBIDDEN, &json!("missing_role")));
+    let (status, _) = h.call("POST", "/v1/breakers/reset", Some(&h.admin), Some(body.clone())).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, e) = h.call("POST", "/v1/breakers/reset", Some(&h.admin), Some(body)).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::CONFLICT, &json!("breaker_closed")));
+    let (_, again) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95))).await;
+    assert_eq!(again["state"], "succeeded", "budgets count afresh after the reset: {again}");
+    assert_eq!(types(&h).iter().filter(|t| *t == "breaker.reset").count(), 1);
+}

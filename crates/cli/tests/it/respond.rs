@@ -1,0 +1,130 @@
+//! Black box: `warden lab serve`, `warden serve` executing against it, then `warden rollback`,
+//! `warden halt` and `warden resume` from the command line.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+
+use crate::serve::{http, stdout_of};
+use crate::{example_dir, warden};
+
+const EDR: &str = "spiffe://acme.example/soc/edr-responder";
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `warden lab serve` on a free port: the process, its address and the keys it printed.
+fn start_lab() -> (Running, String, Vec<(String, String)>) {
+    let mut lab = Command::new(assert_cmd::cargo::cargo_bin("warden"))
+        .args(["lab", "serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(lab.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("lab estate listening on ").expect("the address is printed").to_string();
+    let mut keys = Vec::new();
+    for _ in 0..6 {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        let (k, v) = line.trim().strip_prefix("export ").unwrap().split_once('=').unwrap();
+        keys.push((k.to_string(), v.to_string()));
+    }
+    (Running(lab), addr, keys)
+}
+
+fn lab_state(addr: &str) -> Value {
+    http(addr, "GET", "/state", "-", None).unwrap().1
+}
+
+#[test]
+fn execute_roll_back_and_halt_from_the_command_line() {
+    let (_lab, lab_addr, keys) = start_lab();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path();
+    let init = warden().args(["init", "--output", "json", "--data"]).arg(data).assert().success();
+    let admin = serde_json::from_slice::<Value>(&init.get_output().stdout).unwrap()["admin_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    stdout_of(data, &["agent", "add", EDR, "--owner", "team:endpoint-response"]);
+    let agent = stdout_of(data, &["agent", "token", EDR]).trim().to_string();
+    let ana = serde_json::from_str::<Value>(&stdout_of(
+        data,
+        &["user", "add", "ana", "--role", "soc-analyst", "--output", "json"],
+    ))
+    .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut server = Command::new(assert_cmd::cargo::cargo_bin("warden"));
+    server
+        .args(["serve", "--listen", "127.0.0.1:0", "--tool-url"])
+        .arg(format!("edr=http://{lab_addr}"))
+        .arg("--data")
+        .arg(data)
+        .arg("--policy")
+        .arg(example_dir())
+        .envs(keys.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = server.spawn().unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let addr = first.trim().strip_prefix("listening on ").unwrap().to_string();
+    let server = Running(child);
+    let url = format!("http://{addr}");
+
+    let task = json!({"id": "INC-7", "title": "beacon", "trigger": {"source": "edr", "severity": "high"}});
+    assert_eq!(http(&addr, "POST", "/v1/tasks", &agent, Some(&task)).unwrap().0, 201);
+    let isolate = json!({"task": "INC-7", "action": "host.isolate", "target": "host:web-42", "confidence": 0.95,
+        "params": {"reason": "beacon"}, "rationale": "C2", "evidence": [{"kind": "edr", "ref": "d:1"}]});
+    let (_, a) = http(&addr, "POST", "/v1/actions", &agent, Some(&isolate)).unwrap();
+    assert_eq!(a["state"], "succeeded", "{a}");
+    assert_eq!(lab_state(&lab_addr)["edr"]["hosts"]["web-42"]["status"], "contained");
+
+    let run = |args: &[&str], token: &str| {
+        let mut cmd = warden();
+        cmd.args(args).args(["--server", &url]).env("WARDEN_TOKEN", token);
+        cmd.assert()
+    };
+    let id = a["id"].as_str().unwrap();
+    let out = run(&["rollback", id], &admin).success();
+    assert!(String::from_utf8_lossy(&out.get_output().stdout).contains("rolled_back (host.release)"));
+    assert_eq!(lab_state(&lab_addr)["edr"]["hosts"]["web-42"]["status"], "normal");
+
+    // Bulk: every reversible action of the task.
+    let (_, b) = http(&addr, "POST", "/v1/actions", &agent, Some(&isolate)).unwrap();
+    assert_eq!(b["state"], "succeeded");
+    let out = run(&["rollback", "--task", "INC-7", "--output", "json"], &admin).success();
+    let rolled: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(rolled, json!([{"id": b["id"], "state": "rolled_back", "compensation": "host.release"}]));
+    assert_eq!(lab_state(&lab_addr)["edr"]["hosts"]["web-42"]["status"], "normal");
+
+    // The emergency stop, and a resume that needs an admin.
+    let out = run(&["halt", "--scope", "agent", "--id", EDR, "--reason", "drill"], &ana).success();
+    assert!(String::from_utf8_lossy(&out.get_output().stdout).contains("leases revoked"));
+    let (status, refused) = http(&addr, "POST", "/v1/actions", &agent, Some(&isolate)).unwrap();
+    assert_eq!((status, &refused["error"]["code"]), (403, &json!("agent_halted")));
+    run(&["resume", "--scope", "agent", "--id", EDR, "--reason", "drill over"], &ana).code(2);
+    run(&["resume", "--scope", "agent", "--id", EDR, "--reason", "drill over"], &admin).success();
+    let (_, c) = http(&addr, "POST", "/v1/actions", &agent, Some(&isolate)).unwrap();
+    assert_eq!(c["state"], "succeeded", "{c}");
+    run(&["halt", "--scope", "agent", "--reason", "no id"], &ana).code(3);
+
+    drop(server);
+    warden().args(["audit", "verify", "--data"]).arg(data).assert().success();
+    let export = stdout_of(data, &["audit", "export", "--format", "raw"]);
+    for (name, key) in &keys {
+        assert!(!export.contains(key.as_str()), "{name} leaked into the log");
+    }
+}
