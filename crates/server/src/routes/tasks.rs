@@ -116,8 +116,8 @@ pub async fn get(
     .await
 }
 
-/// Close a task: its pending approvals are cancelled in the same commit (its leases are
-/// revoked once execution lands).
+/// Close a task: its pending approvals are cancelled and its active leases revoked in the
+/// same commit.
 #[utoipa::path(post, path = "/v1/tasks/{id}/close", tag = "tasks", security(("bearer" = [])),
     params(("id" = String, Path, description = "the task id")),
     responses(
@@ -152,6 +152,15 @@ pub async fn close(
                 crate::approvals::cancel_batch(store.as_ref(), v, &caller.actor(), "the task was closed", s.now())?;
             batch.changes.extend(cancel.changes);
             batch.events.extend(cancel.events);
+        }
+        // And its active leases revoked.
+        let q = warden_store::Query { task: Some(id.clone()), state: Some("active".into()), ..Default::default() };
+        for r in store.find(warden_store::Table::Leases, &q)? {
+            let lease = crate::execution::Lease::from_record(&r)?;
+            let revoke =
+                crate::execution::revoke_changes(&lease, r.version, &caller.actor(), "the task was closed", s.now());
+            batch.changes.extend(revoke.changes);
+            batch.events.extend(revoke.events);
         }
         let cancelled = !pending.is_empty();
         s.ledger().commit(batch).map_err(|e| match e {

@@ -315,3 +315,42 @@ async fn a_runaway_trips_its_breaker_until_an_admin_resets_it() {
     assert_eq!(again["state"], "succeeded", "budgets count afresh after the reset: {again}");
     assert_eq!(types(&h).iter().filter(|t| *t == "breaker.reset").count(), 1);
 }
+
+#[tokio::test]
+async fn closing_a_task_revokes_its_active_leases() {
+    use warden_server::execution::{Lease, LeaseState};
+    use warden_server::model::Model as _;
+    let (h, _, _) = harness_lab();
+    let agent = h.svid(EDR);
+    task(&h, &agent, "INC-7").await;
+    // A lease still active (an execution in flight, say).
+    let lease = Lease {
+        id: "lease_inflight".into(),
+        state: LeaseState::Active,
+        agent: EDR.into(),
+        task: "INC-7".into(),
+        request: "act_x".into(),
+        scope: "host.isolate host:web-42".into(),
+        max_uses: 1,
+        uses: 1,
+        issued_at: "2026-11-23T00:00:00Z".into(),
+        expires_at: "2099-01-01T00:00:00Z".into(),
+        expires_ms: 4_070_908_800_000,
+        revoked_at: None,
+        revoked_reason: None,
+    };
+    h.app.ledger().commit(warden_store::Batch::new().change(warden_store::Change::Insert(lease.record()))).unwrap();
+    let (_, before) =
+        h.call("POST", "/v1/leases/introspect", Some(&h.admin), Some(json!({"token": "lease_inflight"}))).await;
+    assert_eq!((before["active"].as_bool(), before["scope"].as_str()), (Some(true), Some("host.isolate host:web-42")));
+    assert_eq!(h.call("POST", "/v1/tasks/INC-7/close", Some(&h.admin), None).await.0, StatusCode::OK);
+    let (_, l) = h.call("GET", "/v1/leases/lease_inflight", Some(&h.admin), None).await;
+    assert_eq!((l["state"].as_str(), l["revoked_reason"].as_str()), (Some("revoked"), Some("the task was closed")));
+    let (_, after) =
+        h.call("POST", "/v1/leases/introspect", Some(&h.admin), Some(json!({"token": "lease_inflight"}))).await;
+    assert_eq!(after, json!({"active": false}));
+    // RFC 7662's form encoding works too; garbage is simply inactive.
+    let (status, v) =
+        h.call_form("/v1/leases/introspect", &h.admin, "token=not-a-token&token_type_hint=access_token").await;
+    assert_eq!((status, v), (StatusCode::OK, json!({"active": false})));
+}
