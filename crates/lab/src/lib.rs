@@ -329,7 +329,25 @@ async fn state(State(lab): State<Shared>) -> Response {
 
 /// The lab's routes, with `keys` as the tools' API keys.
 pub fn router(keys: Keys) -> axum::Router {
+    router_with(keys, std::time::Duration::ZERO)
+}
+
+/// The same, each tool call taking at least `delay` (a slow vendor API, for crash tests).
+pub fn router_with(keys: Keys, delay: std::time::Duration) -> axum::Router {
     let lab: Shared = Arc::new(Lab { keys, estate: Mutex::new(Estate::default()) });
+    let slow = move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+        // The call is counted and applied after the wait: a caller killed meanwhile still
+        // reaches the tool, as with a real vendor API.
+        if delay.is_zero() || req.uri().path() == "/state" {
+            return next.run(req).await;
+        }
+        // In a task of its own, so it completes even if the caller hangs up mid-wait.
+        let done = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            next.run(req).await
+        });
+        done.await.unwrap_or_else(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "lab call failed"))
+    };
     axum::Router::new()
         .route("/state", get(state))
         .route("/edr/v1/hosts/{host}/contain", post(contain))
@@ -351,6 +369,7 @@ pub fn router(keys: Keys) -> axum::Router {
         .route("/siem/api/alerts/{alert}/close", post(close_alert))
         .route("/siem/api/alerts/{alert}/reopen", post(reopen_alert))
         .with_state(lab)
+        .layer(axum::middleware::from_fn(slow))
 }
 
 /// Serves the lab on `listener` until `shutdown` resolves.
@@ -359,5 +378,15 @@ pub async fn serve(
     keys: Keys,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(keys)).with_graceful_shutdown(shutdown).await
+    serve_with(listener, keys, std::time::Duration::ZERO, shutdown).await
+}
+
+/// Serves the lab with every tool call delayed by `delay`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    keys: Keys,
+    delay: std::time::Duration,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router_with(keys, delay)).with_graceful_shutdown(shutdown).await
 }

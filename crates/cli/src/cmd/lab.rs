@@ -17,6 +17,9 @@ pub struct LabArgs {
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:8700")]
     pub listen: String,
+    /// Make every tool call take this long (milliseconds): a slow vendor API.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms: u64,
 }
 
 pub fn run(c: LabCommand) -> Result<(), Failure> {
@@ -46,7 +49,10 @@ pub fn run(c: LabCommand) -> Result<(), Failure> {
         for (name, key) in keys.env() {
             outln!("export {name}={key}");
         }
-        warden_lab::serve(listener, keys, warden_server::serve::signals()).await.context("serving the lab")?;
+        let delay = std::time::Duration::from_millis(a.delay_ms);
+        warden_lab::serve_with(listener, keys, delay, warden_server::serve::signals())
+            .await
+            .context("serving the lab")?;
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(())

@@ -128,3 +128,91 @@ fn execute_roll_back_and_halt_from_the_command_line() {
         assert!(!export.contains(key.as_str()), "{name} leaked into the log");
     }
 }
+
+fn start_server(data: &std::path::Path, lab_addr: &str, keys: &[(String, String)]) -> (Running, String) {
+    let mut child = Command::new(assert_cmd::cargo::cargo_bin("warden"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--tool-url"])
+        .arg(format!("edr=http://{lab_addr}"))
+        .arg("--data")
+        .arg(data)
+        .arg("--policy")
+        .arg(example_dir())
+        .envs(keys.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    let addr = first.trim().strip_prefix("listening on ").unwrap().to_string();
+    (Running(child), addr)
+}
+
+/// SIGKILL in the middle of executions against a slow tool: after the restart the interrupted
+/// ones are `unknown`, nothing is called again, and the log verifies.
+#[test]
+fn a_killed_server_leaves_unknown_executions_and_calls_nothing_twice() {
+    let mut lab = Command::new(assert_cmd::cargo::cargo_bin("warden"))
+        .args(["lab", "serve", "--listen", "127.0.0.1:0", "--delay-ms", "500"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(lab.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let lab_addr = line.trim().strip_prefix("lab estate listening on ").unwrap().to_string();
+    let mut keys = Vec::new();
+    for _ in 0..6 {
+        line.clear();
+        out.read_line(&mut line).unwrap();
+        let (k, v) = line.trim().strip_prefix("export ").unwrap().split_once('=').unwrap();
+        keys.push((k.to_string(), v.to_string()));
+    }
+    let _lab = Running(lab);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path();
+    let init = warden().args(["init", "--output", "json", "--data"]).arg(data).assert().success();
+    let admin = serde_json::from_slice::<Value>(&init.get_output().stdout).unwrap()["admin_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    stdout_of(data, &["agent", "add", EDR, "--owner", "team:endpoint-response"]);
+    let agent = stdout_of(data, &["agent", "token", EDR]).trim().to_string();
+    let (server, addr) = start_server(data, &lab_addr, &keys);
+    let task = json!({"id": "INC-7", "title": "beacon", "trigger": {"source": "edr", "severity": "high"}});
+    assert_eq!(http(&addr, "POST", "/v1/tasks", &agent, Some(&task)).unwrap().0, 201);
+    let hosts = ["web-01", "web-02", "web-42"];
+    let threads: Vec<_> = (0..6)
+        .map(|i| {
+            let (addr, agent) = (addr.clone(), agent.clone());
+            let body = json!({"task": "INC-7", "action": "host.isolate", "target": format!("host:{}", hosts[i % 3]),
+                "confidence": 0.95, "params": {"reason": "beacon"}, "rationale": "C2", "evidence": [{"kind": "edr", "ref": "d:1"}]});
+            std::thread::spawn(move || http(&addr, "POST", "/v1/actions", &agent, Some(&body)))
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    drop(server); // SIGKILL, mid-call
+    for t in threads {
+        let _ = t.join(); // their connections died with the server
+    }
+    std::thread::sleep(std::time::Duration::from_millis(800)); // the lab finishes what it received
+    let calls_before = lab_state(&lab_addr)["calls"]["total"].as_u64().unwrap();
+    assert!(calls_before > 0, "the tool was called before the kill");
+
+    let (server, addr) = start_server(data, &lab_addr, &keys);
+    let (status, unknown) = http(&addr, "GET", "/v1/actions?state=unknown", &admin, None).unwrap();
+    assert_eq!(status, 200, "{unknown}");
+    let unknown = unknown.as_array().unwrap().len() as u64;
+    assert!(unknown >= 1, "the interrupted executions are unknown");
+    let (_, executing) = http(&addr, "GET", "/v1/actions?state=executing", &admin, None).unwrap();
+    assert_eq!(executing, json!([]), "nothing is left executing");
+    assert!(
+        calls_before <= unknown,
+        "every call the lab got belongs to an unknown execution ({calls_before} > {unknown})"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert_eq!(lab_state(&lab_addr)["calls"]["total"].as_u64().unwrap(), calls_before, "nothing was retried");
+    drop(server);
+    warden().args(["audit", "verify", "--data"]).arg(data).assert().success();
+}
