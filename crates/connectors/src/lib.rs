@@ -167,6 +167,8 @@ pub struct HttpConnector {
     tools: BTreeMap<String, ToolConfig>,
     actions: BTreeMap<String, ActionConfig>,
     secrets: Box<dyn Secrets>,
+    /// One HTTP client per tool: its connections are kept alive between calls.
+    clients: BTreeMap<String, ureq::Agent>,
 }
 
 impl fmt::Debug for HttpConnector {
@@ -275,7 +277,21 @@ impl HttpConnector {
                 }
             }
         }
-        Ok(HttpConnector { tools: file.tools, actions: file.actions, secrets })
+        let clients = file
+            .tools
+            .iter()
+            .map(|(name, tool)| {
+                let timeout = tool.timeout.as_deref().and_then(parse_timeout).unwrap_or(Duration::from_secs(10));
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(timeout))
+                    .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .into();
+                (name.clone(), agent)
+            })
+            .collect();
+        Ok(HttpConnector { tools: file.tools, actions: file.actions, secrets, clients })
     }
 
     /// The action classes this connector performs.
@@ -407,9 +423,7 @@ impl Connector for HttpConnector {
         for (name, value) in &tool.headers {
             headers.push((name.clone(), self.resolve_secret(value, &mut used)?));
         }
-        let timeout = tool.timeout.as_deref().and_then(parse_timeout).unwrap_or(Duration::from_secs(10));
-        let agent: ureq::Agent =
-            ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(timeout)).build().into();
+        let agent = self.clients.get(&a.tool).ok_or_else(|| ConnectorError::NotConfigured(call.action.clone()))?;
         let method: ureq::http::Method =
             a.method.parse().map_err(|_| ConnectorError::NotConfigured(call.action.clone()))?;
         let mut req = ureq::http::Request::builder().method(method).uri(&url);

@@ -354,3 +354,42 @@ async fn closing_a_task_revokes_its_active_leases() {
         h.call_form("/v1/leases/introspect", &h.admin, "token=not-a-token&token_type_hint=access_token").await;
     assert_eq!((status, v), (StatusCode::OK, json!({"active": false})));
 }
+
+/// The lease token a tool receives verifies offline with the published JWKS, names the lease
+/// and its scope, and introspection says whether it is still good.
+#[tokio::test]
+async fn a_tool_can_check_its_lease_token_offline_and_by_introspection() {
+    let (url, keys) = crate::lab();
+    let text = format!(
+        "[tools.edr]\nurl = \"{url}\"\nheaders = {{ \"x-api-key\" = \"secret:LAB_EDR_KEY\" }}\n\
+         [actions.\"host.isolate\"]\ntool = \"edr\"\nmethod = \"POST\"\npath = \"/edr/v1/hosts/{{target.id}}/contain\"\n\
+         body = {{ comment = \"{{lease.token}}\" }}\n"
+    );
+    let given = keys.env().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let secrets = warden_connectors::EnvSecrets { given, dir: None };
+    let connector: Arc<dyn warden_connectors::Connector> =
+        Arc::new(warden_connectors::HttpConnector::from_toml(&text, &Default::default(), Box::new(secrets)).unwrap());
+    let h = crate::harness_full(None, Arc::new(warden_store::SystemClock), Default::default(), Some(connector));
+    let agent = h.svid(EDR);
+    task(&h, &agent, "INC-7").await;
+    let (_, a) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95))).await;
+    assert_eq!(a["state"], "succeeded", "{a}");
+    let token = lab_state(&url)["edr"]["hosts"]["web-42"]["comment"].as_str().unwrap().to_string();
+    // Offline: nothing but the JWKS and a JWT library.
+    let (_, jwks) = h.call("GET", "/.well-known/jwks.json", None, None).await;
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwks["keys"][0].clone()).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_audience(&["warden-lease"]);
+    let claims =
+        jsonwebtoken::decode::<Value>(&token, &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(), &v).unwrap().claims;
+    assert_eq!(
+        (claims["jti"].as_str(), claims["scope"].as_str(), claims["sub"].as_str()),
+        (a["lease"]["id"].as_str(), Some("host.isolate host:web-42"), Some(EDR))
+    );
+    // Introspection: the execution is over, so the lease is no longer active.
+    let (_, i) = h.call("POST", "/v1/leases/introspect", Some(&h.admin), Some(json!({"token": token}))).await;
+    assert_eq!(i, json!({"active": false}));
+    // A lease token is not a credential for Warden's own API.
+    let (status, _) = h.call("GET", "/v1/tasks/INC-7", Some(&token), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
