@@ -183,6 +183,13 @@ fn load_connectors(a: &ServeArgs) -> Result<Option<Arc<dyn warden_connectors::Co
     let c = warden_connectors::HttpConnector::from_toml(&text, &urls, Box::new(secrets))
         .map_err(|e| Failure::Invalid(format!("error: `{}`: {e}", path.display())))?;
     tracing::info!(actions = c.actions().count(), "connectors loaded");
+    // A tool that does not answer now is worth a warning, not a refusal to start: its actions
+    // fail (closed) until it does.
+    for (tool, health) in warden_connectors::Connector::health(&c) {
+        if let Err(e) = health {
+            tracing::warn!(%tool, error = %e, "a tool does not answer");
+        }
+    }
     Ok(Some(Arc::new(c)))
 }
 

@@ -245,44 +245,81 @@ async fn a_halt_stops_an_agent_revokes_cancels_and_resume_needs_admin() {
     assert_eq!((status, &e["error"]["code"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_halt")));
 }
 
-/// Many agents' requests in flight while a halt of everything is issued: once the halt call
-/// has returned, the lab receives no further call.
+/// Requests of two agents in flight, executing against the lab, while a halt of everything is
+/// issued: once the halt call has returned, the lab receives no further call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nothing_starts_after_a_halt_returns() {
     let (h, url, _) = harness_lab();
     let h = Arc::new(h);
-    let agent = h.svid(EDR);
-    task(&h, &agent, "INC-7").await;
+    let (bot, edr) = (h.svid(ENRICH), h.svid(EDR));
+    task(&h, &bot, "INC-7").await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
     for w in 0..8 {
-        let (h, agent, stop) = (h.clone(), agent.clone(), stop.clone());
+        let (h, stop) = (h.clone(), stop.clone());
+        let token = if w % 4 == 0 { edr.clone() } else { bot.clone() };
         load.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let body = json!({"task": "INC-7", "action": "host.isolate", "target": format!("host:web-{w}{i}"), "confidence": 0.95,
-                    "params": {"reason": "beacon"}, "rationale": "C2", "evidence": [{"kind": "edr", "ref": "d:1"}]});
-                let _ = h.call("POST", "/v1/actions", Some(&agent), Some(body)).await;
+                let body = if w % 4 == 0 {
+                    isolate("host:web-42", 0.95)
+                } else {
+                    json!({"task": "INC-7", "action": "alert.enrich", "target": format!("alert:ALRT-{w}-{i}"),
+                        "confidence": 0.9, "params": {"sources": ["threat-intel"]}})
+                };
+                let _ = h.call("POST", "/v1/actions", Some(&token), Some(body)).await;
                 i += 1;
             }
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let (status, halted) =
         h.call("POST", "/v1/halt", Some(&h.admin), Some(json!({"scope": "all", "reason": "stop everything"}))).await;
     assert_eq!(status, StatusCode::OK, "{halted}");
     let after = lab_state(&url)["calls"]["total"].as_u64().unwrap();
-    assert!(after > 0, "the load reached the lab before the halt");
+    assert!(after >= 20, "executions were flowing before the halt ({after} calls)");
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for l in load {
         l.await.unwrap();
     }
     assert_eq!(lab_state(&url)["calls"]["total"].as_u64().unwrap(), after, "no call after the halt returned");
-    // Every lease is inactive.
+    // Every lease is inactive, and the requests that arrived after the halt were denied.
     let store = h.app.ledger().store();
     let q = warden_store::Query { state: Some("active".into()), ..Default::default() };
     assert!(store.find(warden_store::Table::Leases, &q).unwrap().is_empty());
+    let denied = log(&h)
+        .iter()
+        .filter(|e| e["type"] == "decision.made" && e["data"]["decision"]["caps"].to_string().contains("halted"))
+        .count();
+    assert!(denied > 0, "requests after the halt were decided against");
+}
+
+/// Halts persist: a server opened later on the same data directory enforces them.
+#[tokio::test]
+async fn a_halt_survives_a_restart() {
+    let (h, _, _) = harness_lab();
+    let (status, _) = h
+        .call(
+            "POST",
+            "/v1/halt",
+            Some(&h.admin),
+            Some(json!({"scope": "action", "id": "host.isolate", "reason": "drill"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let data =
+        warden_store::DataDir::open(h._dir.path(), Arc::new(warden_store::SystemClock), Default::default()).unwrap();
+    let files = crate::read_bundle(&crate::example_dir());
+    let again = warden_server::AppState::with_options(
+        data,
+        warden_core::Bundle::load(&files).unwrap(),
+        Arc::new(warden_store::SystemClock),
+        Default::default(),
+    )
+    .unwrap();
+    let halts = again.halts.read().unwrap().clone();
+    assert_eq!((halts.len(), halts[0].id.as_deref()), (1, Some("host.isolate")));
 }
 
 #[tokio::test]
