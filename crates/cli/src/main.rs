@@ -64,6 +64,8 @@ enum Command {
     /// Budget breakers.
     #[command(subcommand)]
     Breaker(cmd::respond::BreakerCommand),
+    /// Who is accountable for an action: the whole chain, each audit entry proven.
+    Explain(cmd::explain::ExplainArgs),
 }
 
 /// How a command ended, beyond plain success.
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
         Command::Resume(a) => cmd::respond::resume(a),
         Command::Rollback(a) => cmd::respond::rollback(a),
         Command::Breaker(c) => cmd::respond::breaker(c),
+        Command::Explain(a) => cmd::explain::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -15,6 +15,7 @@ pub mod approvals;
 pub mod auth;
 pub mod error;
 pub mod execution;
+pub mod explain;
 pub mod halt;
 pub mod identity;
 pub mod limits;

@@ -2,6 +2,7 @@ pub mod agent;
 pub mod approvals;
 pub mod audit;
 pub mod demo;
+pub mod explain;
 pub mod init;
 pub mod lab;
 pub mod policy;

@@ -102,6 +102,17 @@ fn execute_roll_back_and_halt_from_the_command_line() {
     assert!(String::from_utf8_lossy(&out.get_output().stdout).contains("rolled_back (host.release)"));
     assert_eq!(lab_state(&lab_addr)["edr"]["hosts"]["web-42"]["status"], "normal");
 
+    // Who is accountable for it, every entry proven against the signed checkpoint.
+    let out = run(&["explain", id], &admin).success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(text.contains("agent      spiffe://acme.example/soc/edr-responder owner team:endpoint-response"), "{text}");
+    assert!(text.contains("rollback   host.release by admin"), "{text}");
+    assert!(text.contains("entries proven") && !text.contains("PROOF FAILED"), "{text}");
+    let out = run(&["explain", id, "--output", "json"], &admin).success();
+    let e: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert!(e["entries"].as_array().unwrap().iter().all(|c| c["verified"] == true));
+    run(&["explain", "act_nope"], &admin).code(3);
+
     // Bulk: every reversible action of the task.
     let (_, b) = http(&addr, "POST", "/v1/actions", &agent, Some(&isolate)).unwrap();
     assert_eq!(b["state"], "succeeded");

@@ -710,3 +710,20 @@ pub async fn list(
     })
     .await
 }
+
+/// The accountability chain of one action (humans): trigger, agent, request, decision,
+/// approvals, lease, execution, rollback, who should have intervened, and an inclusion proof
+/// for every audit entry cited, checked against the latest signed checkpoint.
+#[utoipa::path(get, path = "/v1/explain/{id}", tag = "actions", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the request id (`act_…`)")),
+    responses(
+        (status = 200, body = crate::explain::Explanation),
+        (status = 404, description = "`unknown_action`", body = crate::error::ErrorBody),
+    ))]
+pub async fn explain(
+    State(app): State<App>,
+    _: crate::auth::HumanCaller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<crate::explain::Explanation>> {
+    blocking(&app, move |s| crate::explain::explain(s, &id).map(Json)).await
+}

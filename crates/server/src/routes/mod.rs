@@ -62,6 +62,7 @@ fn documented() -> OpenApiRouter<App> {
         .routes(routes!(approvals::approve))
         .routes(routes!(approvals::reject))
         .routes(routes!(actions::rollback))
+        .routes(routes!(actions::explain))
         .routes(routes!(leases::get))
         .routes(routes!(leases::revoke))
         .routes(routes!(leases::introspect))

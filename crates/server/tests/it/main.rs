@@ -5,6 +5,7 @@ mod admin_api;
 mod api;
 mod approvals;
 mod execution;
+mod explain;
 mod identity;
 mod openapi;
 mod reload;

@@ -23,6 +23,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("GET", "/v1/audit/entries"),
     ("GET", "/v1/audit/proof/consistency"),
     ("GET", "/v1/audit/proof/inclusion"),
+    ("GET", "/v1/explain/{id}"),
     ("GET", "/v1/halts"),
     ("GET", "/v1/leases/{id}"),
     ("GET", "/v1/tasks/{id}"),

@@ -1,0 +1,169 @@
+//! `warden explain ACTION_ID`: who is accountable for an action, from a running server.
+
+use clap::Args;
+use serde_json::Value;
+
+use crate::Failure;
+use crate::client::segment;
+use crate::cmd::approvals::Remote;
+use crate::render::Output;
+
+/// The accountability chain of one action: trigger → agent → request → decision → approvals →
+/// lease → execution → rollback → who should have intervened, each audit entry proven against
+/// the latest signed checkpoint. Exit 2 if any proof fails.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The action request id (`act_…`).
+    pub action_id: String,
+    #[command(flatten)]
+    pub remote: Remote,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "—".into(),
+        other => other.to_string(),
+    }
+}
+
+fn text(e: &Value) -> String {
+    let mut out = Vec::new();
+    let a = &e["action"];
+    out.push(format!(
+        "{} {} on {} — {} ({})",
+        s(&a["id"]),
+        s(&a["action"]),
+        s(&a["target"]),
+        s(&a["state"]),
+        s(&a["created_at"])
+    ));
+    let t = &e["trigger"];
+    out.push(format!(
+        "trigger    task {} \"{}\" from {} alert {} severity {}",
+        s(&t["task"]),
+        s(&t["title"]),
+        s(&t["source"]),
+        s(&t["alert_id"]),
+        s(&t["severity"])
+    ));
+    let g = &e["agent"];
+    out.push(format!("agent      {} owner {} — {}", s(&g["id"]), s(&g["owner"]), s(&g["purpose"])));
+    let r = &e["request"];
+    out.push(format!("request    confidence {} — {}", s(&r["confidence"]), s(&r["rationale"])));
+    for ev in r["evidence"].as_array().into_iter().flatten() {
+        out.push(format!("           evidence {} {}", s(&ev["kind"]), s(&ev["ref"])));
+    }
+    let d = &e["decision"];
+    out.push(format!(
+        "decision   {} at level {} (granted {}), bundle {}",
+        s(&d["outcome"]),
+        s(&d["effective_level"]),
+        s(&d["granted_level"]),
+        s(&d["bundle_version"])
+    ));
+    for p in d["policies"].as_array().into_iter().flatten() {
+        out.push(format!(
+            "           policy {} owner {} {}:{}",
+            s(&p["id"]),
+            s(&p["owner"]),
+            s(&p["file"]),
+            s(&p["line"])
+        ));
+    }
+    for c in d["caps"].as_array().into_iter().flatten() {
+        out.push(format!("           cap {}: {}", s(&c["code"]), s(&c["reason"])));
+    }
+    if let Some(ap) = e["approval"].as_object() {
+        out.push(format!(
+            "approval   {} {} (roles {}, quorum {})",
+            s(&ap["id"]),
+            s(&ap["state"]),
+            s(&ap["roles"]),
+            s(&ap["quorum"])
+        ));
+        for v in ap["votes"].as_array().into_iter().flatten() {
+            out.push(format!(
+                "           {} as {} at {}: {}",
+                s(&v["user"]),
+                s(&v["role"]),
+                s(&v["at"]),
+                s(&v["reason"])
+            ));
+        }
+    }
+    if let Some(l) = e["lease"].as_object() {
+        out.push(format!(
+            "lease      {} scope \"{}\" {} → {}, {} ({})",
+            s(&l["id"]),
+            s(&l["scope"]),
+            s(&l["issued_at"]),
+            s(&l["expires_at"]),
+            s(&l["state"]),
+            s(&l["revoked_reason"])
+        ));
+    }
+    if let Some(x) = e["execution"].as_object() {
+        out.push(format!(
+            "execution  {} via {} (HTTP {}) {}",
+            s(&x["state"]),
+            s(&x["connector"]),
+            s(&x["tool_status"]),
+            s(&x["answer"])
+        ));
+    }
+    if let Some(rb) = e["rollback"].as_object() {
+        out.push(format!(
+            "rollback   {} by {} at {}: {}",
+            s(&rb["action"]),
+            s(&rb["by"]),
+            s(&rb["at"]),
+            if rb["succeeded"] == true { "succeeded" } else { "failed" }
+        ));
+    }
+    let x = &e["escalation"];
+    out.push(format!(
+        "accountable workflow owner {}, policy owners {}, agent owner {}; approvers {}; incident commander {}",
+        s(&x["workflow_owner"]),
+        s(&x["policy_owners"]),
+        s(&x["agent_owner"]),
+        s(&x["approver_roles"]),
+        s(&x["incident_commander"])
+    ));
+    let cp = &e["checkpoint"];
+    let entries = e["entries"].as_array().cloned().unwrap_or_default();
+    let ok = entries.iter().filter(|c| c["verified"] == true).count();
+    out.push(format!(
+        "audit      {ok}/{} entries proven against checkpoint {} (size {}):",
+        entries.len(),
+        s(&cp["origin"]),
+        s(&cp["size"])
+    ));
+    for c in &entries {
+        out.push(format!(
+            "           #{} {} {} by {} {}",
+            s(&c["seq"]),
+            s(&c["time"]),
+            s(&c["type"]),
+            s(&c["actor"]),
+            if c["verified"] == true { "✓" } else { "✗ PROOF FAILED" }
+        ));
+    }
+    out.join("\n")
+}
+
+pub fn run(a: ExplainArgs) -> Result<(), Failure> {
+    let e: Value = a.remote.client()?.get(&format!("/v1/explain/{}", segment(&a.action_id)))?;
+    match a.output {
+        Output::Json => outln!("{e}"),
+        Output::Text => outln!("{}", text(&e)),
+    }
+    let failed = e["entries"].as_array().into_iter().flatten().any(|c| c["verified"] != true);
+    if failed {
+        eprintln!("error: an audit entry does not prove against the signed checkpoint");
+        return Err(Failure::Denied);
+    }
+    Ok(())
+}
