@@ -1,4 +1,5 @@
-//! `warden demo`: the example bundle's decisions, scenario by scenario.
+//! `warden demo`: the whole job end to end (`incident`), or with `--decisions` the example
+//! bundle's decisions, scenario by scenario, without a server.
 
 use clap::Args;
 use warden_core::policy_test::parse_cases;
@@ -6,10 +7,23 @@ use warden_core::{Bundle, SourceFile};
 
 use crate::{Failure, render};
 
+/// The phishing incident end to end: the lab estate and a Warden server on free loopback
+/// ports, scripted agents and humans over HTTP, every step narrated and checked (exit 0 only
+/// if each behaved as narrated). `--decisions` walks the bundle's decisions instead.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Use this bundle directory instead of the example bundle built into the binary.
+    /// The data directory the demo creates (a directory a previous demo made is started
+    /// afresh; any other existing one is refused).
+    #[arg(long, default_value = "./warden-demo")]
+    pub data: std::path::PathBuf,
+    /// Leave the server and the lab running afterwards, to explore over HTTP.
     #[arg(long)]
+    pub keep_running: bool,
+    /// Only walk the example decisions, scenario by scenario (no server, nothing stored).
+    #[arg(long)]
+    pub decisions: bool,
+    /// With --decisions: use this bundle directory instead of the built-in example.
+    #[arg(long, requires = "decisions")]
     pub policy: Option<std::path::PathBuf>,
 }
 
@@ -30,6 +44,9 @@ pub const EXAMPLE_BUNDLE: &[(&str, &str)] = &[
 const SCRIPT: &str = include_str!("demo.toml");
 
 pub fn run(a: DemoArgs) -> Result<(), Failure> {
+    if !a.decisions {
+        return crate::cmd::incident::run(a.data, a.keep_running);
+    }
     let bundle = match &a.policy {
         Some(dir) => crate::cmd::policy::load(dir)?.1,
         None => {

@@ -29,7 +29,8 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn text(e: &Value) -> String {
+/// The explanation as text, one fact per line.
+pub fn text(e: &Value) -> String {
     let mut out = Vec::new();
     let a = &e["action"];
     out.push(format!(

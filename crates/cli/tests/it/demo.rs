@@ -1,8 +1,72 @@
+use serde_json::Value;
+
 use crate::warden;
 
+/// The README's first command: the whole incident end to end, each step asserted from the
+/// narration, the lab's state read back from the demo's own data directory's log.
 #[test]
-fn the_demo_runs_every_scenario_as_scripted() {
-    let out = warden().arg("demo").assert().success().get_output().stdout.clone();
+fn the_demo_runs_the_whole_incident_as_narrated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("demo");
+    let out = warden().args(["demo", "--data"]).arg(&data).assert().success().get_output().stdout.clone();
+    let text = String::from_utf8(out).unwrap();
+    for expected in [
+        "enrichment-bot → alert.enrich on alert:ALRT-1001",
+        "execute at level 4",
+        "✓ the SIEM alert is enriched in the lab",
+        "phish-triage → email.quarantine on mailbox:jdoe@acme.example (confidence 0.95)",
+        "execute at level 3",
+        "✓ the message is quarantined in the lab",
+        "edr-responder → host.isolate on host:db-payments-01",
+        "ana (soc-analyst) approves",
+        "✓ the host is contained in the lab",
+        "needs 2 of [\"iam-owner\"]",
+        "→ pending (1/2 votes)",
+        "→ approved (2/2 votes)",
+        "✓ the account is deactivated in the lab",
+        "advise at level 1",
+        "flagged for review",
+        "\"code\":\"budget_exceeded\"",
+        "✓ its budget (10 an hour) trips the breaker: back to level 2",
+        "✓ its pending approval is cancelled",
+        "✓ its containments are lifted in the lab",
+        "✓ the halted agent is refused",
+        "✓ closed",
+        "every leaf and signed checkpoint recomputed: ok",
+        "approval.granted by user:ana ✓",
+        "✓ every cited entry proves against the signed checkpoint",
+        "| 5 | identity-responder | account.disable account:adm-jdoe | require_approval | 2 | succeeded (approved by ivy, ian) |",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+    assert!(!text.contains("PROOF FAILED"));
+    // What it left behind is a real data directory: the log verifies with the CLI, and the
+    // lab's answers recorded in it show each tool changed.
+    warden().args(["audit", "verify", "--data"]).arg(&data).assert().success();
+    let export = warden().args(["audit", "export", "--format", "jsonl", "--data"]).arg(&data).assert().success();
+    let entries: Vec<Value> = String::from_utf8_lossy(&export.get_output().stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["entry"].clone())
+        .collect();
+    let succeeded: Vec<&str> =
+        entries.iter().filter(|e| e["type"] == "execution.succeeded").map(|e| e["action"].as_str().unwrap()).collect();
+    for action in ["alert.enrich", "email.quarantine", "host.isolate", "account.disable"] {
+        assert!(succeeded.contains(&action), "{action} executed: {succeeded:?}");
+    }
+    assert!(entries.iter().any(|e| e["type"] == "halt.set"));
+    assert!(entries.iter().any(|e| e["type"] == "breaker.tripped"));
+    // A second run starts its own directory afresh; a foreign directory is refused.
+    warden().args(["demo", "--data"]).arg(&data).assert().success();
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("precious.txt"), "mine").unwrap();
+    warden().args(["demo", "--data"]).arg(&foreign).assert().code(3);
+    assert!(foreign.join("precious.txt").exists());
+}
+
+#[test]
+fn the_decision_walk_runs_every_scenario_as_scripted() {
+    let out = warden().args(["demo", "--decisions"]).assert().success().get_output().stdout.clone();
     let text = String::from_utf8(out).unwrap();
     assert!(text.starts_with("Warden demo — policy bundle sha256:"));
     assert!(text.contains("10 scenarios decided as scripted."), "{text}");
@@ -11,9 +75,10 @@ fn the_demo_runs_every_scenario_as_scripted() {
 }
 
 #[test]
-fn the_demo_can_use_a_bundle_from_disk() {
-    warden().args(["demo", "--policy"]).arg(crate::example_dir()).assert().success();
-    warden().args(["demo", "--policy", "/nonexistent/bundle"]).assert().code(1);
+fn the_decision_walk_can_use_a_bundle_from_disk() {
+    warden().args(["demo", "--decisions", "--policy"]).arg(crate::example_dir()).assert().success();
+    warden().args(["demo", "--decisions", "--policy", "/nonexistent/bundle"]).assert().code(1);
+    warden().args(["demo", "--policy", "/x"]).assert().code(3);
 }
 
 #[test]
@@ -25,7 +90,7 @@ fn help_documents_the_exit_codes() {
 
 #[test]
 fn demo_transcript() {
-    let out = warden().arg("demo").assert().success().get_output().stdout.clone();
+    let out = warden().args(["demo", "--decisions"]).assert().success().get_output().stdout.clone();
     let text = String::from_utf8(out).unwrap();
     let version = text.split_whitespace().find(|w| w.starts_with("sha256:")).unwrap().to_string();
     insta::assert_snapshot!(text.replace(&version, "[bundle_version]"));

@@ -1,0 +1,510 @@
+//! `warden demo`: Warden's whole job in one command. It starts the lab estate and a Warden
+//! server on free loopback ports, initialises a data directory, loads the example bundle and
+//! drives scripted agents and humans through a phishing incident over HTTP, narrating each
+//! step; it exits 0 only if every step behaved as narrated.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use serde_json::{Value, json};
+use warden_core::audit::entry::Actor;
+use warden_core::{Bundle, SourceFile};
+use warden_server::limits::Limits;
+use warden_server::state::ServerOptions;
+use warden_server::{AppState, admin};
+use warden_store::{DataDir, SystemClock};
+
+use crate::Failure;
+
+const PHISH: &str = "spiffe://acme.example/soc/phish-triage";
+const EDR: &str = "spiffe://acme.example/soc/edr-responder";
+const IAM: &str = "spiffe://acme.example/soc/identity-responder";
+const ENRICH: &str = "spiffe://acme.example/soc/enrichment-bot";
+const TASK: &str = "INC-2041";
+
+/// Marks a directory the demo made, so a second run may start it afresh.
+const MARKER: &str = ".warden-demo";
+
+const CONNECTORS: &str = include_str!("../../../../examples/policy/connectors.toml");
+
+struct Http {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Http {
+    fn call(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {token}");
+        let res = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("authorization", &auth).call(),
+            (_, Some(b)) => self.agent.post(&url).header("authorization", &auth).send_json(b),
+            (_, None) => self.agent.post(&url).header("authorization", &auth).send_empty(),
+        };
+        let mut res = res.with_context(|| format!("calling {method} {path}"))?;
+        let status = res.status().as_u16();
+        let v: Value = res.body_mut().read_json().unwrap_or(Value::Null);
+        Ok((status, v))
+    }
+
+    fn ok(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+        let (status, v) = self.call(method, path, token, body)?;
+        if !(200..300).contains(&status) {
+            bail!("{method} {path} answered {status}: {v}");
+        }
+        Ok(v)
+    }
+}
+
+/// One line of the summary table.
+struct Row {
+    step: usize,
+    actor: String,
+    what: String,
+    outcome: String,
+    level: String,
+    state: String,
+}
+
+struct Demo {
+    http: Http,
+    lab: String,
+    started: std::time::Instant,
+    rows: Vec<Row>,
+    step: usize,
+}
+
+fn short(agent: &str) -> &str {
+    agent.rsplit('/').next().unwrap_or(agent)
+}
+
+impl Demo {
+    fn say(&self, text: &str) {
+        let t = time::OffsetDateTime::now_utc();
+        outln!("[{:02}:{:02}:{:02}.{:03}] {text}", t.hour(), t.minute(), t.second(), t.millisecond());
+    }
+
+    fn detail(&self, text: &str) {
+        outln!("               {text}");
+    }
+
+    fn heading(&mut self, title: &str) {
+        self.step += 1;
+        outln!("");
+        self.say(&format!("{}. {title}", self.step));
+    }
+
+    fn lab_state(&self) -> anyhow::Result<Value> {
+        let mut res = ureq::get(format!("{}/state", self.lab)).call().context("reading the lab's state")?;
+        Ok(res.body_mut().read_json()?)
+    }
+
+    /// An agent's request; narrates the decision (and the execution, when there is one).
+    fn request(
+        &mut self,
+        token: &str,
+        agent: &str,
+        action: &str,
+        target: &str,
+        confidence: f64,
+        params: Value,
+    ) -> anyhow::Result<Value> {
+        let body = json!({"task": TASK, "action": action, "target": target, "confidence": confidence, "params": params,
+            "rationale": format!("{} asks for {action}: indicators in the phishing wave point at {target}", short(agent)),
+            "evidence": [{"kind": "email", "ref": "msg:wave-2041"}, {"kind": "siem", "ref": "ALRT-1001"}]});
+        let a = self.http.ok("POST", "/v1/actions", token, Some(&body))?;
+        let d = &a["decision"];
+        self.say(&format!("{} → {action} on {target} (confidence {confidence:.2})", short(agent)));
+        let policy = d["policies"][0].clone();
+        self.detail(&format!(
+            "{} at level {} (granted {}, band {}){}",
+            d["outcome"].as_str().unwrap_or(""),
+            d["effective_level"],
+            d["granted_level"],
+            d["band"].as_str().unwrap_or(""),
+            if d["review"] == true { " · flagged for review" } else { "" }
+        ));
+        if policy.is_object() {
+            self.detail(&format!(
+                "policy {} (owner {})",
+                policy["id"].as_str().unwrap_or(""),
+                policy["owner"].as_str().unwrap_or("")
+            ));
+        }
+        for c in d["caps"].as_array().into_iter().flatten() {
+            self.detail(&format!("cap {}: {}", c["code"].as_str().unwrap_or(""), c["reason"].as_str().unwrap_or("")));
+        }
+        if let Some(ap) = d["approval"].as_object() {
+            self.detail(&format!(
+                "approval {} needs {} of {} by {}",
+                ap["id"].as_str().unwrap_or(""),
+                ap["quorum"],
+                ap["roles"],
+                ap["expires_at"].as_str().unwrap_or("")
+            ));
+        }
+        self.narrate_execution(&a);
+        self.rows.push(Row {
+            step: self.step,
+            actor: short(agent).to_string(),
+            what: format!("{action} {target}"),
+            outcome: d["outcome"].as_str().unwrap_or("").to_string(),
+            level: d["effective_level"].to_string(),
+            state: a["state"].as_str().unwrap_or("").to_string(),
+        });
+        Ok(a)
+    }
+
+    fn narrate_execution(&self, a: &Value) {
+        if let Some(x) = a["execution"].as_object() {
+            self.detail(&format!(
+                "executed through the connector: {} (HTTP {}) {} · lease {} {}",
+                x["state"].as_str().unwrap_or(""),
+                x["tool_status"],
+                x["captured"],
+                a["lease"]["id"].as_str().unwrap_or(""),
+                a["lease"]["state"].as_str().unwrap_or("")
+            ));
+        }
+    }
+
+    fn expect(&self, what: &str, ok: bool) -> anyhow::Result<()> {
+        if ok {
+            self.detail(&format!("✓ {what}"));
+            Ok(())
+        } else {
+            Err(anyhow!("step {}: expected {what}", self.step))
+        }
+    }
+
+    fn vote(&mut self, token: &str, who: &str, approval: &str, reason: &str) -> anyhow::Result<Value> {
+        let v = self.http.ok(
+            "POST",
+            &format!("/v1/approvals/{approval}/approve"),
+            token,
+            Some(&json!({"reason": reason})),
+        )?;
+        self.say(&format!(
+            "{who} approves {approval}: \"{reason}\" → {} ({}/{} votes)",
+            v["state"].as_str().unwrap_or(""),
+            v["votes"].as_array().map_or(0, Vec::len),
+            v["quorum"]
+        ));
+        Ok(v)
+    }
+
+    fn get_action(&self, token: &str, id: &str) -> anyhow::Result<Value> {
+        self.http.ok("GET", &format!("/v1/actions/{id}"), token, None)
+    }
+}
+
+/// Prepares `dir`: a new directory, or one a previous demo made (started afresh).
+fn prepare(dir: &Path) -> Result<(), Failure> {
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !empty && !dir.join(MARKER).exists() {
+            return Err(Failure::Invalid(format!(
+                "error: `{}` exists and was not made by `warden demo`; pass --data with a new directory",
+                dir.display()
+            )));
+        }
+        if !empty {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing `{}`", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn run(data: PathBuf, keep_running: bool) -> Result<(), Failure> {
+    prepare(&data)?;
+    let files: Vec<SourceFile> =
+        crate::cmd::demo::EXAMPLE_BUNDLE.iter().map(|(p, t)| SourceFile::new(*p, *t)).collect();
+    let bundle = Bundle::load(&files).map_err(|e| anyhow!("the built-in example bundle is invalid: {e}"))?;
+    let version = bundle.version().to_string();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let keys = warden_lab::Keys::random();
+    let lab_listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).context("binding the lab")?;
+    let lab_addr = lab_listener.local_addr().context("the lab's address")?;
+    runtime.spawn(warden_lab::serve(lab_listener, keys.clone(), std::future::pending()));
+
+    let (dir, admin_token) = DataDir::init(&data, "warden.demo/audit", Arc::new(SystemClock))
+        .with_context(|| format!("initialising `{}`", data.display()))?;
+    std::fs::write(data.join(MARKER), "made by warden demo\n").context("marking the demo directory")?;
+    let now = time::OffsetDateTime::now_utc();
+    let system = Actor::user("demo");
+    for g in bundle.agents() {
+        admin::add_agent(dir.ledger(), &system, &g.id, &g.owner, &g.purpose, now).map_err(|e| anyhow!(e.message))?;
+    }
+    let mut tokens = std::collections::BTreeMap::new();
+    for (user, role) in
+        [("ana", "soc-analyst"), ("ivy", "iam-owner"), ("ian", "iam-owner"), ("olga", "incident-commander")]
+    {
+        let (_, t) =
+            admin::add_user(dir.ledger(), &system, user, &[role.to_string()]).map_err(|e| anyhow!(e.message))?;
+        tokens.insert(user, t);
+    }
+    let tools = ["edr", "idp", "firewall", "mail", "ticketing", "siem"]
+        .iter()
+        .map(|t| (t.to_string(), format!("http://{lab_addr}")))
+        .collect();
+    let given = keys.env().into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let connector = warden_connectors::HttpConnector::from_toml(
+        CONNECTORS,
+        &tools,
+        Box::new(warden_connectors::EnvSecrets { given, dir: None }),
+    )
+    .map_err(|e| anyhow!("the built-in connectors are invalid: {e}"))?;
+    let options = ServerOptions {
+        limits: Limits { agent_rate: 1e6, agent_burst: 1e6, ..Limits::default() },
+        connector: Some(Arc::new(connector)),
+        ..ServerOptions::default()
+    };
+    let app = AppState::with_options(dir, bundle, Arc::new(SystemClock), options).map_err(|e| anyhow!(e.message))?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).context("binding the server")?;
+    let addr = listener.local_addr().context("the server's address")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let served = app.clone();
+    let server = runtime.spawn(async move {
+        warden_server::serve::serve(listener, served, async move {
+            let _ = stop_rx.await;
+        })
+        .await
+    });
+    runtime.spawn(warden_server::serve::sweep_approvals(app.clone(), Duration::from_secs(1)));
+
+    let svid = |agent: &str| app.tokens.local.mint(agent, "warden", time::OffsetDateTime::now_utc(), 3600);
+    let (phish, edr, iam, bot) = (svid(PHISH), svid(EDR), svid(IAM), svid(ENRICH));
+    let http = Http {
+        base: format!("http://{addr}"),
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into(),
+    };
+    let mut demo =
+        Demo { http, lab: format!("http://{lab_addr}"), started: std::time::Instant::now(), rows: Vec::new(), step: 0 };
+    outln!("Warden demo — a phishing wave at ACME, decided, executed and audited end to end");
+    outln!("policy bundle {version} · data {} · server http://{addr} · lab estate http://{lab_addr}", data.display());
+    let result = script(&mut demo, &tokens, &admin_token, [&phish, &edr, &iam, &bot], &app);
+    let verdict = match result {
+        Ok(explained) => {
+            summary(&demo);
+            outln!("");
+            outln!("Explore further:");
+            outln!("  warden audit verify --data {}", data.display());
+            outln!("  warden audit export --format ocsf --data {}", data.display());
+            if keep_running {
+                outln!("  export WARDEN_SERVER=http://{addr} WARDEN_TOKEN={admin_token}");
+                outln!("  warden explain {explained}");
+                outln!("  warden approvals list --state approved");
+                outln!("  curl http://{lab_addr}/state");
+            } else {
+                outln!("  warden demo --keep-running   # leaves the server and the lab up to explore over HTTP");
+            }
+            Ok(())
+        }
+        Err(e) => Err(Failure::Other(e.context("the demo did not behave as narrated"))),
+    };
+    if keep_running && verdict.is_ok() {
+        outln!("");
+        outln!("the server and the lab keep running; Ctrl-C to stop");
+        runtime.block_on(warden_server::serve::signals());
+    }
+    let _ = stop_tx.send(());
+    let _ = runtime.block_on(server);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    verdict
+}
+
+fn script(
+    demo: &mut Demo,
+    users: &std::collections::BTreeMap<&str, String>,
+    admin_token: &str,
+    [phish, edr, iam, bot]: [&String; 4],
+    app: &warden_server::App,
+) -> anyhow::Result<String> {
+    let ana = &users["ana"];
+    demo.heading("The email gateway reports a credential-phishing wave; the triage agent opens a task");
+    let task = json!({"id": TASK, "title": "Credential phishing wave against finance",
+        "trigger": {"source": "email-gateway", "alert_id": "ALRT-1001", "severity": "high",
+                    "summary": "62 users received a lure linking to a fake SSO page"}});
+    demo.http.ok("POST", "/v1/tasks", phish, Some(&task))?;
+    demo.detail(&format!("task {TASK} open, trigger email-gateway ALRT-1001 severity high"));
+
+    demo.heading("Enrichment runs on its own (level 4)");
+    let a = demo.request(
+        bot,
+        ENRICH,
+        "alert.enrich",
+        "alert:ALRT-1001",
+        0.60,
+        json!({"sources": ["threat-intel", "idp.directory"]}),
+    )?;
+    demo.expect(
+        "executed autonomously at level 4",
+        a["state"] == "succeeded" && a["decision"]["effective_level"] == 4,
+    )?;
+    demo.expect(
+        "the SIEM alert is enriched in the lab",
+        demo.lab_state()?["siem"]["alerts"]["ALRT-1001"]["enriched"] == true,
+    )?;
+
+    demo.heading("The lure is quarantined at confidence 0.95 (level 3)");
+    let a = demo.request(
+        phish,
+        PHISH,
+        "email.quarantine",
+        "mailbox:jdoe@acme.example",
+        0.95,
+        json!({"message_id": "wave-2041-a1"}),
+    )?;
+    demo.expect(
+        "executed autonomously at level 3",
+        a["state"] == "succeeded" && a["decision"]["effective_level"] == 3,
+    )?;
+    demo.expect(
+        "the message is quarantined in the lab",
+        demo.lab_state()?["mail"]["messages"]["wave-2041-a1"]["status"] == "quarantined",
+    )?;
+
+    demo.heading("A payments database beacons: isolating it needs an analyst");
+    let a = demo.request(
+        edr,
+        EDR,
+        "host.isolate",
+        "host:db-payments-01",
+        0.93,
+        json!({"reason": "beacon to the phishing kit's C2"}),
+    )?;
+    demo.expect("it waits for a human", a["state"] == "pending_approval")?;
+    let isolation = a["id"].as_str().unwrap_or_default().to_string();
+    let approval = a["decision"]["approval"]["id"].as_str().unwrap_or_default().to_string();
+    demo.vote(ana, "ana (soc-analyst)", &approval, "C2 confirmed in the EDR console")?;
+    let after = demo.get_action(edr, &isolation)?;
+    demo.narrate_execution(&after);
+    demo.expect("approved, then executed under a lease", after["state"] == "succeeded")?;
+    demo.expect(
+        "the host is contained in the lab",
+        demo.lab_state()?["edr"]["hosts"]["db-payments-01"]["status"] == "contained",
+    )?;
+    if let Some(r) = demo.rows.last_mut() {
+        r.state = "succeeded (approved by ana)".into();
+    }
+
+    demo.heading("Disabling a privileged admin account is stepped up to two IAM owners");
+    let a = demo.request(
+        iam,
+        IAM,
+        "account.disable",
+        "account:adm-jdoe",
+        0.97,
+        json!({"reason": "session token replayed from the phishing kit"}),
+    )?;
+    demo.expect(
+        "it needs iam-owner with quorum 2",
+        a["state"] == "pending_approval" && a["decision"]["approval"]["quorum"] == 2,
+    )?;
+    let disable = a["id"].as_str().unwrap_or_default().to_string();
+    let approval = a["decision"]["approval"]["id"].as_str().unwrap_or_default().to_string();
+    let first = demo.vote(&users["ivy"], "ivy (iam-owner)", &approval, "token theft confirmed")?;
+    demo.expect("one vote is not enough", first["state"] == "pending")?;
+    demo.vote(&users["ian"], "ian (iam-owner)", &approval, "agreed: disable now")?;
+    let after = demo.get_action(iam, &disable)?;
+    demo.narrate_execution(&after);
+    demo.expect(
+        "the account is deactivated in the lab",
+        demo.lab_state()?["idp"]["users"]["adm-jdoe"]["status"] == "DEPROVISIONED",
+    )?;
+    if let Some(r) = demo.rows.last_mut() {
+        r.state = "succeeded (approved by ivy, ian)".into();
+    }
+
+    demo.heading("A low-confidence request is only advised, and flagged");
+    let a = demo.request(edr, EDR, "host.isolate", "host:web-01", 0.35, json!({"reason": "weak signal"}))?;
+    demo.expect("advised, nothing executed", a["state"] == "advised" && a.get("execution").is_none())?;
+
+    demo.heading("A runaway loop: the EDR agent isolates the same host again and again");
+    let mut last = Value::Null;
+    for _ in 0..11 {
+        let body = json!({"task": TASK, "action": "host.isolate", "target": "host:web-42", "confidence": 0.95,
+            "params": {"reason": "loop"}, "rationale": "runaway loop", "evidence": [{"kind": "edr", "ref": "det:loop"}]});
+        last = demo.http.ok("POST", "/v1/actions", edr, Some(&body))?;
+    }
+    let tripped = last["decision"]["caps"].to_string();
+    demo.say(&format!(
+        "edr-responder → host.isolate on host:web-42, 11 times: the 11th is {} at level {}",
+        last["decision"]["outcome"].as_str().unwrap_or(""),
+        last["decision"]["effective_level"]
+    ));
+    demo.detail(&format!("caps {tripped}"));
+    demo.expect(
+        "its budget (10 an hour) trips the breaker: back to level 2",
+        last["decision"]["effective_level"] == 2 && tripped.contains("budget"),
+    )?;
+    demo.rows.push(Row {
+        step: demo.step,
+        actor: "edr-responder".into(),
+        what: "host.isolate host:web-42 ×11".into(),
+        outcome: "10× execute, then require_approval".into(),
+        level: "3 → 2".into(),
+        state: "breaker open".into(),
+    });
+
+    demo.heading("The incident commander presses the emergency stop on the EDR agent");
+    let h = demo.http.ok(
+        "POST",
+        "/v1/halt",
+        &users["olga"],
+        Some(&json!({"scope": "agent", "id": EDR, "reason": "runaway containment loop", "rollback": true})),
+    )?;
+    demo.say(&format!(
+        "olga (incident-commander) halts {}: {} lease(s) revoked, {} approval(s) cancelled, {} action(s) rolled back",
+        short(EDR),
+        h["revoked_leases"].as_array().map_or(0, Vec::len),
+        h["cancelled_approvals"].as_array().map_or(0, Vec::len),
+        h["rolled_back"].as_array().map_or(0, Vec::len)
+    ));
+    demo.expect(
+        "its pending approval is cancelled",
+        h["cancelled_approvals"].as_array().is_some_and(|a| !a.is_empty()),
+    )?;
+    let lab = demo.lab_state()?;
+    demo.expect("its containments are lifted in the lab", lab["edr"]["hosts"]["web-42"]["status"] == "normal")?;
+    let (status, refused) = demo.http.call("POST", "/v1/actions", edr, Some(&json!({"task": TASK, "action": "host.isolate", "target": "host:web-42", "confidence": 0.95, "params": {"reason": "x"}, "rationale": "x", "evidence": [{"kind": "edr", "ref": "x"}]})))?;
+    demo.expect("the halted agent is refused", status == 403 && refused["error"]["code"] == "agent_halted")?;
+
+    demo.heading("The analyst closes the task");
+    let t = demo.http.ok("POST", &format!("/v1/tasks/{TASK}/close"), ana, None)?;
+    demo.expect("closed", t["state"] == "closed")?;
+
+    demo.heading("The audit log verifies");
+    let store = app.ledger().store();
+    let verifier = warden_store::data_dir::recorded_verifier(store.as_ref())?
+        .ok_or_else(|| anyhow!("no verifier key in the log"))?;
+    app.ledger().checkpoint()?;
+    let report = warden_store::verify::verify(store.as_ref(), &verifier, &mut |_, _| {})
+        .map_err(|e| anyhow!("the log does not verify: {e}"))?;
+    demo.say(&format!("{} entries, every leaf and signed checkpoint recomputed: ok", report.size));
+
+    demo.heading("Who is accountable for the payments database isolation?");
+    let e = demo.http.ok("GET", &format!("/v1/explain/{isolation}"), admin_token, None)?;
+    for line in crate::cmd::explain::text(&e).lines() {
+        demo.detail(line);
+    }
+    let proven = e["entries"].as_array().is_some_and(|c| !c.is_empty() && c.iter().all(|x| x["verified"] == true));
+    demo.expect("every cited entry proves against the signed checkpoint", proven)?;
+    Ok(isolation)
+}
+
+fn summary(demo: &Demo) {
+    outln!("");
+    outln!("Summary ({:.1} s)", demo.started.elapsed().as_secs_f64());
+    outln!("| step | agent | request | decision | level | result |");
+    outln!("|---|---|---|---|---|---|");
+    for r in &demo.rows {
+        outln!("| {} | {} | {} | {} | {} | {} |", r.step, r.actor, r.what, r.outcome, r.level, r.state);
+    }
+}
