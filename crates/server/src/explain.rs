@@ -71,15 +71,22 @@ fn missing(id: &str) -> ApiError {
     ApiError::not_found("unknown_action", format!("no action request `{id}`"))
 }
 
-/// Explains request `id`.
+/// Explains request `id` (on a server).
 pub fn explain(s: &AppState, id: &str) -> Result<Explanation, ApiError> {
-    let store = s.ledger().store();
-    let store = store.as_ref();
+    explain_in(s.ledger().store().as_ref(), s.bundle()?.as_ref(), id)
+}
+
+/// Explains request `id` from a store and the bundle that holds the escalation rules (for
+/// `warden explain --data` without a server).
+pub fn explain_in(
+    store: &dyn warden_store::Store,
+    bundle: &warden_core::Bundle,
+    id: &str,
+) -> Result<Explanation, ApiError> {
     let a = ActionRecord::from_record(&store.get(Table::Requests, id)?.ok_or_else(|| missing(id))?)?;
     let d = DecisionRecord::from_record(&store.get(Table::Decisions, id)?.ok_or_else(|| missing(id))?)?;
     let task = store.get(Table::Tasks, &a.task)?.map(|r| Task::from_record(&r)).transpose()?;
     let agent = store.get(Table::Agents, &a.agent)?.map(|r| Agent::from_record(&r)).transpose()?;
-    let bundle = s.bundle()?;
     let class = bundle.catalog().get(&a.action);
     let guardrail = bundle.agent(&a.agent);
 

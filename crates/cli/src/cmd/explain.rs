@@ -5,18 +5,30 @@ use serde_json::Value;
 
 use crate::Failure;
 use crate::client::segment;
-use crate::cmd::approvals::Remote;
 use crate::render::Output;
 
 /// The accountability chain of one action: trigger → agent → request → decision → approvals →
 /// lease → execution → rollback → who should have intervened, each audit entry proven against
-/// the latest signed checkpoint. Exit 2 if any proof fails.
+/// the latest signed checkpoint. Exit 2 if any proof fails. Asks `--server`, or reads
+/// `--data` directly.
 #[derive(Debug, Args)]
 pub struct ExplainArgs {
     /// The action request id (`act_…`).
     pub action_id: String,
-    #[command(flatten)]
-    pub remote: Remote,
+    /// A running server to ask (`--token` or `WARDEN_TOKEN` for a human's token).
+    #[arg(long, env = "WARDEN_SERVER")]
+    pub server: Option<String>,
+    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, env = "WARDEN_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
+    /// Without --server: the data directory to read.
+    #[arg(long, env = "WARDEN_DATA", default_value = "./warden-data")]
+    pub data: std::path::PathBuf,
+    /// Without --server: the policy bundle whose escalation rules apply (the built-in example
+    /// bundle when omitted).
+    #[arg(long)]
+    pub policy: Option<std::path::PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     pub output: Output,
 }
@@ -155,8 +167,45 @@ pub fn text(e: &Value) -> String {
     out.join("\n")
 }
 
+fn local(a: &ExplainArgs) -> Result<Value, Failure> {
+    let bundle = match &a.policy {
+        Some(dir) => crate::cmd::policy::load(dir)?.1,
+        None => {
+            let files: Vec<warden_core::SourceFile> =
+                crate::cmd::demo::EXAMPLE_BUNDLE.iter().map(|(p, t)| warden_core::SourceFile::new(*p, *t)).collect();
+            warden_core::Bundle::load(&files)
+                .map_err(|e| anyhow::anyhow!("the built-in example bundle is invalid: {e}"))?
+        }
+    };
+    let dir = warden_store::DataDir::open(
+        &a.data,
+        std::sync::Arc::new(warden_store::SystemClock),
+        warden_store::LedgerOptions::default(),
+    )
+    .map_err(|e| match e {
+        e @ warden_store::DataDirError::NotInitialized(_) => Failure::Invalid(format!("error: {e}")),
+        e => Failure::Other(e.into()),
+    })?;
+    let e = warden_server::explain::explain_in(dir.ledger().store().as_ref(), &bundle, &a.action_id)
+        .map_err(|e| crate::client::failure_for(e.status.as_u16(), e.code, &e.message))?;
+    if e.decision["bundle_version"].as_str() != Some(bundle.version()) {
+        eprintln!(
+            "note: the action was decided under bundle {}; the escalation path shown is from {}",
+            e.decision["bundle_version"].as_str().unwrap_or("?"),
+            bundle.version()
+        );
+    }
+    Ok(serde_json::to_value(e).map_err(anyhow::Error::from)?)
+}
+
 pub fn run(a: ExplainArgs) -> Result<(), Failure> {
-    let e: Value = a.remote.client()?.get(&format!("/v1/explain/{}", segment(&a.action_id)))?;
+    let e: Value = match &a.server {
+        Some(server) => {
+            let client = crate::client::Client::new(server, a.token.as_deref(), a.ca_cert.as_deref())?;
+            client.get(&format!("/v1/explain/{}", segment(&a.action_id)))?
+        }
+        None => local(&a)?,
+    };
     match a.output {
         Output::Json => outln!("{e}"),
         Output::Text => outln!("{}", text(&e)),

@@ -54,6 +54,15 @@ fn the_demo_runs_the_whole_incident_as_narrated() {
         assert!(succeeded.contains(&action), "{action} executed: {succeeded:?}");
     }
     assert!(entries.iter().any(|e| e["type"] == "halt.set"));
+    // An auditor explains an action from the data directory alone, no server running.
+    let approved =
+        entries.iter().find(|e| e["type"] == "approval.granted").unwrap()["request"].as_str().unwrap().to_string();
+    let out = warden().args(["explain", &approved, "--data"]).arg(&data).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(
+        text.contains("ana as soc-analyst") && text.contains("entries proven") && !text.contains("PROOF FAILED"),
+        "{text}"
+    );
     assert!(entries.iter().any(|e| e["type"] == "breaker.tripped"));
     // A second run starts its own directory afresh; a foreign directory is refused.
     warden().args(["demo", "--data"]).arg(&data).assert().success();
