@@ -20,7 +20,9 @@ fn bundle() -> &'static Bundle {
 fuzz_target!(|data: &[u8]| {
     let Ok(req) = serde_json::from_slice::<ActionRequest>(data) else { return };
     let now = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
-    for agent in ["spiffe://acme.example/soc/edr-responder", "spiffe://acme.example/soc/enrichment-bot", "spiffe://x/unknown"] {
+    for agent in
+        ["spiffe://acme.example/soc/edr-responder", "spiffe://acme.example/soc/enrichment-bot", "spiffe://x/unknown"]
+    {
         let input = DecisionInput {
             agent,
             agent_status: AgentStatus::Active,

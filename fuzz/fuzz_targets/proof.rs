@@ -16,10 +16,7 @@ fuzz_target!(|data: &[u8]| {
         tree.push(merkle::leaf_hash(&i.to_be_bytes()));
     }
     let root = tree.root();
-    let proof: Vec<merkle::Hash> = data[2..]
-        .chunks_exact(32)
-        .map(|c| c.try_into().unwrap_or([0; 32]))
-        .collect();
+    let proof: Vec<merkle::Hash> = data[2..].chunks_exact(32).map(|c| c.try_into().unwrap_or([0; 32])).collect();
     let stranger = merkle::leaf_hash(b"not a leaf of this tree");
     assert!(!merkle::verify_inclusion(&stranger, index, size, &proof, &root), "a stranger was proven included");
     let old = u64::from(data[1]) % (size + 1);
