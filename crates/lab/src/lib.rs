@@ -390,3 +390,19 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     axum::serve(listener, router_with(keys, delay)).with_graceful_shutdown(shutdown).await
 }
+
+/// Starts the lab on a free loopback port, on a runtime thread of its own (for tests and
+/// benchmarks driven from synchronous code); its base URL.
+pub fn spawn(keys: Keys, delay: std::time::Duration) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.1:0").await else { return };
+            let _ = tx.send(listener.local_addr().ok());
+            let _ = serve_with(listener, keys, delay, std::future::pending()).await;
+        });
+    });
+    let addr = rx.recv().ok().flatten().expect("the lab binds a loopback port");
+    format!("http://{addr}")
+}

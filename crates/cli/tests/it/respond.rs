@@ -20,10 +20,11 @@ impl Drop for Running {
     }
 }
 
-/// `warden lab serve` on a free port: the process, its address and the keys it printed.
-fn start_lab() -> (Running, String, Vec<(String, String)>) {
+/// `warden lab serve` on a free port, each call delayed by `delay_ms`: the process, its
+/// address and the keys it printed.
+fn start_lab(delay_ms: u64) -> (Running, String, Vec<(String, String)>) {
     let mut lab = Command::new(assert_cmd::cargo::cargo_bin("warden"))
-        .args(["lab", "serve", "--listen", "127.0.0.1:0"])
+        .args(["lab", "serve", "--listen", "127.0.0.1:0", "--delay-ms", &delay_ms.to_string()])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -48,7 +49,7 @@ fn lab_state(addr: &str) -> Value {
 
 #[test]
 fn execute_roll_back_and_halt_from_the_command_line() {
-    let (_lab, lab_addr, keys) = start_lab();
+    let (_lab, lab_addr, keys) = start_lab(0);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path();
     let init = warden().args(["init", "--output", "json", "--data"]).arg(data).assert().success();
@@ -66,22 +67,7 @@ fn execute_roll_back_and_halt_from_the_command_line() {
         .as_str()
         .unwrap()
         .to_string();
-    let mut server = Command::new(assert_cmd::cargo::cargo_bin("warden"));
-    server
-        .args(["serve", "--listen", "127.0.0.1:0", "--tool-url"])
-        .arg(format!("edr=http://{lab_addr}"))
-        .arg("--data")
-        .arg(data)
-        .arg("--policy")
-        .arg(example_dir())
-        .envs(keys.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut child = server.spawn().unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let addr = first.trim().strip_prefix("listening on ").unwrap().to_string();
-    let server = Running(child);
+    let (server, addr) = start_server(data, &lab_addr, &keys);
     let url = format!("http://{addr}");
 
     let task = json!({"id": "INC-7", "title": "beacon", "trigger": {"source": "edr", "severity": "high"}});
@@ -163,24 +149,7 @@ fn start_server(data: &std::path::Path, lab_addr: &str, keys: &[(String, String)
 /// ones are `unknown`, nothing is called again, and the log verifies.
 #[test]
 fn a_killed_server_leaves_unknown_executions_and_calls_nothing_twice() {
-    let mut lab = Command::new(assert_cmd::cargo::cargo_bin("warden"))
-        .args(["lab", "serve", "--listen", "127.0.0.1:0", "--delay-ms", "500"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(lab.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let lab_addr = line.trim().strip_prefix("lab estate listening on ").unwrap().to_string();
-    let mut keys = Vec::new();
-    for _ in 0..6 {
-        line.clear();
-        out.read_line(&mut line).unwrap();
-        let (k, v) = line.trim().strip_prefix("export ").unwrap().split_once('=').unwrap();
-        keys.push((k.to_string(), v.to_string()));
-    }
-    let _lab = Running(lab);
+    let (_lab, lab_addr, keys) = start_lab(500);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path();
     let init = warden().args(["init", "--output", "json", "--data"]).arg(data).assert().success();

@@ -6,20 +6,10 @@ use serde_json::{Map, Value, json};
 use warden_connectors::{Call, Connector, ConnectorError, EnvSecrets, HttpConnector};
 use warden_lab::Keys;
 
-/// The lab on a free loopback port, on its own runtime thread.
+/// The lab on a free loopback port.
 fn lab() -> (String, Keys) {
     let keys = Keys::random();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let served = keys.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            warden_lab::serve(listener, served, std::future::pending()).await.unwrap();
-        });
-    });
-    (format!("http://{}", rx.recv().unwrap()), keys)
+    (warden_lab::spawn(keys.clone(), std::time::Duration::ZERO), keys)
 }
 
 fn connector(url: &str, keys: &Keys) -> HttpConnector {

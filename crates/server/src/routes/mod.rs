@@ -155,9 +155,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for FormOrJson<T> {
         if !form {
             return ApiJson::<T>::from_request(req, state).await.map(|ApiJson(v)| FormOrJson(v));
         }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", e.body_text()))?;
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(e.status(), "body_too_large", format!("the body exceeds {BODY_LIMIT} bytes"))
+            } else {
+                ApiError::bad_request("malformed_request", e.body_text())
+            }
+        })?;
         serde_urlencoded::from_bytes(&bytes)
             .map(FormOrJson)
             .map_err(|e| ApiError::bad_request("malformed_request", e.to_string()))

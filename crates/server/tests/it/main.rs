@@ -88,17 +88,7 @@ pub fn harness_with(policy_dir: Option<&Path>, clock: Arc<dyn Clock>, notify: No
 /// The lab estate on a free loopback port (its own runtime thread): its URL and keys.
 pub fn lab() -> (String, warden_lab::Keys) {
     let keys = warden_lab::Keys::random();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let served = keys.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            warden_lab::serve(listener, served, std::future::pending()).await.unwrap();
-        });
-    });
-    (format!("http://{}", rx.recv().unwrap()), keys)
+    (warden_lab::spawn(keys.clone(), std::time::Duration::ZERO), keys)
 }
 
 /// The example bundle's connectors, pointed at `url` with `keys`.
