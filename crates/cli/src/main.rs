@@ -98,6 +98,10 @@ pub fn emit(text: &str) {
     }
 }
 
+/// mimalloc: under load glibc's malloc spent ~19 % of the gateway's CPU (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Usage errors are invalid input (exit 3), not clap's default 2, which means "denied".
     let cli = match Cli::try_parse() {

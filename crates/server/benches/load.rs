@@ -23,6 +23,10 @@ use warden_server::state::ServerOptions;
 use warden_server::{AppState, admin};
 use warden_store::{DataDir, SystemClock};
 
+/// The allocator `warden` itself uses (see crates/cli/src/main.rs).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EDR: &str = "spiffe://acme.example/soc/edr-responder";
 
 /// One keep-alive connection: sends `request` again and again, recording each latency.
@@ -110,6 +114,7 @@ fn main() {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let probe = app.clone();
         tokio::spawn(warden_server::serve::serve(listener, app, std::future::pending()));
         let task = json!({"id": "INC-7", "title": "bench", "trigger": {"source": "edr", "severity": "high"}});
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -136,8 +141,19 @@ fn main() {
             dry.p99,
             dry.rps / floor.rps
         );
+        let mut groups = Vec::new();
         for (name, body) in [("advise", ask("host.isolate", 0.3)), ("deny", ask("host.wipe", 0.95))] {
+            let before = probe.ledger().group_stats();
             let r = run(addr, request("POST", "/v1/actions", &token, Some(&body)), secs, conns).await;
+            let after = probe.ledger().group_stats();
+            let (b, g) = (after.batches - before.batches, after.groups - before.groups);
+            let busy = after.busy - before.busy;
+            groups.push(format!(
+                "{name}: {b} commits in {g} groups ({:.1} per fsync), {:?} per group, store busy {:.0} % of the run",
+                b as f64 / g.max(1) as f64,
+                busy / g.max(1) as u32,
+                100.0 * busy.as_secs_f64() / secs
+            ));
             println!(
                 "| POST /v1/actions ({name}, durable audit) | {:.0} | {:?} | {:?} | {:.2} |",
                 r.rps,
@@ -146,5 +162,6 @@ fn main() {
                 r.rps / floor.rps
             );
         }
+        println!("\ngroup commit: {}", groups.join("; "));
     });
 }

@@ -1,6 +1,7 @@
-//! Authentication in the handler's types: a handler that takes [`AgentCaller`] can only be
-//! reached by a verified, registered, active agent; one that takes [`HumanCaller`] only by a
-//! human. An agent can never call a human endpoint, nor a human an agent one.
+//! Authentication in the handler's types: a handler that takes [`AgentToken`] can only be
+//! reached by an agent with a verified token, and gets the agent itself only through
+//! [`AgentToken::admit`] (registered, active, within its rate); one that takes [`HumanCaller`]
+//! only by a human. An agent can never call a human endpoint, nor a human an agent one.
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -12,7 +13,7 @@ use warden_store::data_dir::token_hash;
 use crate::error::ApiError;
 use crate::identity::{Subject, same_secret};
 use crate::model::{Agent, Model, User};
-use crate::state::{App, blocking};
+use crate::state::{App, AppState, blocking};
 
 /// Whoever called, verified.
 #[derive(Debug, Clone)]
@@ -37,9 +38,18 @@ impl Caller {
     }
 }
 
-/// A verified, registered, active agent.
+/// An agent whose token is verified but who is not yet admitted: the handler must call
+/// [`AgentToken::admit`] (registered, active, within its rate) inside its own blocking call.
+/// The hot path uses it to pay one hop to the blocking pool per request instead of two.
 #[derive(Debug, Clone)]
-pub struct AgentCaller(pub Agent);
+pub struct AgentToken(String);
+
+impl AgentToken {
+    /// The registered, active agent this token speaks for (see [`active_agent`]).
+    pub fn admit(&self, s: &AppState) -> Result<Agent, ApiError> {
+        active_agent(s, &self.0)
+    }
+}
 
 /// A verified human.
 #[derive(Debug, Clone)]
@@ -49,19 +59,24 @@ pub struct HumanCaller(pub User);
 #[derive(Debug, Clone)]
 pub struct AnyCaller(pub Caller);
 
-async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
+/// The bearer token of the request.
+fn bearer(parts: &Parts) -> Result<String, ApiError> {
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("missing_token", "send `Authorization: Bearer <token>`"))?;
-    let token = header
+    Ok(header
         .to_str()
         .ok()
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::unauthorized("malformed_token", "the Authorization header must be `Bearer <token>`"))?
-        .to_string();
+        .to_string())
+}
+
+async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
+    let token = bearer(parts)?;
     if token.starts_with("wdn_") {
         return blocking(app, move |s| {
             let hash = token_hash(&token);
@@ -88,26 +103,26 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
             return Ok(Caller::Human(User { id, roles, token_hash: String::new(), status: "active".into() }));
         }
     };
-    blocking(app, move |s| {
-        let record = s.ledger().store().get(Agent::TABLE, &sub)?;
-        let agent = match record {
-            Some(r) => Agent::from_record(&r)?,
-            None => return Err(ApiError::forbidden("unknown_agent", format!("`{sub}` is not a registered agent"))),
-        };
-        match agent.status {
-            AgentStatus::Active if !s.rate.allow(&agent.id, &s.limits) => Err(ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("agent `{sub}` exceeds {} requests per second", s.limits.agent_rate),
-            )),
-            AgentStatus::Active => Ok(Caller::Agent(agent)),
-            AgentStatus::Suspended => {
-                Err(ApiError::forbidden("agent_suspended", format!("agent `{sub}` is suspended")))
-            }
-            AgentStatus::Halted => Err(ApiError::forbidden("agent_halted", format!("agent `{sub}` is halted"))),
-        }
-    })
-    .await
+    blocking(app, move |s| active_agent(s, &sub).map(Caller::Agent)).await
+}
+
+/// Loads the registered agent `sub` names and admits it: active, and within its rate.
+/// Synchronous (one store read), so a handler can do it inside its own blocking call.
+pub fn active_agent(s: &AppState, sub: &str) -> Result<Agent, ApiError> {
+    let agent = match s.ledger().store().get(Agent::TABLE, sub)? {
+        Some(r) => Agent::from_record(&r)?,
+        None => return Err(ApiError::forbidden("unknown_agent", format!("`{sub}` is not a registered agent"))),
+    };
+    match agent.status {
+        AgentStatus::Active if !s.rate.allow(&agent.id, &s.limits) => Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("agent `{sub}` exceeds {} requests per second", s.limits.agent_rate),
+        )),
+        AgentStatus::Active => Ok(agent),
+        AgentStatus::Suspended => Err(ApiError::forbidden("agent_suspended", format!("agent `{sub}` is suspended"))),
+        AgentStatus::Halted => Err(ApiError::forbidden("agent_halted", format!("agent `{sub}` is halted"))),
+    }
 }
 
 impl FromRequestParts<App> for AnyCaller {
@@ -117,12 +132,20 @@ impl FromRequestParts<App> for AnyCaller {
     }
 }
 
-impl FromRequestParts<App> for AgentCaller {
+impl FromRequestParts<App> for AgentToken {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
-        match authenticate(parts, app).await? {
-            Caller::Agent(a) => Ok(AgentCaller(a)),
-            Caller::Human(_) => Err(ApiError::forbidden("humans_not_allowed", "this endpoint is for agents")),
+        let token = bearer(parts)?;
+        if token.starts_with("wdn_") {
+            // A human API token: the full check gives the same answer as everywhere else.
+            return match authenticate(parts, app).await? {
+                Caller::Human(_) => Err(ApiError::forbidden("humans_not_allowed", "this endpoint is for agents")),
+                Caller::Agent(a) => Ok(AgentToken(a.id)),
+            };
+        }
+        match app.tokens.subject(&token, app.now())? {
+            Subject::Agent(sub) => Ok(AgentToken(sub)),
+            Subject::Human { .. } => Err(ApiError::forbidden("humans_not_allowed", "this endpoint is for agents")),
         }
     }
 }

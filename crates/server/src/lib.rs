@@ -3,7 +3,7 @@
 //! over HTTP.
 //!
 //! ```text
-//! request ─► auth extractor (AgentCaller / HumanCaller) ─► handler ─► blocking(store work)
+//! request ─► auth extractor (AgentToken / HumanCaller) ─► handler ─► blocking(admit, store work)
 //!                                                         │ decide(bundle, facts)   (pure)
 //!                                                         │ ledger.commit(batch)    (durable)
 //!                                                         ▼

@@ -72,7 +72,7 @@ impl Metrics {
     }
 
     /// The text exposition format; `gauges` are read from the store by the caller.
-    pub fn render(&self, pending_approvals: u64, active_leases: u64) -> String {
+    pub fn render(&self, pending_approvals: u64, active_leases: u64, groups: warden_store::GroupStats) -> String {
         let mut out = String::new();
         out.push_str("# HELP warden_decisions_total Decisions recorded, by outcome and action class.\n");
         out.push_str("# TYPE warden_decisions_total counter\n");
@@ -95,6 +95,13 @@ impl Metrics {
             "warden_audit_append_seconds",
             "Time to commit a request's records and audit entries durably.",
             &mut out,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP warden_audit_commits_total Batches committed to the store and the audit log.\n# TYPE warden_audit_commits_total counter\nwarden_audit_commits_total {}\n# HELP warden_audit_commit_groups_total Durable transactions (fsyncs) that carried them (group commit).\n# TYPE warden_audit_commit_groups_total counter\nwarden_audit_commit_groups_total {}\n# HELP warden_audit_commit_busy_seconds_total Time the single writer spent in those transactions.\n# TYPE warden_audit_commit_busy_seconds_total counter\nwarden_audit_commit_busy_seconds_total {}",
+            groups.batches,
+            groups.groups,
+            groups.busy.as_secs_f64()
         );
         let _ = writeln!(
             out,
@@ -132,12 +139,16 @@ mod tests {
         m.decision_latency.observe(Duration::from_secs(2));
         m.decided("execute", "host.isolate");
         m.decided("execute", "host.isolate");
-        let text = m.render(3, 0);
+        let text =
+            m.render(3, 0, warden_store::GroupStats { groups: 2, batches: 7, busy: Duration::from_millis(1500) });
         assert!(text.contains("warden_decision_seconds_bucket{le=\"0.00005\"} 1\n"), "{text}");
         assert!(text.contains("warden_decision_seconds_bucket{le=\"0.0025\"} 2\n"));
         assert!(text.contains("warden_decision_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("warden_decision_seconds_count 3\n"));
         assert!(text.contains("warden_decisions_total{outcome=\"execute\",action=\"host.isolate\"} 2\n"));
         assert!(text.contains("warden_pending_approvals 3\n"));
+        assert!(text.contains("warden_audit_commit_groups_total 2\n"), "{text}");
+        assert!(text.contains("warden_audit_commits_total 7\n"), "{text}");
+        assert!(text.contains("warden_audit_commit_busy_seconds_total 1.5\n"), "{text}");
     }
 }

@@ -316,6 +316,11 @@ pub fn ledger_commits_concurrent_batches_in_one_signed_order(store: Arc<dyn Stor
     }
     // Group commit: fewer transactions than batches is the point, but never required.
     assert!(store.checkpoints(0, 10_000).unwrap().len() as u64 <= size);
+    let stats = ledger.group_stats();
+    assert_eq!(stats.batches, size, "every batch counted once");
+    assert!((1..=size).contains(&stats.groups), "{stats:?}");
+    // Opening signed an empty log's checkpoint without a group; every signed size is a group's end.
+    assert!(store.checkpoints(1, 10_000).unwrap().len() as u64 <= stats.groups);
 }
 
 fn store_entry(store: &dyn Store, seq: u64) -> Entry {

@@ -83,6 +83,17 @@ struct State {
     leader: bool,
     last_time: Option<OffsetDateTime>,
     last_signed: Option<Instant>,
+    stats: GroupStats,
+}
+
+/// How well group commit is grouping: batches committed and the transactions (fsyncs) that
+/// carried them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GroupStats {
+    pub groups: u64,
+    pub batches: u64,
+    /// Time spent inside the store's group transactions (writes, fsync, signing).
+    pub busy: Duration,
 }
 
 /// The store's single writer.
@@ -159,6 +170,7 @@ impl Ledger {
 
             let (tickets, batches): (Vec<u64>, Vec<Batch>) = group.into_iter().unzip();
             let mut signed = false;
+            let started = Instant::now();
             let result = self.store.commit_group(time, &batches, &mut |size, root| {
                 if !due {
                     return Ok(None);
@@ -170,6 +182,9 @@ impl Ledger {
             st = self.lock()?;
             match result {
                 Ok(results) => {
+                    st.stats.groups += 1;
+                    st.stats.busy += started.elapsed();
+                    st.stats.batches += results.len() as u64;
                     st.done.extend(tickets.into_iter().zip(results));
                     if signed {
                         st.last_signed = Some(Instant::now());
@@ -180,6 +195,11 @@ impl Ledger {
             st.leader = false;
             self.turn.notify_all();
         }
+    }
+
+    /// Group commit's counters since the ledger was opened.
+    pub fn group_stats(&self) -> GroupStats {
+        self.state.lock().map(|st| st.stats).unwrap_or_default()
     }
 
     fn sign(&self, size: u64, root: &Hash) -> Result<String, String> {

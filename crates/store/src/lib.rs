@@ -28,7 +28,7 @@ use warden_core::audit::entry::Event;
 use warden_core::audit::merkle::{Hash, TreeReader};
 
 pub use data_dir::{DataDir, DataDirError};
-pub use ledger::{Clock, Ledger, LedgerOptions, ManualClock, SystemClock};
+pub use ledger::{Clock, GroupStats, Ledger, LedgerOptions, ManualClock, SystemClock};
 pub use records::{Change, Query, Record, Table};
 pub use sqlite::SqliteStore;
 

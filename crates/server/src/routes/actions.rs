@@ -21,7 +21,7 @@ use warden_store::{Batch, Change, Query, Store, StoreError, Table};
 use super::tasks::new_id;
 use super::{ApiJson, ApiPath};
 use crate::approvals::{self, Approval, ApprovalState};
-use crate::auth::{AgentCaller, AnyCaller, Caller};
+use crate::auth::{AgentToken, AnyCaller, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::execution::{self, Execution, LeaseState};
 use crate::model::{ActionRecord, Agent, DecisionRecord, Model, Task, from_millis, millis, rfc3339};
@@ -520,12 +520,13 @@ fn attempt(
     ))]
 pub async fn submit(
     State(app): State<App>,
-    AgentCaller(agent): AgentCaller,
+    token: AgentToken,
     ApiJson(req): ApiJson<ActionRequest>,
 ) -> ApiResult<Json<ActionAnswer>> {
     let bundle = app.bundle()?;
     let digest = digest(&req)?;
-    blocking(&app, move |s| process(s, &bundle, &agent, req, digest)).await.map(Json)
+    // One hop to the blocking pool: admitting the agent is a store read like the rest.
+    blocking(&app, move |s| process(s, &bundle, &token.admit(s)?, req, digest)).await.map(Json)
 }
 
 /// Dry run (agents and humans): the decision only, nothing recorded. Agents decide for

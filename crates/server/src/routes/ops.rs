@@ -64,7 +64,7 @@ pub async fn metrics(State(app): State<App>) -> ApiResult<impl axum::response::I
         Ok((pending, store.find(warden_store::Table::Leases, &q)?.len() as u64))
     })
     .await?;
-    let text = app.metrics.render(pending, leases);
+    let text = app.metrics.render(pending, leases, app.ledger().group_stats());
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
