@@ -10,7 +10,8 @@
 //! | ticketing | `authorization: Bearer <key>` | create / close a ticket |
 //! | SIEM | `x-api-key` | enrich an alert, close it as a duplicate, reopen it |
 //!
-//! `GET /state` (no key) shows every object and a counter of every call. Warden never
+//! `GET /state` (no key) shows every object, a counter of every call by endpoint, and of every
+//! request by method and path (`calls.by_path`). Warden never
 //! special-cases the lab: its connectors reach it through `connectors.toml` like any tool.
 
 use std::collections::BTreeMap;
@@ -67,6 +68,8 @@ struct Estate {
     tickets: BTreeMap<String, Value>,
     alerts: BTreeMap<String, Value>,
     calls: BTreeMap<String, u64>,
+    /// Every request by `METHOD /path`: tests prove from it that no call was made twice.
+    paths: BTreeMap<String, u64>,
     total: u64,
     next: u64,
 }
@@ -322,7 +325,7 @@ async fn state(State(lab): State<Shared>) -> Response {
     Json(json!({
         "edr": {"hosts": e.hosts}, "idp": {"users": e.users}, "firewall": {"rules": e.rules},
         "mail": {"messages": e.messages}, "ticketing": {"tickets": e.tickets}, "siem": {"alerts": e.alerts},
-        "calls": {"total": e.total, "by_endpoint": e.calls},
+        "calls": {"total": e.total, "by_endpoint": e.calls, "by_path": e.paths},
     }))
     .into_response()
 }
@@ -368,8 +371,19 @@ pub fn router_with(keys: Keys, delay: std::time::Duration) -> axum::Router {
         .route("/siem/api/alerts/{alert}/enrich", post(enrich))
         .route("/siem/api/alerts/{alert}/close", post(close_alert))
         .route("/siem/api/alerts/{alert}/reopen", post(reopen_alert))
-        .with_state(lab)
+        .with_state(lab.clone())
+        .layer(axum::middleware::from_fn_with_state(lab, count))
         .layer(axum::middleware::from_fn(slow))
+}
+
+/// Counts each request (but `GET /state`) by method and path, when it reaches the tool.
+async fn count(State(lab): State<Shared>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.uri().path() != "/state"
+        && let Ok(mut e) = lab.estate.lock()
+    {
+        *e.paths.entry(format!("{} {}", req.method(), req.uri().path())).or_default() += 1;
+    }
+    next.run(req).await
 }
 
 /// Serves the lab on `listener` until `shutdown` resolves.

@@ -68,7 +68,6 @@ pub struct ServeArgs {
     /// The PEM private key of `--tls-cert`.
     #[arg(long, env = "WARDEN_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Log lines as text or JSON (to stderr; filter with `RUST_LOG`).
     /// Point a tool of the bundle's `connectors.toml` elsewhere: `NAME=URL` (repeatable).
     #[arg(long = "tool-url", value_name = "NAME=URL")]
     pub tool_urls: Vec<String>,
@@ -76,6 +75,7 @@ pub struct ServeArgs {
     /// no environment variable NAME is set).
     #[arg(long, env = "WARDEN_SECRETS_DIR")]
     pub secrets_dir: Option<PathBuf>,
+    /// Log lines as text or JSON (to stderr; filter with `RUST_LOG`).
     #[arg(long, env = "WARDEN_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
 }

@@ -2,6 +2,7 @@
 
 mod audit;
 mod demo;
+mod kill;
 mod policy;
 mod respond;
 mod serve;

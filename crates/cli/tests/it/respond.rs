@@ -11,7 +11,7 @@ use crate::{example_dir, warden};
 
 const EDR: &str = "spiffe://acme.example/soc/edr-responder";
 
-struct Running(Child);
+pub struct Running(pub Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -22,7 +22,7 @@ impl Drop for Running {
 
 /// `warden lab serve` on a free port, each call delayed by `delay_ms`: the process, its
 /// address and the keys it printed.
-fn start_lab(delay_ms: u64) -> (Running, String, Vec<(String, String)>) {
+pub fn start_lab(delay_ms: u64) -> (Running, String, Vec<(String, String)>) {
     let mut lab = Command::new(assert_cmd::cargo::cargo_bin("warden"))
         .args(["lab", "serve", "--listen", "127.0.0.1:0", "--delay-ms", &delay_ms.to_string()])
         .stdout(Stdio::piped())
@@ -43,7 +43,7 @@ fn start_lab(delay_ms: u64) -> (Running, String, Vec<(String, String)>) {
     (Running(lab), addr, keys)
 }
 
-fn lab_state(addr: &str) -> Value {
+pub fn lab_state(addr: &str) -> Value {
     http(addr, "GET", "/state", "-", None).unwrap().1
 }
 
