@@ -222,6 +222,12 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
     sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied().unwrap_or_default()
 }
 
+/// The database and its write-ahead log, in MiB.
+fn disk_mib(data: &Path) -> (f64, f64) {
+    let size = |name: &str| std::fs::metadata(data.join(name)).map_or(0, |m| m.len()) as f64 / (1024.0 * 1024.0);
+    (size("warden.db"), size("warden.db-wal"))
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -232,17 +238,25 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The server under test: where it listens, the agents' tokens, its pid and data directory.
+struct Server {
+    addr: String,
+    tokens: Arc<(String, String)>,
+    pid: u32,
+    data: PathBuf,
+}
+
 /// Runs the clients for `secs` (closed loop, or at `rate` per second), reporting every
 /// `interval` seconds; returns each window's (requests/s, p99, RSS).
 fn phase(
-    addr: &str,
-    tokens: &Arc<(String, String)>,
+    server: &Server,
     connections: usize,
     rate: Option<f64>,
     secs: f64,
     interval: u64,
-    pid: u32,
 ) -> (Vec<(f64, Duration, u64)>, u64) {
+    let Server { addr, tokens, pid, data } = server;
+    let (addr, pid) = (addr.as_str(), *pid);
     let shared = Arc::new(Shared {
         window: Mutex::default(),
         failures: AtomicU64::new(0),
@@ -274,8 +288,9 @@ fn phase(
         let rps = l.len() as f64 / step.as_secs_f64();
         let rss = rss_kib(pid);
         let outcomes: Vec<String> = w.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let (db, wal) = disk_mib(data);
         println!(
-            "| {:>5.0} | {:>6.0} | {:>9.2?} | {:>9.2?} | {:>9.2?} | {:>7.1} | {} |",
+            "| {:>5.0} | {:>6.0} | {:>9.2?} | {:>9.2?} | {:>9.2?} | {:>7.1} | {db:.0} + {wal:.0} | {} |",
             at.as_secs_f64(),
             rps,
             percentile(&l, 0.5),
@@ -294,8 +309,8 @@ fn phase(
 }
 
 fn header() {
-    println!("| t (s) | req/s | p50 | p99 | max | RSS (MiB) | answers |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| t (s) | req/s | p50 | p99 | max | RSS (MiB) | db + WAL (MiB) | answers |");
+    println!("|---|---|---|---|---|---|---|---|");
 }
 
 fn main() -> ExitCode {
@@ -360,7 +375,8 @@ fn main() -> ExitCode {
     );
     println!("### Maximum ({} s closed loop)\n", a.max_secs);
     header();
-    let (max, max_failures) = phase(&addr, &tokens, a.connections, None, a.max_secs as f64, a.interval, pid);
+    let target = Server { addr, tokens, pid, data: data.clone() };
+    let (max, max_failures) = phase(&target, a.connections, None, a.max_secs as f64, a.interval);
     let max_rate = max.iter().map(|w| w.0).sum::<f64>() / max.len().max(1) as f64;
     let rate = max_rate * a.fraction;
     println!(
@@ -370,7 +386,7 @@ fn main() -> ExitCode {
     );
     println!("### Soak\n");
     header();
-    let (soak, failures) = phase(&addr, &tokens, a.connections, Some(rate), a.minutes * 60.0, a.interval, pid);
+    let (soak, failures) = phase(&target, a.connections, Some(rate), a.minutes * 60.0, a.interval);
 
     // Stop as an operator would, then verify the whole log.
     let stopped = Command::new("kill").args(["-TERM", &pid.to_string()]).status().map(|s| s.success()).unwrap_or(false);

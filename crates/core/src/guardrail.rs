@@ -125,6 +125,17 @@ pub struct Guardrail {
     pub id_line: usize,
 }
 
+impl Guardrail {
+    /// The largest budgets any decision on `action` can apply: per-hour executions (the
+    /// largest per-action override, or the rollback rule) and distinct targets. A store need
+    /// count no further than these to decide; `None`: unlimited, nothing to count.
+    pub fn budget_limits(&self, action: &str) -> (Option<u32>, Option<u32>) {
+        let overrides = self.grants.iter().filter(|g| g.action == action).filter_map(|g| g.max_per_hour);
+        let per_hour = overrides.chain(self.rollback.max_per_hour).max();
+        (per_hour, self.rollback.max_distinct_targets)
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
@@ -508,6 +519,17 @@ max_criticality = "tier2"
         assert_eq!(g.escalation.step_up_roles, ["incident-commander"]);
         assert_eq!(g.grants[0].line, 11);
         assert_eq!(g.grants[0].conditions.max_criticality, Some(Criticality::Tier2));
+    }
+
+    #[test]
+    fn budget_limits_are_the_largest_any_grant_can_apply() {
+        assert_eq!(parse(GUARDRAIL).unwrap().budget_limits("host.isolate"), (None, None), "unlimited");
+        let text = format!(
+            "{GUARDRAIL}max_per_hour = 40\n\n[[action]]\naction = \"host.isolate\"\nlevel = 2\n\n[rollback]\nmax_per_hour = 10\nmax_distinct_targets = 5\n"
+        );
+        let g = parse(&text).unwrap();
+        assert_eq!(g.budget_limits("host.isolate"), (Some(40), Some(5)), "the override is larger than the rule");
+        assert_eq!(g.budget_limits("host.release"), (Some(10), Some(5)), "no grant: the rollback rule");
     }
 
     #[test]

@@ -221,7 +221,7 @@ pub fn budget_usage_counts_hits_and_distinct_targets(store: &dyn Store) {
     )
     .unwrap();
     let usage = |agent: &str, since: i64, target: &str| {
-        let u = store.budget_usage(agent, "host.isolate", since, target).unwrap();
+        let u = store.budget_usage(agent, "host.isolate", since, target, crate::UsageLimits::ALL).unwrap();
         (u.hits, u.distinct_targets, u.target_seen)
     };
     assert_eq!(usage("a", 0, "h1"), (4, 3, true));
@@ -229,6 +229,27 @@ pub fn budget_usage_counts_hits_and_distinct_targets(store: &dyn Store) {
     assert_eq!(usage("a", 21, "h1"), (2, 2, false), "h1's hits are older than the window");
     assert_eq!(usage("a", 41, "h3"), (0, 0, false));
     assert_eq!(usage("b", 0, "h1"), (0, 0, false));
+    // Counts stop at their limits (exact below them); "seen" never depends on them.
+    let up_to = |hits, distinct_targets| {
+        let u =
+            store.budget_usage("a", "host.isolate", 0, "h1", crate::UsageLimits { hits, distinct_targets }).unwrap();
+        (u.hits, u.distinct_targets, u.target_seen)
+    };
+    assert_eq!(up_to(2, 2), (2, 2, true));
+    assert_eq!(up_to(5, 3), (4, 3, true));
+    assert_eq!(up_to(0, 0), (0, 0, true));
+    // Windows that start inside a minute, on one, and span several.
+    let m = |at: i64| Change::BudgetHit { agent: "m".into(), action: "x".into(), target: format!("t{at}"), at };
+    commit(store, Batch::new().change(m(59_999)).change(m(60_000)).change(m(60_001)).change(m(120_500))).unwrap();
+    let hits = |since: i64| store.budget_usage("m", "x", since, "t0", crate::UsageLimits::ALL).unwrap().hits;
+    assert_eq!([hits(0), hits(30_000), hits(59_999), hits(60_000), hits(60_001), hits(61_000)], [4, 4, 4, 3, 2, 1]);
+    assert_eq!([hits(120_000), hits(120_500), hits(120_501), hits(-5)], [1, 1, 0, 4]);
+    let capped = store.budget_usage("m", "x", 0, "t0", crate::UsageLimits { hits: 3, distinct_targets: 2 }).unwrap();
+    assert_eq!((capped.hits, capped.distinct_targets), (3, 2));
+    // A target hit again moves into the window: distinct targets count it once.
+    commit(store, Batch::new().change(hit("h1", 50))).unwrap();
+    assert_eq!(usage("a", 41, "h1"), (1, 1, true));
+    assert_eq!(usage("a", 0, "h1"), (5, 3, true));
     commit(store, Batch::new().change(Change::SetMeta { key: "origin".into(), value: "x".into() })).unwrap();
     commit(store, Batch::new().change(Change::SetMeta { key: "origin".into(), value: "y".into() })).unwrap();
     assert_eq!(store.meta("origin").unwrap().as_deref(), Some("y"));

@@ -33,7 +33,7 @@ pub use records::{Change, Query, Record, Table};
 pub use sqlite::SqliteStore;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Why the store could not do what was asked. Nothing was changed when an error is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,6 +111,19 @@ pub struct Usage {
     pub target_seen: bool,
 }
 
+/// Where [`Store::budget_usage`] may stop counting: a decision only compares the counts with
+/// its budgets, so counting beyond the largest budget would only cost time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageLimits {
+    pub hits: u64,
+    pub distinct_targets: u64,
+}
+
+impl UsageLimits {
+    /// Count everything.
+    pub const ALL: UsageLimits = UsageLimits { hits: u64::MAX, distinct_targets: u64::MAX };
+}
+
 /// A group of changes and the audit events that describe them: all applied, or none.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
@@ -152,9 +165,17 @@ pub trait Store: AuditLog {
     fn get(&self, table: Table, id: &str) -> Result<Option<Record>, StoreError>;
     /// Records matching every filter of `query`, ordered by `at` then id.
     fn find(&self, table: Table, query: &Query) -> Result<Vec<Record>, StoreError>;
-    /// Budget hits of `agent` × `action` at or after `since_ms` (Unix milliseconds), and
-    /// whether `target` is among them.
-    fn budget_usage(&self, agent: &str, action: &str, since_ms: i64, target: &str) -> Result<Usage, StoreError>;
+    /// Budget hits of `agent` × `action` at or after `since_ms` (Unix milliseconds), their
+    /// distinct targets, and whether `target` is among them. Each count stops at its limit in
+    /// `up_to` (exact below it), so the cost is bounded by the budgets, not by the traffic.
+    fn budget_usage(
+        &self,
+        agent: &str,
+        action: &str,
+        since_ms: i64,
+        target: &str,
+        up_to: UsageLimits,
+    ) -> Result<Usage, StoreError>;
     /// A value of the store's own settings (origin, verifier key…).
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
 }

@@ -13,7 +13,7 @@ use warden_core::audit::merkle::{Frontier, Hash, TreeReader, leaf_hash};
 
 use crate::{
     AuditLog, Batch, Change, EntryBuilder, Query, Record, SCHEMA_VERSION, Seal, Store, StoreError, StoredEntry, Table,
-    Usage,
+    Usage, UsageLimits,
 };
 
 const AUDIT_TABLES: &str = "
@@ -55,11 +55,29 @@ fn state_tables() -> String {
     sql
 }
 
+/// Budget summaries, so that a decision's reads are bounded however many hits its window
+/// holds: hits per agent × action × minute, and each target with its latest hit.
+const BUDGET_SUMMARIES: &str = "
+    CREATE TABLE budget_minutes (agent TEXT NOT NULL, action TEXT NOT NULL, minute INTEGER NOT NULL,
+                                 hits INTEGER NOT NULL, PRIMARY KEY (agent, action, minute)) WITHOUT ROWID;
+    INSERT INTO budget_minutes (agent, action, minute, hits)
+        SELECT agent, action, at / 60000, count(*) FROM budget_hits GROUP BY agent, action, at / 60000;
+    CREATE TABLE budget_targets (agent TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
+                                 last_at INTEGER NOT NULL, PRIMARY KEY (agent, action, target)) WITHOUT ROWID;
+    CREATE INDEX budget_targets_by_time ON budget_targets (agent, action, last_at);
+    INSERT INTO budget_targets (agent, action, target, last_at)
+        SELECT agent, action, target, max(at) FROM budget_hits GROUP BY agent, action, target;
+";
+
+/// Milliseconds per budget summary bucket.
+const MINUTE_MS: i64 = 60_000;
+
 /// Migration `i` takes the schema from version `i` to `i + 1`.
 fn migration(i: u32) -> Option<String> {
     match i {
         0 => Some(AUDIT_TABLES.to_string()),
         1 => Some(state_tables()),
+        2 => Some(BUDGET_SUMMARIES.to_string()),
         _ => None,
     }
 }
@@ -210,6 +228,16 @@ fn apply(tx: &Transaction<'_>, change: &Change) -> Result<(), StoreError> {
         Change::BudgetHit { agent, action, target, at } => {
             tx.prepare_cached("INSERT INTO budget_hits (agent, action, target, at) VALUES (?1, ?2, ?3, ?4)")?
                 .execute(params![agent, action, target, at])?;
+            tx.prepare_cached(
+                "INSERT INTO budget_minutes (agent, action, minute, hits) VALUES (?1, ?2, ?3, 1)
+                 ON CONFLICT (agent, action, minute) DO UPDATE SET hits = hits + 1",
+            )?
+            .execute(params![agent, action, at.div_euclid(MINUTE_MS)])?;
+            tx.prepare_cached(
+                "INSERT INTO budget_targets (agent, action, target, last_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (agent, action, target) DO UPDATE SET last_at = max(last_at, ?4)",
+            )?
+            .execute(params![agent, action, target, at])?;
             Ok(())
         }
         Change::SetMeta { key, value } => {
@@ -480,19 +508,46 @@ impl Store for SqliteStore {
         })
     }
 
-    fn budget_usage(&self, agent: &str, action: &str, since_ms: i64, target: &str) -> Result<Usage, StoreError> {
+    fn budget_usage(
+        &self,
+        agent: &str,
+        action: &str,
+        since_ms: i64,
+        target: &str,
+        up_to: UsageLimits,
+    ) -> Result<Usage, StoreError> {
+        let limit = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        // Hits: the raw rows of the window's first, partial minute, then whole minutes.
+        let first_whole = since_ms.div_euclid(MINUTE_MS) + i64::from(since_ms.rem_euclid(MINUTE_MS) != 0);
         self.read(|c| {
-            Ok(c.prepare_cached(
-                "SELECT count(*), count(DISTINCT target), coalesce(sum(target = ?4), 0) FROM budget_hits
-                 WHERE agent = ?1 AND action = ?2 AND at >= ?3",
-            )?
-            .query_row(params![agent, action, since_ms, target], |r| {
-                Ok(Usage {
-                    hits: to_u64(r.get(0)?),
-                    distinct_targets: to_u64(r.get(1)?),
-                    target_seen: r.get::<_, i64>(2)? > 0,
-                })
-            })?)
+            let partial: i64 = c
+                .prepare_cached(
+                    "SELECT count(*) FROM (SELECT 1 FROM budget_hits
+                     WHERE agent = ?1 AND action = ?2 AND at >= ?3 AND at < ?4 LIMIT ?5)",
+                )?
+                .query_row(
+                    params![agent, action, since_ms, first_whole.saturating_mul(MINUTE_MS), limit(up_to.hits)],
+                    |r| r.get(0),
+                )?;
+            let whole: i64 = c
+                .prepare_cached(
+                    "SELECT coalesce(sum(hits), 0) FROM budget_minutes WHERE agent = ?1 AND action = ?2 AND minute >= ?3",
+                )?
+                .query_row(params![agent, action, first_whole], |r| r.get(0))?;
+            let hits = (partial + whole).min(limit(up_to.hits));
+            let distinct_targets = c
+                .prepare_cached(
+                    "SELECT count(*) FROM (SELECT 1 FROM budget_targets
+                     WHERE agent = ?1 AND action = ?2 AND last_at >= ?3 LIMIT ?4)",
+                )?
+                .query_row(params![agent, action, since_ms, limit(up_to.distinct_targets)], |r| r.get(0))?;
+            let target_seen = c
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM budget_targets
+                     WHERE agent = ?1 AND action = ?2 AND target = ?3 AND last_at >= ?4)",
+                )?
+                .query_row(params![agent, action, target, since_ms], |r| r.get(0))?;
+            Ok(Usage { hits: to_u64(hits), distinct_targets: to_u64(distinct_targets), target_seen })
         })
     }
 

@@ -16,7 +16,7 @@ use warden_core::audit::entry::{Actor, Event, EventType};
 use warden_core::decision::{Decision, Outcome};
 use warden_core::request::{ActionRequest, AgentStatus, BudgetUsage, DecisionInput, Halt, TaskInfo};
 use warden_core::{Bundle, decide};
-use warden_store::{Batch, Change, Query, Store, StoreError, Table};
+use warden_store::{Batch, Change, Query, Store, StoreError, Table, UsageLimits};
 
 use super::tasks::new_id;
 use super::{ApiJson, ApiPath};
@@ -209,7 +209,13 @@ struct Facts {
     budget: BudgetUsage,
 }
 
-fn facts(s: &AppState, agent: &str, req: &ActionRequest, require_task: bool) -> Result<Facts, ApiError> {
+fn facts(
+    s: &AppState,
+    bundle: &Bundle,
+    agent: &str,
+    req: &ActionRequest,
+    require_task: bool,
+) -> Result<Facts, ApiError> {
     let store = s.ledger().store();
     let task = match store.get(Table::Tasks, &req.task)? {
         Some(r) => {
@@ -226,7 +232,11 @@ fn facts(s: &AppState, agent: &str, req: &ActionRequest, require_task: bool) -> 
     };
     let b = breaker(store.as_ref(), agent, &req.action)?;
     let since = millis(s.now() - BUDGET_WINDOW).max(b.reset_ms.unwrap_or(i64::MIN));
-    let usage = store.budget_usage(agent, &req.action, since, &req.target.to_string())?;
+    // Count no further than the budgets this request can meet: bounded work per request,
+    // however busy the window.
+    let (per_hour, targets) = bundle.agent(agent).map_or((None, None), |g| g.budget_limits(&req.action));
+    let up_to = UsageLimits { hits: per_hour.map_or(0, u64::from), distinct_targets: targets.map_or(0, u64::from) };
+    let usage = store.budget_usage(agent, &req.action, since, &req.target.to_string(), up_to)?;
     let budget = BudgetUsage {
         executions: u32::try_from(usage.hits).unwrap_or(u32::MAX),
         distinct_targets: u32::try_from(usage.distinct_targets).unwrap_or(u32::MAX),
@@ -356,7 +366,7 @@ fn attempt(
     {
         return Ok(Some(previous));
     }
-    let f = facts(s, &agent.id, req, true)?;
+    let f = facts(s, bundle, &agent.id, req, true)?;
     let started = std::time::Instant::now();
     let mut decision = decide_with(s, bundle, &agent.id, agent.status, req, &f);
     s.metrics.decision_latency.observe(started.elapsed());
@@ -560,7 +570,7 @@ pub async fn dry_run(
             .map(|r| Agent::from_record(&r).map(|a| a.status))
             .transpose()?
             .unwrap_or(AgentStatus::Active);
-        let f = facts(s, &agent_id, &req, false)?;
+        let f = facts(s, &bundle, &agent_id, &req, false)?;
         let decision = decide_with(s, &bundle, &agent_id, status, &req, &f);
         Ok(Json(DryRunAnswer { agent: agent_id, decision, recorded: false }))
     })

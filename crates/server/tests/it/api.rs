@@ -161,7 +161,12 @@ async fn idempotency_replays_and_refuses_a_changed_body() {
         h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, Some("k-1")))).await;
     assert_eq!((status, &again), (StatusCode::OK, &first), "the same answer");
     assert_eq!(verified_size(&h), size, "no second effect");
-    let usage = h.app.ledger().store().budget_usage(EDR, "host.isolate", 0, "host:web-42").unwrap();
+    let usage = h
+        .app
+        .ledger()
+        .store()
+        .budget_usage(EDR, "host.isolate", 0, "host:web-42", warden_store::UsageLimits::ALL)
+        .unwrap();
     assert_eq!(usage.hits, 1, "counted once");
     let (status, body) =
         h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-01", 0.95, Some("k-1")))).await;
@@ -220,7 +225,12 @@ async fn budgets_are_counted_in_the_store() {
     }
     assert_eq!(executed.len(), 5, "edr-responder may touch 5 distinct hosts an hour: {executed:?}");
     assert!(capped.is_some(), "the sixth distinct host goes to a human");
-    let usage = h.app.ledger().store().budget_usage(EDR, "host.isolate", 0, "host:web-01").unwrap();
+    let usage = h
+        .app
+        .ledger()
+        .store()
+        .budget_usage(EDR, "host.isolate", 0, "host:web-01", warden_store::UsageLimits::ALL)
+        .unwrap();
     assert_eq!((usage.hits, usage.distinct_targets), (6, 5), "six executions on five hosts");
     // Exceeding the budget tripped the breaker: now even a known host goes to a human.
     let (_, body) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, None))).await;

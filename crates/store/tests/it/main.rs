@@ -53,6 +53,29 @@ fn a_database_from_a_newer_schema_is_refused() {
     }
 }
 
+#[test]
+fn a_version_2_database_gets_its_budget_summaries_from_its_hits() {
+    use warden_store::{Batch, Change, Store, UsageLimits};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.db");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        let hit =
+            |target: &str, at| Change::BudgetHit { agent: "a".into(), action: "x".into(), target: target.into(), at };
+        let batch = Batch::new().change(hit("h1", 10)).change(hit("h2", 20)).change(hit("h1", 30));
+        store.commit_group(time::OffsetDateTime::UNIX_EPOCH, &[batch], &mut |_, _| Ok(None)).unwrap();
+    }
+    // What a version-2 database looks like: hits only.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("DROP TABLE budget_targets; DROP TABLE budget_minutes; PRAGMA user_version = 2;").unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    let u = store.budget_usage("a", "x", 25, "h1", UsageLimits::ALL).unwrap();
+    assert_eq!((u.hits, u.distinct_targets, u.target_seen), (1, 1, true), "h1's latest hit is at 30");
+    let u = store.budget_usage("a", "x", 0, "h2", UsageLimits::ALL).unwrap();
+    assert_eq!((u.hits, u.distinct_targets, u.target_seen), (3, 2, true));
+}
+
 /// Bumps `user_version` by editing the SQLite header (bytes 60..64, big-endian), as a newer
 /// Warden would have left it.
 fn bump_user_version(path: &std::path::Path) {
