@@ -194,10 +194,11 @@ fn client(addr: &str, tokens: &(String, String), me: usize, period: Option<Durat
         n += 1;
         match conn.post("/v1/actions", &token, &body) {
             Ok((200, answer)) => {
-                let state = serde_json::from_slice::<Value>(&answer)
-                    .ok()
-                    .and_then(|v| v["state"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| "unreadable".into());
+                let answer = serde_json::from_slice::<Value>(&answer).unwrap_or_default();
+                let state = answer["state"].as_str().unwrap_or("unreadable").to_string();
+                if state == "failed" || state == "unknown" {
+                    eprintln!("{state} execution: {}", answer["execution"]["error"]);
+                }
                 let mut w = s.window.lock().unwrap();
                 w.latencies.push(due.elapsed());
                 *w.outcomes.entry(state).or_default() += 1;

@@ -50,8 +50,11 @@ pub enum ConnectorError {
     #[error("the tool answered HTTP {status}: {answer}")]
     Rejected { status: u16, answer: String },
     /// The call may or may not have happened (timeout, connection lost mid-way).
-    #[error("the tool could not be reached: {0}")]
+    #[error("the tool was lost mid-call: {0}")]
     Unreachable(String),
+    /// Nothing was sent: the tool's address did not resolve or refused the connection.
+    #[error("the tool could not be reached: {0}")]
+    NotSent(String),
     #[error("the tool's answer lacks `{0}`, which the compensation needs")]
     Capture(String),
 }
@@ -197,6 +200,17 @@ fn strings(v: &Value, out: &mut Vec<String>) {
         Value::Array(a) => a.iter().for_each(|x| strings(x, out)),
         Value::Object(o) => o.values().for_each(|x| strings(x, out)),
         _ => {}
+    }
+}
+
+/// Whether `e` happened before any byte of the request could reach the tool.
+fn never_sent(e: &ureq::Error) -> bool {
+    use ureq::Timeout;
+    match e {
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
+        ureq::Error::Timeout(Timeout::Resolve | Timeout::Connect) => true,
+        ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+        _ => false,
     }
 }
 
@@ -443,7 +457,10 @@ impl Connector for HttpConnector {
                 agent.run(req)
             }
         };
-        let mut res = sent.map_err(|e| ConnectorError::Unreachable(redact(&e.to_string(), &used)))?;
+        let mut res = sent.map_err(|e| {
+            let text = redact(&e.to_string(), &used);
+            if never_sent(&e) { ConnectorError::NotSent(text) } else { ConnectorError::Unreachable(text) }
+        })?;
         let status = res.status().as_u16();
         let text = res.body_mut().read_to_string().unwrap_or_default();
         let answer = redact_value(&serde_json::from_str(&text).unwrap_or(Value::String(text)), &used);

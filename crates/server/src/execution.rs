@@ -5,7 +5,8 @@
 //! approved ─► executing (lease issued; recorded durably BEFORE the tool is called)
 //!               ├─► succeeded (lease revoked) ─► rolled_back (compensation ran)
 //!               ├─► failed    (lease revoked)
-//!               └─► unknown   (the server stopped mid-call: a human reconciles; never retried)
+//!               └─► unknown   (the tool was lost mid-call, or the server stopped: the action
+//!                              may or may not have happened; a human reconciles; never retried)
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -319,6 +320,13 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
             exec.answer = Some(answer.body);
             exec.captured = answer.captured;
             (EventType::ExecutionSucceeded, "succeeded")
+        }
+        // Timeout or connection lost after sending: the tool may have acted. Saying `failed`
+        // would invite a retry that could run the action twice.
+        Err(e @ ConnectorError::Unreachable(_)) => {
+            exec.state = ExecutionState::Unknown;
+            exec.error = Some(e.to_string());
+            (EventType::ExecutionUnknown, "unknown")
         }
         Err(e) => {
             exec.state = ExecutionState::Failed;
