@@ -226,7 +226,7 @@ pub fn expire_batch(store: &dyn Store, v: &Versioned, now: OffsetDateTime) -> Re
     let (a, changes) = end(store, v, ApprovalState::Expired, "system", Some("no decision before it expired"), now)?;
     let event =
         event_for(&a, EventType::ApprovalExpired, Actor::system("approvals"), json!({"expires_at": a.expires_at}));
-    Ok((a, Batch { changes, events: vec![event] }))
+    Ok((a, Batch::of(changes, vec![event])))
 }
 
 /// The batch that cancels `v`, audited as `approval.cancelled` by `actor`.
@@ -239,7 +239,7 @@ pub fn cancel_batch(
 ) -> Result<(Approval, Batch), ApiError> {
     let (a, changes) = end(store, v, ApprovalState::Cancelled, &actor.id, Some(reason), now)?;
     let event = event_for(&a, EventType::ApprovalCancelled, actor.clone(), json!({"reason": reason}));
-    Ok((a, Batch { changes, events: vec![event] }))
+    Ok((a, Batch::of(changes, vec![event])))
 }
 
 /// The pending approvals of a task, each to be cancelled with the task's close.
@@ -332,7 +332,7 @@ pub fn vote(
                 let (ended, changes) = end(store, &v, ApprovalState::Rejected, &user.id, Some(reason), now)?;
                 let event =
                     event_for(&ended, EventType::ApprovalRejected, actor, json!({"role": role, "reason": reason}));
-                (ended, Batch { changes, events: vec![event] }, true)
+                (ended, Batch::of(changes, vec![event]), true)
             }
             Verdict::Approve { reason, lease_ttl_secs } => {
                 if a.votes.iter().any(|x| x.user == user.id) {
@@ -376,7 +376,7 @@ pub fn vote(
                     json!({"role": role, "reason": reason, "votes": count, "quorum": a.quorum,
                            "lease_ttl_secs": lease_ttl_secs}),
                 );
-                (updated, Batch { changes, events: vec![event] }, done)
+                (updated, Batch::of(changes, vec![event]), done)
             }
         };
         match commit(batch) {

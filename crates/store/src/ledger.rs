@@ -145,7 +145,9 @@ impl Ledger {
 
     /// Commits `batch`: its changes and events are durable when this returns `Ok`, with the
     /// events at the returned sequence numbers. On error nothing of the batch was applied.
-    pub fn commit(&self, batch: Batch) -> Result<Receipt, StoreError> {
+    pub fn commit(&self, mut batch: Batch) -> Result<Receipt, StoreError> {
+        // Encode before queueing: the writer's turn is the one thing commits wait for.
+        batch.prepare();
         let mut st = self.lock()?;
         let ticket = st.next_ticket;
         st.next_ticket += 1;

@@ -129,11 +129,50 @@ impl UsageLimits {
 pub struct Batch {
     pub changes: Vec<Change>,
     pub events: Vec<Event>,
+    /// Encoding done before the writer's turn ([`Ledger`] does it); a store uses it when
+    /// present and encodes for itself otherwise.
+    prepared: Option<Prepared>,
+}
+
+/// A batch's record bodies (JSON text, one per change, `None` where the change has no
+/// record) and entry templates (one per event).
+#[derive(Debug, Clone, PartialEq)]
+struct Prepared {
+    bodies: Vec<Option<String>>,
+    entries: Vec<warden_core::audit::entry::EntryTemplate>,
 }
 
 impl Batch {
     pub fn new() -> Self {
         Self::default()
+    }
+    /// A batch of `changes` described by `events`.
+    pub fn of(changes: Vec<Change>, events: Vec<Event>) -> Self {
+        Batch { changes, events, prepared: None }
+    }
+    /// Encodes the record bodies and entry templates now, so that the single writer only
+    /// stamps and stores them. Anything that does not encode is left for the store, which
+    /// reports it as before.
+    pub(crate) fn prepare(&mut self) {
+        let bodies = self
+            .changes
+            .iter()
+            .map(|c| match c {
+                Change::Insert(r) | Change::Update(r) => serde_json::to_string(&r.body).ok(),
+                Change::BudgetHit { .. } | Change::SetMeta { .. } => None,
+            })
+            .collect();
+        if let Ok(entries) = self.events.iter().map(Event::template).collect::<Result<Vec<_>, _>>() {
+            self.prepared = Some(Prepared { bodies, entries });
+        }
+    }
+    /// The prepared body of change `i`, if any.
+    pub(crate) fn body(&self, i: usize) -> Option<&str> {
+        self.prepared.as_ref().and_then(|p| p.bodies.get(i)).and_then(|b| b.as_deref())
+    }
+    /// The prepared template of event `i`, if any.
+    pub(crate) fn template(&self, i: usize) -> Option<&warden_core::audit::entry::EntryTemplate> {
+        self.prepared.as_ref().and_then(|p| p.entries.get(i))
     }
     pub fn change(mut self, c: Change) -> Self {
         self.changes.push(c);

@@ -183,19 +183,32 @@ fn conflict(table: Table, id: &str, reason: &'static str) -> StoreError {
     StoreError::Conflict { table: table.name(), id: id.to_string(), reason }
 }
 
-fn body_text(r: &Record) -> Result<String, StoreError> {
-    serde_json::to_string(&r.body).map_err(|e| StoreError::Database(format!("record `{}`: {e}", r.id)))
+fn body_text<'a>(r: &Record, prepared: Option<&'a str>) -> Result<std::borrow::Cow<'a, str>, StoreError> {
+    match prepared {
+        Some(text) => Ok(text.into()),
+        None => serde_json::to_string(&r.body)
+            .map(Into::into)
+            .map_err(|e| StoreError::Database(format!("record `{}`: {e}", r.id))),
+    }
 }
 
-fn apply(tx: &Transaction<'_>, change: &Change) -> Result<(), StoreError> {
+/// Applies `change`; `body` is its record's JSON text when already encoded.
+fn apply(tx: &Transaction<'_>, change: &Change, body: Option<&str>) -> Result<(), StoreError> {
     match change {
         Change::Insert(r) => {
             let sql = format!(
                 "INSERT INTO {} (id, version, agent, task, state, key, at, body) VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 r.table.name()
             );
-            let res =
-                tx.prepare_cached(&sql)?.execute(params![r.id, r.agent, r.task, r.state, r.key, r.at, body_text(r)?]);
+            let res = tx.prepare_cached(&sql)?.execute(params![
+                r.id,
+                r.agent,
+                r.task,
+                r.state,
+                r.key,
+                r.at,
+                body_text(r, body)?.as_ref()
+            ]);
             match res {
                 Ok(_) => Ok(()),
                 Err(e) if is_constraint(&e) => Err(conflict(r.table, &r.id, "the id or key is already taken")),
@@ -216,7 +229,7 @@ fn apply(tx: &Transaction<'_>, change: &Change) -> Result<(), StoreError> {
                 r.state,
                 r.key,
                 r.at,
-                body_text(r)?
+                body_text(r, body)?.as_ref()
             ]);
             match res {
                 Ok(1) => Ok(()),
@@ -439,13 +452,18 @@ impl Store for SqliteStore {
         for batch in batches {
             tx.execute_batch("SAVEPOINT batch")?;
             let mut attempt = frontier.clone();
-            let outcome = batch.changes.iter().try_for_each(|c| apply(&tx, c)).and_then(|()| {
-                let mut events = batch.events.iter();
-                append_in(&tx, &mut attempt, batch.events.len(), &mut |seq| {
-                    let ev = events.next().ok_or("fewer events than entries")?;
-                    ev.to_entry_bytes(seq, time).map_err(|e| e.to_string())
-                })
-            });
+            let outcome =
+                batch.changes.iter().enumerate().try_for_each(|(i, c)| apply(&tx, c, batch.body(i))).and_then(|()| {
+                    let mut events = batch.events.iter().enumerate();
+                    append_in(&tx, &mut attempt, batch.events.len(), &mut |seq| {
+                        let (i, ev) = events.next().ok_or("fewer events than entries")?;
+                        match batch.template(i) {
+                            Some(t) => t.render(seq, time),
+                            None => ev.to_entry_bytes(seq, time),
+                        }
+                        .map_err(|e| e.to_string())
+                    })
+                });
             match outcome {
                 Ok(range) => {
                     tx.execute_batch("RELEASE batch")?;

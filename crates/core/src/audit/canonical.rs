@@ -19,6 +19,21 @@ pub fn to_vec(value: &Value) -> Result<Vec<u8>, CanonicalError> {
     Ok(out.into_bytes())
 }
 
+/// One object member, `"name":value`, in canonical form: an object's canonical bytes are its
+/// members in [`member_order`], joined by `,`, between braces.
+pub fn member(name: &str, value: &Value) -> Result<String, CanonicalError> {
+    let mut out = String::new();
+    write_string(name, &mut out);
+    out.push(':');
+    write_value(value, &mut out)?;
+    Ok(out)
+}
+
+/// The order of an object's members: by the UTF-16 code units of their names.
+pub fn member_order(a: &str, b: &str) -> std::cmp::Ordering {
+    a.encode_utf16().cmp(b.encode_utf16())
+}
+
 fn write_value(v: &Value, out: &mut String) -> Result<(), CanonicalError> {
     match v {
         Value::Null => out.push_str("null"),
@@ -39,7 +54,7 @@ fn write_value(v: &Value, out: &mut String) -> Result<(), CanonicalError> {
         }
         Value::Object(map) => {
             let mut members: Vec<(&String, &Value)> = map.iter().collect();
-            members.sort_by(|a, b| a.0.encode_utf16().cmp(b.0.encode_utf16()));
+            members.sort_by(|a, b| member_order(a.0, b.0));
             out.push('{');
             for (i, (k, v)) in members.into_iter().enumerate() {
                 if i > 0 {

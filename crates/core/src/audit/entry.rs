@@ -246,9 +246,64 @@ impl Event {
 
     /// The committed entry's canonical bytes.
     pub fn to_entry_bytes(&self, seq: u64, time: OffsetDateTime) -> Result<Vec<u8>, EntryError> {
-        let entry = Entry { seq, time: format_time(time)?, event: self.clone() };
-        let value = serde_json::to_value(&entry).map_err(|e| EntryError::Malformed(e.to_string()))?;
-        canonical::to_vec(&value).map_err(|e| EntryError::Malformed(e.to_string()))
+        self.template()?.render(seq, time)
+    }
+
+    /// The entry's canonical bytes but for `seq` and `time`: the costly part of encoding,
+    /// which a committer can do before its turn at the single writer.
+    pub fn template(&self) -> Result<EntryTemplate, EntryError> {
+        let malformed = |e: &dyn std::fmt::Display| EntryError::Malformed(e.to_string());
+        let Value::Object(map) = serde_json::to_value(self).map_err(|e| malformed(&e))? else {
+            return Err(EntryError::Malformed("an event must serialize to an object".into()));
+        };
+        let mut members = map
+            .iter()
+            .map(|(name, value)| Ok((name.clone(), canonical::member(name, value).map_err(|e| malformed(&e))?)))
+            .collect::<Result<Vec<_>, EntryError>>()?;
+        members.sort_by(|a, b| canonical::member_order(&a.0, &b.0));
+        Ok(EntryTemplate { members })
+    }
+}
+
+/// An event's canonical members, waiting for the `seq` and `time` its commit gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryTemplate {
+    /// `(name, "name":value)`, in canonical member order; never `seq` or `time`.
+    members: Vec<(String, String)>,
+}
+
+impl EntryTemplate {
+    /// The entry's canonical bytes: the members with `seq` and `time` merged in their place.
+    pub fn render(&self, seq: u64, time: OffsetDateTime) -> Result<Vec<u8>, EntryError> {
+        let malformed = |e: canonical::CanonicalError| EntryError::Malformed(e.to_string());
+        let stamps = [
+            ("seq", canonical::member("seq", &Value::from(seq)).map_err(malformed)?),
+            ("time", canonical::member("time", &Value::String(format_time(time)?)).map_err(malformed)?),
+        ];
+        let len = self.members.iter().map(|m| m.1.len() + 1).sum::<usize>() + stamps[0].1.len() + stamps[1].1.len() + 3;
+        let mut out = Vec::with_capacity(len);
+        out.push(b'{');
+        let mut stamps = stamps.iter().peekable();
+        let mut members = self.members.iter().peekable();
+        let mut first = true;
+        loop {
+            let next = match (members.peek(), stamps.peek()) {
+                (Some(m), Some(s)) if m.0 == s.0 => {
+                    return Err(EntryError::Malformed(format!("an event cannot carry `{}`", s.0)));
+                }
+                (Some(m), Some(s)) if canonical::member_order(&m.0, s.0).is_lt() => members.next().map(|m| &m.1),
+                (_, Some(_)) => stamps.next().map(|s| &s.1),
+                (Some(_), None) => members.next().map(|m| &m.1),
+                (None, None) => break,
+            };
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(next.map_or(&b""[..], |n| n.as_bytes()));
+        }
+        out.push(b'}');
+        Ok(out)
     }
 }
 
@@ -302,6 +357,27 @@ mod tests {
     use super::*;
     use serde_json::json;
     use time::macros::datetime;
+
+    /// The template path against the plain one: serialize the whole entry, then canonicalize.
+    #[test]
+    fn templates_render_exactly_the_canonical_entry() {
+        let full = Event::new(EventType::DecisionMade, Actor::agent("spiffe://acme.example/soc/edr"))
+            .task("INC-7")
+            .request("req_1")
+            .action("host.isolate")
+            .data(json!({"seq": 1, "time": "x", "ſ": "\u{1F600}", "a\"b": [1.5, null, {"z": 1, "é": 2}]}));
+        let bare = Event::new(EventType::StoreInitialized, Actor::system("warden"));
+        let task_only = Event::new(EventType::TaskOpened, Actor::user("olga")).task("T");
+        for (event, seq) in [(&full, 0), (&bare, 41), (&task_only, 9_007_199_254_740_993)] {
+            for time in [datetime!(2026-11-23 06:03:07.123456 UTC), datetime!(1999-12-31 23:59:59.999 +05:00)] {
+                let entry = Entry { seq, time: format_time(time).unwrap(), event: event.clone() };
+                let plain = canonical::to_vec(&serde_json::to_value(&entry).unwrap()).unwrap();
+                assert_eq!(event.to_entry_bytes(seq, time).unwrap(), plain, "{event:?}");
+                assert_eq!(event.template().unwrap().render(seq, time).unwrap(), plain);
+                assert!(Entry::parse(&plain).is_ok());
+            }
+        }
+    }
 
     #[test]
     fn entry_bytes_are_canonical_with_sorted_members() {
