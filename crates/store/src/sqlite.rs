@@ -97,58 +97,6 @@ pub struct SqliteStore {
     /// connection, so reads go through the writer).
     readers: Vec<Mutex<Connection>>,
     next_reader: std::sync::atomic::AtomicUsize,
-    /// On disk: copies the write-ahead log into the database off the writer's path.
-    _checkpointer: Option<Checkpointer>,
-}
-
-/// A thread that checkpoints the WAL every [`CHECKPOINT_EVERY`] (PASSIVE: it never blocks
-/// the writer or the readers), so that commits never pay for it. Stopped and joined on drop.
-#[derive(Debug)]
-struct Checkpointer {
-    stop: std::sync::Arc<(Mutex<bool>, std::sync::Condvar)>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// How often the checkpointer copies the WAL into the database.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
-
-impl Checkpointer {
-    fn start(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let stop = std::sync::Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("warden-wal-checkpoint".into())
-            .spawn(move || {
-                let checkpoint = || conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).is_ok();
-                let (lock, wake) = &*flag;
-                let Ok(mut stopped) = lock.lock() else { return };
-                while !*stopped {
-                    stopped = match wake.wait_timeout(stopped, CHECKPOINT_EVERY) {
-                        Ok((guard, _)) => guard,
-                        Err(_) => return,
-                    };
-                    // A failed checkpoint is tried again on the next tick; the WAL keeps
-                    // every committed frame meanwhile.
-                    let _ = checkpoint();
-                }
-            })
-            .map_err(|e| StoreError::Database(format!("cannot start the checkpointer: {e}")))?;
-        Ok(Checkpointer { stop, thread: Some(thread) })
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        if let Ok(mut stopped) = self.stop.0.lock() {
-            *stopped = true;
-            self.stop.1.notify_all();
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -368,9 +316,6 @@ impl SqliteStore {
             reader.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             store.readers.push(Mutex::new(reader));
         }
-        // Commits no longer checkpoint inline; the checkpointer does it in the background.
-        store.writer()?.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        store._checkpointer = Some(Checkpointer::start(path)?);
         Ok(store)
     }
 
@@ -400,12 +345,7 @@ impl SqliteStore {
         tx.commit()?;
         let size = entry_count(&conn)?;
         let frontier = Frontier::load(&ConnReader(&conn), size)?;
-        Ok(Self {
-            writer: Mutex::new(Writer { conn, frontier }),
-            readers: Vec::new(),
-            next_reader: Default::default(),
-            _checkpointer: None,
-        })
+        Ok(Self { writer: Mutex::new(Writer { conn, frontier }), readers: Vec::new(), next_reader: Default::default() })
     }
 
     fn writer(&self) -> Result<MutexGuard<'_, Writer>, StoreError> {

@@ -105,21 +105,3 @@ fn under_load_checkpoints_can_wait_for_the_interval_and_the_tail_is_signed_on_de
     assert_eq!(ledger.checkpoint().unwrap().map(|c| c.0), Some(5), "nothing new: no second note");
     assert_eq!(store.checkpoints(0, 100).unwrap().len(), 2);
 }
-
-/// Commits do not copy the WAL into the database themselves; the background checkpointer
-/// does, within a few of its ticks.
-#[test]
-fn the_checkpointer_copies_the_wal_into_the_database() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("warden.db");
-    let log = SqliteStore::open(&path).unwrap();
-    let before = std::fs::metadata(&path).unwrap().len();
-    log.append(5_000, &mut |s| Ok(format!("entry {s} {}", "x".repeat(200)).into_bytes())).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::fs::metadata(&path).unwrap().len() <= before + 1_000_000 {
-        assert!(std::time::Instant::now() < deadline, "the WAL was never checkpointed");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    drop(log);
-    assert_eq!(SqliteStore::open(&path).unwrap().size().unwrap(), 5_000);
-}
