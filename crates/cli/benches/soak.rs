@@ -353,16 +353,33 @@ fn main() -> ExitCode {
         warden(&["agent", "token", ENRICH, "--ttl", &ttl, "--data", d]).trim().to_string(),
     ));
 
-    let mut cmd = Command::new(WARDEN);
+    // `SOAK_WRAPPER="heaptrack -o /tmp/warden"` runs the server under a profiler (the RSS
+    // column then shows the wrapper's).
+    let wrapper: Vec<String> =
+        std::env::var("SOAK_WRAPPER").map(|w| w.split_whitespace().map(String::from).collect()).unwrap_or_default();
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(WARDEN);
+            c
+        }
+        None => Command::new(WARDEN),
+    };
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--agent-rate", "1000000", "--agent-burst", "1000000"]);
     cmd.args(["--max-in-flight", "4096", "--data", d, "--policy", policy.to_str().unwrap()]);
     for tool in ["edr", "idp", "firewall", "mail", "ticketing", "siem"] {
         cmd.arg("--tool-url").arg(format!("{tool}=http://{lab_addr}"));
     }
     let mut server = cmd.envs(keys.iter().cloned()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    line.clear();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("listening on ").unwrap().to_string();
+    // The first line that names the address (a wrapper may print before it).
+    let mut out = BufReader::new(server.stdout.take().unwrap());
+    let addr = loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the server exited before listening");
+        if let Some(a) = line.trim().strip_prefix("listening on ") {
+            break a.to_string();
+        }
+    };
     let pid = server.id();
     let mut server = Running(server);
 
