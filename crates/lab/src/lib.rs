@@ -405,6 +405,21 @@ pub async fn serve_with(
     axum::serve(listener, router_with(keys, delay)).with_graceful_shutdown(shutdown).await
 }
 
+/// A "tool" on a free loopback port that reads each request and hangs up without answering
+/// (a vendor lost mid-call); its base URL. For tests of what Warden records then.
+pub fn spawn_hang_up() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let addr = listener.local_addr().expect("a bound address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+        }
+    });
+    format!("http://{addr}")
+}
+
 /// Starts the lab on a free loopback port, on a runtime thread of its own (for tests and
 /// benchmarks driven from synchronous code); its base URL.
 pub fn spawn(keys: Keys, delay: std::time::Duration) -> String {

@@ -112,11 +112,7 @@ fn twenty_kills_under_mixed_load_lose_nothing_and_run_nothing_twice() {
     edit(policy.path(), "agents/enrichment-bot.toml", "max_per_hour = 5000", "max_per_hour = 100000");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path();
-    let init = warden().args(["init", "--output", "json", "--data"]).arg(data).assert().success();
-    let admin = serde_json::from_slice::<Value>(&init.get_output().stdout).unwrap()["admin_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = crate::serve::init_admin(data);
     stdout_of(data, &["agent", "add", EDR, "--owner", "team:endpoint-response"]);
     stdout_of(data, &["agent", "add", ENRICH, "--owner", "team:soc-engineering"]);
     let tokens = Arc::new((

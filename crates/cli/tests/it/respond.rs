@@ -52,11 +52,7 @@ fn execute_roll_back_and_halt_from_the_command_line() {
     let (_lab, lab_addr, keys) = start_lab(0);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path();
-    let init = warden().args(["init", "--output", "json", "--data"]).arg(data).assert().success();
-    let admin = serde_json::from_slice::<Value>(&init.get_output().stdout).unwrap()["admin_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = crate::serve::init_admin(data);
     stdout_of(data, &["agent", "add", EDR, "--owner", "team:endpoint-response"]);
     let agent = stdout_of(data, &["agent", "token", EDR]).trim().to_string();
     let ana = serde_json::from_str::<Value>(&stdout_of(
@@ -152,11 +148,7 @@ fn a_killed_server_leaves_unknown_executions_and_calls_nothing_twice() {
     let (_lab, lab_addr, keys) = start_lab(500);
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path();
-    let init = warden().args(["init", "--output", "json", "--data"]).arg(data).assert().success();
-    let admin = serde_json::from_slice::<Value>(&init.get_output().stdout).unwrap()["admin_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let admin = crate::serve::init_admin(data);
     stdout_of(data, &["agent", "add", EDR, "--owner", "team:endpoint-response"]);
     let agent = stdout_of(data, &["agent", "token", EDR]).trim().to_string();
     let (server, addr) = start_server(data, &lab_addr, &keys);

@@ -30,6 +30,12 @@ pub fn http(addr: &str, method: &str, path: &str, token: &str, body: Option<&Val
     Ok((status, serde_json::from_str(body).unwrap_or(Value::String(body.into()))))
 }
 
+/// `warden init` on `data`; the admin token it printed once.
+pub fn init_admin(data: &Path) -> String {
+    let init = warden().args(["init", "--output", "json", "--data"]).arg(data).assert().success();
+    serde_json::from_slice::<Value>(&init.get_output().stdout).unwrap()["admin_token"].as_str().unwrap().to_string()
+}
+
 pub fn stdout_of(data: &Path, args: &[&str]) -> String {
     let out = warden().args(args).arg("--data").arg(data).assert().success();
     String::from_utf8(out.get_output().stdout.clone()).unwrap()

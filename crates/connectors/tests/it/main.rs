@@ -102,27 +102,11 @@ fn a_wrong_key_or_missing_secret_fails_without_showing_the_secret() {
     assert_eq!(state(&url)["calls"]["total"].as_u64().unwrap(), before);
 }
 
-/// A tool that reads the request, then hangs up without answering: the call reached it, so
-/// the connector cannot say it did not happen.
-fn hangs_up() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { return };
-            let mut buf = [0u8; 4096];
-            let _ = std::io::Read::read(&mut s, &mut buf);
-            drop(s);
-        }
-    });
-    format!("http://{addr}")
-}
-
 #[test]
 fn a_tool_lost_mid_call_is_unreachable_and_one_never_reached_is_not_sent() {
     let keys = Keys::random();
     let isolate = call("host.isolate", "host:web-42", json!({"reason": "beacon"}));
-    match connector(&hangs_up(), &keys).execute(&isolate) {
+    match connector(&warden_lab::spawn_hang_up(), &keys).execute(&isolate) {
         Err(ConnectorError::Unreachable(e)) => assert!(!e.contains(&keys.edr), "{e}"),
         other => panic!("expected Unreachable, got {other:?}"),
     }

@@ -431,26 +431,12 @@ async fn a_tool_can_check_its_lease_token_offline_and_by_introspection() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
-/// A tool that reads each request and hangs up without answering.
-fn hangs_up() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { return };
-            let mut buf = [0u8; 4096];
-            let _ = std::io::Read::read(&mut s, &mut buf);
-        }
-    });
-    format!("http://{addr}")
-}
-
 /// A tool lost mid-call may have acted: the execution is `unknown` (for a human), never
 /// `failed` (which would invite a retry); a tool that refused the connection did nothing.
 #[tokio::test]
 async fn a_tool_lost_mid_call_leaves_the_execution_unknown() {
     let keys = warden_lab::Keys::random();
-    for (url, expected) in [(hangs_up(), "unknown"), (closed_port(), "failed")] {
+    for (url, expected) in [(warden_lab::spawn_hang_up(), "unknown"), (closed_port(), "failed")] {
         let connector = crate::connector(&url, &keys);
         let h = crate::harness_full(None, Arc::new(warden_store::SystemClock), Default::default(), Some(connector));
         let agent = h.svid(EDR);
