@@ -5,12 +5,12 @@
 //!
 //! ```text
 //! cargo bench -p warden --bench soak -- [--minutes 10] [--fraction 0.5] [--connections 32]
-//!                                       [--interval 10] [--max-secs 20] [--dir DIR]
+//!                                       [--interval 10] [--max-secs 20] [--dir DIR] [--rate N]
 //! ```
 //!
 //! First the mix is run closed-loop (every connection sends as soon as it has its answer) for
 //! `--max-secs` to measure the maximum rate on this machine; then it is held open-loop at
-//! `--fraction` of that rate. Latencies are measured from when each request was *due*, so a
+//! `--fraction` of that rate (or at `--rate` requests per second, skipping the measurement). Latencies are measured from when each request was *due*, so a
 //! server that falls behind shows it (no coordinated omission). Exit 1 if any request failed,
 //! the log does not verify, or memory grew more than 20 % over the second half.
 
@@ -35,10 +35,12 @@ struct Args {
     interval: u64,
     max_secs: u64,
     dir: Option<PathBuf>,
+    rate: Option<f64>,
 }
 
 fn args() -> Args {
-    let mut a = Args { minutes: 10.0, fraction: 0.5, connections: 32, interval: 10, max_secs: 20, dir: None };
+    let mut a =
+        Args { minutes: 10.0, fraction: 0.5, connections: 32, interval: 10, max_secs: 20, dir: None, rate: None };
     let argv: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
@@ -51,6 +53,7 @@ fn args() -> Args {
             "--interval" => a.interval = number() as u64,
             "--max-secs" => a.max_secs = number() as u64,
             "--dir" => a.dir = Some(PathBuf::from(value)),
+            "--rate" => a.rate = Some(number()),
             _ => panic!("unknown flag `{flag}`"),
         }
     }
@@ -72,13 +75,15 @@ fn warden(args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The example bundle with the hourly budgets raised, so executions run for the whole soak.
+/// The example bundle with the hourly budgets raised, so executions run for the whole soak, and
+/// the EDR agent's approvals expiring after two minutes, so expiry runs during it.
 fn soak_bundle(to: &Path) {
     let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy");
     copy_dir(&from, to);
     for (file, old, new) in [
         ("agents/edr-responder.toml", "max_per_hour = 10\n", "max_per_hour = 10000000\n"),
         ("agents/enrichment-bot.toml", "max_per_hour = 5000\n", "max_per_hour = 10000000\n"),
+        ("agents/edr-responder.toml", "approval_expiry = \"10m\"\n", "approval_expiry = \"2m\"\n"),
     ] {
         let path = to.join(file);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -140,8 +145,10 @@ impl Conn {
     }
 }
 
-/// The request mix: 40 % advise, 25 % deny, 10 % approvals (over 200 unknown hosts, which fold
-/// into at most 200 pending approvals), 25 % executions against the lab (each on a new alert).
+/// The request mix: 40 % advise, 25 % deny, 10 % approvals (over 2,000 unknown hosts: a few
+/// identical requests fold into each approval, which expires after two minutes, so the pending
+/// set stays near 2,000 and the sweeper escalates and expires ~17 a second), 25 % executions
+/// against the lab (each on a new alert).
 fn nth_request(tag: &str, n: u64, me: usize, edr: &str, enrich: &str) -> (String, String) {
     let ask = |action: &str, target: String, confidence: f64, params: Value| {
         json!({"task": "INC-S", "action": action, "target": target, "confidence": confidence, "params": params,
@@ -153,7 +160,8 @@ fn nth_request(tag: &str, n: u64, me: usize, edr: &str, enrich: &str) -> (String
         0..8 => (edr.into(), ask("host.isolate", "host:web-01".into(), 0.3, reason())),
         8..13 => (edr.into(), ask("host.wipe", "host:web-01".into(), 0.95, reason())),
         13..15 => {
-            (edr.into(), ask("host.isolate", format!("host:soak-{}", (n / 20 + me as u64) % 200), 0.95, reason()))
+            let host = (n / 20 * 37 + me as u64) % 2000;
+            (edr.into(), ask("host.isolate", format!("host:soak-{host}"), 0.95, reason()))
         }
         _ => (enrich.into(), ask("alert.enrich", format!("alert:{tag}-{me}-{n}"), 0.95, json!({}))),
     }
@@ -229,11 +237,16 @@ fn disk_mib(data: &Path) -> (f64, f64) {
     (size("warden.db"), size("warden.db-wal"))
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A field of `/proc/PID/status` (`VmRSS`, `RssAnon`, `Threads`), as a number (KiB for sizes).
+fn proc_status(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").parse().ok()))
+            s.lines().find_map(|l| {
+                l.strip_prefix(field)
+                    .and_then(|v| v.strip_prefix(':'))
+                    .map(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            })
         })
         .flatten()
         .unwrap_or(0)
@@ -287,11 +300,12 @@ fn phase(
         let mut l = w.latencies;
         l.sort();
         let rps = l.len() as f64 / step.as_secs_f64();
-        let rss = rss_kib(pid);
+        let rss = proc_status(pid, "VmRSS");
+        let threads = proc_status(pid, "Threads");
         let outcomes: Vec<String> = w.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let (db, wal) = disk_mib(data);
         println!(
-            "| {:>5.0} | {:>6.0} | {:>9.2?} | {:>9.2?} | {:>9.2?} | {:>7.1} | {db:.0} + {wal:.0} | {} |",
+            "| {:>5.0} | {:>6.0} | {:>9.2?} | {:>9.2?} | {:>9.2?} | {:>7.1} | {threads} | {db:.0} + {wal:.0} | {} |",
             at.as_secs_f64(),
             rps,
             percentile(&l, 0.5),
@@ -310,8 +324,8 @@ fn phase(
 }
 
 fn header() {
-    println!("| t (s) | req/s | p50 | p99 | max | RSS (MiB) | db + WAL (MiB) | answers |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| t (s) | req/s | p50 | p99 | max | RSS (MiB) | threads | db + WAL (MiB) | answers |");
+    println!("|---|---|---|---|---|---|---|---|---|");
 }
 
 fn main() -> ExitCode {
@@ -391,17 +405,26 @@ fn main() -> ExitCode {
         "soak: {} connections; the mix: 40 % advise, 25 % deny, 10 % approval, 25 % execution (lab)\n",
         a.connections
     );
-    println!("### Maximum ({} s closed loop)\n", a.max_secs);
-    header();
     let target = Server { addr, tokens, pid, data: data.clone() };
-    let (max, max_failures) = phase(&target, a.connections, None, a.max_secs as f64, a.interval);
-    let max_rate = max.iter().map(|w| w.0).sum::<f64>() / max.len().max(1) as f64;
-    let rate = max_rate * a.fraction;
-    println!(
-        "\nmaximum {max_rate:.0} requests/s; holding {rate:.0}/s ({:.0} %) for {} min\n",
-        a.fraction * 100.0,
-        a.minutes
-    );
+    let (rate, max_failures) = match a.rate {
+        Some(rate) => {
+            println!("holding {rate:.0}/s (given) for {} min\n", a.minutes);
+            (rate, 0)
+        }
+        None => {
+            println!("### Maximum ({} s closed loop)\n", a.max_secs);
+            header();
+            let (max, failures) = phase(&target, a.connections, None, a.max_secs as f64, a.interval);
+            let max_rate = max.iter().map(|w| w.0).sum::<f64>() / max.len().max(1) as f64;
+            let rate = max_rate * a.fraction;
+            println!(
+                "\nmaximum {max_rate:.0} requests/s; holding {rate:.0}/s ({:.0} %) for {} min\n",
+                a.fraction * 100.0,
+                a.minutes
+            );
+            (rate, failures)
+        }
+    };
     println!("### Soak\n");
     header();
     let (soak, failures) = phase(&target, a.connections, Some(rate), a.minutes * 60.0, a.interval);

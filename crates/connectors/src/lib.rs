@@ -203,6 +203,50 @@ fn strings(v: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// Connections kept open per tool between calls: enough for every execution thread under load
+/// to reuse one instead of connecting (and resolving) again.
+const POOL_PER_TOOL: usize = 64;
+
+/// How long an idle connection is reused. Below the shortest keep-alive common among tool
+/// servers (Node.js closes after 5 s), so a request is not written on a connection the tool has
+/// just closed — which would leave a non-idempotent call's outcome `unknown`.
+const POOL_IDLE_AGE: Duration = Duration::from_secs(4);
+
+/// Resolves IP-literal hosts in place and hands names to ureq's resolver. ureq's own resolver
+/// starts a thread for every lookup when a timeout is set, even for `127.0.0.1`: under load
+/// that was hundreds of threads a second (each a fresh allocator heap and stack).
+#[derive(Debug, Default)]
+struct LiteralFirst(ureq::unversioned::resolver::DefaultResolver);
+
+impl ureq::unversioned::resolver::Resolver for LiteralFirst {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        if let Some(addr) = literal_addr(uri) {
+            let mut out = self.empty();
+            out.push(addr);
+            return Ok(out);
+        }
+        self.0.resolve(uri, config, timeout)
+    }
+}
+
+/// The socket address of a URI whose host is an IP address (`127.0.0.1`, `[::1]`), with its
+/// port or the scheme's default.
+fn literal_addr(uri: &ureq::http::Uri) -> Option<std::net::SocketAddr> {
+    let host = uri.host()?;
+    let ip: std::net::IpAddr = host.trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    let port = uri.port_u16().or(match uri.scheme_str()? {
+        "http" => Some(80),
+        "https" => Some(443),
+        _ => None,
+    })?;
+    Some(std::net::SocketAddr::new(ip, port))
+}
+
 /// Whether `e` happened before any byte of the request could reach the tool.
 fn never_sent(e: &ureq::Error) -> bool {
     use ureq::Timeout;
@@ -296,12 +340,19 @@ impl HttpConnector {
             .iter()
             .map(|(name, tool)| {
                 let timeout = tool.timeout.as_deref().and_then(parse_timeout).unwrap_or(Duration::from_secs(10));
-                let agent: ureq::Agent = ureq::Agent::config_builder()
+                let config = ureq::Agent::config_builder()
                     .http_status_as_error(false)
                     .timeout_global(Some(timeout))
                     .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .into();
+                    .max_idle_connections(POOL_PER_TOOL)
+                    .max_idle_connections_per_host(POOL_PER_TOOL)
+                    .max_idle_age(POOL_IDLE_AGE)
+                    .build();
+                let agent = ureq::Agent::with_parts(
+                    config,
+                    ureq::unversioned::transport::DefaultConnector::default(),
+                    LiteralFirst::default(),
+                );
                 (name.clone(), agent)
             })
             .collect();
@@ -511,6 +562,17 @@ mod tests {
             lease_id: "lease_1".into(),
             ..Call::default()
         }
+    }
+
+    #[test]
+    fn ip_literal_hosts_resolve_in_place_and_names_do_not() {
+        let addr = |u: &str| literal_addr(&u.parse().unwrap()).map(|a| a.to_string());
+        assert_eq!(addr("http://127.0.0.1:8080/x").as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(addr("https://10.0.0.7/api").as_deref(), Some("10.0.0.7:443"));
+        assert_eq!(addr("http://[::1]:9000/").as_deref(), Some("[::1]:9000"));
+        assert_eq!(addr("http://[::1]/").as_deref(), Some("[::1]:80"));
+        assert_eq!(addr("http://edr.internal:8080/"), None, "names go to the system resolver");
+        assert_eq!(addr("http://127.0.0.1.nip.io/"), None);
     }
 
     #[test]

@@ -121,6 +121,19 @@ pub struct Approval {
     pub reason: Option<String>,
 }
 
+/// The most requests one approval covers. An agent that keeps repeating a request while it
+/// waits is refused beyond it (409 `approval_pending`) rather than growing the approval (and
+/// the work of every later fold and of its decision) without bound.
+pub const FOLD_MAX: usize = 100;
+
+impl Approval {
+    /// When the sweeper must next look at this pending approval: its escalation notice (two
+    /// thirds through its time), then its expiry.
+    pub fn due_ms(&self) -> i64 {
+        if self.escalated { self.expires_ms } else { self.created_ms + (self.expires_ms - self.created_ms) * 2 / 3 }
+    }
+}
+
 /// Identical pending requests (same agent, action, target) fold into one approval.
 pub fn fold_key(agent: &str, action: &str, target: &str) -> String {
     format!("fold\u{0}{agent}\u{0}{action}\u{0}{target}")
@@ -135,11 +148,14 @@ impl Model for Approval {
         let mut r = Record::new(Table::Approvals, &self.id, serde_json::to_value(self).unwrap_or_default())
             .agent(&self.agent)
             .task(&self.task)
-            .state(self.state.as_str())
-            .at(self.expires_ms);
-        // Only a pending approval holds its fold key, so a new one can open once it ends.
+            .state(self.state.as_str());
+        // Only a pending approval holds its fold key, so a new one can open once it ends. Its
+        // `at` is when the sweeper is next due, so a sweep reads only what is due; an ended
+        // one's is its expiry.
         if self.state == ApprovalState::Pending {
-            r = r.key(fold_key(&self.agent, &self.action, &self.target));
+            r = r.key(fold_key(&self.agent, &self.action, &self.target)).at(self.due_ms());
+        } else {
+            r = r.at(self.expires_ms);
         }
         r
     }
@@ -450,7 +466,7 @@ pub fn sweep(
 ) -> Result<Swept, ApiError> {
     let mut swept = Swept::default();
     let now_ms = millis(now);
-    let q = Query { state: Some("pending".into()), ..Query::default() };
+    let q = Query { state: Some("pending".into()), at_to: Some(now_ms + 1), ..Query::default() };
     for r in store.find(Table::Approvals, &q)? {
         let v = Versioned { approval: Approval::from_record(&r)?, version: r.version };
         let a = &v.approval;
@@ -461,7 +477,7 @@ pub fn sweep(
                 Err(StoreError::Conflict { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
-        } else if !a.escalated && now_ms >= a.created_ms + (a.expires_ms - a.created_ms) * 2 / 3 {
+        } else if !a.escalated && now_ms >= a.due_ms() {
             let mut next = a.clone();
             next.escalated = true;
             let mut record = next.record();

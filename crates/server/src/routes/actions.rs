@@ -307,6 +307,18 @@ fn approval_for(
     let target = req.target.to_string();
     if let Some(v) = approvals::pending_for(store, &agent.id, &req.action, &target)? {
         if millis(now) < v.approval.expires_ms {
+            if v.approval.requests.len() >= approvals::FOLD_MAX {
+                return Err(ApiError::conflict(
+                    "approval_pending",
+                    format!(
+                        "approval `{}` already covers {} identical requests; wait for one of them \
+                         (`GET /v1/actions/{{id}}?wait=30s`) instead of asking again",
+                        v.approval.id,
+                        v.approval.requests.len()
+                    ),
+                )
+                .details(json!({"approval": v.approval.id})));
+            }
             let mut a = v.approval;
             a.requests.push(id.to_string());
             return Ok((Some(Joins::Folds(a, v.version)), batch));

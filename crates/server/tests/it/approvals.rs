@@ -269,6 +269,37 @@ async fn identical_pending_requests_fold_into_one_approval() {
 }
 
 #[tokio::test]
+async fn folding_stops_at_its_cap_and_the_refused_request_leaves_no_trace() {
+    use warden_server::approvals::{FOLD_MAX, load};
+    use warden_server::model::Model as _;
+    let (h, _) = clocked();
+    let first = isolate_db(&h).await;
+    let id = approval_id(&first);
+    // Fill the approval up to its cap, as if that many identical requests had folded into it.
+    let store = h.app.ledger().store();
+    let v = load(store.as_ref(), &id).unwrap().unwrap();
+    let mut full = v.approval.clone();
+    while full.requests.len() < FOLD_MAX {
+        full.requests.push(format!("req_fold{}", full.requests.len()));
+    }
+    let mut record = full.record();
+    record.version = v.version;
+    h.app.ledger().commit(warden_store::Batch::new().change(warden_store::Change::Update(record))).unwrap();
+    let size = store.size().unwrap();
+
+    let body = json!({"task": "INC-7", "action": "host.isolate", "target": "host:db-payments-01", "confidence": 0.95,
+        "params": {"reason": "beacon"}, "rationale": "again", "evidence": [{"kind": "edr", "ref": "det:9"}]});
+    let (status, e) = h.call("POST", "/v1/actions", Some(&h.svid(EDR)), Some(body)).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::CONFLICT, &json!("approval_pending")), "{e}");
+    assert_eq!(e["error"]["details"]["approval"], id);
+    assert_eq!(store.size().unwrap(), size, "nothing of the refused request is recorded");
+    assert_eq!(load(store.as_ref(), &id).unwrap().unwrap().approval.requests.len(), FOLD_MAX);
+    // Another target is another approval.
+    let other = request(&h, &h.svid(EDR), "INC-7", "host.isolate", "host:db-payments-02").await;
+    assert_ne!(approval_id(&other), id);
+}
+
+#[tokio::test]
 async fn the_inbox_is_sorted_by_expiry() {
     let (h, clock) = clocked();
     let iam = h.svid(IAM);
@@ -410,8 +441,19 @@ async fn notices_go_out_as_json_on_creation_escalation_and_expiry_with_retries()
     assert_eq!(created["approval"]["rationale"], "C2 beacon from the host");
     assert_eq!(created["links"]["approval"], format!("https://warden.test/v1/approvals/{id}"));
 
-    clock.advance(time::Duration::minutes(7));
+    // The stored record is indexed by when the sweeper is next due (escalation, then expiry),
+    // so a sweep reads only due approvals.
+    let stored = || {
+        let r = h.app.ledger().store().get(warden_store::Table::Approvals, &id).unwrap().unwrap();
+        (r.at, r.body["created_ms"].as_i64().unwrap(), r.body["expires_ms"].as_i64().unwrap())
+    };
+    let (at, created, expires) = stored();
+    assert_eq!(at, Some(created + (expires - created) * 2 / 3));
+    clock.advance(time::Duration::minutes(6));
+    assert!(warden_server::sweep_approvals(&h.app).unwrap().escalated.is_empty(), "not yet due");
+    clock.advance(time::Duration::minutes(1));
     assert_eq!(warden_server::sweep_approvals(&h.app).unwrap().escalated.len(), 1);
+    assert_eq!(stored().0, Some(expires), "next due at its expiry");
     assert!(warden_server::sweep_approvals(&h.app).unwrap().escalated.is_empty(), "escalated once");
     clock.advance(time::Duration::minutes(3));
     assert_eq!(warden_server::sweep_approvals(&h.app).unwrap().expired.len(), 1);
