@@ -199,6 +199,14 @@ pub fn find_filters_and_orders(store: &dyn Store) {
     assert_eq!(ids(Query { at_from: Some(98), at_to: Some(100), ..Query::default() }), ["ap2", "ap1"]);
     assert!(ids(Query { agent: Some("a3".into()), ..Query::default() }).is_empty());
     assert!(store.find(Table::Leases, &Query::default()).unwrap().is_empty(), "tables are separate");
+    // Counting applies the same filters, ignoring order and limit.
+    let count = |q: Query| store.count(Table::Approvals, &q).unwrap();
+    assert_eq!(count(Query::default()), 4);
+    assert_eq!(count(Query { state: Some("pending".into()), limit: 1, descending: true, ..Query::default() }), 3);
+    assert_eq!(count(Query { agent: Some("a1".into()), state: Some("pending".into()), ..Query::default() }), 2);
+    assert_eq!(count(Query { at_from: Some(98), at_to: Some(100), ..Query::default() }), 2);
+    assert_eq!(count(Query { agent: Some("a3".into()), ..Query::default() }), 0);
+    assert_eq!(store.count(Table::Leases, &Query::default()).unwrap(), 0);
 }
 
 pub fn budget_usage_counts_hits_and_distinct_targets(store: &dyn Store) {

@@ -204,6 +204,9 @@ pub trait Store: AuditLog {
     fn get(&self, table: Table, id: &str) -> Result<Option<Record>, StoreError>;
     /// Records matching every filter of `query`, ordered by `at` then id.
     fn find(&self, table: Table, query: &Query) -> Result<Vec<Record>, StoreError>;
+    /// How many records match every filter of `query` (its order and limit aside), without
+    /// reading them.
+    fn count(&self, table: Table, query: &Query) -> Result<u64, StoreError>;
     /// Budget hits of `agent` × `action` at or after `since_ms` (Unix milliseconds), their
     /// distinct targets, and whether `target` is among them. Each count stops at its limit in
     /// `up_to` (exact below it), so the cost is bounded by the budgets, not by the traffic.

@@ -289,6 +289,27 @@ fn batch_level(e: &StoreError) -> bool {
     matches!(e, StoreError::Conflict { .. } | StoreError::Entry { .. })
 }
 
+/// The `WHERE` clause of `q`'s filters and its arguments.
+fn filter(q: &Query) -> (String, Vec<rusqlite::types::Value>) {
+    let mut sql = String::from("1 = 1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    for (column, value) in [("agent", &q.agent), ("task", &q.task), ("state", &q.state), ("key", &q.key)] {
+        if let Some(v) = value {
+            args.push(v.clone().into());
+            sql.push_str(&format!(" AND {column} = ?{}", args.len()));
+        }
+    }
+    if let Some(from) = q.at_from {
+        args.push(from.into());
+        sql.push_str(&format!(" AND at >= ?{}", args.len()));
+    }
+    if let Some(to) = q.at_to {
+        args.push(to.into());
+        sql.push_str(&format!(" AND at < ?{}", args.len()));
+    }
+    (sql, args)
+}
+
 fn read_record(table: Table, r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
     let body: String = r.get(7)?;
     Ok(Record {
@@ -520,23 +541,9 @@ impl Store for SqliteStore {
     }
 
     fn find(&self, table: Table, q: &Query) -> Result<Vec<Record>, StoreError> {
+        let (filter, args) = filter(q);
         let mut sql =
-            format!("SELECT id, version, agent, task, state, key, at, body FROM {} WHERE 1 = 1", table.name());
-        let mut args: Vec<rusqlite::types::Value> = Vec::new();
-        for (column, value) in [("agent", &q.agent), ("task", &q.task), ("state", &q.state), ("key", &q.key)] {
-            if let Some(v) = value {
-                args.push(v.clone().into());
-                sql.push_str(&format!(" AND {column} = ?{}", args.len()));
-            }
-        }
-        if let Some(from) = q.at_from {
-            args.push(from.into());
-            sql.push_str(&format!(" AND at >= ?{}", args.len()));
-        }
-        if let Some(to) = q.at_to {
-            args.push(to.into());
-            sql.push_str(&format!(" AND at < ?{}", args.len()));
-        }
+            format!("SELECT id, version, agent, task, state, key, at, body FROM {} WHERE {filter}", table.name());
         let dir = if q.descending { "DESC" } else { "ASC" };
         sql.push_str(&format!(" ORDER BY at {dir}, id {dir}"));
         if q.limit > 0 {
@@ -546,6 +553,15 @@ impl Store for SqliteStore {
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| read_record(table, r))?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn count(&self, table: Table, q: &Query) -> Result<u64, StoreError> {
+        let (filter, args) = filter(q);
+        let sql = format!("SELECT count(*) FROM {} WHERE {filter}", table.name());
+        self.read(|c| {
+            let n: i64 = c.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(args), |r| r.get(0))?;
+            Ok(to_u64(n))
         })
     }
 

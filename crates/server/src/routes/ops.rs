@@ -55,13 +55,13 @@ pub async fn metrics(State(app): State<App>) -> ApiResult<impl axum::response::I
     let (pending, leases) = blocking(&app, |s| {
         let store = s.ledger().store();
         let q = warden_store::Query { state: Some("pending".into()), ..warden_store::Query::default() };
-        let pending = store.find(warden_store::Table::Approvals, &q)?.len() as u64;
+        let pending = store.count(warden_store::Table::Approvals, &q)?;
         let q = warden_store::Query {
             state: Some("active".into()),
             at_from: Some(crate::model::millis(s.now())),
             ..warden_store::Query::default()
         };
-        Ok((pending, store.find(warden_store::Table::Leases, &q)?.len() as u64))
+        Ok((pending, store.count(warden_store::Table::Leases, &q)?))
     })
     .await?;
     let text = app.metrics.render(pending, leases, app.ledger().group_stats());
