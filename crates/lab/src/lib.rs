@@ -378,6 +378,14 @@ pub fn router_with(keys: Keys, delay: std::time::Duration) -> axum::Router {
 
 /// Counts each request (but `GET /state`) by method and path, when it reaches the tool.
 async fn count(State(lab): State<Shared>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    // Read the whole request first, as a real API does: a handler that answers without reading
+    // the body leaves hyper to close the keep-alive connection after the answer, racing the
+    // client's next request on it (which then fails unsent, looking like a call lost mid-way).
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return err(StatusCode::PAYLOAD_TOO_LARGE, "the request body is over 1 MiB");
+    };
+    let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
     if req.uri().path() != "/state"
         && let Ok(mut e) = lab.estate.lock()
     {
@@ -434,4 +442,59 @@ pub fn spawn(keys: Keys, delay: std::time::Duration) -> String {
     });
     let addr = rx.recv().ok().flatten().expect("the lab binds a loopback port");
     format!("http://{addr}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Reads one response (head and `content-length` body); `None` if the lab closed first.
+    fn response(r: &mut BufReader<TcpStream>) -> Option<String> {
+        let mut head = String::new();
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().ok()?;
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        r.read_exact(&mut body).ok()?;
+        Some(head)
+    }
+
+    #[test]
+    fn a_body_that_arrives_after_the_head_is_read_and_the_connection_is_kept() {
+        let keys = Keys::random();
+        let url = spawn(keys.clone(), Duration::ZERO);
+        let mut w = TcpStream::connect(url.trim_start_matches("http://")).unwrap();
+        let mut r = BufReader::new(w.try_clone().unwrap());
+        let body = r#"{"sources":"x"}"#;
+        for alert in ["a1", "a2"] {
+            let head = format!(
+                "POST /siem/api/alerts/{alert}/enrich HTTP/1.1\r\nhost: lab\r\nx-api-key: {}\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                keys.siem,
+                body.len()
+            );
+            w.write_all(head.as_bytes()).unwrap();
+            // The body in a later segment, as a client that writes head and body apart may send it.
+            std::thread::sleep(Duration::from_millis(50));
+            w.write_all(body.as_bytes()).unwrap();
+            let answer =
+                response(&mut r).unwrap_or_else(|| panic!("the lab closed the connection before answering `{alert}`"));
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+    }
 }
