@@ -10,8 +10,9 @@
 //!
 //! First the mix is run closed-loop (every connection sends as soon as it has its answer) for
 //! `--max-secs` to measure the maximum rate on this machine; then it is held open-loop at
-//! `--fraction` of that rate (or at `--rate` requests per second, skipping the measurement). Latencies are measured from when each request was *due*, so a
-//! server that falls behind shows it (no coordinated omission). Exit 1 if any request failed,
+//! `--fraction` of that rate (or at `--rate` requests per second, skipping the measurement).
+//! Latencies are measured from when each request was *due*, so a server that falls behind
+//! shows it (no coordinated omission). Exit 1 if any request failed,
 //! the log does not verify, or memory grew more than 20 % over the second half.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};

@@ -374,24 +374,29 @@ pub fn router_with(keys: Keys, delay: std::time::Duration) -> axum::Router {
         .with_state(lab.clone())
         .layer(axum::middleware::from_fn_with_state(lab, count))
         .layer(axum::middleware::from_fn(slow))
+        .layer(axum::middleware::from_fn(read_whole))
 }
 
 /// Counts each request (but `GET /state`) by method and path, when it reaches the tool.
 async fn count(State(lab): State<Shared>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    // Read the whole request first, as a real API does: a handler that answers without reading
-    // the body leaves hyper to close the keep-alive connection after the answer, racing the
-    // client's next request on it (which then fails unsent, looking like a call lost mid-way).
-    let (parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
-        return err(StatusCode::PAYLOAD_TOO_LARGE, "the request body is over 1 MiB");
-    };
-    let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
     if req.uri().path() != "/state"
         && let Ok(mut e) = lab.estate.lock()
     {
         *e.paths.entry(format!("{} {}", req.method(), req.uri().path())).or_default() += 1;
     }
     next.run(req).await
+}
+
+/// Reads the whole request before any handler answers, as a real API does: a handler that
+/// answers without reading the body leaves hyper to close the keep-alive connection after the
+/// answer, racing the client's next request on it (which then fails unsent, looking like a call
+/// lost mid-way).
+async fn read_whole(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return err(StatusCode::PAYLOAD_TOO_LARGE, "the request body is over 1 MiB");
+    };
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
 }
 
 /// Serves the lab on `listener` until `shutdown` resolves.

@@ -175,6 +175,26 @@ pub fn load(store: &dyn Store, id: &str) -> Result<Option<Versioned>, ApiError> 
         .transpose()
 }
 
+/// `v` with request `id` folded into it, and the version to update it at; refused (409
+/// `approval_pending`) once it covers [`FOLD_MAX`] requests.
+pub fn fold(v: Versioned, id: &str) -> Result<(Approval, u64), ApiError> {
+    let Versioned { approval: mut a, version } = v;
+    if a.requests.len() >= FOLD_MAX {
+        return Err(ApiError::conflict(
+            "approval_pending",
+            format!(
+                "approval `{}` already covers {} identical requests; wait for one of them \
+                 (`GET /v1/actions/{{id}}?wait=30s`) instead of asking again",
+                a.id,
+                a.requests.len()
+            ),
+        )
+        .details(serde_json::json!({"approval": a.id})));
+    }
+    a.requests.push(id.to_string());
+    Ok((a, version))
+}
+
 /// The pending approval for this agent × action × target, if any.
 pub fn pending_for(store: &dyn Store, agent: &str, action: &str, target: &str) -> Result<Option<Versioned>, ApiError> {
     let q = Query { key: Some(fold_key(agent, action, target)), limit: 1, ..Query::default() };

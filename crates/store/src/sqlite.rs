@@ -185,10 +185,10 @@ fn append_in(
 
 /// The rows `sql` yields, counted up to `limit`.
 fn count_up_to(c: &Connection, sql: &str, params: &[&dyn rusqlite::ToSql], limit: u64) -> Result<u64, StoreError> {
-    let mut n = 0;
     if limit == 0 {
         return Ok(0);
     }
+    let mut n = 0;
     let mut stmt = c.prepare_cached(sql)?;
     let mut rows = stmt.query(params)?;
     while rows.next()?.is_some() {

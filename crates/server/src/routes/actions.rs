@@ -307,21 +307,8 @@ fn approval_for(
     let target = req.target.to_string();
     if let Some(v) = approvals::pending_for(store, &agent.id, &req.action, &target)? {
         if millis(now) < v.approval.expires_ms {
-            if v.approval.requests.len() >= approvals::FOLD_MAX {
-                return Err(ApiError::conflict(
-                    "approval_pending",
-                    format!(
-                        "approval `{}` already covers {} identical requests; wait for one of them \
-                         (`GET /v1/actions/{{id}}?wait=30s`) instead of asking again",
-                        v.approval.id,
-                        v.approval.requests.len()
-                    ),
-                )
-                .details(json!({"approval": v.approval.id})));
-            }
-            let mut a = v.approval;
-            a.requests.push(id.to_string());
-            return Ok((Some(Joins::Folds(a, v.version)), batch));
+            let (a, version) = approvals::fold(v, id)?;
+            return Ok((Some(Joins::Folds(a, version)), batch));
         }
         // Past its expiry but not yet swept: expire it in this commit, then open a new one.
         let (_, expired) = approvals::expire_batch(store, &v, now)?;
