@@ -120,6 +120,9 @@ pub struct ToolAnswer {
     pub body: Value,
     /// The `capture` fields, for the compensation.
     pub captured: Map<String, Value>,
+    /// What went wrong after the tool accepted the call — a `capture` field missing from its
+    /// answer. The tool acted all the same: the execution succeeded, with this warning.
+    pub warning: Option<String>,
 }
 
 /// Where `secret:NAME` values come from.
@@ -523,12 +526,20 @@ impl Connector for HttpConnector {
             };
             return Err(ConnectorError::Rejected { status, answer: shown });
         }
+        // The tool has acted: a field missing from its answer is a warning, never a failure
+        // (a `failed` execution would invite a retry of something that happened).
         let mut captured = Map::new();
+        let mut missing = Vec::new();
         for (name, pointer) in &a.capture {
-            let v = answer.pointer(pointer).cloned().ok_or_else(|| ConnectorError::Capture(name.clone()))?;
-            captured.insert(name.clone(), v);
+            match answer.pointer(pointer) {
+                Some(v) => {
+                    captured.insert(name.clone(), v.clone());
+                }
+                None => missing.push(ConnectorError::Capture(name.clone()).to_string()),
+            }
         }
-        Ok(ToolAnswer { status, body: answer, captured })
+        let warning = (!missing.is_empty()).then(|| missing.join("; "));
+        Ok(ToolAnswer { status, body: answer, captured, warning })
     }
 
     fn health(&self) -> Vec<(String, Result<(), ConnectorError>)> {

@@ -117,7 +117,14 @@ pub struct ParamSpec {
     pub required: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The value is a secret (a reset password, a token): it is covered by the action digest
+    /// like any parameter, but shown to approvers and in notices as `[redacted]`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
+
+/// What a secret parameter's value is shown as.
+pub const REDACTED: &str = "[redacted]";
 
 /// An entry of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -143,6 +150,21 @@ impl ActionClass {
     /// Read-only actions have no side effects and are never held back by confidence bands.
     pub fn read_only(&self) -> bool {
         self.category == Category::Enrichment
+    }
+
+    /// `params` as an approver may see them: every parameter the catalog marks `secret`
+    /// replaced by [`REDACTED`].
+    pub fn redacted(
+        &self,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        params
+            .iter()
+            .map(|(k, v)| {
+                let secret = self.params.iter().any(|p| &p.name == k && p.secret);
+                (k.clone(), if secret { serde_json::Value::String(REDACTED.into()) } else { v.clone() })
+            })
+            .collect()
     }
 
     /// Checks `params` against this action's schema: no unknown names, every required one

@@ -203,6 +203,12 @@ pub struct Decision {
     /// In shadow mode, the outcome that would have applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow_outcome: Option<Outcome>,
+    /// The budgets the ladder checked (executions per hour, distinct targets): the store
+    /// checks them again in the commit that counts an execution, so concurrent requests
+    /// cannot all fit under the same remaining budget. Not part of the wire contract.
+    #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
+    pub budget_limits: (Option<u32>, Option<u32>),
 }
 
 impl Decision {
@@ -227,6 +233,9 @@ pub struct LadderFacts {
     pub step_up_category: bool,
     pub tier0: bool,
     pub privileged: bool,
+    /// The grant says explicitly (`allow_privileged = true`) that level 3 covers privileged
+    /// targets.
+    pub allow_privileged: bool,
     pub known_target: bool,
     pub require_reversible_for_autonomy: bool,
     pub review_autonomous: bool,
@@ -276,6 +285,9 @@ pub fn climb(f: &LadderFacts) -> Climb {
             );
             cap(&mut c, 1, CapCode::ConfidenceBelowEscalate, reason);
             c.review = true;
+        } else if band == Band::Low {
+            // Already advice at level 1: nothing to lower, but still flagged for tuning.
+            c.review = true;
         } else if band == Band::Escalate && f.granted >= 3 {
             let reason =
                 format!("confidence {} is below the autonomous threshold {}", f.confidence, f.thresholds.autonomous);
@@ -292,7 +304,7 @@ pub fn climb(f: &LadderFacts) -> Climb {
         if f.tier0 {
             cap(&mut c, 2, CapCode::Tier0Target, format!("level 3 autonomy excludes tier0 targets{unknown}"));
         }
-        if f.privileged {
+        if f.privileged && !f.allow_privileged {
             let reason =
                 format!("level 3 autonomy excludes privileged targets; a step-up approver must decide{unknown}");
             cap(&mut c, 2, CapCode::PrivilegedTarget, reason);
@@ -362,6 +374,7 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
         approval: None,
         trip_breaker: false,
         shadow_outcome: None,
+        budget_limits: (None, None),
     };
     let deny = |mut d: Decision, code: CapCode, reason: String| {
         d.caps.push(Cap { code, reason });
@@ -385,6 +398,7 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
         None => (Cow::Owned(Asset::unknown(&req.target)), false),
     };
     let (severity, source) = input.task.map_or(("unknown", "unknown"), |t| (t.severity.as_str(), t.source.as_str()));
+    let task_verified = input.task.is_some_and(|t| t.verified);
     let (hour, weekday) = (input.now.hour(), input.now.weekday().number_days_from_monday());
     let facts = RequestFacts {
         agent: &g.id,
@@ -395,6 +409,7 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
         params: &req.params,
         severity,
         source,
+        task_verified,
         hour,
         weekday,
     };
@@ -452,6 +467,14 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
     if !g.task_sources.is_empty() && !g.task_sources.iter().any(|s| s == source) {
         let reason = format!("the agent's scope excludes tasks from source `{source}`");
         stops.push(Cap { code: CapCode::OutOfScope, reason });
+    } else if !g.task_sources.is_empty() && !task_verified {
+        // A source the agent asserted itself cannot bring a task into its scope.
+        let reason = format!(
+            "the agent's scope admits tasks from `{source}` only when a trusted party asserted the source; \
+             task `{}` was opened by an agent",
+            req.task
+        );
+        stops.push(Cap { code: CapCode::OutOfScope, reason });
     }
     if granted == 0 && stops.is_empty() {
         let reason = format!("no policy grants `{}` on `{}` to this agent", action.id, req.target);
@@ -472,6 +495,7 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
         step_up_category: action.category.needs_step_up(),
         tier0: asset.criticality.tier() == 0,
         privileged: asset.privileged,
+        allow_privileged: grant.is_some_and(|gr| gr.conditions.allow_privileged == Some(true)),
         known_target: known,
         require_reversible_for_autonomy: g.rollback.require_reversible_for_autonomy,
         review_autonomous: g.audit.review_autonomous,
@@ -481,6 +505,7 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
         shadow: input.shadow || g.mode == Mode::Shadow,
     };
     let c = climb(&facts);
+    d.budget_limits = (facts.max_per_hour, facts.max_distinct_targets);
     d.effective_level = c.effective;
     d.outcome = Outcome::for_level(c.effective);
     d.band = c.band;
@@ -557,6 +582,7 @@ mod tests {
             step_up_category: false,
             tier0: false,
             privileged: false,
+            allow_privileged: false,
             known_target: true,
             require_reversible_for_autonomy: false,
             review_autonomous: false,
@@ -614,8 +640,11 @@ mod tests {
             assert_eq!(codes(&c)[0], CapCode::ConfidenceBelowEscalate);
             assert!(c.review);
         }
+        // At level 1 nothing is lowered, but the request is flagged all the same.
         let c = climb(&LadderFacts { granted: 1, confidence: 0.2, ..base() });
-        assert_eq!((c.effective, c.caps.len()), (1, 0));
+        assert_eq!((c.effective, c.caps.len(), c.review), (1, 0, true));
+        let c = climb(&LadderFacts { granted: 1, confidence: 0.7, ..base() });
+        assert!(!c.review, "the escalate band at level 1 is not flagged");
     }
 
     #[test]
@@ -635,6 +664,17 @@ mod tests {
         let c = climb(&LadderFacts { tier0: true, privileged: true, known_target: false, ..base() });
         assert_eq!(codes(&c), vec![CapCode::Tier0Target, CapCode::PrivilegedTarget]);
         assert!(c.caps[0].reason.contains("unknown target"));
+    }
+
+    #[test]
+    fn allow_privileged_lets_level_three_act_on_privileged_targets() {
+        let c = climb(&LadderFacts { privileged: true, allow_privileged: true, ..base() });
+        assert_eq!((c.effective, c.caps.len()), (3, 0));
+        let c = climb(&LadderFacts { privileged: true, allow_privileged: false, ..base() });
+        assert_eq!((c.effective, codes(&c)), (2, vec![CapCode::PrivilegedTarget]));
+        // It lifts the privileged condition only: tier0 (and so an unknown target) still caps.
+        let c = climb(&LadderFacts { tier0: true, privileged: true, allow_privileged: true, ..base() });
+        assert_eq!((c.effective, codes(&c)), (2, vec![CapCode::Tier0Target]));
     }
 
     #[test]
@@ -731,8 +771,10 @@ mod tests {
             approval: None,
             trip_breaker: false,
             shadow_outcome: None,
+            budget_limits: (Some(10), None),
         };
         let v = serde_json::to_value(&d).unwrap();
+        assert!(v.get("budget_limits").is_none(), "not part of the wire contract");
         assert_eq!(v["outcome"], "require_approval");
         assert_eq!(v["band"], "escalate");
         assert_eq!(v["caps"][0]["code"], "confidence_below_autonomous");

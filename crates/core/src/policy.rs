@@ -8,7 +8,8 @@
 //! - action `Warden::Action::"<action id>"`, member of the group named by its category
 //!   (`Warden::Action::"containment"`);
 //! - context `confidence` (decimal), `hour` and `weekday` (UTC, Monday = 0),
-//!   `task` (`severity`, `source`), `params` (typed from the catalog).
+//!   `task` (`severity`, `source`, and `verified`: whether a trusted party, not the agent,
+//!   asserted them), `params` (typed from the catalog).
 //!
 //! Guardrail entries become `permit` policies (`forbid` for level 0) annotated with `@level`,
 //! `@owner`, `@file` and `@line`; hand-written permits must carry `@level` and `@owner`,
@@ -68,6 +69,7 @@ pub(crate) struct RequestFacts<'a> {
     pub params: &'a serde_json::Map<String, serde_json::Value>,
     pub severity: &'a str,
     pub source: &'a str,
+    pub task_verified: bool,
     pub hour: u8,
     pub weekday: u8,
 }
@@ -213,7 +215,7 @@ pub(crate) fn generate_schema(catalog: &Catalog, inventory: &Inventory) -> Strin
             s,
             "  action {} in [{}] appliesTo {{ principal: [Agent], resource: [{}], context: {{ \
              \"confidence\": __cedar::decimal, \"hour\": Long, \"weekday\": Long, \
-             \"task\": {{ \"severity\": String, \"source\": String }}, \"params\": {{ {params} }} }} }};",
+             \"task\": {{ \"severity\": String, \"source\": String, \"verified\": Bool }}, \"params\": {{ {params} }} }} }};",
             lit(&a.id),
             lit(a.category.as_str()),
             entity_type_name(&a.target_kind)
@@ -524,6 +526,7 @@ fn context_of(f: &RequestFacts<'_>) -> Result<Context, String> {
     let task = RestrictedExpression::new_record([
         ("severity".to_string(), RestrictedExpression::new_string(f.severity.to_string())),
         ("source".to_string(), RestrictedExpression::new_string(f.source.to_string())),
+        ("verified".to_string(), RestrictedExpression::new_bool(f.task_verified)),
     ])
     .map_err(|e| e.to_string())?;
     let context = Context::from_pairs([
@@ -898,6 +901,7 @@ mod tests {
                         params: &s.params,
                         severity: "critical",
                         source: "edr",
+                        task_verified: true,
                         hour,
                         weekday: 2,
                     };

@@ -78,6 +78,10 @@ pub struct Expectation {
     pub roles: Option<Vec<String>>,
     pub quorum: Option<u32>,
     pub policies: Option<Vec<String>>,
+    /// In shadow mode, the outcome that would have applied.
+    pub shadow_outcome: Option<Outcome>,
+    /// The action digest (`sha256:…`) of the request (DESIGN §6).
+    pub digest: Option<String>,
 }
 
 impl Scenario {
@@ -92,6 +96,23 @@ impl Scenario {
             evidence: self.evidence.clone(),
             idempotency_key: None,
         }
+    }
+
+    /// What makes the fixture itself invalid input, whatever the bundle: a confidence that is
+    /// not a finite number in [0, 1], a halt that names nothing.
+    pub fn validate(&self) -> Result<(), String> {
+        self.request().validate()?;
+        for h in &self.halts {
+            h.validate().map_err(|why| format!("halt: {why}"))?;
+        }
+        Ok(())
+    }
+
+    /// The request's action digest (DESIGN §6), as the gateway would compute it.
+    pub fn digest(&self) -> Result<String, String> {
+        let r = self.request();
+        crate::request::action_digest(&self.agent, &r.task, &r.action, &r.target.to_string(), &r.params)
+            .map_err(|e| e.to_string())
     }
 
     /// Decides this scenario against `bundle`.
@@ -139,7 +160,13 @@ impl Expectation {
             want.dedup();
             got.sort_unstable();
             got.dedup();
-            check("caps", format!("[{}]", want.join(", ")), format!("[{}]", got.join(", ")));
+            if want != got {
+                // Each cap with its reason: why the ladder stopped where it did.
+                let reasons: Vec<String> =
+                    d.caps.iter().map(|c| format!("{}: {}", c.code.as_str(), c.reason)).collect();
+                let why = if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join("; ")) };
+                check("caps", format!("[{}]", want.join(", ")), format!("[{}]{why}", got.join(", ")));
+            }
         }
         if let Some(r) = self.review {
             check("review", r.to_string(), d.review.to_string());
@@ -151,6 +178,9 @@ impl Expectation {
         }
         if let Some(q) = self.quorum {
             check("quorum", q.to_string(), approval.map_or_else(|| "no approval".into(), |a| a.quorum.to_string()));
+        }
+        if let Some(o) = self.shadow_outcome {
+            check("shadow_outcome", o.to_string(), d.shadow_outcome.map_or_else(|| "none".into(), |s| s.to_string()));
         }
         if let Some(ids) = &self.policies {
             let got: Vec<&str> = d.policies.iter().map(|p| p.id.as_str()).collect();
@@ -204,6 +234,10 @@ pub fn parse_cases(file: &SourceFile) -> Result<Vec<Case>, Vec<Problem>> {
             let message = format!("case `{}` expects nothing; add `expect = {{ outcome = … }}`", scenario.name);
             problems.push(Problem { file: file.path.clone(), line: Some(line), message });
         }
+        if let Err(why) = scenario.validate() {
+            let message = format!("case `{}`: {why}", scenario.name);
+            problems.push(Problem { file: file.path.clone(), line: Some(line), message });
+        }
         cases.push(Case { file: file.path.clone(), line, scenario });
     }
     if problems.is_empty() { Ok(cases) } else { Err(problems) }
@@ -212,6 +246,13 @@ pub fn parse_cases(file: &SourceFile) -> Result<Vec<Case>, Vec<Problem>> {
 /// Runs one case.
 pub fn run_case(bundle: &Bundle, case: &Case) -> CaseResult {
     let decision = case.scenario.decide(bundle);
-    let failures = case.scenario.expect.as_ref().map(|e| e.mismatches(&decision)).unwrap_or_default();
+    let mut failures = case.scenario.expect.as_ref().map(|e| e.mismatches(&decision)).unwrap_or_default();
+    if let Some(want) = case.scenario.expect.as_ref().and_then(|e| e.digest.as_ref()) {
+        match case.scenario.digest() {
+            Ok(got) if &got == want => {}
+            Ok(got) => failures.push(format!("digest: expected {want}, got {got}")),
+            Err(e) => failures.push(format!("digest: cannot be computed: {e}")),
+        }
+    }
     CaseResult { case: case.clone(), decision, failures }
 }

@@ -3,7 +3,28 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::audit::canonical;
 use crate::inventory::TargetRef;
+
+/// The action digest (DESIGN §6): `sha256:` and the hex SHA-256 of the RFC 8785 canonical JSON
+/// of `{agent, task, action, target, params}` — exactly what an approval authorizes and a lease
+/// allows. Confidence, rationale, evidence and the idempotency key are not part of it: two
+/// requests with equal digests would do the same thing.
+pub fn action_digest(
+    agent: &str,
+    task: &str,
+    action: &str,
+    target: &str,
+    params: &serde_json::Map<String, serde_json::Value>,
+) -> Result<String, canonical::CanonicalError> {
+    use sha2::{Digest, Sha256};
+    let value = serde_json::json!({
+        "agent": agent, "task": task, "action": action, "target": target, "params": params,
+    });
+    let bytes = canonical::to_vec(&value)?;
+    let hex: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("sha256:{hex}"))
+}
 
 /// One piece of evidence an agent cites.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -40,6 +61,18 @@ pub struct ActionRequest {
     pub idempotency_key: Option<String>,
 }
 
+impl ActionRequest {
+    /// What makes a request malformed whatever the policy: a confidence that is not a finite
+    /// number in [0, 1]. Such a request is refused as input, never decided (a decision would
+    /// record a band that means nothing).
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.confidence.is_finite() || !(0.0..=1.0).contains(&self.confidence) {
+            return Err(format!("`confidence` must be a number between 0 and 1, not `{}`", self.confidence));
+        }
+        Ok(())
+    }
+}
+
 /// Lifecycle state of a task.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -63,6 +96,11 @@ pub struct TaskInfo {
     /// Trigger source (`siem`, `email-gateway`, …).
     #[serde(default = "unknown")]
     pub source: String,
+    /// Whether a trusted party (a human, or an integration with a credential of its own)
+    /// asserted the trigger. An agent's word about its own task is not verified: policy must
+    /// not let it raise the agent's autonomy (DESIGN §6).
+    #[serde(default)]
+    pub verified: bool,
 }
 
 fn unknown() -> String {
@@ -104,6 +142,18 @@ pub struct Halt {
 }
 
 impl Halt {
+    /// Whether the halt names what it stops: `all` takes no `id`; `agent` and `action` need a
+    /// non-empty one (a halt that names nothing would stop nothing).
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.scope, &self.id) {
+            (HaltScope::All, None) => Ok(()),
+            (HaltScope::All, Some(_)) => Err("scope `all` takes no `id`".into()),
+            (_, None) => Err("scopes `agent` and `action` need an `id`".into()),
+            (_, Some(id)) if id.trim().is_empty() => Err("`id` is empty".into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether this halt stops `action` by `agent` at `now`.
     pub fn matches(&self, agent: &str, action: &str, now: OffsetDateTime) -> bool {
         if self.expires_at.is_some_and(|e| e <= now) {
@@ -145,4 +195,47 @@ pub struct DecisionInput<'a> {
     pub now: OffsetDateTime,
     /// Global shadow mode: decide and record, never execute.
     pub shadow: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn the_action_digest_is_sha256_of_the_canonical_action() {
+        let agent = "spiffe://acme.example/soc/edr-responder";
+        let d = |p| action_digest(agent, "INC-7", "process.kill", "host:web-42", &params(p)).unwrap();
+        // Computed independently (Python: json.dumps(sort_keys=True, separators=(",", ":"))).
+        assert_eq!(
+            d(serde_json::json!({"pid": 4242})),
+            "sha256:b0e4de73ff9d5bf80ce7d4f5d5c0099fb241b132ac144ac01055061b160efe42"
+        );
+        assert_eq!(
+            d(serde_json::json!({"pid": 1})),
+            "sha256:a9a6172d0f7354d44dcb1a71c1160e41f819e59dcc2034796b43f5c532ee375b"
+        );
+        // Member order does not matter; every covered field does.
+        let a = action_digest(agent, "INC-7", "x", "host:a", &params(serde_json::json!({"a": 1, "b": 2}))).unwrap();
+        let b = action_digest(agent, "INC-7", "x", "host:a", &params(serde_json::json!({"b": 2, "a": 1}))).unwrap();
+        assert_eq!(a, b);
+        for other in [
+            action_digest(
+                "spiffe://acme.example/x",
+                "INC-7",
+                "x",
+                "host:a",
+                &params(serde_json::json!({"a": 1, "b": 2})),
+            ),
+            action_digest(agent, "INC-8", "x", "host:a", &params(serde_json::json!({"a": 1, "b": 2}))),
+            action_digest(agent, "INC-7", "y", "host:a", &params(serde_json::json!({"a": 1, "b": 2}))),
+            action_digest(agent, "INC-7", "x", "host:b", &params(serde_json::json!({"a": 1, "b": 2}))),
+            action_digest(agent, "INC-7", "x", "host:a", &params(serde_json::json!({"a": 1, "b": 3}))),
+        ] {
+            assert_ne!(other.unwrap(), a);
+        }
+    }
 }

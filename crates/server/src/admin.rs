@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use warden_core::audit::entry::{Actor, Event, EventType};
 use warden_core::request::AgentStatus;
 use warden_store::data_dir::{new_token, token_hash};
-use warden_store::{Batch, Change, Ledger, Query, StoreError};
+use warden_store::{Batch, Change, Ledger, Query, StoreError, Table};
 
 use crate::error::ApiError;
 use crate::model::{Agent, Model, User, rfc3339};
@@ -109,21 +109,51 @@ pub fn set_agent_status(
     status: AgentStatus,
     reason: &str,
 ) -> Result<Agent, ApiError> {
-    let record = ledger
-        .store()
-        .get(Agent::TABLE, id)?
-        .ok_or_else(|| ApiError::not_found("unknown_agent", format!("no agent `{id}` is registered")))?;
-    let mut agent = Agent::from_record(&record)?;
-    let from = agent.status;
-    agent.status = status;
-    let mut updated = agent.record();
-    updated.version = record.version;
-    let event = Event::new(EventType::AgentChanged, actor.clone())
-        .data(json!({"agent": id, "from": from, "to": status, "reason": reason}));
-    ledger
-        .commit(Batch::new().change(Change::Update(updated)).event(event))
-        .map_err(|e| conflict_or(e, "conflict", format!("agent `{id}` changed meanwhile; try again")))?;
-    Ok(agent)
+    // Stopping an agent stops its work in the same commit, as a halt does: its pending
+    // approvals are cancelled and its active leases revoked. Retried when one of them changes
+    // meanwhile (an approval decided, an execution finishing).
+    let store = ledger.store();
+    let now = ledger.now();
+    for _ in 0..16 {
+        let record = store
+            .get(Agent::TABLE, id)?
+            .ok_or_else(|| ApiError::not_found("unknown_agent", format!("no agent `{id}` is registered")))?;
+        let mut agent = Agent::from_record(&record)?;
+        let from = agent.status;
+        agent.status = status;
+        let mut updated = agent.record();
+        updated.version = record.version;
+        let event = Event::new(EventType::AgentChanged, actor.clone())
+            .data(json!({"agent": id, "from": from, "to": status, "reason": reason}));
+        let mut batch = Batch::new().change(Change::Update(updated)).event(event);
+        if status != AgentStatus::Active {
+            let why =
+                format!("agent {}: {reason}", if status == AgentStatus::Suspended { "suspended" } else { "halted" });
+            let q = Query { agent: Some(id.to_string()), state: Some("pending".into()), ..Query::default() };
+            for r in store.find(Table::Approvals, &q)? {
+                let v = crate::approvals::Versioned {
+                    approval: crate::approvals::Approval::from_record(&r)?,
+                    version: r.version,
+                };
+                let (_, b) = crate::approvals::cancel_batch(store.as_ref(), &v, actor, &why, now)?;
+                batch.changes.extend(b.changes);
+                batch.events.extend(b.events);
+            }
+            let q = Query { agent: Some(id.to_string()), state: Some("active".into()), ..Query::default() };
+            for r in store.find(Table::Leases, &q)? {
+                let lease = crate::execution::Lease::from_record(&r)?;
+                let b = crate::execution::revoke_changes(&lease, r.version, actor, &why, now);
+                batch.changes.extend(b.changes);
+                batch.events.extend(b.events);
+            }
+        }
+        match ledger.commit(batch) {
+            Ok(_) => return Ok(agent),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::conflict("conflict", format!("agent `{id}` kept changing; try again")))
 }
 
 /// Records that a JWT-SVID was minted for `id` (who asked, audience, lifetime; never the token).

@@ -82,7 +82,21 @@ pub struct Approval {
     pub task: String,
     pub action: String,
     pub target: String,
-    /// The request that opened it, then identical ones folded into it.
+    /// The action digest (DESIGN §6) of exactly what approving authorizes: agent, task,
+    /// action, target and params. Only requests with this digest fold into the approval.
+    #[serde(default)]
+    pub digest: String,
+    /// The parameters approving authorizes, those the catalog marks `secret` redacted.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// What the inventory says of the target (criticality, environment, owner, privileged,
+    /// tags; the worst case for a target it does not know), when the decision was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub target_facts: Option<serde_json::Value>,
+    /// The request that opened it — the one that executes once it is approved — then
+    /// identical ones (same digest) folded into it, which share that one execution.
     pub requests: Vec<String>,
     pub confidence: f64,
     pub rationale: String,
@@ -134,9 +148,10 @@ impl Approval {
     }
 }
 
-/// Identical pending requests (same agent, action, target) fold into one approval.
-pub fn fold_key(agent: &str, action: &str, target: &str) -> String {
-    format!("fold\u{0}{agent}\u{0}{action}\u{0}{target}")
+/// Identical pending requests — the same action digest: agent, task, action, target and
+/// params — fold into one approval.
+pub fn fold_key(digest: &str) -> String {
+    format!("fold\u{0}{digest}")
 }
 
 impl Model for Approval {
@@ -153,7 +168,13 @@ impl Model for Approval {
         // `at` is when the sweeper is next due, so a sweep reads only what is due; an ended
         // one's is its expiry.
         if self.state == ApprovalState::Pending {
-            r = r.key(fold_key(&self.agent, &self.action, &self.target)).at(self.due_ms());
+            // An approval from before digests keeps the key it was stored with.
+            let key = if self.digest.is_empty() {
+                format!("fold\u{0}{}\u{0}{}\u{0}{}", self.agent, self.action, self.target)
+            } else {
+                fold_key(&self.digest)
+            };
+            r = r.key(key).at(self.due_ms());
         } else {
             r = r.at(self.expires_ms);
         }
@@ -195,9 +216,9 @@ pub fn fold(v: Versioned, id: &str) -> Result<(Approval, u64), ApiError> {
     Ok((a, version))
 }
 
-/// The pending approval for this agent × action × target, if any.
-pub fn pending_for(store: &dyn Store, agent: &str, action: &str, target: &str) -> Result<Option<Versioned>, ApiError> {
-    let q = Query { key: Some(fold_key(agent, action, target)), limit: 1, ..Query::default() };
+/// The pending approval for this action digest, if any.
+pub fn pending_for(store: &dyn Store, digest: &str) -> Result<Option<Versioned>, ApiError> {
+    let q = Query { key: Some(fold_key(digest)), limit: 1, ..Query::default() };
     match store.find(Table::Approvals, &q)?.into_iter().next() {
         Some(r) => Ok(Some(Versioned { approval: Approval::from_record(&r)?, version: r.version })),
         None => Ok(None),
@@ -249,8 +270,8 @@ fn event_for(a: &Approval, kind: EventType, actor: Actor, data: serde_json::Valu
     if let Some(first) = a.requests.first() {
         e = e.request(first);
     }
-    let mut body =
-        json!({"approval": a.id, "state": a.state, "agent": a.agent, "target": a.target, "requests": a.requests});
+    let mut body = json!({"approval": a.id, "state": a.state, "agent": a.agent, "target": a.target,
+                          "digest": a.digest, "requests": a.requests});
     if let (Some(o), Some(extra)) = (body.as_object_mut(), data.as_object()) {
         o.extend(extra.clone());
     }

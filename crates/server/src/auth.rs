@@ -47,6 +47,12 @@ pub struct AgentToken(String);
 impl AgentToken {
     /// The registered, active agent this token speaks for (see [`active_agent`]).
     pub fn admit(&self, s: &AppState) -> Result<Agent, ApiError> {
+        active_agent(s, &self.0).map(|(a, _)| a)
+    }
+
+    /// [`AgentToken::admit`], with the version its record was read at: a commit that relies
+    /// on the agent being active expects that version (a suspend or halt meanwhile conflicts).
+    pub fn admit_versioned(&self, s: &AppState) -> Result<(Agent, u64), ApiError> {
         active_agent(s, &self.0)
     }
 }
@@ -103,14 +109,14 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
             return Ok(Caller::Human(User { id, roles, token_hash: String::new(), status: "active".into() }));
         }
     };
-    blocking(app, move |s| active_agent(s, &sub).map(Caller::Agent)).await
+    blocking(app, move |s| active_agent(s, &sub).map(|(a, _)| Caller::Agent(a))).await
 }
 
 /// Loads the registered agent `sub` names and admits it: active, and within its rate.
 /// Synchronous (one store read), so a handler can do it inside its own blocking call.
-pub fn active_agent(s: &AppState, sub: &str) -> Result<Agent, ApiError> {
-    let agent = match s.ledger().store().get(Agent::TABLE, sub)? {
-        Some(r) => Agent::from_record(&r)?,
+pub fn active_agent(s: &AppState, sub: &str) -> Result<(Agent, u64), ApiError> {
+    let (agent, version) = match s.ledger().store().get(Agent::TABLE, sub)? {
+        Some(r) => (Agent::from_record(&r)?, r.version),
         None => return Err(ApiError::forbidden("unknown_agent", format!("`{sub}` is not a registered agent"))),
     };
     match agent.status {
@@ -119,7 +125,7 @@ pub fn active_agent(s: &AppState, sub: &str) -> Result<Agent, ApiError> {
             "rate_limited",
             format!("agent `{sub}` exceeds {} requests per second", s.limits.agent_rate),
         )),
-        AgentStatus::Active => Ok(agent),
+        AgentStatus::Active => Ok((agent, version)),
         AgentStatus::Suspended => Err(ApiError::forbidden("agent_suspended", format!("agent `{sub}` is suspended"))),
         AgentStatus::Halted => Err(ApiError::forbidden("agent_halted", format!("agent `{sub}` is halted"))),
     }

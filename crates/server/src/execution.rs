@@ -15,6 +15,8 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use warden_connectors::{Call, Connector, ConnectorError};
 use warden_core::audit::entry::{Actor, Event, EventType};
+use warden_core::guardrail::Mode;
+use warden_core::request::{AgentStatus, TaskState};
 use warden_store::{Batch, Change, Query, Record, Store, StoreError, Table};
 
 use crate::error::ApiError;
@@ -89,6 +91,13 @@ pub struct Execution {
     pub compensation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<Rollback>,
+    /// Who started the compensation that is running now: set, version-checked, before the
+    /// tool is called, so two humans pressing rollback together run it once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolling_back: Option<String>,
+    /// Said when the tool acted but its answer could not be fully read (a capture failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 impl Model for Execution {
@@ -124,6 +133,10 @@ pub struct Lease {
     pub request: String,
     /// `<action> <target>`: all it allows.
     pub scope: String,
+    /// The action digest (DESIGN §6) of the one action it allows; its token carries it as
+    /// `act_digest`.
+    #[serde(default)]
+    pub digest: String,
     pub max_uses: u32,
     pub uses: u32,
     pub issued_at: String,
@@ -207,105 +220,253 @@ pub struct Executed {
     pub lease: Lease,
 }
 
-/// Executes request `id` (state `approved`): issues its lease and records `executing`
-/// durably, calls the tool, then records the result and revokes the lease.
+/// The requests folded into `req`'s approval (they share its one execution), with their
+/// versions, among those now in one of the states `from`.
+fn folded(store: &dyn Store, req: &ActionRecord, from: &[&str]) -> Result<Vec<(ActionRecord, u64)>, ApiError> {
+    let Some(approval) = req.approval.as_deref() else { return Ok(Vec::new()) };
+    let Some(v) = crate::approvals::load(store, approval)? else { return Ok(Vec::new()) };
+    let mut out = Vec::new();
+    for other in v.approval.requests.iter().filter(|r| **r != req.id) {
+        if let Some((r, version)) = versioned::<ActionRecord>(store, other)?
+            && r.folded_into.as_deref() == Some(req.id.as_str())
+            && from.contains(&r.state.as_str())
+        {
+            out.push((r, version));
+        }
+    }
+    Ok(out)
+}
+
+/// The changes that move the requests folded into `req` from one of `from` to `to`.
+fn move_folded(store: &dyn Store, req: &ActionRecord, from: &[&str], to: &str) -> Result<Vec<Change>, ApiError> {
+    Ok(folded(store, req, from)?
+        .into_iter()
+        .map(|(mut r, v)| {
+            r.state = to.to_string();
+            let mut rec = r.record();
+            rec.version = v;
+            Change::Update(rec)
+        })
+        .collect())
+}
+
+/// Why an approved request must not run now, if it must not — the agent no longer active,
+/// the task closed, shadow mode (global or the agent's guardrail) — with the versions of the
+/// agent and task records it was read from. Halts are checked against the caller's gate.
+fn stopped(s: &AppState, req: &ActionRecord) -> Result<(Option<String>, u64, u64), ApiError> {
+    let store = s.ledger().store();
+    let (agent_version, agent_status) = match store.get(Table::Agents, &req.agent)? {
+        Some(r) => (r.version, crate::model::Agent::from_record(&r)?.status),
+        None => (0, AgentStatus::Suspended),
+    };
+    let (task_version, task_open) = match store.get(Table::Tasks, &req.task)? {
+        Some(r) => (r.version, crate::model::Task::from_record(&r)?.state == TaskState::Open),
+        None => (0, false),
+    };
+    let bundle = s.bundle()?;
+    let shadow = s.shadow || bundle.agent(&req.agent).is_some_and(|g| g.mode == Mode::Shadow);
+    let why = if agent_status != AgentStatus::Active {
+        Some(format!("agent `{}` is {}", req.agent, format!("{agent_status:?}").to_lowercase()))
+    } else if !task_open {
+        Some(format!("task `{}` is closed", req.task))
+    } else if shadow {
+        Some("shadow mode: decided and recorded, never executed".to_string())
+    } else {
+        None
+    };
+    Ok((why, agent_version, task_version))
+}
+
+/// Records that approved request `req` (read at `version`) did not run and why: it moves to
+/// `state` with the requests folded into it, audited as a failed execution that called
+/// nothing.
+fn refuse(s: &AppState, req: &ActionRecord, version: u64, state: &str, code: &str, why: &str) -> Result<(), ApiError> {
+    let store = s.ledger().store();
+    let mut r = req.clone();
+    r.state = state.into();
+    let mut rec = r.record();
+    rec.version = version;
+    let event = Event::new(EventType::ExecutionFailed, Actor::system("executor"))
+        .task(&req.task)
+        .request(&req.id)
+        .action(&req.action)
+        .data(json!({"execution_id": req.id, "target": req.target, "called": false, "refused": code,
+                     "digest": req.digest, "error": why}));
+    let mut batch = Batch::new().change(Change::Update(rec)).event(event);
+    batch.changes.extend(move_folded(store.as_ref(), req, &["approved"], state)?);
+    match s.ledger().commit(batch) {
+        // Another commit moved it first (a concurrent execution or refusal): nothing ran here.
+        Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// How many times the start of an execution is checked again when something it relied on
+/// changed before its commit (a suspend, a task close).
+const START_ATTEMPTS: usize = 8;
+
+/// What an execution that has started carries to its end.
+struct Started {
+    req: ActionRecord,
+    exec: Execution,
+    lease: Lease,
+    ttl: i64,
+    category: Option<String>,
+    now: OffsetDateTime,
+}
+
+/// Executes request `id` (state `approved`): checks, in the same commit that records it
+/// `executing` with its lease, that it is exactly what was decided and approved (its action
+/// digest) and that nothing has stopped it since (halt, suspend, task close, shadow mode);
+/// then calls the tool and records the result. Requests folded into its approval move with it.
 pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Executed, ApiError> {
     let store = s.ledger().store();
-    let (req, version) = versioned::<ActionRecord>(store.as_ref(), id)?
-        .ok_or_else(|| ApiError::not_found("unknown_action", format!("no action request `{id}`")))?;
-    if req.state != "approved" {
-        return Err(ApiError::conflict("not_approved", format!("request `{id}` is {}, not approved", req.state)));
-    }
-    let bundle = s.bundle()?;
-    let class = bundle.catalog().get(&req.action);
-    let now = s.now();
-    let ttl = class.map_or(300, |c| c.lease_ttl.as_secs()) as i64;
-    let ttl = match req.approval.as_deref().map(|a| crate::approvals::load(store.as_ref(), a)).transpose()? {
-        Some(Some(v)) => v.approval.narrowed_lease_ttl_secs.map_or(ttl, |n| ttl.min(n as i64)),
-        _ => ttl,
-    };
-    let expires = now + time::Duration::seconds(ttl);
-    let lease = Lease {
-        id: new_id("lease")?,
-        state: LeaseState::Active,
-        agent: req.agent.clone(),
-        task: req.task.clone(),
-        request: req.id.clone(),
-        scope: format!("{} {}", req.action, req.target),
-        max_uses: 1,
-        uses: 1,
-        issued_at: rfc3339(now),
-        expires_at: rfc3339(expires),
-        expires_ms: millis(expires),
-        revoked_at: None,
-        revoked_reason: None,
-    };
-    let category = class.map(|c| format!("{:?}", c.category).to_lowercase());
-    let compensation = class.filter(|c| c.reversible).and_then(|c| c.compensation.clone());
-    let mut exec = Execution {
-        id: req.id.clone(),
-        state: ExecutionState::Executing,
-        agent: req.agent.clone(),
-        task: req.task.clone(),
-        action: req.action.clone(),
-        target: req.target.clone(),
-        lease: lease.id.clone(),
-        started_at: rfc3339(now),
-        finished_at: None,
-        tool_status: None,
-        answer: None,
-        captured: Map::new(),
-        error: None,
-        compensation,
-        rollback: None,
-    };
-    let mut started_req = req.clone();
-    started_req.state = "executing".into();
-    let mut r = started_req.record();
-    r.version = version;
-    let system = Actor::system("executor");
-    let start = Batch::new()
-        .change(Change::Update(r))
-        .change(Change::Insert(lease.record()))
-        .change(Change::Insert(exec.record()))
-        .event(
-            Event::new(EventType::LeaseIssued, system.clone())
-                .task(&req.task)
-                .request(&req.id)
-                .action(&req.action)
-                .data(json!({"lease": lease.id, "agent": req.agent, "scope": lease.scope, "expires_at": lease.expires_at})),
-        )
-        .event(
-            Event::new(EventType::ExecutionStarted, system.clone())
-                .task(&req.task)
-                .request(&req.id)
-                .action(&req.action)
-                .data(json!({"execution_id": req.id, "target": req.target, "lease": lease.id, "category": category})),
-        );
     // The halt gate: no matching action starts once a halt has returned (see `crate::halt`).
+    // Held from the check to the end of the tool call.
     let gate =
         s.halts.read().map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))?;
-    if let Some(h) = gate.iter().find(|h| h.matches(&req.agent, &req.action, now)) {
-        // Halted between the decision and the call: nothing starts; the request is cancelled.
-        let reason = format!("halted before the tool was called: {}", h.reason);
-        let mut cancelled = req.clone();
-        cancelled.state = "cancelled".into();
-        let mut r = cancelled.record();
+    let mut started = None;
+    for _ in 0..START_ATTEMPTS {
+        let (req, version) = versioned::<ActionRecord>(store.as_ref(), id)?
+            .ok_or_else(|| ApiError::not_found("unknown_action", format!("no action request `{id}`")))?;
+        if req.state != "approved" {
+            return Err(ApiError::conflict("not_approved", format!("request `{id}` is {}, not approved", req.state)));
+        }
+        if let Some(primary) = &req.folded_into {
+            return Err(ApiError::conflict(
+                "folded",
+                format!("request `{id}` shares the one execution of `{primary}`; it never runs on its own"),
+            ));
+        }
+        let now = s.now();
+        let approval =
+            req.approval.as_deref().map(|a| crate::approvals::load(store.as_ref(), a)).transpose()?.flatten();
+        // Exactly what was decided and approved, or nothing.
+        let computed = req.computed_digest()?;
+        let approved_digest = approval.as_ref().map(|v| v.approval.digest.as_str()).filter(|d| !d.is_empty());
+        let recorded = Some(req.digest.as_str()).filter(|d| !d.is_empty());
+        if let Some(bound) = [recorded, approved_digest].into_iter().flatten().find(|d| *d != computed) {
+            let what = if approved_digest == Some(bound) { "approved" } else { "decided" };
+            let why = format!(
+                "the request no longer matches what was {what}: its digest is {computed}, the {what} one \
+                 {bound}; nothing was called"
+            );
+            refuse(s, &req, version, "failed", "digest_mismatch", &why)?;
+            return Err(ApiError::conflict("digest_mismatch", why));
+        }
+        if let Some(h) = gate.matching(&req.agent, &req.action, now) {
+            // Halted between the decision and the call: nothing starts; the request is cancelled.
+            let why = format!("halted before the tool was called: {}", h.reason);
+            refuse(s, &req, version, "cancelled", "halted", &why)?;
+            return Err(ApiError::conflict("halted", why));
+        }
+        let (why, agent_version, task_version) = stopped(s, &req)?;
+        if let Some(why) = why {
+            let why = format!("stopped before the tool was called: {why}");
+            refuse(s, &req, version, "cancelled", "stopped", &why)?;
+            return Err(ApiError::conflict("stopped", why));
+        }
+        let bundle = s.bundle()?;
+        let class = bundle.catalog().get(&req.action);
+        let ttl = class.map_or(300, |c| c.lease_ttl.as_secs()) as i64;
+        let ttl = match &approval {
+            Some(v) => v.approval.narrowed_lease_ttl_secs.map_or(ttl, |n| ttl.min(n as i64)),
+            None => ttl,
+        };
+        let expires = now + time::Duration::seconds(ttl);
+        let lease = Lease {
+            id: new_id("lease")?,
+            state: LeaseState::Active,
+            agent: req.agent.clone(),
+            task: req.task.clone(),
+            request: req.id.clone(),
+            scope: format!("{} {}", req.action, req.target),
+            digest: computed.clone(),
+            max_uses: 1,
+            uses: 1,
+            issued_at: rfc3339(now),
+            expires_at: rfc3339(expires),
+            expires_ms: millis(expires),
+            revoked_at: None,
+            revoked_reason: None,
+        };
+        let category = class.map(|c| format!("{:?}", c.category).to_lowercase());
+        let compensation = class.filter(|c| c.reversible).and_then(|c| c.compensation.clone());
+        let exec = Execution {
+            id: req.id.clone(),
+            state: ExecutionState::Executing,
+            agent: req.agent.clone(),
+            task: req.task.clone(),
+            action: req.action.clone(),
+            target: req.target.clone(),
+            lease: lease.id.clone(),
+            started_at: rfc3339(now),
+            finished_at: None,
+            tool_status: None,
+            answer: None,
+            captured: Map::new(),
+            error: None,
+            compensation,
+            rollback: None,
+            rolling_back: None,
+            warning: None,
+        };
+        let mut started_req = req.clone();
+        started_req.state = "executing".into();
+        let mut r = started_req.record();
         r.version = version;
-        let event = Event::new(EventType::ExecutionFailed, system.clone())
-            .task(&req.task)
-            .request(&req.id)
-            .action(&req.action)
-            .data(json!({"execution_id": req.id, "target": req.target, "called": false, "error": reason}));
-        s.ledger().commit(Batch::new().change(Change::Update(r)).event(event))?;
-        return Err(ApiError::conflict("halted", reason));
+        let system = Actor::system("executor");
+        // The stops again, in the writer's transaction: nothing they were read from changed.
+        let mut start = Batch::new()
+            .change(Change::Expect { table: Table::Agents, id: req.agent.clone(), version: agent_version })
+            .change(Change::Expect { table: Table::Tasks, id: req.task.clone(), version: task_version })
+            .change(gate.unchanged())
+            .change(Change::Update(r))
+            .change(Change::Insert(lease.record()))
+            .change(Change::Insert(exec.record()));
+        start.changes.extend(move_folded(store.as_ref(), &req, &["approved"], "executing")?);
+        if req.approval.is_some() {
+            // An approved request counts toward the budget when it runs (an `execute`
+            // decision counted when it was decided): a budget counts every execution.
+            start = start.change(Change::BudgetHit {
+                agent: req.agent.clone(),
+                action: req.action.clone(),
+                target: req.target.clone(),
+                at: millis(now),
+            });
+        }
+        let start = start
+            .event(
+                Event::new(EventType::LeaseIssued, system.clone())
+                    .task(&req.task)
+                    .request(&req.id)
+                    .action(&req.action)
+                    .data(json!({"lease": lease.id, "agent": req.agent, "scope": lease.scope,
+                                 "digest": lease.digest, "expires_at": lease.expires_at})),
+            )
+            .event(
+                Event::new(EventType::ExecutionStarted, system.clone())
+                    .task(&req.task)
+                    .request(&req.id)
+                    .action(&req.action)
+                    .data(json!({"execution_id": req.id, "target": req.target, "lease": lease.id,
+                                 "digest": computed, "category": category})),
+            );
+        match s.ledger().commit(start) {
+            Ok(_) => {
+                started = Some(Started { req, exec, lease, ttl, category, now });
+                break;
+            }
+            // Something changed since the checks: check again from the start.
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(other) => return Err(other.into()),
+        }
     }
-    s.ledger().commit(start).map_err(|e| match e {
-        StoreError::Conflict { .. } => ApiError::conflict("conflict", format!("request `{id}` changed meanwhile")),
-        other => other.into(),
-    })?;
+    let Some(Started { req, mut exec, lease, ttl, category, now }) = started else {
+        return Err(ApiError::conflict("conflict", format!("request `{id}` kept changing; it was not executed")));
+    };
     let result = if connector.supports(&req.action) {
-        let token = s.tokens.local.mint_lease(&req.agent, &lease.id, &lease.scope, now, ttl);
+        let token = s.tokens.local.mint_lease(&req.agent, &lease.id, &lease.scope, &lease.digest, now, ttl);
         connector.execute(&call_for(&req, &lease.id, &token, Map::new()))
     } else {
         Err(ConnectorError::NotConfigured(req.action.clone()))
@@ -319,6 +480,7 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
             exec.tool_status = Some(answer.status);
             exec.answer = Some(answer.body);
             exec.captured = answer.captured;
+            exec.warning = answer.warning;
             (EventType::ExecutionSucceeded, "succeeded")
         }
         // Timeout or connection lost after sending: the tool may have acted. Saying `failed`
@@ -375,6 +537,7 @@ fn finish(
             r.version = v;
             batch = batch.change(Change::Update(r));
         }
+        batch.changes.extend(move_folded(store.as_ref(), req, &["executing", "approved"], state)?);
         if let Some((current, v)) = versioned::<Lease>(store.as_ref(), &lease.id)?
             && current.state == LeaseState::Active
         {
@@ -384,7 +547,7 @@ fn finish(
             Event::new(kind, Actor::system("executor")).task(&req.task).request(&req.id).action(&req.action).data(
                 json!({
                     "execution_id": exec.id, "target": req.target, "tool_status": exec.tool_status,
-                    "answer": exec.answer, "error": exec.error, "category": category,
+                    "answer": exec.answer, "error": exec.error, "warning": exec.warning, "category": category,
                 }),
             ),
         );
@@ -398,9 +561,24 @@ fn finish(
 }
 
 /// On start: executions left `executing` by a stopped server become `unknown`, for a human to
-/// reconcile. They are never retried.
+/// reconcile. They are never retried. Requests left `approved` — decided or approved, but the
+/// server stopped before their execution started, so no tool was called — become `cancelled`
+/// (when this server has connectors; without them, approved requests rest by design): they
+/// were decided on facts that may no longer hold, and the agent may ask again.
 pub fn reconcile_after_restart(s: &AppState) -> Result<Vec<String>, ApiError> {
     let store = s.ledger().store();
+    if s.connector.is_some() {
+        let q = Query { state: Some("approved".into()), ..Query::default() };
+        for r in store.find(Table::Requests, &q)? {
+            let req = ActionRecord::from_record(&r)?;
+            if req.folded_into.is_some() {
+                continue; // moves with the request it is folded into
+            }
+            let why = "the server stopped after the decision and before the execution started; nothing was called";
+            refuse(s, &req, r.version, "cancelled", "interrupted", why)?;
+            tracing::warn!(request = %req.id, "an approved request interrupted before its execution is now cancelled");
+        }
+    }
     let q = Query { state: Some("executing".into()), ..Query::default() };
     let mut marked = Vec::new();
     for r in store.find(Table::Executions, &q)? {
@@ -411,6 +589,7 @@ pub fn reconcile_after_restart(s: &AppState) -> Result<Vec<String>, ApiError> {
         er.version = r.version;
         let mut batch = Batch::new().change(Change::Update(er));
         if let Some((mut req, v)) = versioned::<ActionRecord>(store.as_ref(), &exec.id)? {
+            batch.changes.extend(move_folded(store.as_ref(), &req, &["executing", "approved"], "unknown")?);
             req.state = "unknown".into();
             let mut rr = req.record();
             rr.version = v;
@@ -434,12 +613,67 @@ pub fn reconcile_after_restart(s: &AppState) -> Result<Vec<String>, ApiError> {
     Ok(marked)
 }
 
-/// Runs the compensation of request `id`'s execution. Idempotent: an execution already rolled
-/// back is answered as it is.
-pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, actor: &Actor) -> Result<Execution, ApiError> {
+/// The roles that may roll back `exec`: the approver roles of its action in the agent's
+/// guardrail (or the guardrail's), its step-up roles, and the incident commander.
+pub fn rollback_roles(s: &AppState, exec: &Execution) -> Result<Vec<String>, ApiError> {
+    let bundle = s.bundle()?;
+    let mut roles = Vec::new();
+    if let Some(g) = bundle.agent(&exec.agent) {
+        let grants: Vec<_> = g.grants.iter().filter(|gr| gr.action == exec.action).collect();
+        if grants.is_empty() {
+            roles.extend(g.escalation.approver_roles.iter().cloned());
+        }
+        for gr in grants {
+            roles.extend(gr.approver_roles.iter().cloned());
+        }
+        roles.extend(g.escalation.step_up_roles.iter().cloned());
+        roles.push(g.escalation.incident_commander.clone());
+    } else {
+        roles.push("incident-commander".to_string());
+    }
+    roles.sort();
+    roles.dedup();
+    Ok(roles)
+}
+
+/// Who asks for a rollback: a human (who must hold one of [`rollback_roles`]), or a halt
+/// with `rollback` (whose caller the halt route has already checked).
+#[derive(Debug, Clone, Copy)]
+pub enum RollbackBy<'a> {
+    Human(&'a crate::model::User),
+    Halt(&'a Actor),
+}
+
+/// Runs the compensation of request `id`'s execution, once: the execution is marked as being
+/// rolled back (version-checked) before the tool is called, so two humans pressing rollback
+/// together call it once; the second is told it is under way. Idempotent: an execution
+/// already rolled back is answered as it is.
+pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackBy<'_>) -> Result<Execution, ApiError> {
     let store = s.ledger().store();
     let (exec, version) = versioned::<Execution>(store.as_ref(), id)?
         .ok_or_else(|| ApiError::not_found("no_execution", format!("request `{id}` was not executed")))?;
+    let owned_actor;
+    let actor = match by {
+        RollbackBy::Human(user) => {
+            let roles = rollback_roles(s, &exec)?;
+            if !roles.iter().any(|r| user.has_role(r)) {
+                return Err(ApiError::forbidden(
+                    "missing_role",
+                    format!("rolling back `{}` needs one of the roles: {}", exec.action, roles.join(", ")),
+                )
+                .details(json!({"required": roles})));
+            }
+            owned_actor = Actor::user(&user.id);
+            &owned_actor
+        }
+        RollbackBy::Halt(actor) => actor,
+    };
+    if let Some(who) = &exec.rolling_back {
+        return Err(ApiError::conflict(
+            "rollback_in_progress",
+            format!("the rollback of `{id}` that `{who}` started is under way"),
+        ));
+    }
     match exec.state {
         ExecutionState::RolledBack => return Ok(exec),
         ExecutionState::Succeeded => {}
@@ -459,17 +693,37 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, actor: &Actor
     let (req, _) = versioned::<ActionRecord>(store.as_ref(), id)?
         .ok_or_else(|| ApiError::not_found("unknown_action", format!("no action request `{id}`")))?;
     let now = s.now();
-    s.ledger().commit(
-        Batch::new().event(
-            Event::new(EventType::RollbackStarted, actor.clone())
-                .task(&exec.task)
-                .request(id)
-                .action(&exec.action)
-                .data(json!({"execution_id": id, "compensation": compensation, "target": exec.target})),
-        ),
-    )?;
+    // Claim the rollback before calling the tool: of two concurrent rollbacks, one commits
+    // this claim and calls the tool; the other conflicts and is told so.
+    let mut claimed = exec.clone();
+    claimed.rolling_back = Some(actor.id.clone());
+    let mut claim = claimed.record();
+    claim.version = version;
+    let started = Batch::new().change(Change::Update(claim)).event(
+        Event::new(EventType::RollbackStarted, actor.clone())
+            .task(&exec.task)
+            .request(id)
+            .action(&exec.action)
+            .data(json!({"execution_id": id, "compensation": compensation, "target": exec.target})),
+    );
+    match s.ledger().commit(started) {
+        Ok(_) => {}
+        Err(StoreError::Conflict { .. }) => {
+            let now_is = versioned::<Execution>(store.as_ref(), id)?.map(|(e, _)| e);
+            return match now_is {
+                Some(e) if e.state == ExecutionState::RolledBack => Ok(e),
+                _ => Err(ApiError::conflict(
+                    "rollback_in_progress",
+                    format!("another rollback of `{id}` started at the same moment"),
+                )),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let version = version + 1;
     let result = connector.compensate(&compensation, &call_for(&req, &exec.lease, "", exec.captured.clone()));
     let mut next = exec.clone();
+    next.rolling_back = None;
     let (kind, ok) = match &result {
         Ok(answer) => {
             next.state = ExecutionState::RolledBack;
@@ -504,6 +758,7 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, actor: &Actor
         })),
     );
     if ok && let Some((mut req, v)) = versioned::<ActionRecord>(store.as_ref(), id)? {
+        batch.changes.extend(move_folded(store.as_ref(), &req, &["succeeded"], "rolled_back")?);
         req.state = "rolled_back".into();
         let mut rr = req.record();
         rr.version = v;

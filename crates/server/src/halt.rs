@@ -49,6 +49,40 @@ impl Model for HaltRecord {
     }
 }
 
+/// The setting every halt and resume changes, in the same commit, to a value never used
+/// before: a commit that relied on the halts it read expects it unchanged.
+pub const EPOCH_KEY: &str = "halts_epoch";
+
+/// The halts in force as this server knows them, and the epoch they were read at.
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    pub list: Vec<Halt>,
+    /// The value of [`EPOCH_KEY`] when `list` was read.
+    pub epoch: Option<String>,
+}
+
+impl Gate {
+    pub fn load(store: &dyn Store) -> Result<Gate, ApiError> {
+        Ok(Gate { epoch: store.meta(EPOCH_KEY)?, list: active(store)? })
+    }
+
+    /// The first halt in force that stops `action` by `agent` at `now`.
+    pub fn matching(&self, agent: &str, action: &str, now: time::OffsetDateTime) -> Option<&Halt> {
+        self.list.iter().find(|h| h.matches(agent, action, now))
+    }
+
+    /// The precondition that no halt or resume has committed since this gate was read.
+    pub fn unchanged(&self) -> Change {
+        Change::ExpectMeta { key: EPOCH_KEY.into(), value: self.epoch.clone() }
+    }
+}
+
+/// A fresh epoch for a halt or resume's commit.
+fn next_epoch() -> Result<(String, Change), ApiError> {
+    let epoch = crate::routes::new_id("epoch")?;
+    Ok((epoch.clone(), Change::SetMeta { key: EPOCH_KEY.into(), value: epoch }))
+}
+
 /// The halts in force, from the store.
 pub fn active(store: &dyn Store) -> Result<Vec<Halt>, ApiError> {
     Ok(records(store, true)?.into_iter().map(|(r, _)| r.halt).collect())
@@ -83,13 +117,7 @@ fn lease_matches(h: &Halt, l: &Lease) -> bool {
 }
 
 fn check(h: &Halt) -> Result<(), ApiError> {
-    match (h.scope, &h.id) {
-        (HaltScope::All, None) => {}
-        (HaltScope::All, Some(_)) => return Err(ApiError::invalid("invalid_halt", "scope `all` takes no `id`")),
-        (_, None) => return Err(ApiError::invalid("invalid_halt", "scopes `agent` and `action` need an `id`")),
-        (_, Some(id)) if id.trim().is_empty() => return Err(ApiError::invalid("invalid_halt", "`id` is empty")),
-        _ => {}
-    }
+    h.validate().map_err(|why| ApiError::invalid("invalid_halt", why))?;
     if h.reason.trim().is_empty() {
         return Err(ApiError::invalid("reason_required", "a halt needs a `reason`"));
     }
@@ -115,8 +143,9 @@ pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Ha
     };
     // Re-read and retry on a conflict: an execution may finish (and revoke its lease) meanwhile.
     let mut outcome = None;
+    let (epoch, epoch_change) = next_epoch()?;
     for _ in 0..16 {
-        let mut batch = Batch::new().change(Change::Insert(record.record())).event(
+        let mut batch = Batch::new().change(Change::Insert(record.record())).change(epoch_change.clone()).event(
             Event::new(EventType::HaltSet, actor.clone()).data(json!({
                 "halt": record.id, "scope": halt.scope, "id": halt.id, "reason": halt.reason,
                 "expires_at": halt.expires_at.map(rfc3339), "rollback": rollback,
@@ -172,7 +201,8 @@ pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Ha
     }
     let (revoked_leases, cancelled_approvals) =
         outcome.ok_or_else(|| ApiError::conflict("conflict", "the estate kept changing; the halt was not set"))?;
-    gate.push(halt.clone());
+    gate.list.push(halt.clone());
+    gate.epoch = Some(epoch);
     drop(gate);
     s.changed();
     let mut halted = Halted {
@@ -198,7 +228,7 @@ pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Ha
             if !open {
                 continue;
             }
-            match execution::rollback(s, connector, &exec.id, actor) {
+            match execution::rollback(s, connector, &exec.id, execution::RollbackBy::Halt(actor)) {
                 Ok(_) => halted.rolled_back.push(exec.id),
                 Err(e) => halted.rollback_failures.push(format!("{}: {}", exec.id, e.message)),
             }
@@ -222,7 +252,8 @@ pub fn resume(
     let mut gate =
         s.halts.write().map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))?;
     let now = s.now();
-    let mut batch = Batch::new();
+    let (_, epoch_change) = next_epoch()?;
+    let mut batch = Batch::new().change(epoch_change);
     let mut lifted = Vec::new();
     for (mut h, v) in records(store.as_ref(), true)? {
         if h.halt.scope != scope || h.halt.id.as_deref() != id {
@@ -262,6 +293,77 @@ pub fn resume(
         StoreError::Conflict { .. } => ApiError::conflict("conflict", "a halt changed meanwhile; try again"),
         other => other.into(),
     })?;
-    *gate = active(store.as_ref())?;
+    *gate = Gate::load(store.as_ref())?;
+    Ok(lifted)
+}
+
+/// Lifts every halt whose `expires_at` has passed (actor `system`), and makes an agent its
+/// halt had set `halted` active again — unless another halt in force still names it. The
+/// server's sweeper calls it every second; a halt that expired already stops nothing (its
+/// `matches` is false), this makes the record and the agent's status say so.
+pub fn expire_due(s: &AppState) -> Result<Vec<HaltRecord>, ApiError> {
+    let store = s.ledger().store();
+    let now = s.now();
+    let expired = |h: &Halt| h.expires_at.is_some_and(|e| e <= now);
+    {
+        let gate =
+            s.halts.read().map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))?;
+        if !gate.list.iter().any(expired) {
+            return Ok(Vec::new());
+        }
+    }
+    let mut gate =
+        s.halts.write().map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))?;
+    let all = records(store.as_ref(), true)?;
+    let (_, epoch_change) = next_epoch()?;
+    let mut batch = Batch::new().change(epoch_change);
+    let mut lifted = Vec::new();
+    for (mut h, v) in all.iter().cloned().filter(|(h, _)| expired(&h.halt)) {
+        h.active = false;
+        h.lifted_by = Some("system".into());
+        h.lifted_at = Some(rfc3339(now));
+        h.lifted_reason = Some("the halt expired".into());
+        let mut r = h.record();
+        r.version = v;
+        batch = batch.change(Change::Update(r)).event(
+            Event::new(EventType::HaltLifted, Actor::system("halts"))
+                .data(json!({"halt": h.id, "scope": h.halt.scope, "id": h.halt.id, "reason": "the halt expired"})),
+        );
+        lifted.push(h);
+    }
+    for h in &lifted {
+        let Some(agent_id) = h.halt.id.as_deref().filter(|_| h.halt.scope == HaltScope::Agent) else { continue };
+        let still_halted = all.iter().any(|(o, _)| {
+            o.id != h.id
+                && !expired(&o.halt)
+                && o.halt.scope == HaltScope::Agent
+                && o.halt.id.as_deref() == Some(agent_id)
+        });
+        if still_halted {
+            continue;
+        }
+        if let Some(r) = store.get(Table::Agents, agent_id)? {
+            let mut agent = Agent::from_record(&r)?;
+            if agent.status == AgentStatus::Halted
+                && !batch
+                    .changes
+                    .iter()
+                    .any(|c| matches!(c, Change::Update(u) if u.table == Table::Agents && u.id == agent_id))
+            {
+                agent.status = AgentStatus::Active;
+                let mut ar = agent.record();
+                ar.version = r.version;
+                batch = batch.change(Change::Update(ar)).event(
+                    Event::new(EventType::AgentChanged, Actor::system("halts")).data(
+                        json!({"agent": agent_id, "from": "halted", "to": "active", "reason": "its halt expired"}),
+                    ),
+                );
+            }
+        }
+    }
+    s.ledger().commit(batch)?;
+    *gate = Gate::load(store.as_ref())?;
+    drop(gate);
+    s.changed();
     Ok(lifted)
 }

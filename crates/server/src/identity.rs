@@ -93,10 +93,20 @@ impl LocalIssuer {
 
     /// A lease token (audience `warden-lease`): `jti` is the lease id, `scope` what it allows;
     /// tools verify it offline with `/.well-known/jwks.json` or ask `/v1/leases/introspect`.
-    pub fn mint_lease(&self, sub: &str, lease_id: &str, scope: &str, now: OffsetDateTime, ttl_secs: i64) -> String {
+    pub fn mint_lease(
+        &self,
+        sub: &str,
+        lease_id: &str,
+        scope: &str,
+        digest: &str,
+        now: OffsetDateTime,
+        ttl_secs: i64,
+    ) -> String {
         let mut extra = serde_json::Map::new();
         extra.insert("jti".into(), json!(lease_id));
         extra.insert("scope".into(), json!(scope));
+        // The one action the lease allows (DESIGN §6): a tool can check it offline.
+        extra.insert("act_digest".into(), json!(digest));
         self.mint_with(sub, LEASE_AUDIENCE, now, ttl_secs, extra)
     }
 

@@ -123,6 +123,12 @@ pub struct Task {
     pub state: TaskState,
     /// Who opened it (`agent:<SPIFFE ID>` or `user:<id>`).
     pub opened_by: String,
+    /// Whether a trusted party — a human, or an integration with a credential of its own (a
+    /// SIEM given `warden user add siem --roles integration`) — asserted the trigger. A task an
+    /// agent opened is not verified: its severity and source are only the agent's word, and
+    /// policy sees `context.task.verified == false` (DESIGN §6).
+    #[serde(default)]
+    pub verified: bool,
     pub opened_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<String>,
@@ -157,6 +163,14 @@ pub struct ActionRecord {
     pub idempotency_key: Option<String>,
     /// SHA-256 of the canonical request body: the same key with another body is a conflict.
     pub request_digest: String,
+    /// The action digest (DESIGN §6): SHA-256 of the canonical `{agent, task, action, target,
+    /// params}`; what an approval and a lease are bound to. Empty on records older than it.
+    #[serde(default)]
+    pub digest: String,
+    /// For a request folded into an approval another request opened: that request, whose one
+    /// execution this request shares (it is never executed on its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folded_into: Option<String>,
     /// DESIGN §8: denied | advised | pending_approval | approved | …
     pub state: String,
     pub created_at: String,
@@ -167,6 +181,12 @@ pub struct ActionRecord {
 }
 
 impl ActionRecord {
+    /// The action digest of what this record now says (recomputed, not the stored one).
+    pub fn computed_digest(&self) -> Result<String, ApiError> {
+        warden_core::request::action_digest(&self.agent, &self.task, &self.action, &self.target, &self.params)
+            .map_err(|e| ApiError::invalid("invalid_request", format!("the request cannot be digested: {e}")))
+    }
+
     /// The unique key idempotency is enforced on.
     pub fn idempotency_index(agent: &str, key: &str) -> String {
         format!("{agent}\u{0}{key}")

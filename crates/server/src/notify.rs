@@ -99,7 +99,8 @@ pub fn json_payload(kind: Kind, a: &Approval, public_url: &str) -> Value {
         "event": kind.as_str(),
         "approval": {
             "id": a.id, "state": a.state, "agent": a.agent, "owner": a.owner, "task": a.task,
-            "action": a.action, "target": a.target, "confidence": a.confidence, "rationale": a.rationale,
+            "action": a.action, "target": a.target, "target_facts": a.target_facts, "params": a.params,
+            "digest": a.digest, "confidence": a.confidence, "rationale": a.rationale,
             "evidence": a.evidence, "roles": a.roles, "quorum": a.quorum, "votes": a.votes.len(),
             "expires_at": a.expires_at, "caps": a.caps, "requests": a.requests,
         },
@@ -126,6 +127,30 @@ pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str) -> Value {
     };
     let l = links(a, public_url);
     let text = format!("{title}: {} on {} by {}", a.action, a.target, a.agent);
+    // Exactly what approving authorizes: the params (secrets redacted), the target's facts,
+    // the task, the evidence and the digest that binds them.
+    let params = serde_json::to_string(&a.params).unwrap_or_default();
+    let facts = a.target_facts.as_ref().map_or_else(
+        || "not recorded".to_string(),
+        |f| {
+            format!(
+                "{} · {} · owner {}{}",
+                f["criticality"].as_str().unwrap_or("?"),
+                f["environment"].as_str().unwrap_or("?"),
+                f["owner"].as_str().unwrap_or("?"),
+                if f["privileged"].as_bool() == Some(true) { " · privileged" } else { "" }
+            )
+        },
+    );
+    let evidence = if a.evidence.is_empty() {
+        "none".to_string()
+    } else {
+        a.evidence
+            .iter()
+            .map(|e| format!("• {} `{}` {}", e.kind, e.reference, e.summary.as_deref().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     json!({
         "text": text,
         "blocks": [
@@ -137,8 +162,13 @@ pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str) -> Value {
                 {"type": "mrkdwn", "text": format!("*Confidence*\n{:.2}", a.confidence)},
                 {"type": "mrkdwn", "text": format!("*Approvers*\n{} (quorum {})", a.roles.join(", "), a.quorum)},
                 {"type": "mrkdwn", "text": format!("*Expires*\n{}", a.expires_at)},
+                {"type": "mrkdwn", "text": format!("*Task*\n{}", a.task)},
+                {"type": "mrkdwn", "text": format!("*Target facts*\n{facts}")},
             ]},
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("*Params*\n```{params}```")}},
             {"type": "section", "text": {"type": "mrkdwn", "text": format!("*Rationale*\n{}", a.rationale)}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("*Evidence*\n{evidence}")}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("digest `{}`", a.digest)}]},
             {"type": "context", "elements": [
                 {"type": "mrkdwn", "text": format!("<{}|approval {}> · <{}|task {}>",
                     l["approval"].as_str().unwrap_or_default(), a.id, l["task"].as_str().unwrap_or_default(), a.task)},

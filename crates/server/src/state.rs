@@ -28,6 +28,9 @@ pub struct ServerOptions {
     pub notify: crate::notify::NotifyOptions,
     /// How approved actions reach the tools; without one, they rest in `approved`.
     pub connector: Option<Arc<dyn warden_connectors::Connector>>,
+    /// Global shadow mode (`warden serve --shadow`): every request is decided and recorded,
+    /// nothing is executed or queued for approval.
+    pub shadow: bool,
 }
 
 impl Default for ServerOptions {
@@ -39,6 +42,7 @@ impl Default for ServerOptions {
             policy_dir: None,
             notify: crate::notify::NotifyOptions::default(),
             connector: None,
+            shadow: false,
         }
     }
 }
@@ -69,7 +73,7 @@ pub struct AppState {
     /// The halts in force, mirrored from the store. Executions hold it for reading from their
     /// last check to the end of the tool call; a halt takes it for writing, so once a halt
     /// returns no matching action starts.
-    pub halts: std::sync::RwLock<Vec<warden_core::request::Halt>>,
+    pub halts: std::sync::RwLock<crate::halt::Gate>,
 }
 
 impl AppState {
@@ -97,13 +101,13 @@ impl AppState {
         let tokens = TokenVerifier::new(options.audience, local, options.issuers);
         let limits = options.limits;
         let notify = options.notify;
-        let halts = crate::halt::active(data.ledger().store().as_ref())?;
+        let halts = crate::halt::Gate::load(data.ledger().store().as_ref())?;
         let app = Arc::new_cyclic(|weak| AppState {
             data,
             bundle: RwLock::new(Arc::new(bundle)),
             tokens,
             clock,
-            shadow: false,
+            shadow: options.shadow,
             policy_dir: options.policy_dir,
             limits,
             rate: crate::limits::RateLimiter::default(),

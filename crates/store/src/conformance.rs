@@ -29,6 +29,8 @@ pub fn run_all(fresh: &dyn Fn() -> Arc<dyn Store>) {
     find_filters_and_orders(&*fresh());
     budget_usage_counts_hits_and_distinct_targets(&*fresh());
     a_conflicting_batch_leaves_nothing_and_spares_its_group(&*fresh());
+    preconditions_hold_or_the_batch_conflicts(&*fresh());
+    a_budget_check_holds_under_concurrent_commits(fresh());
     ledger_commits_concurrent_batches_in_one_signed_order(fresh());
     ledger_time_never_goes_backwards(fresh());
 }
@@ -262,6 +264,90 @@ pub fn budget_usage_counts_hits_and_distinct_targets(store: &dyn Store) {
     commit(store, Batch::new().change(Change::SetMeta { key: "origin".into(), value: "y".into() })).unwrap();
     assert_eq!(store.meta("origin").unwrap().as_deref(), Some("y"));
     assert_eq!(store.meta("missing").unwrap(), None);
+}
+
+pub fn preconditions_hold_or_the_batch_conflicts(store: &dyn Store) {
+    commit(store, Batch::new().change(Change::Insert(agent("p", "active")))).unwrap();
+    let expect = |version| Change::Expect { table: Table::Agents, id: "p".into(), version };
+    let task = |id: &str| Change::Insert(Record::new(Table::Tasks, id, json!({})).state("open"));
+    commit(store, Batch::new().change(expect(1)).change(task("t1")).event(ev(EventType::TaskOpened))).unwrap();
+    let size = store.size().unwrap();
+    for (stale, why) in [(2, "a version not reached"), (0, "absent, but it exists")] {
+        let r = commit(store, Batch::new().change(expect(stale)).change(task("t2")).event(ev(EventType::TaskOpened)));
+        assert!(matches!(r, Err(StoreError::Conflict { .. })), "{why}: {r:?}");
+    }
+    assert!(store.get(Table::Tasks, "t2").unwrap().is_none(), "a failed precondition applies nothing");
+    assert_eq!(store.size().unwrap(), size, "and appends nothing");
+    // After an update the old version no longer holds.
+    let mut r = store.get(Table::Agents, "p").unwrap().unwrap();
+    r.state = Some("suspended".into());
+    commit(store, Batch::new().change(Change::Update(r))).unwrap();
+    assert!(commit(store, Batch::new().change(expect(1))).is_err());
+    commit(store, Batch::new().change(expect(2))).unwrap();
+    let absent = Change::Expect { table: Table::Agents, id: "nobody".into(), version: 0 };
+    commit(store, Batch::new().change(absent)).unwrap();
+    // Settings: the expected value, or unset.
+    let meta = |value: Option<&str>| Change::ExpectMeta { key: "epoch".into(), value: value.map(str::to_string) };
+    commit(store, Batch::new().change(meta(None))).unwrap();
+    assert!(commit(store, Batch::new().change(meta(Some("e1")))).is_err());
+    commit(store, Batch::new().change(Change::SetMeta { key: "epoch".into(), value: "e1".into() })).unwrap();
+    commit(store, Batch::new().change(meta(Some("e1")))).unwrap();
+    assert!(commit(store, Batch::new().change(meta(None))).is_err());
+    assert!(commit(store, Batch::new().change(meta(Some("e0")))).is_err());
+}
+
+/// Budget check and hit as one step: many writers racing for a budget of `max` get exactly
+/// `max` hits, for hits per window and for distinct targets alike.
+pub fn a_budget_check_holds_under_concurrent_commits(store: Arc<dyn Store>) {
+    let signer = NoteSigner::new("conformance.test/audit", &[5u8; 32]).unwrap();
+    let ledger = Ledger::open(store.clone(), signer, Arc::new(crate::SystemClock), LedgerOptions::default()).unwrap();
+    let checked = |action: &str, target: String, max_hits, max_distinct_targets| {
+        Batch::new()
+            .change(Change::BudgetCheck {
+                agent: "a".into(),
+                action: action.into(),
+                target: target.clone(),
+                since_ms: 0,
+                max_hits,
+                max_distinct_targets,
+            })
+            .change(Change::BudgetHit { agent: "a".into(), action: action.into(), target, at: 1_000 })
+            .event(ev(EventType::DecisionMade))
+    };
+    let won = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let (ledger, won, checked) = (&ledger, &won, &checked);
+            scope.spawn(move || {
+                for i in 0..8 {
+                    // Same target: only the hit count binds. New targets: only the distinct count.
+                    for (action, target, hits, distinct) in
+                        [("x", "h".to_string(), Some(10), None), ("y", format!("h{t}-{i}"), None, Some(7))]
+                    {
+                        match ledger.commit(checked(action, target, hits, distinct)) {
+                            Ok(_) => {
+                                won.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Err(StoreError::Conflict { .. }) => {}
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let usage = |action: &str| store.budget_usage("a", action, 0, "h", crate::UsageLimits::ALL).unwrap();
+    assert_eq!(usage("x").hits, 10, "64 racing hits against a budget of 10");
+    assert_eq!(usage("y").distinct_targets, 7, "64 racing new targets against a budget of 7");
+    assert_eq!(won.into_inner(), 17);
+    // A target already seen passes the distinct-targets check; a new one does not.
+    let seen = (0..8)
+        .flat_map(|t| (0..8).map(move |i| format!("h{t}-{i}")))
+        .find(|h| store.budget_usage("a", "y", 0, h, crate::UsageLimits::ALL).unwrap().target_seen)
+        .expect("a target that won");
+    ledger.commit(checked("y", seen, None, Some(7))).unwrap();
+    let again = ledger.commit(checked("y", "fresh".into(), None, Some(7)));
+    assert!(matches!(again, Err(StoreError::Conflict { .. })), "{again:?}");
 }
 
 pub fn a_conflicting_batch_leaves_nothing_and_spares_its_group(store: &dyn Store) {

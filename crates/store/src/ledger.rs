@@ -126,6 +126,11 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// The time on the ledger's clock (what its next commit will be stamped near).
+    pub fn now(&self) -> OffsetDateTime {
+        self.clock.now()
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

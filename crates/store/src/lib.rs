@@ -159,7 +159,11 @@ impl Batch {
             .iter()
             .map(|c| match c {
                 Change::Insert(r) | Change::Update(r) => serde_json::to_string(&r.body).ok(),
-                Change::BudgetHit { .. } | Change::SetMeta { .. } => None,
+                Change::BudgetHit { .. }
+                | Change::SetMeta { .. }
+                | Change::Expect { .. }
+                | Change::ExpectMeta { .. }
+                | Change::BudgetCheck { .. } => None,
             })
             .collect();
         if let Ok(entries) = self.events.iter().map(Event::template).collect::<Result<Vec<_>, _>>() {

@@ -106,6 +106,23 @@ pub enum Change {
     BudgetHit { agent: String, action: String, target: String, at: i64 },
     /// Sets one of the store's own settings.
     SetMeta { key: String, value: String },
+    /// A precondition, checked in the writer's transaction: the record is still at `version`
+    /// (0: there is no such record). Changes nothing; the batch conflicts when it fails.
+    Expect { table: Table, id: String, version: u64 },
+    /// A precondition: the setting still has `value` (`None`: it is unset).
+    ExpectMeta { key: String, value: Option<String> },
+    /// A precondition that makes a budget's check and its hit one step: the batch conflicts
+    /// when `agent` × `action` already has `max_hits` hits at or after `since_ms`, or when
+    /// `target` is new among them and `max_distinct_targets` are already reached. Put it
+    /// before the [`Change::BudgetHit`] it guards.
+    BudgetCheck {
+        agent: String,
+        action: String,
+        target: String,
+        since_ms: i64,
+        max_hits: Option<u64>,
+        max_distinct_targets: Option<u64>,
+    },
 }
 
 /// A filter over one table; unset fields match everything.

@@ -281,7 +281,88 @@ fn apply(tx: &Transaction<'_>, change: &Change, body: Option<&str>) -> Result<()
             .execute(params![key, value])?;
             Ok(())
         }
+        Change::Expect { table, id, version } => {
+            let sql = format!("SELECT version FROM {} WHERE id = ?1", table.name());
+            let found: Option<i64> = tx.prepare_cached(&sql)?.query_row([id], |r| r.get(0)).optional()?;
+            if found.map_or(0, to_u64) == *version {
+                Ok(())
+            } else {
+                Err(conflict(*table, id, "a precondition failed: the record changed since it was read"))
+            }
+        }
+        Change::ExpectMeta { key, value } => {
+            let found: Option<String> = tx
+                .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+                .query_row([key], |r| r.get(0))
+                .optional()?;
+            if found == *value {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict {
+                    table: "meta",
+                    id: key.clone(),
+                    reason: "a precondition failed: the setting changed since it was read",
+                })
+            }
+        }
+        Change::BudgetCheck { agent, action, target, since_ms, max_hits, max_distinct_targets } => {
+            let up_to =
+                UsageLimits { hits: max_hits.unwrap_or(0), distinct_targets: max_distinct_targets.unwrap_or(0) };
+            let u = usage_in(tx, agent, action, *since_ms, target, up_to)?;
+            let over_hits = max_hits.is_some_and(|m| u.hits >= m);
+            let over_targets = max_distinct_targets.is_some_and(|m| !u.target_seen && u.distinct_targets >= m);
+            if over_hits || over_targets {
+                Err(StoreError::Conflict {
+                    table: "budget_hits",
+                    id: format!("{agent} {action}"),
+                    reason: "the budget was used up since it was read",
+                })
+            } else {
+                Ok(())
+            }
+        }
     }
+}
+
+/// Budget use of `agent` × `action` since `since_ms`, read on `c` (a reader's snapshot or the
+/// writer's transaction); each count stops at its limit in `up_to`.
+fn usage_in(
+    c: &Connection,
+    agent: &str,
+    action: &str,
+    since_ms: i64,
+    target: &str,
+    up_to: UsageLimits,
+) -> Result<Usage, StoreError> {
+    // Hits: the raw rows of the window's first, partial minute, then whole minutes.
+    let first_whole = since_ms.div_euclid(MINUTE_MS) + i64::from(since_ms.rem_euclid(MINUTE_MS) != 0);
+    // Counted by stepping, stopping at the limit: a `LIMIT ?` in a subquery makes SQLite
+    // prepare the statement again whenever the bound value changes.
+    let partial = count_up_to(
+        c,
+        "SELECT 1 FROM budget_hits WHERE agent = ?1 AND action = ?2 AND at >= ?3 AND at < ?4",
+        params![agent, action, since_ms, first_whole.saturating_mul(MINUTE_MS)],
+        up_to.hits,
+    )?;
+    let whole: i64 = c
+        .prepare_cached(
+            "SELECT coalesce(sum(hits), 0) FROM budget_minutes WHERE agent = ?1 AND action = ?2 AND minute >= ?3",
+        )?
+        .query_row(params![agent, action, first_whole], |r| r.get(0))?;
+    let hits = partial.saturating_add(to_u64(whole)).min(up_to.hits);
+    let distinct_targets = count_up_to(
+        c,
+        "SELECT 1 FROM budget_targets WHERE agent = ?1 AND action = ?2 AND last_at >= ?3",
+        params![agent, action, since_ms],
+        up_to.distinct_targets,
+    )?;
+    let target_seen = c
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM budget_targets
+             WHERE agent = ?1 AND action = ?2 AND target = ?3 AND last_at >= ?4)",
+        )?
+        .query_row(params![agent, action, target, since_ms], |r| r.get(0))?;
+    Ok(Usage { hits, distinct_targets, target_seen })
 }
 
 /// Failures that belong to one batch (the others in its group go on).
@@ -573,41 +654,13 @@ impl Store for SqliteStore {
         target: &str,
         up_to: UsageLimits,
     ) -> Result<Usage, StoreError> {
-        // Hits: the raw rows of the window's first, partial minute, then whole minutes.
-        let first_whole = since_ms.div_euclid(MINUTE_MS) + i64::from(since_ms.rem_euclid(MINUTE_MS) != 0);
         self.read(|c| {
             // One read transaction for the four reads: one snapshot, and one round of WAL
             // read locks instead of four.
             let tx = c.unchecked_transaction()?;
-            let c: &Connection = &tx;
-            // Counted by stepping, stopping at the limit: a `LIMIT ?` in a subquery makes
-            // SQLite prepare the statement again whenever the bound value changes.
-            let partial = count_up_to(
-                c,
-                "SELECT 1 FROM budget_hits WHERE agent = ?1 AND action = ?2 AND at >= ?3 AND at < ?4",
-                params![agent, action, since_ms, first_whole.saturating_mul(MINUTE_MS)],
-                up_to.hits,
-            )?;
-            let whole: i64 = c
-                .prepare_cached(
-                    "SELECT coalesce(sum(hits), 0) FROM budget_minutes WHERE agent = ?1 AND action = ?2 AND minute >= ?3",
-                )?
-                .query_row(params![agent, action, first_whole], |r| r.get(0))?;
-            let hits = partial.saturating_add(to_u64(whole)).min(up_to.hits);
-            let distinct_targets = count_up_to(
-                c,
-                "SELECT 1 FROM budget_targets WHERE agent = ?1 AND action = ?2 AND last_at >= ?3",
-                params![agent, action, since_ms],
-                up_to.distinct_targets,
-            )?;
-            let target_seen = c
-                .prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM budget_targets
-                     WHERE agent = ?1 AND action = ?2 AND target = ?3 AND last_at >= ?4)",
-                )?
-                .query_row(params![agent, action, target, since_ms], |r| r.get(0))?;
+            let usage = usage_in(&tx, agent, action, since_ms, target, up_to)?;
             tx.commit()?;
-            Ok(Usage { hits, distinct_targets, target_seen })
+            Ok(usage)
         })
     }
 

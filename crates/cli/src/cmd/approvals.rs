@@ -99,6 +99,26 @@ fn summary_line(a: &Value) -> String {
 
 fn details(a: &Value) -> String {
     let mut out = summary_line(a);
+    // Exactly what approving authorizes (DESIGN §6): the params (secrets redacted), the
+    // target's inventory facts, the task, and the digest that binds them.
+    out.push_str(&format!("\n  digest      {}", s(a, "digest")));
+    out.push_str(&format!("\n  params      {}", a["params"]));
+    let f = &a["target_facts"];
+    if f.is_object() {
+        out.push_str(&format!(
+            "\n  target      {} · {} · {} · owner {}{}{}",
+            s(a, "target"),
+            s(f, "criticality"),
+            s(f, "environment"),
+            s(f, "owner"),
+            if f["privileged"] == true { " · privileged" } else { "" },
+            if f["known"] == false { " · not in the inventory (treated as the worst case)" } else { "" }
+        ));
+        let tags: Vec<&str> = f["tags"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        if !tags.is_empty() {
+            out.push_str(&format!("\n  tags        {}", tags.join(", ")));
+        }
+    }
     out.push_str(&format!("\n  task        {}", s(a, "task")));
     out.push_str(&format!(
         "\n  owner       {}{}",
@@ -107,7 +127,7 @@ fn details(a: &Value) -> String {
     ));
     out.push_str(&format!("\n  rationale   {}", s(a, "rationale")));
     for e in a["evidence"].as_array().into_iter().flatten() {
-        out.push_str(&format!("\n  evidence    {} {}", s(e, "kind"), s(e, "ref")));
+        out.push_str(&format!("\n  evidence    {} {}  {}", s(e, "kind"), s(e, "ref"), s(e, "summary")));
     }
     for c in a["caps"].as_array().into_iter().flatten() {
         out.push_str(&format!("\n  cap         {}: {}", s(c, "code"), s(c, "reason")));

@@ -193,6 +193,7 @@ fn read_scenario(path: &Path) -> Result<Scenario, Failure> {
 
 fn eval(a: &EvalArgs) -> Result<(), Failure> {
     let scenario = read_scenario(&a.request)?;
+    scenario.validate().map_err(|why| Failure::Invalid(format!("{}: {why}", a.request.display())))?;
     let (_, bundle) = load(&a.dir)?;
     let d = scenario.decide(&bundle);
     match a.output {

@@ -75,6 +75,10 @@ pub struct ServeArgs {
     /// no environment variable NAME is set).
     #[arg(long, env = "WARDEN_SECRETS_DIR")]
     pub secrets_dir: Option<PathBuf>,
+    /// Shadow mode for every agent: decide and record every request, execute nothing and
+    /// queue nothing for approval (each decision keeps the outcome it would have had).
+    #[arg(long, env = "WARDEN_SHADOW")]
+    pub shadow: bool,
     /// Log lines as text or JSON (to stderr; filter with `RUST_LOG`).
     #[arg(long, env = "WARDEN_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
@@ -232,6 +236,7 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         policy_dir: Some(a.policy.clone()),
         notify,
         connector,
+        shadow: a.shadow,
     };
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => {

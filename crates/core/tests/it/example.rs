@@ -91,3 +91,80 @@ fn remembered_target_facts_change_no_answer() {
     assert_eq!(first, warm);
     assert_eq!(first, cold);
 }
+
+/// The example bundle with one file edited.
+fn edited(path: &str, edit: impl Fn(&str) -> String) -> warden_core::Bundle {
+    let files: Vec<_> = example_files()
+        .into_iter()
+        .map(|f| if f.path == path { warden_core::SourceFile::new(f.path.clone(), edit(&f.text)) } else { f })
+        .collect();
+    warden_core::Bundle::load(&files).expect("the edited bundle is valid")
+}
+
+fn scenario(toml_text: &str) -> warden_core::policy_test::Scenario {
+    toml::from_str(toml_text).unwrap()
+}
+
+#[test]
+fn only_a_verified_severity_unlocks_the_critical_ticket_rule() {
+    // Without the scope on task sources, the Cedar rule itself must tell verified from not.
+    let bundle = edited("agents/phish-triage.toml", |t| t.replace("task_sources = [", "# task_sources = ["));
+    let case = |verified: bool| {
+        scenario(&format!(
+            r#"agent = "spiffe://acme.example/soc/phish-triage"
+            action = "ticket.create"
+            target = "ticket:CASE-7"
+            confidence = 0.95
+            params = {{ title = "wave" }}
+            evidence = [{{ kind = "email", ref = "msg:a1" }}]
+            task = {{ id = "INC-2", severity = "critical", source = "siem", verified = {verified} }}"#
+        ))
+        .decide(&bundle)
+    };
+    let (claimed, verified) = (case(false), case(true));
+    assert_eq!((claimed.granted_level, verified.granted_level), (3, 4), "{claimed:?}");
+}
+
+#[test]
+fn allow_privileged_on_a_level_three_grant_decides_privileged_targets() {
+    let quarantine_cfo = r#"agent = "spiffe://acme.example/soc/phish-triage"
+        action = "email.quarantine"
+        target = "mailbox:cfo@acme.example"
+        confidence = 0.95
+        params = { message_id = "<a1@evil.example>" }
+        evidence = [{ kind = "email", ref = "msg:a1" }]
+        task = { id = "INC-1", severity = "high", source = "phish-report", verified = true }"#;
+    let with = |allow: &str| {
+        let b = edited("agents/phish-triage.toml", |t| {
+            t.replace(
+                "action = \"email.quarantine\"\nlevel = 3",
+                &format!("action = \"email.quarantine\"\nlevel = 3\nallow_privileged = {allow}"),
+            )
+        });
+        scenario(quarantine_cfo).decide(&b)
+    };
+    let allowed = with("true");
+    assert_eq!((allowed.outcome.as_str(), allowed.effective_level), ("execute", 3), "{allowed:?}");
+    let refused = with("false");
+    // `false` removes privileged targets from the grant altogether.
+    assert_eq!((refused.outcome.as_str(), refused.granted_level), ("deny", 0), "{refused:?}");
+    let default = scenario(quarantine_cfo).decide(example_bundle());
+    assert_eq!(default.effective_level, 2);
+    assert!(default.caps.iter().any(|c| c.code.as_str() == "privileged_target"), "{default:?}");
+}
+
+#[test]
+fn a_halt_that_names_nothing_is_refused_in_a_fixture() {
+    for scope in ["agent", "action"] {
+        let text = format!(
+            "[[case]]\nname = \"x\"\nagent = \"a\"\naction = \"b\"\ntarget = \"host:h\"\nconfidence = 0.9\n\
+             halts = [{{ scope = \"{scope}\", reason = \"stop\" }}]\nexpect = {{ outcome = \"deny\" }}\n"
+        );
+        let problems = parse_cases(&warden_core::SourceFile::new("tests/x.toml", text)).unwrap_err();
+        assert!(problems[0].message.contains("need an `id`"), "{problems:?}");
+    }
+    let text = "[[case]]\nname = \"x\"\nagent = \"a\"\naction = \"b\"\ntarget = \"host:h\"\nconfidence = 1.5\n\
+                expect = { outcome = \"deny\" }\n";
+    let problems = parse_cases(&warden_core::SourceFile::new("tests/x.toml", text)).unwrap_err();
+    assert!(problems[0].message.contains("between 0 and 1"), "{problems:?}");
+}

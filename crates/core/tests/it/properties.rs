@@ -30,7 +30,7 @@ fn budget() -> impl Strategy<Value = BudgetUsage> {
 prop_compose! {
     fn facts()(
         granted in 0u8..=4, confidence in 0.0f64..=1.0, thresholds in thresholds(),
-        flags in prop::collection::vec(any::<bool>(), 10), budget in budget(),
+        flags in prop::collection::vec(any::<bool>(), 11), budget in budget(),
         max_per_hour in prop::option::of(1u32..25), max_distinct_targets in prop::option::of(1u32..8),
     ) -> LadderFacts {
         LadderFacts {
@@ -38,6 +38,7 @@ prop_compose! {
             read_only: flags[0], reversible: flags[1], high_impact: flags[2], step_up_category: flags[3],
             tier0: flags[4], privileged: flags[5], known_target: flags[6],
             require_reversible_for_autonomy: flags[7], review_autonomous: flags[8], shadow: flags[9],
+            allow_privileged: flags[10],
         }
     }
 }
@@ -50,6 +51,14 @@ proptest! {
         let c = climb(&f);
         if !f.read_only && f.confidence < f.thresholds.autonomous {
             prop_assert!(c.effective < 3, "{f:?} → {c:?}");
+        }
+    }
+
+    #[test]
+    fn below_escalate_is_flagged_for_review_at_every_granted_level(f in facts()) {
+        let c = climb(&f);
+        if !f.read_only && f.granted >= 1 && f.confidence < f.thresholds.escalate {
+            prop_assert!(c.review && c.effective <= 1, "{f:?} → {c:?}");
         }
     }
 

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use warden_core::audit::canonical;
 use warden_core::audit::entry::{Actor, Event, EventType};
 use warden_core::decision::{Decision, Outcome};
-use warden_core::request::{ActionRequest, AgentStatus, BudgetUsage, DecisionInput, Halt, TaskInfo};
+use warden_core::request::{ActionRequest, AgentStatus, BudgetUsage, DecisionInput, TaskInfo};
 use warden_core::{Bundle, decide};
 use warden_store::{Batch, Change, Query, Store, StoreError, Table, UsageLimits};
 
@@ -62,6 +62,14 @@ pub struct ActionAnswer {
     pub action: String,
     /// `KIND:ID`
     pub target: String,
+    /// The action digest (DESIGN §6): `sha256:` of the canonical `{agent, task, action,
+    /// target, params}` — what an approval and a lease are bound to.
+    #[schema(example = "sha256:b0e4de73ff9d5bf80ce7d4f5d5c0099fb241b132ac144ac01055061b160efe42")]
+    pub digest: String,
+    /// For a request folded into an approval another request opened: that request, whose
+    /// one execution this request shares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folded_into: Option<String>,
     pub created_at: String,
     pub decision: Decision,
     /// The execution, once the action ran (or was attempted).
@@ -132,6 +140,8 @@ fn answer(a: &ActionRecord, d: &DecisionRecord) -> ActionAnswer {
         task: a.task.clone(),
         action: a.action.clone(),
         target: a.target.clone(),
+        digest: a.digest.clone(),
+        folded_into: a.folded_into.clone(),
         created_at: a.created_at.clone(),
         decision: d.decision.clone(),
         execution: None,
@@ -142,7 +152,9 @@ fn answer(a: &ActionRecord, d: &DecisionRecord) -> ActionAnswer {
 /// The answer with the execution and its lease, when there is one.
 fn full_answer(store: &dyn Store, a: &ActionRecord, d: &DecisionRecord) -> Result<ActionAnswer, ApiError> {
     let mut out = answer(a, d);
-    if let Some(r) = store.get(Table::Executions, &a.id)? {
+    // A folded request shares the execution of the request that opened its approval.
+    let executed_as = a.folded_into.as_deref().unwrap_or(&a.id);
+    if let Some(r) = store.get(Table::Executions, executed_as)? {
         let exec = Execution::from_record(&r)?;
         if let Some((l, _)) = execution::lease(store, &exec.lease)? {
             out.lease = Some(LeaseRef { id: l.id, expires_at: l.expires_at, state: l.state });
@@ -177,7 +189,7 @@ fn replay(store: &dyn Store, agent: &str, key: &str, digest: &str) -> Result<Opt
 }
 
 /// The halts in force (the in-memory mirror every halt updates before it returns).
-fn active_halts(s: &AppState) -> Result<Vec<Halt>, ApiError> {
+fn active_halts(s: &AppState) -> Result<crate::halt::Gate, ApiError> {
     s.halts
         .read()
         .map(|h| h.clone())
@@ -203,10 +215,16 @@ pub fn breaker(store: &dyn Store, agent: &str, action: &str) -> Result<Breaker, 
     Ok(Breaker { open, reset_ms })
 }
 
+/// Everything a decision reads besides the bundle, with what a commit that relies on it
+/// must find unchanged.
 struct Facts {
     task: Option<TaskInfo>,
-    halts: Vec<Halt>,
+    /// The task record's version (0: no such task).
+    task_version: u64,
+    halts: crate::halt::Gate,
     budget: BudgetUsage,
+    /// Where the budget window starts (an hour ago, or the breaker's reset if later).
+    budget_since_ms: i64,
 }
 
 fn facts(
@@ -217,10 +235,17 @@ fn facts(
     require_task: bool,
 ) -> Result<Facts, ApiError> {
     let store = s.ledger().store();
-    let task = match store.get(Table::Tasks, &req.task)? {
+    let (task, task_version) = match store.get(Table::Tasks, &req.task)? {
         Some(r) => {
             let t = Task::from_record(&r)?;
-            Some(TaskInfo { id: t.id, state: t.state, severity: t.trigger.severity, source: t.trigger.source })
+            let info = TaskInfo {
+                id: t.id,
+                state: t.state,
+                severity: t.trigger.severity,
+                source: t.trigger.source,
+                verified: t.verified,
+            };
+            (Some(info), r.version)
         }
         None if require_task => {
             return Err(ApiError::invalid(
@@ -228,7 +253,7 @@ fn facts(
                 format!("no task `{}`: open it first (POST /v1/tasks)", req.task),
             ));
         }
-        None => None,
+        None => (None, 0),
     };
     let b = breaker(store.as_ref(), agent, &req.action)?;
     let since = millis(s.now() - BUDGET_WINDOW).max(b.reset_ms.unwrap_or(i64::MIN));
@@ -243,7 +268,7 @@ fn facts(
         target_seen: usage.target_seen,
         breaker_open: b.open,
     };
-    Ok(Facts { task, halts: active_halts(s)?, budget })
+    Ok(Facts { task, task_version, halts: active_halts(s)?, budget, budget_since_ms: since })
 }
 
 fn decide_with(
@@ -260,28 +285,48 @@ fn decide_with(
         request: req,
         task: f.task.as_ref(),
         budget: f.budget,
-        halts: &f.halts,
+        halts: &f.halts.list,
         now: s.now(),
         shadow: s.shadow,
     };
     decide(bundle, &input)
 }
 
+/// How many times a request is decided again after its commit met a concurrent change (a
+/// budget used up, an approval folded into, a halt, a suspend). Each retry reads the facts
+/// anew; every conflict means another commit made progress.
+const ATTEMPTS: usize = 64;
+
+/// The agent as admitted, with the version its record was read at.
+pub(crate) struct Admitted {
+    pub agent: Agent,
+    pub version: u64,
+}
+
 fn process(
     s: &AppState,
     bundle: &Bundle,
-    agent: &Agent,
+    admitted: &Admitted,
     req: ActionRequest,
-    digest: String,
+    request_digest: String,
 ) -> ApiResult<ActionAnswer> {
-    // Two identical requests racing to open one approval: the loser sees the winner's
-    // approval on its next attempt and folds into it.
-    for _ in 0..3 {
-        if let Some(answer) = attempt(s, bundle, agent, &req, &digest)? {
+    let agent = &admitted.agent;
+    let target = req.target.to_string();
+    let digest = warden_core::request::action_digest(&agent.id, &req.task, &req.action, &target, &req.params)
+        .map_err(|e| ApiError::invalid("invalid_request", format!("the request cannot be digested: {e}")))?;
+    let digests = Digests { request: request_digest, action: digest };
+    for _ in 0..ATTEMPTS {
+        if let Some(answer) = attempt(s, bundle, admitted, &req, &digests)? {
             return Ok(answer);
         }
     }
     Err(ApiError::conflict("conflict", "the request kept conflicting with concurrent ones; try again"))
+}
+
+/// A request's two digests: of its whole body (idempotency), and of the action (DESIGN §6).
+struct Digests {
+    request: String,
+    action: String,
 }
 
 /// How a `require_approval` request joins the approval workflow.
@@ -290,11 +335,26 @@ enum Joins {
     Folds(Approval, u64),
 }
 
+/// What the inventory says of `target`, as an approver is shown it.
+fn target_facts(bundle: &Bundle, target: &warden_core::inventory::TargetRef) -> serde_json::Value {
+    match bundle.inventory().get(target) {
+        Some(a) => json!({"known": true, "criticality": a.criticality, "environment": a.environment,
+                          "owner": a.owner, "privileged": a.privileged, "tags": a.tags}),
+        None => {
+            let a = warden_core::inventory::Asset::unknown(target);
+            json!({"known": false, "criticality": a.criticality, "environment": a.environment,
+                   "owner": a.owner, "privileged": a.privileged, "tags": a.tags})
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn approval_for(
     s: &AppState,
     bundle: &Bundle,
     agent: &Agent,
     req: &ActionRequest,
+    digest: &str,
     id: &str,
     decision: &Decision,
     now: time::OffsetDateTime,
@@ -305,7 +365,9 @@ fn approval_for(
     };
     let store = s.ledger().store().as_ref();
     let target = req.target.to_string();
-    if let Some(v) = approvals::pending_for(store, &agent.id, &req.action, &target)? {
+    // Only a request with the same action digest — the very same action — may share an
+    // approval: approving authorizes exactly what the approver was shown.
+    if let Some(v) = approvals::pending_for(store, digest)? {
         if millis(now) < v.approval.expires_ms {
             let (a, version) = approvals::fold(v, id)?;
             return Ok((Some(Joins::Folds(a, version)), batch));
@@ -315,7 +377,9 @@ fn approval_for(
         batch.changes.extend(expired.changes);
         batch.events.extend(expired.events);
     }
-    let lease_ttl_secs = bundle.catalog().get(&req.action).map_or(300, |c| c.lease_ttl.as_secs());
+    let class = bundle.catalog().get(&req.action);
+    let lease_ttl_secs = class.map_or(300, |c| c.lease_ttl.as_secs());
+    let params = class.map_or_else(|| req.params.clone(), |c| c.redacted(&req.params));
     let opens = Joins::Opens(Approval {
         id: new_id("apr")?,
         state: ApprovalState::Pending,
@@ -324,6 +388,9 @@ fn approval_for(
         task: req.task.clone(),
         action: req.action.clone(),
         target,
+        digest: digest.to_string(),
+        params,
+        target_facts: Some(target_facts(bundle, &req.target)),
         requests: vec![id.to_string()],
         confidence: req.confidence,
         rationale: req.rationale.clone(),
@@ -351,17 +418,19 @@ fn approval_for(
     Ok((Some(opens), batch))
 }
 
-/// One try at deciding and recording; `None` when it lost a race to open an approval.
+/// One try at deciding and recording; `None` when its commit met a concurrent change and the
+/// request must be decided again on fresh facts.
 fn attempt(
     s: &AppState,
     bundle: &Bundle,
-    agent: &Agent,
+    admitted: &Admitted,
     req: &ActionRequest,
-    digest: &str,
+    digests: &Digests,
 ) -> ApiResult<Option<ActionAnswer>> {
+    let agent = &admitted.agent;
     let store = s.ledger().store().as_ref();
     if let Some(key) = &req.idempotency_key
-        && let Some(previous) = replay(store, &agent.id, key, digest)?
+        && let Some(previous) = replay(store, &agent.id, key, &digests.request)?
     {
         return Ok(Some(previous));
     }
@@ -372,7 +441,7 @@ fn attempt(
     let now = s.now();
     let id = new_id("act")?;
     let target = req.target.to_string();
-    let (joins, mut batch) = approval_for(s, bundle, agent, req, &id, &decision, now)?;
+    let (joins, mut batch) = approval_for(s, bundle, agent, req, &digests.action, &id, &decision, now)?;
     let approval = match &joins {
         Some(Joins::Opens(a) | Joins::Folds(a, _)) => Some(a.clone()),
         None => None,
@@ -381,6 +450,10 @@ fn attempt(
         need.id = Some(a.id.clone());
         need.expires_at = from_millis(a.expires_ms);
     }
+    let folded_into = match &joins {
+        Some(Joins::Folds(a, _)) => a.requests.first().cloned(),
+        _ => None,
+    };
     let record = ActionRecord {
         id: id.clone(),
         agent: agent.id.clone(),
@@ -392,7 +465,9 @@ fn attempt(
         rationale: req.rationale.clone(),
         evidence: req.evidence.clone(),
         idempotency_key: req.idempotency_key.clone(),
-        request_digest: digest.to_string(),
+        request_digest: digests.request.clone(),
+        digest: digests.action.clone(),
+        folded_into,
         state: state_of(&decision).to_string(),
         created_at: rfc3339(now),
         created_ms: millis(now),
@@ -416,13 +491,26 @@ fn attempt(
                 "rationale": req.rationale,
                 "evidence": req.evidence,
                 "idempotency_key": req.idempotency_key,
-                "request_digest": digest,
+                "request_digest": digests.request,
+                "digest": digests.action,
             }),
         );
-    let decided =
-        Event::new(EventType::DecisionMade, actor.clone()).task(&req.task).request(&id).action(&req.action).data(
-            json!({"target": target, "confidence": req.confidence, "state": record.state, "decision": drec.decision}),
-        );
+    let decided = Event::new(EventType::DecisionMade, actor.clone())
+        .task(&req.task)
+        .request(&id)
+        .action(&req.action)
+        .data(json!({"target": target, "confidence": req.confidence, "state": record.state,
+                   "digest": digests.action, "decision": drec.decision}));
+    // What may lead to a tool call is recorded only if what it was decided on still holds in
+    // the writer's transaction: the agent still active (no suspend or halt of it), the task
+    // still open, no halt set or lifted since the halts were read.
+    let outcome = drec.decision.outcome;
+    if matches!(outcome, Outcome::Execute | Outcome::RequireApproval) {
+        batch = batch
+            .change(Change::Expect { table: Table::Agents, id: agent.id.clone(), version: admitted.version })
+            .change(Change::Expect { table: Table::Tasks, id: req.task.clone(), version: f.task_version })
+            .change(f.halts.unchanged());
+    }
     batch = batch
         .change(Change::Insert(record.record()))
         .change(Change::Insert(drec.record()))
@@ -432,9 +520,9 @@ fn attempt(
         Some(Joins::Opens(a)) => {
             batch = batch.change(Change::Insert(a.record())).event(
                 Event::new(EventType::ApprovalRequested, actor).task(&req.task).request(&id).action(&req.action).data(
-                    json!({"approval": a.id, "target": a.target, "roles": a.roles, "quorum": a.quorum,
-                           "expires_at": a.expires_at, "separation_of_duties": a.separation_of_duties,
-                           "folded": false}),
+                    json!({"approval": a.id, "target": a.target, "digest": a.digest, "roles": a.roles,
+                           "quorum": a.quorum, "expires_at": a.expires_at,
+                           "separation_of_duties": a.separation_of_duties, "folded": false}),
                 ),
             );
         }
@@ -446,7 +534,8 @@ fn attempt(
                     .task(&req.task)
                     .request(&id)
                     .action(&req.action)
-                    .data(json!({"approval": a.id, "target": a.target, "folded": true, "requests": a.requests.len()})),
+                    .data(json!({"approval": a.id, "target": a.target, "digest": a.digest, "folded": true,
+                           "requests": a.requests.len()})),
             );
         }
         None => {}
@@ -464,7 +553,20 @@ fn attempt(
                 .data(json!({"agent": agent.id, "caps": drec.decision.caps})),
         );
     }
-    if drec.decision.outcome == Outcome::Execute {
+    if outcome == Outcome::Execute {
+        // The budget's check and its hit in one step: requests racing for the last of a
+        // budget cannot all pass a check made on the same earlier count.
+        let (max_per_hour, max_distinct_targets) = drec.decision.budget_limits;
+        if max_per_hour.is_some() || max_distinct_targets.is_some() {
+            batch = batch.change(Change::BudgetCheck {
+                agent: agent.id.clone(),
+                action: req.action.clone(),
+                target: target.clone(),
+                since_ms: f.budget_since_ms,
+                max_hits: max_per_hour.map(u64::from),
+                max_distinct_targets: max_distinct_targets.map(u64::from),
+            });
+        }
         batch = batch.change(Change::BudgetHit {
             agent: agent.id.clone(),
             action: req.action.clone(),
@@ -497,7 +599,7 @@ fn attempt(
             {
                 // Recorded as decided; now run it (its own durable records before and after).
                 return match execution::execute(s, connector, &id) {
-                    Ok(_) | Err(ApiError { code: "halted", .. }) => {
+                    Ok(_) | Err(ApiError { code: "halted" | "stopped" | "digest_mismatch", .. }) => {
                         let (a, d) = load_pair(store, &id)?
                             .ok_or_else(|| ApiError::unavailable("store_unavailable", "a recorded request vanished"))?;
                         Ok(Some(full_answer(store, &a, &d)?))
@@ -507,14 +609,12 @@ fn attempt(
             }
             Ok(Some(answer(&record, &drec)))
         }
-        // Two requests with one idempotency key raced: the other one won.
-        Err(StoreError::Conflict { .. }) if req.idempotency_key.is_some() => {
-            let key = req.idempotency_key.as_deref().unwrap_or_default();
-            replay(store, &agent.id, key, digest)?
-                .map(Some)
-                .ok_or_else(|| ApiError::conflict("conflict", "the request conflicted; try again"))
-        }
-        Err(StoreError::Conflict { .. }) if joins.is_some() => Ok(None),
+        // Met a concurrent change. With an idempotency key, the change may be the same
+        // request, sent again, that won: answer it. Otherwise decide again on fresh facts.
+        Err(StoreError::Conflict { .. }) => match &req.idempotency_key {
+            Some(key) => Ok(replay(store, &agent.id, key, &digests.request)?),
+            None => Ok(None),
+        },
         Err(e) => Err(e.into()),
     }
 }
@@ -532,10 +632,16 @@ pub async fn submit(
     token: AgentToken,
     ApiJson(req): ApiJson<ActionRequest>,
 ) -> ApiResult<Json<ActionAnswer>> {
+    req.validate().map_err(|why| ApiError::invalid("invalid_request", why))?;
     let bundle = app.bundle()?;
-    let digest = digest(&req)?;
+    let request_digest = digest(&req)?;
     // One hop to the blocking pool: admitting the agent is a store read like the rest.
-    blocking(&app, move |s| process(s, &bundle, &token.admit(s)?, req, digest)).await.map(Json)
+    blocking(&app, move |s| {
+        let (agent, version) = token.admit_versioned(s)?;
+        process(s, &bundle, &Admitted { agent, version }, req, request_digest)
+    })
+    .await
+    .map(Json)
 }
 
 /// Dry run (agents and humans): the decision only, nothing recorded. Agents decide for
@@ -560,6 +666,7 @@ pub async fn dry_run(
         (Caller::Human(_), None) => return Err(ApiError::invalid("invalid_request", "name the agent in `agent`")),
     };
     let req = body.request;
+    req.validate().map_err(|why| ApiError::invalid("invalid_request", why))?;
     let bundle: Arc<Bundle> = app.bundle()?;
     blocking(&app, move |s| {
         let status = s
@@ -647,7 +754,8 @@ pub async fn get(
     responses(
         (status = 200, description = "the execution, rolled back", body = Execution),
         (status = 404, description = "`no_execution`, `unknown_action`", body = crate::error::ErrorBody),
-        (status = 409, description = "`not_rollbackable`, `conflict`", body = crate::error::ErrorBody),
+        (status = 403, description = "`missing_role`: rollback needs the action's approver roles or the incident commander's", body = crate::error::ErrorBody),
+        (status = 409, description = "`not_rollbackable`, `rollback_in_progress`, `conflict`", body = crate::error::ErrorBody),
         (status = 422, description = "`irreversible`, `no_connector`", body = crate::error::ErrorBody),
         (status = 502, description = "`rollback_failed`: the tool refused the compensation", body = crate::error::ErrorBody),
     ))]
@@ -661,7 +769,7 @@ pub async fn rollback(
             .connector
             .as_deref()
             .ok_or_else(|| ApiError::invalid("no_connector", "this server has no connectors configured"))?;
-        execution::rollback(s, connector, &id, &Actor::user(&human.0.id)).map(Json)
+        execution::rollback(s, connector, &id, execution::RollbackBy::Human(&human.0)).map(Json)
     })
     .await
 }

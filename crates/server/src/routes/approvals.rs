@@ -96,15 +96,15 @@ async fn decide(app: App, human: HumanCaller, id: String, verdict: Verdict) -> A
         if voted.transitioned {
             tracing::info!(approval = %id, state = voted.approval.state.as_str(), by = %human.0.id, "approval decided");
         }
-        // Approved: the covered requests execute now, each with its own lease and records.
+        // Approved: the action runs now, once — as the request that opened the approval; the
+        // identical requests folded into it share that one execution.
         if voted.transitioned
             && voted.approval.state == ApprovalState::Approved
             && let Some(connector) = s.connector.as_deref()
+            && let Some(request) = voted.approval.requests.first()
         {
-            for request in &voted.approval.requests {
-                if let Err(e) = crate::execution::execute(s, connector, request) {
-                    tracing::warn!(request = %request, code = e.code, error = %e.message, "approved request not executed");
-                }
+            if let Err(e) = crate::execution::execute(s, connector, request) {
+                tracing::warn!(request = %request, code = e.code, error = %e.message, "approved request not executed");
             }
             s.changed();
         }
@@ -163,6 +163,10 @@ pub async fn reject(
 /// Expires and escalates what is due, tells the webhooks and the long polls. The server runs
 /// it every second; tests call it with a clock of their own.
 pub fn sweep(s: &AppState) -> Result<approvals::Swept, ApiError> {
+    // Halts past their expiry are lifted first: an agent they halted is usable again.
+    for h in crate::halt::expire_due(s)? {
+        tracing::info!(halt = %h.id, "halt expired");
+    }
     let store = s.ledger().store();
     let commit = |b| s.ledger().commit(b).map(|_| ());
     let swept = approvals::sweep(store.as_ref(), &commit, s.now())?;

@@ -71,13 +71,15 @@ pub async fn open(
         trigger: body.trigger,
         state: TaskState::Open,
         opened_by: caller.label(),
+        // Only a trusted party's word about the trigger is verified; an agent's is its claim.
+        verified: matches!(caller, crate::auth::Caller::Human(_)),
         opened_at: rfc3339(app.now()),
         closed_at: None,
         closed_by: None,
     };
     let event = Event::new(EventType::TaskOpened, caller.actor())
         .task(&id)
-        .data(json!({"title": task.title, "trigger": task.trigger}));
+        .data(json!({"title": task.title, "trigger": task.trigger, "verified": task.verified}));
     let saved = task.clone();
     blocking(&app, move |s| {
         s.ledger().commit(Batch::new().change(Change::Insert(saved.record())).event(event)).map_err(|e| match e {

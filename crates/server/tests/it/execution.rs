@@ -197,6 +197,8 @@ async fn an_execution_interrupted_by_a_stop_becomes_unknown_on_restart() {
         error: None,
         compensation: Some("host.release".into()),
         rollback: None,
+        rolling_back: None,
+        warning: None,
     };
     data.ledger().commit(warden_store::Batch::new().change(warden_store::Change::Insert(exec.record()))).unwrap();
     let files = crate::read_bundle(&crate::example_dir());
@@ -318,7 +320,7 @@ async fn a_halt_survives_a_restart() {
         Default::default(),
     )
     .unwrap();
-    let halts = again.halts.read().unwrap().clone();
+    let halts = again.halts.read().unwrap().list.clone();
     assert_eq!((halts.len(), halts[0].id.as_deref()), (1, Some("host.isolate")));
 }
 
@@ -368,6 +370,7 @@ async fn closing_a_task_revokes_its_active_leases() {
         task: "INC-7".into(),
         request: "act_x".into(),
         scope: "host.isolate host:web-42".into(),
+        digest: String::new(),
         max_uses: 1,
         uses: 1,
         issued_at: "2026-11-23T00:00:00Z".into(),
