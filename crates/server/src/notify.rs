@@ -165,14 +165,14 @@ pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str) -> Value {
                 {"type": "mrkdwn", "text": format!("*Task*\n{}", a.task)},
                 {"type": "mrkdwn", "text": format!("*Target facts*\n{facts}")},
             ]},
-            {"type": "section", "text": {"type": "mrkdwn", "text": format!("*Params*\n```{params}```")}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": format!("*Rationale*\n{}", a.rationale)}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": format!("*Evidence*\n{evidence}")}},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("digest `{}`", a.digest)}]},
+            {"type": "section", "text": {"type": "mrkdwn",
+                "text": format!("*Rationale*\n{}\n*Evidence*\n{evidence}", a.rationale)}},
             {"type": "context", "elements": [
                 {"type": "mrkdwn", "text": format!("<{}|approval {}> · <{}|task {}>",
                     l["approval"].as_str().unwrap_or_default(), a.id, l["task"].as_str().unwrap_or_default(), a.task)},
+                {"type": "mrkdwn", "text": format!("digest `{}`", a.digest)},
             ]},
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("*Params (what approving runs)*\n```{params}```")}},
         ],
     })
 }

@@ -239,7 +239,15 @@ pub fn run(data: PathBuf, keep_running: bool) -> Result<(), Failure> {
     }
     let mut tokens = std::collections::BTreeMap::new();
     for (user, role) in
-        [("ana", "soc-analyst"), ("ivy", "iam-owner"), ("ian", "iam-owner"), ("olga", "incident-commander")]
+        // The email gateway is an integration with a credential of its own: the tasks it opens
+        // carry a verified trigger, unlike any an agent opens for itself.
+        [
+            ("ana", "soc-analyst"),
+            ("ivy", "iam-owner"),
+            ("ian", "iam-owner"),
+            ("olga", "incident-commander"),
+            ("email-gateway", "integration"),
+        ]
     {
         let (_, t) =
             admin::add_user(dir.ledger(), &system, user, &[role.to_string()]).map_err(|e| anyhow!(e.message))?;
@@ -327,12 +335,13 @@ fn script(
     app: &warden_server::App,
 ) -> anyhow::Result<String> {
     let ana = &users["ana"];
-    demo.heading("The email gateway reports a credential-phishing wave; the triage agent opens a task");
+    demo.heading("The email gateway reports a credential-phishing wave and opens a task (a verified trigger)");
     let task = json!({"id": TASK, "title": "Credential phishing wave against finance",
         "trigger": {"source": "email-gateway", "alert_id": "ALRT-1001", "severity": "high",
                     "summary": "62 users received a lure linking to a fake SSO page"}});
-    demo.http.ok("POST", "/v1/tasks", phish, Some(&task))?;
-    demo.detail(&format!("task {TASK} open, trigger email-gateway ALRT-1001 severity high"));
+    let opened = demo.http.ok("POST", "/v1/tasks", &users["email-gateway"], Some(&task))?;
+    demo.expect("the gateway's trigger is verified: policy may rely on its severity and source", opened["verified"] == true)?;
+    demo.detail(&format!("task {TASK} open, trigger email-gateway ALRT-1001 severity high, opened by email-gateway"));
 
     demo.heading("Enrichment runs on its own (level 4)");
     let a = demo.request(
@@ -428,14 +437,16 @@ fn script(
 
     demo.heading("A runaway loop: the EDR agent isolates the same host again and again");
     let mut last = Value::Null;
-    for _ in 0..11 {
+    // The budget counts every execution, the approved isolation of db-payments-01 included:
+    // 9 more fit in the hour, the 10th request goes back to a human.
+    for _ in 0..10 {
         let body = json!({"task": TASK, "action": "host.isolate", "target": "host:web-42", "confidence": 0.95,
             "params": {"reason": "loop"}, "rationale": "runaway loop", "evidence": [{"kind": "edr", "ref": "det:loop"}]});
         last = demo.http.ok("POST", "/v1/actions", edr, Some(&body))?;
     }
     let tripped = last["decision"]["caps"].to_string();
     demo.say(&format!(
-        "edr-responder → host.isolate on host:web-42, 11 times: the 11th is {} at level {}",
+        "edr-responder → host.isolate on host:web-42, 10 times: with db-payments-01 counted, the 10th is {} at level {}",
         last["decision"]["outcome"].as_str().unwrap_or(""),
         last["decision"]["effective_level"]
     ));
@@ -447,8 +458,8 @@ fn script(
     demo.rows.push(Row {
         step: demo.step,
         actor: "edr-responder".into(),
-        what: "host.isolate host:web-42 ×11".into(),
-        outcome: "10× execute, then require_approval".into(),
+        what: "host.isolate host:web-42 ×10".into(),
+        outcome: "9× execute, then require_approval".into(),
         level: "3 → 2".into(),
         state: "breaker open".into(),
     });

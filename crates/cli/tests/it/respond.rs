@@ -80,7 +80,10 @@ fn execute_roll_back_and_halt_from_the_command_line() {
         cmd.assert()
     };
     let id = a["id"].as_str().unwrap();
-    let out = run(&["rollback", id], &admin).success();
+    // Rollback needs the action's approver roles (or the incident commander's): not an admin.
+    let out = run(&["rollback", id], &admin).code(2);
+    assert!(String::from_utf8_lossy(&out.get_output().stderr).contains("missing_role"));
+    let out = run(&["rollback", id], &ana).success();
     assert!(String::from_utf8_lossy(&out.get_output().stdout).contains("rolled_back (host.release)"));
     assert_eq!(lab_state(&lab_addr)["edr"]["hosts"]["web-42"]["status"], "normal");
 
@@ -88,7 +91,7 @@ fn execute_roll_back_and_halt_from_the_command_line() {
     let out = run(&["explain", id], &admin).success();
     let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
     assert!(text.contains("agent      spiffe://acme.example/soc/edr-responder owner team:endpoint-response"), "{text}");
-    assert!(text.contains("rollback   host.release by admin"), "{text}");
+    assert!(text.contains("rollback   host.release by ana"), "{text}");
     assert!(text.contains("entries proven") && !text.contains("PROOF FAILED"), "{text}");
     let out = run(&["explain", id, "--output", "json"], &admin).success();
     let e: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
@@ -98,7 +101,7 @@ fn execute_roll_back_and_halt_from_the_command_line() {
     // Bulk: every reversible action of the task.
     let (_, b) = http(&addr, "POST", "/v1/actions", &agent, Some(&isolate)).unwrap();
     assert_eq!(b["state"], "succeeded");
-    let out = run(&["rollback", "--task", "INC-7", "--output", "json"], &admin).success();
+    let out = run(&["rollback", "--task", "INC-7", "--output", "json"], &ana).success();
     let rolled: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
     assert_eq!(rolled, json!([{"id": b["id"], "state": "rolled_back", "compensation": "host.release"}]));
     assert_eq!(lab_state(&lab_addr)["edr"]["hosts"]["web-42"]["status"], "normal");

@@ -92,7 +92,12 @@ async fn a_rollback_really_reverts_the_lab_once() {
     assert_eq!(lab_state(&url)["edr"]["hosts"]["web-42"]["status"], "contained");
     let (status, e) = h.call("POST", &format!("/v1/actions/{id}/rollback"), Some(&agent), None).await;
     assert_eq!((status, &e["error"]["code"]), (StatusCode::FORBIDDEN, &json!("agents_not_allowed")));
-    let (status, rolled) = h.call("POST", &format!("/v1/actions/{id}/rollback"), Some(&h.admin), None).await;
+    // Rolling back needs the action's approver roles or the incident commander's; an admin
+    // as such has neither.
+    let (status, e) = h.call("POST", &format!("/v1/actions/{id}/rollback"), Some(&h.admin), None).await;
+    assert_eq!((status, &e["error"]["code"]), (StatusCode::FORBIDDEN, &json!("missing_role")));
+    let ic = h.user("ic", &["incident-commander"]);
+    let (status, rolled) = h.call("POST", &format!("/v1/actions/{id}/rollback"), Some(&ic), None).await;
     assert_eq!(status, StatusCode::OK, "{rolled}");
     assert_eq!(
         (rolled["state"].as_str(), rolled["rollback"]["action"].as_str()),
@@ -100,7 +105,7 @@ async fn a_rollback_really_reverts_the_lab_once() {
     );
     assert_eq!(lab_state(&url)["edr"]["hosts"]["web-42"]["status"], "normal");
     let calls = lab_state(&url)["calls"]["total"].as_u64().unwrap();
-    let (status, again) = h.call("POST", &format!("/v1/actions/{id}/rollback"), Some(&h.admin), None).await;
+    let (status, again) = h.call("POST", &format!("/v1/actions/{id}/rollback"), Some(&ic), None).await;
     assert_eq!((status, again["state"].as_str()), (StatusCode::OK, Some("rolled_back")));
     assert_eq!(lab_state(&url)["calls"]["total"].as_u64().unwrap(), calls, "idempotent: no second call");
     let (_, got) = h.call("GET", &format!("/v1/actions/{id}"), Some(&h.admin), None).await;
@@ -116,7 +121,7 @@ async fn a_rollback_really_reverts_the_lab_once() {
     assert_eq!(enriched["state"], "succeeded", "{enriched}");
     assert_eq!(lab_state(&url)["siem"]["alerts"]["ALRT-1001"]["enriched"], true);
     let (status, e) = h
-        .call("POST", &format!("/v1/actions/{}/rollback", enriched["id"].as_str().unwrap()), Some(&h.admin), None)
+        .call("POST", &format!("/v1/actions/{}/rollback", enriched["id"].as_str().unwrap()), Some(&ic), None)
         .await;
     assert_eq!((status, &e["error"]["code"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("irreversible")));
 }

@@ -124,9 +124,10 @@ async fn rolled_back_and_halted_actions_show_who_stopped_them() {
     let (h, agent) = setup().await;
     let (_, a) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42"))).await;
     let id = a["id"].as_str().unwrap();
-    assert_eq!(h.call("POST", &format!("/v1/actions/{id}/rollback"), Some(&h.admin), None).await.0, StatusCode::OK);
+    let olga = h.user("olga", &["incident-commander"]);
+    assert_eq!(h.call("POST", &format!("/v1/actions/{id}/rollback"), Some(&olga), None).await.0, StatusCode::OK);
     let e = explain(&h, id).await;
-    assert_eq!((e["rollback"]["by"].as_str(), e["rollback"]["action"].as_str()), (Some("admin"), Some("host.release")));
+    assert_eq!((e["rollback"]["by"].as_str(), e["rollback"]["action"].as_str()), (Some("olga"), Some("host.release")));
     assert!(cited(&e).ends_with(&["rollback.started", "rollback.succeeded"]), "{:?}", cited(&e));
     all_verified(&e);
 
