@@ -148,6 +148,18 @@ pub fn set_agent_status(
             }
         }
         match ledger.commit(batch) {
+            Ok(_) if status != AgentStatus::Active => {
+                // Approvals opened by requests that committed between the read above and this
+                // commit; none can be opened after it (they expect the agent's old version).
+                let commit = |b| ledger.commit(b).map(|_| ());
+                let why = format!(
+                    "agent {}: {reason}",
+                    if status == AgentStatus::Suspended { "suspended" } else { "halted" }
+                );
+                let of_agent = |a: &crate::approvals::Approval| a.agent == id;
+                crate::approvals::cancel_where(store.as_ref(), &commit, &of_agent, actor, &why, now)?;
+                return Ok(agent);
+            }
             Ok(_) => return Ok(agent),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),

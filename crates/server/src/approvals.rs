@@ -299,6 +299,42 @@ pub fn cancel_batch(
     Ok((a, Batch::of(changes, vec![event])))
 }
 
+/// Cancels every pending approval `matches` accepts, each in its own commit (re-read and
+/// retried when a vote lands meanwhile; one decided meanwhile is left as decided). A stop
+/// runs it once more after its own commit, for approvals opened by a request that committed
+/// between the stop's read and its commit; none can be opened after it. The ids cancelled.
+pub fn cancel_where(
+    store: &dyn Store,
+    commit: &dyn Fn(Batch) -> Result<(), StoreError>,
+    matches: &dyn Fn(&Approval) -> bool,
+    actor: &Actor,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<Vec<String>, ApiError> {
+    let mut cancelled = Vec::new();
+    for a in list(store, ApprovalState::Pending)? {
+        if !matches(&a) {
+            continue;
+        }
+        for _ in 0..RETRIES {
+            let Some(v) = load(store, &a.id)? else { break };
+            if v.approval.state != ApprovalState::Pending {
+                break;
+            }
+            let (_, batch) = cancel_batch(store, &v, actor, reason, now)?;
+            match commit(batch) {
+                Ok(()) => {
+                    cancelled.push(a.id.clone());
+                    break;
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(cancelled)
+}
+
 /// The pending approvals of a task, each to be cancelled with the task's close.
 pub fn pending_of_task(store: &dyn Store, task: &str) -> Result<Vec<Versioned>, ApiError> {
     let q = Query { task: Some(task.into()), state: Some("pending".into()), ..Query::default() };

@@ -499,7 +499,18 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
             (EventType::ExecutionFailed, "failed")
         }
     };
-    finish(s, &req, &exec, &lease, kind, final_state, category.as_deref())?;
+    if let Err(e) = finish(s, &req, &exec, &lease, kind, final_state, category.as_deref()) {
+        // The tool was called: never answer as if nothing was done.
+        tracing::error!(request = %req.id, outcome = final_state, error = %e.message, "an execution's result was not recorded");
+        return Err(ApiError::unavailable(
+            "result_unrecorded",
+            format!(
+                "the tool was called for `{}` ({final_state}) but its result could not be recorded: the \
+                 execution stays `executing` and becomes `unknown` when the server next starts; do not retry",
+                req.id
+            ),
+        ));
+    }
     s.metrics.executed(final_state);
     Ok(Executed { execution: exec, lease: revoked(lease, "the execution finished", s.now()) })
 }

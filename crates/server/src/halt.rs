@@ -199,8 +199,14 @@ pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Ha
             Err(e) => return Err(e.into()),
         }
     }
-    let (revoked_leases, cancelled_approvals) =
+    let (revoked_leases, mut cancelled_approvals) =
         outcome.ok_or_else(|| ApiError::conflict("conflict", "the estate kept changing; the halt was not set"))?;
+    // Approvals opened by requests that committed between the read above and the halt's
+    // commit; from the commit on, no executable decision can pass (it expects the old epoch).
+    let commit = |b| s.ledger().commit(b).map(|_| ());
+    let matching = |a: &approvals::Approval| halt.matches(&a.agent, &a.action, now);
+    let reason = format!("halt: {}", halt.reason);
+    cancelled_approvals.extend(approvals::cancel_where(store.as_ref(), &commit, &matching, actor, &reason, now)?);
     gate.list.push(halt.clone());
     gate.epoch = Some(epoch);
     drop(gate);

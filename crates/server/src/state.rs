@@ -170,5 +170,5 @@ pub async fn blocking<T: Send + 'static>(
     let app = app.clone();
     tokio::task::spawn_blocking(move || f(&app))
         .await
-        .map_err(|_| ApiError::unavailable("internal", "a worker failed; nothing was done"))?
+        .map_err(|_| ApiError::unavailable("internal", "a worker failed; look up what it recorded before retrying"))?
 }

@@ -340,7 +340,10 @@ fn script(
         "trigger": {"source": "email-gateway", "alert_id": "ALRT-1001", "severity": "high",
                     "summary": "62 users received a lure linking to a fake SSO page"}});
     let opened = demo.http.ok("POST", "/v1/tasks", &users["email-gateway"], Some(&task))?;
-    demo.expect("the gateway's trigger is verified: policy may rely on its severity and source", opened["verified"] == true)?;
+    demo.expect(
+        "the gateway's trigger is verified: policy may rely on its severity and source",
+        opened["verified"] == true,
+    )?;
     demo.detail(&format!("task {TASK} open, trigger email-gateway ALRT-1001 severity high, opened by email-gateway"));
 
     demo.heading("Enrichment runs on its own (level 4)");

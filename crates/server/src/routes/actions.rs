@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -309,6 +310,7 @@ fn process(
     admitted: &Admitted,
     req: ActionRequest,
     request_digest: String,
+    recorded: &std::sync::OnceLock<String>,
 ) -> ApiResult<ActionAnswer> {
     let agent = &admitted.agent;
     let target = req.target.to_string();
@@ -316,7 +318,7 @@ fn process(
         .map_err(|e| ApiError::invalid("invalid_request", format!("the request cannot be digested: {e}")))?;
     let digests = Digests { request: request_digest, action: digest };
     for _ in 0..ATTEMPTS {
-        if let Some(answer) = attempt(s, bundle, admitted, &req, &digests)? {
+        if let Some(answer) = attempt(s, bundle, admitted, &req, &digests, recorded)? {
             return Ok(answer);
         }
     }
@@ -426,6 +428,7 @@ fn attempt(
     admitted: &Admitted,
     req: &ActionRequest,
     digests: &Digests,
+    recorded: &std::sync::OnceLock<String>,
 ) -> ApiResult<Option<ActionAnswer>> {
     let agent = &admitted.agent;
     let store = s.ledger().store().as_ref();
@@ -579,6 +582,7 @@ fn attempt(
     s.metrics.audit_append_latency.observe(started.elapsed());
     match committed {
         Ok(_) => {
+            let _ = recorded.set(id.clone());
             s.metrics.decided(&drec.decision.outcome.to_string(), &record.action);
             if drec.decision.trip_breaker && !f.budget.breaker_open {
                 s.metrics.breaker_trips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -624,24 +628,56 @@ fn attempt(
 #[utoipa::path(post, path = "/v1/actions", tag = "actions", security(("bearer" = [])), request_body = ActionRequest,
     responses(
         (status = 200, description = "the decision, recorded", body = ActionAnswer),
-        (status = 409, description = "`idempotency_conflict`, `conflict`", body = crate::error::ErrorBody),
-        (status = 422, description = "`unknown_task` and other invalid requests", body = crate::error::ErrorBody),
+        (status = 202, description = "recorded and still executing when the answer was due: the request as it stands (`state` `executing`); `GET /v1/actions/{id}` tells how it ends", body = ActionAnswer),
+        (status = 409, description = "`idempotency_conflict`, `approval_pending`, `conflict`", body = crate::error::ErrorBody),
+        (status = 422, description = "`unknown_task`, `invalid_request` (e.g. a confidence outside [0, 1])", body = crate::error::ErrorBody),
     ))]
 pub async fn submit(
     State(app): State<App>,
     token: AgentToken,
     ApiJson(req): ApiJson<ActionRequest>,
-) -> ApiResult<Json<ActionAnswer>> {
+) -> ApiResult<(StatusCode, Json<ActionAnswer>)> {
     req.validate().map_err(|why| ApiError::invalid("invalid_request", why))?;
     let bundle = app.bundle()?;
     let request_digest = digest(&req)?;
-    // One hop to the blocking pool: admitting the agent is a store read like the rest.
-    blocking(&app, move |s| {
-        let (agent, version) = token.admit_versioned(s)?;
-        process(s, &bundle, &Admitted { agent, version }, req, request_digest)
-    })
-    .await
-    .map(Json)
+    // Set once the decision is committed, before any execution starts.
+    let recorded = Arc::new(std::sync::OnceLock::new());
+    let mut job = {
+        let (app, recorded) = (app.clone(), recorded.clone());
+        // One hop to the blocking pool: admitting the agent is a store read like the rest.
+        tokio::task::spawn_blocking(move || {
+            let (agent, version) = token.admit_versioned(&app)?;
+            process(&app, &bundle, &Admitted { agent, version }, req, request_digest, &recorded)
+        })
+    };
+    let joined = |j: Result<ApiResult<ActionAnswer>, tokio::task::JoinError>| {
+        j.map_err(|_| ApiError::unavailable("internal", "a worker failed; look up the request before retrying"))?
+    };
+    // Answer before the router's timeout would: a tool call still running is not cut short
+    // by a 408 — the agent gets the request's id and state, and polls for the end.
+    match tokio::time::timeout(answer_within(&app), &mut job).await {
+        Ok(done) => joined(done).map(|a| (StatusCode::OK, Json(a))),
+        Err(_) => match recorded.get().cloned() {
+            Some(id) => {
+                let a = blocking(&app, move |s| {
+                    let store = s.ledger().store();
+                    let (a, d) = load_pair(store.as_ref(), &id)?
+                        .ok_or_else(|| ApiError::unavailable("store_unavailable", "a recorded request vanished"))?;
+                    full_answer(store.as_ref(), &a, &d)
+                })
+                .await?;
+                Ok((StatusCode::ACCEPTED, Json(a)))
+            }
+            // Still deciding (nothing executes before the decision is recorded).
+            None => joined(job.await).map(|a| (StatusCode::OK, Json(a))),
+        },
+    }
+}
+
+/// How long a handler whose work may outlast the request timeout waits before answering
+/// with where the work stands: four fifths of the timeout.
+pub(crate) fn answer_within(app: &AppState) -> std::time::Duration {
+    app.limits.timeout.mul_f64(0.8)
 }
 
 /// Dry run (agents and humans): the decision only, nothing recorded. Agents decide for
@@ -696,7 +732,9 @@ pub struct GetQuery {
 const MAX_WAIT_SECS: u64 = 60;
 
 /// The state of a request. Agents see their own requests only. With `?wait=30s` the answer
-/// comes as soon as a pending approval is decided, or when the wait is over.
+/// comes as soon as a pending approval is decided, or when the wait is over — never later
+/// than four fifths of the server's request timeout, so a long poll is answered with the
+/// request's state, not a 408.
 #[utoipa::path(get, path = "/v1/actions/{id}", tag = "actions", security(("bearer" = [])),
     params(("id" = String, Path, description = "the request id (`act_…`)"), GetQuery),
     responses(
@@ -721,7 +759,10 @@ pub async fn get(
             secs
         }
     };
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+    // Never longer than the request timeout allows: the answer comes with the current state
+    // rather than as a 408.
+    let wait = std::time::Duration::from_secs(wait).min(answer_within(&app));
+    let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the first look, so no change between the look and the wait is missed.
     let mut changes = app.subscribe();
     loop {

@@ -86,7 +86,7 @@ pub async fn show(
 }
 
 async fn decide(app: App, human: HumanCaller, id: String, verdict: Verdict) -> ApiResult<Json<ApprovalView>> {
-    blocking(&app, move |s| {
+    let voted = blocking(&app, move |s| {
         let store = s.ledger().store();
         let commit = |b| s.ledger().commit(b).map(|_| ());
         let voted = approvals::vote(store.as_ref(), &commit, &id, &human.0, &verdict, s.now());
@@ -96,21 +96,31 @@ async fn decide(app: App, human: HumanCaller, id: String, verdict: Verdict) -> A
         if voted.transitioned {
             tracing::info!(approval = %id, state = voted.approval.state.as_str(), by = %human.0.id, "approval decided");
         }
-        // Approved: the action runs now, once — as the request that opened the approval; the
-        // identical requests folded into it share that one execution.
-        if voted.transitioned
-            && voted.approval.state == ApprovalState::Approved
-            && let Some(connector) = s.connector.as_deref()
-            && let Some(request) = voted.approval.requests.first()
-        {
-            if let Err(e) = crate::execution::execute(s, connector, request) {
-                tracing::warn!(request = %request, code = e.code, error = %e.message, "approved request not executed");
-            }
-            s.changed();
-        }
-        view(s, voted.approval).map(Json)
+        Ok(voted)
     })
-    .await
+    .await?;
+    // Approved: the action runs now, once — as the request that opened the approval; the
+    // identical requests folded into it share that one execution. A tool call that outlasts
+    // the answer's time goes on; the approver is answered with the approval as it stands.
+    if voted.transitioned
+        && voted.approval.state == ApprovalState::Approved
+        && app.connector.is_some()
+        && let Some(request) = voted.approval.requests.first().cloned()
+    {
+        let running = {
+            let app = app.clone();
+            tokio::task::spawn_blocking(move || {
+                let Some(connector) = app.connector.as_deref() else { return };
+                if let Err(e) = crate::execution::execute(&app, connector, &request) {
+                    tracing::warn!(request = %request, code = e.code, error = %e.message, "approved request not executed");
+                }
+                app.changed();
+            })
+        };
+        let _ = tokio::time::timeout(super::actions::answer_within(&app), running).await;
+    }
+    let approval = voted.approval;
+    blocking(&app, move |s| view(s, approval).map(Json)).await
 }
 
 /// Approve (a human holding one of the approval's roles). Counts once per person toward the

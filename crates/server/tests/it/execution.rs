@@ -120,9 +120,8 @@ async fn a_rollback_really_reverts_the_lab_once() {
     let (_, enriched) = h.call("POST", "/v1/actions", Some(&bot), Some(body)).await;
     assert_eq!(enriched["state"], "succeeded", "{enriched}");
     assert_eq!(lab_state(&url)["siem"]["alerts"]["ALRT-1001"]["enriched"], true);
-    let (status, e) = h
-        .call("POST", &format!("/v1/actions/{}/rollback", enriched["id"].as_str().unwrap()), Some(&ic), None)
-        .await;
+    let (status, e) =
+        h.call("POST", &format!("/v1/actions/{}/rollback", enriched["id"].as_str().unwrap()), Some(&ic), None).await;
     assert_eq!((status, &e["error"]["code"]), (StatusCode::UNPROCESSABLE_ENTITY, &json!("irreversible")));
 }
 
