@@ -155,6 +155,11 @@ pub struct IssuerConfig {
     /// strings, or one space-separated string). Unset: a workload issuer of JWT-SVIDs.
     #[serde(default)]
     pub roles_claim: Option<String>,
+    /// For a workload issuer: the SPIFFE trust domains it may speak for
+    /// (`["acme.example"]`). Required: a token whose `sub` is outside them is refused (401
+    /// `wrong_trust_domain`), so one issuer cannot mint identities of another's workloads.
+    #[serde(default)]
+    pub trust_domains: Vec<String>,
 }
 
 /// Why an issuer's keys could not be loaded.
@@ -162,6 +167,8 @@ pub struct IssuerConfig {
 pub enum IssuerError {
     #[error("`{path}`: {reason}")]
     Jwks { path: std::path::PathBuf, reason: String },
+    #[error("issuer `{issuer}`: {reason}")]
+    Config { issuer: String, reason: String },
 }
 
 /// A trusted external issuer and its keys by `kid`.
@@ -170,6 +177,8 @@ pub struct ExternalIssuer {
     pub audience: Option<String>,
     /// Humans' issuers name their roles claim; workload issuers do not.
     pub roles_claim: Option<String>,
+    /// The SPIFFE trust domains a workload issuer may speak for.
+    pub trust_domains: Vec<String>,
     keys: std::collections::HashMap<String, (Algorithm, DecodingKey)>,
 }
 
@@ -204,6 +213,22 @@ fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Result<Algorithm, String> {
 impl ExternalIssuer {
     /// Loads the issuer's JWKS file; every key needs a `kid`.
     pub fn load(cfg: &IssuerConfig) -> Result<Self, IssuerError> {
+        let config = |reason: &str| IssuerError::Config { issuer: cfg.issuer.clone(), reason: reason.to_string() };
+        if cfg.roles_claim.is_none() && cfg.trust_domains.is_empty() {
+            return Err(config(
+                "a workload issuer needs `trust_domains`: the SPIFFE trust domains it may speak for, \
+                 e.g. `trust_domains = [\"acme.example\"]`",
+            ));
+        }
+        for d in &cfg.trust_domains {
+            let ok =
+                !d.is_empty() && d.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+            if !ok {
+                return Err(config(&format!(
+                    "trust domain `{d}` must be lowercase letters, digits, `.`, `-` or `_` (no `spiffe://`)"
+                )));
+            }
+        }
         let bad = |reason: String| IssuerError::Jwks { path: cfg.jwks_file.clone(), reason };
         let text = std::fs::read_to_string(&cfg.jwks_file).map_err(|e| bad(e.to_string()))?;
         let set: jsonwebtoken::jwk::JwkSet =
@@ -222,6 +247,7 @@ impl ExternalIssuer {
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             roles_claim: cfg.roles_claim.clone(),
+            trust_domains: cfg.trust_domains.clone(),
             keys,
         })
     }
@@ -274,10 +300,22 @@ impl TokenVerifier {
         }
         // Not remembered, or no longer in its validity window: verify in full (which names the
         // precise refusal).
-        let (claims, roles_claim) = self.verify_with(token, now)?;
+        let (claims, roles_claim, domains) = self.verify_with(token, now)?;
         let (exp, nbf) = (claims.exp, claims.nbf);
         let subject = match roles_claim {
-            None => Subject::Agent(claims.sub),
+            None => {
+                // An external workload issuer speaks only for its own trust domains.
+                if let Some(domains) = domains {
+                    let domain = claims.sub.strip_prefix("spiffe://").and_then(|r| r.split('/').next()).unwrap_or("");
+                    if !domains.iter().any(|d| d == domain) {
+                        return Err(refused(
+                            "wrong_trust_domain",
+                            &format!("the token's issuer may not speak for trust domain `{domain}`"),
+                        ));
+                    }
+                }
+                Subject::Agent(claims.sub)
+            }
             Some(claim) => {
                 let roles = match claims.extra.get(&claim) {
                     Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
@@ -314,10 +352,16 @@ impl TokenVerifier {
 
     /// The verified claims of a token (agents' or humans').
     pub fn verify(&self, token: &str, now: OffsetDateTime) -> Result<SvidClaims, ApiError> {
-        self.verify_with(token, now).map(|(c, _)| c)
+        self.verify_with(token, now).map(|(c, _, _)| c)
     }
 
-    fn verify_with(&self, token: &str, now: OffsetDateTime) -> Result<(SvidClaims, Option<String>), ApiError> {
+    /// The verified claims, the roles claim of a human issuer, and the trust domains of an
+    /// external workload issuer (`None` for the local issuer).
+    fn verify_with(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<(SvidClaims, Option<String>, Option<Vec<String>>), ApiError> {
         let mut parts = token.split('.');
         let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(refused("malformed_token", "the token is not a compact JWT"));
@@ -334,15 +378,15 @@ impl TokenVerifier {
         }
         let kid = header.get("kid").and_then(Value::as_str).unwrap_or("");
         // The key decides the algorithm, issuer and audience; the token only names the key.
-        let (key_alg, key, issuer, audience, roles_claim) = if kid == self.local.kid {
-            (Algorithm::EdDSA, &self.local.decoding, self.local.issuer(), self.audience.as_str(), None)
+        let (key_alg, key, issuer, audience, roles_claim, domains) = if kid == self.local.kid {
+            (Algorithm::EdDSA, &self.local.decoding, self.local.issuer(), self.audience.as_str(), None, None)
         } else {
             self.external
                 .iter()
                 .find_map(|x| {
                     x.keys.get(kid).map(|(a, k)| {
                         let aud = x.audience.as_deref().unwrap_or(&self.audience);
-                        (*a, k, x.issuer.as_str(), aud, x.roles_claim.clone())
+                        (*a, k, x.issuer.as_str(), aud, x.roles_claim.clone(), Some(x.trust_domains.clone()))
                     })
                 })
                 .ok_or_else(|| refused("unknown_key", &format!("no trusted issuer has a key `{kid}`")))?
@@ -356,8 +400,12 @@ impl TokenVerifier {
         v.validate_nbf = false;
         v.set_audience(&[audience]);
         v.set_issuer(&[issuer]);
-        v.set_required_spec_claims(&["exp", "sub", "aud"]);
+        // `iss` is required: a token that does not say who issued it is refused.
+        v.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
         let data = jsonwebtoken::decode::<SvidClaims>(token, key, &v).map_err(|e| match e.kind() {
+            ErrorKind::MissingRequiredClaim(c) => {
+                refused("missing_claim", &format!("the token lacks the required claim `{c}`"))
+            }
             ErrorKind::InvalidSignature => refused("bad_signature", "the token's signature does not verify"),
             ErrorKind::ExpiredSignature => refused("token_expired", "the token has expired"),
             ErrorKind::ImmatureSignature => refused("token_not_yet_valid", "the token is not valid yet"),
@@ -378,7 +426,7 @@ impl TokenVerifier {
         if claims.iat.is_some_and(|iat| iat > t + leeway) {
             return Err(refused("token_not_yet_valid", "the token was issued in the future"));
         }
-        Ok((claims, roles_claim))
+        Ok((claims, roles_claim, domains))
     }
 }
 

@@ -337,8 +337,8 @@ fn a_bad_config_stops_the_server_before_it_listens() {
     let data = tmp.path().join("data");
     warden().args(["init", "--data"]).arg(&data).assert().success();
     let config = tmp.path().join("warden.toml");
-    std::fs::write(&config, "[[identity.issuers]]\nissuer = \"https://spire.example\"\njwks_file = \"missing.json\"\n")
-        .unwrap();
+    let issuer = "[[identity.issuers]]\nissuer = \"https://spire.example\"\njwks_file = \"missing.json\"\n";
+    std::fs::write(&config, format!("{issuer}trust_domains = [\"acme.example\"]\n")).unwrap();
     let run = |config: &Path| {
         warden()
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
@@ -352,6 +352,10 @@ fn a_bad_config_stops_the_server_before_it_listens() {
     };
     let a = run(&config).code(3);
     assert!(String::from_utf8_lossy(&a.get_output().stderr).contains("missing.json"));
+    // A workload issuer must say which trust domains it speaks for.
+    std::fs::write(&config, issuer).unwrap();
+    let a = run(&config).code(3);
+    assert!(String::from_utf8_lossy(&a.get_output().stderr).contains("trust_domains"));
     std::fs::write(&config, "[identity]\nissuers = []\nsurprise = 1\n").unwrap();
     let a = run(&config).code(3);
     assert!(String::from_utf8_lossy(&a.get_output().stderr).contains("surprise"));

@@ -108,6 +108,9 @@ pub struct Introspection {
     pub iat: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    /// The action digest of the one action the lease allows (DESIGN §6).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub act_digest: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_type: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,38 +125,38 @@ fn inactive() -> Introspection {
         exp: None,
         iat: None,
         jti: None,
+        act_digest: None,
         token_type: None,
         iss: None,
     }
 }
 
-/// RFC 7662 introspection of a lease token (or id), for tools (any authenticated caller);
-/// the body is `application/x-www-form-urlencoded` as the RFC says, or JSON.
+/// RFC 7662 introspection of a lease token, for tools (a tool's own credential: `warden user
+/// add <tool> --role tool`) and humans; agents are refused. Only the token itself is
+/// introspected — a lease id is not a credential and is answered `{"active": false}`. The
+/// body is `application/x-www-form-urlencoded` as the RFC says, or JSON.
 #[utoipa::path(post, path = "/v1/leases/introspect", tag = "leases", security(("bearer" = [])),
     request_body(content(
         (IntrospectBody = "application/x-www-form-urlencoded"),
         (IntrospectBody = "application/json"),
     )),
-    responses((status = 200, body = Introspection)))]
+    responses(
+        (status = 200, body = Introspection),
+    ))]
 pub async fn introspect(
     State(app): State<App>,
-    _: AnyCaller,
+    _: HumanCaller,
     super::FormOrJson(body): super::FormOrJson<IntrospectBody>,
 ) -> ApiResult<Json<Introspection>> {
-    // RFC 7662 §2.1: the hint may be ignored; the token's shape says what it is.
+    // RFC 7662 §2.1: the hint may be ignored; the token's signature says what it is.
     let _ = body.token_type_hint.as_deref();
     blocking(&app, move |s| {
-        let id = if body.token.starts_with("lease_") {
-            body.token.clone()
-        } else {
-            match s
-                .tokens
-                .lease_claims(&body.token)
-                .and_then(|c| c.extra.get("jti").and_then(|j| j.as_str().map(String::from)))
-            {
-                Some(jti) => jti,
-                None => return Ok(Json(inactive())),
-            }
+        let Some(id) = s
+            .tokens
+            .lease_claims(&body.token)
+            .and_then(|c| c.extra.get("jti").and_then(|j| j.as_str().map(String::from)))
+        else {
+            return Ok(Json(inactive()));
         };
         let Some((lease, _)) = execution::lease(s.ledger().store().as_ref(), &id)? else { return Ok(Json(inactive())) };
         if !lease.active_at(s.now()) {
@@ -169,6 +172,7 @@ pub async fn introspect(
             exp: Some(lease.expires_ms / 1000),
             iat,
             jti: Some(lease.id.clone()),
+            act_digest: Some(lease.digest.clone()).filter(|d| !d.is_empty()),
             token_type: Some("lease".into()),
             iss: Some(s.tokens.local.issuer().to_string()),
         }))

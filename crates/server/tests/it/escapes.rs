@@ -651,3 +651,61 @@ async fn a_long_poll_longer_than_the_request_timeout_is_answered_with_the_state_
     assert_eq!((status, got["state"].as_str()), (StatusCode::OK, Some("pending_approval")), "{got}");
     assert!(started.elapsed() < std::time::Duration::from_millis(1500), "{:?}", started.elapsed());
 }
+
+/// A token of the external workload issuer (the test fixture's SPIRE), signed with its Ed25519 key.
+fn spire_token(claims: Value) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let key = EncodingKey::from_ed_pem(&std::fs::read(crate::fixture("ed25519.pem")).unwrap()).unwrap();
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("spire-ed".into());
+    encode(&header, &claims, &key).unwrap()
+}
+
+async fn refusal(h: &Harness, token: &str) -> (StatusCode, String) {
+    let (status, body) = h.call("GET", "/v1/tasks/none", Some(token), None).await;
+    (status, body["error"]["code"].as_str().unwrap_or("").to_string())
+}
+
+#[tokio::test]
+async fn an_external_issuer_cannot_speak_for_another_trust_domain() {
+    let h = crate::harness();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let claims = |sub: &str| json!({"sub": sub, "aud": "warden", "exp": now + 300, "iat": now, "iss": crate::SPIRE});
+    // Its own trust domain: admitted (404: the task does not exist, the caller is fine).
+    assert_eq!(refusal(&h, &spire_token(claims(EDR))).await.0, StatusCode::NOT_FOUND);
+    // An agent of another trust domain, registered or not: refused before anything is read.
+    let foreign = "spiffe://other.example/soc/edr-responder";
+    let actor = warden_core::audit::entry::Actor::user("admin");
+    warden_server::admin::add_agent(h.app.ledger(), &actor, foreign, "team:x", "p", h.app.now()).unwrap();
+    assert_eq!(
+        refusal(&h, &spire_token(claims(foreign))).await,
+        (StatusCode::UNAUTHORIZED, "wrong_trust_domain".into())
+    );
+    // A look-alike domain is another domain.
+    let lookalike = "spiffe://acme.example.evil/soc/edr-responder";
+    assert_eq!(
+        refusal(&h, &spire_token(claims(lookalike))).await,
+        (StatusCode::UNAUTHORIZED, "wrong_trust_domain".into())
+    );
+}
+
+#[tokio::test]
+async fn a_token_without_an_issuer_is_refused() {
+    let h = crate::harness();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let token = spire_token(json!({"sub": EDR, "aud": "warden", "exp": now + 300, "iat": now}));
+    assert_eq!(refusal(&h, &token).await, (StatusCode::UNAUTHORIZED, "missing_claim".into()));
+}
+
+#[test]
+fn a_workload_issuer_without_trust_domains_is_refused_at_load() {
+    let cfg = warden_server::identity::IssuerConfig {
+        issuer: crate::SPIRE.into(),
+        jwks_file: crate::fixture("jwks.json"),
+        audience: None,
+        roles_claim: None,
+        trust_domains: Vec::new(),
+    };
+    let e = warden_server::identity::ExternalIssuer::load(&cfg).unwrap_err().to_string();
+    assert!(e.contains("trust_domains"), "{e}");
+}

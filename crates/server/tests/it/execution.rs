@@ -384,15 +384,24 @@ async fn closing_a_task_revokes_its_active_leases() {
         revoked_reason: None,
     };
     h.app.ledger().commit(warden_store::Batch::new().change(warden_store::Change::Insert(lease.record()))).unwrap();
-    let (_, before) =
+    // Introspection takes the lease's token, never its id.
+    let token = h.app.tokens.local.mint_lease(EDR, "lease_inflight", &lease.scope, "", h.app.now(), 3600);
+    let (_, by_id) =
         h.call("POST", "/v1/leases/introspect", Some(&h.admin), Some(json!({"token": "lease_inflight"}))).await;
+    assert_eq!(by_id, json!({"active": false}));
+    let (_, before) = h.call("POST", "/v1/leases/introspect", Some(&h.admin), Some(json!({"token": token}))).await;
     assert_eq!((before["active"].as_bool(), before["scope"].as_str()), (Some(true), Some("host.isolate host:web-42")));
     assert_eq!(h.call("POST", "/v1/tasks/INC-7/close", Some(&h.admin), None).await.0, StatusCode::OK);
     let (_, l) = h.call("GET", "/v1/leases/lease_inflight", Some(&h.admin), None).await;
     assert_eq!((l["state"].as_str(), l["revoked_reason"].as_str()), (Some("revoked"), Some("the task was closed")));
-    let (_, after) =
-        h.call("POST", "/v1/leases/introspect", Some(&h.admin), Some(json!({"token": "lease_inflight"}))).await;
+    let (_, after) = h.call("POST", "/v1/leases/introspect", Some(&h.admin), Some(json!({"token": token}))).await;
     assert_eq!(after, json!({"active": false}));
+    // An agent may not introspect at all; a tool's own credential may.
+    let (status, _) = h.call("POST", "/v1/leases/introspect", Some(&agent), Some(json!({"token": token}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let tool = h.user("edr-tool", &["tool"]);
+    let (status, _) = h.call("POST", "/v1/leases/introspect", Some(&tool), Some(json!({"token": token}))).await;
+    assert_eq!(status, StatusCode::OK);
     // RFC 7662's form encoding works too; garbage is simply inactive.
     let (status, v) =
         h.call_form("/v1/leases/introspect", &h.admin, "token=not-a-token&token_type_hint=access_token").await;

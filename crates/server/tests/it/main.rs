@@ -56,13 +56,19 @@ pub fn fixture(name: &str) -> std::path::PathBuf {
 pub const IDP: &str = "https://idp.acme.example";
 
 pub fn external_issuers() -> Vec<ExternalIssuer> {
-    let spire =
-        IssuerConfig { issuer: SPIRE.into(), jwks_file: fixture("jwks.json"), audience: None, roles_claim: None };
+    let spire = IssuerConfig {
+        issuer: SPIRE.into(),
+        jwks_file: fixture("jwks.json"),
+        audience: None,
+        roles_claim: None,
+        trust_domains: vec!["acme.example".into()],
+    };
     let idp = IssuerConfig {
         issuer: IDP.into(),
         jwks_file: fixture("idp-jwks.json"),
         audience: None,
         roles_claim: Some("groups".into()),
+        trust_domains: Vec::new(),
     };
     vec![ExternalIssuer::load(&spire).unwrap(), ExternalIssuer::load(&idp).unwrap()]
 }
