@@ -142,11 +142,15 @@ struct Raw {
     agent: RawAgent,
     #[serde(default)]
     scope: RawScope,
+    /// Optional for an agent that only advises (levels 0 and 1 call no tool).
+    #[serde(default)]
     data: RawData,
     #[serde(default, rename = "action")]
     actions: Vec<Spanned<RawGrant>>,
     #[serde(default)]
     confidence: RawThresholds,
+    /// Optional for an agent that only advises (nothing of it ever goes to a human).
+    #[serde(default)]
     escalation: RawEscalation,
     #[serde(default)]
     audit: RawAudit,
@@ -174,11 +178,12 @@ struct RawScope {
     environments: Option<Vec<Environment>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawData {
     #[serde(default)]
     allowed: Vec<String>,
+    #[serde(default)]
     tools: Vec<String>,
 }
 
@@ -204,10 +209,10 @@ struct RawGrant {
     max_per_hour: Option<Spanned<i64>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawEscalation {
-    approver_roles: Spanned<Vec<Spanned<String>>>,
+    approver_roles: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     step_up_roles: Vec<Spanned<String>>,
     quorum: Option<Spanned<i64>>,
@@ -348,9 +353,17 @@ impl Guardrail {
 
         let thresholds = c.thresholds(raw.confidence, Thresholds::default());
         let esc = raw.escalation;
-        let approver_roles = c.roles(esc.approver_roles.get_ref());
-        if approver_roles.is_empty() {
-            c.at(&esc.approver_roles, "`approver_roles` must name at least one role".into());
+        // Grants at level 2 and above may go to humans (level 3 and 4 fall back to 2): only
+        // then are approvers needed.
+        let may_escalate = raw.actions.iter().any(|g| *g.get_ref().level.get_ref() >= 2);
+        let approver_roles = esc.approver_roles.as_ref().map(|r| c.roles(r.get_ref())).unwrap_or_default();
+        match &esc.approver_roles {
+            Some(r) if approver_roles.is_empty() => c.at(r, "`approver_roles` must name at least one role".into()),
+            None if may_escalate => c.problems.push(Problem::in_file(
+                &file.path,
+                "`[escalation] approver_roles` is needed: grants at level 2 or above can go to a human",
+            )),
+            _ => {}
         }
         let quorum = c.count(esc.quorum, "quorum", 1).unwrap_or(1);
         let incident_commander = match &esc.incident_commander {
@@ -390,7 +403,8 @@ impl Guardrail {
             let action_id = g.action.get_ref().clone();
             match catalog.get(&action_id) {
                 None => c.at(&g.action, format!("unknown action `{action_id}` (not in actions.toml)")),
-                Some(class) if !raw.data.tools.contains(&class.tool) => c.at(
+                // Levels 0 and 1 call no tool; from level 2 on the action may run.
+                Some(class) if *g.level.get_ref() >= 2 && !raw.data.tools.contains(&class.tool) => c.at(
                     &g.action,
                     format!(
                         "action `{action_id}` runs through tool `{}`, which `[data] tools` does not allow",
@@ -508,6 +522,19 @@ max_criticality = "tier2"
     fn parse(text: &str) -> Result<Guardrail, Vec<Problem>> {
         let catalog = Catalog::parse(&SourceFile::new("actions.toml", CATALOG)).unwrap();
         Guardrail::parse(&SourceFile::new("agents/edr.toml", text), &catalog)
+    }
+
+    #[test]
+    fn an_advisory_agent_needs_no_escalation_or_tools() {
+        let advisory = "[agent]\nid = \"spiffe://acme.example/soc/adv\"\nowner = \"team:x\"\n\n\
+                        [[action]]\naction = \"host.isolate\"\nlevel = 1\n\n[[action]]\naction = \"host.release\"\nlevel = 0\n";
+        let g = parse(advisory).unwrap();
+        assert!(g.escalation.approver_roles.is_empty() && g.tools.is_empty());
+        // From level 2 on, a human may be asked and the tool may be called: both are needed.
+        let errs = parse(&advisory.replace("level = 1", "level = 2")).unwrap_err();
+        let text: Vec<&str> = errs.iter().map(|p| p.message.as_str()).collect();
+        assert!(text.iter().any(|m| m.contains("approver_roles` is needed")), "{text:?}");
+        assert!(text.iter().any(|m| m.contains("`[data] tools` does not allow")), "{text:?}");
     }
 
     #[test]
