@@ -8,6 +8,7 @@ mod escapes;
 mod execution;
 mod explain;
 mod identity;
+mod model;
 mod openapi;
 mod reload;
 mod tls;
