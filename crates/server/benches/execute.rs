@@ -162,6 +162,7 @@ fn lease(i: usize) -> Lease {
         task: "INC-1".into(),
         request: format!("act_bench_{i:06}"),
         scope: "alert.enrich alert:ALRT-1001".into(),
+        digest: String::new(),
         max_uses: 1,
         uses: 1,
         issued_at: "2026-11-23T00:00:00Z".into(),

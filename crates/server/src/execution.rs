@@ -106,10 +106,13 @@ impl Model for Execution {
         &self.id
     }
     fn record(&self) -> Record {
+        // Indexed as `rolling_back` while a compensation is under way, so a restart finds the
+        // ones it interrupted without reading every execution.
+        let indexed = if self.rolling_back.is_some() { "rolling_back" } else { self.state.as_str() };
         Record::new(Table::Executions, &self.id, serde_json::to_value(self).unwrap_or_default())
             .agent(&self.agent)
             .task(&self.task)
-            .state(self.state.as_str())
+            .state(indexed)
     }
 }
 
@@ -591,6 +594,23 @@ pub fn reconcile_after_restart(s: &AppState) -> Result<Vec<String>, ApiError> {
         }
     }
     let q = Query { state: Some("executing".into()), ..Query::default() };
+    // Rollbacks a stop interrupted: the compensation may or may not have run. The claim is
+    // released (a human may press rollback again, or reconcile) and the doubt recorded.
+    let q_rb = Query { state: Some("rolling_back".into()), ..Query::default() };
+    for r in store.find(Table::Executions, &q_rb)? {
+        let mut exec = Execution::from_record(&r)?;
+        let by = exec.rolling_back.take().unwrap_or_default();
+        let mut er = exec.record();
+        er.version = r.version;
+        let why = "the server stopped during the compensation; it may or may not have run";
+        let event = Event::new(EventType::RollbackFailed, Actor::system("executor"))
+            .task(&exec.task)
+            .request(&exec.id)
+            .action(&exec.action)
+            .data(json!({"execution_id": exec.id, "target": exec.target, "started_by": by, "error": why}));
+        s.ledger().commit(Batch::new().change(Change::Update(er)).event(event))?;
+        tracing::warn!(execution = %exec.id, "a rollback interrupted by a stop: check the tool before pressing it again");
+    }
     let mut marked = Vec::new();
     for r in store.find(Table::Executions, &q)? {
         let mut exec = Execution::from_record(&r)?;

@@ -96,14 +96,18 @@ pub fn explain_in(
             json!({"id": x.id, "state": x.state, "roles": x.roles, "quorum": x.quorum,
                 "separation_of_duties": x.separation_of_duties, "votes": x.votes, "decided_by": x.decided_by,
                 "decided_at": x.decided_at, "reason": x.reason, "expires_at": x.expires_at,
-                "narrowed_lease_ttl_secs": x.narrowed_lease_ttl_secs, "folded_requests": x.requests})
+                "narrowed_lease_ttl_secs": x.narrowed_lease_ttl_secs, "folded_requests": x.requests,
+                "digest": x.digest, "params": x.params})
         }),
         None => None,
     };
-    let exec: Option<Execution> = store.get(Table::Executions, id)?.map(|r| Execution::from_record(&r)).transpose()?;
+    // A request folded into another's approval shares that request's one execution.
+    let executed_as = a.folded_into.as_deref().unwrap_or(id);
+    let exec: Option<Execution> =
+        store.get(Table::Executions, executed_as)?.map(|r| Execution::from_record(&r)).transpose()?;
     let lease = match &exec {
         Some(e) => execution::lease(store, &e.lease)?.map(|(l, _)| {
-            json!({"id": l.id, "scope": l.scope, "issued_at": l.issued_at, "expires_at": l.expires_at,
+            json!({"id": l.id, "scope": l.scope, "digest": l.digest, "issued_at": l.issued_at, "expires_at": l.expires_at,
                 "max_uses": l.max_uses, "state": l.state, "revoked_at": l.revoked_at, "revoked_reason": l.revoked_reason})
         }),
         None => None,
@@ -180,14 +184,15 @@ pub fn explain_in(
         trigger: match &task {
             Some(t) => {
                 json!({"task": t.id, "title": t.title, "source": t.trigger.source, "alert_id": t.trigger.alert_id,
-                "severity": t.trigger.severity, "summary": t.trigger.summary, "opened_by": t.opened_by, "state": t.state})
+                "severity": t.trigger.severity, "summary": t.trigger.summary, "opened_by": t.opened_by, "state": t.state,
+                "verified": t.verified})
             }
             None => json!({"task": a.task}),
         },
         agent: json!({"id": a.agent, "owner": agent.as_ref().map(|g| g.owner.clone()),
             "purpose": agent.as_ref().map(|g| g.purpose.clone()), "status": agent.as_ref().map(|g| g.status)}),
         request: json!({"confidence": a.confidence, "rationale": a.rationale, "evidence": a.evidence, "params": a.params,
-            "idempotency_key": a.idempotency_key}),
+            "idempotency_key": a.idempotency_key, "digest": a.digest, "folded_into": a.folded_into}),
         decision: json!({"bundle_version": d.decision.bundle_version, "outcome": d.decision.outcome,
             "granted_level": d.decision.granted_level, "effective_level": d.decision.effective_level,
             "band": d.decision.band, "caps": d.decision.caps, "policies": d.decision.policies,

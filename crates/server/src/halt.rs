@@ -324,7 +324,7 @@ pub fn expire_due(s: &AppState) -> Result<Vec<HaltRecord>, ApiError> {
     let (_, epoch_change) = next_epoch()?;
     let mut batch = Batch::new().change(epoch_change);
     let mut lifted = Vec::new();
-    for (mut h, v) in all.iter().cloned().filter(|(h, _)| expired(&h.halt)) {
+    for (mut h, v) in all.iter().filter(|&(h, _)| expired(&h.halt)).cloned() {
         h.active = false;
         h.lifted_by = Some("system".into());
         h.lifted_at = Some(rfc3339(now));

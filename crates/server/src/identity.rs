@@ -273,6 +273,10 @@ struct Verified {
     nbf: Option<i64>,
 }
 
+/// A verified token: its claims, the roles claim of a human issuer, and the trust domains of
+/// an external workload issuer (`None` for the local issuer).
+type Verdict = (SvidClaims, Option<String>, Option<Vec<String>>);
+
 /// The most verified tokens remembered; beyond it the cache starts over.
 const CACHE_MAX: usize = 4096;
 
@@ -361,7 +365,7 @@ impl TokenVerifier {
         &self,
         token: &str,
         now: OffsetDateTime,
-    ) -> Result<(SvidClaims, Option<String>, Option<Vec<String>>), ApiError> {
+    ) -> Result<Verdict, ApiError> {
         let mut parts = token.split('.');
         let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(refused("malformed_token", "the token is not a compact JWT"));

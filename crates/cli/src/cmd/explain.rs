@@ -55,17 +55,23 @@ pub fn text(e: &Value) -> String {
     ));
     let t = &e["trigger"];
     out.push(format!(
-        "trigger    task {} \"{}\" from {} alert {} severity {}",
+        "trigger    task {} \"{}\" from {} alert {} severity {} ({})",
         s(&t["task"]),
         s(&t["title"]),
         s(&t["source"]),
         s(&t["alert_id"]),
-        s(&t["severity"])
+        s(&t["severity"]),
+        if t["verified"] == true {
+            "verified".to_string()
+        } else {
+            format!("asserted by {}, unverified", s(&t["opened_by"]))
+        }
     ));
     let g = &e["agent"];
     out.push(format!("agent      {} owner {} — {}", s(&g["id"]), s(&g["owner"]), s(&g["purpose"])));
     let r = &e["request"];
     out.push(format!("request    confidence {} — {}", s(&r["confidence"]), s(&r["rationale"])));
+    out.push(format!("digest     {}  params {}", s(&r["digest"]), r["params"]));
     for ev in r["evidence"].as_array().into_iter().flatten() {
         out.push(format!("           evidence {} {}", s(&ev["kind"]), s(&ev["ref"])));
     }

@@ -709,3 +709,38 @@ fn a_workload_issuer_without_trust_domains_is_refused_at_load() {
     let e = warden_server::identity::ExternalIssuer::load(&cfg).unwrap_err().to_string();
     assert!(e.contains("trust_domains"), "{e}");
 }
+
+#[tokio::test]
+async fn a_rollback_interrupted_by_a_stop_is_released_and_recorded_on_restart() {
+    use warden_server::execution::{Execution, ExecutionState};
+    let dir = tempfile::tempdir().unwrap();
+    let clock: Arc<dyn warden_store::Clock> = Arc::new(warden_store::SystemClock);
+    let (data, _) = warden_store::DataDir::init(dir.path(), "warden.test/audit", clock.clone()).unwrap();
+    let exec = Execution {
+        id: "act_1".into(),
+        state: ExecutionState::Succeeded,
+        agent: EDR.into(),
+        task: "INC-7".into(),
+        action: "host.isolate".into(),
+        target: "host:web-42".into(),
+        lease: "lease_1".into(),
+        started_at: "2026-11-23T00:00:00Z".into(),
+        finished_at: None,
+        tool_status: Some(200),
+        answer: None,
+        captured: Default::default(),
+        error: None,
+        compensation: Some("host.release".into()),
+        rollback: None,
+        rolling_back: Some("ana".into()),
+        warning: None,
+    };
+    data.ledger().commit(Batch::new().change(Change::Insert(exec.record()))).unwrap();
+    let bundle = warden_core::Bundle::load(&crate::read_bundle(&crate::example_dir())).unwrap();
+    let app = warden_server::AppState::with_options(data, bundle, clock, Default::default()).unwrap();
+    let r = app.ledger().store().get(Table::Executions, "act_1").unwrap().unwrap();
+    let after = Execution::from_record(&r).unwrap();
+    assert_eq!((after.state, after.rolling_back), (ExecutionState::Succeeded, None), "the claim is released");
+    let failed = app.ledger().store().entries(0, 100).unwrap();
+    assert!(failed.iter().any(|e| String::from_utf8_lossy(&e.bytes).contains("rollback.failed")));
+}
