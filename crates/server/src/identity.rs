@@ -361,11 +361,7 @@ impl TokenVerifier {
 
     /// The verified claims, the roles claim of a human issuer, and the trust domains of an
     /// external workload issuer (`None` for the local issuer).
-    fn verify_with(
-        &self,
-        token: &str,
-        now: OffsetDateTime,
-    ) -> Result<Verdict, ApiError> {
+    fn verify_with(&self, token: &str, now: OffsetDateTime) -> Result<Verdict, ApiError> {
         let mut parts = token.split('.');
         let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(refused("malformed_token", "the token is not a compact JWT"));

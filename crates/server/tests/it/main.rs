@@ -124,14 +124,6 @@ pub fn harness_full(
     notify: NotifyOptions,
     connector: Option<Arc<dyn warden_connectors::Connector>>,
 ) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, admin_token) = DataDir::init(dir.path(), "warden.test/audit", clock.clone()).unwrap();
-    let files = read_bundle(policy_dir.unwrap_or(&example_dir()));
-    let bundle = Bundle::load(&files).unwrap();
-    let now = clock.now();
-    for g in bundle.agents() {
-        admin::add_agent(data.ledger(), &Actor::user("admin"), &g.id, &g.owner, &g.purpose, now).unwrap();
-    }
     let options = ServerOptions {
         policy_dir: policy_dir.map(Path::to_path_buf),
         issuers: external_issuers(),
@@ -139,6 +131,20 @@ pub fn harness_full(
         connector,
         ..Default::default()
     };
+    harness_options(clock, options)
+}
+
+/// A fresh data directory with the bundle's agents registered (the example's, or the one at
+/// `options.policy_dir`), and a server set up with `options`.
+pub fn harness_options(clock: Arc<dyn Clock>, options: ServerOptions) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, admin_token) = DataDir::init(dir.path(), "warden.test/audit", clock.clone()).unwrap();
+    let files = read_bundle(options.policy_dir.as_deref().unwrap_or(&example_dir()));
+    let bundle = Bundle::load(&files).unwrap();
+    let now = clock.now();
+    for g in bundle.agents() {
+        admin::add_agent(data.ledger(), &Actor::user("admin"), &g.id, &g.owner, &g.purpose, now).unwrap();
+    }
     let app = AppState::with_options(data, bundle, clock, options).unwrap();
     Harness { _dir: dir, router: router(app.clone()), app, admin: admin_token }
 }
