@@ -20,8 +20,8 @@ use warden_core::request::{AgentStatus, TaskState};
 use warden_store::{Batch, Change, Query, Record, Store, StoreError, Table};
 
 use crate::error::ApiError;
+use crate::model::new_id;
 use crate::model::{ActionRecord, Model, millis, rfc3339};
-use crate::routes::new_id;
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -803,6 +803,15 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
         Ok(_) => Ok(next),
         Err(e) => Err(ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "rollback_failed", e.to_string())),
     }
+}
+
+/// [`rollback`] through this server's connectors (422 `no_connector` without them).
+pub fn rollback_request(s: &AppState, id: &str, by: RollbackBy<'_>) -> Result<Execution, ApiError> {
+    let connector = s
+        .connector
+        .as_deref()
+        .ok_or_else(|| ApiError::invalid("no_connector", "this server has no connectors configured"))?;
+    rollback(s, connector, id, by)
 }
 
 /// The lease of id `id`, if any.

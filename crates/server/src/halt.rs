@@ -79,7 +79,7 @@ impl Gate {
 
 /// A fresh epoch for a halt or resume's commit.
 fn next_epoch() -> Result<(String, Change), ApiError> {
-    let epoch = crate::routes::new_id("epoch")?;
+    let epoch = crate::model::new_id("epoch")?;
     Ok((epoch.clone(), Change::SetMeta { key: EPOCH_KEY.into(), value: epoch }))
 }
 
@@ -132,7 +132,7 @@ pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Ha
         s.halts.write().map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))?;
     let now = s.now();
     let record = HaltRecord {
-        id: crate::routes::new_id("halt")?,
+        id: crate::model::new_id("halt")?,
         halt: halt.clone(),
         set_by: actor.id.clone(),
         set_at: rfc3339(now),

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod approvals;
 pub mod auth;
+pub mod breaker;
 pub mod error;
 pub mod execution;
 pub mod explain;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod openapi;
+pub mod pipeline;
 pub mod policy_dir;
 mod routes;
 pub mod serve;

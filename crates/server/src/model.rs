@@ -24,6 +24,15 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
+/// A fresh id: `<prefix>_`, 12 hex digits of the time in milliseconds (so ids sort by
+/// creation), 16 random hex digits.
+pub fn new_id(prefix: &str) -> Result<String, ApiError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|_| ApiError::unavailable("random_unavailable", "no randomness available"))?;
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    Ok(format!("{prefix}_{:012x}{}", ms & 0xffff_ffff_ffff, b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
+}
+
 /// A typed record: its table, its body and its indexed keys.
 pub trait Model: Serialize + DeserializeOwned {
     const TABLE: Table;

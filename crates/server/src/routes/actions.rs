@@ -1,102 +1,21 @@
-//! `POST /v1/actions`: the request pipeline — authenticate (in the types) → parse → load task,
-//! halts and budget → decide (the pure core) → record request, decision and audit entries in
-//! one durable commit → answer. `POST /v1/decisions` decides without recording.
+//! `/v1/actions` and `/v1/decisions`: HTTP in and out of the request pipeline
+//! ([`crate::pipeline`]) — extract, call, map the answer. Nothing is decided here.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
-use sha2::{Digest, Sha256};
-use time::Duration;
+use serde::Deserialize;
 use utoipa::ToSchema;
-use warden_core::audit::canonical;
-use warden_core::audit::entry::{Actor, Event, EventType};
-use warden_core::decision::{Decision, Outcome};
-use warden_core::request::{ActionRequest, AgentStatus, BudgetUsage, DecisionInput, TaskInfo};
-use warden_core::{Bundle, decide};
-use warden_store::{Batch, Change, Query, Store, StoreError, Table, UsageLimits};
+use warden_core::request::ActionRequest;
 
-use super::tasks::new_id;
 use super::{ApiJson, ApiPath};
-use crate::approvals::{self, Approval, ApprovalState};
 use crate::auth::{AgentToken, AnyCaller, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::execution::{self, Execution, LeaseState};
-use crate::model::{ActionRecord, Agent, DecisionRecord, Model, Task, from_millis, millis, rfc3339};
-use crate::state::{App, AppState, blocking};
-
-/// Budgets count over the last hour (`max_per_hour`, `max_distinct_targets`).
-const BUDGET_WINDOW: Duration = Duration::hours(1);
-
-/// Where a request rests after its decision (DESIGN §8). `execute` rests in `approved` until
-/// the executor takes it.
-fn state_of(d: &Decision) -> &'static str {
-    match d.outcome {
-        Outcome::Deny => "denied",
-        Outcome::Advise => "advised",
-        Outcome::RequireApproval => "pending_approval",
-        Outcome::Execute => "approved",
-    }
-}
-
-fn digest(req: &ActionRequest) -> Result<String, ApiError> {
-    let value = serde_json::to_value(req).map_err(|e| ApiError::bad_request("malformed_request", e.to_string()))?;
-    let bytes = canonical::to_vec(&value).map_err(|e| ApiError::bad_request("malformed_request", e.to_string()))?;
-    Ok(format!("sha256:{}", Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>()))
-}
-
-/// The answer about a recorded request (DESIGN §8).
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ActionAnswer {
-    /// The request's id (`act_…`).
-    pub id: String,
-    /// denied | advised | pending_approval | approved | rejected | expired | cancelled |
-    /// executing | succeeded | failed | unknown | rolled_back
-    #[schema(example = "advised")]
-    pub state: String,
-    /// The agent's SPIFFE ID.
-    pub agent: String,
-    pub task: String,
-    pub action: String,
-    /// `KIND:ID`
-    pub target: String,
-    /// The action digest (DESIGN §6): `sha256:` of the canonical `{agent, task, action,
-    /// target, params}` — what an approval and a lease are bound to.
-    #[schema(example = "sha256:b0e4de73ff9d5bf80ce7d4f5d5c0099fb241b132ac144ac01055061b160efe42")]
-    pub digest: String,
-    /// For a request folded into an approval another request opened: that request, whose
-    /// one execution this request shares.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub folded_into: Option<String>,
-    pub created_at: String,
-    pub decision: Decision,
-    /// The execution, once the action ran (or was attempted).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub execution: Option<Execution>,
-    /// The lease the execution ran under.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lease: Option<LeaseRef>,
-}
-
-/// The lease of an execution, as the answer shows it.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct LeaseRef {
-    pub id: String,
-    pub expires_at: String,
-    pub state: LeaseState,
-}
-
-/// The answer of a dry run: the decision, not recorded.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct DryRunAnswer {
-    pub agent: String,
-    pub decision: Decision,
-    /// Always `false`: nothing was recorded.
-    pub recorded: bool,
-}
+use crate::execution::{self, Execution};
+use crate::pipeline::{self, ActionAnswer, Admitted, DryRunAnswer};
+use crate::state::{App, blocking};
 
 /// A dry run's body: an action request, and for humans the agent it is for.
 #[derive(Debug, Deserialize)]
@@ -133,496 +52,6 @@ impl ToSchema for DryRunRequest {
     }
 }
 
-fn answer(a: &ActionRecord, d: &DecisionRecord) -> ActionAnswer {
-    ActionAnswer {
-        id: a.id.clone(),
-        state: a.state.clone(),
-        agent: a.agent.clone(),
-        task: a.task.clone(),
-        action: a.action.clone(),
-        target: a.target.clone(),
-        digest: a.digest.clone(),
-        folded_into: a.folded_into.clone(),
-        created_at: a.created_at.clone(),
-        decision: d.decision.clone(),
-        execution: None,
-        lease: None,
-    }
-}
-
-/// The answer with the execution and its lease, when there is one.
-fn full_answer(store: &dyn Store, a: &ActionRecord, d: &DecisionRecord) -> Result<ActionAnswer, ApiError> {
-    let mut out = answer(a, d);
-    // A folded request shares the execution of the request that opened its approval.
-    let executed_as = a.folded_into.as_deref().unwrap_or(&a.id);
-    if let Some(r) = store.get(Table::Executions, executed_as)? {
-        let exec = Execution::from_record(&r)?;
-        if let Some((l, _)) = execution::lease(store, &exec.lease)? {
-            out.lease = Some(LeaseRef { id: l.id, expires_at: l.expires_at, state: l.state });
-        }
-        out.execution = Some(exec);
-    }
-    Ok(out)
-}
-
-fn load_pair(store: &dyn Store, id: &str) -> Result<Option<(ActionRecord, DecisionRecord)>, ApiError> {
-    let Some(a) = store.get(Table::Requests, id)? else { return Ok(None) };
-    let d = store
-        .get(Table::Decisions, id)?
-        .ok_or_else(|| ApiError::unavailable("store_unavailable", format!("request `{id}` has no decision")))?;
-    Ok(Some((ActionRecord::from_record(&a)?, DecisionRecord::from_record(&d)?)))
-}
-
-/// A request already recorded under this agent's idempotency key: the same answer again, or
-/// 409 when the body differs.
-fn replay(store: &dyn Store, agent: &str, key: &str, digest: &str) -> Result<Option<ActionAnswer>, ApiError> {
-    let query = Query { key: Some(ActionRecord::idempotency_index(agent, key)), limit: 1, ..Query::default() };
-    let Some(found) = store.find(Table::Requests, &query)?.into_iter().next() else { return Ok(None) };
-    let (a, d) = load_pair(store, &found.id)?
-        .ok_or_else(|| ApiError::unavailable("store_unavailable", "a recorded request vanished"))?;
-    if a.request_digest != digest {
-        return Err(ApiError::conflict(
-            "idempotency_conflict",
-            format!("idempotency key `{key}` was used for a different request ({})", a.id),
-        ));
-    }
-    Ok(Some(full_answer(store, &a, &d)?))
-}
-
-/// The halts in force (the in-memory mirror every halt updates before it returns).
-fn active_halts(s: &AppState) -> Result<crate::halt::Gate, ApiError> {
-    s.halts
-        .read()
-        .map(|h| h.clone())
-        .map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))
-}
-
-/// Where a tripped breaker is kept: the store's settings, one key per agent × action.
-pub fn breaker_key(agent: &str, action: &str) -> String {
-    format!("breaker:{agent}:{action}")
-}
-
-/// A breaker's state: `open <time>` from its trip until `warden breaker reset` writes
-/// `closed <ms>`; budgets then count only what happened after the reset.
-pub struct Breaker {
-    pub open: bool,
-    pub reset_ms: Option<i64>,
-}
-
-pub fn breaker(store: &dyn Store, agent: &str, action: &str) -> Result<Breaker, ApiError> {
-    let v = store.meta(&breaker_key(agent, action))?;
-    let open = v.as_deref().is_some_and(|v| v.starts_with("open"));
-    let reset_ms = v.as_deref().and_then(|v| v.strip_prefix("closed ")).and_then(|ms| ms.parse().ok());
-    Ok(Breaker { open, reset_ms })
-}
-
-/// Everything a decision reads besides the bundle, with what a commit that relies on it
-/// must find unchanged.
-struct Facts {
-    task: Option<TaskInfo>,
-    /// The task record's version (0: no such task).
-    task_version: u64,
-    halts: crate::halt::Gate,
-    budget: BudgetUsage,
-    /// Where the budget window starts (an hour ago, or the breaker's reset if later).
-    budget_since_ms: i64,
-}
-
-fn facts(
-    s: &AppState,
-    bundle: &Bundle,
-    agent: &str,
-    req: &ActionRequest,
-    require_task: bool,
-) -> Result<Facts, ApiError> {
-    let store = s.ledger().store();
-    let (task, task_version) = match store.get(Table::Tasks, &req.task)? {
-        Some(r) => {
-            let t = Task::from_record(&r)?;
-            let info = TaskInfo {
-                id: t.id,
-                state: t.state,
-                severity: t.trigger.severity,
-                source: t.trigger.source,
-                verified: t.verified,
-            };
-            (Some(info), r.version)
-        }
-        None if require_task => {
-            return Err(ApiError::invalid(
-                "unknown_task",
-                format!("no task `{}`: open it first (POST /v1/tasks)", req.task),
-            ));
-        }
-        None => (None, 0),
-    };
-    let b = breaker(store.as_ref(), agent, &req.action)?;
-    let since = millis(s.now() - BUDGET_WINDOW).max(b.reset_ms.unwrap_or(i64::MIN));
-    // Count no further than the budgets this request can meet: bounded work per request,
-    // however busy the window.
-    let (per_hour, targets) = bundle.agent(agent).map_or((None, None), |g| g.budget_limits(&req.action));
-    let up_to = UsageLimits { hits: per_hour.map_or(0, u64::from), distinct_targets: targets.map_or(0, u64::from) };
-    let usage = store.budget_usage(agent, &req.action, since, &req.target.to_string(), up_to)?;
-    let budget = BudgetUsage {
-        executions: u32::try_from(usage.hits).unwrap_or(u32::MAX),
-        distinct_targets: u32::try_from(usage.distinct_targets).unwrap_or(u32::MAX),
-        target_seen: usage.target_seen,
-        breaker_open: b.open,
-    };
-    Ok(Facts { task, task_version, halts: active_halts(s)?, budget, budget_since_ms: since })
-}
-
-fn decide_with(
-    s: &AppState,
-    bundle: &Bundle,
-    agent: &str,
-    status: AgentStatus,
-    req: &ActionRequest,
-    f: &Facts,
-) -> Decision {
-    let input = DecisionInput {
-        agent,
-        agent_status: status,
-        request: req,
-        task: f.task.as_ref(),
-        budget: f.budget,
-        halts: &f.halts.list,
-        now: s.now(),
-        shadow: s.shadow,
-    };
-    decide(bundle, &input)
-}
-
-/// How many times a request is decided again after its commit met a concurrent change (a
-/// budget used up, an approval folded into, a halt, a suspend). Each retry reads the facts
-/// anew; every conflict means another commit made progress.
-const ATTEMPTS: usize = 64;
-
-/// The agent as admitted, with the version its record was read at.
-pub(crate) struct Admitted {
-    pub agent: Agent,
-    pub version: u64,
-}
-
-fn process(
-    s: &AppState,
-    bundle: &Bundle,
-    admitted: &Admitted,
-    req: ActionRequest,
-    request_digest: String,
-    recorded: &std::sync::OnceLock<String>,
-) -> ApiResult<ActionAnswer> {
-    let agent = &admitted.agent;
-    let target = req.target.to_string();
-    let digest = warden_core::request::action_digest(&agent.id, &req.task, &req.action, &target, &req.params)
-        .map_err(|e| ApiError::invalid("invalid_request", format!("the request cannot be digested: {e}")))?;
-    let digests = Digests { request: request_digest, action: digest };
-    for _ in 0..ATTEMPTS {
-        if let Some(answer) = attempt(s, bundle, admitted, &req, &digests, recorded)? {
-            return Ok(answer);
-        }
-    }
-    Err(ApiError::conflict("conflict", "the request kept conflicting with concurrent ones; try again"))
-}
-
-/// A request's two digests: of its whole body (idempotency), and of the action (DESIGN §6).
-struct Digests {
-    request: String,
-    action: String,
-}
-
-/// How a `require_approval` request joins the approval workflow.
-enum Joins {
-    Opens(Approval),
-    Folds(Approval, u64),
-}
-
-/// What the inventory says of `target`, as an approver is shown it.
-fn target_facts(bundle: &Bundle, target: &warden_core::inventory::TargetRef) -> serde_json::Value {
-    match bundle.inventory().get(target) {
-        Some(a) => json!({"known": true, "criticality": a.criticality, "environment": a.environment,
-                          "owner": a.owner, "privileged": a.privileged, "tags": a.tags}),
-        None => {
-            let a = warden_core::inventory::Asset::unknown(target);
-            json!({"known": false, "criticality": a.criticality, "environment": a.environment,
-                   "owner": a.owner, "privileged": a.privileged, "tags": a.tags})
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn approval_for(
-    s: &AppState,
-    bundle: &Bundle,
-    agent: &Agent,
-    req: &ActionRequest,
-    digest: &str,
-    id: &str,
-    decision: &Decision,
-    now: time::OffsetDateTime,
-) -> ApiResult<(Option<Joins>, Batch)> {
-    let mut batch = Batch::new();
-    let Some(need) = decision.approval.as_ref().filter(|_| decision.outcome == Outcome::RequireApproval) else {
-        return Ok((None, batch));
-    };
-    let store = s.ledger().store().as_ref();
-    let target = req.target.to_string();
-    // Only a request with the same action digest — the very same action — may share an
-    // approval: approving authorizes exactly what the approver was shown.
-    if let Some(v) = approvals::pending_for(store, digest)? {
-        if millis(now) < v.approval.expires_ms {
-            let (a, version) = approvals::fold(v, id)?;
-            return Ok((Some(Joins::Folds(a, version)), batch));
-        }
-        // Past its expiry but not yet swept: expire it in this commit, then open a new one.
-        let (_, expired) = approvals::expire_batch(store, &v, now)?;
-        batch.changes.extend(expired.changes);
-        batch.events.extend(expired.events);
-    }
-    let class = bundle.catalog().get(&req.action);
-    let lease_ttl_secs = class.map_or(300, |c| c.lease_ttl.as_secs());
-    let params = class.map_or_else(|| req.params.clone(), |c| c.redacted(&req.params));
-    let opens = Joins::Opens(Approval {
-        id: new_id("apr")?,
-        state: ApprovalState::Pending,
-        agent: agent.id.clone(),
-        owner: agent.owner.clone(),
-        task: req.task.clone(),
-        action: req.action.clone(),
-        target,
-        digest: digest.to_string(),
-        params,
-        target_facts: Some(target_facts(bundle, &req.target)),
-        requests: vec![id.to_string()],
-        confidence: req.confidence,
-        rationale: req.rationale.clone(),
-        evidence: req.evidence.clone(),
-        roles: need.roles.clone(),
-        quorum: need.quorum.max(1),
-        separation_of_duties: need.separation_of_duties,
-        notify: need.notify.clone(),
-        caps: decision.caps.clone(),
-        policies: decision.policies.clone(),
-        bundle_version: decision.bundle_version.clone(),
-        lease_ttl_secs,
-        narrowed_lease_ttl_secs: None,
-        created_at: rfc3339(now),
-        created_ms: millis(now),
-        // Kept to the millisecond, as the store keeps it.
-        expires_at: rfc3339(from_millis(millis(need.expires_at))),
-        expires_ms: millis(need.expires_at),
-        votes: Vec::new(),
-        escalated: false,
-        decided_at: None,
-        decided_by: None,
-        reason: None,
-    });
-    Ok((Some(opens), batch))
-}
-
-/// One try at deciding and recording; `None` when its commit met a concurrent change and the
-/// request must be decided again on fresh facts.
-fn attempt(
-    s: &AppState,
-    bundle: &Bundle,
-    admitted: &Admitted,
-    req: &ActionRequest,
-    digests: &Digests,
-    recorded: &std::sync::OnceLock<String>,
-) -> ApiResult<Option<ActionAnswer>> {
-    let agent = &admitted.agent;
-    let store = s.ledger().store().as_ref();
-    if let Some(key) = &req.idempotency_key
-        && let Some(previous) = replay(store, &agent.id, key, &digests.request)?
-    {
-        return Ok(Some(previous));
-    }
-    let f = facts(s, bundle, &agent.id, req, true)?;
-    let started = std::time::Instant::now();
-    let mut decision = decide_with(s, bundle, &agent.id, agent.status, req, &f);
-    s.metrics.decision_latency.observe(started.elapsed());
-    let now = s.now();
-    let id = new_id("act")?;
-    let target = req.target.to_string();
-    let (joins, mut batch) = approval_for(s, bundle, agent, req, &digests.action, &id, &decision, now)?;
-    let approval = match &joins {
-        Some(Joins::Opens(a) | Joins::Folds(a, _)) => Some(a.clone()),
-        None => None,
-    };
-    if let (Some(a), Some(need)) = (&approval, decision.approval.as_mut()) {
-        need.id = Some(a.id.clone());
-        need.expires_at = from_millis(a.expires_ms);
-    }
-    let folded_into = match &joins {
-        Some(Joins::Folds(a, _)) => a.requests.first().cloned(),
-        _ => None,
-    };
-    let record = ActionRecord {
-        id: id.clone(),
-        agent: agent.id.clone(),
-        task: req.task.clone(),
-        action: req.action.clone(),
-        target: target.clone(),
-        params: req.params.clone(),
-        confidence: req.confidence,
-        rationale: req.rationale.clone(),
-        evidence: req.evidence.clone(),
-        idempotency_key: req.idempotency_key.clone(),
-        request_digest: digests.request.clone(),
-        digest: digests.action.clone(),
-        folded_into,
-        state: state_of(&decision).to_string(),
-        created_at: rfc3339(now),
-        created_ms: millis(now),
-        approval: approval.as_ref().map(|a| a.id.clone()),
-    };
-    let drec = DecisionRecord {
-        id: id.clone(),
-        agent: agent.id.clone(),
-        task: req.task.clone(),
-        decision,
-        decided_at: rfc3339(now),
-        decided_ms: millis(now),
-    };
-    let actor = Actor::agent(&agent.id);
-    let requested =
-        Event::new(EventType::ActionRequested, actor.clone()).task(&req.task).request(&id).action(&req.action).data(
-            json!({
-                "target": target,
-                "params": req.params,
-                "confidence": req.confidence,
-                "rationale": req.rationale,
-                "evidence": req.evidence,
-                "idempotency_key": req.idempotency_key,
-                "request_digest": digests.request,
-                "digest": digests.action,
-            }),
-        );
-    let decided = Event::new(EventType::DecisionMade, actor.clone())
-        .task(&req.task)
-        .request(&id)
-        .action(&req.action)
-        .data(json!({"target": target, "confidence": req.confidence, "state": record.state,
-                   "digest": digests.action, "decision": drec.decision}));
-    // What may lead to a tool call is recorded only if what it was decided on still holds in
-    // the writer's transaction: the agent still active (no suspend or halt of it), the task
-    // still open, no halt set or lifted since the halts were read.
-    let outcome = drec.decision.outcome;
-    if matches!(outcome, Outcome::Execute | Outcome::RequireApproval) {
-        batch = batch
-            .change(Change::Expect { table: Table::Agents, id: agent.id.clone(), version: admitted.version })
-            .change(Change::Expect { table: Table::Tasks, id: req.task.clone(), version: f.task_version })
-            .change(f.halts.unchanged());
-    }
-    batch = batch
-        .change(Change::Insert(record.record()))
-        .change(Change::Insert(drec.record()))
-        .event(requested)
-        .event(decided);
-    match &joins {
-        Some(Joins::Opens(a)) => {
-            batch = batch.change(Change::Insert(a.record())).event(
-                Event::new(EventType::ApprovalRequested, actor).task(&req.task).request(&id).action(&req.action).data(
-                    json!({"approval": a.id, "target": a.target, "digest": a.digest, "roles": a.roles,
-                           "quorum": a.quorum, "expires_at": a.expires_at,
-                           "separation_of_duties": a.separation_of_duties, "folded": false}),
-                ),
-            );
-        }
-        Some(Joins::Folds(a, version)) => {
-            let mut r = a.record();
-            r.version = *version;
-            batch = batch.change(Change::Update(r)).event(
-                Event::new(EventType::ApprovalRequested, actor)
-                    .task(&req.task)
-                    .request(&id)
-                    .action(&req.action)
-                    .data(json!({"approval": a.id, "target": a.target, "digest": a.digest, "folded": true,
-                           "requests": a.requests.len()})),
-            );
-        }
-        None => {}
-    }
-    if drec.decision.trip_breaker && !f.budget.breaker_open {
-        batch = batch.change(Change::SetMeta {
-            key: breaker_key(&agent.id, &req.action),
-            value: format!("open {}", rfc3339(now)),
-        });
-        batch = batch.event(
-            Event::new(EventType::BreakerTripped, Actor::system("budget"))
-                .task(&req.task)
-                .request(&id)
-                .action(&req.action)
-                .data(json!({"agent": agent.id, "caps": drec.decision.caps})),
-        );
-    }
-    if outcome == Outcome::Execute {
-        // The budget's check and its hit in one step: requests racing for the last of a
-        // budget cannot all pass a check made on the same earlier count.
-        let (max_per_hour, max_distinct_targets) = drec.decision.budget_limits;
-        if max_per_hour.is_some() || max_distinct_targets.is_some() {
-            batch = batch.change(Change::BudgetCheck {
-                agent: agent.id.clone(),
-                action: req.action.clone(),
-                target: target.clone(),
-                since_ms: f.budget_since_ms,
-                max_hits: max_per_hour.map(u64::from),
-                max_distinct_targets: max_distinct_targets.map(u64::from),
-            });
-        }
-        batch = batch.change(Change::BudgetHit {
-            agent: agent.id.clone(),
-            action: req.action.clone(),
-            target,
-            at: millis(now),
-        });
-    }
-    let started = std::time::Instant::now();
-    let committed = s.ledger().commit(batch);
-    s.metrics.audit_append_latency.observe(started.elapsed());
-    match committed {
-        Ok(_) => {
-            let _ = recorded.set(id.clone());
-            s.metrics.decided(&drec.decision.outcome.to_string(), &record.action);
-            if drec.decision.trip_breaker && !f.budget.breaker_open {
-                s.metrics.breaker_trips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                s.notifier.breaker(crate::notify::BreakerTrip {
-                    agent: agent.id.clone(),
-                    action: req.action.clone(),
-                    task: req.task.clone(),
-                    request: id.clone(),
-                    caps: serde_json::to_value(&drec.decision.caps).unwrap_or_default(),
-                });
-            }
-            if let Some(Joins::Opens(a)) = &joins {
-                s.changed();
-                s.notifier.send(crate::notify::Kind::Created, a);
-            }
-            if drec.decision.outcome == Outcome::Execute
-                && let Some(connector) = s.connector.as_deref()
-            {
-                // Recorded as decided; now run it (its own durable records before and after).
-                return match execution::execute(s, connector, &id) {
-                    Ok(_) | Err(ApiError { code: "halted" | "stopped" | "digest_mismatch", .. }) => {
-                        let (a, d) = load_pair(store, &id)?
-                            .ok_or_else(|| ApiError::unavailable("store_unavailable", "a recorded request vanished"))?;
-                        Ok(Some(full_answer(store, &a, &d)?))
-                    }
-                    Err(e) => Err(e),
-                };
-            }
-            Ok(Some(answer(&record, &drec)))
-        }
-        // Met a concurrent change. With an idempotency key, the change may be the same
-        // request, sent again, that won: answer it. Otherwise decide again on fresh facts.
-        Err(StoreError::Conflict { .. }) => match &req.idempotency_key {
-            Some(key) => Ok(replay(store, &agent.id, key, &digests.request)?),
-            None => Ok(None),
-        },
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Submit an action request (agents): the decision, recorded durably before the answer.
 /// A `deny` is a 200 with outcome `deny`, not an error.
 #[utoipa::path(post, path = "/v1/actions", tag = "actions", security(("bearer" = [])), request_body = ActionRequest,
@@ -639,7 +68,7 @@ pub async fn submit(
 ) -> ApiResult<(StatusCode, Json<ActionAnswer>)> {
     req.validate().map_err(|why| ApiError::invalid("invalid_request", why))?;
     let bundle = app.bundle()?;
-    let request_digest = digest(&req)?;
+    let request_digest = pipeline::request_digest(&req)?;
     // Set once the decision is committed, before any execution starts.
     let recorded = Arc::new(std::sync::OnceLock::new());
     let mut job = {
@@ -647,7 +76,7 @@ pub async fn submit(
         // One hop to the blocking pool: admitting the agent is a store read like the rest.
         tokio::task::spawn_blocking(move || {
             let (agent, version) = token.admit_versioned(&app)?;
-            process(&app, &bundle, &Admitted { agent, version }, req, request_digest, &recorded)
+            pipeline::submit(&app, &bundle, &Admitted { agent, version }, req, request_digest, &recorded)
         })
     };
     let joined = |j: Result<ApiResult<ActionAnswer>, tokio::task::JoinError>| {
@@ -655,29 +84,17 @@ pub async fn submit(
     };
     // Answer before the router's timeout would: a tool call still running is not cut short
     // by a 408 — the agent gets the request's id and state, and polls for the end.
-    match tokio::time::timeout(answer_within(&app), &mut job).await {
+    match tokio::time::timeout(super::answer_within(&app), &mut job).await {
         Ok(done) => joined(done).map(|a| (StatusCode::OK, Json(a))),
         Err(_) => match recorded.get().cloned() {
             Some(id) => {
-                let a = blocking(&app, move |s| {
-                    let store = s.ledger().store();
-                    let (a, d) = load_pair(store.as_ref(), &id)?
-                        .ok_or_else(|| ApiError::unavailable("store_unavailable", "a recorded request vanished"))?;
-                    full_answer(store.as_ref(), &a, &d)
-                })
-                .await?;
+                let a = blocking(&app, move |s| pipeline::answer_of(s, &id)).await?;
                 Ok((StatusCode::ACCEPTED, Json(a)))
             }
             // Still deciding (nothing executes before the decision is recorded).
             None => joined(job.await).map(|a| (StatusCode::OK, Json(a))),
         },
     }
-}
-
-/// How long a handler whose work may outlast the request timeout waits before answering
-/// with where the work stands: four fifths of the timeout.
-pub(crate) fn answer_within(app: &AppState) -> std::time::Duration {
-    app.limits.timeout.mul_f64(0.8)
 }
 
 /// Dry run (agents and humans): the decision only, nothing recorded. Agents decide for
@@ -703,20 +120,8 @@ pub async fn dry_run(
     };
     let req = body.request;
     req.validate().map_err(|why| ApiError::invalid("invalid_request", why))?;
-    let bundle: Arc<Bundle> = app.bundle()?;
-    blocking(&app, move |s| {
-        let status = s
-            .ledger()
-            .store()
-            .get(Table::Agents, &agent_id)?
-            .map(|r| Agent::from_record(&r).map(|a| a.status))
-            .transpose()?
-            .unwrap_or(AgentStatus::Active);
-        let f = facts(s, &bundle, &agent_id, &req, false)?;
-        let decision = decide_with(s, &bundle, &agent_id, status, &req, &f);
-        Ok(Json(DryRunAnswer { agent: agent_id, decision, recorded: false }))
-    })
-    .await
+    let bundle = app.bundle()?;
+    blocking(&app, move |s| pipeline::dry_run(s, &bundle, &agent_id, &req).map(Json)).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -761,23 +166,13 @@ pub async fn get(
     };
     // Never longer than the request timeout allows: the answer comes with the current state
     // rather than as a 408.
-    let wait = std::time::Duration::from_secs(wait).min(answer_within(&app));
+    let wait = std::time::Duration::from_secs(wait).min(super::answer_within(&app));
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the first look, so no change between the look and the wait is missed.
     let mut changes = app.subscribe();
     loop {
         let (id, caller) = (id.clone(), caller.clone());
-        let found = blocking(&app, move |s| {
-            let missing = || ApiError::not_found("unknown_action", format!("no action request `{id}`"));
-            let (a, d) = load_pair(s.ledger().store().as_ref(), &id)?.ok_or_else(missing)?;
-            if let Caller::Agent(agent) = &caller
-                && agent.id != a.agent
-            {
-                return Err(missing());
-            }
-            full_answer(s.ledger().store().as_ref(), &a, &d)
-        })
-        .await?;
+        let found = blocking(&app, move |s| pipeline::lookup(s, &id, &caller)).await?;
         if found.state != "pending_approval" || tokio::time::Instant::now() >= deadline {
             return Ok(Json(found));
         }
@@ -805,14 +200,7 @@ pub async fn rollback(
     human: crate::auth::HumanCaller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Execution>> {
-    blocking(&app, move |s| {
-        let connector = s
-            .connector
-            .as_deref()
-            .ok_or_else(|| ApiError::invalid("no_connector", "this server has no connectors configured"))?;
-        execution::rollback(s, connector, &id, execution::RollbackBy::Human(&human.0)).map(Json)
-    })
-    .await
+    blocking(&app, move |s| execution::rollback_request(s, &id, execution::RollbackBy::Human(&human.0)).map(Json)).await
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -845,29 +233,14 @@ pub async fn list(
         None => None,
         Some(t) => Some(warden_core::duration::Duration::parse(t).map_err(|e| ApiError::invalid("invalid_since", e))?),
     };
-    blocking(&app, move |s| {
-        let store = s.ledger().store();
-        let at_from =
-            since.map(|d| millis(s.now() - Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2))));
-        let query = Query {
-            task: q.task,
-            agent: q.agent,
-            state: q.state,
-            at_from,
-            descending: true,
-            limit: q.limit.unwrap_or(100).clamp(1, 1000) as usize,
-            ..Query::default()
-        };
-        let mut out = Vec::new();
-        for r in store.find(Table::Requests, &query)? {
-            let a = ActionRecord::from_record(&r)?;
-            if let Some(d) = store.get(Table::Decisions, &a.id)? {
-                out.push(full_answer(store.as_ref(), &a, &DecisionRecord::from_record(&d)?)?);
-            }
-        }
-        Ok(Json(out))
-    })
-    .await
+    let filter = pipeline::Recent {
+        task: q.task,
+        agent: q.agent,
+        state: q.state,
+        since_secs: since.map(|d| d.as_secs()),
+        limit: usize::try_from(q.limit.unwrap_or(100)).unwrap_or(usize::MAX),
+    };
+    blocking(&app, move |s| pipeline::recent(s, filter).map(Json)).await
 }
 
 /// The accountability chain of one action (humans): trigger, agent, request, decision,

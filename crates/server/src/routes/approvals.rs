@@ -117,7 +117,7 @@ async fn decide(app: App, human: HumanCaller, id: String, verdict: Verdict) -> A
                 app.changed();
             })
         };
-        let _ = tokio::time::timeout(super::actions::answer_within(&app), running).await;
+        let _ = tokio::time::timeout(super::answer_within(&app), running).await;
     }
     let approval = voted.approval;
     blocking(&app, move |s| view(s, approval).map(Json)).await

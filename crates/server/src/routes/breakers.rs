@@ -3,16 +3,13 @@
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
-use warden_core::audit::entry::{Actor, Event, EventType};
-use warden_store::{Batch, Change};
+use warden_core::audit::entry::Actor;
 
 use super::ApiJson;
-use super::actions::{breaker, breaker_key};
 use crate::auth::HumanCaller;
-use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::model::{millis, rfc3339};
+use crate::error::{ApiResult, ErrorBody};
+use crate::model::rfc3339;
 use crate::state::{App, blocking};
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -46,29 +43,9 @@ pub async fn reset(
     ApiJson(body): ApiJson<ResetBody>,
 ) -> ApiResult<Json<ResetAnswer>> {
     human.require(&["admin"])?;
-    if body.reason.trim().is_empty() {
-        return Err(ApiError::invalid("reason_required", "a reset needs a `reason`"));
-    }
     blocking(&app, move |s| {
-        if !breaker(s.ledger().store().as_ref(), &body.agent, &body.action)?.open {
-            return Err(ApiError::conflict(
-                "breaker_closed",
-                format!("the breaker of `{}` × `{}` is not tripped", body.agent, body.action),
-            ));
-        }
-        let now = s.now();
-        let batch = Batch::new()
-            .change(Change::SetMeta {
-                key: breaker_key(&body.agent, &body.action),
-                value: format!("closed {}", millis(now)),
-            })
-            .event(
-                Event::new(EventType::BreakerReset, Actor::user(&human.0.id))
-                    .action(&body.action)
-                    .data(json!({"agent": body.agent, "reason": body.reason})),
-            );
-        s.ledger().commit(batch)?;
-        Ok(Json(ResetAnswer { agent: body.agent, action: body.action, reset_at: rfc3339(now) }))
+        let at = crate::breaker::reset(s, &body.agent, &body.action, &Actor::user(&human.0.id), &body.reason)?;
+        Ok(Json(ResetAnswer { agent: body.agent, action: body.action, reset_at: rfc3339(at) }))
     })
     .await
 }

@@ -73,12 +73,17 @@ fn documented() -> OpenApiRouter<App> {
 }
 
 pub use approvals::sweep as sweep_approvals;
-pub(crate) use tasks::new_id;
 
 /// The OpenAPI 3.1 document of this server, generated from the routes above.
 pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
     static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
     DOC.get_or_init(|| crate::openapi::complete(documented().split_for_parts().1))
+}
+
+/// How long a handler whose work may outlast the request timeout waits before answering
+/// with where the work stands: four fifths of the timeout.
+pub(crate) fn answer_within(app: &crate::state::AppState) -> std::time::Duration {
+    app.limits.timeout.mul_f64(0.8)
 }
 
 /// The application: every route, with its limits.

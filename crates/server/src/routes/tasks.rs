@@ -12,7 +12,7 @@ use warden_store::{Batch, Change, StoreError};
 use super::{ApiJson, ApiPath};
 use crate::auth::AnyCaller;
 use crate::error::{ApiError, ApiResult};
-use crate::model::{Model, Task, Trigger, rfc3339};
+use crate::model::{Model, Task, Trigger, new_id, rfc3339};
 use crate::state::{App, blocking};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -27,13 +27,6 @@ pub struct OpenTask {
 /// A fresh id: `prefix_`, the time in milliseconds (12 hex digits) and 64 random bits
 /// (16 hex digits). Ids sort by creation time, so the store appends at the right edge of its
 /// indexes instead of touching a random page per insert.
-pub fn new_id(prefix: &str) -> Result<String, ApiError> {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).map_err(|_| ApiError::unavailable("random_unavailable", "no randomness available"))?;
-    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
-    Ok(format!("{prefix}_{:012x}{}", ms & 0xffff_ffff_ffff, b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
-}
-
 fn check_task_id(id: &str) -> Result<(), ApiError> {
     let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
     if ok {
