@@ -574,3 +574,37 @@ pub fn sweep(
     }
     Ok(swept)
 }
+
+/// Runs an approved action once, as `request` (the one that opened the approval; the folded
+/// ones share its execution), and tells the long polls. A refusal (a stop since the approval,
+/// a digest that no longer matches) is recorded by the executor; here it is only logged.
+pub fn run_approved(s: &crate::state::AppState, request: &str) {
+    let Some(connector) = s.connector.as_deref() else { return };
+    if let Err(e) = crate::execution::execute(s, connector, request) {
+        tracing::warn!(request = %request, code = e.code, error = %e.message, "approved request not executed");
+    }
+    s.changed();
+}
+
+/// Lifts expired halts, expires and escalates the approvals that are due, and tells the
+/// webhooks and the long polls. The server runs it every second; tests call it with a clock
+/// of their own.
+pub fn sweep_due(s: &crate::state::AppState) -> Result<Swept, ApiError> {
+    // Halts past their expiry are lifted first: an agent they halted is usable again.
+    for h in crate::halt::expire_due(s)? {
+        tracing::info!(halt = %h.id, "halt expired");
+    }
+    let store = s.ledger().store();
+    let commit = |b| s.ledger().commit(b).map(|_| ());
+    let swept = sweep(store.as_ref(), &commit, s.now())?;
+    for a in &swept.expired {
+        s.notifier.send(crate::notify::Kind::Expired, a);
+    }
+    for a in &swept.escalated {
+        s.notifier.send(crate::notify::Kind::Escalated, a);
+    }
+    if !swept.expired.is_empty() {
+        s.changed();
+    }
+    Ok(swept)
+}

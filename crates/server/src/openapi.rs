@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document served at `/openapi.json`.
 //!
 //! Operations are described where they are implemented (`#[utoipa::path]` on each handler,
-//! registered in [`crate::routes`]). What every operation shares is added here once, from what
+//! registered in [`crate::http`]). What every operation shares is added here once, from what
 //! the router really does: the admission limit and the timeout answer every route, the
 //! authentication extractors every secured one, the JSON body extractor every one with a body.
 

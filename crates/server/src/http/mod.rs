@@ -1,4 +1,6 @@
-//! The HTTP routes (DESIGN §8), one module per area.
+//! The `/v1` HTTP API (DESIGN §8), a front door: one module per area, each handler extracting
+//! its input (authentication is in the extractor types), calling a service, and mapping the
+//! answer. Nothing is decided here.
 //!
 //! Every route is registered through [`OpenApiRouter`] together with its `#[utoipa::path]`
 //! description, so the OpenAPI document (`/openapi.json`) and the router come from the same
@@ -72,7 +74,7 @@ fn documented() -> OpenApiRouter<App> {
         .routes(routes!(breakers::reset))
 }
 
-pub use approvals::sweep as sweep_approvals;
+pub use crate::approvals::sweep_due as sweep_approvals;
 
 /// The OpenAPI 3.1 document of this server, generated from the routes above.
 pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {

@@ -9,7 +9,6 @@ use super::{ApiJson, ApiPath, ApiQuery};
 use crate::approvals::{self, Approval, ApprovalState, TrackRecord, Verdict};
 use crate::auth::HumanCaller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::notify::Kind;
 use crate::state::{App, AppState, blocking};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -109,13 +108,7 @@ async fn decide(app: App, human: HumanCaller, id: String, verdict: Verdict) -> A
     {
         let running = {
             let app = app.clone();
-            tokio::task::spawn_blocking(move || {
-                let Some(connector) = app.connector.as_deref() else { return };
-                if let Err(e) = crate::execution::execute(&app, connector, &request) {
-                    tracing::warn!(request = %request, code = e.code, error = %e.message, "approved request not executed");
-                }
-                app.changed();
-            })
+            tokio::task::spawn_blocking(move || approvals::run_approved(&app, &request))
         };
         let _ = tokio::time::timeout(super::answer_within(&app), running).await;
     }
@@ -168,26 +161,4 @@ pub async fn reject(
     ApiJson(body): ApiJson<RejectBody>,
 ) -> ApiResult<Json<ApprovalView>> {
     decide(app, human, id, Verdict::Reject { reason: body.reason }).await
-}
-
-/// Expires and escalates what is due, tells the webhooks and the long polls. The server runs
-/// it every second; tests call it with a clock of their own.
-pub fn sweep(s: &AppState) -> Result<approvals::Swept, ApiError> {
-    // Halts past their expiry are lifted first: an agent they halted is usable again.
-    for h in crate::halt::expire_due(s)? {
-        tracing::info!(halt = %h.id, "halt expired");
-    }
-    let store = s.ledger().store();
-    let commit = |b| s.ledger().commit(b).map(|_| ());
-    let swept = approvals::sweep(store.as_ref(), &commit, s.now())?;
-    for a in &swept.expired {
-        s.notifier.send(Kind::Expired, a);
-    }
-    for a in &swept.escalated {
-        s.notifier.send(Kind::Escalated, a);
-    }
-    if !swept.expired.is_empty() {
-        s.changed();
-    }
-    Ok(swept)
 }

@@ -1,0 +1,69 @@
+//! Tasks: the incidents agents work within.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+
+use super::{ApiJson, ApiPath};
+use crate::auth::AnyCaller;
+use crate::error::ApiResult;
+use crate::model::{Task, Trigger};
+use crate::state::{App, blocking};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenTask {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub title: String,
+    pub trigger: Trigger,
+}
+
+/// Open a task (agents and humans).
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), request_body = OpenTask,
+    responses(
+        (status = 201, description = "the task, open", body = Task),
+        (status = 409, description = "`task_exists`", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_task_id`, `invalid_request`", body = crate::error::ErrorBody),
+    ))]
+pub async fn open(
+    State(app): State<App>,
+    AnyCaller(caller): AnyCaller,
+    ApiJson(body): ApiJson<OpenTask>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let task = blocking(&app, move |s| crate::tasks::open(s, &caller, body.id, body.title, body.trigger)).await?;
+    Ok((StatusCode::CREATED, Json(task)))
+}
+
+/// Read a task.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the task id")),
+    responses(
+        (status = 200, body = Task),
+        (status = 404, description = "`unknown_task`", body = crate::error::ErrorBody),
+    ))]
+pub async fn get(
+    State(app): State<App>,
+    AnyCaller(_): AnyCaller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Task>> {
+    blocking(&app, move |s| crate::tasks::get(s, &id).map(Json)).await
+}
+
+/// Close a task: its pending approvals are cancelled and its active leases revoked in the
+/// same commit.
+#[utoipa::path(post, path = "/v1/tasks/{id}/close", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the task id")),
+    responses(
+        (status = 200, description = "the task, closed", body = Task),
+        (status = 404, description = "`unknown_task`", body = crate::error::ErrorBody),
+        (status = 409, description = "`task_closed`, `conflict`", body = crate::error::ErrorBody),
+    ))]
+pub async fn close(
+    State(app): State<App>,
+    AnyCaller(caller): AnyCaller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Task>> {
+    blocking(&app, move |s| crate::tasks::close(s, &caller, &id).map(Json)).await
+}

@@ -1,0 +1,124 @@
+//! Tasks (DESIGN §2): the incidents agents work within. Opening one records who asserted its
+//! trigger — a human or an integration principal (verified), or an agent (its own claim);
+//! closing one cancels its pending approvals and revokes its active leases in the same commit.
+
+use serde_json::json;
+use warden_core::audit::entry::{Event, EventType};
+use warden_core::request::TaskState;
+use warden_store::{Batch, Change, Record, StoreError};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::model::{Model, Task, Trigger, new_id, rfc3339};
+use crate::state::AppState;
+
+fn check_task_id(id: &str) -> Result<(), ApiError> {
+    let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("invalid_task_id", format!("task id `{id}` must be 1–128 of A–Z a–z 0–9 - _ . :")))
+    }
+}
+
+/// Opens a task for `caller` (id given, or a fresh one).
+pub fn open(
+    s: &AppState,
+    caller: &Caller,
+    id: Option<String>,
+    title: String,
+    trigger: Trigger,
+) -> Result<Task, ApiError> {
+    let id = match id {
+        Some(id) => {
+            check_task_id(&id)?;
+            id
+        }
+        None => new_id("task")?,
+    };
+    if title.trim().is_empty() || trigger.source.trim().is_empty() {
+        return Err(ApiError::invalid("invalid_request", "a task needs a `title` and a `trigger.source`"));
+    }
+    let task = Task {
+        id: id.clone(),
+        title,
+        trigger,
+        state: TaskState::Open,
+        opened_by: caller.label(),
+        // Only a trusted party's word about the trigger is verified; an agent's is its claim.
+        verified: matches!(caller, Caller::Human(_)),
+        opened_at: rfc3339(s.now()),
+        closed_at: None,
+        closed_by: None,
+    };
+    let event = Event::new(EventType::TaskOpened, caller.actor())
+        .task(&id)
+        .data(json!({"title": task.title, "trigger": task.trigger, "verified": task.verified}));
+    s.ledger().commit(Batch::new().change(Change::Insert(task.record())).event(event)).map_err(|e| match e {
+        StoreError::Conflict { .. } => ApiError::conflict("task_exists", format!("task `{id}` already exists")),
+        other => other.into(),
+    })?;
+    Ok(task)
+}
+
+/// The stored record of task `id`, or 404 `unknown_task`.
+fn stored(s: &AppState, id: &str) -> Result<Record, ApiError> {
+    s.ledger()
+        .store()
+        .get(Task::TABLE, id)?
+        .ok_or_else(|| ApiError::not_found("unknown_task", format!("no task `{id}`")))
+}
+
+/// Task `id`.
+pub fn get(s: &AppState, id: &str) -> Result<Task, ApiError> {
+    Task::from_record(&stored(s, id)?)
+}
+
+/// Closes task `id`: its pending approvals are cancelled and its active leases revoked in the
+/// same commit — and approvals opened by requests that committed between this read and that
+/// commit are cancelled right after it (none can be opened later: their commit expects the
+/// task's old version).
+pub fn close(s: &AppState, caller: &Caller, id: &str) -> Result<Task, ApiError> {
+    let r = stored(s, id)?;
+    let mut task = Task::from_record(&r)?;
+    if task.state == TaskState::Closed {
+        return Err(ApiError::conflict("task_closed", format!("task `{id}` is already closed")));
+    }
+    let now = s.now();
+    task.state = TaskState::Closed;
+    task.closed_at = Some(rfc3339(now));
+    task.closed_by = Some(caller.label());
+    let mut updated = task.record();
+    updated.version = r.version;
+    let actor = caller.actor();
+    let why = "the task was closed";
+    let event = Event::new(EventType::TaskClosed, actor.clone()).task(id);
+    let mut batch = Batch::new().change(Change::Update(updated)).event(event);
+    let store = s.ledger().store();
+    let pending = crate::approvals::pending_of_task(store.as_ref(), id)?;
+    for v in &pending {
+        let (_, cancel) = crate::approvals::cancel_batch(store.as_ref(), v, &actor, why, now)?;
+        batch.changes.extend(cancel.changes);
+        batch.events.extend(cancel.events);
+    }
+    let q = warden_store::Query { task: Some(id.to_string()), state: Some("active".into()), ..Default::default() };
+    for r in store.find(warden_store::Table::Leases, &q)? {
+        let lease = crate::execution::Lease::from_record(&r)?;
+        let revoke = crate::execution::revoke_changes(&lease, r.version, &actor, why, now);
+        batch.changes.extend(revoke.changes);
+        batch.events.extend(revoke.events);
+    }
+    s.ledger().commit(batch).map_err(|e| match e {
+        StoreError::Conflict { .. } => {
+            ApiError::conflict("conflict", format!("task `{id}` changed meanwhile; try again"))
+        }
+        other => other.into(),
+    })?;
+    let commit = |b| s.ledger().commit(b).map(|_| ());
+    let of_task = |a: &crate::approvals::Approval| a.task == id;
+    let late = crate::approvals::cancel_where(store.as_ref(), &commit, &of_task, &actor, why, now)?;
+    if !pending.is_empty() || !late.is_empty() {
+        s.changed();
+    }
+    Ok(task)
+}
