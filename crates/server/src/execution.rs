@@ -21,7 +21,7 @@ use warden_store::{Batch, Change, Query, Record, Store, StoreError, Table};
 
 use crate::error::ApiError;
 use crate::model::new_id;
-use crate::model::{ActionRecord, Model, millis, rfc3339};
+use crate::model::{ActionRecord, Approval, Model, millis, rfc3339};
 use crate::state::AppState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -227,9 +227,9 @@ pub struct Executed {
 /// versions, among those now in one of the states `from`.
 fn folded(store: &dyn Store, req: &ActionRecord, from: &[&str]) -> Result<Vec<(ActionRecord, u64)>, ApiError> {
     let Some(approval) = req.approval.as_deref() else { return Ok(Vec::new()) };
-    let Some(v) = crate::approvals::load(store, approval)? else { return Ok(Vec::new()) };
+    let Some((approval, _)) = versioned::<Approval>(store, approval)? else { return Ok(Vec::new()) };
     let mut out = Vec::new();
-    for other in v.approval.requests.iter().filter(|r| **r != req.id) {
+    for other in approval.requests.iter().filter(|r| **r != req.id) {
         if let Some((r, version)) = versioned::<ActionRecord>(store, other)?
             && r.folded_into.as_deref() == Some(req.id.as_str())
             && from.contains(&r.state.as_str())
@@ -342,11 +342,13 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
             ));
         }
         let now = s.now();
-        let approval =
-            req.approval.as_deref().map(|a| crate::approvals::load(store.as_ref(), a)).transpose()?.flatten();
+        let approval = match req.approval.as_deref() {
+            Some(a) => versioned::<Approval>(store.as_ref(), a)?.map(|(a, _)| a),
+            None => None,
+        };
         // Exactly what was decided and approved, or nothing.
         let computed = req.computed_digest()?;
-        let approved_digest = approval.as_ref().map(|v| v.approval.digest.as_str()).filter(|d| !d.is_empty());
+        let approved_digest = approval.as_ref().map(|a| a.digest.as_str()).filter(|d| !d.is_empty());
         let recorded = Some(req.digest.as_str()).filter(|d| !d.is_empty());
         if let Some(bound) = [recorded, approved_digest].into_iter().flatten().find(|d| *d != computed) {
             let what = if approved_digest == Some(bound) { "approved" } else { "decided" };
@@ -373,7 +375,7 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
         let class = bundle.catalog().get(&req.action);
         let ttl = class.map_or(300, |c| c.lease_ttl.as_secs()) as i64;
         let ttl = match &approval {
-            Some(v) => v.approval.narrowed_lease_ttl_secs.map_or(ttl, |n| ttl.min(n as i64)),
+            Some(a) => a.narrowed_lease_ttl_secs.map_or(ttl, |n| ttl.min(n as i64)),
             None => ttl,
         };
         let expires = now + time::Duration::seconds(ttl);

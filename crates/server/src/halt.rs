@@ -49,32 +49,11 @@ impl Model for HaltRecord {
     }
 }
 
-/// The setting every halt and resume changes, in the same commit, to a value never used
-/// before: a commit that relied on the halts it read expects it unchanged.
-pub const EPOCH_KEY: &str = "halts_epoch";
+pub use crate::state::{HALTS_EPOCH_KEY as EPOCH_KEY, HaltGate as Gate};
 
-/// The halts in force as this server knows them, and the epoch they were read at.
-#[derive(Debug, Clone, Default)]
-pub struct Gate {
-    pub list: Vec<Halt>,
-    /// The value of [`EPOCH_KEY`] when `list` was read.
-    pub epoch: Option<String>,
-}
-
-impl Gate {
-    pub fn load(store: &dyn Store) -> Result<Gate, ApiError> {
-        Ok(Gate { epoch: store.meta(EPOCH_KEY)?, list: active(store)? })
-    }
-
-    /// The first halt in force that stops `action` by `agent` at `now`.
-    pub fn matching(&self, agent: &str, action: &str, now: time::OffsetDateTime) -> Option<&Halt> {
-        self.list.iter().find(|h| h.matches(agent, action, now))
-    }
-
-    /// The precondition that no halt or resume has committed since this gate was read.
-    pub fn unchanged(&self) -> Change {
-        Change::ExpectMeta { key: EPOCH_KEY.into(), value: self.epoch.clone() }
-    }
+/// The halts in force, read from the store, with their epoch.
+pub fn load_gate(store: &dyn Store) -> Result<Gate, ApiError> {
+    Ok(Gate { epoch: store.meta(EPOCH_KEY)?, list: active(store)? })
 }
 
 /// A fresh epoch for a halt or resume's commit.
@@ -299,7 +278,7 @@ pub fn resume(
         StoreError::Conflict { .. } => ApiError::conflict("conflict", "a halt changed meanwhile; try again"),
         other => other.into(),
     })?;
-    *gate = Gate::load(store.as_ref())?;
+    *gate = load_gate(store.as_ref())?;
     Ok(lifted)
 }
 
@@ -368,7 +347,7 @@ pub fn expire_due(s: &AppState) -> Result<Vec<HaltRecord>, ApiError> {
         }
     }
     s.ledger().commit(batch)?;
-    *gate = Gate::load(store.as_ref())?;
+    *gate = load_gate(store.as_ref())?;
     drop(gate);
     s.changed();
     Ok(lifted)

@@ -28,7 +28,9 @@ pub mod openapi;
 pub mod pipeline;
 pub mod policy_dir;
 pub mod serve;
+pub mod startup;
 pub mod state;
+pub mod sweeper;
 pub mod tasks;
 pub mod tls;
 

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use time::OffsetDateTime;
-use warden_core::decision::Decision;
+use warden_core::decision::{Cap, Decision, PolicyRef};
 use warden_core::request::{AgentStatus, Evidence, TaskState};
 use warden_store::{Record, Table};
 
@@ -240,5 +240,153 @@ impl Model for DecisionRecord {
             .task(&self.task)
             .state(self.decision.outcome.to_string())
             .at(self.decided_ms)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Rejected,
+    Expired,
+    Cancelled,
+}
+
+impl ApprovalState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Rejected => "rejected",
+            ApprovalState::Expired => "expired",
+            ApprovalState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state the covered requests move to (DESIGN §8 request states).
+    pub(crate) fn request_state(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending_approval",
+            other => other.as_str(),
+        }
+    }
+}
+
+/// One approver's vote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Vote {
+    pub user: String,
+    /// The required role the approver holds.
+    pub role: String,
+    pub at: String,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A request waiting for humans, and what they decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Approval {
+    /// `apr_…`
+    pub id: String,
+    pub state: ApprovalState,
+    pub agent: String,
+    /// The agent's accountable owner (separation of duties).
+    pub owner: String,
+    pub task: String,
+    pub action: String,
+    pub target: String,
+    /// The action digest (DESIGN §6) of exactly what approving authorizes: agent, task,
+    /// action, target and params. Only requests with this digest fold into the approval.
+    #[serde(default)]
+    pub digest: String,
+    /// The parameters approving authorizes, those the catalog marks `secret` redacted.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// What the inventory says of the target (criticality, environment, owner, privileged,
+    /// tags; the worst case for a target it does not know), when the decision was made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub target_facts: Option<serde_json::Value>,
+    /// The request that opened it — the one that executes once it is approved — then
+    /// identical ones (same digest) folded into it, which share that one execution.
+    pub requests: Vec<String>,
+    pub confidence: f64,
+    pub rationale: String,
+    pub evidence: Vec<Evidence>,
+    /// Any one of these roles may approve.
+    pub roles: Vec<String>,
+    /// Distinct approvers needed.
+    pub quorum: u32,
+    /// The agent's owner may not approve.
+    pub separation_of_duties: bool,
+    pub notify: Vec<String>,
+    /// Why the decision went to humans.
+    pub caps: Vec<Cap>,
+    pub policies: Vec<PolicyRef>,
+    pub bundle_version: String,
+    /// The action's lease TTL from the catalog, in seconds: approvers may shorten it, never
+    /// lengthen it.
+    pub lease_ttl_secs: u64,
+    /// The shortest lease TTL an approver set, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub narrowed_lease_ttl_secs: Option<u64>,
+    pub created_at: String,
+    pub created_ms: i64,
+    pub expires_at: String,
+    pub expires_ms: i64,
+    pub votes: Vec<Vote>,
+    /// Whether the escalation notice went out.
+    #[serde(default)]
+    pub escalated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<String>,
+    /// The human (or `system`) whose action ended it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl Approval {
+    /// When the sweeper must next look at this pending approval: its escalation notice (two
+    /// thirds through its time), then its expiry.
+    pub fn due_ms(&self) -> i64 {
+        if self.escalated { self.expires_ms } else { self.created_ms + (self.expires_ms - self.created_ms) * 2 / 3 }
+    }
+}
+
+/// Identical pending requests — the same action digest: agent, task, action, target and
+/// params — fold into one approval.
+pub fn fold_key(digest: &str) -> String {
+    format!("fold\u{0}{digest}")
+}
+
+impl Model for Approval {
+    const TABLE: Table = Table::Approvals;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn record(&self) -> Record {
+        let mut r = Record::new(Table::Approvals, &self.id, serde_json::to_value(self).unwrap_or_default())
+            .agent(&self.agent)
+            .task(&self.task)
+            .state(self.state.as_str());
+        // Only a pending approval holds its fold key, so a new one can open once it ends. Its
+        // `at` is when the sweeper is next due, so a sweep reads only what is due; an ended
+        // one's is its expiry.
+        if self.state == ApprovalState::Pending {
+            // An approval from before digests keeps the key it was stored with.
+            let key = if self.digest.is_empty() {
+                format!("fold\u{0}{}\u{0}{}\u{0}{}", self.agent, self.action, self.target)
+            } else {
+                fold_key(&self.digest)
+            };
+            r = r.key(key).at(self.due_ms());
+        } else {
+            r = r.at(self.expires_ms);
+        }
+        r
     }
 }

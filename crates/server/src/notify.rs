@@ -5,17 +5,16 @@
 //! one thread, each retried with exponential backoff; a notice that cannot be delivered (or
 //! that finds the queue full) is audited as `notification.failed`, and the approval carries on.
 
-use std::sync::Weak;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 use warden_core::audit::entry::{Actor, Event, EventType};
-use warden_store::Batch;
+use warden_store::{Batch, Ledger};
 
-use crate::approvals::Approval;
-use crate::state::AppState;
+use crate::model::Approval;
 
 /// Notices waiting for delivery, at most.
 const QUEUE: usize = 1024;
@@ -233,30 +232,32 @@ impl Job {
 #[derive(Debug)]
 pub struct Notifier {
     tx: Option<SyncSender<Job>>,
-    app: Weak<AppState>,
+    /// Where failed deliveries are audited.
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl Notifier {
     /// A notifier that sends nothing (no webhook configured).
     pub fn disabled() -> Self {
-        Notifier { tx: None, app: Weak::new() }
+        Notifier { tx: None, ledger: None }
     }
 
-    /// Starts the delivery thread for `options.webhooks`; failures are audited through `app`.
-    pub fn start(options: NotifyOptions, app: Weak<AppState>) -> Self {
+    /// Starts the delivery thread for `options.webhooks`; failures are audited in `ledger`.
+    pub fn start(options: NotifyOptions, ledger: Arc<Ledger>) -> Self {
+        let ledger = Some(ledger);
         if options.webhooks.is_empty() {
-            return Notifier { tx: None, app };
+            return Notifier { tx: None, ledger };
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-        let worker_app = app.clone();
+        let worker_ledger = ledger.clone();
         let spawned = std::thread::Builder::new()
             .name("warden-notify".into())
-            .spawn(move || deliver_all(rx, &options, &worker_app));
+            .spawn(move || deliver_all(rx, &options, &worker_ledger));
         match spawned {
-            Ok(_) => Notifier { tx: Some(tx), app },
+            Ok(_) => Notifier { tx: Some(tx), ledger },
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the notifier; notices will be audited as failed");
-                Notifier { tx: None, app }
+                Notifier { tx: None, ledger }
             }
         }
     }
@@ -275,15 +276,17 @@ impl Notifier {
         let Some(tx) = &self.tx else { return };
         match tx.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(job)) => audit_failure(&self.app, &job, "all", 0, "the notification queue is full"),
+            Err(TrySendError::Full(job)) => {
+                audit_failure(&self.ledger, &job, "all", 0, "the notification queue is full")
+            }
             Err(TrySendError::Disconnected(job)) => {
-                audit_failure(&self.app, &job, "all", 0, "the notifier has stopped")
+                audit_failure(&self.ledger, &job, "all", 0, "the notifier has stopped")
             }
         }
     }
 }
 
-fn deliver_all(rx: Receiver<Job>, options: &NotifyOptions, app: &Weak<AppState>) {
+fn deliver_all(rx: Receiver<Job>, options: &NotifyOptions, ledger: &Option<Arc<Ledger>>) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(options.timeout))
@@ -319,7 +322,7 @@ fn deliver_all(rx: Receiver<Job>, options: &NotifyOptions, app: &Weak<AppState>)
             }
             if !delivered {
                 tracing::warn!(webhook = %hook.name, notice = job.kind().as_str(), reason = %last, "notification failed");
-                audit_failure(app, &job, &hook.name, attempts, &last);
+                audit_failure(ledger, &job, &hook.name, attempts, &last);
             }
         }
     }
@@ -335,8 +338,8 @@ fn error_kind(e: &ureq::Error) -> String {
     }
 }
 
-fn audit_failure(app: &Weak<AppState>, job: &Job, webhook: &str, attempts: u32, reason: &str) {
-    let Some(app) = app.upgrade() else { return };
+fn audit_failure(ledger: &Option<Arc<Ledger>>, job: &Job, webhook: &str, attempts: u32, reason: &str) {
+    let Some(ledger) = ledger else { return };
     let (task, action, request, subject) = match job {
         Job::Approval { approval: a, .. } => (&a.task, &a.action, a.requests.first(), json!({"approval": a.id})),
         Job::Breaker(b) => (&b.task, &b.action, Some(&b.request), json!({"agent": b.agent})),
@@ -350,7 +353,7 @@ fn audit_failure(app: &Weak<AppState>, job: &Job, webhook: &str, attempts: u32, 
     if let Some(r) = request {
         event = event.request(r);
     }
-    if let Err(e) = app.ledger().commit(Batch::new().event(event)) {
+    if let Err(e) = ledger.commit(Batch::new().event(event)) {
         tracing::error!(error = %e, "cannot audit a failed notification");
     }
 }

@@ -7,7 +7,7 @@ use warden_core::Bundle;
 use warden_store::{Clock, DataDir, Ledger};
 
 use crate::error::ApiError;
-use crate::identity::{LocalIssuer, TokenVerifier};
+use crate::identity::TokenVerifier;
 
 /// The default audience of JWT-SVIDs presented to Warden.
 pub const DEFAULT_AUDIENCE: &str = "warden";
@@ -53,7 +53,7 @@ pub type App = Arc<AppState>;
 #[derive(Debug)]
 pub struct AppState {
     pub data: DataDir,
-    bundle: RwLock<Arc<Bundle>>,
+    pub(crate) bundle: RwLock<Arc<Bundle>>,
     pub tokens: TokenVerifier,
     pub clock: Arc<dyn Clock>,
     /// Global shadow mode: decide and record, never execute.
@@ -68,63 +68,15 @@ pub struct AppState {
     /// Approval notices (webhooks).
     pub notifier: crate::notify::Notifier,
     /// Bumped after every approval transition: long polls wake up and look again.
-    changes: tokio::sync::watch::Sender<u64>,
+    pub(crate) changes: tokio::sync::watch::Sender<u64>,
     pub connector: Option<Arc<dyn warden_connectors::Connector>>,
     /// The halts in force, mirrored from the store. Executions hold it for reading from their
     /// last check to the end of the tool call; a halt takes it for writing, so once a halt
     /// returns no matching action starts.
-    pub halts: std::sync::RwLock<crate::halt::Gate>,
+    pub halts: std::sync::RwLock<HaltGate>,
 }
 
 impl AppState {
-    pub fn new(data: DataDir, bundle: Bundle, audience: &str, clock: Arc<dyn Clock>) -> Result<App, ApiError> {
-        let options = ServerOptions { audience: audience.to_string(), ..ServerOptions::default() };
-        Self::with_options(data, bundle, clock, options)
-    }
-
-    /// The state for a server; when the bundle came from a directory, its load is audited.
-    pub fn with_options(
-        data: DataDir,
-        bundle: Bundle,
-        clock: Arc<dyn Clock>,
-        options: ServerOptions,
-    ) -> Result<App, ApiError> {
-        if let Some(dir) = &options.policy_dir {
-            let event = crate::policy_dir::loaded_event(
-                &bundle,
-                warden_core::audit::entry::Actor::system("warden"),
-                &dir.display().to_string(),
-            );
-            data.ledger().commit(warden_store::Batch::new().event(event))?;
-        }
-        let local = LocalIssuer::new(LOCAL_ISSUER, &data.token_seed().0)?;
-        let tokens = TokenVerifier::new(options.audience, local, options.issuers);
-        let limits = options.limits;
-        let notify = options.notify;
-        let halts = crate::halt::Gate::load(data.ledger().store().as_ref())?;
-        let app = Arc::new_cyclic(|weak| AppState {
-            data,
-            bundle: RwLock::new(Arc::new(bundle)),
-            tokens,
-            clock,
-            shadow: options.shadow,
-            policy_dir: options.policy_dir,
-            limits,
-            rate: crate::limits::RateLimiter::default(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.in_flight)),
-            metrics: crate::metrics::Metrics::default(),
-            notifier: crate::notify::Notifier::start(notify, weak.clone()),
-            changes: tokio::sync::watch::Sender::new(0),
-            connector: options.connector,
-            halts: std::sync::RwLock::new(halts),
-        });
-        let unknown = crate::execution::reconcile_after_restart(&app)?;
-        if !unknown.is_empty() {
-            tracing::warn!(executions = ?unknown, "executions interrupted by a stop are now `unknown`: reconcile them");
-        }
-        Ok(app)
-    }
-
     pub fn ledger(&self) -> &Ledger {
         self.data.ledger()
     }
@@ -171,4 +123,29 @@ pub async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&app))
         .await
         .map_err(|_| ApiError::unavailable("internal", "a worker failed; look up what it recorded before retrying"))?
+}
+
+/// The setting every halt, resume and halt expiry changes, in the same commit, to a value never
+/// used before: a commit that relied on the halts it read expects it unchanged.
+pub const HALTS_EPOCH_KEY: &str = "halts_epoch";
+
+/// The halts in force as this server knows them (mirrored from the store by every halt and
+/// resume before it returns), and the epoch they were read at.
+#[derive(Debug, Clone, Default)]
+pub struct HaltGate {
+    pub list: Vec<warden_core::request::Halt>,
+    /// The value of [`HALTS_EPOCH_KEY`] when `list` was read.
+    pub epoch: Option<String>,
+}
+
+impl HaltGate {
+    /// The first halt in force that stops `action` by `agent` at `now`.
+    pub fn matching(&self, agent: &str, action: &str, now: OffsetDateTime) -> Option<&warden_core::request::Halt> {
+        self.list.iter().find(|h| h.matches(agent, action, now))
+    }
+
+    /// The precondition that no halt or resume has committed since this gate was read.
+    pub fn unchanged(&self) -> warden_store::Change {
+        warden_store::Change::ExpectMeta { key: HALTS_EPOCH_KEY.into(), value: self.epoch.clone() }
+    }
 }

@@ -82,7 +82,7 @@ pub fn token_hash(token: &str) -> String {
 #[derive(Debug)]
 pub struct DataDir {
     path: PathBuf,
-    ledger: Ledger,
+    ledger: Arc<Ledger>,
     token_seed: TokenSeed,
 }
 
@@ -152,7 +152,7 @@ impl DataDir {
                 })))
                 .event(Event::new(EventType::UserAdded, system).data(json!({"id": "admin", "roles": ["admin"]}))),
         )?;
-        Ok((DataDir { path: path.to_path_buf(), ledger, token_seed }, token))
+        Ok((DataDir { path: path.to_path_buf(), ledger: Arc::new(ledger), token_seed }, token))
     }
 
     /// Opens an initialised data directory for writing.
@@ -168,7 +168,7 @@ impl DataDir {
         }
         let ledger = Ledger::open(store, signer, clock, options)?;
         let token_seed = token_seed(path)?;
-        Ok(DataDir { path: path.to_path_buf(), ledger, token_seed })
+        Ok(DataDir { path: path.to_path_buf(), ledger: Arc::new(ledger), token_seed })
     }
 
     pub fn path(&self) -> &Path {
@@ -177,6 +177,11 @@ impl DataDir {
 
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// A handle to the ledger for what outlives a borrow (the notifier's delivery thread).
+    pub fn ledger_handle(&self) -> Arc<Ledger> {
+        self.ledger.clone()
     }
 
     /// The seed of the local token issuer's Ed25519 key.

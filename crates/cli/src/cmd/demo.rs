@@ -27,20 +27,6 @@ pub struct DemoArgs {
     pub policy: Option<std::path::PathBuf>,
 }
 
-/// The example bundle (`examples/policy`), built in so the demo runs anywhere.
-pub const EXAMPLE_BUNDLE: &[(&str, &str)] = &[
-    ("actions.toml", include_str!("../../../../examples/policy/actions.toml")),
-    ("assets.toml", include_str!("../../../../examples/policy/assets.toml")),
-    ("assets.csv", include_str!("../../../../examples/policy/assets.csv")),
-    ("agents/phish-triage.toml", include_str!("../../../../examples/policy/agents/phish-triage.toml")),
-    ("agents/edr-responder.toml", include_str!("../../../../examples/policy/agents/edr-responder.toml")),
-    ("agents/identity-responder.toml", include_str!("../../../../examples/policy/agents/identity-responder.toml")),
-    ("agents/enrichment-bot.toml", include_str!("../../../../examples/policy/agents/enrichment-bot.toml")),
-    ("agents/network-guard.toml", include_str!("../../../../examples/policy/agents/network-guard.toml")),
-    ("cedar/containment.cedar", include_str!("../../../../examples/policy/cedar/containment.cedar")),
-    ("cedar/network.cedar", include_str!("../../../../examples/policy/cedar/network.cedar")),
-];
-
 const SCRIPT: &str = include_str!("demo.toml");
 
 pub fn run(a: DemoArgs) -> Result<(), Failure> {
@@ -50,7 +36,7 @@ pub fn run(a: DemoArgs) -> Result<(), Failure> {
     let bundle = match &a.policy {
         Some(dir) => crate::cmd::policy::load(dir)?.1,
         None => {
-            let files: Vec<SourceFile> = EXAMPLE_BUNDLE.iter().map(|(p, t)| SourceFile::new(*p, *t)).collect();
+            let files: Vec<SourceFile> = crate::bundle_dir::example();
             Bundle::load(&files).map_err(|e| anyhow::anyhow!("the built-in example bundle is invalid: {e}"))?
         }
     };
@@ -90,7 +76,6 @@ pub fn run(a: DemoArgs) -> Result<(), Failure> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     /// The built-in copy must list every policy file of `examples/policy`.
     #[test]
@@ -99,7 +84,7 @@ mod tests {
         let files = crate::bundle_dir::read(&root).unwrap();
         let mut on_disk: Vec<&str> =
             files.iter().map(|f| f.path.as_str()).filter(|p| warden_core::bundle::is_policy_file(p)).collect();
-        let mut built_in: Vec<&str> = EXAMPLE_BUNDLE.iter().map(|(p, _)| *p).collect();
+        let mut built_in: Vec<&str> = crate::bundle_dir::EXAMPLE_BUNDLE.iter().map(|(p, _)| *p).collect();
         on_disk.sort_unstable();
         built_in.sort_unstable();
         assert_eq!(on_disk, built_in);

@@ -177,8 +177,7 @@ fn local(a: &ExplainArgs) -> Result<Value, Failure> {
     let bundle = match &a.policy {
         Some(dir) => crate::cmd::policy::load(dir)?.1,
         None => {
-            let files: Vec<warden_core::SourceFile> =
-                crate::cmd::demo::EXAMPLE_BUNDLE.iter().map(|(p, t)| warden_core::SourceFile::new(*p, *t)).collect();
+            let files: Vec<warden_core::SourceFile> = crate::bundle_dir::example();
             warden_core::Bundle::load(&files)
                 .map_err(|e| anyhow::anyhow!("the built-in example bundle is invalid: {e}"))?
         }

@@ -219,8 +219,7 @@ fn prepare(dir: &Path) -> Result<(), Failure> {
 
 pub fn run(data: PathBuf, keep_running: bool) -> Result<(), Failure> {
     prepare(&data)?;
-    let files: Vec<SourceFile> =
-        crate::cmd::demo::EXAMPLE_BUNDLE.iter().map(|(p, t)| SourceFile::new(*p, *t)).collect();
+    let files: Vec<SourceFile> = crate::bundle_dir::example();
     let bundle = Bundle::load(&files).map_err(|e| anyhow!("the built-in example bundle is invalid: {e}"))?;
     let version = bundle.version().to_string();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use warden_core::request::ActionRequest;
 
-use super::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath};
 use crate::auth::{AgentToken, AnyCaller, Caller};
 use crate::error::{ApiError, ApiResult};
 use crate::execution::{self, Execution};
@@ -84,7 +84,7 @@ pub async fn submit(
     };
     // Answer before the router's timeout would: a tool call still running is not cut short
     // by a 408 — the agent gets the request's id and state, and polls for the end.
-    match tokio::time::timeout(super::answer_within(&app), &mut job).await {
+    match tokio::time::timeout(super::extract::answer_within(&app), &mut job).await {
         Ok(done) => joined(done).map(|a| (StatusCode::OK, Json(a))),
         Err(_) => match recorded.get().cloned() {
             Some(id) => {
@@ -151,7 +151,7 @@ pub async fn get(
     State(app): State<App>,
     AnyCaller(caller): AnyCaller,
     ApiPath(id): ApiPath<String>,
-    super::ApiQuery(q): super::ApiQuery<GetQuery>,
+    super::extract::ApiQuery(q): super::extract::ApiQuery<GetQuery>,
 ) -> ApiResult<Json<ActionAnswer>> {
     let wait = match &q.wait {
         None => 0,
@@ -166,7 +166,7 @@ pub async fn get(
     };
     // Never longer than the request timeout allows: the answer comes with the current state
     // rather than as a 408.
-    let wait = std::time::Duration::from_secs(wait).min(super::answer_within(&app));
+    let wait = std::time::Duration::from_secs(wait).min(super::extract::answer_within(&app));
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the first look, so no change between the look and the wait is missed.
     let mut changes = app.subscribe();
@@ -227,7 +227,7 @@ pub struct ListQuery {
 pub async fn list(
     State(app): State<App>,
     _: crate::auth::HumanCaller,
-    super::ApiQuery(q): super::ApiQuery<ListQuery>,
+    super::extract::ApiQuery(q): super::extract::ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Vec<ActionAnswer>>> {
     let since = match &q.since {
         None => None,

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use warden_core::audit::entry::Actor;
 use warden_core::request::AgentStatus;
 
-use super::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath};
 use crate::admin;
 use crate::auth::HumanCaller;
 use crate::error::{ApiError, ApiResult, ErrorBody};

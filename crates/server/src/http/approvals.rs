@@ -5,7 +5,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::approvals::{self, Approval, ApprovalState, TrackRecord, Verdict};
 use crate::auth::HumanCaller;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -110,7 +110,7 @@ async fn decide(app: App, human: HumanCaller, id: String, verdict: Verdict) -> A
             let app = app.clone();
             tokio::task::spawn_blocking(move || approvals::run_approved(&app, &request))
         };
-        let _ = tokio::time::timeout(super::answer_within(&app), running).await;
+        let _ = tokio::time::timeout(super::extract::answer_within(&app), running).await;
     }
     let approval = voted.approval;
     blocking(&app, move |s| view(s, approval).map(Json)).await

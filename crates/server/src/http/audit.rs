@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use warden_core::audit::proof::{ConsistencyProof, InclusionProof};
 use warden_store::proofs::{self, ProofRequestError};
 
-use super::ApiQuery;
+use super::extract::ApiQuery;
 use crate::auth::HumanCaller;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{App, blocking};

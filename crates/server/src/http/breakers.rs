@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use warden_core::audit::entry::Actor;
 
-use super::ApiJson;
+use super::extract::ApiJson;
 use crate::auth::HumanCaller;
 use crate::error::{ApiResult, ErrorBody};
 use crate::model::rfc3339;

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 use warden_core::audit::entry::Actor;
 use warden_core::request::{Halt, HaltScope};
 
-use super::ApiJson;
+use super::extract::ApiJson;
 use crate::auth::HumanCaller;
 use crate::error::{ApiResult, ErrorBody};
 use crate::halt::{self, HaltRecord, Halted};

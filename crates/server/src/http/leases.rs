@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use warden_core::audit::entry::Actor;
 
-use super::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath};
 
 use crate::auth::{AnyCaller, Caller, HumanCaller};
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -146,7 +146,7 @@ fn inactive() -> Introspection {
 pub async fn introspect(
     State(app): State<App>,
     _: HumanCaller,
-    super::FormOrJson(body): super::FormOrJson<IntrospectBody>,
+    super::extract::FormOrJson(body): super::extract::FormOrJson<IntrospectBody>,
 ) -> ApiResult<Json<Introspection>> {
     // RFC 7662 §2.1: the hint may be ignored; the token's signature says what it is.
     let _ = body.token_type_hint.as_deref();

@@ -11,6 +11,7 @@ mod admin;
 mod approvals;
 mod audit;
 mod breakers;
+mod extract;
 mod halts;
 mod leases;
 mod ops;
@@ -19,10 +20,9 @@ mod tasks;
 
 use std::sync::OnceLock;
 
+use axum::Json;
 use axum::Router;
-use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::request::Parts;
-use serde::de::DeserializeOwned;
+use axum::extract::Request;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -31,8 +31,7 @@ use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::state::App;
 
-/// The largest request body accepted (413 beyond).
-pub const BODY_LIMIT: usize = 64 * 1024;
+pub use extract::BODY_LIMIT;
 
 /// Every route with its OpenAPI description.
 fn documented() -> OpenApiRouter<App> {
@@ -41,7 +40,7 @@ fn documented() -> OpenApiRouter<App> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::jwks))
-        .routes(routes!(ops::openapi))
+        .routes(routes!(openapi))
         .routes(routes!(tasks::open))
         .routes(routes!(tasks::get))
         .routes(routes!(tasks::close))
@@ -74,18 +73,12 @@ fn documented() -> OpenApiRouter<App> {
         .routes(routes!(breakers::reset))
 }
 
-pub use crate::approvals::sweep_due as sweep_approvals;
+pub use crate::sweeper::sweep_due as sweep_approvals;
 
 /// The OpenAPI 3.1 document of this server, generated from the routes above.
 pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
     static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
     DOC.get_or_init(|| crate::openapi::complete(documented().split_for_parts().1))
-}
-
-/// How long a handler whose work may outlast the request timeout waits before answering
-/// with where the work stands: four fifths of the timeout.
-pub(crate) fn answer_within(app: &crate::state::AppState) -> std::time::Duration {
-    app.limits.timeout.mul_f64(0.8)
 }
 
 /// The application: every route, with its limits.
@@ -120,85 +113,9 @@ async fn admit(
     }
 }
 
-/// JSON bodies whose rejections are API errors (400 malformed, 413 too large, 415).
-#[derive(Debug)]
-pub struct ApiJson<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        use axum::extract::rejection::JsonRejection;
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
-                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send `Content-Type: application/json`",
-            )),
-            Err(JsonRejection::BytesRejection(e)) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::new(
-                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("the body exceeds {BODY_LIMIT} bytes"),
-                ))
-            }
-            Err(e) => Err(ApiError::bad_request("malformed_request", e.body_text())),
-        }
-    }
-}
-
-/// A body sent either as a form (`application/x-www-form-urlencoded`) or as JSON.
-#[derive(Debug)]
-pub struct FormOrJson<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for FormOrJson<T> {
-    type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let form = req
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-        if !form {
-            return ApiJson::<T>::from_request(req, state).await.map(|ApiJson(v)| FormOrJson(v));
-        }
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(e.status(), "body_too_large", format!("the body exceeds {BODY_LIMIT} bytes"))
-            } else {
-                ApiError::bad_request("malformed_request", e.body_text())
-            }
-        })?;
-        serde_urlencoded::from_bytes(&bytes)
-            .map(FormOrJson)
-            .map_err(|e| ApiError::bad_request("malformed_request", e.to_string()))
-    }
-}
-
-/// Query strings whose rejections are API errors (400 `malformed_query`).
-#[derive(Debug)]
-pub struct ApiQuery<T>(pub T);
-
-impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(e) => Err(ApiError::bad_request("malformed_query", e.body_text())),
-        }
-    }
-}
-
-/// Path parameters whose rejections are API errors (400 `malformed_path`, e.g. bad UTF-8).
-#[derive(Debug)]
-pub struct ApiPath<T>(pub T);
-
-impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
-            Err(e) => Err(ApiError::bad_request("malformed_path", e.body_text())),
-        }
-    }
+/// This document: OpenAPI 3.1, generated from the routes.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
+pub async fn openapi() -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(openapi_document())
 }

@@ -67,10 +67,3 @@ pub async fn metrics(State(app): State<App>) -> ApiResult<impl axum::response::I
     let text = app.metrics.render(pending, leases, app.ledger().group_stats());
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
-
-/// This document: OpenAPI 3.1, generated from the routes.
-#[utoipa::path(get, path = "/openapi.json", tag = "ops",
-    responses((status = 200, description = "the OpenAPI 3.1 document", body = Object)))]
-pub async fn openapi() -> Json<&'static utoipa::openapi::OpenApi> {
-    Json(super::openapi_document())
-}

@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-use super::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath};
 use crate::auth::AnyCaller;
 use crate::error::ApiResult;
 use crate::model::{Task, Trigger};

@@ -1,0 +1,100 @@
+//! What every handler shares: extractors whose rejections are API errors with stable codes,
+//! and how long a handler may wait before answering with where its work stands.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// The largest request body accepted (413 beyond).
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// How long a handler whose work may outlast the request timeout waits before answering
+/// with where the work stands: four fifths of the timeout.
+pub fn answer_within(app: &crate::state::AppState) -> std::time::Duration {
+    app.limits.timeout.mul_f64(0.8)
+}
+
+/// JSON bodies whose rejections are API errors (400 malformed, 413 too large, 415).
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        use axum::extract::rejection::JsonRejection;
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send `Content-Type: application/json`",
+            )),
+            Err(JsonRejection::BytesRejection(e)) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(
+                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the body exceeds {BODY_LIMIT} bytes"),
+                ))
+            }
+            Err(e) => Err(ApiError::bad_request("malformed_request", e.body_text())),
+        }
+    }
+}
+
+/// A body sent either as a form (`application/x-www-form-urlencoded`) or as JSON.
+#[derive(Debug)]
+pub struct FormOrJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for FormOrJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let form = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        if !form {
+            return ApiJson::<T>::from_request(req, state).await.map(|ApiJson(v)| FormOrJson(v));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(e.status(), "body_too_large", format!("the body exceeds {BODY_LIMIT} bytes"))
+            } else {
+                ApiError::bad_request("malformed_request", e.body_text())
+            }
+        })?;
+        serde_urlencoded::from_bytes(&bytes)
+            .map(FormOrJson)
+            .map_err(|e| ApiError::bad_request("malformed_request", e.to_string()))
+    }
+}
+
+/// Query strings whose rejections are API errors (400 `malformed_query`).
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(ApiError::bad_request("malformed_query", e.body_text())),
+        }
+    }
+}
+
+/// Path parameters whose rejections are API errors (400 `malformed_path`, e.g. bad UTF-8).
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(e) => Err(ApiError::bad_request("malformed_path", e.body_text())),
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Building a server's state: the issuers, the halt mirror, the notifier; the audited load of
+//! the bundle; and the reconciliation of what a stopped server left behind. The composition
+//! root of the services, run once per start.
+
+use std::sync::{Arc, RwLock};
+
+use warden_core::Bundle;
+use warden_store::{Clock, DataDir};
+
+use crate::error::ApiError;
+use crate::identity::{LocalIssuer, TokenVerifier};
+use crate::state::{App, AppState, LOCAL_ISSUER, ServerOptions};
+
+impl AppState {
+    pub fn new(data: DataDir, bundle: Bundle, audience: &str, clock: Arc<dyn Clock>) -> Result<App, ApiError> {
+        let options = ServerOptions { audience: audience.to_string(), ..ServerOptions::default() };
+        Self::with_options(data, bundle, clock, options)
+    }
+
+    /// The state for a server; when the bundle came from a directory, its load is audited.
+    pub fn with_options(
+        data: DataDir,
+        bundle: Bundle,
+        clock: Arc<dyn Clock>,
+        options: ServerOptions,
+    ) -> Result<App, ApiError> {
+        if let Some(dir) = &options.policy_dir {
+            let event = crate::policy_dir::loaded_event(
+                &bundle,
+                warden_core::audit::entry::Actor::system("warden"),
+                &dir.display().to_string(),
+            );
+            data.ledger().commit(warden_store::Batch::new().event(event))?;
+        }
+        let local = LocalIssuer::new(LOCAL_ISSUER, &data.token_seed().0)?;
+        let tokens = TokenVerifier::new(options.audience, local, options.issuers);
+        let limits = options.limits;
+        let notify = options.notify;
+        let halts = crate::halt::load_gate(data.ledger().store().as_ref())?;
+        let notifier = crate::notify::Notifier::start(notify, data.ledger_handle());
+        let app = Arc::new(AppState {
+            data,
+            bundle: RwLock::new(Arc::new(bundle)),
+            tokens,
+            clock,
+            shadow: options.shadow,
+            policy_dir: options.policy_dir,
+            limits,
+            rate: crate::limits::RateLimiter::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.in_flight)),
+            metrics: crate::metrics::Metrics::default(),
+            notifier,
+            changes: tokio::sync::watch::Sender::new(0),
+            connector: options.connector,
+            halts: std::sync::RwLock::new(halts),
+        });
+        let unknown = crate::execution::reconcile_after_restart(&app)?;
+        if !unknown.is_empty() {
+            tracing::warn!(executions = ?unknown, "executions interrupted by a stop are now `unknown`: reconcile them");
+        }
+        Ok(app)
+    }
+}
