@@ -803,7 +803,7 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
     })?;
     match result {
         Ok(_) => Ok(next),
-        Err(e) => Err(ApiError::new(axum::http::StatusCode::BAD_GATEWAY, "rollback_failed", e.to_string())),
+        Err(e) => Err(ApiError::bad_gateway("rollback_failed", e.to_string())),
     }
 }
 

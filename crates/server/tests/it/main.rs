@@ -8,6 +8,7 @@ mod escapes;
 mod execution;
 mod explain;
 mod identity;
+mod layers;
 mod model;
 mod openapi;
 mod reload;
