@@ -1,5 +1,5 @@
 //! API errors: `{"error": {"code", "message", "details"}}` with the right status. Codes are
-//! stable snake_case; the table in the README lists them.
+//! stable snake_case; the table in docs/api.md lists them.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -84,7 +84,7 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-/// `code` is stable (the README's table); `message` is for people.
+/// `code` is stable (the table in docs/api.md); `message` is for people.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     #[schema(example = "missing_token")]
