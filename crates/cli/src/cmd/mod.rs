@@ -3,7 +3,7 @@ pub mod approvals;
 pub mod audit;
 pub mod demo;
 pub mod explain;
-pub mod incident;
+
 pub mod init;
 pub mod lab;
 pub mod policy;

@@ -27,7 +27,7 @@ const TASK: &str = "INC-2041";
 /// Marks a directory the demo made, so a second run may start it afresh.
 const MARKER: &str = ".warden-demo";
 
-const CONNECTORS: &str = include_str!("../../../../examples/policy/connectors.toml");
+const CONNECTORS: &str = include_str!("../../../../../examples/policy/connectors.toml");
 
 struct Http {
     base: String,

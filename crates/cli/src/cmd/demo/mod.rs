@@ -1,5 +1,8 @@
-//! `warden demo`: the whole job end to end (`incident`), or with `--decisions` the example
-//! bundle's decisions, scenario by scenario, without a server.
+//! `warden demo`: by default the whole job end to end (`incident`: the lab estate, a server,
+//! scripted agents and humans over HTTP); with `--decisions` the example bundle's decisions,
+//! scenario by scenario, without a server (`decisions.toml`).
+
+mod incident;
 
 use clap::Args;
 use warden_core::policy_test::parse_cases;
@@ -27,11 +30,11 @@ pub struct DemoArgs {
     pub policy: Option<std::path::PathBuf>,
 }
 
-const SCRIPT: &str = include_str!("demo.toml");
+const SCRIPT: &str = include_str!("decisions.toml");
 
 pub fn run(a: DemoArgs) -> Result<(), Failure> {
     if !a.decisions {
-        return crate::cmd::incident::run(a.data, a.keep_running);
+        return incident::run(a.data, a.keep_running);
     }
     let bundle = match &a.policy {
         Some(dir) => crate::cmd::policy::load(dir)?.1,
@@ -40,7 +43,7 @@ pub fn run(a: DemoArgs) -> Result<(), Failure> {
             Bundle::load(&files).map_err(|e| anyhow::anyhow!("the built-in example bundle is invalid: {e}"))?
         }
     };
-    let script = SourceFile::new("demo.toml", SCRIPT);
+    let script = SourceFile::new("decisions.toml", SCRIPT);
     let cases = parse_cases(&script).map_err(|p| anyhow::anyhow!("the demo script is invalid: {}", p[0]))?;
     outln!("Warden demo — policy bundle {}", bundle.version());
     outln!(
