@@ -109,10 +109,7 @@ impl Model for Execution {
         // Indexed as `rolling_back` while a compensation is under way, so a restart finds the
         // ones it interrupted without reading every execution.
         let indexed = if self.rolling_back.is_some() { "rolling_back" } else { self.state.as_str() };
-        Record::new(Table::Executions, &self.id, serde_json::to_value(self).unwrap_or_default())
-            .agent(&self.agent)
-            .task(&self.task)
-            .state(indexed)
+        self.bare_record().agent(&self.agent).task(&self.task).state(indexed)
     }
 }
 
@@ -168,12 +165,7 @@ impl Model for Lease {
             LeaseState::Active => "active",
             LeaseState::Revoked => "revoked",
         };
-        Record::new(Table::Leases, &self.id, serde_json::to_value(self).unwrap_or_default())
-            .agent(&self.agent)
-            .task(&self.task)
-            .state(state)
-            .key(&self.request)
-            .at(self.expires_ms)
+        self.bare_record().agent(&self.agent).task(&self.task).state(state).key(&self.request).at(self.expires_ms)
     }
 }
 

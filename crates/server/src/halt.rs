@@ -41,11 +41,7 @@ impl Model for HaltRecord {
         &self.id
     }
     fn record(&self) -> Record {
-        Record::new(Table::Halts, &self.id, serde_json::to_value(self).unwrap_or_default()).state(if self.active {
-            "active"
-        } else {
-            "lifted"
-        })
+        self.bare_record().state(if self.active { "active" } else { "lifted" })
     }
 }
 

@@ -39,16 +39,17 @@ pub trait Model: Serialize + DeserializeOwned {
     fn id(&self) -> &str;
     /// The record with its indexed keys (version 0: set it before an update).
     fn record(&self) -> Record;
+    /// The record's table, id and body, without indexed keys: what [`Model::record`] adds its
+    /// keys to.
+    fn bare_record(&self) -> Record {
+        Record::new(Self::TABLE, self.id(), serde_json::to_value(self).unwrap_or(Value::Null))
+    }
     fn from_record(r: &Record) -> Result<Self, ApiError> {
         serde_json::from_value(r.body.clone()).map_err(|e| {
             tracing::error!(table = r.table.name(), id = %r.id, error = %e, "unreadable record");
             ApiError::unavailable("store_unavailable", "a stored record cannot be read")
         })
     }
-}
-
-fn body<T: Serialize>(v: &T) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 /// A registered workload.
@@ -69,7 +70,7 @@ impl Model for Agent {
     }
     fn record(&self) -> Record {
         let status = serde_json::to_value(self.status).ok().and_then(|v| v.as_str().map(str::to_string));
-        let mut r = Record::new(Table::Agents, &self.id, body(self)).agent(&self.id);
+        let mut r = self.bare_record().agent(&self.id);
         r.state = status;
         r
     }
@@ -102,7 +103,7 @@ impl Model for User {
         &self.id
     }
     fn record(&self) -> Record {
-        Record::new(Table::Users, &self.id, body(self)).state(&self.status).key(&self.token_hash)
+        self.bare_record().state(&self.status).key(&self.token_hash)
     }
 }
 
@@ -152,7 +153,7 @@ impl Model for Task {
     }
     fn record(&self) -> Record {
         let state = if self.state == TaskState::Open { "open" } else { "closed" };
-        Record::new(Table::Tasks, &self.id, body(self)).task(&self.id).state(state)
+        self.bare_record().task(&self.id).state(state)
     }
 }
 
@@ -208,11 +209,7 @@ impl Model for ActionRecord {
         &self.id
     }
     fn record(&self) -> Record {
-        let mut r = Record::new(Table::Requests, &self.id, body(self))
-            .agent(&self.agent)
-            .task(&self.task)
-            .state(&self.state)
-            .at(self.created_ms);
+        let mut r = self.bare_record().agent(&self.agent).task(&self.task).state(&self.state).at(self.created_ms);
         r.key = self.idempotency_key.as_deref().map(|k| Self::idempotency_index(&self.agent, k));
         r
     }
@@ -235,7 +232,7 @@ impl Model for DecisionRecord {
         &self.id
     }
     fn record(&self) -> Record {
-        Record::new(Table::Decisions, &self.id, body(self))
+        self.bare_record()
             .agent(&self.agent)
             .task(&self.task)
             .state(self.decision.outcome.to_string())
@@ -369,10 +366,7 @@ impl Model for Approval {
         &self.id
     }
     fn record(&self) -> Record {
-        let mut r = Record::new(Table::Approvals, &self.id, serde_json::to_value(self).unwrap_or_default())
-            .agent(&self.agent)
-            .task(&self.task)
-            .state(self.state.as_str());
+        let mut r = self.bare_record().agent(&self.agent).task(&self.task).state(self.state.as_str());
         // Only a pending approval holds its fold key, so a new one can open once it ends. Its
         // `at` is when the sweeper is next due, so a sweep reads only what is due; an ended
         // one's is its expiry.
