@@ -9,12 +9,15 @@
 //!     same revocations as one plain batch
 //! ```
 
+mod client;
+
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use client::{request, run};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use warden_core::Bundle;
 use warden_core::audit::entry::Actor;
@@ -30,62 +33,6 @@ const BOT: &str = "spiffe://acme.example/soc/enrichment-bot";
 
 fn example() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy")
-}
-
-async fn client(addr: std::net::SocketAddr, request: Arc<Vec<u8>>, until: Instant) -> Vec<Duration> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    let mut lat = Vec::new();
-    let mut line = String::new();
-    while Instant::now() < until {
-        let t = Instant::now();
-        w.write_all(&request).await.unwrap();
-        let mut len = 0usize;
-        line.clear();
-        r.read_line(&mut line).await.unwrap();
-        assert!(line.starts_with("HTTP/1.1 200"), "unexpected answer: {line}");
-        loop {
-            line.clear();
-            r.read_line(&mut line).await.unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body).await.unwrap();
-        lat.push(t.elapsed());
-    }
-    lat
-}
-
-fn request(path: &str, header: &str, body: &serde_json::Value) -> Arc<Vec<u8>> {
-    let body = body.to_string();
-    Arc::new(
-        format!(
-            "POST {path} HTTP/1.1\r\nhost: bench\r\n{header}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes(),
-    )
-}
-
-async fn run(addr: std::net::SocketAddr, req: Arc<Vec<u8>>, secs: f64, conns: usize) -> (f64, Duration, Duration) {
-    let start = Instant::now();
-    let until = start + Duration::from_secs_f64(secs);
-    let handles: Vec<_> = (0..conns).map(|_| tokio::spawn(client(addr, req.clone(), until))).collect();
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(h.await.unwrap());
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort();
-    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
-    (all.len() as f64 / elapsed, at(0.5), at(0.99))
 }
 
 fn app(tmp: &Path, connector: Option<Arc<dyn warden_connectors::Connector>>) -> warden_server::App {
@@ -133,20 +80,20 @@ fn path(secs: f64, conns: usize) {
         let auth = format!("authorization: Bearer {token}");
         let task = json!({"id": "INC-1", "title": "bench", "trigger": {"source": "siem"}});
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(&request("/v1/tasks", &auth, &task)).await.unwrap();
+        s.write_all(&request("POST", "/v1/tasks", &auth, Some(&task))).await.unwrap();
         let mut buf = [0u8; 12];
         s.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf[9..12], b"201");
         println!("execute path: {secs} s per run, {conns} keep-alive connections, lab and client in-process");
         println!("| run | requests/s | p50 | p99 | ratio to the lab direct |");
         println!("|---|---|---|---|---|");
-        let direct = request("/siem/api/alerts/ALRT-1001/enrich", &format!("x-api-key: {}", keys.siem), &json!({"sources": "bench"}));
-        let (lab, p50, p99) = run(lab_addr, direct, secs, conns).await;
+        let direct = request("POST", "/siem/api/alerts/ALRT-1001/enrich", &format!("x-api-key: {}", keys.siem), Some(&json!({"sources": "bench"})));
+        let client::Run { rps: lab, p50, p99 } = run(lab_addr, direct, secs, conns).await;
         println!("| lab direct: POST /siem/api/alerts/{{id}}/enrich | {lab:.0} | {p50:?} | {p99:?} | 1.00 |");
         // The enrichment bot's budget is 5,000 executions an hour: keep under it.
         let body = json!({"task": "INC-1", "action": "alert.enrich", "target": "alert:ALRT-1001", "confidence": 0.9,
             "params": {"sources": ["threat-intel"]}});
-        let (rps, p50, p99) = run(addr, request("/v1/actions", &auth, &body), secs, conns).await;
+        let client::Run { rps, p50, p99 } = run(addr, request("POST", "/v1/actions", &auth, Some(&body)), secs, conns).await;
         println!(
             "| POST /v1/actions, execute path (decided, leased, executed, recorded) | {rps:.0} | {p50:?} | {p99:?} | {:.2} |",
             rps / lab

@@ -9,12 +9,14 @@
 //! `WARDEN_BENCH_DIR` (default: the temp dir); the client is a minimal HTTP/1.1 keep-alive
 //! client on the same runtime, so client and server share the machine's cores.
 
+mod client;
+
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use client::{request, run};
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use warden_core::Bundle;
 use warden_core::audit::entry::Actor;
@@ -28,69 +30,6 @@ use warden_store::{DataDir, SystemClock};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EDR: &str = "spiffe://acme.example/soc/edr-responder";
-
-/// One keep-alive connection: sends `request` again and again, recording each latency.
-async fn client(addr: std::net::SocketAddr, request: Arc<Vec<u8>>, until: Instant) -> Vec<Duration> {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    let mut lat = Vec::new();
-    let mut line = String::new();
-    while Instant::now() < until {
-        let t = Instant::now();
-        w.write_all(&request).await.unwrap();
-        let mut len = 0usize;
-        line.clear();
-        r.read_line(&mut line).await.unwrap();
-        assert!(line.starts_with("HTTP/1.1 200"), "unexpected answer: {line}");
-        loop {
-            line.clear();
-            r.read_line(&mut line).await.unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body).await.unwrap();
-        lat.push(t.elapsed());
-    }
-    lat
-}
-
-fn request(method: &str, path: &str, token: &str, body: Option<&serde_json::Value>) -> Arc<Vec<u8>> {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    Arc::new(
-        format!(
-            "{method} {path} HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes(),
-    )
-}
-
-struct Run {
-    rps: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-async fn run(addr: std::net::SocketAddr, req: Arc<Vec<u8>>, secs: f64, conns: usize) -> Run {
-    let start = Instant::now();
-    let until = start + Duration::from_secs_f64(secs);
-    let handles: Vec<_> = (0..conns).map(|_| tokio::spawn(client(addr, req.clone(), until))).collect();
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(h.await.unwrap());
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort();
-    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
-    Run { rps: all.len() as f64 / elapsed, p50: at(0.5), p99: at(0.99) }
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
@@ -109,6 +48,7 @@ fn main() {
     let options = ServerOptions { limits, ..Default::default() };
     let app = AppState::with_options(data, bundle, Arc::new(SystemClock), options).unwrap();
     let token = app.tokens.local.mint(EDR, "warden", now, 3600);
+    let auth = format!("authorization: Bearer {token}");
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {
@@ -118,7 +58,7 @@ fn main() {
         tokio::spawn(warden_server::serve::serve(listener, app, std::future::pending()));
         let task = json!({"id": "INC-7", "title": "bench", "trigger": {"source": "edr", "severity": "high"}});
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(&request("POST", "/v1/tasks", &token, Some(&task))).await.unwrap();
+        s.write_all(&request("POST", "/v1/tasks", &auth, Some(&task))).await.unwrap();
         let mut buf = [0u8; 12];
         s.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf[9..12], b"201");
@@ -130,10 +70,10 @@ fn main() {
         println!("load: {secs} s per run, {conns} keep-alive connections, client in-process");
         println!("| run | requests/s | p50 | p99 | ratio to healthz |");
         println!("|---|---|---|---|---|");
-        let floor = run(addr, request("GET", "/healthz", &token, None), secs, conns).await;
+        let floor = run(addr, request("GET", "/healthz", &auth, None), secs, conns).await;
         println!("| GET /healthz | {:.0} | {:?} | {:?} | 1.00 |", floor.rps, floor.p50, floor.p99);
         let dry =
-            run(addr, request("POST", "/v1/decisions", &token, Some(&ask("host.isolate", 0.3))), secs, conns).await;
+            run(addr, request("POST", "/v1/decisions", &auth, Some(&ask("host.isolate", 0.3))), secs, conns).await;
         println!(
             "| POST /v1/decisions (advise, dry run: nothing recorded) | {:.0} | {:?} | {:?} | {:.2} |",
             dry.rps,
@@ -144,7 +84,7 @@ fn main() {
         let mut groups = Vec::new();
         for (name, body) in [("advise", ask("host.isolate", 0.3)), ("deny", ask("host.wipe", 0.95))] {
             let before = probe.ledger().group_stats();
-            let r = run(addr, request("POST", "/v1/actions", &token, Some(&body)), secs, conns).await;
+            let r = run(addr, request("POST", "/v1/actions", &auth, Some(&body)), secs, conns).await;
             let after = probe.ledger().group_stats();
             let (b, g) = (after.batches - before.batches, after.groups - before.groups);
             let busy = after.busy - before.busy;

@@ -1,0 +1,78 @@
+//! The benches' HTTP client: minimal HTTP/1.1 over keep-alive connections on the bench's own
+//! tokio runtime, each connection sending one request again and again and timing each answer.
+//! Shared by `load` and `execute` (`mod client;`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
+
+/// One keep-alive connection: sends `request` again and again until `until`, recording each
+/// latency; every answer must be a 200.
+async fn connection(addr: std::net::SocketAddr, request: Arc<Vec<u8>>, until: Instant) -> Vec<Duration> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut lat = Vec::new();
+    let mut line = String::new();
+    while Instant::now() < until {
+        let t = Instant::now();
+        w.write_all(&request).await.unwrap();
+        let mut len = 0usize;
+        line.clear();
+        r.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("HTTP/1.1 200"), "unexpected answer: {line}");
+        loop {
+            line.clear();
+            r.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; len];
+        r.read_exact(&mut body).await.unwrap();
+        lat.push(t.elapsed());
+    }
+    lat
+}
+
+/// The bytes of one request: `header` is one header line without its CRLF (an
+/// `authorization: Bearer …` or a tool's key).
+pub fn request(method: &str, path: &str, header: &str, body: Option<&serde_json::Value>) -> Arc<Vec<u8>> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    Arc::new(
+        format!(
+            "{method} {path} HTTP/1.1\r\nhost: bench\r\n{header}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes(),
+    )
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub rps: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+/// `conns` connections sending `req` for `secs` seconds.
+pub async fn run(addr: std::net::SocketAddr, req: Arc<Vec<u8>>, secs: f64, conns: usize) -> Run {
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(secs);
+    let handles: Vec<_> = (0..conns).map(|_| tokio::spawn(connection(addr, req.clone(), until))).collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort();
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    Run { rps: all.len() as f64 / elapsed, p50: at(0.5), p99: at(0.99) }
+}
