@@ -15,10 +15,13 @@
 //! shows it (no coordinated omission). Exit 1 if any request failed,
 //! the log does not verify, or memory grew more than 20 % over the second half.
 
+#[path = "../tests/support/procs.rs"]
+mod procs;
+
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,15 +62,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn warden(args: &[&str]) -> String {
@@ -340,24 +334,7 @@ fn main() -> ExitCode {
     let d = data.to_str().unwrap();
 
     // The lab, on its own port, with the keys it prints.
-    let mut lab = Command::new(WARDEN)
-        .args(["lab", "serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(lab.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let lab_addr = line.trim().strip_prefix("lab estate listening on ").unwrap().to_string();
-    let mut keys = Vec::new();
-    for _ in 0..6 {
-        line.clear();
-        out.read_line(&mut line).unwrap();
-        let (k, v) = line.trim().strip_prefix("export ").unwrap().split_once('=').unwrap();
-        keys.push((k.to_string(), v.to_string()));
-    }
-    let _lab = Running(lab);
+    let (_lab, lab_addr, keys) = procs::spawn_lab(Path::new(WARDEN), 0);
 
     warden(&["init", "--data", d]);
     warden(&["agent", "add", EDR, "--owner", "team:endpoint-response", "--data", d]);
@@ -385,18 +362,8 @@ fn main() -> ExitCode {
     for tool in ["edr", "idp", "firewall", "mail", "ticketing", "siem"] {
         cmd.arg("--tool-url").arg(format!("{tool}=http://{lab_addr}"));
     }
-    let mut server = cmd.envs(keys.iter().cloned()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    // The first line that names the address (a wrapper may print before it).
-    let mut out = BufReader::new(server.stdout.take().unwrap());
-    let addr = loop {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the server exited before listening");
-        if let Some(a) = line.trim().strip_prefix("listening on ") {
-            break a.to_string();
-        }
-    };
-    let pid = server.id();
-    let mut server = Running(server);
+    let (mut server, addr) = procs::spawn_server(cmd.envs(keys.iter().cloned()));
+    let pid = server.0.id();
 
     let task = json!({"id": "INC-S", "title": "soak", "trigger": {"source": "edr", "severity": "high"}}).to_string();
     let (status, _) = Conn::open(&addr).unwrap().post("/v1/tasks", &tokens.0, &task).unwrap();

@@ -4,9 +4,8 @@
 //! decision and, for a finished execution, its result), and no tool call was made twice.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,20 +25,8 @@ fn start_server(data: &Path, policy: &Path, lab: &str, keys: &[(String, String)]
     for tool in ["edr", "idp", "firewall", "mail", "ticketing", "siem"] {
         cmd.arg("--tool-url").arg(format!("{tool}=http://{lab}"));
     }
-    let mut child = cmd
-        .arg("--data")
-        .arg(data)
-        .arg("--policy")
-        .arg(policy)
-        .envs(keys.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let addr = first.trim().strip_prefix("listening on ").expect("the address is printed").to_string();
-    (Running(child), addr)
+    cmd.arg("--data").arg(data).arg("--policy").arg(policy).envs(keys.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    crate::procs::spawn_server(&mut cmd)
 }
 
 /// An answer a client received: the request id, its state, and the tool path it ran on.

@@ -1,5 +1,8 @@
 //! The `warden` binary, end to end: arguments in, output and exit codes out.
 
+#[path = "../support/procs.rs"]
+pub mod procs;
+
 mod audit;
 mod demo;
 mod kill;

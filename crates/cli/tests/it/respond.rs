@@ -1,8 +1,7 @@
 //! Black box: `warden lab serve`, `warden serve` executing against it, then `warden rollback`,
 //! `warden halt` and `warden resume` from the command line.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 
@@ -11,36 +10,12 @@ use crate::{example_dir, warden};
 
 const EDR: &str = "spiffe://acme.example/soc/edr-responder";
 
-pub struct Running(pub Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use crate::procs::Running;
 
 /// `warden lab serve` on a free port, each call delayed by `delay_ms`: the process, its
 /// address and the keys it printed.
 pub fn start_lab(delay_ms: u64) -> (Running, String, Vec<(String, String)>) {
-    let mut lab = Command::new(assert_cmd::cargo::cargo_bin("warden"))
-        .args(["lab", "serve", "--listen", "127.0.0.1:0", "--delay-ms", &delay_ms.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(lab.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("lab estate listening on ").expect("the address is printed").to_string();
-    let mut keys = Vec::new();
-    for _ in 0..6 {
-        line.clear();
-        out.read_line(&mut line).unwrap();
-        let (k, v) = line.trim().strip_prefix("export ").unwrap().split_once('=').unwrap();
-        keys.push((k.to_string(), v.to_string()));
-    }
-    (Running(lab), addr, keys)
+    crate::procs::spawn_lab(&assert_cmd::cargo::cargo_bin("warden"), delay_ms)
 }
 
 pub fn lab_state(addr: &str) -> Value {
@@ -126,22 +101,15 @@ fn execute_roll_back_and_halt_from_the_command_line() {
 }
 
 fn start_server(data: &std::path::Path, lab_addr: &str, keys: &[(String, String)]) -> (Running, String) {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("warden"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--tool-url"])
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("warden"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--tool-url"])
         .arg(format!("edr=http://{lab_addr}"))
         .arg("--data")
         .arg(data)
         .arg("--policy")
         .arg(example_dir())
-        .envs(keys.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let addr = first.trim().strip_prefix("listening on ").unwrap().to_string();
-    (Running(child), addr)
+        .envs(keys.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    crate::procs::spawn_server(&mut cmd)
 }
 
 /// SIGKILL in the middle of executions against a slow tool: after the restart the interrupted

@@ -174,22 +174,15 @@ fn agent_and_user_administration_on_a_data_directory() {
 }
 
 /// Starts `warden serve` on a free port; the child and its address.
-fn start_server(data: &Path, extra: &[&str]) -> (std::process::Child, String) {
-    let mut server = Command::new(assert_cmd::cargo::cargo_bin("warden"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
+fn start_server(data: &Path, extra: &[&str]) -> (crate::procs::Running, String) {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("warden"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
         .args(extra)
         .arg("--data")
         .arg(data)
         .arg("--policy")
-        .arg(example_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(server.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    let addr = first.trim().strip_prefix("listening on ").expect("the address is printed").to_string();
-    (server, addr)
+        .arg(example_dir());
+    crate::procs::spawn_server(&mut cmd)
 }
 
 #[test]
@@ -234,8 +227,8 @@ fn agent_and_user_administration_against_a_running_server() {
     warden().args(["agent", "list", "--server", &url]).env_remove("WARDEN_TOKEN").assert().code(3);
     warden().args(["agent", "list", "--server", "http://127.0.0.1:9", "--token", &admin]).assert().code(1);
 
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
     // Each change is audited with the calling human as the actor.
     let export = stdout_of(data, &["audit", "export", "--format", "jsonl"]);
     let by_admin: Vec<String> = export
@@ -300,8 +293,8 @@ fn the_approval_inbox_from_the_command_line() {
     // closed, before any call.
     assert_eq!(polled["state"], "failed", "{polled}");
     assert!(polled["execution"]["error"].as_str().unwrap().contains("LAB_EDR_KEY"), "{polled}");
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
 }
 
 #[test]
@@ -327,8 +320,8 @@ fn administration_over_https_trusts_a_private_ca_when_told() {
     list(None).code(1); // the private CA is not trusted by default
     let out = list(Some(&ca)).success();
     assert!(String::from_utf8_lossy(&out.get_output().stdout).contains("admin  active  admin"));
-    server.kill().unwrap();
-    server.wait().unwrap();
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
 }
 
 #[test]
