@@ -201,42 +201,15 @@ async fn an_approved_execution_counts_toward_the_budget() {
 
 #[tokio::test]
 async fn sixty_concurrent_requests_through_the_real_server_get_exactly_the_budget() {
-    let (url, keys) = lab();
-    let h = harness_full(None, Arc::new(warden_store::SystemClock), Default::default(), Some(connector(&url, &keys)));
-    let agent = h.svid(EDR);
-    edr_task(&h, &agent).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(warden_server::serve::serve(listener, h.app.clone(), async move {
-        let _ = stopped.await;
-    }));
     // 60 at once on one host: the hourly budget of 10 binds.
-    let bodies: Vec<Value> = (0..60).map(|_| isolate("host:web-42")).collect();
-    let same = tokio::task::spawn_blocking({
-        let agent = agent.clone();
-        move || fire(addr, &agent, bodies)
-    })
-    .await
-    .unwrap();
+    let (same, url) = fire_at_a_fresh_server((0..60).map(|_| isolate("host:web-42")).collect()).await;
     let executed = same.iter().filter(|a| a["decision"]["outcome"] == "execute").count();
     assert_eq!(executed, 10, "{:?}", same.iter().map(|a| a["state"].clone()).collect::<Vec<_>>());
     assert_eq!(calls(&url, "edr contain"), 10);
     assert!(same.iter().all(|a| a["id"].is_string()), "every request was answered");
-    let _ = (stop.send(()), server.await);
 
     // At once on the 10 hosts the agent may isolate on its own (tier2 or lower), 6 times
     // each, on a fresh server: the budget of 5 distinct targets binds, then the hourly 10.
-    let (url, keys) = lab();
-    let h = harness_full(None, Arc::new(warden_store::SystemClock), Default::default(), Some(connector(&url, &keys)));
-    let agent = h.svid(EDR);
-    edr_task(&h, &agent).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(warden_server::serve::serve(listener, h.app.clone(), async move {
-        let _ = stopped.await;
-    }));
     let hosts = [
         "web-01",
         "web-02",
@@ -249,8 +222,8 @@ async fn sixty_concurrent_requests_through_the_real_server_get_exactly_the_budge
         "lt-asmith",
         "lt-helpdesk-01",
     ];
-    let bodies: Vec<Value> = (0..60).map(|i| isolate(&format!("host:{}", hosts[i % 10]))).collect();
-    let spread = tokio::task::spawn_blocking(move || fire(addr, &agent, bodies)).await.unwrap();
+    let (spread, url) =
+        fire_at_a_fresh_server((0..60).map(|i| isolate(&format!("host:{}", hosts[i % 10]))).collect()).await;
     let executed: Vec<&Value> = spread.iter().filter(|a| a["decision"]["outcome"] == "execute").collect();
     let mut targets: Vec<&str> = executed.iter().map(|a| a["target"].as_str().unwrap()).collect();
     targets.sort_unstable();
@@ -262,7 +235,24 @@ async fn sixty_concurrent_requests_through_the_real_server_get_exactly_the_budge
         spread.iter().any(|a| a["decision"]["caps"].to_string().contains("distinct_targets_exceeded")),
         "the distinct-targets budget was met"
     );
+}
+
+/// A fresh lab and server (on a loopback port, with the EDR agent's task open): `bodies` sent
+/// at once as the EDR agent over real HTTP; the answers and the lab's URL.
+async fn fire_at_a_fresh_server(bodies: Vec<Value>) -> (Vec<Value>, String) {
+    let (url, keys) = lab();
+    let h = harness_full(None, Arc::new(warden_store::SystemClock), Default::default(), Some(connector(&url, &keys)));
+    let agent = h.svid(EDR);
+    edr_task(&h, &agent).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(warden_server::serve::serve(listener, h.app.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let answers = tokio::task::spawn_blocking(move || fire(addr, &agent, bodies)).await.unwrap();
     let _ = (stop.send(()), server.await);
+    (answers, url)
 }
 
 /// Sends every body at once, each from its own thread, over real HTTP; the answers.
