@@ -8,13 +8,13 @@ use warden_core::request::AgentStatus;
 use warden_store::data_dir::{new_token, token_hash};
 use warden_store::{Batch, Change, Ledger, Query, StoreError, Table};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::model::{Agent, Model, User, rfc3339};
 
 /// Checks `spiffe://<trust domain>/<path>` (SPIFFE ID spec: lowercase trust domain of
 /// letters, digits, `.`, `-`, `_`; non-empty path segments of letters, digits, `.`, `-`, `_`).
 pub fn check_spiffe_id(id: &str) -> Result<(), ApiError> {
-    let bad = |why: &str| ApiError::invalid("invalid_spiffe_id", format!("`{id}` is not a SPIFFE ID: {why}"));
+    let bad = |why: &str| ApiError::new(Code::InvalidSpiffeId, format!("`{id}` is not a SPIFFE ID: {why}"));
     let rest = id.strip_prefix("spiffe://").ok_or_else(|| bad("it must start with `spiffe://`"))?;
     let (domain, path) = rest.split_once('/').ok_or_else(|| bad("it needs a path after the trust domain"))?;
     if domain.is_empty() || !domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
@@ -42,16 +42,16 @@ fn check_name(what: &'static str, name: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         let allowed = if what == "role" { "`-`, `_`, `.`, `@` or `:`" } else { "`-`, `_`, `.` or `@`" };
-        Err(ApiError::invalid(
-            "invalid_name",
+        Err(ApiError::new(
+            Code::InvalidName,
             format!("{what} `{name}` must be 1–64 lowercase letters, digits, {allowed}"),
         ))
     }
 }
 
-fn conflict_or(e: StoreError, code: &'static str, message: String) -> ApiError {
+fn conflict_or(e: StoreError, code: Code, message: String) -> ApiError {
     match e {
-        StoreError::Conflict { .. } => ApiError::conflict(code, message),
+        StoreError::Conflict { .. } => ApiError::new(code, message),
         other => other.into(),
     }
 }
@@ -67,7 +67,7 @@ pub fn add_agent(
 ) -> Result<Agent, ApiError> {
     check_spiffe_id(id)?;
     if owner.trim().is_empty() {
-        return Err(ApiError::invalid("invalid_request", "an agent needs an owner (`--owner`)"));
+        return Err(ApiError::new(Code::InvalidRequest, "an agent needs an owner (`--owner`)"));
     }
     let agent = Agent {
         id: id.to_string(),
@@ -80,7 +80,7 @@ pub fn add_agent(
         .data(json!({"agent": id, "owner": owner, "purpose": purpose, "status": "active"}));
     ledger
         .commit(Batch::new().change(Change::Insert(agent.record())).event(event))
-        .map_err(|e| conflict_or(e, "agent_exists", format!("agent `{id}` is already registered")))?;
+        .map_err(|e| conflict_or(e, Code::AgentExists, format!("agent `{id}` is already registered")))?;
     Ok(agent)
 }
 
@@ -117,7 +117,7 @@ pub fn set_agent_status(
     for _ in 0..16 {
         let record = store
             .get(Agent::TABLE, id)?
-            .ok_or_else(|| ApiError::not_found("unknown_agent", format!("no agent `{id}` is registered")))?;
+            .ok_or_else(|| ApiError::new(Code::UnknownAgent, format!("no agent `{id}` is registered")))?;
         let mut agent = Agent::from_record(&record)?;
         let from = agent.status;
         agent.status = status;
@@ -165,7 +165,7 @@ pub fn set_agent_status(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::conflict("conflict", format!("agent `{id}` kept changing; try again")))
+    Err(ApiError::new(Code::Conflict, format!("agent `{id}` kept changing; try again")))
 }
 
 /// Records that a JWT-SVID was minted for `id` (who asked, audience, lifetime; never the token).
@@ -186,18 +186,18 @@ pub fn record_token_minted(
 pub fn add_user(ledger: &Ledger, actor: &Actor, id: &str, roles: &[String]) -> Result<(User, String), ApiError> {
     check_name("user", id)?;
     if roles.is_empty() {
-        return Err(ApiError::invalid("invalid_request", "a user needs at least one role (`--role`)"));
+        return Err(ApiError::new(Code::InvalidRequest, "a user needs at least one role (`--role`)"));
     }
     for r in roles {
         check_name("role", r)?;
     }
-    let token = new_token().map_err(|e| ApiError::unavailable("random_unavailable", e.to_string()))?;
+    let token = new_token().map_err(|e| ApiError::new(Code::RandomUnavailable, e.to_string()))?;
     let user =
         User { id: id.to_string(), roles: roles.to_vec(), token_hash: token_hash(&token), status: "active".into() };
     let event = Event::new(EventType::UserAdded, actor.clone()).data(json!({"id": id, "roles": roles}));
     ledger
         .commit(Batch::new().change(Change::Insert(user.record())).event(event))
-        .map_err(|e| conflict_or(e, "user_exists", format!("user `{id}` already exists")))?;
+        .map_err(|e| conflict_or(e, Code::UserExists, format!("user `{id}` already exists")))?;
     Ok((user, token))
 }
 
@@ -228,7 +228,7 @@ mod tests {
             "spiffe://a/../b",
             "spiffe://a/b c",
         ] {
-            assert_eq!(check_spiffe_id(bad).unwrap_err().code, "invalid_spiffe_id", "{bad}");
+            assert_eq!(check_spiffe_id(bad).unwrap_err().code.as_str(), "invalid_spiffe_id", "{bad}");
         }
     }
 }

@@ -19,7 +19,7 @@ use warden_core::audit::entry::{Actor, Event, EventType};
 
 use warden_store::{Batch, Change, Query, Store, StoreError, Table};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::model::{ActionRecord, Model, User, millis, rfc3339};
 pub use crate::model::{Approval, ApprovalState, Vote, fold_key};
 
@@ -53,8 +53,8 @@ pub fn load(store: &dyn Store, id: &str) -> Result<Option<Versioned>, ApiError> 
 pub fn fold(v: Versioned, id: &str) -> Result<(Approval, u64), ApiError> {
     let Versioned { approval: mut a, version } = v;
     if a.requests.len() >= FOLD_MAX {
-        return Err(ApiError::conflict(
-            "approval_pending",
+        return Err(ApiError::new(
+            Code::ApprovalPending,
             format!(
                 "approval `{}` already covers {} identical requests; wait for one of them \
                  (`GET /v1/actions/{{id}}?wait=30s`) instead of asking again",
@@ -214,11 +214,11 @@ pub struct Voted {
 
 fn closed(a: &Approval) -> ApiError {
     let code = match a.state {
-        ApprovalState::Expired => "approval_expired",
-        ApprovalState::Cancelled => "approval_cancelled",
-        _ => "approval_decided",
+        ApprovalState::Expired => Code::ApprovalExpired,
+        ApprovalState::Cancelled => Code::ApprovalCancelled,
+        _ => Code::ApprovalDecided,
     };
-    ApiError::conflict(code, format!("approval `{}` is {}; it can no longer be decided", a.id, a.state.as_str()))
+    ApiError::new(code, format!("approval `{}` is {}; it can no longer be decided", a.id, a.state.as_str()))
 }
 
 /// Whether `user` counts as the agent's owner: their id, `user:<id>`, or one of their roles
@@ -240,11 +240,10 @@ pub fn vote(
     if let Verdict::Reject { reason } = verdict
         && reason.trim().is_empty()
     {
-        return Err(ApiError::invalid("reason_required", "a rejection needs a `reason`"));
+        return Err(ApiError::new(Code::ReasonRequired, "a rejection needs a `reason`"));
     }
     for _ in 0..RETRIES {
-        let v =
-            load(store, id)?.ok_or_else(|| ApiError::not_found("unknown_approval", format!("no approval `{id}`")))?;
+        let v = load(store, id)?.ok_or_else(|| ApiError::new(Code::UnknownApproval, format!("no approval `{id}`")))?;
         let a = &v.approval;
         if a.state != ApprovalState::Pending {
             return Err(closed(a));
@@ -259,15 +258,15 @@ pub fn vote(
             return Err(closed(&expired));
         }
         let Some(role) = a.roles.iter().find(|r| user.has_role(r)) else {
-            return Err(ApiError::forbidden(
-                "missing_role",
+            return Err(ApiError::new(
+                Code::MissingRole,
                 format!("approving needs one of the roles: {}", a.roles.join(", ")),
             )
             .details(json!({"required": a.roles})));
         };
         if a.separation_of_duties && is_owner(user, &a.owner) {
-            return Err(ApiError::forbidden(
-                "separation_of_duties",
+            return Err(ApiError::new(
+                Code::SeparationOfDuties,
                 format!("`{}` owns agent `{}` and may not decide its requests", user.id, a.agent),
             ));
         }
@@ -281,8 +280,8 @@ pub fn vote(
             }
             Verdict::Approve { reason, lease_ttl_secs } => {
                 if a.votes.iter().any(|x| x.user == user.id) {
-                    return Err(ApiError::conflict(
-                        "already_voted",
+                    return Err(ApiError::new(
+                        Code::AlreadyVoted,
                         format!("`{}` already approved `{id}`; a person counts once toward the quorum", user.id),
                     ));
                 }
@@ -290,8 +289,8 @@ pub fn vote(
                 if let Some(ttl) = lease_ttl_secs
                     && (*ttl == 0 || *ttl > widest)
                 {
-                    return Err(ApiError::invalid(
-                        "widening_not_allowed",
+                    return Err(ApiError::new(
+                        Code::WideningNotAllowed,
                         format!("an approval may shorten the lease to at most {widest}s, not set {ttl}s"),
                     ));
                 }
@@ -330,7 +329,7 @@ pub fn vote(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::conflict("conflict", format!("approval `{id}` keeps changing; try again")))
+    Err(ApiError::new(Code::Conflict, format!("approval `{id}` keeps changing; try again")))
 }
 
 /// An agent's record for one action over the last [`TRACK_RECORD_DAYS`] days.
@@ -433,7 +432,7 @@ pub fn sweep(
 pub fn run_approved(s: &crate::state::AppState, request: &str) {
     let Some(connector) = s.connector.as_deref() else { return };
     if let Err(e) = crate::execution::execute(s, connector, request) {
-        tracing::warn!(request = %request, code = e.code, error = %e.message, "approved request not executed");
+        tracing::warn!(request = %request, code = %e.code, error = %e.message, "approved request not executed");
     }
     s.changed();
 }

@@ -10,7 +10,7 @@ use warden_core::request::AgentStatus;
 use warden_store::Query;
 use warden_store::data_dir::token_hash;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::identity::{Subject, same_secret};
 use crate::model::{Agent, Model, User};
 use crate::state::{App, AppState, blocking};
@@ -70,14 +70,14 @@ fn bearer(parts: &Parts) -> Result<String, ApiError> {
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing_token", "send `Authorization: Bearer <token>`"))?;
+        .ok_or_else(|| ApiError::new(Code::MissingToken, "send `Authorization: Bearer <token>`"))?;
     Ok(header
         .to_str()
         .ok()
         .and_then(|h| h.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("malformed_token", "the Authorization header must be `Bearer <token>`"))?
+        .ok_or_else(|| ApiError::new(Code::MalformedToken, "the Authorization header must be `Bearer <token>`"))?
         .to_string())
 }
 
@@ -90,13 +90,13 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
             let found = s.ledger().store().find(User::TABLE, &query)?;
             let user = match found.first() {
                 Some(r) => User::from_record(r)?,
-                None => return Err(ApiError::unauthorized("unknown_token", "the API token is not known")),
+                None => return Err(ApiError::new(Code::UnknownToken, "the API token is not known")),
             };
             if !same_secret(&user.token_hash, &hash) {
-                return Err(ApiError::unauthorized("unknown_token", "the API token is not known"));
+                return Err(ApiError::new(Code::UnknownToken, "the API token is not known"));
             }
             if user.status != "active" {
-                return Err(ApiError::forbidden("user_disabled", format!("user `{}` is disabled", user.id)));
+                return Err(ApiError::new(Code::UserDisabled, format!("user `{}` is disabled", user.id)));
             }
             Ok(Caller::Human(user))
         })
@@ -117,17 +117,16 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
 pub fn active_agent(s: &AppState, sub: &str) -> Result<(Agent, u64), ApiError> {
     let (agent, version) = match s.ledger().store().get(Agent::TABLE, sub)? {
         Some(r) => (Agent::from_record(&r)?, r.version),
-        None => return Err(ApiError::forbidden("unknown_agent", format!("`{sub}` is not a registered agent"))),
+        None => return Err(ApiError::new(Code::UnregisteredAgent, format!("`{sub}` is not a registered agent"))),
     };
     match agent.status {
         AgentStatus::Active if !s.rate.allow(&agent.id, &s.limits) => Err(ApiError::new(
-            axum::http::StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            Code::RateLimited,
             format!("agent `{sub}` exceeds {} requests per second", s.limits.agent_rate),
         )),
         AgentStatus::Active => Ok((agent, version)),
-        AgentStatus::Suspended => Err(ApiError::forbidden("agent_suspended", format!("agent `{sub}` is suspended"))),
-        AgentStatus::Halted => Err(ApiError::forbidden("agent_halted", format!("agent `{sub}` is halted"))),
+        AgentStatus::Suspended => Err(ApiError::new(Code::AgentSuspended, format!("agent `{sub}` is suspended"))),
+        AgentStatus::Halted => Err(ApiError::new(Code::AgentHalted, format!("agent `{sub}` is halted"))),
     }
 }
 
@@ -145,13 +144,13 @@ impl FromRequestParts<App> for AgentToken {
         if token.starts_with("wdn_") {
             // A human API token: the full check gives the same answer as everywhere else.
             return match authenticate(parts, app).await? {
-                Caller::Human(_) => Err(ApiError::forbidden("humans_not_allowed", "this endpoint is for agents")),
+                Caller::Human(_) => Err(ApiError::new(Code::HumansNotAllowed, "this endpoint is for agents")),
                 Caller::Agent(a) => Ok(AgentToken(a.id)),
             };
         }
         match app.tokens.subject(&token, app.now())? {
             Subject::Agent(sub) => Ok(AgentToken(sub)),
-            Subject::Human { .. } => Err(ApiError::forbidden("humans_not_allowed", "this endpoint is for agents")),
+            Subject::Human { .. } => Err(ApiError::new(Code::HumansNotAllowed, "this endpoint is for agents")),
         }
     }
 }
@@ -161,7 +160,7 @@ impl FromRequestParts<App> for HumanCaller {
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, ApiError> {
         match authenticate(parts, app).await? {
             Caller::Human(u) => Ok(HumanCaller(u)),
-            Caller::Agent(_) => Err(ApiError::forbidden("agents_not_allowed", "this endpoint is for humans")),
+            Caller::Agent(_) => Err(ApiError::new(Code::AgentsNotAllowed, "this endpoint is for humans")),
         }
     }
 }
@@ -172,7 +171,7 @@ impl HumanCaller {
         if self.0.has_role("admin") || roles.iter().any(|r| self.0.has_role(r)) {
             Ok(())
         } else {
-            Err(ApiError::forbidden("missing_role", format!("this needs one of the roles: {}", roles.join(", ")))
+            Err(ApiError::new(Code::MissingRole, format!("this needs one of the roles: {}", roles.join(", ")))
                 .details(serde_json::json!({"required": roles})))
         }
     }

@@ -6,7 +6,7 @@ use serde_json::json;
 use warden_core::audit::entry::{Actor, Event, EventType};
 use warden_store::{Batch, Change, Store};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::model::millis;
 use crate::state::AppState;
 
@@ -40,11 +40,11 @@ pub fn reset(
     reason: &str,
 ) -> Result<time::OffsetDateTime, ApiError> {
     if reason.trim().is_empty() {
-        return Err(ApiError::invalid("reason_required", "a reset needs a `reason`"));
+        return Err(ApiError::new(Code::ReasonRequired, "a reset needs a `reason`"));
     }
     if !breaker(s.ledger().store().as_ref(), agent, action)?.open {
-        return Err(ApiError::conflict(
-            "breaker_closed",
+        return Err(ApiError::new(
+            Code::BreakerClosed,
             format!("the breaker of `{agent}` × `{action}` is not tripped"),
         ));
     }

@@ -19,7 +19,7 @@ use warden_core::guardrail::Mode;
 use warden_core::request::{AgentStatus, TaskState};
 use warden_store::{Batch, Change, Query, Record, Store, StoreError, Table};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::model::new_id;
 use crate::model::{ActionRecord, Approval, Model, millis, rfc3339};
 use crate::state::AppState;
@@ -318,18 +318,17 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
     let store = s.ledger().store();
     // The halt gate: no matching action starts once a halt has returned (see `crate::halt`).
     // Held from the check to the end of the tool call.
-    let gate =
-        s.halts.read().map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))?;
+    let gate = s.halts.read().map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"))?;
     let mut started = None;
     for _ in 0..START_ATTEMPTS {
         let (req, version) = versioned::<ActionRecord>(store.as_ref(), id)?
-            .ok_or_else(|| ApiError::not_found("unknown_action", format!("no action request `{id}`")))?;
+            .ok_or_else(|| ApiError::new(Code::UnknownAction, format!("no action request `{id}`")))?;
         if req.state != "approved" {
-            return Err(ApiError::conflict("not_approved", format!("request `{id}` is {}, not approved", req.state)));
+            return Err(ApiError::new(Code::NotApproved, format!("request `{id}` is {}, not approved", req.state)));
         }
         if let Some(primary) = &req.folded_into {
-            return Err(ApiError::conflict(
-                "folded",
+            return Err(ApiError::new(
+                Code::Folded,
                 format!("request `{id}` shares the one execution of `{primary}`; it never runs on its own"),
             ));
         }
@@ -349,19 +348,19 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
                  {bound}; nothing was called"
             );
             refuse(s, &req, version, "failed", "digest_mismatch", &why)?;
-            return Err(ApiError::conflict("digest_mismatch", why));
+            return Err(ApiError::new(Code::DigestMismatch, why));
         }
         if let Some(h) = gate.matching(&req.agent, &req.action, now) {
             // Halted between the decision and the call: nothing starts; the request is cancelled.
             let why = format!("halted before the tool was called: {}", h.reason);
             refuse(s, &req, version, "cancelled", "halted", &why)?;
-            return Err(ApiError::conflict("halted", why));
+            return Err(ApiError::new(Code::Halted, why));
         }
         let (why, agent_version, task_version) = stopped(s, &req)?;
         if let Some(why) = why {
             let why = format!("stopped before the tool was called: {why}");
             refuse(s, &req, version, "cancelled", "stopped", &why)?;
-            return Err(ApiError::conflict("stopped", why));
+            return Err(ApiError::new(Code::Stopped, why));
         }
         let bundle = s.bundle()?;
         let class = bundle.catalog().get(&req.action);
@@ -460,7 +459,7 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
         }
     }
     let Some(Started { req, mut exec, lease, ttl, category, now }) = started else {
-        return Err(ApiError::conflict("conflict", format!("request `{id}` kept changing; it was not executed")));
+        return Err(ApiError::new(Code::Conflict, format!("request `{id}` kept changing; it was not executed")));
     };
     let result = if connector.supports(&req.action) {
         let token = s.tokens.local.mint_lease(&req.agent, &lease.id, &lease.scope, &lease.digest, now, ttl);
@@ -499,8 +498,8 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
     if let Err(e) = finish(s, &req, &exec, &lease, kind, final_state, category.as_deref()) {
         // The tool was called: never answer as if nothing was done.
         tracing::error!(request = %req.id, outcome = final_state, error = %e.message, "an execution's result was not recorded");
-        return Err(ApiError::unavailable(
-            "result_unrecorded",
+        return Err(ApiError::new(
+            Code::ResultUnrecorded,
             format!(
                 "the tool was called for `{}` ({final_state}) but its result could not be recorded: the \
                  execution stays `executing` and becomes `unknown` when the server next starts; do not retry",
@@ -535,7 +534,7 @@ fn finish(
         let now = s.now();
         let mut batch = Batch::new();
         let (_, ev) = versioned::<Execution>(store.as_ref(), &exec.id)?
-            .ok_or_else(|| ApiError::unavailable("store_unavailable", format!("execution `{}` vanished", exec.id)))?;
+            .ok_or_else(|| ApiError::new(Code::StoreUnavailable, format!("execution `{}` vanished", exec.id)))?;
         let mut r = exec.record();
         r.version = ev;
         batch = batch.change(Change::Update(r));
@@ -565,7 +564,7 @@ fn finish(
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::unavailable("store_unavailable", "the execution's result could not be recorded"))
+    Err(ApiError::new(Code::StoreUnavailable, "the execution's result could not be recorded"))
 }
 
 /// On start: executions left `executing` by a stopped server become `unknown`, for a human to
@@ -676,14 +675,14 @@ pub enum RollbackBy<'a> {
 pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackBy<'_>) -> Result<Execution, ApiError> {
     let store = s.ledger().store();
     let (exec, version) = versioned::<Execution>(store.as_ref(), id)?
-        .ok_or_else(|| ApiError::not_found("no_execution", format!("request `{id}` was not executed")))?;
+        .ok_or_else(|| ApiError::new(Code::NoExecution, format!("request `{id}` was not executed")))?;
     let owned_actor;
     let actor = match by {
         RollbackBy::Human(user) => {
             let roles = rollback_roles(s, &exec)?;
             if !roles.iter().any(|r| user.has_role(r)) {
-                return Err(ApiError::forbidden(
-                    "missing_role",
+                return Err(ApiError::new(
+                    Code::MissingRole,
                     format!("rolling back `{}` needs one of the roles: {}", exec.action, roles.join(", ")),
                 )
                 .details(json!({"required": roles})));
@@ -694,8 +693,8 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
         RollbackBy::Halt(actor) => actor,
     };
     if let Some(who) = &exec.rolling_back {
-        return Err(ApiError::conflict(
-            "rollback_in_progress",
+        return Err(ApiError::new(
+            Code::RollbackInProgress,
             format!("the rollback of `{id}` that `{who}` started is under way"),
         ));
     }
@@ -703,20 +702,20 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
         ExecutionState::RolledBack => return Ok(exec),
         ExecutionState::Succeeded => {}
         other => {
-            return Err(ApiError::conflict(
-                "not_rollbackable",
+            return Err(ApiError::new(
+                Code::NotRollbackable,
                 format!("execution `{id}` is {}; only a succeeded execution can be rolled back", other.as_str()),
             ));
         }
     }
     let Some(compensation) = exec.compensation.clone() else {
-        return Err(ApiError::invalid(
-            "irreversible",
+        return Err(ApiError::new(
+            Code::Irreversible,
             format!("`{}` is irreversible: the catalog names no compensation for it", exec.action),
         ));
     };
     let (req, _) = versioned::<ActionRecord>(store.as_ref(), id)?
-        .ok_or_else(|| ApiError::not_found("unknown_action", format!("no action request `{id}`")))?;
+        .ok_or_else(|| ApiError::new(Code::UnknownAction, format!("no action request `{id}`")))?;
     let now = s.now();
     // Claim the rollback before calling the tool: of two concurrent rollbacks, one commits
     // this claim and calls the tool; the other conflicts and is told so.
@@ -737,8 +736,8 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
             let now_is = versioned::<Execution>(store.as_ref(), id)?.map(|(e, _)| e);
             return match now_is {
                 Some(e) if e.state == ExecutionState::RolledBack => Ok(e),
-                _ => Err(ApiError::conflict(
-                    "rollback_in_progress",
+                _ => Err(ApiError::new(
+                    Code::RollbackInProgress,
                     format!("another rollback of `{id}` started at the same moment"),
                 )),
             };
@@ -790,12 +789,12 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
         batch = batch.change(Change::Update(rr));
     }
     s.ledger().commit(batch).map_err(|e| match e {
-        StoreError::Conflict { .. } => ApiError::conflict("conflict", format!("execution `{id}` changed meanwhile")),
+        StoreError::Conflict { .. } => ApiError::new(Code::Conflict, format!("execution `{id}` changed meanwhile")),
         other => other.into(),
     })?;
     match result {
         Ok(_) => Ok(next),
-        Err(e) => Err(ApiError::bad_gateway("rollback_failed", e.to_string())),
+        Err(e) => Err(ApiError::new(Code::RollbackFailed, e.to_string())),
     }
 }
 
@@ -804,7 +803,7 @@ pub fn rollback_request(s: &AppState, id: &str, by: RollbackBy<'_>) -> Result<Ex
     let connector = s
         .connector
         .as_deref()
-        .ok_or_else(|| ApiError::invalid("no_connector", "this server has no connectors configured"))?;
+        .ok_or_else(|| ApiError::new(Code::NoConnector, "this server has no connectors configured"))?;
     rollback(s, connector, id, by)
 }
 

@@ -11,7 +11,7 @@ use warden_core::audit::proof::InclusionProof;
 use warden_store::Table;
 
 use crate::approvals;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::execution::{self, Execution};
 use crate::model::{ActionRecord, Agent, DecisionRecord, Model, Task};
 use crate::state::AppState;
@@ -68,7 +68,7 @@ pub struct Explanation {
 }
 
 fn missing(id: &str) -> ApiError {
-    ApiError::not_found("unknown_action", format!("no action request `{id}`"))
+    ApiError::new(Code::UnknownAction, format!("no action request `{id}`"))
 }
 
 /// Explains request `id` (on a server).
@@ -132,13 +132,12 @@ pub fn explain_in(
     // The log's own word: every entry about this request (or its approval), proven against the
     // latest checkpoint, opened with the key recorded in entry 0.
     let verifier = warden_store::data_dir::recorded_verifier(store)?
-        .ok_or_else(|| ApiError::unavailable("store_unavailable", "the log records no verifier key"))?;
+        .ok_or_else(|| ApiError::new(Code::StoreUnavailable, "the log records no verifier key"))?;
     let (size, note) = store
         .latest_checkpoint()?
-        .ok_or_else(|| ApiError::unavailable("store_unavailable", "the log has no checkpoint yet"))?;
-    let cp = Checkpoint::open(&note, &verifier).map_err(|e| {
-        ApiError::unavailable("audit_unverifiable", format!("the latest checkpoint does not verify: {e}"))
-    })?;
+        .ok_or_else(|| ApiError::new(Code::StoreUnavailable, "the log has no checkpoint yet"))?;
+    let cp = Checkpoint::open(&note, &verifier)
+        .map_err(|e| ApiError::new(Code::AuditUnverifiable, format!("the latest checkpoint does not verify: {e}")))?;
     let approval_id = a.approval.clone();
     let mut entries = Vec::new();
     let mut from = 0;
@@ -159,7 +158,7 @@ pub fn explain_in(
                 continue;
             }
             let proof = warden_store::proofs::inclusion(store, e.seq, Some(size))
-                .map_err(|e| ApiError::unavailable("audit_unverifiable", e.to_string()))?;
+                .map_err(|e| ApiError::new(Code::AuditUnverifiable, e.to_string()))?;
             let verified = proof.leaf_hash == e.leaf_hash && proof.verify(&cp.root);
             entries.push(Cited {
                 seq: e.seq,

@@ -12,7 +12,7 @@ use warden_core::request::{AgentStatus, Halt, HaltScope};
 use warden_store::{Batch, Change, Query, Record, Store, StoreError, Table};
 
 use crate::approvals;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::execution::{self, Lease, LeaseState};
 use crate::model::{Agent, Model, rfc3339};
 use crate::state::AppState;
@@ -92,9 +92,9 @@ fn lease_matches(h: &Halt, l: &Lease) -> bool {
 }
 
 fn check(h: &Halt) -> Result<(), ApiError> {
-    h.validate().map_err(|why| ApiError::invalid("invalid_halt", why))?;
+    h.validate().map_err(|why| ApiError::new(Code::InvalidHalt, why))?;
     if h.reason.trim().is_empty() {
-        return Err(ApiError::invalid("reason_required", "a halt needs a `reason`"));
+        return Err(ApiError::new(Code::ReasonRequired, "a halt needs a `reason`"));
     }
     Ok(())
 }
@@ -104,7 +104,7 @@ pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Ha
     check(&halt)?;
     let store = s.ledger().store();
     let mut gate =
-        s.halts.write().map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))?;
+        s.halts.write().map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"))?;
     let now = s.now();
     let record = HaltRecord {
         id: crate::model::new_id("halt")?,
@@ -175,7 +175,7 @@ pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Ha
         }
     }
     let (revoked_leases, mut cancelled_approvals) =
-        outcome.ok_or_else(|| ApiError::conflict("conflict", "the estate kept changing; the halt was not set"))?;
+        outcome.ok_or_else(|| ApiError::new(Code::Conflict, "the estate kept changing; the halt was not set"))?;
     // Approvals opened by requests that committed between the read above and the halt's
     // commit; from the commit on, no executable decision can pass (it expects the old epoch).
     let commit = |b| s.ledger().commit(b).map(|_| ());
@@ -227,11 +227,11 @@ pub fn resume(
     reason: &str,
 ) -> Result<Vec<HaltRecord>, ApiError> {
     if reason.trim().is_empty() {
-        return Err(ApiError::invalid("reason_required", "a resume needs a `reason`"));
+        return Err(ApiError::new(Code::ReasonRequired, "a resume needs a `reason`"));
     }
     let store = s.ledger().store();
     let mut gate =
-        s.halts.write().map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))?;
+        s.halts.write().map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"))?;
     let now = s.now();
     let (_, epoch_change) = next_epoch()?;
     let mut batch = Batch::new().change(epoch_change);
@@ -253,7 +253,7 @@ pub fn resume(
         lifted.push(h);
     }
     if lifted.is_empty() {
-        return Err(ApiError::not_found("no_halt", "no active halt has this scope and id"));
+        return Err(ApiError::new(Code::NoHalt, "no active halt has this scope and id"));
     }
     if scope == HaltScope::Agent
         && let Some(agent_id) = id
@@ -271,7 +271,7 @@ pub fn resume(
         }
     }
     s.ledger().commit(batch).map_err(|e| match e {
-        StoreError::Conflict { .. } => ApiError::conflict("conflict", "a halt changed meanwhile; try again"),
+        StoreError::Conflict { .. } => ApiError::new(Code::Conflict, "a halt changed meanwhile; try again"),
         other => other.into(),
     })?;
     *gate = load_gate(store.as_ref())?;
@@ -287,14 +287,13 @@ pub fn expire_due(s: &AppState) -> Result<Vec<HaltRecord>, ApiError> {
     let now = s.now();
     let expired = |h: &Halt| h.expires_at.is_some_and(|e| e <= now);
     {
-        let gate =
-            s.halts.read().map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))?;
+        let gate = s.halts.read().map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"))?;
         if !gate.list.iter().any(expired) {
             return Ok(Vec::new());
         }
     }
     let mut gate =
-        s.halts.write().map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))?;
+        s.halts.write().map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"))?;
     let all = records(store.as_ref(), true)?;
     let (_, epoch_change) = next_epoch()?;
     let mut batch = Batch::new().change(epoch_change);

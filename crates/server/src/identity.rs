@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 
 /// The audience of lease tokens; never accepted as a credential for Warden's own API.
 pub const LEASE_AUDIENCE: &str = "warden-lease";
@@ -73,7 +73,7 @@ impl LocalIssuer {
         let kid = B64URL.encode(thumb);
         let jwk = json!({"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig"});
         let decoding = DecodingKey::from_ed_components(&x)
-            .map_err(|e| ApiError::unavailable("issuer_unavailable", format!("the local issuer key: {e}")))?;
+            .map_err(|e| ApiError::new(Code::IssuerUnavailable, format!("the local issuer key: {e}")))?;
         Ok(LocalIssuer { issuer: issuer.into(), key, kid, jwk, decoding })
     }
 
@@ -280,8 +280,8 @@ type Verdict = (SvidClaims, Option<String>, Option<Vec<String>>);
 /// The most verified tokens remembered; beyond it the cache starts over.
 const CACHE_MAX: usize = 4096;
 
-fn refused(code: &'static str, message: &str) -> ApiError {
-    ApiError::unauthorized(code, message)
+fn refused(code: Code, message: &str) -> ApiError {
+    ApiError::new(code, message)
 }
 
 impl TokenVerifier {
@@ -313,7 +313,7 @@ impl TokenVerifier {
                     let domain = claims.sub.strip_prefix("spiffe://").and_then(|r| r.split('/').next()).unwrap_or("");
                     if !domains.iter().any(|d| d == domain) {
                         return Err(refused(
-                            "wrong_trust_domain",
+                            Code::WrongTrustDomain,
                             &format!("the token's issuer may not speak for trust domain `{domain}`"),
                         ));
                     }
@@ -364,17 +364,17 @@ impl TokenVerifier {
     fn verify_with(&self, token: &str, now: OffsetDateTime) -> Result<Verdict, ApiError> {
         let mut parts = token.split('.');
         let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
-            return Err(refused("malformed_token", "the token is not a compact JWT"));
+            return Err(refused(Code::MalformedToken, "the token is not a compact JWT"));
         };
         let header: Value = B64URL
             .decode(header)
             .ok()
             .and_then(|h| serde_json::from_slice(&h).ok())
-            .ok_or_else(|| refused("malformed_token", "the token's header is not base64url JSON"))?;
+            .ok_or_else(|| refused(Code::MalformedToken, "the token's header is not base64url JSON"))?;
         let alg = header.get("alg").and_then(Value::as_str).unwrap_or("");
         let allowed = ["EdDSA", "RS256", "RS384", "RS512", "ES256", "ES384", "PS256", "PS384", "PS512"];
         if !allowed.contains(&alg) {
-            return Err(refused("algorithm_not_allowed", &format!("the algorithm `{alg}` is not accepted")));
+            return Err(refused(Code::AlgorithmNotAllowed, &format!("the algorithm `{alg}` is not accepted")));
         }
         let kid = header.get("kid").and_then(Value::as_str).unwrap_or("");
         // The key decides the algorithm, issuer and audience; the token only names the key.
@@ -389,10 +389,10 @@ impl TokenVerifier {
                         (*a, k, x.issuer.as_str(), aud, x.roles_claim.clone(), Some(x.trust_domains.clone()))
                     })
                 })
-                .ok_or_else(|| refused("unknown_key", &format!("no trusted issuer has a key `{kid}`")))?
+                .ok_or_else(|| refused(Code::UnknownKey, &format!("no trusted issuer has a key `{kid}`")))?
         };
         if alg.parse::<Algorithm>().ok() != Some(key_alg) {
-            return Err(refused("algorithm_not_allowed", &format!("key `{kid}` does not sign with `{alg}`")));
+            return Err(refused(Code::AlgorithmNotAllowed, &format!("key `{kid}` does not sign with `{alg}`")));
         }
         let mut v = Validation::new(key_alg);
         // Times are checked below against the server's clock, not the library's.
@@ -404,27 +404,27 @@ impl TokenVerifier {
         v.set_required_spec_claims(&["exp", "sub", "aud", "iss"]);
         let data = jsonwebtoken::decode::<SvidClaims>(token, key, &v).map_err(|e| match e.kind() {
             ErrorKind::MissingRequiredClaim(c) => {
-                refused("missing_claim", &format!("the token lacks the required claim `{c}`"))
+                refused(Code::MissingClaim, &format!("the token lacks the required claim `{c}`"))
             }
-            ErrorKind::InvalidSignature => refused("bad_signature", "the token's signature does not verify"),
-            ErrorKind::ExpiredSignature => refused("token_expired", "the token has expired"),
-            ErrorKind::ImmatureSignature => refused("token_not_yet_valid", "the token is not valid yet"),
+            ErrorKind::InvalidSignature => refused(Code::BadSignature, "the token's signature does not verify"),
+            ErrorKind::ExpiredSignature => refused(Code::TokenExpired, "the token has expired"),
+            ErrorKind::ImmatureSignature => refused(Code::TokenNotYetValid, "the token is not valid yet"),
             ErrorKind::InvalidAudience => {
-                refused("wrong_audience", &format!("the token's audience does not include `{audience}`"))
+                refused(Code::WrongAudience, &format!("the token's audience does not include `{audience}`"))
             }
-            ErrorKind::InvalidIssuer => refused("wrong_issuer", "the token's issuer is not the key's issuer"),
-            _ => refused("malformed_token", &format!("the token cannot be read: {e}")),
+            ErrorKind::InvalidIssuer => refused(Code::WrongIssuer, "the token's issuer is not the key's issuer"),
+            _ => refused(Code::MalformedToken, &format!("the token cannot be read: {e}")),
         })?;
         let claims = data.claims;
         let (t, leeway) = (now.unix_timestamp(), LEEWAY_SECS as i64);
         if claims.exp + leeway < t {
-            return Err(refused("token_expired", "the token has expired"));
+            return Err(refused(Code::TokenExpired, "the token has expired"));
         }
         if claims.nbf.is_some_and(|nbf| nbf > t + leeway) {
-            return Err(refused("token_not_yet_valid", "the token is not valid yet"));
+            return Err(refused(Code::TokenNotYetValid, "the token is not valid yet"));
         }
         if claims.iat.is_some_and(|iat| iat > t + leeway) {
-            return Err(refused("token_not_yet_valid", "the token was issued in the future"));
+            return Err(refused(Code::TokenNotYetValid, "the token was issued in the future"));
         }
         Ok((claims, roles_claim, domains))
     }
@@ -453,7 +453,7 @@ mod cache_tests {
         );
         // Past exp + leeway, the hit is refused by the full check with its precise code.
         let late = now + time::Duration::seconds(60 + LEEWAY_SECS as i64 + 1);
-        assert_eq!(v.subject(&token, late).unwrap_err().code, "token_expired");
+        assert_eq!(v.subject(&token, late).unwrap_err().code.as_str(), "token_expired");
         // And a token that fails is never remembered.
         let (head, sig) = token.rsplit_once('.').unwrap();
         let flipped: String =

@@ -34,6 +34,6 @@ pub mod sweeper;
 pub mod tasks;
 pub mod tls;
 
-pub use error::{ApiError, ApiResult};
+pub use error::{ApiError, ApiResult, Code};
 pub use http::{BODY_LIMIT, openapi_document, router, sweep_approvals};
 pub use state::{App, AppState};

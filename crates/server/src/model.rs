@@ -7,7 +7,7 @@ use warden_core::decision::{Cap, Decision, PolicyRef};
 use warden_core::request::{AgentStatus, Evidence, TaskState};
 use warden_store::{Record, Table};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 
 /// Milliseconds since the Unix epoch: the store's `at` column.
 pub fn millis(t: OffsetDateTime) -> i64 {
@@ -28,7 +28,7 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 /// creation), 16 random hex digits.
 pub fn new_id(prefix: &str) -> Result<String, ApiError> {
     let mut b = [0u8; 8];
-    getrandom::fill(&mut b).map_err(|_| ApiError::unavailable("random_unavailable", "no randomness available"))?;
+    getrandom::fill(&mut b).map_err(|_| ApiError::new(Code::RandomUnavailable, "no randomness available"))?;
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
     Ok(format!("{prefix}_{:012x}{}", ms & 0xffff_ffff_ffff, b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
 }
@@ -47,7 +47,7 @@ pub trait Model: Serialize + DeserializeOwned {
     fn from_record(r: &Record) -> Result<Self, ApiError> {
         serde_json::from_value(r.body.clone()).map_err(|e| {
             tracing::error!(table = r.table.name(), id = %r.id, error = %e, "unreadable record");
-            ApiError::unavailable("store_unavailable", "a stored record cannot be read")
+            ApiError::new(Code::StoreUnavailable, "a stored record cannot be read")
         })
     }
 }
@@ -194,7 +194,7 @@ impl ActionRecord {
     /// The action digest of what this record now says (recomputed, not the stored one).
     pub fn computed_digest(&self) -> Result<String, ApiError> {
         warden_core::request::action_digest(&self.agent, &self.task, &self.action, &self.target, &self.params)
-            .map_err(|e| ApiError::invalid("invalid_request", format!("the request cannot be digested: {e}")))
+            .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the request cannot be digested: {e}")))
     }
 
     /// The unique key idempotency is enforced on.

@@ -27,7 +27,7 @@ use warden_store::{Batch, Change, Query, Store, StoreError, Table, UsageLimits};
 use crate::approvals::{self, Approval, ApprovalState};
 use crate::auth::Caller;
 use crate::breaker::{breaker, breaker_key};
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::execution::{self, Execution, LeaseState};
 use crate::model::{ActionRecord, Agent, DecisionRecord, Model, Task, from_millis, millis, new_id, rfc3339};
 use crate::state::AppState;
@@ -49,8 +49,8 @@ fn state_of(d: &Decision) -> &'static str {
 /// SHA-256 of the canonical request body: what idempotency compares (the same key with
 /// another body is a conflict).
 pub fn request_digest(req: &ActionRequest) -> Result<String, ApiError> {
-    let value = serde_json::to_value(req).map_err(|e| ApiError::bad_request("malformed_request", e.to_string()))?;
-    let bytes = canonical::to_vec(&value).map_err(|e| ApiError::bad_request("malformed_request", e.to_string()))?;
+    let value = serde_json::to_value(req).map_err(|e| ApiError::new(Code::MalformedRequest, e.to_string()))?;
+    let bytes = canonical::to_vec(&value).map_err(|e| ApiError::new(Code::MalformedRequest, e.to_string()))?;
     Ok(format!("sha256:{}", Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect::<String>()))
 }
 
@@ -140,7 +140,7 @@ pub fn load_pair(store: &dyn Store, id: &str) -> Result<Option<(ActionRecord, De
     let Some(a) = store.get(Table::Requests, id)? else { return Ok(None) };
     let d = store
         .get(Table::Decisions, id)?
-        .ok_or_else(|| ApiError::unavailable("store_unavailable", format!("request `{id}` has no decision")))?;
+        .ok_or_else(|| ApiError::new(Code::StoreUnavailable, format!("request `{id}` has no decision")))?;
     Ok(Some((ActionRecord::from_record(&a)?, DecisionRecord::from_record(&d)?)))
 }
 
@@ -150,10 +150,10 @@ fn replay(store: &dyn Store, agent: &str, key: &str, digest: &str) -> Result<Opt
     let query = Query { key: Some(ActionRecord::idempotency_index(agent, key)), limit: 1, ..Query::default() };
     let Some(found) = store.find(Table::Requests, &query)?.into_iter().next() else { return Ok(None) };
     let (a, d) = load_pair(store, &found.id)?
-        .ok_or_else(|| ApiError::unavailable("store_unavailable", "a recorded request vanished"))?;
+        .ok_or_else(|| ApiError::new(Code::StoreUnavailable, "a recorded request vanished"))?;
     if a.request_digest != digest {
-        return Err(ApiError::conflict(
-            "idempotency_conflict",
+        return Err(ApiError::new(
+            Code::IdempotencyConflict,
             format!("idempotency key `{key}` was used for a different request ({})", a.id),
         ));
     }
@@ -162,10 +162,7 @@ fn replay(store: &dyn Store, agent: &str, key: &str, digest: &str) -> Result<Opt
 
 /// The halts in force (the in-memory mirror every halt updates before it returns).
 fn active_halts(s: &AppState) -> Result<crate::halt::Gate, ApiError> {
-    s.halts
-        .read()
-        .map(|h| h.clone())
-        .map_err(|_| ApiError::unavailable("halt_unavailable", "the halt state is unavailable"))
+    s.halts.read().map(|h| h.clone()).map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"))
 }
 
 /// Everything a decision reads besides the bundle, with what a commit that relies on it
@@ -201,8 +198,8 @@ fn facts(
             (Some(info), r.version)
         }
         None if require_task => {
-            return Err(ApiError::invalid(
-                "unknown_task",
+            return Err(ApiError::new(
+                Code::InvalidTask,
                 format!("no task `{}`: open it first (POST /v1/tasks)", req.task),
             ));
         }
@@ -273,14 +270,14 @@ pub fn submit(
     let agent = &admitted.agent;
     let target = req.target.to_string();
     let digest = warden_core::request::action_digest(&agent.id, &req.task, &req.action, &target, &req.params)
-        .map_err(|e| ApiError::invalid("invalid_request", format!("the request cannot be digested: {e}")))?;
+        .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the request cannot be digested: {e}")))?;
     let digests = Digests { request: request_digest, action: digest };
     for _ in 0..ATTEMPTS {
         if let Some(answer) = attempt(s, bundle, admitted, &req, &digests, recorded)? {
             return Ok(answer);
         }
     }
-    Err(ApiError::conflict("conflict", "the request kept conflicting with concurrent ones; try again"))
+    Err(ApiError::new(Code::Conflict, "the request kept conflicting with concurrent ones; try again"))
 }
 
 /// A request's two digests: of its whole body (idempotency), and of the action (DESIGN §6).
@@ -561,9 +558,9 @@ fn attempt(
             {
                 // Recorded as decided; now run it (its own durable records before and after).
                 return match execution::execute(s, connector, &id) {
-                    Ok(_) | Err(ApiError { code: "halted" | "stopped" | "digest_mismatch", .. }) => {
+                    Ok(_) | Err(ApiError { code: Code::Halted | Code::Stopped | Code::DigestMismatch, .. }) => {
                         let (a, d) = load_pair(store, &id)?
-                            .ok_or_else(|| ApiError::unavailable("store_unavailable", "a recorded request vanished"))?;
+                            .ok_or_else(|| ApiError::new(Code::StoreUnavailable, "a recorded request vanished"))?;
                         Ok(Some(full_answer(store, &a, &d)?))
                     }
                     Err(e) => Err(e),
@@ -585,13 +582,13 @@ fn attempt(
 pub fn answer_of(s: &AppState, id: &str) -> Result<ActionAnswer, ApiError> {
     let store = s.ledger().store();
     let (a, d) = load_pair(store.as_ref(), id)?
-        .ok_or_else(|| ApiError::unavailable("store_unavailable", "a recorded request vanished"))?;
+        .ok_or_else(|| ApiError::new(Code::StoreUnavailable, "a recorded request vanished"))?;
     full_answer(store.as_ref(), &a, &d)
 }
 
 /// Request `id` for `caller`: agents see only their own (another's is "not found").
 pub fn lookup(s: &AppState, id: &str, caller: &Caller) -> Result<ActionAnswer, ApiError> {
-    let missing = || ApiError::not_found("unknown_action", format!("no action request `{id}`"));
+    let missing = || ApiError::new(Code::UnknownAction, format!("no action request `{id}`"));
     let store = s.ledger().store();
     let (a, d) = load_pair(store.as_ref(), id)?.ok_or_else(missing)?;
     if let Caller::Agent(agent) = caller
@@ -641,7 +638,7 @@ pub fn recent(s: &AppState, f: Recent) -> Result<Vec<ActionAnswer>, ApiError> {
 /// The decision `agent` would get for `req` now, recorded nowhere (a dry run). An agent not
 /// registered is decided as active (the decision then says what its guardrail allows).
 pub fn dry_run(s: &AppState, bundle: &Bundle, agent: &str, req: &ActionRequest) -> Result<DryRunAnswer, ApiError> {
-    req.validate().map_err(|why| ApiError::invalid("invalid_request", why))?;
+    req.validate().map_err(|why| ApiError::new(Code::InvalidRequest, why))?;
     let status = s
         .ledger()
         .store()

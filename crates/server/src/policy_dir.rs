@@ -10,7 +10,7 @@ use warden_core::audit::entry::{Actor, Event, EventType};
 use warden_core::{Bundle, SourceFile};
 use warden_store::Batch;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::state::AppState;
 
 /// Largest file a bundle may hold; anything bigger is a mistake, not policy.
@@ -95,16 +95,16 @@ pub fn reload(state: &AppState, actor: Actor) -> Result<Reload, ApiError> {
     let dir = state
         .policy_dir
         .as_ref()
-        .ok_or_else(|| ApiError::invalid("no_policy_dir", "this server was not started with a policy directory"))?;
-    let files = read(dir).map_err(|e| ApiError::invalid("policy_unreadable", e.to_string()))?;
+        .ok_or_else(|| ApiError::new(Code::NoPolicyDir, "this server was not started with a policy directory"))?;
+    let files = read(dir).map_err(|e| ApiError::new(Code::PolicyUnreadable, e.to_string()))?;
     let version = warden_core::bundle::bundle_version(&files);
     if version == state.bundle()?.version() {
         return Ok(Reload::Unchanged(version));
     }
     let bundle = Bundle::load(&files).map_err(|e| {
         let problems: Vec<String> = e.problems.iter().map(ToString::to_string).collect();
-        ApiError::invalid(
-            "invalid_policy",
+        ApiError::new(
+            Code::InvalidPolicy,
             format!("the bundle in `{}` is invalid; the one in force stays", dir.display()),
         )
         .details(json!({ "problems": problems }))

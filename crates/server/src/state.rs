@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use warden_core::Bundle;
 use warden_store::{Clock, DataDir, Ledger};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::identity::TokenVerifier;
 
 /// The default audience of JWT-SVIDs presented to Warden.
@@ -100,7 +100,7 @@ impl AppState {
         self.bundle
             .read()
             .map(|b| b.clone())
-            .map_err(|_| ApiError::unavailable("policy_unavailable", "the policy bundle is unavailable"))
+            .map_err(|_| ApiError::new(Code::PolicyUnavailable, "the policy bundle is unavailable"))
     }
 
     /// Replaces the bundle in force.
@@ -108,7 +108,7 @@ impl AppState {
         let mut slot = self
             .bundle
             .write()
-            .map_err(|_| ApiError::unavailable("policy_unavailable", "the policy bundle is unavailable"))?;
+            .map_err(|_| ApiError::new(Code::PolicyUnavailable, "the policy bundle is unavailable"))?;
         *slot = Arc::new(bundle);
         Ok(())
     }
@@ -122,7 +122,7 @@ pub async fn blocking<T: Send + 'static>(
     let app = app.clone();
     tokio::task::spawn_blocking(move || f(&app))
         .await
-        .map_err(|_| ApiError::unavailable("internal", "a worker failed; look up what it recorded before retrying"))?
+        .map_err(|_| ApiError::new(Code::Internal, "a worker failed; look up what it recorded before retrying"))?
 }
 
 /// The setting every halt, resume and halt expiry changes, in the same commit, to a value never

@@ -8,7 +8,7 @@ use warden_core::request::TaskState;
 use warden_store::{Batch, Change, Record, StoreError};
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::model::{Model, Task, Trigger, new_id, rfc3339};
 use crate::state::AppState;
 
@@ -17,7 +17,7 @@ fn check_task_id(id: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::invalid("invalid_task_id", format!("task id `{id}` must be 1–128 of A–Z a–z 0–9 - _ . :")))
+        Err(ApiError::new(Code::InvalidTaskId, format!("task id `{id}` must be 1–128 of A–Z a–z 0–9 - _ . :")))
     }
 }
 
@@ -37,7 +37,7 @@ pub fn open(
         None => new_id("task")?,
     };
     if title.trim().is_empty() || trigger.source.trim().is_empty() {
-        return Err(ApiError::invalid("invalid_request", "a task needs a `title` and a `trigger.source`"));
+        return Err(ApiError::new(Code::InvalidRequest, "a task needs a `title` and a `trigger.source`"));
     }
     let task = Task {
         id: id.clone(),
@@ -55,7 +55,7 @@ pub fn open(
         .task(&id)
         .data(json!({"title": task.title, "trigger": task.trigger, "verified": task.verified}));
     s.ledger().commit(Batch::new().change(Change::Insert(task.record())).event(event)).map_err(|e| match e {
-        StoreError::Conflict { .. } => ApiError::conflict("task_exists", format!("task `{id}` already exists")),
+        StoreError::Conflict { .. } => ApiError::new(Code::TaskExists, format!("task `{id}` already exists")),
         other => other.into(),
     })?;
     Ok(task)
@@ -63,10 +63,7 @@ pub fn open(
 
 /// The stored record of task `id`, or 404 `unknown_task`.
 fn stored(s: &AppState, id: &str) -> Result<Record, ApiError> {
-    s.ledger()
-        .store()
-        .get(Task::TABLE, id)?
-        .ok_or_else(|| ApiError::not_found("unknown_task", format!("no task `{id}`")))
+    s.ledger().store().get(Task::TABLE, id)?.ok_or_else(|| ApiError::new(Code::UnknownTask, format!("no task `{id}`")))
 }
 
 /// Task `id`.
@@ -82,7 +79,7 @@ pub fn close(s: &AppState, caller: &Caller, id: &str) -> Result<Task, ApiError> 
     let r = stored(s, id)?;
     let mut task = Task::from_record(&r)?;
     if task.state == TaskState::Closed {
-        return Err(ApiError::conflict("task_closed", format!("task `{id}` is already closed")));
+        return Err(ApiError::new(Code::TaskClosed, format!("task `{id}` is already closed")));
     }
     let now = s.now();
     task.state = TaskState::Closed;
@@ -110,7 +107,7 @@ pub fn close(s: &AppState, caller: &Caller, id: &str) -> Result<Task, ApiError> 
     }
     s.ledger().commit(batch).map_err(|e| match e {
         StoreError::Conflict { .. } => {
-            ApiError::conflict("conflict", format!("task `{id}` changed meanwhile; try again"))
+            ApiError::new(Code::Conflict, format!("task `{id}` changed meanwhile; try again"))
         }
         other => other.into(),
     })?;

@@ -15,7 +15,7 @@ use warden_core::request::AgentStatus;
 use warden_server::identity::LocalIssuer;
 use warden_server::model::Agent;
 use warden_server::state::{DEFAULT_AUDIENCE, LOCAL_ISSUER};
-use warden_server::{ApiError, admin};
+use warden_server::{ApiError, Code, admin};
 use warden_store::{Clock as _, DataDir, LedgerOptions, SystemClock};
 
 use crate::Failure;
@@ -142,7 +142,7 @@ enum Admin {
 }
 
 fn api(e: ApiError) -> Failure {
-    failure_for(e.status.as_u16(), e.code, &e.message)
+    failure_for(e.status().as_u16(), e.code.as_str(), &e.message)
 }
 
 /// The operator running this command, as the audit log's actor.
@@ -197,7 +197,7 @@ impl Admin {
                     Failure::Invalid(format!("error: `{id}` is not a registered agent (warden agent add)"))
                 })?;
                 if agent.status != AgentStatus::Active {
-                    return Err(api(ApiError::conflict("agent_not_active", format!("agent `{id}` is not active"))));
+                    return Err(api(ApiError::new(Code::AgentNotActive, format!("agent `{id}` is not active"))));
                 }
                 let audience = audience.unwrap_or(DEFAULT_AUDIENCE);
                 admin::record_token_minted(d.ledger(), &operator(), id, audience, ttl.as_secs()).map_err(api)?;

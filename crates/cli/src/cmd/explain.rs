@@ -192,7 +192,7 @@ fn local(a: &ExplainArgs) -> Result<Value, Failure> {
         e => Failure::Other(e.into()),
     })?;
     let e = warden_server::explain::explain_in(dir.ledger().store().as_ref(), &bundle, &a.action_id)
-        .map_err(|e| crate::client::failure_for(e.status.as_u16(), e.code, &e.message))?;
+        .map_err(|e| crate::client::failure_for(e.status().as_u16(), e.code.as_str(), &e.message))?;
     if e.decision["bundle_version"].as_str() != Some(bundle.version()) {
         eprintln!(
             "note: the action was decided under bundle {}; the escalation path shown is from {}",

@@ -12,7 +12,7 @@ use warden_core::request::ActionRequest;
 
 use super::extract::{ApiJson, ApiPath};
 use crate::auth::{AgentToken, AnyCaller, Caller};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Code};
 use crate::execution::{self, Execution};
 use crate::pipeline::{self, ActionAnswer, Admitted, DryRunAnswer};
 use crate::state::{App, blocking};
@@ -59,14 +59,14 @@ impl ToSchema for DryRunRequest {
         (status = 200, description = "the decision, recorded", body = ActionAnswer),
         (status = 202, description = "recorded and still executing when the answer was due: the request as it stands (`state` `executing`); `GET /v1/actions/{id}` tells how it ends", body = ActionAnswer),
         (status = 409, description = "`idempotency_conflict`, `approval_pending`, `conflict`", body = crate::error::ErrorBody),
-        (status = 422, description = "`unknown_task`, `invalid_request` (e.g. a confidence outside [0, 1])", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_task` (no such task), `invalid_request` (e.g. a confidence outside [0, 1])", body = crate::error::ErrorBody),
     ))]
 pub async fn submit(
     State(app): State<App>,
     token: AgentToken,
     ApiJson(req): ApiJson<ActionRequest>,
 ) -> ApiResult<(StatusCode, Json<ActionAnswer>)> {
-    req.validate().map_err(|why| ApiError::invalid("invalid_request", why))?;
+    req.validate().map_err(|why| ApiError::new(Code::InvalidRequest, why))?;
     let bundle = app.bundle()?;
     let request_digest = pipeline::request_digest(&req)?;
     // Set once the decision is committed, before any execution starts.
@@ -80,7 +80,7 @@ pub async fn submit(
         })
     };
     let joined = |j: Result<ApiResult<ActionAnswer>, tokio::task::JoinError>| {
-        j.map_err(|_| ApiError::unavailable("internal", "a worker failed; look up the request before retrying"))?
+        j.map_err(|_| ApiError::new(Code::Internal, "a worker failed; look up the request before retrying"))?
     };
     // Answer before the router's timeout would: a tool call still running is not cut short
     // by a 408 — the agent gets the request's id and state, and polls for the end.
@@ -113,13 +113,13 @@ pub async fn dry_run(
         (Caller::Agent(a), None) => a.id.clone(),
         (Caller::Agent(a), Some(n)) if n == a.id => n,
         (Caller::Agent(_), Some(_)) => {
-            return Err(ApiError::forbidden("not_your_agent", "an agent decides only for itself"));
+            return Err(ApiError::new(Code::NotYourAgent, "an agent decides only for itself"));
         }
         (Caller::Human(_), Some(n)) => n,
-        (Caller::Human(_), None) => return Err(ApiError::invalid("invalid_request", "name the agent in `agent`")),
+        (Caller::Human(_), None) => return Err(ApiError::new(Code::InvalidRequest, "name the agent in `agent`")),
     };
     let req = body.request;
-    req.validate().map_err(|why| ApiError::invalid("invalid_request", why))?;
+    req.validate().map_err(|why| ApiError::new(Code::InvalidRequest, why))?;
     let bundle = app.bundle()?;
     blocking(&app, move |s| pipeline::dry_run(s, &bundle, &agent_id, &req).map(Json)).await
 }
@@ -157,9 +157,9 @@ pub async fn get(
         None => 0,
         Some(w) => {
             let secs =
-                warden_core::duration::Duration::parse(w).map_err(|e| ApiError::invalid("invalid_wait", e))?.as_secs();
+                warden_core::duration::Duration::parse(w).map_err(|e| ApiError::new(Code::InvalidWait, e))?.as_secs();
             if secs > MAX_WAIT_SECS {
-                return Err(ApiError::invalid("invalid_wait", format!("`wait` is at most {MAX_WAIT_SECS}s")));
+                return Err(ApiError::new(Code::InvalidWait, format!("`wait` is at most {MAX_WAIT_SECS}s")));
             }
             secs
         }
@@ -231,7 +231,7 @@ pub async fn list(
 ) -> ApiResult<Json<Vec<ActionAnswer>>> {
     let since = match &q.since {
         None => None,
-        Some(t) => Some(warden_core::duration::Duration::parse(t).map_err(|e| ApiError::invalid("invalid_since", e))?),
+        Some(t) => Some(warden_core::duration::Duration::parse(t).map_err(|e| ApiError::new(Code::InvalidSince, e))?),
     };
     let filter = pipeline::Recent {
         task: q.task,

@@ -14,7 +14,7 @@ use warden_core::request::AgentStatus;
 use super::extract::{ApiJson, ApiPath};
 use crate::admin;
 use crate::auth::HumanCaller;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, Code, ErrorBody};
 use crate::model::{Agent, rfc3339};
 use crate::state::{App, blocking};
 
@@ -119,7 +119,7 @@ pub async fn add_agent(
 }
 
 fn unknown_agent(id: &str) -> ApiError {
-    ApiError::not_found("unknown_agent", format!("no agent `{id}` is registered"))
+    ApiError::new(Code::UnknownAgent, format!("no agent `{id}` is registered"))
 }
 
 /// One agent. The SPIFFE ID goes in the path percent-encoded (`spiffe%3A%2F%2F…`).
@@ -201,12 +201,10 @@ pub async fn agent_token(
     human.require(&["admin"])?;
     let ttl = match &body.ttl {
         None => 600,
-        Some(t) => {
-            warden_core::duration::Duration::parse(t).map_err(|e| ApiError::invalid("invalid_ttl", e))?.as_secs()
-        }
+        Some(t) => warden_core::duration::Duration::parse(t).map_err(|e| ApiError::new(Code::InvalidTtl, e))?.as_secs(),
     };
     if ttl == 0 || ttl > MAX_TOKEN_TTL_SECS {
-        return Err(ApiError::invalid("invalid_ttl", "`ttl` must be between 1s and 24h"));
+        return Err(ApiError::new(Code::InvalidTtl, "`ttl` must be between 1s and 24h"));
     }
     let audience = body.audience.unwrap_or_else(|| app.tokens.audience.clone());
     let actor = actor(&human);
@@ -215,7 +213,7 @@ pub async fn agent_token(
     blocking(&app, move |s| {
         let agent = admin::get_agent(s.ledger(), &id)?.ok_or_else(|| unknown_agent(&id))?;
         if agent.status != AgentStatus::Active {
-            return Err(ApiError::conflict("agent_not_active", format!("agent `{id}` is not active")));
+            return Err(ApiError::new(Code::AgentNotActive, format!("agent `{id}` is not active")));
         }
         admin::record_token_minted(s.ledger(), &actor, &id, &audience, ttl)?;
         let token = minted.tokens.local.mint(&id, &audience, now, ttl as i64);

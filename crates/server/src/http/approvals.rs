@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::approvals::{self, Approval, ApprovalState, TrackRecord, Verdict};
 use crate::auth::HumanCaller;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, Code, ErrorBody};
 use crate::state::{App, AppState, blocking};
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -78,7 +78,7 @@ pub async fn show(
 ) -> ApiResult<Json<ApprovalView>> {
     blocking(&app, move |s| {
         let v = approvals::load(s.ledger().store().as_ref(), &id)?
-            .ok_or_else(|| ApiError::not_found("unknown_approval", format!("no approval `{id}`")))?;
+            .ok_or_else(|| ApiError::new(Code::UnknownApproval, format!("no approval `{id}`")))?;
         view(s, v.approval).map(Json)
     })
     .await
@@ -136,7 +136,7 @@ pub async fn approve(
     let lease_ttl_secs = match &body.lease_ttl {
         None => None,
         Some(t) => {
-            Some(warden_core::duration::Duration::parse(t).map_err(|e| ApiError::invalid("invalid_ttl", e))?.as_secs())
+            Some(warden_core::duration::Duration::parse(t).map_err(|e| ApiError::new(Code::InvalidTtl, e))?.as_secs())
         }
     };
     let verdict = Verdict::Approve { reason: body.reason.unwrap_or_default(), lease_ttl_secs };

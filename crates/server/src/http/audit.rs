@@ -13,16 +13,16 @@ use warden_store::proofs::{self, ProofRequestError};
 
 use super::extract::ApiQuery;
 use crate::auth::HumanCaller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Code};
 use crate::state::{App, blocking};
 
 fn proof_error(e: ProofRequestError) -> ApiError {
     match e {
         ProofRequestError::Store(e) => e.into(),
         e @ (ProofRequestError::NoCheckpoint | ProofRequestError::NoCheckpointAt(_)) => {
-            ApiError::not_found("no_checkpoint", e.to_string())
+            ApiError::new(Code::NoCheckpoint, e.to_string())
         }
-        ProofRequestError::Bad(m) => ApiError::invalid("invalid_proof_request", m),
+        ProofRequestError::Bad(m) => ApiError::new(Code::InvalidProofRequest, m),
     }
 }
 
@@ -39,7 +39,7 @@ pub async fn checkpoint(State(app): State<App>, _: HumanCaller) -> ApiResult<imp
             .store()
             .latest_checkpoint()?
             .map(|(_, n)| n)
-            .ok_or_else(|| ApiError::not_found("no_checkpoint", "the log has no checkpoint yet"))
+            .ok_or_else(|| ApiError::new(Code::NoCheckpoint, "the log has no checkpoint yet"))
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note))

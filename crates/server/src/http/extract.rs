@@ -5,7 +5,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 
 /// The largest request body accepted (413 beyond).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -26,19 +26,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         use axum::extract::rejection::JsonRejection;
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
-                axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send `Content-Type: application/json`",
-            )),
-            Err(JsonRejection::BytesRejection(e)) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(ApiError::new(
-                    axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("the body exceeds {BODY_LIMIT} bytes"),
-                ))
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                Err(ApiError::new(Code::UnsupportedMediaType, "send `Content-Type: application/json`"))
             }
-            Err(e) => Err(ApiError::bad_request("malformed_request", e.body_text())),
+            Err(JsonRejection::BytesRejection(e)) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::new(Code::BodyTooLarge, format!("the body exceeds {BODY_LIMIT} bytes")))
+            }
+            Err(e) => Err(ApiError::new(Code::MalformedRequest, e.body_text())),
         }
     }
 }
@@ -60,14 +54,14 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for FormOrJson<T> {
         }
         let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(e.status(), "body_too_large", format!("the body exceeds {BODY_LIMIT} bytes"))
+                ApiError::new(Code::BodyTooLarge, format!("the body exceeds {BODY_LIMIT} bytes"))
             } else {
-                ApiError::bad_request("malformed_request", e.body_text())
+                ApiError::new(Code::MalformedRequest, e.body_text())
             }
         })?;
         serde_urlencoded::from_bytes(&bytes)
             .map(FormOrJson)
-            .map_err(|e| ApiError::bad_request("malformed_request", e.to_string()))
+            .map_err(|e| ApiError::new(Code::MalformedRequest, e.to_string()))
     }
 }
 
@@ -80,7 +74,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
-            Err(e) => Err(ApiError::bad_request("malformed_query", e.body_text())),
+            Err(e) => Err(ApiError::new(Code::MalformedQuery, e.body_text())),
         }
     }
 }
@@ -94,7 +88,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
-            Err(e) => Err(ApiError::bad_request("malformed_path", e.body_text())),
+            Err(e) => Err(ApiError::new(Code::MalformedPath, e.body_text())),
         }
     }
 }

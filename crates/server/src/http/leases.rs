@@ -9,7 +9,7 @@ use warden_core::audit::entry::Actor;
 use super::extract::{ApiJson, ApiPath};
 
 use crate::auth::{AnyCaller, Caller, HumanCaller};
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, Code, ErrorBody};
 use crate::execution::{self, Lease, LeaseState};
 use crate::state::{App, blocking};
 
@@ -34,7 +34,7 @@ pub async fn get(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<LeaseView>> {
     blocking(&app, move |s| {
-        let missing = || ApiError::not_found("unknown_lease", format!("no lease `{id}`"));
+        let missing = || ApiError::new(Code::UnknownLease, format!("no lease `{id}`"));
         let (lease, _) = execution::lease(s.ledger().store().as_ref(), &id)?.ok_or_else(missing)?;
         if let Caller::Agent(a) = &caller
             && a.id != lease.agent
@@ -72,14 +72,14 @@ pub async fn revoke(
     blocking(&app, move |s| {
         let store = s.ledger().store();
         let (lease, version) = execution::lease(store.as_ref(), &id)?
-            .ok_or_else(|| ApiError::not_found("unknown_lease", format!("no lease `{id}`")))?;
+            .ok_or_else(|| ApiError::new(Code::UnknownLease, format!("no lease `{id}`")))?;
         if lease.state == LeaseState::Active {
             let reason = body.reason.unwrap_or_else(|| "revoked by hand".into());
             let batch = execution::revoke_changes(&lease, version, &Actor::user(&human.0.id), &reason, s.now());
             s.ledger().commit(batch)?;
         }
         let (lease, _) = execution::lease(store.as_ref(), &id)?
-            .ok_or_else(|| ApiError::not_found("unknown_lease", format!("no lease `{id}`")))?;
+            .ok_or_else(|| ApiError::new(Code::UnknownLease, format!("no lease `{id}`")))?;
         let active = lease.active_at(s.now());
         Ok(Json(LeaseView { lease, active }))
     })

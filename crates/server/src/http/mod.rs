@@ -27,7 +27,7 @@ use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::openapi::ApiDoc;
 use crate::state::App;
 
@@ -85,7 +85,7 @@ pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
 pub fn router(app: App) -> Router {
     let (routes, _) = documented().split_for_parts();
     routes
-        .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
+        .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(app.clone(), admit))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
@@ -109,7 +109,7 @@ async fn admit(
             drop(permit);
             res
         }
-        Err(_) => ApiError::unavailable("overloaded", "too many requests in flight; retry shortly").into_response(),
+        Err(_) => ApiError::new(Code::Overloaded, "too many requests in flight; retry shortly").into_response(),
     }
 }
 

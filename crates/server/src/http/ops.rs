@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Code};
 use crate::state::{App, blocking};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -37,7 +37,7 @@ pub async fn readyz(State(app): State<App>) -> ApiResult<Json<Ready>> {
     let bundle_version = app.bundle()?.version().to_string();
     let audit_size = blocking(&app, |s| Ok(s.ledger().store().size()?))
         .await
-        .map_err(|_| ApiError::unavailable("store_unavailable", "the store does not answer"))?;
+        .map_err(|_| ApiError::new(Code::StoreUnavailable, "the store does not answer"))?;
     Ok(Json(Ready { status: "ready".into(), bundle_version, audit_size }))
 }
 

@@ -136,7 +136,7 @@ async fn an_unknown_task_or_a_bad_body_records_nothing() {
     let agent = h.svid(EDR);
     let before = verified_size(&h);
     let (status, body) = h.call("POST", "/v1/actions", Some(&agent), Some(isolate("host:web-42", 0.95, None))).await;
-    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("unknown_task")));
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_task")));
     let (status, body) = h.call("POST", "/v1/actions", Some(&agent), Some(json!({"task": "INC-7"}))).await;
     assert_eq!((status, body["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("malformed_request")));
     let mut extra = isolate("host:web-42", 0.95, None);

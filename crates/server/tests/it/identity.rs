@@ -78,7 +78,7 @@ async fn refusals_have_stable_codes() {
             StatusCode::UNAUTHORIZED,
             "wrong_issuer",
         ),
-        (Some(h.svid("spiffe://acme.example/soc/stranger")), StatusCode::FORBIDDEN, "unknown_agent"),
+        (Some(h.svid("spiffe://acme.example/soc/stranger")), StatusCode::FORBIDDEN, "unregistered_agent"),
         (Some("wdn_not-a-real-token".into()), StatusCode::UNAUTHORIZED, "unknown_token"),
     ];
     for (token, status, code) in cases {
@@ -183,7 +183,7 @@ async fn external_issuers_are_trusted_through_their_jwks() {
         let wrong_aud = encode(&header, &claims(EDR, crate::SPIRE, "elsewhere"), key).unwrap();
         assert_eq!(code_of(&h, Some(&wrong_aud)).await, (StatusCode::UNAUTHORIZED, "wrong_audience".into()), "{alg:?}");
         let stranger = encode(&header, &claims("spiffe://acme.example/x", crate::SPIRE, "warden"), key).unwrap();
-        assert_eq!(code_of(&h, Some(&stranger)).await, (StatusCode::FORBIDDEN, "unknown_agent".into()));
+        assert_eq!(code_of(&h, Some(&stranger)).await, (StatusCode::FORBIDDEN, "unregistered_agent".into()));
     }
     // A key used with another algorithm than its own is refused (RS256 key, ES256 header).
     let mut header = Header::new(Algorithm::ES256);

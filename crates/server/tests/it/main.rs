@@ -4,6 +4,7 @@
 mod admin_api;
 mod api;
 mod approvals;
+mod errors;
 mod escapes;
 mod execution;
 mod explain;

@@ -1,0 +1,75 @@
+//! The one table of error codes (`enum Code`) against what documents it: docs/api.md and the
+//! OpenAPI document's responses.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+use warden_server::Code;
+
+const START: &str = "<!-- error-codes:start -->\n";
+const END: &str = "<!-- error-codes:end -->";
+
+fn api_md() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/api.md")
+}
+
+/// docs/api.md shows exactly the table the enum renders. `WARDEN_BLESS=1` rewrites it.
+#[test]
+fn error_table_in_the_docs_is_the_enum() {
+    let path = api_md();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find(START).expect("docs/api.md has the error-codes:start marker") + START.len();
+    let end = text[start..].find(END).expect("docs/api.md has the error-codes:end marker") + start;
+    let want = Code::markdown_table();
+    if text[start..end] != want && std::env::var_os("WARDEN_BLESS").is_some() {
+        std::fs::write(&path, format!("{}{want}{}", &text[..start], &text[end..])).unwrap();
+        return;
+    }
+    assert!(
+        text[start..end] == want,
+        "docs/api.md's error table differs from `enum Code`; run with WARDEN_BLESS=1 to rewrite it:\n{want}"
+    );
+}
+
+/// Every code a response description names (in backticks) is in the table, under its status.
+#[test]
+fn openapi_responses_name_codes_under_their_status() {
+    let doc = serde_json::to_value(warden_server::openapi_document()).unwrap();
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let Some(responses) = op["responses"].as_object() else { continue };
+            for (status, response) in responses {
+                let Some(description) = response["description"].as_str() else { continue };
+                for (i, word) in description.split('`').enumerate() {
+                    let looks_like_code =
+                        i % 2 == 1 && word.contains('_') && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+                    if !looks_like_code {
+                        continue;
+                    }
+                    let code = Code::parse(word)
+                        .unwrap_or_else(|| panic!("{method} {path} {status} names `{word}`, which is not a code"));
+                    assert_eq!(code.status_u16().to_string(), *status, "{method} {path}: `{word}` under {status}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 30, "only {checked} codes named in responses");
+}
+
+/// The OpenAPI document lists the codes as the `ErrorCode` enum, in the table's order.
+#[test]
+fn openapi_lists_every_code() {
+    let doc = serde_json::to_value(warden_server::openapi_document()).unwrap();
+    let listed: Vec<&str> = doc["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .expect("an ErrorCode enum")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let all: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+    assert_eq!(listed, all);
+    let code_ref = &doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"];
+    assert_eq!(code_ref["$ref"], Value::from("#/components/schemas/ErrorCode"));
+}
