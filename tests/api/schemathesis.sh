@@ -13,6 +13,7 @@ cd "$(dirname "$0")/../.."
 warden="${WARDEN:-target/debug/warden}"
 st="${SCHEMATHESIS:-schemathesis}"
 examples="${MAX_EXAMPLES:-25}"
+seed="${SEED:-1}"
 [ -x "$warden" ] || { echo "no $warden: run 'cargo build' first" >&2; exit 3; }
 
 tmp="$(mktemp -d)"
@@ -50,7 +51,8 @@ req = urllib.request.Request(base + "/v1/tasks", json.dumps(body).encode(), meth
 urllib.request.urlopen(req, timeout=5)
 PY
 
-checks="not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
+checks="${CHECKS:-all}"
+phases="${PHASES:-examples,coverage,fuzzing,stateful}"
 status=0
 for who in human agent; do
   token="$admin"; [ "$who" = agent ] && token="$agent"
@@ -59,9 +61,9 @@ for who in human agent; do
     --checks "$checks" \
     --header "Authorization: Bearer $token" \
     --max-examples "$examples" \
-    --phases examples,coverage,fuzzing \
+    --phases "$phases" \
     --workers 1 \
-    --seed 1 \
+    --seed "$seed" \
     --suppress-health-check all \
     || status=1
 done

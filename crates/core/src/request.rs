@@ -46,7 +46,10 @@ pub struct ActionRequest {
     pub task: String,
     pub action: String,
     /// `KIND:ID`, e.g. `host:web-01`.
-    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "host:web-01"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = String, example = "host:web-01", pattern = "^[a-z][a-z0-9_]*:[^\\x00-\\x1f\\x7f-\\x9f]+$")
+    )]
     pub target: TargetRef,
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
@@ -149,7 +152,9 @@ impl Halt {
             (HaltScope::All, None) => Ok(()),
             (HaltScope::All, Some(_)) => Err("scope `all` takes no `id`".into()),
             (_, None) => Err("scopes `agent` and `action` need an `id`".into()),
-            (_, Some(id)) if id.trim().is_empty() => Err("`id` is empty".into()),
+            // Blank as the API defines it (only spaces, tabs, CRs and LFs), not `trim`'s
+            // Unicode white space: the OpenAPI document states the same rule as a pattern.
+            (_, Some(id)) if id.chars().all(|c| matches!(c, ' ' | '\t' | '\r' | '\n')) => Err("`id` is empty".into()),
             _ => Ok(()),
         }
     }

@@ -66,7 +66,7 @@ pub fn add_agent(
     now: OffsetDateTime,
 ) -> Result<Agent, ApiError> {
     check_spiffe_id(id)?;
-    if owner.trim().is_empty() {
+    if crate::input::is_blank(owner) {
         return Err(ApiError::new(Code::InvalidRequest, "an agent needs an owner (`--owner`)"));
     }
     let agent = Agent {
@@ -229,6 +229,10 @@ mod tests {
             "spiffe://a/b c",
         ] {
             assert_eq!(check_spiffe_id(bad).unwrap_err().code.as_str(), "invalid_spiffe_id", "{bad}");
+        }
+        // The OpenAPI pattern (`input::SPIFFE_ID`) answers the same list the same way.
+        for (id, ok) in crate::input::SPIFFE_CASES {
+            assert_eq!(check_spiffe_id(id).is_ok(), *ok, "{id}");
         }
     }
 }

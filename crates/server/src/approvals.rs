@@ -238,7 +238,7 @@ pub fn vote(
     now: OffsetDateTime,
 ) -> Result<Voted, ApiError> {
     if let Verdict::Reject { reason } = verdict
-        && reason.trim().is_empty()
+        && crate::input::is_blank(reason)
     {
         return Err(ApiError::new(Code::ReasonRequired, "a rejection needs a `reason`"));
     }

@@ -39,7 +39,7 @@ pub fn reset(
     by: &Actor,
     reason: &str,
 ) -> Result<time::OffsetDateTime, ApiError> {
-    if reason.trim().is_empty() {
+    if crate::input::is_blank(reason) {
         return Err(ApiError::new(Code::ReasonRequired, "a reset needs a `reason`"));
     }
     if !breaker(s.ledger().store().as_ref(), agent, action)?.open {

@@ -62,7 +62,7 @@ codes! {
     AgentSuspended = "agent_suspended", 403, "the calling agent is suspended";
     AgentHalted = "agent_halted", 403, "the calling agent is halted";
     AgentsNotAllowed = "agents_not_allowed", 403, "the endpoint is for humans; agents may not call it";
-    HumansNotAllowed = "humans_not_allowed", 403, "the endpoint is for agents; humans may not call it";
+    HumansNotAllowed = "humans_not_allowed", 403, "agents only: humans may not call this (nor dry-run without naming an agent)";
     MissingRole = "missing_role", 403, "the caller lacks a role the operation needs";
     NotYourAgent = "not_your_agent", 403, "an agent acts only for itself";
     UserDisabled = "user_disabled", 403, "the calling user is disabled";
@@ -75,6 +75,7 @@ codes! {
     UnknownLease = "unknown_lease", 404, "no lease with that id";
     NoExecution = "no_execution", 404, "the action request has no execution";
     NoHalt = "no_halt", 404, "no active halt has that scope and id";
+    NoProof = "no_proof", 404, "no such proof: the entry is not in that tree, or the old size is above the new";
     NoCheckpoint = "no_checkpoint", 404, "no signed checkpoint yet (or none at that size)";
     TaskExists = "task_exists", 409, "a task with that id already exists";
     TaskClosed = "task_closed", 409, "the task is closed";
@@ -99,10 +100,8 @@ codes! {
     BodyTooLarge = "body_too_large", 413, "the body exceeds 64 KiB";
     UnsupportedMediaType = "unsupported_media_type", 415, "send `Content-Type: application/json`";
     InvalidRequest = "invalid_request", 422, "a field is missing, empty, out of range or not allowed";
-    InvalidTask = "invalid_task", 422, "the request names a task that does not exist";
     InvalidTaskId = "invalid_task_id", 422, "a task id must be 1–128 of `A–Z a–z 0–9 - _ . :`";
     InvalidPolicy = "invalid_policy", 422, "the policy bundle is invalid; the one in force stays";
-    InvalidProofRequest = "invalid_proof_request", 422, "the proof asked for is not well-formed or not in the log";
     NoPolicyDir = "no_policy_dir", 422, "the server was started without a policy directory to reload";
     PolicyUnreadable = "policy_unreadable", 422, "the policy directory cannot be read";
     InvalidSpiffeId = "invalid_spiffe_id", 422, "not a SPIFFE ID (`spiffe://trust-domain/path`)";

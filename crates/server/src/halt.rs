@@ -93,7 +93,7 @@ fn lease_matches(h: &Halt, l: &Lease) -> bool {
 
 fn check(h: &Halt) -> Result<(), ApiError> {
     h.validate().map_err(|why| ApiError::new(Code::InvalidHalt, why))?;
-    if h.reason.trim().is_empty() {
+    if crate::input::is_blank(&h.reason) {
         return Err(ApiError::new(Code::ReasonRequired, "a halt needs a `reason`"));
     }
     Ok(())
@@ -226,7 +226,7 @@ pub fn resume(
     actor: &Actor,
     reason: &str,
 ) -> Result<Vec<HaltRecord>, ApiError> {
-    if reason.trim().is_empty() {
+    if crate::input::is_blank(reason) {
         return Err(ApiError::new(Code::ReasonRequired, "a resume needs a `reason`"));
     }
     let store = s.ledger().store();

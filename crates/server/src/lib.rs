@@ -20,6 +20,7 @@ pub mod explain;
 pub mod halt;
 mod http;
 pub mod identity;
+pub mod input;
 pub mod limits;
 pub mod metrics;
 pub mod model;

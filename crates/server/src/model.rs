@@ -111,6 +111,8 @@ impl Model for User {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Trigger {
+    /// Not blank: `siem`, `email-gateway`, …
+    #[schema(schema_with = source_schema)]
     pub source: String,
     #[serde(default)]
     pub alert_id: String,
@@ -122,6 +124,10 @@ pub struct Trigger {
 
 fn unknown() -> String {
     "unknown".into()
+}
+
+fn source_schema() -> utoipa::openapi::schema::Object {
+    crate::input::not_blank("What raised the task (not blank): `siem`, `email-gateway`, …", "siem")
 }
 
 /// An incident or mission agents work within.

@@ -199,7 +199,7 @@ fn facts(
         }
         None if require_task => {
             return Err(ApiError::new(
-                Code::InvalidTask,
+                Code::UnknownTask,
                 format!("no task `{}`: open it first (POST /v1/tasks)", req.task),
             ));
         }

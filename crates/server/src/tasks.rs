@@ -9,6 +9,7 @@ use warden_store::{Batch, Change, Record, StoreError};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
+use crate::input::is_blank;
 use crate::model::{Model, Task, Trigger, new_id, rfc3339};
 use crate::state::AppState;
 
@@ -36,7 +37,7 @@ pub fn open(
         }
         None => new_id("task")?,
     };
-    if title.trim().is_empty() || trigger.source.trim().is_empty() {
+    if is_blank(&title) || is_blank(&trigger.source) {
         return Err(ApiError::new(Code::InvalidRequest, "a task needs a `title` and a `trigger.source`"));
     }
     let task = Task {

@@ -14,17 +14,32 @@ use super::extract::{ApiJson, ApiPath};
 use crate::auth::{AgentToken, AnyCaller, Caller};
 use crate::error::{ApiError, ApiResult, Code};
 use crate::execution::{self, Execution};
+use crate::input;
 use crate::pipeline::{self, ActionAnswer, Admitted, DryRunAnswer};
 use crate::state::{App, blocking};
 
 /// A dry run's body: an action request, and for humans the agent it is for.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct DryRunRequest {
     /// The agent to decide for (humans must name it; agents may only name themselves).
-    #[serde(default)]
     pub agent: Option<String>,
-    #[serde(flatten)]
     pub request: ActionRequest,
+}
+
+/// `agent` taken out, the rest read as an [`ActionRequest`] — which refuses fields it does not
+/// name (`#[serde(flatten)]` would let them through).
+impl<'de> Deserialize<'de> for DryRunRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut fields = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+        let agent = match fields.remove("agent") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(a)) => Some(a),
+            Some(other) => return Err(D::Error::custom(format!("agent: expected a string, not `{other}`"))),
+        };
+        let request = ActionRequest::deserialize(serde_json::Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(DryRunRequest { agent, request })
+    }
 }
 
 /// The schema of [`ActionRequest`] with the optional `agent` beside its fields (`allOf` would
@@ -36,7 +51,7 @@ impl utoipa::PartialSchema for DryRunRequest {
         let mut schema = <ActionRequest as utoipa::PartialSchema>::schema();
         if let RefOr::T(Schema::Object(o)) = &mut schema {
             let agent = Object::builder()
-                .schema_type(Type::String)
+                .schema_type(utoipa::openapi::schema::SchemaType::from_iter([Type::String, Type::Null]))
                 .description(Some("The agent to decide for: humans must name it; agents may name only themselves."))
                 .build();
             o.properties.insert("agent".into(), RefOr::T(Schema::Object(agent)));
@@ -58,8 +73,9 @@ impl ToSchema for DryRunRequest {
     responses(
         (status = 200, description = "the decision, recorded", body = ActionAnswer),
         (status = 202, description = "recorded and still executing when the answer was due: the request as it stands (`state` `executing`); `GET /v1/actions/{id}` tells how it ends", body = ActionAnswer),
+        (status = 404, description = "`unknown_task`: open the task first (`POST /v1/tasks`)", body = crate::error::ErrorBody),
         (status = 409, description = "`idempotency_conflict`, `approval_pending`, `conflict`", body = crate::error::ErrorBody),
-        (status = 422, description = "`invalid_task` (no such task), `invalid_request` (e.g. a confidence outside [0, 1])", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_request` (e.g. a confidence outside [0, 1])", body = crate::error::ErrorBody),
     ))]
 pub async fn submit(
     State(app): State<App>,
@@ -102,7 +118,8 @@ pub async fn submit(
 #[utoipa::path(post, path = "/v1/decisions", tag = "actions", security(("bearer" = [])), request_body = DryRunRequest,
     responses(
         (status = 200, description = "the decision, not recorded", body = DryRunAnswer),
-        (status = 422, description = "`invalid_request` (a human named no agent)", body = crate::error::ErrorBody),
+        (status = 403, description = "`humans_not_allowed` (a human named no agent), `not_your_agent`", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_request` (e.g. a confidence outside [0, 1])", body = crate::error::ErrorBody),
     ))]
 pub async fn dry_run(
     State(app): State<App>,
@@ -116,7 +133,11 @@ pub async fn dry_run(
             return Err(ApiError::new(Code::NotYourAgent, "an agent decides only for itself"));
         }
         (Caller::Human(_), Some(n)) => n,
-        (Caller::Human(_), None) => return Err(ApiError::new(Code::InvalidRequest, "name the agent in `agent`")),
+        // Who the caller is decides whether `agent` is needed, so it is a 403, not a 422: the
+        // body is valid, but a human has no decisions of their own.
+        (Caller::Human(_), None) => {
+            return Err(ApiError::new(Code::HumansNotAllowed, "a human dry-runs for an agent: name it in `agent`"));
+        }
     };
     let req = body.request;
     req.validate().map_err(|why| ApiError::new(Code::InvalidRequest, why))?;
@@ -129,12 +150,26 @@ pub async fn dry_run(
 pub struct GetQuery {
     /// Long poll: while the request is `pending_approval`, wait up to this long (`30s`, at most
     /// `60s`) for it to change before answering.
-    #[param(example = "30s")]
+    #[param(schema_with = wait_schema)]
     pub wait: Option<String>,
 }
 
 /// The longest long poll.
 const MAX_WAIT_SECS: u64 = 60;
+
+fn wait_schema() -> utoipa::openapi::schema::Object {
+    input::duration_text(
+        0,
+        MAX_WAIT_SECS,
+        "Long poll: while the request is `pending_approval`, wait up to this long (at most `60s`) \
+         for it to change before answering.",
+        "30s",
+    )
+}
+
+fn since_schema() -> utoipa::openapi::schema::Object {
+    input::duration_text(0, input::MAX_SINCE_SECS, "Only requests of the last `since` (at most `3650d`).", "1h")
+}
 
 /// The state of a request. Agents see their own requests only. With `?wait=30s` the answer
 /// comes as soon as a pending approval is decided, or when the wait is over — never later
@@ -155,14 +190,7 @@ pub async fn get(
 ) -> ApiResult<Json<ActionAnswer>> {
     let wait = match &q.wait {
         None => 0,
-        Some(w) => {
-            let secs =
-                warden_core::duration::Duration::parse(w).map_err(|e| ApiError::new(Code::InvalidWait, e))?.as_secs();
-            if secs > MAX_WAIT_SECS {
-                return Err(ApiError::new(Code::InvalidWait, format!("`wait` is at most {MAX_WAIT_SECS}s")));
-            }
-            secs
-        }
+        Some(w) => input::duration("wait", w, 0, MAX_WAIT_SECS).map_err(|e| ApiError::new(Code::InvalidWait, e))?,
     };
     // Never longer than the request timeout allows: the answer comes with the current state
     // rather than as a 408.
@@ -211,9 +239,11 @@ pub struct ListQuery {
     pub agent: Option<String>,
     /// A request state (`succeeded`, `pending_approval`, …).
     pub state: Option<String>,
-    /// Only requests of the last `since` (`30m`, `1h`, `7d`).
+    /// Only requests of the last `since` (`30m`, `1h`, `7d`; at most `3650d`).
+    #[param(schema_with = since_schema)]
     pub since: Option<String>,
     /// At most this many, newest first (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
 }
 
@@ -222,7 +252,7 @@ pub struct ListQuery {
 #[utoipa::path(get, path = "/v1/actions", tag = "actions", security(("bearer" = [])), params(ListQuery),
     responses(
         (status = 200, body = Vec<ActionAnswer>),
-        (status = 422, description = "`invalid_since`", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_since`, `invalid_request` (`limit` outside 1–1000)", body = crate::error::ErrorBody),
     ))]
 pub async fn list(
     State(app): State<App>,
@@ -231,15 +261,13 @@ pub async fn list(
 ) -> ApiResult<Json<Vec<ActionAnswer>>> {
     let since = match &q.since {
         None => None,
-        Some(t) => Some(warden_core::duration::Duration::parse(t).map_err(|e| ApiError::new(Code::InvalidSince, e))?),
+        Some(t) => Some(
+            input::duration("since", t, 0, input::MAX_SINCE_SECS).map_err(|e| ApiError::new(Code::InvalidSince, e))?,
+        ),
     };
-    let filter = pipeline::Recent {
-        task: q.task,
-        agent: q.agent,
-        state: q.state,
-        since_secs: since.map(|d| d.as_secs()),
-        limit: usize::try_from(q.limit.unwrap_or(100)).unwrap_or(usize::MAX),
-    };
+    let limit = input::in_range("limit", q.limit.unwrap_or(100), 1, 1000)?;
+    let filter =
+        pipeline::Recent { task: q.task, agent: q.agent, state: q.state, since_secs: since, limit: limit as usize };
     blocking(&app, move |s| pipeline::recent(s, filter).map(Json)).await
 }
 

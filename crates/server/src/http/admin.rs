@@ -19,15 +19,54 @@ use crate::model::{Agent, rfc3339};
 use crate::state::{App, blocking};
 
 /// The longest JWT-SVID the API mints.
-const MAX_TOKEN_TTL_SECS: u64 = 86_400;
+const MAX_TOKEN_TTL_SECS: u64 = crate::input::MAX_TTL_SECS;
+
+fn agent_id_schema() -> utoipa::openapi::schema::Object {
+    crate::input::text(
+        crate::input::SPIFFE_ID,
+        "The agent's SPIFFE ID: `spiffe://<trust domain>/<path>`.",
+        "spiffe://acme.example/soc/phish-triage",
+    )
+}
+
+fn owner_schema() -> utoipa::openapi::schema::Object {
+    crate::input::not_blank("The accountable team or person (not blank).", "team:endpoint-response")
+}
+
+fn token_ttl_schema() -> utoipa::openapi::schema::Object {
+    crate::input::optional(crate::input::duration_text(
+        1,
+        MAX_TOKEN_TTL_SECS,
+        "Lifetime: `30s`, `10m`, `1h` (1s to 24h; default `10m`).",
+        "10m",
+    ))
+}
+
+fn user_id_schema() -> utoipa::openapi::schema::Object {
+    crate::input::text(crate::input::USER_NAME, "1–64 lowercase letters, digits, `-`, `_`, `.` or `@`.", "alice")
+}
+
+fn roles_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::ArrayBuilder;
+    ArrayBuilder::new()
+        .items(crate::input::text(
+            crate::input::ROLE,
+            "A role: as a user name, and `:` (a team such as `team:endpoint-response`).",
+            "soc-analyst",
+        ))
+        .min_items(Some(1))
+        .description(Some("At least one: `soc-analyst`, `incident-commander`, `iam-owner`, `admin`…"))
+        .build()
+}
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAgent {
     /// `spiffe://<trust domain>/<path>`
-    #[schema(example = "spiffe://acme.example/soc/phish-triage")]
+    #[schema(schema_with = agent_id_schema)]
     pub id: String,
     /// The accountable team or person.
+    #[schema(schema_with = owner_schema)]
     pub owner: String,
     #[serde(default)]
     pub purpose: String,
@@ -46,7 +85,7 @@ pub struct StatusChange {
 pub struct TokenRequest {
     /// Lifetime: `30s`, `10m`, `1h` (1s to 24h; default `10m`).
     #[serde(default)]
-    #[schema(example = "10m")]
+    #[schema(schema_with = token_ttl_schema)]
     pub ttl: Option<String>,
     /// The audience (default: this server's).
     #[serde(default)]
@@ -64,9 +103,10 @@ pub struct MintedToken {
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// 1–64 lowercase letters, digits, `-`, `_`, `.` or `@`.
-    #[schema(example = "alice")]
+    #[schema(schema_with = user_id_schema)]
     pub id: String,
-    /// `soc-analyst`, `incident-commander`, `iam-owner`, `admin`…
+    /// `soc-analyst`, `incident-commander`, `iam-owner`, `admin`…: at least one.
+    #[schema(schema_with = roles_schema)]
     pub roles: Vec<String>,
 }
 
@@ -201,11 +241,10 @@ pub async fn agent_token(
     human.require(&["admin"])?;
     let ttl = match &body.ttl {
         None => 600,
-        Some(t) => warden_core::duration::Duration::parse(t).map_err(|e| ApiError::new(Code::InvalidTtl, e))?.as_secs(),
+        Some(t) => {
+            crate::input::duration("ttl", t, 1, MAX_TOKEN_TTL_SECS).map_err(|e| ApiError::new(Code::InvalidTtl, e))?
+        }
     };
-    if ttl == 0 || ttl > MAX_TOKEN_TTL_SECS {
-        return Err(ApiError::new(Code::InvalidTtl, "`ttl` must be between 1s and 24h"));
-    }
     let audience = body.audience.unwrap_or_else(|| app.tokens.audience.clone());
     let actor = actor(&human);
     let now = app.now();

@@ -33,17 +33,28 @@ pub struct ApprovalView {
 pub struct ApproveBody {
     #[serde(default)]
     pub reason: Option<String>,
-    /// Narrow the action: a shorter lease (`30s`, `5m`) than the catalog's; never longer.
+    /// Narrow the action: a shorter lease (`30s`, `5m`; at most `24h`) than the catalog's;
+    /// never longer.
     #[serde(default)]
-    #[schema(example = "2m")]
+    #[schema(schema_with = lease_ttl_schema)]
     pub lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RejectBody {
-    /// Required: why.
+    /// Required: why (not blank).
+    #[schema(schema_with = crate::input::reason_schema)]
     pub reason: String,
+}
+
+fn lease_ttl_schema() -> utoipa::openapi::schema::Object {
+    crate::input::optional(crate::input::duration_text(
+        1,
+        crate::input::MAX_TTL_SECS,
+        "Narrow the action: a shorter lease (`30s`, `5m`) than the catalog's, never longer.",
+        "2m",
+    ))
 }
 
 fn view(s: &AppState, approval: Approval) -> Result<ApprovalView, ApiError> {
@@ -135,9 +146,10 @@ pub async fn approve(
 ) -> ApiResult<Json<ApprovalView>> {
     let lease_ttl_secs = match &body.lease_ttl {
         None => None,
-        Some(t) => {
-            Some(warden_core::duration::Duration::parse(t).map_err(|e| ApiError::new(Code::InvalidTtl, e))?.as_secs())
-        }
+        Some(t) => Some(
+            crate::input::duration("lease_ttl", t, 1, crate::input::MAX_TTL_SECS)
+                .map_err(|e| ApiError::new(Code::InvalidTtl, e))?,
+        ),
     };
     let verdict = Verdict::Approve { reason: body.reason.unwrap_or_default(), lease_ttl_secs };
     decide(app, human, id, verdict).await

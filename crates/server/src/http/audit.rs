@@ -14,6 +14,7 @@ use warden_store::proofs::{self, ProofRequestError};
 use super::extract::ApiQuery;
 use crate::auth::HumanCaller;
 use crate::error::{ApiError, ApiResult, Code};
+use crate::input;
 use crate::state::{App, blocking};
 
 fn proof_error(e: ProofRequestError) -> ApiError {
@@ -22,7 +23,9 @@ fn proof_error(e: ProofRequestError) -> ApiError {
         e @ (ProofRequestError::NoCheckpoint | ProofRequestError::NoCheckpointAt(_)) => {
             ApiError::new(Code::NoCheckpoint, e.to_string())
         }
-        ProofRequestError::Bad(m) => ApiError::new(Code::InvalidProofRequest, m),
+        // The request is well-formed but names a proof that does not exist (a leaf beyond the
+        // tree, an old size above the new): like a checkpoint that does not exist, a 404.
+        ProofRequestError::Bad(m) => ApiError::new(Code::NoProof, m),
     }
 }
 
@@ -31,7 +34,7 @@ fn proof_error(e: ProofRequestError) -> ApiError {
 #[utoipa::path(get, path = "/v1/audit/checkpoint", tag = "audit", security(("bearer" = [])),
     responses(
         (status = 200, description = "the signed note", body = String, content_type = "text/plain"),
-        (status = 404, description = "`no_checkpoint`", body = crate::error::ErrorBody),
+        (status = 404, description = "`no_checkpoint`, `no_proof`", body = crate::error::ErrorBody),
     ))]
 pub async fn checkpoint(State(app): State<App>, _: HumanCaller) -> ApiResult<impl IntoResponse> {
     let note = blocking(&app, |s| {
@@ -50,9 +53,11 @@ pub async fn checkpoint(State(app): State<App>, _: HumanCaller) -> ApiResult<imp
 pub struct EntriesQuery {
     /// The first sequence number.
     #[serde(default)]
+    #[param(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub since: u64,
     /// At most this many entries (1–1000, default 100).
     #[serde(default = "default_limit")]
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: u64,
 }
 
@@ -82,13 +87,17 @@ fn default_limit() -> u64 {
 /// Entries from `since`, at most `limit` (≤ 1000): seq, leaf hash and the entry.
 /// Entries from `since`, in order.
 #[utoipa::path(get, path = "/v1/audit/entries", tag = "audit", security(("bearer" = [])), params(EntriesQuery),
-    responses((status = 200, body = EntriesPage)))]
+    responses(
+        (status = 200, body = EntriesPage),
+        (status = 422, description = "`invalid_request`: `limit` outside 1–1000", body = crate::error::ErrorBody),
+    ))]
 pub async fn entries(
     State(app): State<App>,
     _: HumanCaller,
     ApiQuery(q): ApiQuery<EntriesQuery>,
 ) -> ApiResult<Json<EntriesPage>> {
-    let limit = q.limit.clamp(1, 1000) as usize;
+    input::at_most("since", q.since, input::MAX_INT)?;
+    let limit = input::in_range("limit", q.limit, 1, 1000)? as usize;
     blocking(&app, move |s| {
         let store = s.ledger().store();
         let rows = store.entries(q.since, limit)?;
@@ -109,8 +118,10 @@ pub async fn entries(
 #[into_params(parameter_in = Query)]
 pub struct InclusionQuery {
     /// The entry's sequence number.
+    #[param(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub index: u64,
     /// The size of a stored checkpoint (default: the latest).
+    #[param(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     pub size: Option<u64>,
 }
 
@@ -119,8 +130,8 @@ pub struct InclusionQuery {
     params(InclusionQuery),
     responses(
         (status = 200, body = InclusionProof),
-        (status = 404, description = "`no_checkpoint`", body = crate::error::ErrorBody),
-        (status = 422, description = "`invalid_proof_request`", body = crate::error::ErrorBody),
+        (status = 404, description = "`no_checkpoint`, `no_proof`", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_request`", body = crate::error::ErrorBody),
     ))]
 pub async fn inclusion(
     State(app): State<App>,
@@ -128,6 +139,10 @@ pub async fn inclusion(
     ApiQuery(q): ApiQuery<InclusionQuery>,
 ) -> ApiResult<Json<InclusionProof>> {
     blocking(&app, move |s| {
+        input::at_most("index", q.index, input::MAX_INT)?;
+        if let Some(size) = q.size {
+            input::in_range("size", size, 1, input::MAX_INT)?;
+        }
         let p = proofs::inclusion(s.ledger().store().as_ref(), q.index, q.size).map_err(proof_error)?;
         Ok(Json(p))
     })
@@ -138,8 +153,10 @@ pub async fn inclusion(
 #[into_params(parameter_in = Query)]
 pub struct ConsistencyQuery {
     /// The older tree size.
+    #[param(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     pub old: u64,
     /// The newer tree size, of a stored checkpoint (default: the latest).
+    #[param(minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     pub new: Option<u64>,
 }
 
@@ -148,8 +165,8 @@ pub struct ConsistencyQuery {
     params(ConsistencyQuery),
     responses(
         (status = 200, body = ConsistencyProof),
-        (status = 404, description = "`no_checkpoint`", body = crate::error::ErrorBody),
-        (status = 422, description = "`invalid_proof_request`", body = crate::error::ErrorBody),
+        (status = 404, description = "`no_checkpoint`, `no_proof`", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_request`", body = crate::error::ErrorBody),
     ))]
 pub async fn consistency(
     State(app): State<App>,
@@ -157,6 +174,10 @@ pub async fn consistency(
     ApiQuery(q): ApiQuery<ConsistencyQuery>,
 ) -> ApiResult<Json<ConsistencyProof>> {
     blocking(&app, move |s| {
+        input::in_range("old", q.old, 1, input::MAX_INT)?;
+        if let Some(new) = q.new {
+            input::in_range("new", new, 1, input::MAX_INT)?;
+        }
         let p = proofs::consistency(s.ledger().store().as_ref(), q.old, q.new).map_err(proof_error)?;
         Ok(Json(p))
     })

@@ -19,6 +19,8 @@ pub struct ResetBody {
     pub agent: String,
     /// The action class.
     pub action: String,
+    /// Why (not blank); recorded in the audit log.
+    #[schema(schema_with = crate::input::reason_schema)]
     pub reason: String,
 }
 

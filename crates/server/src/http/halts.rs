@@ -13,33 +13,93 @@ use crate::error::{ApiResult, ErrorBody};
 use crate::halt::{self, HaltRecord, Halted};
 use crate::state::{App, blocking};
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// A halt: `scope` `all` (no `id`), or `agent`/`action` with the `id` it stops. The schema
+/// says so with `oneOf` (see [`scoped_schema`]).
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HaltBody {
     /// `all`, `agent` (id: SPIFFE ID) or `action` (id: action class).
-    #[schema(value_type = String, example = "agent")]
     pub scope: HaltScope,
     #[serde(default)]
     pub id: Option<String>,
     pub reason: String,
     /// When the halt lapses by itself (RFC 3339); default: never.
     #[serde(default, with = "time::serde::rfc3339::option")]
-    #[schema(value_type = Option<String>)]
     pub expires_at: Option<time::OffsetDateTime>,
     /// Also roll back the matching actions of open tasks.
     #[serde(default)]
     pub rollback: bool,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResumeBody {
-    #[schema(value_type = String, example = "agent")]
     pub scope: HaltScope,
     #[serde(default)]
     pub id: Option<String>,
     pub reason: String,
 }
+
+/// `oneOf` two objects: scope `all` without an `id` (or with `null`), or scope `agent`/`action`
+/// with a non-blank `id`; `reason` not blank; `extra` are the other properties.
+fn scoped_schema(
+    description: &str,
+    extra: &[(&str, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)],
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+    let variant = |scopes: &[&str], id: utoipa::openapi::schema::Object, id_required: bool| {
+        let mut o = ObjectBuilder::new()
+            .property("scope", ObjectBuilder::new().schema_type(Type::String).enum_values(Some(scopes.to_vec())))
+            .property("id", id)
+            .property("reason", crate::input::reason_schema())
+            .required("scope")
+            .required("reason")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        if id_required {
+            o = o.required("id");
+        }
+        for (name, schema) in extra {
+            o = o.property(*name, schema.clone());
+        }
+        o.build()
+    };
+    let none = ObjectBuilder::new().schema_type(Type::Null).description(Some("scope `all` names nothing")).build();
+    let id = crate::input::not_blank("The agent's SPIFFE ID, or the action class.", "host.isolate");
+    OneOfBuilder::new()
+        .description(Some(description))
+        .item(variant(&["all"], none, false))
+        .item(variant(&["agent", "action"], id, true))
+        .into()
+}
+
+impl utoipa::PartialSchema for HaltBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, SchemaType, Type};
+        let expires_at = ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .description(Some("When the halt lapses by itself (RFC 3339); default: never."))
+            .build();
+        let rollback = ObjectBuilder::new()
+            .schema_type(Type::Boolean)
+            .description(Some("Also roll back the matching actions of open tasks."))
+            .build();
+        scoped_schema(
+            "An emergency stop: everything (`all`), one agent or one action class.",
+            &[("expires_at", expires_at.into()), ("rollback", rollback.into())],
+        )
+    }
+}
+
+impl ToSchema for HaltBody {}
+
+impl utoipa::PartialSchema for ResumeBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        scoped_schema("Which halts to lift: the scope and id they were set with.", &[])
+    }
+}
+
+impl ToSchema for ResumeBody {}
 
 /// Emergency stop (humans): from the moment this returns no matching action starts; the
 /// matching leases are revoked and pending approvals cancelled in the same commit.

@@ -14,10 +14,26 @@ use crate::state::{App, blocking};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenTask {
+    /// 1–128 of `A–Z a–z 0–9 - _ . :` (default: a fresh `task_…`).
     #[serde(default)]
+    #[schema(schema_with = task_id_schema)]
     pub id: Option<String>,
+    /// Not blank.
+    #[schema(schema_with = title_schema)]
     pub title: String,
     pub trigger: Trigger,
+}
+
+fn task_id_schema() -> utoipa::openapi::schema::Object {
+    crate::input::optional(crate::input::text(
+        crate::input::TASK_ID,
+        "1–128 of `A–Z a–z 0–9 - _ . :`; default: a fresh `task_…`.",
+        "INC-4711",
+    ))
+}
+
+fn title_schema() -> utoipa::openapi::schema::Object {
+    crate::input::not_blank("What the task is about (not blank).", "phishing wave against finance")
 }
 
 /// Open a task (agents and humans).

@@ -73,3 +73,57 @@ fn openapi_lists_every_code() {
     let code_ref = &doc["components"]["schemas"]["ErrorDetail"]["properties"]["code"];
     assert_eq!(code_ref["$ref"], Value::from("#/components/schemas/ErrorCode"));
 }
+
+/// The constraints the document states are the server's own rules (`warden_server::input`),
+/// including the one written as a literal in `warden-core` (the target's pattern).
+#[test]
+fn openapi_constraints_are_the_servers_rules() {
+    use warden_server::input;
+    let doc = serde_json::to_value(warden_server::openapi_document()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let prop = |schema: &str, name: &str| schemas[schema]["properties"][name].clone();
+    assert_eq!(prop("ActionRequest", "target")["pattern"], input::TARGET);
+    assert_eq!(prop("OpenTask", "id")["pattern"], input::TASK_ID);
+    assert_eq!(prop("OpenTask", "title")["pattern"], input::NOT_BLANK);
+    assert_eq!(prop("Trigger", "source")["pattern"], input::NOT_BLANK);
+    assert_eq!(prop("NewAgent", "id")["pattern"], input::SPIFFE_ID);
+    assert_eq!(prop("NewAgent", "owner")["pattern"], input::NOT_BLANK);
+    assert_eq!(prop("NewUser", "id")["pattern"], input::USER_NAME);
+    assert_eq!(prop("NewUser", "roles")["items"]["pattern"], input::ROLE);
+    assert_eq!(prop("NewUser", "roles")["minItems"], 1);
+    assert_eq!(prop("TokenRequest", "ttl")["pattern"], Value::from(input::duration_pattern(1, input::MAX_TTL_SECS)));
+    assert_eq!(
+        prop("ApproveBody", "lease_ttl")["pattern"],
+        Value::from(input::duration_pattern(1, input::MAX_TTL_SECS))
+    );
+    assert_eq!(prop("RejectBody", "reason")["pattern"], input::NOT_BLANK);
+    assert_eq!(prop("ResetBody", "reason")["pattern"], input::NOT_BLANK);
+    for body in ["HaltBody", "ResumeBody"] {
+        let variants = schemas[body]["oneOf"].as_array().unwrap_or_else(|| panic!("{body} is oneOf"));
+        assert_eq!(variants.len(), 2);
+        assert_eq!(variants[1]["properties"]["id"]["pattern"], input::NOT_BLANK);
+        assert_eq!(variants[0]["properties"]["reason"]["pattern"], input::NOT_BLANK);
+    }
+    // Optional fields also take `null`, as serde reads it.
+    assert_eq!(prop("ApproveBody", "lease_ttl")["type"], serde_json::json!(["string", "null"]));
+    let param = |path: &str, name: &str| {
+        doc["paths"][path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path} has `{name}`"))["schema"]
+            .clone()
+    };
+    assert_eq!(param("/v1/actions/{id}", "wait")["pattern"], Value::from(input::duration_pattern(0, 60)));
+    assert_eq!(
+        param("/v1/actions", "since")["pattern"],
+        Value::from(input::duration_pattern(0, input::MAX_SINCE_SECS))
+    );
+    assert_eq!(
+        (param("/v1/actions", "limit")["minimum"].clone(), param("/v1/actions", "limit")["maximum"].clone()),
+        (1.into(), 1000.into())
+    );
+    assert_eq!(param("/v1/audit/proof/consistency", "old")["minimum"], 1);
+    assert_eq!(param("/v1/audit/entries", "since")["maximum"], input::MAX_INT);
+}

@@ -46,7 +46,8 @@ const FRONT_DOORS: &[&str] = &["http", "openapi"];
 const SERVICES: &[&str] =
     &["pipeline", "approvals", "execution", "halt", "breaker", "explain", "tasks", "sweeper", "admin", "policy_dir"];
 /// `notify` is here: its handle lives in the shared state, and it needs only the records.
-const FOUNDATION: &[&str] = &["state", "identity", "auth", "error", "model", "metrics", "limits", "tls", "notify"];
+const FOUNDATION: &[&str] =
+    &["state", "identity", "auth", "error", "input", "model", "metrics", "limits", "tls", "notify"];
 /// What composes the layers: the crate root, building the state, serving.
 const ROOTS: &[&str] = &["lib", "startup", "serve"];
 

@@ -1,0 +1,254 @@
+//! What the API accepts, defined once.
+//!
+//! Each rule here is used twice: by the code that checks input, and by the OpenAPI document
+//! that states it (a JSON Schema `pattern`, `minimum`/`maximum`, `minLength`), so the two
+//! cannot drift apart. Patterns use only what the regex dialects of JSON Schema (ECMA-262),
+//! Python and Rust read the same way: ASCII classes and explicit character lists — for
+//! example, *blank* means nothing but spaces, tabs, CRs and LFs, not each engine's idea of
+//! Unicode white space.
+
+use warden_core::duration::Duration;
+
+use crate::error::{ApiError, Code};
+
+/// A string that is not blank: it holds a character other than space, tab, CR and LF.
+pub const NOT_BLANK: &str = "[^ \\t\\r\\n]";
+
+/// Whether `s` holds nothing but spaces, tabs, CRs and LFs (the negation of [`NOT_BLANK`]).
+pub fn is_blank(s: &str) -> bool {
+    s.chars().all(|c| matches!(c, ' ' | '\t' | '\r' | '\n'))
+}
+
+/// A task id: 1–128 of `A–Z a–z 0–9 - _ . :`.
+pub const TASK_ID: &str = "^[A-Za-z0-9._:-]{1,128}$";
+
+/// A user name: 1–64 lowercase letters, digits, `-`, `_`, `.`, `@`.
+pub const USER_NAME: &str = "^[a-z0-9._@-]{1,64}$";
+
+/// A role: as a user name, and `:` (a team, `team:endpoint-response`).
+pub const ROLE: &str = "^[a-z0-9._@:-]{1,64}$";
+
+/// A SPIFFE ID as Warden registers agents: `spiffe://` + a lowercase trust domain + one or
+/// more path segments of letters, digits, `.`, `-`, `_`, none of them `.` or `..`.
+pub const SPIFFE_ID: &str = "^spiffe://[a-z0-9._-]+(/([A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*|[.]{3,}))+$";
+
+/// A target, `KIND:ID`: a lowercase word, a colon, and an id with no control character.
+pub const TARGET: &str = "^[a-z][a-z0-9_]*:[^\\x00-\\x1f\\x7f-\\x9f]+$";
+
+/// The largest integer the API takes anywhere (2^53 − 1: exact in every JSON reader).
+pub const MAX_INT: u64 = (1 << 53) - 1;
+
+/// The longest lease or token lifetime the API sets: a day.
+pub const MAX_TTL_SECS: u64 = 86_400;
+
+/// The oldest `since` a listing looks back: ten years.
+pub const MAX_SINCE_SECS: u64 = 3650 * 86_400;
+
+/// `value` if `lo ≤ value ≤ hi`; else 422 `invalid_request` naming the parameter.
+pub fn in_range(name: &str, value: u64, lo: u64, hi: u64) -> Result<u64, ApiError> {
+    if (lo..=hi).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::new(Code::InvalidRequest, format!("`{name}` must be between {lo} and {hi}, not {value}")))
+    }
+}
+
+/// `value` if it is at most `hi`; else 422 `invalid_request`.
+pub fn at_most(name: &str, value: u64, hi: u64) -> Result<u64, ApiError> {
+    in_range(name, value, 0, hi)
+}
+
+/// Parses a duration as the API takes it (`30s`, `10m`, `1h`, `7d`: digits, then one unit,
+/// nothing around them) and checks `min_secs ≤ it ≤ max_secs`. [`duration_pattern`] states
+/// the same rule.
+pub fn duration(name: &str, text: &str, min_secs: u64, max_secs: u64) -> Result<u64, String> {
+    if text.trim() != text {
+        return Err(format!("`{name}` `{text}` has spaces around it"));
+    }
+    let secs = Duration::parse(text).map_err(|e| format!("`{name}`: {e}"))?.as_secs();
+    if !(min_secs..=max_secs).contains(&secs) {
+        return Err(format!(
+            "`{name}` must be between {} and {}, not `{text}`",
+            Duration::from_secs(min_secs),
+            Duration::from_secs(max_secs)
+        ));
+    }
+    Ok(secs)
+}
+
+/// The pattern of the durations [`duration`] accepts between `min_secs` and `max_secs`.
+pub fn duration_pattern(min_secs: u64, max_secs: u64) -> String {
+    let mut alternatives = Vec::new();
+    for (unit, scale) in [("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)] {
+        let lo = min_secs.div_ceil(scale);
+        let hi = max_secs / scale;
+        if lo <= hi {
+            // Leading zeros parse (`007s`), so the pattern takes them too.
+            alternatives.push(format!("0*({}){unit}", uint_range(lo, hi)));
+        }
+    }
+    format!("^({})$", alternatives.join("|"))
+}
+
+/// A regex (no anchors) for the decimal numbers `lo..=hi`, written without leading zeros.
+pub fn uint_range(lo: u64, hi: u64) -> String {
+    assert!(lo <= hi, "an empty range");
+    let mut parts = Vec::new();
+    let (mut from, digits_hi) = (lo, hi.to_string().len());
+    for len in from.to_string().len()..=digits_hi {
+        let top = if len >= 20 { u64::MAX } else { 10u64.pow(len as u32) - 1 };
+        let to = hi.min(top);
+        same_length(&from.to_string(), &to.to_string(), &mut parts, String::new());
+        if to == hi {
+            break;
+        }
+        from = to + 1;
+    }
+    parts.join("|")
+}
+
+/// Alternatives matching `a..=b`, two numbers of the same length, each prefixed by `prefix`.
+fn same_length(a: &str, b: &str, out: &mut Vec<String>, prefix: String) {
+    if a.is_empty() {
+        out.push(prefix);
+        return;
+    }
+    let (a0, b0) = (a.as_bytes()[0] - b'0', b.as_bytes()[0] - b'0');
+    let (ra, rb) = (&a[1..], &b[1..]);
+    if a0 == b0 {
+        same_length(ra, rb, out, format!("{prefix}{a0}"));
+        return;
+    }
+    let any = "[0-9]".repeat(ra.len());
+    let zeros = "0".repeat(ra.len());
+    let nines = "9".repeat(ra.len());
+    // The first digit's span, widened to whole blocks where the rest is 0…0 / 9…9.
+    let first_full = if ra == zeros { a0 } else { a0 + 1 };
+    let last_full = if rb == nines { b0 } else { b0 - 1 };
+    if ra != zeros {
+        same_length(ra, &nines, out, format!("{prefix}{a0}"));
+    }
+    if first_full <= last_full {
+        let digit =
+            if first_full == last_full { first_full.to_string() } else { format!("[{first_full}-{last_full}]") };
+        out.push(format!("{prefix}{digit}{any}"));
+    }
+    if rb != nines {
+        same_length(&zeros, rb, out, format!("{prefix}{b0}"));
+    }
+}
+
+/// A string schema with `pattern`, for a field's `schema_with` (which replaces the field's
+/// doc comment: the description goes here).
+pub fn text(pattern: impl Into<String>, description: &str, example: &str) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+        .description(Some(description))
+        .examples([example])
+        .build()
+}
+
+/// `schema`, also taking `null`: an optional field (`null` reads as absent).
+pub fn optional(mut schema: utoipa::openapi::schema::Object) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    schema.schema_type = SchemaType::from_iter([Type::String, Type::Null]);
+    schema
+}
+
+/// A non-blank string.
+pub fn not_blank(description: &str, example: &str) -> utoipa::openapi::schema::Object {
+    text(NOT_BLANK, description, example)
+}
+
+/// A duration between `min_secs` and `max_secs`.
+pub fn duration_text(
+    min_secs: u64,
+    max_secs: u64,
+    description: &str,
+    example: &str,
+) -> utoipa::openapi::schema::Object {
+    text(duration_pattern(min_secs, max_secs), description, example)
+}
+
+/// A reason recorded in the audit log: required, not blank.
+pub fn reason_schema() -> utoipa::openapi::schema::Object {
+    not_blank("Why (not blank); recorded in the audit log.", "contained on the runbook's advice")
+}
+
+/// SPIFFE IDs and whether they are valid: the pattern and the check both answer these.
+#[cfg(test)]
+pub(crate) const SPIFFE_CASES: &[(&str, bool)] = &[
+    ("spiffe://acme.example/soc/edr", true),
+    ("spiffe://acme.example/a/.../b", true),
+    ("spiffe://acme.example/a/./b", false),
+    ("spiffe://acme.example/a/../b", false),
+    ("spiffe://acme.example/a//b", false),
+    ("spiffe://acme.example/", false),
+    ("spiffe://ACME/x", false),
+    ("spiffe://acme/x/", false),
+    ("https://acme/x", false),
+];
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use regex::Regex;
+
+    use super::*;
+
+    fn anchored(p: &str) -> Regex {
+        Regex::new(&format!("^({p})$")).unwrap()
+    }
+
+    #[test]
+    fn ranges_match_exactly_their_numbers() {
+        for (lo, hi) in [(0, 0), (0, 9), (1, 9), (0, 60), (1, 1440), (7, 123), (99, 1000), (5, 86_400), (0, 3650)] {
+            let re = anchored(&uint_range(lo, hi));
+            for n in 0..=hi * 2 + 20 {
+                assert_eq!(re.is_match(&n.to_string()), (lo..=hi).contains(&n), "{n} in {lo}..={hi}: {re}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_range_matches_exactly_its_numbers(lo in 0u64..1_000_000, span in 0u64..2_000_000, probe in 0u64..4_000_000) {
+            let hi = lo + span;
+            let re = anchored(&uint_range(lo, hi));
+            for n in [lo, hi, probe, lo.saturating_sub(1), hi + 1] {
+                prop_assert_eq!(re.is_match(&n.to_string()), (lo..=hi).contains(&n), "{} in {}..={}", n, lo, hi);
+            }
+        }
+
+        /// The duration pattern and the parser agree on every string of digits and a unit,
+        /// and on strings that are not durations at all.
+        #[test]
+        fn duration_pattern_is_the_parser(text in "( )?[0-9]{0,7}[smhdx ]?( )?", max in prop::sample::select(vec![60u64, 86_400, 3650 * 86_400])) {
+            for min in [0, 1] {
+                let re = Regex::new(&duration_pattern(min, max)).unwrap();
+                prop_assert_eq!(re.is_match(&text), duration("t", &text, min, max).is_ok(), "`{}` in {}..={}", text, min, max);
+            }
+        }
+
+        #[test]
+        fn not_blank_is_is_blank(text in "[ \t\r\na\u{a0}\u{3000}\u{85}\u{1c}]{0,4}") {
+            let re = Regex::new(NOT_BLANK).unwrap();
+            prop_assert_eq!(re.is_match(&text), !is_blank(&text));
+        }
+    }
+
+    #[test]
+    fn named_patterns_agree_with_their_checks() {
+        let spiffe = Regex::new(SPIFFE_ID).unwrap();
+        // `admin::check_spiffe_id` is held to the same list in its own tests.
+        for (id, ok) in SPIFFE_CASES {
+            assert_eq!(spiffe.is_match(id), *ok, "{id}");
+        }
+        let target = Regex::new(TARGET).unwrap();
+        for t in ["host:web-42", "user:a:b", "host:", ":x", "Host:x", "host:a\u{7}", "host:a\u{85}", "host:é"] {
+            assert_eq!(target.is_match(t), t.parse::<warden_core::inventory::TargetRef>().is_ok(), "{t}");
+        }
+    }
+}
