@@ -31,24 +31,32 @@ agent="$("$warden" agent token spiffe://acme.example/soc/edr-responder --ttl 1h 
 
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 base="http://127.0.0.1:$port"
-# A generous rate limit: the fuzzer sends hundreds of requests a second as one agent.
+# A generous rate limit: the fuzzer sends hundreds of requests a second as one agent. A short
+# request timeout caps long polls (`?wait=`) at 4/5 of it, below schemathesis's 10 s.
 "$warden" serve --data "$tmp/data" --policy examples/policy --listen "127.0.0.1:$port" \
-  --agent-rate 100000 --agent-burst 100000 --log-format json > "$tmp/server.log" 2>&1 &
+  --agent-rate 100000 --agent-burst 100000 --request-timeout 4s --log-format json > "$tmp/server.log" 2>&1 &
 pid=$!
-# Wait until ready, then open a task both runs can refer to (Python: no curl needed).
-python3 - "$base" "$admin" <<'PY' || { cat "$tmp/server.log" >&2; exit 1; }
+# Wait until ready, then open a task both runs can refer to, and give the stateful phase
+# something to follow: requests (one waiting for approval) the lists and links lead to.
+python3 - "$base" "$admin" "$agent" <<'PY' || { cat "$tmp/server.log" >&2; exit 1; }
 import json, sys, time, urllib.request
-base, token = sys.argv[1], sys.argv[2]
+base, token, agent = sys.argv[1], sys.argv[2], sys.argv[3]
 for _ in range(100):
     try:
         urllib.request.urlopen(base + "/readyz", timeout=1)
         break
     except OSError:
         time.sleep(0.1)
-body = {"id": "INC-1", "title": "schemathesis", "trigger": {"source": "siem", "severity": "high"}}
-req = urllib.request.Request(base + "/v1/tasks", json.dumps(body).encode(), method="POST",
-    headers={"authorization": "Bearer " + token, "content-type": "application/json"})
-urllib.request.urlopen(req, timeout=5)
+def post(path, body, bearer):
+    req = urllib.request.Request(base + path, json.dumps(body).encode(), method="POST",
+        headers={"authorization": "Bearer " + bearer, "content-type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=10))
+post("/v1/tasks", {"id": "INC-1", "title": "schemathesis", "trigger": {"source": "siem", "severity": "high"}}, token)
+for target, confidence in [("host:db-payments-01", 0.95), ("host:web-42", 0.5)]:
+    answer = post("/v1/actions", {"task": "INC-1", "action": "host.isolate", "target": target,
+        "confidence": confidence, "params": {"reason": "beacon"}, "rationale": "seed",
+        "evidence": [{"kind": "edr", "ref": "det:1"}]}, agent)
+    print("seeded", target, answer["state"])
 PY
 
 checks="${CHECKS:-all}"

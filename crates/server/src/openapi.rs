@@ -86,8 +86,83 @@ fn local(description: &str) -> RefOr<Response> {
     RefOr::T(error_response(description))
 }
 
+/// OpenAPI links: where an answer's ids lead (`from` operation and status → `to` operation,
+/// its parameter from a runtime expression). Clients and schemathesis's stateful phase follow
+/// them: open a task, then read and close it; register an agent, then suspend it, …
+const LINKS: &[(&str, &str, &str, &str, &str, &str, &str)] = &[
+    ("post", "/v1/tasks", "201", "get", "/v1/tasks/{id}", "id", "$response.body#/id"),
+    ("post", "/v1/tasks", "201", "post", "/v1/tasks/{id}/close", "id", "$response.body#/id"),
+    ("post", "/v1/actions", "200", "get", "/v1/actions/{id}", "id", "$response.body#/id"),
+    ("post", "/v1/actions", "200", "get", "/v1/explain/{id}", "id", "$response.body#/id"),
+    ("post", "/v1/actions", "200", "post", "/v1/actions/{id}/rollback", "id", "$response.body#/id"),
+    ("post", "/v1/actions", "200", "get", "/v1/leases/{id}", "id", "$response.body#/lease/id"),
+    ("get", "/v1/actions", "200", "get", "/v1/actions/{id}", "id", "$response.body#/0/id"),
+    ("get", "/v1/actions", "200", "get", "/v1/explain/{id}", "id", "$response.body#/0/id"),
+    ("get", "/v1/approvals", "200", "get", "/v1/approvals/{id}", "id", "$response.body#/0/id"),
+    ("get", "/v1/approvals", "200", "post", "/v1/approvals/{id}/approve", "id", "$response.body#/0/id"),
+    ("get", "/v1/approvals", "200", "post", "/v1/approvals/{id}/reject", "id", "$response.body#/0/id"),
+    ("post", "/v1/agents", "201", "get", "/v1/agents/{id}", "id", "$response.body#/id"),
+    ("post", "/v1/agents", "201", "post", "/v1/agents/{id}/suspend", "id", "$response.body#/id"),
+    ("post", "/v1/agents", "201", "post", "/v1/agents/{id}/resume", "id", "$response.body#/id"),
+    ("post", "/v1/agents", "201", "post", "/v1/agents/{id}/token", "id", "$response.body#/id"),
+    ("get", "/v1/leases/{id}", "200", "post", "/v1/leases/{id}/revoke", "id", "$response.body#/id"),
+    ("post", "/v1/leases/{id}/revoke", "200", "get", "/v1/leases/{id}", "id", "$response.body#/id"),
+];
+
+/// `#/paths/…/method` for an operation (JSON pointer: `/` is written `~1`).
+fn operation_ref(method: &str, path: &str) -> String {
+    format!("#/paths/{}/{method}", path.replace('~', "~0").replace('/', "~1"))
+}
+
+fn add_links(doc: &mut OpenApi) {
+    use utoipa::openapi::link::LinkBuilder;
+    for (method, path, status, to_method, to_path, param, expression) in LINKS {
+        let Some(item) = doc.paths.paths.get_mut(*path) else { panic!("a link from `{path}`, which is not served") };
+        let op = match *method {
+            "get" => item.get.as_mut(),
+            _ => item.post.as_mut(),
+        };
+        let Some(op) = op else { panic!("a link from `{method} {path}`, which is not served") };
+        let Some(RefOr::T(response)) = op.responses.responses.get_mut(*status) else {
+            panic!("a link from `{method} {path}` {status}, which is not documented")
+        };
+        let link =
+            LinkBuilder::new().operation_ref(operation_ref(to_method, to_path)).parameter(*param, *expression).build();
+        let name = format!("{}{}", to_method, to_path.replace(['/', '{', '}'], "_"));
+        response.links.insert(name, RefOr::T(link));
+    }
+}
+
+/// The document as served. utoipa 5.5 writes a Link's fields in snake_case (`operation_ref`);
+/// OpenAPI names them in camelCase, so they are renamed here.
+pub fn to_json(doc: &OpenApi) -> serde_json::Value {
+    let mut json = serde_json::to_value(doc).expect("the document serializes");
+    let Some(paths) = json.get_mut("paths").and_then(|p| p.as_object_mut()) else { return json };
+    for item in paths.values_mut().filter_map(|i| i.as_object_mut()) {
+        for op in item.values_mut() {
+            let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else { continue };
+            for response in responses.values_mut() {
+                let Some(links) = response.get_mut("links").and_then(|l| l.as_object_mut()) else { continue };
+                for link in links.values_mut().filter_map(|l| l.as_object_mut()) {
+                    for (from, to) in [
+                        ("operation_ref", "operationRef"),
+                        ("operation_id", "operationId"),
+                        ("request_body", "requestBody"),
+                    ] {
+                        if let Some(v) = link.remove(from) {
+                            link.insert(to.into(), v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    json
+}
+
 /// Adds to every operation the answers the router's shared layers can give.
 pub fn complete(mut doc: OpenApi) -> OpenApi {
+    add_links(&mut doc);
     for item in doc.paths.paths.values_mut() {
         let ops = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
         for op in ops.into_iter().flatten() {

@@ -116,3 +116,33 @@ async fn shared_answers_are_documented_on_every_secured_operation() {
 fn snapshot() {
     insta::assert_json_snapshot!("openapi", warden_server::openapi_document());
 }
+
+/// Every link leads to an operation the document has, naming a parameter that operation takes,
+/// in OpenAPI's spelling (`operationRef`).
+#[test]
+fn links_lead_to_real_operations() {
+    let doc = warden_server::openapi_document();
+    let mut links = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for (status, response) in op["responses"].as_object().into_iter().flatten() {
+                for (name, link) in response["links"].as_object().into_iter().flatten() {
+                    let to = link["operationRef"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{method} {path} {status} {name}: {link}"));
+                    let pointer = to.strip_prefix('#').unwrap().replace("~1", "/").replace("~0", "~");
+                    let (to_path, to_method) = pointer.strip_prefix("/paths/").unwrap().rsplit_once('/').unwrap();
+                    let target = &doc["paths"][to_path][to_method];
+                    assert!(target.is_object(), "{name} leads to `{to}`, which is not an operation");
+                    let takes: Vec<&str> =
+                        target["parameters"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+                    for param in link["parameters"].as_object().unwrap().keys() {
+                        assert!(takes.contains(&param.as_str()), "{name}: `{to}` takes no `{param}`");
+                    }
+                    links += 1;
+                }
+            }
+        }
+    }
+    assert!(links >= 15, "{links} links");
+}
