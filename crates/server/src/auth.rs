@@ -45,6 +45,11 @@ impl Caller {
 pub struct AgentToken(String);
 
 impl AgentToken {
+    /// The agent the token names (its SPIFFE ID), not yet admitted.
+    pub fn subject(&self) -> &str {
+        &self.0
+    }
+
     /// The registered, active agent this token speaks for (see [`active_agent`]).
     pub fn admit(&self, s: &AppState) -> Result<Agent, ApiError> {
         active_agent(s, &self.0).map(|(a, _)| a)

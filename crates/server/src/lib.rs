@@ -22,6 +22,7 @@ mod http;
 pub mod identity;
 pub mod input;
 pub mod limits;
+pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod notify;
@@ -36,5 +37,10 @@ pub mod tasks;
 pub mod tls;
 
 pub use error::{ApiError, ApiResult, Code};
-pub use http::{BODY_LIMIT, openapi_document, router, sweep_approvals};
+pub use http::{BODY_LIMIT, openapi_document, sweep_approvals};
+
+/// The application: the `/v1` API and the MCP front door, over one state.
+pub fn router(app: App) -> axum::Router {
+    http::router(app.clone()).merge(mcp::router(app))
+}
 pub use state::{App, AppState};

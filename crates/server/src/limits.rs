@@ -67,3 +67,42 @@ mod tests {
         assert!(r.allow("b", &limits), "buckets are per agent");
     }
 }
+
+/// How a tool call is held while a human decides.
+#[derive(Debug, Clone)]
+pub struct HoldOptions {
+    /// The longest a call is held before it answers "still pending" (below the common client
+    /// timeouts of 60 s).
+    pub budget: std::time::Duration,
+    /// How often a held call sends `notifications/progress` (when the client sent a token).
+    pub progress_every: std::time::Duration,
+}
+
+impl Default for HoldOptions {
+    fn default() -> Self {
+        HoldOptions { budget: std::time::Duration::from_secs(45), progress_every: std::time::Duration::from_secs(5) }
+    }
+}
+
+/// How `/mcp` is served.
+#[derive(Debug, Clone)]
+pub struct McpOptions {
+    pub hold: HoldOptions,
+    /// `Host` values accepted (against DNS rebinding); empty: any.
+    pub allowed_hosts: Vec<String>,
+    /// Browser `Origin`s accepted; a request with another `Origin` is refused.
+    pub allowed_origins: Vec<String>,
+    /// `https` when served over TLS: how the metadata names this resource.
+    pub scheme: &'static str,
+}
+
+impl Default for McpOptions {
+    fn default() -> Self {
+        McpOptions {
+            hold: HoldOptions::default(),
+            allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "::1".into()],
+            allowed_origins: Vec::new(),
+            scheme: "http",
+        }
+    }
+}

@@ -53,6 +53,7 @@ impl AppState {
             changes: tokio::sync::watch::Sender::new(0),
             connector: options.connector,
             halts: std::sync::RwLock::new(halts),
+            mcp: options.mcp,
         });
         let unknown = crate::execution::reconcile_after_restart(&app)?;
         if !unknown.is_empty() {

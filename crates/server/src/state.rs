@@ -31,6 +31,8 @@ pub struct ServerOptions {
     /// Global shadow mode (`warden serve --shadow`): every request is decided and recorded,
     /// nothing is executed or queued for approval.
     pub shadow: bool,
+    /// How `/mcp` is served.
+    pub mcp: crate::limits::McpOptions,
 }
 
 impl Default for ServerOptions {
@@ -43,6 +45,7 @@ impl Default for ServerOptions {
             notify: crate::notify::NotifyOptions::default(),
             connector: None,
             shadow: false,
+            mcp: crate::limits::McpOptions::default(),
         }
     }
 }
@@ -74,6 +77,8 @@ pub struct AppState {
     /// last check to the end of the tool call; a halt takes it for writing, so once a halt
     /// returns no matching action starts.
     pub halts: std::sync::RwLock<HaltGate>,
+    /// How `/mcp` is served.
+    pub mcp: crate::limits::McpOptions,
 }
 
 impl AppState {

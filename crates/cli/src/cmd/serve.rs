@@ -79,9 +79,49 @@ pub struct ServeArgs {
     /// queue nothing for approval (each decision keeps the outcome it would have had).
     #[arg(long, env = "WARDEN_SHADOW")]
     pub shadow: bool,
+    /// How long an MCP tool call waiting for a human approval is held before it answers with
+    /// the pending ids (keep it below your MCP clients' request timeout).
+    #[arg(long, env = "WARDEN_MCP_HOLD", default_value = "45s")]
+    pub mcp_hold: String,
+    /// A `Host` the MCP endpoint answers besides loopback (repeatable): requests naming
+    /// another host are refused, against DNS rebinding.
+    #[arg(long = "mcp-host", value_name = "HOST")]
+    pub mcp_hosts: Vec<String>,
+    /// A browser `Origin` the MCP endpoint accepts (repeatable); with none, requests carrying
+    /// an `Origin` are accepted only from the allowed hosts.
+    #[arg(long = "mcp-origin", value_name = "ORIGIN")]
+    pub mcp_origins: Vec<String>,
     /// Log lines as text or JSON (to stderr; filter with `RUST_LOG`).
     #[arg(long, env = "WARDEN_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
+}
+
+/// `/mcp`'s options from the flags: loopback and the listen host are always accepted.
+fn mcp_options(a: &ServeArgs, scheme: &'static str) -> Result<warden_server::limits::McpOptions, Failure> {
+    let defaults = warden_server::limits::McpOptions::default();
+    let hold = warden_core::duration::Duration::parse(&a.mcp_hold)
+        .map_err(|e| Failure::Invalid(format!("error: `--mcp-hold`: {e}")))?;
+    if hold.as_secs() == 0 || hold.as_secs() > 600 {
+        return Err(Failure::Invalid(format!("error: `--mcp-hold` must be between 1s and 10m, not `{}`", a.mcp_hold)));
+    }
+    let mut hosts = defaults.allowed_hosts.clone();
+    if let Some(host) = a.listen.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']))
+        && !host.is_empty()
+        && host != "0.0.0.0"
+        && host != "::"
+    {
+        hosts.push(host.to_string());
+    }
+    hosts.extend(a.mcp_hosts.iter().cloned());
+    Ok(warden_server::limits::McpOptions {
+        hold: warden_server::limits::HoldOptions {
+            budget: std::time::Duration::from_secs(hold.as_secs()),
+            ..defaults.hold
+        },
+        allowed_hosts: hosts,
+        allowed_origins: a.mcp_origins.clone(),
+        scheme,
+    })
 }
 
 fn init_logs(format: LogFormat) {
@@ -237,6 +277,7 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         notify,
         connector,
         shadow: a.shadow,
+        mcp: mcp_options(&a, scheme)?,
     };
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => {

@@ -42,7 +42,7 @@ fn imports() -> BTreeMap<String, (BTreeSet<String>, String)> {
     map
 }
 
-const FRONT_DOORS: &[&str] = &["http", "openapi"];
+const FRONT_DOORS: &[&str] = &["http", "openapi", "mcp"];
 const SERVICES: &[&str] =
     &["pipeline", "approvals", "execution", "halt", "breaker", "explain", "tasks", "sweeper", "admin", "policy_dir"];
 /// `notify` is here: its handle lives in the shared state, and it needs only the records.

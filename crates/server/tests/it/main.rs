@@ -10,6 +10,7 @@ mod execution;
 mod explain;
 mod identity;
 mod layers;
+mod mcp;
 mod model;
 mod openapi;
 mod reload;

@@ -1,0 +1,272 @@
+//! `tools/call`: an action request through the pipeline, and its answer as a tool result.
+//!
+//! Nothing is decided here. The arguments become an [`ActionRequest`]; the pipeline decides,
+//! records and executes exactly as for `POST /v1/actions`; this module only waits (for an
+//! approval, or a slow execution) and words the outcome for a model:
+//!
+//! - executed → the result (`structuredContent`: the execution) with the decision in `_meta`;
+//! - denied → `isError: true` naming every cap and its reason;
+//! - advised → a result saying it was recorded as advice;
+//! - waiting for a human → held, with `notifications/progress` when the client asked for them,
+//!   up to the hold budget; then a result carrying the pending ids in `_meta` and telling the
+//!   model to call again with the same arguments — which attaches to the same request (same
+//!   action digest) instead of asking again, and once it is settled answers with the outcome.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use warden_core::request::ActionRequest;
+
+use crate::auth::AgentToken;
+use crate::error::{ApiError, Code};
+use crate::limits::HoldOptions;
+use crate::pipeline::{self, ActionAnswer, Admitted};
+use crate::state::{App, blocking};
+
+/// The requests a held call left pending, by agent and action digest: the same call again
+/// attaches to its request, and collects its outcome once settled (then it is forgotten).
+#[derive(Debug, Default)]
+pub struct Pending(Mutex<HashMap<(String, String), String>>);
+
+impl Pending {
+    fn get(&self, agent: &str, digest: &str) -> Option<String> {
+        self.0.lock().ok()?.get(&(agent.to_string(), digest.to_string())).cloned()
+    }
+    fn set(&self, agent: &str, digest: &str, request: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert((agent.to_string(), digest.to_string()), request.to_string());
+        }
+    }
+    fn forget(&self, agent: &str, digest: &str) {
+        if let Ok(mut m) = self.0.lock() {
+            m.remove(&(agent.to_string(), digest.to_string()));
+        }
+    }
+}
+
+/// A boxed future (what a progress sink returns).
+pub type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// A sink for progress: called with (elapsed seconds, budget seconds, message) while a call
+/// is held.
+pub type Progress<'a> = &'a (dyn Fn(f64, f64, String) -> BoxFuture<'static> + Send + Sync);
+
+/// States in which a request may still change without anyone calling again.
+fn unsettled(state: &str) -> bool {
+    matches!(state, "pending_approval" | "approved" | "executing")
+}
+
+/// Runs one tool call for `token`'s agent and answers the tool result (JSON).
+pub async fn call(
+    app: &App,
+    hold: &HoldOptions,
+    pending: &Pending,
+    token: AgentToken,
+    req: ActionRequest,
+    progress: Option<Progress<'_>>,
+) -> Result<Value, ApiError> {
+    let bundle = app.bundle()?;
+    let request_digest = pipeline::request_digest(&req)?;
+    let agent_id = token.subject().to_string();
+    let digest =
+        warden_core::request::action_digest(&agent_id, &req.task, &req.action, &req.target.to_string(), &req.params)
+            .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the request cannot be digested: {e}")))?;
+
+    // The same call again: attach to the request a held call left, or to the pending approval
+    // of the same action (a restart, another session) — never a second request.
+    let earlier = {
+        let (known, digest, token) = (pending.get(&agent_id, &digest), digest.clone(), token.clone());
+        blocking(app, move |s| {
+            token.admit(s)?;
+            if let Some(id) = known {
+                return pipeline::answer_of(s, &id).map(Some);
+            }
+            match crate::approvals::pending_for(s.ledger().store().as_ref(), &digest)? {
+                Some(v) => match v.approval.requests.first() {
+                    Some(id) => pipeline::answer_of(s, id).map(Some),
+                    None => Ok(None),
+                },
+                None => Ok(None),
+            }
+        })
+        .await?
+    };
+    let answer = match earlier {
+        Some(a) => a,
+        None => {
+            let (app2, bundle) = (app.clone(), bundle.clone());
+            tokio::task::spawn_blocking(move || {
+                let (agent, version) = token.admit_versioned(&app2)?;
+                let recorded = std::sync::OnceLock::new();
+                pipeline::submit(&app2, &bundle, &Admitted { agent, version }, req, request_digest, &recorded)
+            })
+            .await
+            .map_err(|_| ApiError::new(Code::Internal, "a worker failed; look up the request before retrying"))??
+        }
+    };
+    let answer = if unsettled(&answer.state) { wait(app, hold, &answer.id, progress).await? } else { answer };
+    if unsettled(&answer.state) {
+        pending.set(&agent_id, &digest, &answer.id);
+        return Ok(still_pending(&answer));
+    }
+    pending.forget(&agent_id, &digest);
+    let approval = match answer.decision.approval.as_ref().and_then(|a| a.id.clone()) {
+        Some(id) => blocking(app, move |s| crate::approvals::load(s.ledger().store().as_ref(), &id)).await?,
+        None => None,
+    };
+    Ok(settled(&answer, approval.map(|v| v.approval)))
+}
+
+/// Waits until request `id` settles or the budget is spent, reporting progress.
+async fn wait(
+    app: &App,
+    hold: &HoldOptions,
+    id: &str,
+    progress: Option<Progress<'_>>,
+) -> Result<ActionAnswer, ApiError> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + hold.budget;
+    let mut changes = app.subscribe();
+    let mut next_progress = started;
+    loop {
+        let id2 = id.to_string();
+        let answer = blocking(app, move |s| pipeline::answer_of(s, &id2)).await?;
+        let now = tokio::time::Instant::now();
+        if !unsettled(&answer.state) || now >= deadline {
+            return Ok(answer);
+        }
+        if let Some(p) = progress
+            && now >= next_progress
+        {
+            let elapsed = (now - started).as_secs_f64();
+            let message = match answer.state.as_str() {
+                "pending_approval" => "waiting for a human approval in Warden".to_string(),
+                "approved" => "approved; waiting for the execution".to_string(),
+                other => format!("{other}; waiting"),
+            };
+            p(elapsed, hold.budget.as_secs_f64(), message).await;
+            next_progress = now + hold.progress_every;
+        }
+        let wake = deadline.min(next_progress.max(now + Duration::from_millis(50)));
+        // A change wakes us at once; otherwise look again when progress is due (executions
+        // finishing do not bump the change counter).
+        let _ = tokio::time::timeout_at(wake.min(now + Duration::from_secs(1)), changes.changed()).await;
+    }
+}
+
+/// The decision as `_meta` carries it.
+fn meta(answer: &ActionAnswer) -> Value {
+    json!({
+        "warden/request": answer.id,
+        "warden/state": answer.state,
+        "warden/digest": answer.digest,
+        "warden/decision": answer.decision,
+    })
+}
+
+fn text_result(text: String, is_error: bool, structured: Option<Value>, meta: Value) -> Value {
+    let mut r = json!({"content": [{"type": "text", "text": text}], "isError": is_error, "_meta": meta});
+    if let Some(s) = structured {
+        r["structuredContent"] = s;
+    }
+    r
+}
+
+/// The answer while a human has not decided yet (the budget is spent).
+fn still_pending(answer: &ActionAnswer) -> Value {
+    let approval = answer.decision.approval.as_ref();
+    let mut m = meta(answer);
+    m["warden/approval"] = json!(approval.and_then(|a| a.id.clone()));
+    m["warden/expires_at"] = json!(approval.map(|a| a.expires_at));
+    let text = format!(
+        "`{}` on `{}` is waiting for a human approval in Warden (request {}, approval {}; it expires at {}). \
+         Nothing has been executed yet. To learn the outcome, call this tool again later with exactly the \
+         same arguments: that call attaches to this request — it does not ask again and cannot run the \
+         action twice.",
+        answer.action,
+        answer.target,
+        answer.id,
+        approval.and_then(|a| a.id.as_deref()).unwrap_or("-"),
+        approval.map(|a| a.expires_at.to_string()).unwrap_or_else(|| "-".into()),
+    );
+    text_result(text, false, Some(json!({"state": answer.state, "request": answer.id})), m)
+}
+
+/// The answer once the request has settled.
+fn settled(answer: &ActionAnswer, approval: Option<crate::model::Approval>) -> Value {
+    let m = meta(answer);
+    let who = |a: &Option<crate::model::Approval>| {
+        a.as_ref()
+            .map(|a| {
+                format!(
+                    " by {} ({})",
+                    a.decided_by.as_deref().unwrap_or("system"),
+                    a.reason.as_deref().unwrap_or("no reason given")
+                )
+            })
+            .unwrap_or_default()
+    };
+    match answer.state.as_str() {
+        "succeeded" => {
+            let execution = answer.execution.as_ref().map(|e| serde_json::to_value(e).unwrap_or(Value::Null));
+            let captured = answer.execution.as_ref().map(|e| json!(e.captured)).unwrap_or(json!({}));
+            let text = format!("`{}` on `{}` executed: {captured}", answer.action, answer.target);
+            text_result(text, false, Some(json!({"state": "succeeded", "execution": execution})), m)
+        }
+        "denied" => {
+            let reasons: Vec<String> =
+                answer.decision.caps.iter().map(|c| format!("{}: {}", c.code.as_str(), c.reason)).collect();
+            let text = format!(
+                "Warden refused `{}` on `{}` (nothing was executed). {}",
+                answer.action,
+                answer.target,
+                if reasons.is_empty() { "No reason was given.".to_string() } else { reasons.join("; ") }
+            );
+            text_result(text, true, None, m)
+        }
+        "advised" => {
+            let text = format!(
+                "`{}` on `{}` was recorded as advice for a human (request {}); nothing was executed.",
+                answer.action, answer.target, answer.id
+            );
+            text_result(text, false, Some(json!({"state": "advised", "request": answer.id})), m)
+        }
+        "rejected" => text_result(
+            format!(
+                "a human rejected `{}` on `{}`{}; nothing was executed.",
+                answer.action,
+                answer.target,
+                who(&approval)
+            ),
+            true,
+            None,
+            m,
+        ),
+        "expired" => text_result(
+            format!(
+                "nobody approved `{}` on `{}` in time; the approval expired and nothing was executed.",
+                answer.action, answer.target
+            ),
+            true,
+            None,
+            m,
+        ),
+        "cancelled" => text_result(
+            format!(
+                "the approval of `{}` on `{}` was cancelled{} (a halt, a suspension or the task's close); nothing was executed.",
+                answer.action,
+                answer.target,
+                who(&approval)
+            ),
+            true,
+            None,
+            m,
+        ),
+        other => {
+            let error = answer.execution.as_ref().and_then(|e| e.error.clone()).unwrap_or_default();
+            text_result(format!("`{}` on `{}` ended `{other}`. {error}", answer.action, answer.target), true, None, m)
+        }
+    }
+}

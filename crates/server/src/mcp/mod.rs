@@ -1,0 +1,214 @@
+//! The MCP front door: `/mcp` (Streamable HTTP, through the official Rust SDK `rmcp`) and its
+//! OAuth protected-resource metadata (RFC 9728).
+//!
+//! An agent authenticates exactly as on `/v1` (a JWT-SVID bearer, checked on every HTTP
+//! request before rmcp sees it); without a valid one the answer is 401 with
+//! `WWW-Authenticate: Bearer resource_metadata="…/.well-known/oauth-protected-resource"`.
+//! `tools/list` is [`tools::for_agent`]; `tools/call` is [`call::call`] — the pipeline service
+//! every front door uses. Nothing is decided here.
+
+pub mod call;
+pub mod tools;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ErrorData, Implementation, ListToolsResult,
+    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{RoleServer, ServerHandler};
+use serde_json::json;
+
+use crate::auth::AgentToken;
+use crate::error::ApiError;
+use crate::state::{App, blocking};
+
+pub use crate::limits::{HoldOptions, McpOptions};
+
+/// Where the protected-resource metadata lives (RFC 9728 §3).
+pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// The MCP server of one session: the shared state, and what held calls left pending.
+#[derive(Clone)]
+struct Door {
+    app: App,
+    hold: Arc<HoldOptions>,
+    pending: Arc<call::Pending>,
+}
+
+/// The agent token the HTTP request carried (put there by [`authenticate`]).
+fn token_of(ctx: &RequestContext<RoleServer>) -> Result<AgentToken, ErrorData> {
+    ctx.extensions
+        .get::<axum::http::request::Parts>()
+        .and_then(|p| p.extensions.get::<AgentToken>())
+        .cloned()
+        .ok_or_else(|| ErrorData::internal_error("the request carries no authenticated agent", None))
+}
+
+/// An API error as MCP says it: what the model can act on (4xx: refused, not found, invalid)
+/// as an error *result* it can read; Warden failing (5xx) as a JSON-RPC error.
+fn refusal(e: ApiError) -> Result<CallToolResult, ErrorData> {
+    if e.status().is_server_error() {
+        return Err(ErrorData::internal_error(e.message, Some(json!({"code": e.code.as_str()}))));
+    }
+    let result = json!({
+        "content": [{"type": "text", "text": format!("Warden refused the call ({}): {}; nothing was executed.", e.code, e.message)}],
+        "isError": true,
+        "_meta": {"warden/error": e.code.as_str()},
+    });
+    serde_json::from_value(result).map_err(|e| ErrorData::internal_error(e.to_string(), None))
+}
+
+fn rpc_error(e: ApiError) -> ErrorData {
+    ErrorData::internal_error(e.message, Some(json!({"code": e.code.as_str()})))
+}
+
+impl ServerHandler for Door {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build())
+            .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Warden governs these tools: every call is decided against policy, recorded in a tamper-evident \
+                 log, and executed only when policy (or a human approver) allows. Pass the task you work on, your \
+                 confidence and a rationale. A call that waits for a human answers with its pending ids; call \
+                 again with the same arguments to learn the outcome.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let token = token_of(&ctx)?;
+        let agent = token.subject().to_string();
+        blocking(&self.app, move |s| token.admit(s)).await.map_err(rpc_error)?;
+        let bundle = self.app.bundle().map_err(rpc_error)?;
+        let tools = tools::for_agent(&bundle, &agent)
+            .into_iter()
+            .map(serde_json::from_value::<Tool>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ErrorData::internal_error(format!("a tool does not serialize: {e}"), None))?;
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let token = token_of(&ctx)?;
+        let bundle = self.app.bundle().map_err(rpc_error)?;
+        let action = bundle
+            .catalog()
+            .get(&request.name)
+            .filter(|a| tools::granted_level(&bundle, token.subject(), &a.id) >= 1)
+            .ok_or_else(|| ErrorData::invalid_params(format!("no tool `{}`", request.name), None))?;
+        let req = tools::request_from(action, request.arguments).map_err(|b| ErrorData::invalid_params(b.0, None))?;
+        let progress_token = ctx.meta.get_progress_token();
+        let peer = ctx.peer.clone();
+        let sink = move |elapsed: f64, total: f64, message: String| -> call::BoxFuture<'static> {
+            let (peer, token) = (peer.clone(), progress_token.clone());
+            Box::pin(async move {
+                if let Some(token) = token {
+                    let p = ProgressNotificationParam::new(token, elapsed).with_total(total).with_message(message);
+                    // A client that went away misses progress; the call goes on.
+                    let _ = peer.notify_progress(p).await;
+                }
+            })
+        };
+        let wants_progress = ctx.meta.get_progress_token().is_some();
+        let progress: Option<call::Progress<'_>> = if wants_progress { Some(&sink) } else { None };
+        let result = match call::call(&self.app, &self.hold, &self.pending, token, req, progress).await {
+            Ok(v) => serde_json::from_value::<CallToolResult>(v)
+                .map_err(|e| ErrorData::internal_error(format!("a result does not serialize: {e}"), None))?,
+            Err(e) => refusal(e)?,
+        };
+        Ok(result.into())
+    }
+}
+
+/// Authenticates every `/mcp` HTTP request as an agent, as `/v1` does; the token rides in the
+/// request's extensions to the handler.
+async fn authenticate(State(app): State<App>, req: Request, next: axum::middleware::Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    match AgentToken::from_request_parts(&mut parts, &app).await {
+        Ok(token) => {
+            parts.extensions.insert(token);
+            next.run(Request::from_parts(parts, body)).await
+        }
+        Err(e) => challenge(&app, &parts, e),
+    }
+}
+
+/// The resource's base URL as the client reached it.
+fn base_url(app: &App, headers: &axum::http::HeaderMap) -> String {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    format!("{}://{host}", app.mcp.scheme)
+}
+
+/// 401 with the pointer to the metadata (MCP authorization, RFC 9728 §5.1); other refusals as
+/// the API gives them.
+fn challenge(app: &App, parts: &axum::http::request::Parts, e: ApiError) -> Response {
+    if e.status() != StatusCode::UNAUTHORIZED {
+        return e.into_response();
+    }
+    let presented = parts.headers.contains_key(header::AUTHORIZATION);
+    let mut value = format!("Bearer resource_metadata=\"{}{METADATA_PATH}\"", base_url(app, &parts.headers));
+    if presented {
+        value.push_str(", error=\"invalid_token\"");
+    }
+    let mut res = e.into_response();
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    res
+}
+
+/// RFC 9728 protected-resource metadata: this resource and the issuers whose tokens it takes.
+async fn metadata(State(app): State<App>, headers: axum::http::HeaderMap) -> Response {
+    let base = base_url(&app, &headers);
+    let mut issuers = vec![app.tokens.local.issuer().to_string()];
+    issuers.extend(app.tokens.external.iter().filter(|i| i.roles_claim.is_none()).map(|i| i.issuer.clone()));
+    axum::Json(json!({
+        "resource": format!("{base}/mcp"),
+        "authorization_servers": issuers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Warden",
+        "resource_documentation": "https://github.com/warden/warden/blob/main/docs/mcp.md",
+    }))
+    .into_response()
+}
+
+/// `/mcp` and the metadata. Not under the API's request timeout: a held call lasts up to the
+/// hold budget, and SSE streams longer.
+pub fn router(app: App) -> Router {
+    let options = app.mcp.clone();
+    let door = Door { app: app.clone(), hold: Arc::new(options.hold.clone()), pending: Arc::default() };
+    let mut config = StreamableHttpServerConfig::default()
+        .with_max_request_body_bytes(crate::http::BODY_LIMIT)
+        .with_allowed_origins(options.allowed_origins.clone());
+    config = if options.allowed_hosts.is_empty() {
+        config.disable_allowed_hosts()
+    } else {
+        config.with_allowed_hosts(options.allowed_hosts.clone())
+    };
+    if !options.allowed_origins.is_empty() {
+        config = config.enforce_origin_validation();
+    }
+    let service: StreamableHttpService<Door, LocalSessionManager> =
+        StreamableHttpService::new(move || Ok(door.clone()), Arc::default(), config);
+    let mcp = Router::new()
+        .nest_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(app.clone(), authenticate))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), crate::http::admit));
+    let meta = Router::new().route(METADATA_PATH, axum::routing::get(metadata)).with_state(app);
+    mcp.merge(meta)
+}

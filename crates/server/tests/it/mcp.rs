@@ -1,0 +1,374 @@
+//! `/mcp` with the official Rust MCP client (rmcp) over a real socket: authentication, the
+//! tools an agent sees, and calls through the same pipeline as `POST /v1/actions`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use rmcp::model::{CallToolRequestParams, CallToolResult, ClientRequest, Request};
+use rmcp::service::{PeerRequestOptions, RunningService};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Map, Value, json};
+use warden_server::limits::{HoldOptions, McpOptions};
+use warden_server::state::ServerOptions;
+use warden_store::SystemClock;
+
+use crate::{EDR, Harness, PHISH, connector, harness_options, lab};
+
+/// Counts the progress notifications it receives.
+#[derive(Clone, Default)]
+struct Client {
+    progress: Arc<AtomicUsize>,
+}
+
+impl ClientHandler for Client {
+    async fn on_progress(
+        &self,
+        _params: rmcp::model::ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.progress.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// The server on a loopback socket, with the lab behind it and `hold` for held calls.
+async fn serve(hold: HoldOptions) -> (Harness, String) {
+    let (url, keys) = lab();
+    let options = ServerOptions {
+        connector: Some(connector(&url, &keys)),
+        mcp: McpOptions { hold, ..McpOptions::default() },
+        ..Default::default()
+    };
+    let h = harness_options(Arc::new(SystemClock), options);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = h.router.clone();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (h, base)
+}
+
+async fn connect(base: &str, token: &str) -> (RunningService<RoleClient, Client>, Arc<AtomicUsize>) {
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(token);
+    let client = Client::default();
+    let progress = client.progress.clone();
+    (client.serve(StreamableHttpClientTransport::from_config(config)).await.unwrap(), progress)
+}
+
+fn args(v: Value) -> Map<String, Value> {
+    v.as_object().unwrap().clone()
+}
+
+fn isolate(target: &str, confidence: f64) -> Map<String, Value> {
+    args(json!({"task": "INC-7", "target": target, "confidence": confidence, "reason": "beacon",
+                "rationale": "C2 beacon seen", "evidence": [{"kind": "edr", "ref": "det:1"}]}))
+}
+
+async fn open_task(h: &Harness) {
+    let body = json!({"id": "INC-7", "title": "beaconing", "trigger": {"source": "siem", "severity": "high"}});
+    assert_eq!(h.call("POST", "/v1/tasks", Some(&h.admin), Some(body)).await.0, StatusCode::CREATED);
+}
+
+fn text(r: &CallToolResult) -> String {
+    serde_json::to_value(&r.content).unwrap().to_string()
+}
+
+fn requests(h: &Harness) -> usize {
+    h.app.ledger().store().find(warden_store::Table::Requests, &Default::default()).unwrap().len()
+}
+
+fn approvals(h: &Harness) -> usize {
+    h.app.ledger().store().find(warden_store::Table::Approvals, &Default::default()).unwrap().len()
+}
+
+#[tokio::test]
+async fn without_a_valid_token_the_answer_points_at_the_metadata() {
+    let (h, base) = serve(HoldOptions::default()).await;
+    let http = reqwest::Client::new();
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let post = |token: Option<String>| {
+        let mut r =
+            http.post(format!("{base}/mcp")).header("accept", "application/json, text/event-stream").json(&init);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send()
+    };
+    let res = post(None).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let challenge = res.headers()["www-authenticate"].to_str().unwrap().to_string();
+    assert!(challenge.starts_with("Bearer resource_metadata=\""), "{challenge}");
+    assert!(challenge.contains("/.well-known/oauth-protected-resource"), "{challenge}");
+    assert!(!challenge.contains("invalid_token"), "no token presented: {challenge}");
+    // A token from an issuer Warden does not trust, and an expired one.
+    let stranger = warden_server::identity::LocalIssuer::new("https://evil.example", &[7; 32]).unwrap();
+    let forged = stranger.mint(EDR, "warden", h.app.now(), 600);
+    let expired = h.app.tokens.local.mint(EDR, "warden", h.app.now() - time::Duration::hours(2), 600);
+    for bad in [forged, expired, "not-a-jwt".to_string()] {
+        let res = post(Some(bad)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        assert!(res.headers()["www-authenticate"].to_str().unwrap().contains("error=\"invalid_token\""));
+    }
+    // A human's token is not an agent's.
+    let res = post(Some(h.admin.clone())).await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // RFC 9728 metadata: this resource and the issuers whose tokens it takes.
+    let meta: Value =
+        http.get(format!("{base}/.well-known/oauth-protected-resource")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(meta["resource"], json!(format!("{base}/mcp")));
+    assert!(meta["authorization_servers"].as_array().unwrap().contains(&json!(h.app.tokens.local.issuer())));
+}
+
+#[tokio::test]
+async fn an_agent_sees_exactly_the_actions_it_is_granted() {
+    let (h, base) = serve(HoldOptions::default()).await;
+    let bundle = h.app.bundle().unwrap();
+    for agent in [EDR, PHISH] {
+        let (client, _) = connect(&base, &h.svid(agent)).await;
+        let tools = client.list_all_tools().await.unwrap();
+        let listed: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+        let granted: Vec<String> = bundle
+            .catalog()
+            .iter()
+            .filter(|a| warden_server::mcp::tools::granted_level(&bundle, agent, &a.id) >= 1)
+            .map(|a| a.id.clone())
+            .collect();
+        assert_eq!(listed, granted, "{agent}");
+        if agent == EDR {
+            // The example bundle grants the EDR responder levels 2–4 on these four, nothing else.
+            assert_eq!(listed, ["file.quarantine", "host.isolate", "host.release", "process.kill"]);
+        }
+        assert!(!granted.is_empty() && granted.len() < bundle.catalog().len(), "some shown, some hidden for {agent}");
+        for t in &tools {
+            let schema = serde_json::to_value(&*t.input_schema).unwrap();
+            for field in ["target", "task", "confidence", "rationale", "evidence"] {
+                assert!(schema["properties"][field].is_object(), "{} lacks `{field}`", t.name);
+            }
+            let level = t.meta.as_ref().unwrap().get("warden/level").and_then(Value::as_u64).unwrap();
+            assert!(t.description.as_deref().unwrap().contains(&format!("level for it is {level}")));
+            let action = bundle.catalog().get(&t.name).unwrap();
+            for p in &action.params {
+                assert!(schema["properties"][&p.name].is_object(), "{} lacks param `{}`", t.name, p.name);
+            }
+            let annotations = t.annotations.as_ref().unwrap();
+            assert_eq!(annotations.destructive_hint, Some(!action.read_only() && !action.reversible), "{}", t.name);
+        }
+        client.cancel().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn calls_are_decided_recorded_and_executed_by_the_pipeline() {
+    let (h, base) = serve(HoldOptions::default()).await;
+    open_task(&h).await;
+    let (client, _) = connect(&base, &h.svid(EDR)).await;
+
+    // execute: the tool's result, the decision in `_meta`.
+    let r = client
+        .call_tool(CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:web-42", 0.95)))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(false), "{}", text(&r));
+    let meta = serde_json::to_value(r.meta.as_ref().unwrap()).unwrap();
+    assert_eq!(meta["warden/decision"]["outcome"], "execute");
+    assert_eq!(r.structured_content.as_ref().unwrap()["state"], "succeeded");
+    let id = meta["warden/request"].as_str().unwrap().to_string();
+    let (_, over_http) = h.call("GET", &format!("/v1/actions/{id}"), Some(&h.admin), None).await;
+    assert_eq!(
+        (over_http["state"].as_str(), over_http["digest"].clone()),
+        (Some("succeeded"), meta["warden/digest"].clone())
+    );
+
+    // deny: an error result naming the caps (a confidence below the escalate band on a
+    // critical target is never executed; a task that does not exist is a refusal too).
+    let r = client
+        .call_tool(CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:web-43", 0.1)))
+        .await
+        .unwrap();
+    let before = requests(&h);
+    let mut unknown_task = isolate("host:web-44", 0.95);
+    unknown_task["task"] = json!("INC-NOPE");
+    let refused =
+        client.call_tool(CallToolRequestParams::new("host.isolate").with_arguments(unknown_task)).await.unwrap();
+    assert_eq!(refused.is_error, Some(true));
+    assert!(text(&refused).contains("unknown_task"), "{}", text(&refused));
+    assert_eq!(requests(&h), before, "a refused call records nothing");
+    let state = serde_json::to_value(r.meta.as_ref().unwrap()).unwrap()["warden/state"].clone();
+    assert_eq!(state, "advised", "below the escalate band: advice, never executed: {}", text(&r));
+    assert_eq!(r.is_error, Some(false));
+
+    // After a halt of the action: a deny, as an error result naming the cap.
+    let halt = json!({"scope": "action", "id": "host.isolate", "reason": "drill"});
+    assert_eq!(h.call("POST", "/v1/halt", Some(&h.admin), Some(halt)).await.0, StatusCode::OK);
+    let r = client
+        .call_tool(CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:web-45", 0.95)))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).contains("halted"), "{}", text(&r));
+    let meta = serde_json::to_value(r.meta.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        (meta["warden/state"].as_str(), meta["warden/decision"]["outcome"].as_str()),
+        (Some("denied"), Some("deny"))
+    );
+    let resume = json!({"scope": "action", "id": "host.isolate", "reason": "drill over"});
+    assert_eq!(h.call("POST", "/v1/resume", Some(&h.admin), Some(resume)).await.0, StatusCode::OK);
+
+    // A suspended agent is refused before anything is recorded.
+    let path = format!("/v1/agents/{}/suspend", EDR.replace(':', "%3A").replace('/', "%2F"));
+    assert_eq!(h.call("POST", &path, Some(&h.admin), Some(json!({"reason": "drill"}))).await.0, StatusCode::OK);
+    let before = requests(&h);
+    let r = client
+        .call_tool(CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:web-46", 0.95)))
+        .await
+        .unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).contains("agent_suspended"), "{}", text(&r));
+    assert_eq!(requests(&h), before);
+    let path = path.replace("/suspend", "/resume");
+    assert_eq!(h.call("POST", &path, Some(&h.admin), Some(json!({"reason": "drill over"}))).await.0, StatusCode::OK);
+
+    // Bad arguments: the JSON-RPC invalid-params error, nothing recorded.
+    let before = (requests(&h), h.app.ledger().store().size().unwrap());
+    for bad in [
+        json!({"task": "INC-7", "target": "host:web-42", "confidence": 0.9}),
+        json!({"task": "INC-7", "target": "web-42", "confidence": 0.9, "reason": "x"}),
+        json!({"task": "INC-7", "target": "host:web-42", "confidence": 1.5, "reason": "x"}),
+        json!({"task": "INC-7", "target": "host:web-42", "confidence": 0.9, "reason": "x", "surprise": 1}),
+        json!({"task": "INC-7", "target": "host:web-42", "confidence": "high", "reason": "x"}),
+    ] {
+        let e = client.call_tool(CallToolRequestParams::new("host.isolate").with_arguments(args(bad.clone()))).await;
+        let e = e.expect_err(&format!("{bad} is refused"));
+        assert!(format!("{e:?}").contains("-32602") || format!("{e:?}").to_lowercase().contains("invalid"), "{e:?}");
+    }
+    let ungranted = h
+        .app
+        .bundle()
+        .unwrap()
+        .catalog()
+        .iter()
+        .find(|a| warden_server::mcp::tools::granted_level(&h.app.bundle().unwrap(), EDR, &a.id) == 0)
+        .unwrap()
+        .id
+        .clone();
+    assert!(client.call_tool(CallToolRequestParams::new(ungranted)).await.is_err(), "a hidden tool cannot be called");
+    assert_eq!((requests(&h), h.app.ledger().store().size().unwrap()), before, "bad arguments record nothing");
+    client.cancel().await.unwrap();
+}
+
+/// A call that needs a human is held, with progress, and answered once the human approves
+/// over HTTP — one approval, one execution.
+#[tokio::test]
+async fn a_held_call_is_answered_when_a_human_approves() {
+    let (h, base) =
+        serve(HoldOptions { budget: Duration::from_secs(20), progress_every: Duration::from_millis(300) }).await;
+    open_task(&h).await;
+    let analyst = h.user("ana", &["soc-analyst"]);
+    let (client, progress) = connect(&base, &h.svid(EDR)).await;
+    let handle = client
+        .send_cancellable_request(
+            ClientRequest::CallToolRequest(Request::new(
+                CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:db-payments-01", 0.95)),
+            )),
+            PeerRequestOptions::no_options(),
+        )
+        .await
+        .unwrap();
+    let approval = loop {
+        let (_, list) = h.call("GET", "/v1/approvals", Some(&analyst), None).await;
+        if let Some(a) = list.as_array().and_then(|l| l.first()) {
+            break a["id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (status, _) =
+        h.call("POST", &format!("/v1/approvals/{approval}/approve"), Some(&analyst), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let response = handle.await_response().await.unwrap();
+    let rmcp::model::ServerResult::CallToolResult(r) = response else { panic!("{response:?}") };
+    assert_eq!(r.is_error, Some(false), "{}", text(&r));
+    assert_eq!(r.structured_content.as_ref().unwrap()["state"], "succeeded");
+    assert!(progress.load(Ordering::SeqCst) >= 1, "progress while held");
+    assert_eq!(approvals(&h), 1);
+    client.cancel().await.unwrap();
+}
+
+/// The budget passes: the answer carries the pending ids; the same call again attaches to the
+/// same request (no second approval), and once approved answers with the one execution.
+#[tokio::test]
+async fn a_retry_attaches_to_the_pending_request_and_collects_its_outcome() {
+    let (h, base) =
+        serve(HoldOptions { budget: Duration::from_millis(300), progress_every: Duration::from_secs(5) }).await;
+    open_task(&h).await;
+    let analyst = h.user("ana", &["soc-analyst"]);
+    let (client, _) = connect(&base, &h.svid(EDR)).await;
+    let call = || {
+        client
+            .call_tool(CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:db-payments-01", 0.95)))
+    };
+    let first = call().await.unwrap();
+    assert_eq!(first.is_error, Some(false));
+    let meta = serde_json::to_value(first.meta.as_ref().unwrap()).unwrap();
+    assert_eq!(meta["warden/state"], "pending_approval", "{}", text(&first));
+    let (request, approval) = (meta["warden/request"].clone(), meta["warden/approval"].as_str().unwrap().to_string());
+    assert!(text(&first).contains("same arguments"));
+    // Again, still pending: the same request, no new one, no second approval.
+    let again = call().await.unwrap();
+    let again_meta = serde_json::to_value(again.meta.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        (again_meta["warden/request"].clone(), again_meta["warden/state"].clone()),
+        (request.clone(), json!("pending_approval"))
+    );
+    assert_eq!((requests(&h), approvals(&h)), (1, 1));
+    // Another rationale or confidence is the same action (the digest covers what runs).
+    let mut reworded = isolate("host:db-payments-01", 0.91);
+    reworded["rationale"] = json!("still beaconing");
+    let r = client.call_tool(CallToolRequestParams::new("host.isolate").with_arguments(reworded)).await.unwrap();
+    assert_eq!(serde_json::to_value(r.meta.as_ref().unwrap()).unwrap()["warden/request"], request);
+    let (status, _) =
+        h.call("POST", &format!("/v1/approvals/{approval}/approve"), Some(&analyst), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let settled = call().await.unwrap();
+    let settled_meta = serde_json::to_value(settled.meta.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        (settled_meta["warden/request"].clone(), settled_meta["warden/state"].clone()),
+        (request, json!("succeeded"))
+    );
+    let executions = h.app.ledger().store().find(warden_store::Table::Executions, &Default::default()).unwrap().len();
+    assert_eq!((requests(&h), approvals(&h), executions), (1, 1, 1), "one request, one approval, one execution");
+    client.cancel().await.unwrap();
+}
+
+/// A rejection comes back as an error result naming who and why.
+#[tokio::test]
+async fn a_rejection_names_who_and_why() {
+    let (h, base) =
+        serve(HoldOptions { budget: Duration::from_secs(20), progress_every: Duration::from_secs(5) }).await;
+    open_task(&h).await;
+    let analyst = h.user("ana", &["soc-analyst"]);
+    let (client, _) = connect(&base, &h.svid(EDR)).await;
+    let pending = tokio::spawn(async move {
+        client
+            .call_tool(CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:db-payments-01", 0.95)))
+            .await
+    });
+    let approval = loop {
+        let (_, list) = h.call("GET", "/v1/approvals", Some(&analyst), None).await;
+        if let Some(a) = list.as_array().and_then(|l| l.first()) {
+            break a["id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let body = json!({"reason": "payments are mid-close; call the DBA first"});
+    assert_eq!(
+        h.call("POST", &format!("/v1/approvals/{approval}/reject"), Some(&analyst), Some(body)).await.0,
+        StatusCode::OK
+    );
+    let r = pending.await.unwrap().unwrap();
+    assert_eq!(r.is_error, Some(true));
+    assert!(text(&r).contains("ana") && text(&r).contains("call the DBA first"), "{}", text(&r));
+}
