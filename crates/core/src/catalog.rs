@@ -247,6 +247,13 @@ impl Catalog {
                 ));
                 continue;
             }
+            if id.starts_with("warden.") {
+                problems.push(file.problem_at(
+                    Some(a.id.span()),
+                    format!("action id `{id}`: the `warden.` namespace is Warden's own (its MCP tools)"),
+                ));
+                continue;
+            }
             if actions.contains_key(&id) {
                 problems.push(file.problem_at(Some(a.id.span()), format!("duplicate action `{id}`")));
                 continue;
@@ -408,6 +415,13 @@ lease_ttl = "2m"
         let errs = parse(&ISOLATE.replacen("containment", "containmnet", 1)).unwrap_err();
         assert_eq!(errs[0].line, Some(4));
         assert!(errs[0].message.contains("containmnet"));
+    }
+
+    #[test]
+    fn the_warden_namespace_is_reserved() {
+        let text = ISOLATE.replace("id = \"host.release\"", "id = \"warden.open_task\"");
+        let errs = parse(&text).unwrap_err();
+        assert!(errs.iter().any(|e| e.message.contains("`warden.` namespace")), "{errs:?}");
     }
 
     #[test]

@@ -24,13 +24,16 @@ use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{RoleServer, ServerHandler};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::auth::AgentToken;
 use crate::error::ApiError;
 use crate::state::{App, blocking};
 
 pub use crate::limits::{HoldOptions, McpOptions};
+
+/// How often a session looks whether a reload changed its agent's tools.
+const LIST_WATCH: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where the protected-resource metadata lives (RFC 9728 §3).
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
@@ -82,6 +85,41 @@ impl ServerHandler for Door {
             )
     }
 
+    /// Watches the bundle for this session: when a reload changes the agent's tools, the client
+    /// is told (`notifications/tools/list_changed`) and lists them again.
+    async fn on_initialized(&self, ctx: rmcp::service::NotificationContext<RoleServer>) {
+        let Some(token) =
+            ctx.extensions.get::<axum::http::request::Parts>().and_then(|p| p.extensions.get::<AgentToken>()).cloned()
+        else {
+            return;
+        };
+        let (app, peer) = (self.app.clone(), ctx.peer.clone());
+        tokio::spawn(async move {
+            let names = |app: &App| -> Option<Vec<Value>> {
+                let bundle = app.bundle().ok()?;
+                Some(tools::for_agent(&bundle, token.subject()).into_iter().map(|t| t["name"].clone()).collect())
+            };
+            let mut seen = names(&app);
+            let mut version = app.bundle().ok().map(|b| b.version().to_string());
+            let mut tick = tokio::time::interval(LIST_WATCH);
+            while !peer.is_transport_closed() {
+                tick.tick().await;
+                let now = app.bundle().ok().map(|b| b.version().to_string());
+                if now == version {
+                    continue;
+                }
+                version = now;
+                let listed = names(&app);
+                if listed != seen {
+                    seen = listed;
+                    if peer.notify_tool_list_changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
@@ -105,6 +143,9 @@ impl ServerHandler for Door {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let token = token_of(&ctx)?;
+        if request.name == tools::OPEN_TASK || request.name == tools::GET_ACTION {
+            return self.own_tool(token, request).await.map(Into::into);
+        }
         let bundle = self.app.bundle().map_err(rpc_error)?;
         let action = bundle
             .catalog()
@@ -132,6 +173,37 @@ impl ServerHandler for Door {
             Err(e) => refusal(e)?,
         };
         Ok(result.into())
+    }
+}
+
+impl Door {
+    /// Warden's own tools: open a task, read an action — the same services as `/v1`.
+    async fn own_tool(&self, token: AgentToken, request: CallToolRequestParams) -> Result<CallToolResult, ErrorData> {
+        let invalid = |b: tools::BadArguments| ErrorData::invalid_params(b.0, None);
+        let answer = if request.name == tools::OPEN_TASK {
+            let (id, title, trigger) = tools::open_task_from(request.arguments).map_err(invalid)?;
+            blocking(&self.app, move |s| {
+                let agent = token.admit(s)?;
+                let task = crate::tasks::open(s, &crate::auth::Caller::Agent(agent), id, title, trigger)?;
+                Ok(serde_json::to_value(task).unwrap_or_default())
+            })
+            .await
+        } else {
+            let id = tools::get_action_from(request.arguments).map_err(invalid)?;
+            blocking(&self.app, move |s| {
+                let agent = token.admit(s)?;
+                let answer = crate::pipeline::lookup(s, &id, &crate::auth::Caller::Agent(agent))?;
+                Ok(serde_json::to_value(answer).unwrap_or_default())
+            })
+            .await
+        };
+        match answer {
+            Ok(value) => {
+                let result = json!({"content": [{"type": "text", "text": value.to_string()}], "structuredContent": value, "isError": false});
+                serde_json::from_value(result).map_err(|e| ErrorData::internal_error(e.to_string(), None))
+            }
+            Err(e) => refusal(e),
+        }
     }
 }
 

@@ -86,16 +86,92 @@ pub fn input_schema(action: &ActionClass) -> Map<String, Value> {
     schema
 }
 
-/// `agent`'s tools, as MCP `Tool` objects (JSON, in the order of the catalog).
+/// Warden's own tool: open a task (an incident) to work within.
+pub const OPEN_TASK: &str = "warden.open_task";
+/// Warden's own tool: read where an action request stands.
+pub const GET_ACTION: &str = "warden.get_action";
+
+/// Warden's own tools (every agent has them; the catalog may not use the `warden.` namespace).
+fn own_tools() -> Vec<Value> {
+    vec![
+        json!({
+            "name": OPEN_TASK,
+            "title": "Open a task",
+            "description": "Open a task (an incident or mission) for your actions to belong to; pass its id as `task` \
+                            when you call an action. A task you open is agent-asserted: policy does not let its \
+                            trigger raise your autonomy.",
+            "inputSchema": {"type": "object", "additionalProperties": false, "required": ["title", "source"],
+                "properties": {
+                    "id": {"type": "string", "pattern": crate::input::TASK_ID, "description": "default: a fresh `task_…` id"},
+                    "title": {"type": "string", "pattern": crate::input::NOT_BLANK},
+                    "source": {"type": "string", "pattern": crate::input::NOT_BLANK, "description": "what raised it: `siem`, `email-gateway`, …"},
+                    "severity": {"type": "string", "enum": ["low", "medium", "high", "critical"]},
+                    "alert_id": {"type": "string"},
+                    "summary": {"type": "string"}}},
+            "annotations": {"title": "Open a task", "readOnlyHint": false, "destructiveHint": false, "idempotentHint": false, "openWorldHint": false},
+        }),
+        json!({
+            "name": GET_ACTION,
+            "title": "Where an action stands",
+            "description": "Read the state of one of your action requests by its id (`act_…`, from an earlier \
+                            call's `_meta` `warden/request`): decision, approval, execution.",
+            "inputSchema": {"type": "object", "additionalProperties": false, "required": ["id"],
+                "properties": {"id": {"type": "string", "minLength": 1}}},
+            "annotations": {"title": "Where an action stands", "readOnlyHint": true, "destructiveHint": false, "idempotentHint": true, "openWorldHint": false},
+        }),
+    ]
+}
+
+/// `agent`'s tools, as MCP `Tool` objects (JSON): Warden's own, then the granted catalog
+/// actions in the catalog's order.
 pub fn for_agent(bundle: &Bundle, agent: &str) -> Vec<Value> {
-    bundle
-        .catalog()
-        .iter()
-        .filter_map(|action| {
-            let level = granted_level(bundle, agent, &action.id);
-            (level >= 1).then(|| tool(action, level))
-        })
-        .collect()
+    let mut tools = own_tools();
+    tools.extend(bundle.catalog().iter().filter_map(|action| {
+        let level = granted_level(bundle, agent, &action.id);
+        (level >= 1).then(|| tool(action, level))
+    }));
+    tools
+}
+
+/// The arguments of [`OPEN_TASK`]: id, title, trigger.
+pub fn open_task_from(
+    arguments: Option<Map<String, Value>>,
+) -> Result<(Option<String>, String, crate::model::Trigger), BadArguments> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Args {
+        id: Option<String>,
+        title: String,
+        source: String,
+        #[serde(default)]
+        severity: Option<String>,
+        #[serde(default)]
+        alert_id: String,
+        #[serde(default)]
+        summary: String,
+    }
+    let a: Args = serde_json::from_value(Value::Object(arguments.unwrap_or_default()))
+        .map_err(|e| BadArguments(format!("`{OPEN_TASK}`: {e}")))?;
+    if let Some(s) = &a.severity
+        && !["low", "medium", "high", "critical"].contains(&s.as_str())
+    {
+        return Err(BadArguments(format!("`severity` is one of low, medium, high, critical, not `{s}`")));
+    }
+    let trigger = crate::model::Trigger {
+        source: a.source,
+        alert_id: a.alert_id,
+        severity: a.severity.unwrap_or_else(|| "unknown".into()),
+        summary: a.summary,
+    };
+    Ok((a.id, a.title, trigger))
+}
+
+/// The argument of [`GET_ACTION`]: the request id.
+pub fn get_action_from(arguments: Option<Map<String, Value>>) -> Result<String, BadArguments> {
+    match arguments.unwrap_or_default().remove("id") {
+        Some(Value::String(id)) if !id.is_empty() => Ok(id),
+        _ => Err(BadArguments(format!("`{GET_ACTION}` takes `id`, a request id (`act_…`)"))),
+    }
 }
 
 fn tool(action: &ActionClass, level: u8) -> Value {

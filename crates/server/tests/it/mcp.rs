@@ -18,13 +18,18 @@ use warden_store::SystemClock;
 
 use crate::{EDR, Harness, PHISH, connector, harness_options, lab};
 
-/// Counts the progress notifications it receives.
+/// Counts the progress and list-changed notifications it receives.
 #[derive(Clone, Default)]
 struct Client {
     progress: Arc<AtomicUsize>,
+    list_changed: Arc<AtomicUsize>,
 }
 
 impl ClientHandler for Client {
+    async fn on_tool_list_changed(&self, _context: rmcp::service::NotificationContext<RoleClient>) {
+        self.list_changed.fetch_add(1, Ordering::SeqCst);
+    }
+
     async fn on_progress(
         &self,
         _params: rmcp::model::ProgressNotificationParam,
@@ -36,10 +41,15 @@ impl ClientHandler for Client {
 
 /// The server on a loopback socket, with the lab behind it and `hold` for held calls.
 async fn serve(hold: HoldOptions) -> (Harness, String) {
+    serve_from(hold, None).await
+}
+
+async fn serve_from(hold: HoldOptions, policy_dir: Option<&std::path::Path>) -> (Harness, String) {
     let (url, keys) = lab();
     let options = ServerOptions {
         connector: Some(connector(&url, &keys)),
         mcp: McpOptions { hold, ..McpOptions::default() },
+        policy_dir: policy_dir.map(std::path::Path::to_path_buf),
         ..Default::default()
     };
     let h = harness_options(Arc::new(SystemClock), options);
@@ -129,7 +139,9 @@ async fn an_agent_sees_exactly_the_actions_it_is_granted() {
     for agent in [EDR, PHISH] {
         let (client, _) = connect(&base, &h.svid(agent)).await;
         let tools = client.list_all_tools().await.unwrap();
-        let listed: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+        let names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+        assert_eq!(names[..2], ["warden.open_task", "warden.get_action"], "Warden's own tools come first");
+        let listed: Vec<String> = names[2..].to_vec();
         let granted: Vec<String> = bundle
             .catalog()
             .iter()
@@ -142,7 +154,7 @@ async fn an_agent_sees_exactly_the_actions_it_is_granted() {
             assert_eq!(listed, ["file.quarantine", "host.isolate", "host.release", "process.kill"]);
         }
         assert!(!granted.is_empty() && granted.len() < bundle.catalog().len(), "some shown, some hidden for {agent}");
-        for t in &tools {
+        for t in tools.iter().skip(2) {
             let schema = serde_json::to_value(&*t.input_schema).unwrap();
             for field in ["target", "task", "confidence", "rationale", "evidence"] {
                 assert!(schema["properties"][field].is_object(), "{} lacks `{field}`", t.name);
@@ -371,4 +383,102 @@ async fn a_rejection_names_who_and_why() {
     let r = pending.await.unwrap().unwrap();
     assert_eq!(r.is_error, Some(true));
     assert!(text(&r).contains("ana") && text(&r).contains("call the DBA first"), "{}", text(&r));
+}
+
+/// Warden's own tools: an agent opens a task and reads its requests — its own only.
+#[tokio::test]
+async fn own_tools_open_a_task_and_read_an_action() {
+    let (h, base) = serve(HoldOptions::default()).await;
+    open_task(&h).await;
+    let (edr, _) = connect(&base, &h.svid(EDR)).await;
+    let opened = edr
+        .call_tool(CallToolRequestParams::new("warden.open_task").with_arguments(args(json!({
+            "id": "INC-8", "title": "beacon on web-7", "source": "edr", "severity": "high"}))))
+        .await
+        .unwrap();
+    assert_eq!(opened.is_error, Some(false), "{}", text(&opened));
+    let (_, task) = h.call("GET", "/v1/tasks/INC-8", Some(&h.admin), None).await;
+    assert_eq!(
+        (task["state"].as_str(), task["verified"].as_bool()),
+        (Some("open"), Some(false)),
+        "an agent's task is not verified: {task}"
+    );
+    // Opening it again is refused as the API refuses it.
+    let again = edr
+        .call_tool(
+            CallToolRequestParams::new("warden.open_task")
+                .with_arguments(args(json!({"id": "INC-8", "title": "t", "source": "edr"}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.is_error, Some(true));
+    assert!(text(&again).contains("task_exists"), "{}", text(&again));
+    let bad = edr
+        .call_tool(
+            CallToolRequestParams::new("warden.open_task")
+                .with_arguments(args(json!({"title": " ", "source": "edr", "x": 1}))),
+        )
+        .await;
+    assert!(bad.is_err(), "unknown argument: invalid params");
+
+    let r = edr
+        .call_tool(CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:web-42", 0.95)))
+        .await
+        .unwrap();
+    let id = serde_json::to_value(r.meta.as_ref().unwrap()).unwrap()["warden/request"].clone();
+    let read = edr
+        .call_tool(CallToolRequestParams::new("warden.get_action").with_arguments(args(json!({"id": id}))))
+        .await
+        .unwrap();
+    assert_eq!(read.structured_content.as_ref().unwrap()["id"], id);
+    assert_eq!(read.structured_content.as_ref().unwrap()["state"], "succeeded");
+    // Another agent does not see it.
+    let (phish, _) = connect(&base, &h.svid(PHISH)).await;
+    let other = phish
+        .call_tool(CallToolRequestParams::new("warden.get_action").with_arguments(args(json!({"id": id}))))
+        .await
+        .unwrap();
+    assert_eq!(other.is_error, Some(true));
+    assert!(text(&other).contains("unknown_action"), "{}", text(&other));
+}
+
+/// A reload that changes what the agent is granted tells the connected client, and the list
+/// follows; a reload that changes nothing for it says nothing.
+#[tokio::test]
+async fn a_reload_that_changes_the_tools_is_announced() {
+    let policy = tempfile::tempdir().unwrap();
+    crate::reload::copy_dir(&crate::example_dir(), policy.path());
+    let (h, base) = serve_from(HoldOptions::default(), Some(policy.path())).await;
+    let client = Client::default();
+    let changed = client.list_changed.clone();
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(h.svid(EDR));
+    let session = client.serve(StreamableHttpClientTransport::from_config(config)).await.unwrap();
+    let before: Vec<String> = session.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
+    assert!(before.contains(&"host.release".to_string()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Another agent's rule changes: nothing to announce to this one.
+    let phish = policy.path().join("agents/phish-triage.toml");
+    let text = std::fs::read_to_string(&phish).unwrap();
+    std::fs::write(&phish, text.replacen("autonomous = 0.90", "autonomous = 0.95", 1)).unwrap();
+    let (status, body) = h.call("POST", "/v1/policy/reload", Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(changed.load(Ordering::SeqCst), 0, "nothing changed for the EDR responder");
+
+    // Its own grant of host.release drops to 0: announced, and gone from the list.
+    let edr = policy.path().join("agents/edr-responder.toml");
+    let text = std::fs::read_to_string(&edr).unwrap();
+    std::fs::write(&edr, text.replace("action = \"host.release\"\nlevel = 2", "action = \"host.release\"\nlevel = 0"))
+        .unwrap();
+    let (status, body) = h.call("POST", "/v1/policy/reload", Some(&h.admin), None).await;
+    assert_eq!((status, body["changed"].clone()), (StatusCode::OK, json!(true)), "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while changed.load(Ordering::SeqCst) == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(changed.load(Ordering::SeqCst), 1, "list_changed once");
+    let after: Vec<String> = session.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
+    assert!(!after.contains(&"host.release".to_string()), "{after:?}");
+    session.cancel().await.unwrap();
 }
