@@ -19,7 +19,7 @@ fn lab_state(url: &str) -> Value {
 }
 
 /// Calls of one lab endpoint (`edr kill_process`, `edr contain`, …).
-fn calls(url: &str, endpoint: &str) -> u64 {
+pub fn calls(url: &str, endpoint: &str) -> u64 {
     lab_state(url)["calls"]["by_endpoint"][endpoint].as_u64().unwrap_or(0)
 }
 

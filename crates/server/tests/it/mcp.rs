@@ -41,10 +41,12 @@ impl ClientHandler for Client {
 
 /// The server on a loopback socket, with the lab behind it and `hold` for held calls.
 async fn serve(hold: HoldOptions) -> (Harness, String) {
-    serve_from(hold, None).await
+    let (h, base, _) = serve_from(hold, None).await;
+    (h, base)
 }
 
-async fn serve_from(hold: HoldOptions, policy_dir: Option<&std::path::Path>) -> (Harness, String) {
+/// [`serve`], with a policy directory to reload from; also answers the lab's URL.
+async fn serve_from(hold: HoldOptions, policy_dir: Option<&std::path::Path>) -> (Harness, String, String) {
     let (url, keys) = lab();
     let options = ServerOptions {
         connector: Some(connector(&url, &keys)),
@@ -57,7 +59,7 @@ async fn serve_from(hold: HoldOptions, policy_dir: Option<&std::path::Path>) -> 
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = h.router.clone();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (h, base)
+    (h, base, url)
 }
 
 async fn connect(base: &str, token: &str) -> (RunningService<RoleClient, Client>, Arc<AtomicUsize>) {
@@ -448,7 +450,7 @@ async fn own_tools_open_a_task_and_read_an_action() {
 async fn a_reload_that_changes_the_tools_is_announced() {
     let policy = tempfile::tempdir().unwrap();
     crate::reload::copy_dir(&crate::example_dir(), policy.path());
-    let (h, base) = serve_from(HoldOptions::default(), Some(policy.path())).await;
+    let (h, base, _) = serve_from(HoldOptions::default(), Some(policy.path())).await;
     let client = Client::default();
     let changed = client.list_changed.clone();
     let config = StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(h.svid(EDR));
@@ -481,4 +483,111 @@ async fn a_reload_that_changes_the_tools_is_announced() {
     let after: Vec<String> = session.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
     assert!(!after.contains(&"host.release".to_string()), "{after:?}");
     session.cancel().await.unwrap();
+}
+
+/// The escapes of docs/authority.md that a tool call can try, tried through `/mcp`.
+mod escapes {
+    use super::*;
+    use crate::escapes::calls;
+
+    /// Concurrent calls cannot beat a budget: the EDR responder may isolate 10 hosts an hour.
+    #[tokio::test]
+    async fn concurrent_calls_do_not_beat_the_budget() {
+        let (h, base, lab) =
+            serve_from(HoldOptions { budget: Duration::from_millis(200), ..HoldOptions::default() }, None).await;
+        open_task(&h).await;
+        let mut sessions = Vec::new();
+        for _ in 0..4 {
+            sessions.push(Arc::new(connect(&base, &h.svid(EDR)).await.0));
+        }
+        let mut calls_made = Vec::new();
+        for i in 0..32 {
+            let s = sessions[i % sessions.len()].clone();
+            let target = ["host:web-01", "host:web-02", "host:web-42", "host:build-07"][i % 4];
+            calls_made.push(tokio::spawn(async move {
+                s.call_tool(
+                    CallToolRequestParams::new("host.isolate").with_arguments(isolate(target, 0.95 - i as f64 * 0.001)),
+                )
+                .await
+            }));
+        }
+        let mut executed = 0;
+        for c in calls_made {
+            let r = c.await.unwrap().unwrap();
+            let state = serde_json::to_value(r.meta.as_ref().unwrap()).unwrap()["warden/state"].clone();
+            if state == "succeeded" {
+                executed += 1;
+            }
+        }
+        assert_eq!(executed, 10, "exactly the budget");
+        assert_eq!(calls(&lab, "edr contain"), 10, "the lab saw the budget, no more");
+    }
+
+    /// Many identical calls that need a human: one approval, one execution, every call answered
+    /// with it.
+    #[tokio::test]
+    async fn identical_held_calls_share_one_approval_and_one_execution() {
+        let (h, base, lab) =
+            serve_from(HoldOptions { budget: Duration::from_secs(20), ..HoldOptions::default() }, None).await;
+        open_task(&h).await;
+        let analyst = h.user("ana", &["soc-analyst"]);
+        let session = Arc::new(connect(&base, &h.svid(EDR)).await.0);
+        let mut held = Vec::new();
+        for _ in 0..6 {
+            let s = session.clone();
+            held.push(tokio::spawn(async move {
+                s.call_tool(
+                    CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:db-payments-01", 0.95)),
+                )
+                .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, list) = h.call("GET", "/v1/approvals", Some(&analyst), None).await;
+        assert_eq!(list.as_array().unwrap().len(), 1, "one approval: {list}");
+        let id = list[0]["id"].as_str().unwrap().to_string();
+        assert_eq!(
+            h.call("POST", &format!("/v1/approvals/{id}/approve"), Some(&analyst), Some(json!({}))).await.0,
+            StatusCode::OK
+        );
+        for c in held {
+            let r = c.await.unwrap().unwrap();
+            assert_eq!(r.structured_content.as_ref().unwrap()["state"], "succeeded", "{}", text(&r));
+        }
+        assert_eq!(calls(&lab, "edr contain"), 1, "one approval, one tool call");
+    }
+
+    /// A halt while a call is held: the approval is cancelled, the call answers so, and the
+    /// tool is never called — not even when someone approves afterwards.
+    #[tokio::test]
+    async fn a_halt_while_a_call_is_held_stops_it() {
+        let (h, base, lab) =
+            serve_from(HoldOptions { budget: Duration::from_secs(20), ..HoldOptions::default() }, None).await;
+        open_task(&h).await;
+        let analyst = h.user("ana", &["soc-analyst"]);
+        let session = connect(&base, &h.svid(EDR)).await.0;
+        let held = tokio::spawn(async move {
+            session
+                .call_tool(
+                    CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:db-payments-01", 0.95)),
+                )
+                .await
+        });
+        let approval = loop {
+            let (_, list) = h.call("GET", "/v1/approvals", Some(&analyst), None).await;
+            if let Some(a) = list.as_array().and_then(|l| l.first()) {
+                break a["id"].as_str().unwrap().to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let halt = json!({"scope": "all", "reason": "containment drill"});
+        assert_eq!(h.call("POST", "/v1/halt", Some(&h.admin), Some(halt)).await.0, StatusCode::OK);
+        let r = held.await.unwrap().unwrap();
+        assert_eq!(r.is_error, Some(true), "{}", text(&r));
+        assert!(text(&r).contains("cancelled"), "{}", text(&r));
+        let (status, _) =
+            h.call("POST", &format!("/v1/approvals/{approval}/approve"), Some(&analyst), Some(json!({}))).await;
+        assert_eq!(status, StatusCode::CONFLICT, "a cancelled approval cannot be approved");
+        assert_eq!(calls(&lab, "edr contain"), 0);
+    }
 }
