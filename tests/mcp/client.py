@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
@@ -181,10 +182,29 @@ async def refused_without_a_valid_token():
     print("ok   missing or bad token: 401 with the metadata pointer")
 
 
-async def main():
-    for scenario in [initialize_and_list, execute_deny_advise, held_then_approved, held_then_rejected,
-                     budget_then_retry, refused_without_a_valid_token]:
-        await scenario()
+async def stdio_bridge():
+    """`warden mcp stdio`, launched by the SDK's stdio client, is the same MCP server."""
+    params = StdioServerParameters(command=CFG["warden"], args=["mcp", "stdio", "--server", BASE],
+                                   env={"WARDEN_AGENT_TOKEN": CFG["edr"]})
+    async with stdio_client(params) as (read, write):
+        async with ClientSession(read, write) as s:
+            await s.initialize()
+            names = [t.name for t in (await s.list_tools()).tools]
+            assert names[2:] == ["file.quarantine", "host.isolate", "host.release", "process.kill"], names
+            r = await s.call_tool("host.isolate", isolate("host:web-01", 0.95))
+            assert not r.is_error and r.structured_content["state"] == "succeeded", text(r)
+            bad = False
+            try:
+                r = await s.call_tool("host.isolate", {"task": "INC-7", "target": "web-01", "confidence": 0.9})
+                bad = r.is_error
+            except Exception:
+                bad = True
+            assert bad, "invalid params pass through the bridge"
+    print("ok   the stdio bridge (warden mcp stdio) launched by the SDK's stdio client")
 
 
-asyncio.run(main())
+# Each scenario in its own event loop: a session the SDK fails to open (the bad token) leaves
+# a generator to be finalized, which must not cancel the next scenario's scopes.
+for scenario in [initialize_and_list, execute_deny_advise, held_then_approved, held_then_rejected,
+                 budget_then_retry, stdio_bridge, refused_without_a_valid_token]:
+    asyncio.run(scenario())

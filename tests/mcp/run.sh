@@ -53,8 +53,8 @@ urllib.request.urlopen(req, timeout=5)
 PY
 done
 
-config="$("$python" -c 'import json,sys; print(json.dumps(dict(zip(["base","edr","phish","analyst","admin"], sys.argv[1:]))))' \
-  "$base" "$edr" "$phish" "$analyst" "$admin")"
+config="$("$python" -c 'import json,sys; print(json.dumps(dict(zip(["base","edr","phish","analyst","admin","warden"], sys.argv[1:]))))' \
+  "$base" "$edr" "$phish" "$analyst" "$admin" "$(realpath "$warden")")"
 if ! "$python" tests/mcp/client.py "$config"; then
   echo "server log (last lines):" >&2
   tail -20 "$tmp/serve.log" >&2

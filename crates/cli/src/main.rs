@@ -55,6 +55,9 @@ enum Command {
     /// The lab estate: a fake SOC on loopback for demos and tests.
     #[command(subcommand)]
     Lab(cmd::lab::LabCommand),
+    /// MCP for local clients: `warden mcp stdio` bridges stdin/stdout to a server's `/mcp`.
+    #[command(subcommand)]
+    Mcp(cmd::mcp::McpCommand),
     /// Emergency stop of a running server: no matching action starts once this returns.
     Halt(cmd::respond::HaltArgs),
     /// Lift a halt (role admin).
@@ -122,6 +125,7 @@ fn main() -> ExitCode {
         Command::User(c) => cmd::agent::run_user(c),
         Command::Approvals(c) => cmd::approvals::run(c),
         Command::Lab(c) => cmd::lab::run(c),
+        Command::Mcp(c) => cmd::mcp::run(c),
         Command::Halt(a) => cmd::respond::halt(a),
         Command::Resume(a) => cmd::respond::resume(a),
         Command::Rollback(a) => cmd::respond::rollback(a),

@@ -6,6 +6,7 @@ pub mod explain;
 
 pub mod init;
 pub mod lab;
+pub mod mcp;
 pub mod policy;
 pub mod respond;
 pub mod serve;
