@@ -106,6 +106,8 @@ pub fn emit(text: &str) {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for every client in the binary (ring, as the server's).
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     // Usage errors are invalid input (exit 3), not clap's default 2, which means "denied".
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

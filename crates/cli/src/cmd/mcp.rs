@@ -167,7 +167,6 @@ pub fn run(c: McpCommand) -> Result<(), Failure> {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let relay = Relay::default();

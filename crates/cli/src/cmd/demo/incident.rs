@@ -18,24 +18,30 @@ use warden_store::{DataDir, SystemClock};
 
 use crate::Failure;
 
-const PHISH: &str = "spiffe://acme.example/soc/phish-triage";
+pub(super) const PHISH: &str = "spiffe://acme.example/soc/phish-triage";
 const EDR: &str = "spiffe://acme.example/soc/edr-responder";
 const IAM: &str = "spiffe://acme.example/soc/identity-responder";
 const ENRICH: &str = "spiffe://acme.example/soc/enrichment-bot";
-const TASK: &str = "INC-2041";
+pub(super) const TASK: &str = "INC-2041";
 
 /// Marks a directory the demo made, so a second run may start it afresh.
 const MARKER: &str = ".warden-demo";
 
 const CONNECTORS: &str = include_str!("../../../../../examples/policy/connectors.toml");
 
-struct Http {
-    base: String,
+pub(super) struct Http {
+    pub(super) base: String,
     agent: ureq::Agent,
 }
 
 impl Http {
-    fn call(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> anyhow::Result<(u16, Value)> {
+    pub(super) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {token}");
         let res = match (method, body) {
@@ -49,7 +55,7 @@ impl Http {
         Ok((status, v))
     }
 
-    fn ok(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> anyhow::Result<Value> {
+    pub(super) fn ok(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let (status, v) = self.call(method, path, token, body)?;
         if !(200..300).contains(&status) {
             bail!("{method} {path} answered {status}: {v}");
@@ -59,7 +65,7 @@ impl Http {
 }
 
 /// One line of the summary table.
-struct Row {
+pub(super) struct Row {
     step: usize,
     actor: String,
     what: String,
@@ -68,29 +74,42 @@ struct Row {
     state: String,
 }
 
-struct Demo {
-    http: Http,
+pub(super) struct Demo {
+    pub(super) http: Http,
     lab: String,
     started: std::time::Instant,
-    rows: Vec<Row>,
-    step: usize,
+    pub(super) rows: Vec<Row>,
+    pub(super) step: usize,
 }
 
 fn short(agent: &str) -> &str {
     agent.rsplit('/').next().unwrap_or(agent)
 }
 
+impl Row {
+    pub(super) fn new(step: usize, actor: &str, what: &str, outcome: &str, level: &str, state: &str) -> Row {
+        Row {
+            step,
+            actor: actor.into(),
+            what: what.into(),
+            outcome: outcome.into(),
+            level: level.into(),
+            state: state.into(),
+        }
+    }
+}
+
 impl Demo {
-    fn say(&self, text: &str) {
+    pub(super) fn say(&self, text: &str) {
         let t = time::OffsetDateTime::now_utc();
         outln!("[{:02}:{:02}:{:02}.{:03}] {text}", t.hour(), t.minute(), t.second(), t.millisecond());
     }
 
-    fn detail(&self, text: &str) {
+    pub(super) fn detail(&self, text: &str) {
         outln!("               {text}");
     }
 
-    fn heading(&mut self, title: &str) {
+    pub(super) fn heading(&mut self, title: &str) {
         self.step += 1;
         outln!("");
         self.say(&format!("{}. {title}", self.step));
@@ -170,7 +189,7 @@ impl Demo {
         }
     }
 
-    fn expect(&self, what: &str, ok: bool) -> anyhow::Result<()> {
+    pub(super) fn expect(&self, what: &str, ok: bool) -> anyhow::Result<()> {
         if ok {
             self.detail(&format!("✓ {what}"));
             Ok(())
@@ -295,7 +314,7 @@ pub fn run(data: PathBuf, keep_running: bool) -> Result<(), Failure> {
         Demo { http, lab: format!("http://{lab_addr}"), started: std::time::Instant::now(), rows: Vec::new(), step: 0 };
     outln!("Warden demo — a phishing wave at ACME, decided, executed and audited end to end");
     outln!("policy bundle {version} · data {} · server http://{addr} · lab estate http://{lab_addr}", data.display());
-    let result = script(&mut demo, &tokens, &admin_token, [&phish, &edr, &iam, &bot], &app);
+    let result = script(&mut demo, &tokens, &admin_token, [&phish, &edr, &iam, &bot], &app, runtime.handle());
     let verdict = match result {
         Ok(explained) => {
             summary(&demo);
@@ -332,6 +351,7 @@ fn script(
     admin_token: &str,
     [phish, edr, iam, bot]: [&String; 4],
     app: &warden_server::App,
+    runtime: &tokio::runtime::Handle,
 ) -> anyhow::Result<String> {
     let ana = &users["ana"];
     demo.heading("The email gateway reports a credential-phishing wave and opens a task (a verified trigger)");
@@ -488,6 +508,8 @@ fn script(
     demo.expect("its containments are lifted in the lab", lab["edr"]["hosts"]["web-42"]["status"] == "normal")?;
     let (status, refused) = demo.http.call("POST", "/v1/actions", edr, Some(&json!({"task": TASK, "action": "host.isolate", "target": "host:web-42", "confidence": 0.95, "params": {"reason": "x"}, "rationale": "x", "evidence": [{"kind": "edr", "ref": "x"}]})))?;
     demo.expect("the halted agent is refused", status == 403 && refused["error"]["code"] == "agent_halted")?;
+
+    super::mcp::act(demo, runtime, phish, users)?;
 
     demo.heading("The analyst closes the task");
     let t = demo.http.ok("POST", &format!("/v1/tasks/{TASK}/close"), ana, None)?;

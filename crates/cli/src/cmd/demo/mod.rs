@@ -3,6 +3,7 @@
 //! scenario by scenario, without a server (`decisions.toml`).
 
 mod incident;
+mod mcp;
 
 use clap::Args;
 use warden_core::policy_test::parse_cases;
