@@ -76,11 +76,18 @@ pub struct HoldOptions {
     pub budget: std::time::Duration,
     /// How often a held call sends `notifications/progress` (when the client sent a token).
     pub progress_every: std::time::Duration,
+    /// The most calls one agent may have held at once; beyond, a call that needs a human
+    /// answers at once with its pending ids (held calls cannot crowd out other work).
+    pub max_held_per_agent: usize,
 }
 
 impl Default for HoldOptions {
     fn default() -> Self {
-        HoldOptions { budget: std::time::Duration::from_secs(45), progress_every: std::time::Duration::from_secs(5) }
+        HoldOptions {
+            budget: std::time::Duration::from_secs(45),
+            progress_every: std::time::Duration::from_secs(5),
+            max_held_per_agent: 16,
+        }
     }
 }
 

@@ -97,7 +97,7 @@ pub fn router(app: App) -> Router {
 
 /// Admits a request only while fewer than `limits.in_flight` are running: beyond that the
 /// answer is 503 at once, so nothing queues without bound.
-pub(crate) async fn admit(
+async fn admit(
     axum::extract::State(app): axum::extract::State<App>,
     req: Request,
     next: axum::middleware::Next,

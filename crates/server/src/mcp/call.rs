@@ -27,21 +27,60 @@ use crate::state::{App, blocking};
 
 /// The requests a held call left pending, by agent and action digest: the same call again
 /// attaches to its request, and collects its outcome once settled (then it is forgotten).
+/// Entries nobody came back for are dropped after a day; and how many calls each agent has
+/// held right now.
 #[derive(Debug, Default)]
-pub struct Pending(Mutex<HashMap<(String, String), String>>);
+pub struct Pending {
+    left: Mutex<HashMap<(String, String), (String, std::time::Instant)>>,
+    held: Mutex<HashMap<String, usize>>,
+}
+
+/// How long a pending request is remembered for the agent to come back for.
+const REMEMBER: Duration = Duration::from_secs(86_400);
 
 impl Pending {
     fn get(&self, agent: &str, digest: &str) -> Option<String> {
-        self.0.lock().ok()?.get(&(agent.to_string(), digest.to_string())).cloned()
+        self.left.lock().ok()?.get(&(agent.to_string(), digest.to_string())).map(|(id, _)| id.clone())
     }
     fn set(&self, agent: &str, digest: &str, request: &str) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert((agent.to_string(), digest.to_string()), request.to_string());
+        if let Ok(mut m) = self.left.lock() {
+            let now = std::time::Instant::now();
+            m.retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
+            m.insert((agent.to_string(), digest.to_string()), (request.to_string(), now));
         }
     }
     fn forget(&self, agent: &str, digest: &str) {
-        if let Ok(mut m) = self.0.lock() {
+        if let Ok(mut m) = self.left.lock() {
             m.remove(&(agent.to_string(), digest.to_string()));
+        }
+    }
+    /// Counts a held call of `agent` if it has fewer than `max` held; the guard uncounts it.
+    fn hold(self: &std::sync::Arc<Self>, agent: &str, max: usize) -> Option<HeldGuard> {
+        let mut m = self.held.lock().ok()?;
+        let n = m.entry(agent.to_string()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(HeldGuard { pending: self.clone(), agent: agent.to_string() })
+    }
+}
+
+/// One held call, uncounted when dropped.
+struct HeldGuard {
+    pending: std::sync::Arc<Pending>,
+    agent: String,
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.pending.held.lock()
+            && let Some(n) = m.get_mut(&self.agent)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.agent);
+            }
         }
     }
 }
@@ -62,7 +101,7 @@ fn unsettled(state: &str) -> bool {
 pub async fn call(
     app: &App,
     hold: &HoldOptions,
-    pending: &Pending,
+    pending: &std::sync::Arc<Pending>,
     token: AgentToken,
     req: ActionRequest,
     progress: Option<Progress<'_>>,
@@ -106,7 +145,11 @@ pub async fn call(
             .map_err(|_| ApiError::new(Code::Internal, "a worker failed; look up the request before retrying"))??
         }
     };
-    let answer = if unsettled(&answer.state) { wait(app, hold, &answer.id, progress).await? } else { answer };
+    let answer = match (unsettled(&answer.state), pending.hold(&agent_id, hold.max_held_per_agent)) {
+        (true, Some(_held)) => wait(app, hold, &answer.id, progress).await?,
+        // Not held: settled already, or this agent has as many calls held as it may.
+        _ => answer,
+    };
     if unsettled(&answer.state) {
         pending.set(&agent_id, &digest, &answer.id);
         return Ok(still_pending(&answer));

@@ -277,10 +277,25 @@ pub fn router(app: App) -> Router {
     }
     let service: StreamableHttpService<Door, LocalSessionManager> =
         StreamableHttpService::new(move || Ok(door.clone()), Arc::default(), config);
+    // Its own admission limit, as large as the API's: calls held for a human (and SSE streams)
+    // never take the permits `/v1` needs.
+    let permits = Arc::new(tokio::sync::Semaphore::new(app.limits.in_flight));
+    let admit = move |req: Request, next: axum::middleware::Next| {
+        let permits = permits.clone();
+        async move {
+            match permits.try_acquire_owned() {
+                Ok(_permit) => next.run(req).await,
+                Err(_) => {
+                    ApiError::new(crate::error::Code::Overloaded, "too many MCP requests in flight; retry shortly")
+                        .into_response()
+                }
+            }
+        }
+    };
     let mcp = Router::new()
         .nest_service("/mcp", service)
         .layer(axum::middleware::from_fn_with_state(app.clone(), authenticate))
-        .layer(axum::middleware::from_fn_with_state(app.clone(), crate::http::admit));
+        .layer(axum::middleware::from_fn(admit));
     let meta = Router::new().route(METADATA_PATH, axum::routing::get(metadata)).with_state(app);
     mcp.merge(meta)
 }

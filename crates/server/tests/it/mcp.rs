@@ -277,8 +277,12 @@ async fn calls_are_decided_recorded_and_executed_by_the_pipeline() {
 /// over HTTP — one approval, one execution.
 #[tokio::test]
 async fn a_held_call_is_answered_when_a_human_approves() {
-    let (h, base) =
-        serve(HoldOptions { budget: Duration::from_secs(20), progress_every: Duration::from_millis(300) }).await;
+    let (h, base) = serve(HoldOptions {
+        budget: Duration::from_secs(20),
+        progress_every: Duration::from_millis(300),
+        ..HoldOptions::default()
+    })
+    .await;
     open_task(&h).await;
     let analyst = h.user("ana", &["soc-analyst"]);
     let (client, progress) = connect(&base, &h.svid(EDR)).await;
@@ -315,8 +319,12 @@ async fn a_held_call_is_answered_when_a_human_approves() {
 /// same request (no second approval), and once approved answers with the one execution.
 #[tokio::test]
 async fn a_retry_attaches_to_the_pending_request_and_collects_its_outcome() {
-    let (h, base) =
-        serve(HoldOptions { budget: Duration::from_millis(300), progress_every: Duration::from_secs(5) }).await;
+    let (h, base) = serve(HoldOptions {
+        budget: Duration::from_millis(300),
+        progress_every: Duration::from_secs(5),
+        ..HoldOptions::default()
+    })
+    .await;
     open_task(&h).await;
     let analyst = h.user("ana", &["soc-analyst"]);
     let (client, _) = connect(&base, &h.svid(EDR)).await;
@@ -360,8 +368,12 @@ async fn a_retry_attaches_to_the_pending_request_and_collects_its_outcome() {
 /// A rejection comes back as an error result naming who and why.
 #[tokio::test]
 async fn a_rejection_names_who_and_why() {
-    let (h, base) =
-        serve(HoldOptions { budget: Duration::from_secs(20), progress_every: Duration::from_secs(5) }).await;
+    let (h, base) = serve(HoldOptions {
+        budget: Duration::from_secs(20),
+        progress_every: Duration::from_secs(5),
+        ..HoldOptions::default()
+    })
+    .await;
     open_task(&h).await;
     let analyst = h.user("ana", &["soc-analyst"]);
     let (client, _) = connect(&base, &h.svid(EDR)).await;
@@ -555,6 +567,37 @@ mod escapes {
             assert_eq!(r.structured_content.as_ref().unwrap()["state"], "succeeded", "{}", text(&r));
         }
         assert_eq!(calls(&lab, "edr contain"), 1, "one approval, one tool call");
+    }
+
+    /// An agent cannot crowd the server with held calls: beyond its cap, a call that needs a
+    /// human answers at once with its pending ids (and is still recorded and approvable).
+    #[tokio::test]
+    async fn held_calls_per_agent_are_capped() {
+        let hold = HoldOptions { budget: Duration::from_secs(20), max_held_per_agent: 2, ..HoldOptions::default() };
+        let (h, base, _) = serve_from(hold, None).await;
+        open_task(&h).await;
+        let session = Arc::new(connect(&base, &h.svid(EDR)).await.0);
+        let mut held = Vec::new();
+        for target in ["host:db-payments-01", "host:lt-cfo"] {
+            let s = session.clone();
+            held.push(tokio::spawn(async move {
+                s.call_tool(CallToolRequestParams::new("host.isolate").with_arguments(isolate(target, 0.95))).await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = std::time::Instant::now();
+        let third = session
+            .call_tool(CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:jump-01", 0.95)))
+            .await
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5), "the third call is not held");
+        let meta = serde_json::to_value(third.meta.as_ref().unwrap()).unwrap();
+        assert_eq!(meta["warden/state"], "pending_approval", "{}", text(&third));
+        assert!(held.iter().all(|c| !c.is_finished()), "the first two are still held");
+        assert_eq!(approvals(&h), 3, "all three are recorded and wait for a human");
+        for c in held {
+            c.abort();
+        }
     }
 
     /// A halt while a call is held: the approval is cancelled, the call answers so, and the
