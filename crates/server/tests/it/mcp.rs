@@ -47,6 +47,9 @@ async fn serve(hold: HoldOptions) -> (Harness, String) {
 
 /// [`serve`], with a policy directory to reload from; also answers the lab's URL.
 async fn serve_from(hold: HoldOptions, policy_dir: Option<&std::path::Path>) -> (Harness, String, String) {
+    // The workspace's CLI builds reqwest without a crypto provider of its own (it installs
+    // ring at start); in one `cargo test --workspace` build the client here shares that build.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let (url, keys) = lab();
     let options = ServerOptions {
         connector: Some(connector(&url, &keys)),
