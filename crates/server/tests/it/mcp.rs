@@ -90,6 +90,18 @@ fn text(r: &CallToolResult) -> String {
     serde_json::to_value(&r.content).unwrap().to_string()
 }
 
+/// The first pending approval a held call opened, once it is there.
+async fn first_pending_approval(h: &Harness, analyst: &str) -> String {
+    for _ in 0..200 {
+        let (_, list) = h.call("GET", "/v1/approvals", Some(analyst), None).await;
+        if let Some(a) = list.as_array().and_then(|l| l.first()) {
+            return a["id"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no approval appeared");
+}
+
 fn requests(h: &Harness) -> usize {
     h.app.ledger().store().find(warden_store::Table::Requests, &Default::default()).unwrap().len()
 }
@@ -298,13 +310,7 @@ async fn a_held_call_is_answered_when_a_human_approves() {
         )
         .await
         .unwrap();
-    let approval = loop {
-        let (_, list) = h.call("GET", "/v1/approvals", Some(&analyst), None).await;
-        if let Some(a) = list.as_array().and_then(|l| l.first()) {
-            break a["id"].as_str().unwrap().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let approval = first_pending_approval(&h, &analyst).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (status, _) =
         h.call("POST", &format!("/v1/approvals/{approval}/approve"), Some(&analyst), Some(json!({}))).await;
@@ -385,13 +391,7 @@ async fn a_rejection_names_who_and_why() {
             .call_tool(CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:db-payments-01", 0.95)))
             .await
     });
-    let approval = loop {
-        let (_, list) = h.call("GET", "/v1/approvals", Some(&analyst), None).await;
-        if let Some(a) = list.as_array().and_then(|l| l.first()) {
-            break a["id"].as_str().unwrap().to_string();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let approval = first_pending_approval(&h, &analyst).await;
     let body = json!({"reason": "payments are mid-close; call the DBA first"});
     assert_eq!(
         h.call("POST", &format!("/v1/approvals/{approval}/reject"), Some(&analyst), Some(body)).await.0,
@@ -619,13 +619,7 @@ mod escapes {
                 )
                 .await
         });
-        let approval = loop {
-            let (_, list) = h.call("GET", "/v1/approvals", Some(&analyst), None).await;
-            if let Some(a) = list.as_array().and_then(|l| l.first()) {
-                break a["id"].as_str().unwrap().to_string();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let approval = first_pending_approval(&h, &analyst).await;
         let halt = json!({"scope": "all", "reason": "containment drill"});
         assert_eq!(h.call("POST", "/v1/halt", Some(&h.admin), Some(halt)).await.0, StatusCode::OK);
         let r = held.await.unwrap().unwrap();
