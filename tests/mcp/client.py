@@ -12,10 +12,15 @@ import sys
 import urllib.error
 import urllib.request
 
+from typing import Any, Literal
+
 from mcp import ClientSession
+from mcp.client.extension import ResultClaim
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp_types import Request, RequestParams, Result
+from pydantic import TypeAdapter
 
 CFG = json.loads(sys.argv[1])
 BASE = CFG["base"]
@@ -49,16 +54,18 @@ def meta(result):
 class Session:
     """An MCP session as `token`'s agent (the SDK's own context managers, in one task)."""
 
-    def __init__(self, token):
+    def __init__(self, token, modern=False, **session_args):
         self.token = token
+        self.modern = modern  # 2026-07-28 (server/discover) rather than the 2025-11-25 handshake
+        self.session_args = session_args
         self.stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self):
         client = await self.stack.enter_async_context(
             create_mcp_http_client(headers={"Authorization": "Bearer " + self.token}))
         read, write = await self.stack.enter_async_context(streamable_http_client(BASE + "/mcp", http_client=client))
-        session = await self.stack.enter_async_context(ClientSession(read, write))
-        await session.initialize()
+        session = await self.stack.enter_async_context(ClientSession(read, write, **self.session_args))
+        await (session.discover() if self.modern else session.initialize())
         return session
 
     async def __aexit__(self, *exc):
@@ -160,6 +167,69 @@ async def budget_then_retry():
     print("ok   hold budget passed, approved, the retry attached and collected one execution")
 
 
+TASKS = "io.modelcontextprotocol/tasks"
+
+
+class CreatedTask(Result):
+    """`resultType: "task"` (the MCP tasks extension, SEP-2663): the call became a task."""
+    result_type: Literal["task"]
+    task_id: str
+    status: str
+    status_message: str | None = None
+    poll_interval_ms: int | None = None
+
+
+class TaskParams(RequestParams):
+    task_id: str
+
+
+class GetTask(Request[TaskParams, Literal["tasks/get"]]):
+    method: Literal["tasks/get"] = "tasks/get"
+    name_param = "taskId"
+
+
+class CancelTask(Request[TaskParams, Literal["tasks/cancel"]]):
+    method: Literal["tasks/cancel"] = "tasks/cancel"
+    name_param = "taskId"
+
+
+async def unresolved(task, ctx):  # this client polls by hand (allow_claimed=True)
+    raise AssertionError("not resolved here")
+
+
+async def task_augmented():
+    """A client declaring the tasks extension gets a task at once; tasks/get follows the approval."""
+    claim = ResultClaim(result_type="task", model=CreatedTask, resolve=unresolved)
+    raw = TypeAdapter(dict[str, Any])
+    # Extensions' result shapes are a 2026-07-28 feature: the SDK declares them only there.
+    async with Session(CFG["edr"], modern=True, extensions={TASKS: {}}, result_claims={TASKS: [claim]}) as s:
+        args = isolate("host:db-payments-01", 0.95, task="INC-9")
+        created = await s.call_tool("host.isolate", args, allow_claimed=True)
+        assert isinstance(created, CreatedTask) and created.status == "working", created
+        task_id, approval = created.task_id, (created.meta or {})["warden/approval"]
+        got = await s.send_request(GetTask(params=TaskParams(task_id=task_id)), raw)
+        assert got["status"] == "working" and approval in got["statusMessage"], got
+        again = await s.call_tool("host.isolate", args, allow_claimed=True)
+        assert isinstance(again, CreatedTask) and again.task_id == task_id, again
+        try:
+            await s.send_request(CancelTask(params=TaskParams(task_id=task_id)), raw)
+            raise AssertionError("an agent cancelled its own request")
+        except Exception as e:
+            assert "not_cancellable" in str(e) or "cannot be cancelled" in str(e), e
+        status, body = http("POST", f"/v1/approvals/{approval}/approve", CFG["analyst"], {})
+        assert status == 200, body
+        for _ in range(200):
+            got = await s.send_request(GetTask(params=TaskParams(task_id=task_id)), raw)
+            if got["status"] != "working":
+                break
+            await asyncio.sleep(0.05)
+        assert got["status"] == "completed", got
+        assert got["result"]["structuredContent"]["state"] == "succeeded", got
+    status, items = http("GET", "/v1/actions?task=INC-9&limit=1000", CFG["admin"])
+    assert len(items) == 1 and items[0]["state"] == "succeeded", items
+    print("ok   task-augmented call: a task at once, tasks/get followed the approval to one execution")
+
+
 async def refused_without_a_valid_token():
     req = urllib.request.Request(BASE + "/mcp", b"{}", method="POST", headers={"content-type": "application/json"})
     try:
@@ -206,5 +276,5 @@ async def stdio_bridge():
 # Each scenario in its own event loop: a session the SDK fails to open (the bad token) leaves
 # a generator to be finalized, which must not cancel the next scenario's scopes.
 for scenario in [initialize_and_list, execute_deny_advise, held_then_approved, held_then_rejected,
-                 budget_then_retry, stdio_bridge, refused_without_a_valid_token]:
+                 budget_then_retry, task_augmented, stdio_bridge, refused_without_a_valid_token]:
     asyncio.run(scenario())

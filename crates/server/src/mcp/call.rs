@@ -93,8 +93,35 @@ pub type BoxFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> 
 pub type Progress<'a> = &'a (dyn Fn(f64, f64, String) -> BoxFuture<'static> + Send + Sync);
 
 /// States in which a request may still change without anyone calling again.
-fn unsettled(state: &str) -> bool {
+pub fn unsettled(state: &str) -> bool {
     matches!(state, "pending_approval" | "approved" | "executing")
+}
+
+/// How a call that waits for a human is answered.
+pub enum Mode<'a> {
+    /// Held up to the hold budget (with progress when the client asked for it).
+    Hold(Option<Progress<'a>>),
+    /// Answered at once with an MCP task the client polls (`tasks/get`): the client declared
+    /// the tasks extension.
+    Task,
+}
+
+impl std::fmt::Debug for Mode<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Hold(p) => write!(f, "Hold(progress: {})", p.is_some()),
+            Mode::Task => write!(f, "Task"),
+        }
+    }
+}
+
+/// What a tool call answers.
+#[derive(Debug)]
+pub enum Answered {
+    /// A tool result (JSON): settled, or still pending after the hold budget.
+    Result(Value),
+    /// The request waits for a human, and the client takes a task: its id is the request's.
+    Task(Box<ActionAnswer>),
 }
 
 /// Runs one tool call for `token`'s agent and answers the tool result (JSON).
@@ -104,8 +131,8 @@ pub async fn call(
     pending: &std::sync::Arc<Pending>,
     token: AgentToken,
     req: ActionRequest,
-    progress: Option<Progress<'_>>,
-) -> Result<Value, ApiError> {
+    mode: Mode<'_>,
+) -> Result<Answered, ApiError> {
     let bundle = app.bundle()?;
     let request_digest = pipeline::request_digest(&req)?;
     let agent_id = token.subject().to_string();
@@ -145,21 +172,61 @@ pub async fn call(
             .map_err(|_| ApiError::new(Code::Internal, "a worker failed; look up the request before retrying"))??
         }
     };
-    let answer = match (unsettled(&answer.state), pending.hold(&agent_id, hold.max_held_per_agent)) {
-        (true, Some(_held)) => wait(app, hold, &answer.id, progress).await?,
-        // Not held: settled already, or this agent has as many calls held as it may.
-        _ => answer,
+    let answer = match mode {
+        Mode::Task if unsettled(&answer.state) => {
+            pending.set(&agent_id, &digest, &answer.id);
+            return Ok(Answered::Task(Box::new(answer)));
+        }
+        Mode::Task => answer,
+        Mode::Hold(progress) => match (unsettled(&answer.state), pending.hold(&agent_id, hold.max_held_per_agent)) {
+            (true, Some(_held)) => wait(app, hold, &answer.id, progress).await?,
+            // Not held: settled already, or this agent has as many calls held as it may.
+            _ => answer,
+        },
     };
     if unsettled(&answer.state) {
         pending.set(&agent_id, &digest, &answer.id);
-        return Ok(still_pending(&answer));
+        return Ok(Answered::Result(still_pending(&answer)));
     }
     pending.forget(&agent_id, &digest);
+    outcome(app, &answer).await.map(Answered::Result)
+}
+
+/// The tool result of a settled request (who decided, and why, when a human did).
+pub async fn outcome(app: &App, answer: &ActionAnswer) -> Result<Value, ApiError> {
     let approval = match answer.decision.approval.as_ref().and_then(|a| a.id.clone()) {
         Some(id) => blocking(app, move |s| crate::approvals::load(s.ledger().store().as_ref(), &id)).await?,
         None => None,
     };
-    Ok(settled(&answer, approval.map(|v| v.approval)))
+    Ok(settled(answer, approval.map(|v| v.approval)))
+}
+
+/// Request `id` of `token`'s agent as it stands (another agent's is "not found"), and whether
+/// it may still change without anyone calling again.
+pub async fn look(app: &App, token: AgentToken, id: String) -> Result<(ActionAnswer, bool), ApiError> {
+    let answer = blocking(app, move |s| {
+        let agent = token.admit(s)?;
+        pipeline::lookup(s, &id, &crate::auth::Caller::Agent(agent))
+    })
+    .await?;
+    let open = unsettled(&answer.state);
+    Ok((answer, open))
+}
+
+/// What a task's status message says while the request waits.
+pub fn waiting_for(answer: &ActionAnswer) -> String {
+    match answer.state.as_str() {
+        "pending_approval" => {
+            let approval = answer.decision.approval.as_ref();
+            format!(
+                "waiting for a human approval in Warden (approval {}, expires at {})",
+                approval.and_then(|a| a.id.as_deref()).unwrap_or("-"),
+                approval.map(|a| rfc3339(a.expires_at)).as_deref().unwrap_or("-")
+            )
+        }
+        "approved" => "approved; waiting for the execution".to_string(),
+        other => format!("{other}; waiting"),
+    }
 }
 
 /// Waits until request `id` settles or the budget is spent, reporting progress.
@@ -199,6 +266,11 @@ async fn wait(
     }
 }
 
+/// A time as the API writes it (RFC 3339).
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
 /// The decision as `_meta` carries it.
 fn meta(answer: &ActionAnswer) -> Value {
     json!({
@@ -222,7 +294,8 @@ fn still_pending(answer: &ActionAnswer) -> Value {
     let approval = answer.decision.approval.as_ref();
     let mut m = meta(answer);
     m["warden/approval"] = json!(approval.and_then(|a| a.id.clone()));
-    m["warden/expires_at"] = json!(approval.map(|a| a.expires_at));
+    let expires = approval.map(|a| rfc3339(a.expires_at));
+    m["warden/expires_at"] = json!(expires);
     let text = format!(
         "`{}` on `{}` is waiting for a human approval in Warden (request {}, approval {}; it expires at {}). \
          Nothing has been executed yet. To learn the outcome, call this tool again later with exactly the \
@@ -232,7 +305,7 @@ fn still_pending(answer: &ActionAnswer) -> Value {
         answer.target,
         answer.id,
         approval.and_then(|a| a.id.as_deref()).unwrap_or("-"),
-        approval.map(|a| a.expires_at.to_string()).unwrap_or_else(|| "-".into()),
+        expires.as_deref().unwrap_or("-"),
     );
     text_result(text, false, Some(json!({"state": answer.state, "request": answer.id})), m)
 }

@@ -17,8 +17,9 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ErrorData, Implementation, ListToolsResult,
-    PaginatedRequestParams, ProgressNotificationParam, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, CreateTaskResult, DetailedTask,
+    ErrorData, GetTaskParams, GetTaskResult, Implementation, ListToolsResult, PaginatedRequestParams,
+    ProgressNotificationParam, ServerCapabilities, ServerConfig, Task, TaskPayload, TaskStatus, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -28,12 +29,16 @@ use serde_json::{Value, json};
 
 use crate::auth::AgentToken;
 use crate::error::ApiError;
+use crate::pipeline;
 use crate::state::{App, blocking};
 
 pub use crate::limits::{HoldOptions, McpOptions};
 
 /// How often a session looks whether a reload changed its agent's tools.
 const LIST_WATCH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a client is asked to poll a task.
+const TASK_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where the protected-resource metadata lives (RFC 9728 §3).
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
@@ -75,14 +80,16 @@ fn rpc_error(e: ApiError) -> ErrorData {
 
 impl ServerHandler for Door {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build())
-            .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
-            .with_instructions(
-                "Warden governs these tools: every call is decided against policy, recorded in a tamper-evident \
+        ServerConfig::new(
+            ServerCapabilities::builder().enable_tools().enable_tool_list_changed().enable_tasks().build(),
+        )
+        .with_server_info(Implementation::new("warden", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Warden governs these tools: every call is decided against policy, recorded in a tamper-evident \
                  log, and executed only when policy (or a human approver) allows. Pass the task you work on, your \
                  confidence and a rationale. A call that waits for a human answers with its pending ids; call \
                  again with the same arguments to learn the outcome.",
-            )
+        )
     }
 
     /// Watches the bundle for this session: when a reload changes the agent's tools, the client
@@ -167,13 +174,93 @@ impl ServerHandler for Door {
         };
         let wants_progress = ctx.meta.get_progress_token().is_some();
         let progress: Option<call::Progress<'_>> = if wants_progress { Some(&sink) } else { None };
-        let result = match call::call(&self.app, &self.hold, &self.pending, token, req, progress).await {
-            Ok(v) => serde_json::from_value::<CallToolResult>(v)
-                .map_err(|e| ErrorData::internal_error(format!("a result does not serialize: {e}"), None))?,
-            Err(e) => refusal(e)?,
+        // A client that declared the tasks extension gets a task at once instead of a held call.
+        let mode = if ctx.client_capabilities().is_some_and(|c| c.supports_tasks()) {
+            call::Mode::Task
+        } else {
+            call::Mode::Hold(progress)
         };
-        Ok(result.into())
+        match call::call(&self.app, &self.hold, &self.pending, token, req, mode).await {
+            Ok(call::Answered::Result(v)) => Ok(tool_result(v)?.into()),
+            Ok(call::Answered::Task(answer)) => {
+                let meta = json!({
+                    "warden/request": answer.id,
+                    "warden/approval": answer.decision.approval.as_ref().and_then(|a| a.id.clone()),
+                    "warden/digest": answer.digest,
+                });
+                let meta = match meta {
+                    Value::Object(m) => m.into(),
+                    _ => rmcp::model::MetaObject::default(),
+                };
+                Ok(CreateTaskResult::new(task_of(&answer)).with_meta(meta).into())
+            }
+            Err(e) => Ok(refusal(e)?.into()),
+        }
     }
+
+    /// `tasks/get`: a task is an action request of this agent (its id is the request's); working
+    /// while it waits for a human or its execution, completed with the tool result once settled
+    /// — the same result a held call would have answered.
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        let token = token_of(&ctx)?;
+        let (answer, open) = call::look(&self.app, token, request.task_id).await.map_err(task_error)?;
+        let task = task_of(&answer);
+        let detailed = if open {
+            DetailedTask::new(task.with_status_message(call::waiting_for(&answer)), TaskPayload::Working)
+        } else {
+            let result = call::outcome(&self.app, &answer).await.map_err(rpc_error)?;
+            let result = match result {
+                Value::Object(m) => m,
+                _ => return Err(ErrorData::internal_error("a result is not an object", None)),
+            };
+            DetailedTask::new(task.with_status_message(answer.state.clone()), TaskPayload::Completed { result })
+        };
+        Ok(GetTaskResult::new(detailed))
+    }
+
+    /// `tasks/cancel`: refused. Withdrawing a recorded request is not the agent's to do — a
+    /// human rejects it in Warden, or it expires; a halt or the task's close cancels it.
+    async fn cancel_task(&self, request: CancelTaskParams, ctx: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        let token = token_of(&ctx)?;
+        let (answer, _) = call::look(&self.app, token, request.task_id).await.map_err(task_error)?;
+        Err(ErrorData::invalid_request(
+            format!(
+                "request `{}` cannot be cancelled by its agent; a human rejects it in Warden, or it expires",
+                answer.id
+            ),
+            Some(json!({"code": "not_cancellable"})),
+        ))
+    }
+}
+
+/// A tool result from its JSON.
+fn tool_result(v: Value) -> Result<CallToolResult, ErrorData> {
+    serde_json::from_value::<CallToolResult>(v)
+        .map_err(|e| ErrorData::internal_error(format!("a result does not serialize: {e}"), None))
+}
+
+/// The MCP task of an action request: the request's id, its state and times. Its TTL is
+/// unlimited: the request stays in the store.
+fn task_of(answer: &pipeline::ActionAnswer) -> Task {
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| answer.created_at.clone());
+    let status = if call::unsettled(&answer.state) { TaskStatus::Working } else { TaskStatus::Completed };
+    Task::new(answer.id.clone(), status, answer.created_at.clone(), now)
+        .with_poll_interval_ms(TASK_POLL.as_millis() as u64)
+}
+
+/// An unknown task (or another agent's) is invalid params, as MCP says; Warden failing is an
+/// internal error.
+fn task_error(e: ApiError) -> ErrorData {
+    if e.status().is_server_error() {
+        return rpc_error(e);
+    }
+    ErrorData::invalid_params(e.message, Some(json!({"code": e.code.as_str()})))
 }
 
 impl Door {

@@ -347,6 +347,9 @@ async fn a_retry_attaches_to_the_pending_request_and_collects_its_outcome() {
     assert_eq!(meta["warden/state"], "pending_approval", "{}", text(&first));
     let (request, approval) = (meta["warden/request"].clone(), meta["warden/approval"].as_str().unwrap().to_string());
     assert!(text(&first).contains("same arguments"));
+    let expires = meta["warden/expires_at"].as_str().expect("an RFC 3339 string");
+    assert!(time::OffsetDateTime::parse(expires, &time::format_description::well_known::Rfc3339).is_ok(), "{expires}");
+    assert!(text(&first).contains(expires), "{}", text(&first));
     // Again, still pending: the same request, no new one, no second approval.
     let again = call().await.unwrap();
     let again_meta = serde_json::to_value(again.meta.as_ref().unwrap()).unwrap();
@@ -372,6 +375,97 @@ async fn a_retry_attaches_to_the_pending_request_and_collects_its_outcome() {
     let executions = h.app.ledger().store().find(warden_store::Table::Executions, &Default::default()).unwrap().len();
     assert_eq!((requests(&h), approvals(&h), executions), (1, 1, 1), "one request, one approval, one execution");
     client.cancel().await.unwrap();
+}
+
+/// A client that declared the MCP tasks extension (SEP-2663).
+#[derive(Clone, Default)]
+struct TaskClient;
+
+impl ClientHandler for TaskClient {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        rmcp::model::ClientConfig::new(
+            rmcp::model::ClientCapabilities::builder().enable_tasks().build(),
+            rmcp::model::Implementation::new("task-client", "1"),
+        )
+    }
+}
+
+/// A task-augmented call: a task at once, `tasks/get` follows the approval and carries the
+/// one execution's result; the same call again is the same task; another agent cannot read
+/// it; the agent cannot cancel it.
+#[tokio::test]
+async fn a_task_follows_the_approval() {
+    use rmcp::model::{CallToolResponse, CancelTaskParams, GetTaskParams, TaskPayload, TaskStatus};
+    let (h, base) = serve(HoldOptions::default()).await;
+    open_task(&h).await;
+    let analyst = h.user("ana", &["soc-analyst"]);
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(h.svid(EDR));
+    let client = TaskClient.serve(StreamableHttpClientTransport::from_config(config)).await.unwrap();
+    assert!(client.peer_info().unwrap().capabilities.supports_tasks(), "the server offers tasks");
+    let call = || {
+        client.call_tool_once(
+            CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:db-payments-01", 0.95)),
+        )
+    };
+    let started = std::time::Instant::now();
+    let CallToolResponse::Task(created) = call().await.unwrap() else { panic!("a task") };
+    assert!(started.elapsed() < Duration::from_secs(5), "answered at once, not held");
+    assert_eq!(created.task.status, TaskStatus::Working);
+    let id = created.task.task_id.clone();
+    let meta = serde_json::to_value(created.meta.as_ref().unwrap()).unwrap();
+    assert_eq!(meta["warden/request"], json!(id));
+    let approval = meta["warden/approval"].as_str().unwrap().to_string();
+
+    let got = client.get_task(GetTaskParams::new(id.clone())).await.unwrap();
+    assert_eq!(got.task.status(), TaskStatus::Working);
+    assert!(got.task.task.status_message.as_deref().unwrap().contains(&approval));
+    // The same call again: the same task, no second request or approval.
+    let CallToolResponse::Task(again) = call().await.unwrap() else { panic!("the same task") };
+    assert_eq!(again.task.task_id, id);
+    assert_eq!((requests(&h), approvals(&h)), (1, 1));
+    // Another agent's task is not found; the agent cannot cancel its request.
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(h.svid(PHISH));
+    let other = TaskClient.serve(StreamableHttpClientTransport::from_config(config)).await.unwrap();
+    let e = other.get_task(GetTaskParams::new(id.clone())).await.expect_err("not another agent's");
+    assert!(format!("{e:?}").contains("unknown_action"), "{e:?}");
+    let e = client.cancel_task(CancelTaskParams::new(id.clone())).await.expect_err("not cancellable");
+    assert!(format!("{e:?}").contains("not_cancellable"), "{e:?}");
+    assert_eq!(h.call("GET", &format!("/v1/actions/{id}"), Some(&h.admin), None).await.1["state"], "pending_approval");
+
+    let (status, _) =
+        h.call("POST", &format!("/v1/approvals/{approval}/approve"), Some(&analyst), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut result = None;
+    for _ in 0..200 {
+        let got = client.get_task(GetTaskParams::new(id.clone())).await.unwrap();
+        if let TaskPayload::Completed { result: r } = got.task.payload {
+            result = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let result = result.expect("the task completes");
+    assert_eq!(
+        (result["isError"].clone(), result["structuredContent"]["state"].clone()),
+        (json!(false), json!("succeeded"))
+    );
+    assert!(result["content"][0]["text"].as_str().unwrap().contains("executed"));
+    // Settled: the same call again answers the outcome itself; one execution in all.
+    let CallToolResponse::Complete(done) = call().await.unwrap() else { panic!("settled calls are not tasks") };
+    assert_eq!(done.structured_content.unwrap()["state"], "succeeded");
+    let executions = h.app.ledger().store().find(warden_store::Table::Executions, &Default::default()).unwrap().len();
+    assert_eq!((requests(&h), approvals(&h), executions), (1, 1, 1));
+    // A call that is decided at once is answered at once, task-capable client or not.
+    let CallToolResponse::Complete(r) = client
+        .call_tool_once(CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:web-42", 0.95)))
+        .await
+        .unwrap()
+    else {
+        panic!("an execute is no task")
+    };
+    assert_eq!(r.structured_content.unwrap()["state"], "succeeded");
+    client.cancel().await.unwrap();
+    other.cancel().await.unwrap();
 }
 
 /// A rejection comes back as an error result naming who and why.
