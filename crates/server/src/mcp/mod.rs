@@ -19,9 +19,10 @@ use axum::response::{IntoResponse, Response};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, CreateTaskResult, DetailedTask,
     ErrorData, GetTaskParams, GetTaskResult, Implementation, ListToolsResult, PaginatedRequestParams,
-    ProgressNotificationParam, ServerCapabilities, ServerConfig, Task, TaskPayload, TaskStatus, Tool,
+    ProgressNotificationParam, ServerCapabilities, ServerConfig, ServerNotification, SubscriptionFilter, Task,
+    TaskPayload, TaskStatus, Tool,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{RoleServer, ServerHandler};
@@ -92,8 +93,8 @@ impl ServerHandler for Door {
         )
     }
 
-    /// Watches the bundle for this session: when a reload changes the agent's tools, the client
-    /// is told (`notifications/tools/list_changed`) and lists them again.
+    /// Watches the bundle for this session (2025-era clients, after `initialize`): when a reload
+    /// changes the agent's tools, the client is told (`notifications/tools/list_changed`).
     async fn on_initialized(&self, ctx: rmcp::service::NotificationContext<RoleServer>) {
         let Some(token) =
             ctx.extensions.get::<axum::http::request::Parts>().and_then(|p| p.extensions.get::<AgentToken>()).cloned()
@@ -102,29 +103,52 @@ impl ServerHandler for Door {
         };
         let (app, peer) = (self.app.clone(), ctx.peer.clone());
         tokio::spawn(async move {
-            let names = |app: &App| -> Option<Vec<Value>> {
-                let bundle = app.bundle().ok()?;
-                Some(tools::for_agent(&bundle, token.subject()).into_iter().map(|t| t["name"].clone()).collect())
-            };
-            let mut seen = names(&app);
-            let mut version = app.bundle().ok().map(|b| b.version().to_string());
-            let mut tick = tokio::time::interval(LIST_WATCH);
-            while !peer.is_transport_closed() {
-                tick.tick().await;
-                let now = app.bundle().ok().map(|b| b.version().to_string());
-                if now == version {
-                    continue;
-                }
-                version = now;
-                let listed = names(&app);
-                if listed != seen {
-                    seen = listed;
-                    if peer.notify_tool_list_changed().await.is_err() {
-                        return;
-                    }
-                }
-            }
+            let closed = peer.clone();
+            watch_tools(
+                app,
+                token,
+                move || closed.is_transport_closed(),
+                move || {
+                    let peer = peer.clone();
+                    async move { peer.notify_tool_list_changed().await.is_ok() }
+                },
+            )
+            .await
         });
+    }
+
+    /// 2026-07-28 clients subscribe (`subscriptions/listen`) to tool-list changes; nothing else
+    /// is offered.
+    fn accepted_subscription_filter(&self, _requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        Some(SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    /// One such subscription: told when a reload changes the agent's tools, until it ends.
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let token = token_of(context.request_context())?;
+        if context.accepted().tools_list_changed != Some(true) {
+            context.cancelled().await;
+            return Ok(());
+        }
+        let sink = context.sink().clone();
+        let ended = context.request_context().ct.clone();
+        let watch = watch_tools(
+            self.app.clone(),
+            token,
+            move || ended.is_cancelled(),
+            move || {
+                let sink = sink.clone();
+                async move {
+                    let n = ServerNotification::ToolListChangedNotification(Default::default());
+                    sink.send(n).await.is_ok()
+                }
+            },
+        );
+        tokio::select! {
+            () = context.cancelled() => {}
+            () = watch => {}
+        }
+        Ok(())
     }
 
     async fn list_tools(
@@ -234,6 +258,37 @@ impl ServerHandler for Door {
             ),
             Some(json!({"code": "not_cancellable"})),
         ))
+    }
+}
+
+/// Looks whether a reload changed `token`'s agent's tools every [`LIST_WATCH`], and calls
+/// `notify` when it did; ends when `closed` says so or `notify` fails.
+async fn watch_tools<F, Fut>(app: App, token: AgentToken, closed: impl Fn() -> bool, notify: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let names = |app: &App| -> Option<Vec<Value>> {
+        let bundle = app.bundle().ok()?;
+        Some(tools::for_agent(&bundle, token.subject()).into_iter().map(|t| t["name"].clone()).collect())
+    };
+    let mut seen = names(&app);
+    let mut version = app.bundle().ok().map(|b| b.version().to_string());
+    let mut tick = tokio::time::interval(LIST_WATCH);
+    while !closed() {
+        tick.tick().await;
+        let now = app.bundle().ok().map(|b| b.version().to_string());
+        if now == version {
+            continue;
+        }
+        version = now;
+        let listed = names(&app);
+        if listed != seen {
+            seen = listed;
+            if !notify().await {
+                return;
+            }
+        }
     }
 }
 

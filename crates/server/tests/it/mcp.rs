@@ -10,7 +10,7 @@ use rmcp::model::{CallToolRequestParams, CallToolResult, ClientRequest, Request}
 use rmcp::service::{PeerRequestOptions, RunningService};
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use rmcp::{ClientHandler, ClientServiceExt, RoleClient, ServiceExt};
 use serde_json::{Map, Value, json};
 use warden_server::limits::{HoldOptions, McpOptions};
 use warden_server::state::ServerOptions;
@@ -566,6 +566,26 @@ async fn a_reload_that_changes_the_tools_is_announced() {
     let session = client.serve(StreamableHttpClientTransport::from_config(config)).await.unwrap();
     let before: Vec<String> = session.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
     assert!(before.contains(&"host.release".to_string()));
+    // A 2026-07-28 client (server/discover, no session) subscribes instead.
+    let config = StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(h.svid(EDR));
+    let modern = rmcp::model::ClientConfig::default()
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_config(config),
+            rmcp::ClientLifecycleMode::Discover {
+                preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .unwrap();
+    let mut subscription = modern
+        .listen(rmcp::model::SubscriptionFilter::builder().tools_list_changed().prompts_list_changed().build())
+        .await
+        .unwrap();
+    assert_eq!(
+        subscription.acknowledged(),
+        &rmcp::model::SubscriptionFilter::builder().tools_list_changed().build(),
+        "tool-list changes only"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Another agent's rule changes: nothing to announce to this one.
@@ -589,9 +609,16 @@ async fn a_reload_that_changes_the_tools_is_announced() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(changed.load(Ordering::SeqCst), 1, "list_changed once");
+    let n = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.expect("announced").unwrap();
+    assert!(matches!(n, Some(rmcp::model::ServerNotification::ToolListChangedNotification(_))), "{n:?}");
+    let next = tokio::time::timeout(Duration::from_millis(1500), subscription.next()).await;
+    assert!(next.is_err(), "only once: {next:?}");
     let after: Vec<String> = session.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
     assert!(!after.contains(&"host.release".to_string()), "{after:?}");
+    let listed: Vec<String> = modern.list_all_tools().await.unwrap().iter().map(|t| t.name.to_string()).collect();
+    assert_eq!(listed, after, "the same tools in either protocol revision");
     session.cancel().await.unwrap();
+    modern.cancel().await.unwrap();
 }
 
 /// The escapes of docs/authority.md that a tool call can try, tried through `/mcp`.
