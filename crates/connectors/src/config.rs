@@ -164,19 +164,6 @@ impl HttpConnector {
 
     /// Resolves every `secret:NAME` in a header value (`SSWS secret:IDP_KEY`).
     pub(super) fn resolve_secret(&self, value: &str, used: &mut Vec<String>) -> Result<String, ConnectorError> {
-        let mut out = String::new();
-        let mut rest = value;
-        while let Some(at) = rest.find("secret:") {
-            out.push_str(&rest[..at]);
-            let after = &rest[at + "secret:".len()..];
-            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
-            let name = &after[..end];
-            let v = self.secrets.get(name).ok_or_else(|| ConnectorError::MissingSecret(name.to_string()))?;
-            used.push(v.clone());
-            out.push_str(&v);
-            rest = &after[end..];
-        }
-        out.push_str(rest);
-        Ok(out)
+        resolve_secrets(self.secrets.as_ref(), value, used)
     }
 }

@@ -40,6 +40,7 @@ use serde_json::{Map, Value};
 
 mod config;
 mod http;
+pub mod mcp;
 mod resolver;
 mod secrets;
 mod template;
@@ -91,6 +92,9 @@ pub struct Call {
     pub lease_token: String,
     pub task: String,
     pub agent: String,
+    /// Set when an upstream MCP tool performs the action (see [`mcp`]): its tool and the
+    /// arguments rebuilt from the decided request.
+    pub via: Option<mcp::Route>,
 }
 
 /// What the tool answered, secrets redacted.

@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use crate::catalog::Catalog;
 use crate::guardrail::Guardrail;
 use crate::inventory::Inventory;
+use crate::mcp_map::McpMap;
 use crate::policy::CompiledPolicy;
 use crate::source::{Problem, SourceFile};
 
@@ -33,12 +34,13 @@ pub struct Bundle {
     catalog: Catalog,
     inventory: Inventory,
     agents: BTreeMap<String, Guardrail>,
+    mcp: McpMap,
     pub(crate) policy: CompiledPolicy,
 }
 
 /// Files of a bundle that take part in decisions (and so in its version).
 pub fn is_policy_file(path: &str) -> bool {
-    matches!(path, "actions.toml" | "assets.toml" | "assets.csv")
+    matches!(path, "actions.toml" | "assets.toml" | "assets.csv" | "mcp.toml")
         || (path.starts_with("agents/") && path.ends_with(".toml") && path.matches('/').count() == 1)
         || (path.starts_with("cedar/") && path.ends_with(".cedar") && path.matches('/').count() == 1)
 }
@@ -136,6 +138,30 @@ impl Bundle {
             }
         }
 
+        // Upstream MCP tools mapped to action classes; advise-only actions granted as such.
+        let mut mcp = McpMap::default();
+        if let (Some(catalog), Some(f)) = (&catalog, find("mcp.toml")) {
+            match McpMap::parse(f, catalog) {
+                Ok(m) => mcp = m,
+                Err(p) => problems.extend(p),
+            }
+        }
+        for (upstream, action) in mcp.advise_actions() {
+            for g in agents.values() {
+                for grant in g.grants.iter().filter(|x| &x.action == action && x.level > 1) {
+                    problems.push(Problem {
+                        file: g.file.clone(),
+                        line: Some(grant.line),
+                        message: format!(
+                            "`{action}` takes the unmapped tools of upstream `{upstream}` (mcp.toml), which are \
+                             advice only: grant it at level 1, not {}",
+                            grant.level
+                        ),
+                    });
+                }
+            }
+        }
+
         let (Some(catalog), true) = (catalog, problems.is_empty()) else {
             problems.sort();
             return Err(BundleError { problems });
@@ -146,7 +172,7 @@ impl Bundle {
         let guardrails: Vec<Guardrail> = agents.values().cloned().collect();
         let policy = CompiledPolicy::build(&catalog, &inventory, &guardrails, &cedar_files)
             .map_err(|problems| BundleError { problems })?;
-        Ok(Self { version: bundle_version(files), catalog, inventory, agents, policy })
+        Ok(Self { version: bundle_version(files), catalog, inventory, agents, mcp, policy })
     }
 
     /// `sha256:<hex>` of the bundle's canonical content; see [`bundle_version`].
@@ -156,6 +182,11 @@ impl Bundle {
 
     pub fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// The bundle's `mcp.toml` (empty without one).
+    pub fn mcp(&self) -> &McpMap {
+        &self.mcp
     }
 
     pub fn inventory(&self) -> &Inventory {

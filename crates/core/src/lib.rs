@@ -12,6 +12,7 @@ pub mod decision;
 pub mod duration;
 pub mod guardrail;
 pub mod inventory;
+pub mod mcp_map;
 mod policy;
 pub mod policy_test;
 pub mod request;

@@ -9,10 +9,13 @@
 //! | mail | `x-api-key` | quarantine / release a message |
 //! | ticketing | `authorization: Bearer <key>` | create / close a ticket |
 //! | SIEM | `x-api-key` | enrich an alert, close it as a duplicate, reopen it |
+//! | EDR over MCP (`/edr/mcp`) | `authorization: Bearer <EDR key>` | isolate / release a host, kill a process, read a host, run a script |
 //!
 //! `GET /state` (no key) shows every object, a counter of every call by endpoint, and of every
 //! request by method and path (`calls.by_path`). Warden never
 //! special-cases the lab: its connectors reach it through `connectors.toml` like any tool.
+
+mod mcp;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -72,6 +75,8 @@ struct Estate {
     paths: BTreeMap<String, u64>,
     total: u64,
     next: u64,
+    /// Whether the EDR's MCP server offers `collect_triage` (see [`mcp`]).
+    mcp_extra: bool,
 }
 
 impl Estate {
@@ -85,6 +90,8 @@ impl Estate {
 struct Lab {
     keys: Keys,
     estate: Mutex<Estate>,
+    /// The EDR MCP server's sessions, told when its tools change.
+    mcp_peers: Mutex<Vec<rmcp::service::Peer<rmcp::RoleServer>>>,
 }
 
 type Shared = Arc<Lab>;
@@ -337,7 +344,7 @@ pub fn router(keys: Keys) -> axum::Router {
 
 /// The same, each tool call taking at least `delay` (a slow vendor API, for crash tests).
 pub fn router_with(keys: Keys, delay: std::time::Duration) -> axum::Router {
-    let lab: Shared = Arc::new(Lab { keys, estate: Mutex::new(Estate::default()) });
+    let lab: Shared = Arc::new(Lab { keys, estate: Mutex::new(Estate::default()), mcp_peers: Mutex::default() });
     let slow = move |req: axum::extract::Request, next: axum::middleware::Next| async move {
         // The call is counted and applied after the wait: a caller killed meanwhile still
         // reaches the tool, as with a real vendor API.
@@ -372,6 +379,7 @@ pub fn router_with(keys: Keys, delay: std::time::Duration) -> axum::Router {
         .route("/siem/api/alerts/{alert}/close", post(close_alert))
         .route("/siem/api/alerts/{alert}/reopen", post(reopen_alert))
         .with_state(lab.clone())
+        .merge(mcp::router(lab.clone()))
         .layer(axum::middleware::from_fn_with_state(lab, count))
         .layer(axum::middleware::from_fn(slow))
         .layer(axum::middleware::from_fn(read_whole))

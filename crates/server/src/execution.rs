@@ -196,6 +196,7 @@ fn versioned<T: Model>(store: &dyn Store, id: &str) -> Result<Option<(T, u64)>, 
 fn call_for(req: &ActionRecord, lease: &str, token: &str, captured: Map<String, Value>) -> Call {
     let (kind, id) = req.target.split_once(':').unwrap_or(("", &req.target));
     Call {
+        via: None,
         action: req.action.clone(),
         target_kind: kind.to_string(),
         target_id: id.to_string(),
@@ -206,6 +207,53 @@ fn call_for(req: &ActionRecord, lease: &str, token: &str, captured: Map<String, 
         task: req.task.clone(),
         agent: req.agent.clone(),
     }
+}
+
+/// The upstream MCP tool that performs `action` for `req`, when `req` came through a mapped
+/// tool (`req.via`): its arguments rebuilt from the request's target and params (and, for a
+/// compensation, what the action captured) under the bundle's mapping now. A request whose
+/// tool the bundle no longer maps is not performed at all (fail closed); a compensation the
+/// upstream has no tool for goes to the HTTP connector.
+fn route_for(
+    s: &AppState,
+    req: &ActionRecord,
+    action: &str,
+    captured: &Map<String, Value>,
+) -> Result<Option<warden_connectors::mcp::Route>, ConnectorError> {
+    let Some(via) = &req.via else { return Ok(None) };
+    let (upstream, tool) = via.split_once('/').unwrap_or((via.as_str(), ""));
+    let bundle = s.bundle().map_err(|e| ConnectorError::NotConfigured(e.message))?;
+    let mapped = if action == req.action {
+        bundle.mcp().route(upstream, tool).filter(|m| m.action == action)
+    } else {
+        bundle.mcp().for_action(upstream, action)
+    };
+    let Some(m) = mapped else {
+        if action == req.action {
+            return Err(ConnectorError::NotConfigured(format!(
+                "`{action}` through upstream MCP tool `{via}`, which the bundle no longer maps"
+            )));
+        }
+        return Ok(None);
+    };
+    let id = req.target.split_once(':').map_or(req.target.as_str(), |(_, id)| id);
+    Ok(Some(warden_connectors::mcp::Route {
+        upstream: upstream.to_string(),
+        tool: m.tool.clone(),
+        arguments: m.arguments(id, &req.params, captured),
+        capture: m.capture.clone(),
+    }))
+}
+
+/// The `execution.started` entry: what runs, under which lease, and through which upstream
+/// MCP tool when one performs it.
+fn started_data(req: &ActionRecord, lease: &Lease, digest: &str, category: Option<&str>) -> Value {
+    let mut data = json!({"execution_id": req.id, "target": req.target, "lease": lease.id,
+                          "digest": digest, "category": category});
+    if let Some(via) = &req.via {
+        data["via"] = json!(format!("mcp:{via}"));
+    }
+    data
 }
 
 /// What an execution leaves in the answer.
@@ -445,8 +493,7 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
                     .task(&req.task)
                     .request(&req.id)
                     .action(&req.action)
-                    .data(json!({"execution_id": req.id, "target": req.target, "lease": lease.id,
-                                 "digest": computed, "category": category})),
+                    .data(started_data(&req, &lease, &computed, category.as_deref())),
             );
         match s.ledger().commit(start) {
             Ok(_) => {
@@ -461,11 +508,13 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
     let Some(Started { req, mut exec, lease, ttl, category, now }) = started else {
         return Err(ApiError::new(Code::Conflict, format!("request `{id}` kept changing; it was not executed")));
     };
-    let result = if connector.supports(&req.action) {
-        let token = s.tokens.local.mint_lease(&req.agent, &lease.id, &lease.scope, &lease.digest, now, ttl);
-        connector.execute(&call_for(&req, &lease.id, &token, Map::new()))
-    } else {
-        Err(ConnectorError::NotConfigured(req.action.clone()))
+    let result = match route_for(s, &req, &req.action, &Map::new()) {
+        Err(e) => Err(e),
+        Ok(via) if via.is_some() || connector.supports(&req.action) => {
+            let token = s.tokens.local.mint_lease(&req.agent, &lease.id, &lease.scope, &lease.digest, now, ttl);
+            connector.execute(&Call { via, ..call_for(&req, &lease.id, &token, Map::new()) })
+        }
+        Ok(_) => Err(ConnectorError::NotConfigured(req.action.clone())),
     };
     drop(gate);
     let done = rfc3339(s.now());
@@ -745,7 +794,9 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
         Err(e) => return Err(e.into()),
     }
     let version = version + 1;
-    let result = connector.compensate(&compensation, &call_for(&req, &exec.lease, "", exec.captured.clone()));
+    let result = route_for(s, &req, &compensation, &exec.captured).and_then(|via| {
+        connector.compensate(&compensation, &Call { via, ..call_for(&req, &exec.lease, "", exec.captured.clone()) })
+    });
     let mut next = exec.clone();
     next.rolling_back = None;
     let (kind, ok) = match &result {

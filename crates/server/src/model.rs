@@ -194,6 +194,10 @@ pub struct ActionRecord {
     /// The approval this request waits on (or waited on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<String>,
+    /// When an upstream MCP tool performs it (a mapped tool was called): `UPSTREAM/TOOL`.
+    /// The tool's arguments are rebuilt from target and params when it executes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 impl ActionRecord {

@@ -77,6 +77,9 @@ pub struct ActionAnswer {
     /// one execution this request shares.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub folded_into: Option<String>,
+    /// When an upstream MCP tool performs it (a mapped tool was called): `UPSTREAM/TOOL`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     pub created_at: String,
     pub decision: Decision,
     /// The execution, once the action ran (or was attempted).
@@ -114,6 +117,7 @@ fn answer(a: &ActionRecord, d: &DecisionRecord) -> ActionAnswer {
         target: a.target.clone(),
         digest: a.digest.clone(),
         folded_into: a.folded_into.clone(),
+        via: a.via.clone(),
         created_at: a.created_at.clone(),
         decision: d.decision.clone(),
         execution: None,
@@ -265,13 +269,14 @@ pub fn submit(
     admitted: &Admitted,
     req: ActionRequest,
     request_digest: String,
+    via: Option<String>,
     recorded: &std::sync::OnceLock<String>,
 ) -> Result<ActionAnswer, ApiError> {
     let agent = &admitted.agent;
     let target = req.target.to_string();
     let digest = warden_core::request::action_digest(&agent.id, &req.task, &req.action, &target, &req.params)
         .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the request cannot be digested: {e}")))?;
-    let digests = Digests { request: request_digest, action: digest };
+    let digests = Digests { request: request_digest, action: digest, via };
     for _ in 0..ATTEMPTS {
         if let Some(answer) = attempt(s, bundle, admitted, &req, &digests, recorded)? {
             return Ok(answer);
@@ -280,10 +285,12 @@ pub fn submit(
     Err(ApiError::new(Code::Conflict, "the request kept conflicting with concurrent ones; try again"))
 }
 
-/// A request's two digests: of its whole body (idempotency), and of the action (DESIGN §6).
+/// A request's two digests: of its whole body (idempotency), and of the action (DESIGN §6);
+/// and the upstream MCP tool that performs it, when a mapped tool was called (`UPSTREAM/TOOL`).
 struct Digests {
     request: String,
     action: String,
+    via: Option<String>,
 }
 
 /// How a `require_approval` request joins the approval workflow.
@@ -430,6 +437,7 @@ fn attempt(
         created_at: rfc3339(now),
         created_ms: millis(now),
         approval: approval.as_ref().map(|a| a.id.clone()),
+        via: digests.via.clone(),
     };
     let drec = DecisionRecord {
         id: id.clone(),

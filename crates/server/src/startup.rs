@@ -54,6 +54,7 @@ impl AppState {
             connector: options.connector,
             halts: std::sync::RwLock::new(halts),
             mcp: options.mcp,
+            upstreams: options.upstreams,
         });
         let unknown = crate::execution::reconcile_after_restart(&app)?;
         if !unknown.is_empty() {

@@ -33,6 +33,9 @@ pub struct ServerOptions {
     pub shadow: bool,
     /// How `/mcp` is served.
     pub mcp: crate::limits::McpOptions,
+    /// Upstream MCP servers whose mapped tools agents call through `/mcp` (the connector
+    /// routes their executions).
+    pub upstreams: Option<Arc<warden_connectors::mcp::Upstreams>>,
 }
 
 impl Default for ServerOptions {
@@ -46,6 +49,7 @@ impl Default for ServerOptions {
             connector: None,
             shadow: false,
             mcp: crate::limits::McpOptions::default(),
+            upstreams: None,
         }
     }
 }
@@ -79,6 +83,8 @@ pub struct AppState {
     pub halts: std::sync::RwLock<HaltGate>,
     /// How `/mcp` is served.
     pub mcp: crate::limits::McpOptions,
+    /// Upstream MCP servers (their tools, as last listed).
+    pub upstreams: Option<Arc<warden_connectors::mcp::Upstreams>>,
 }
 
 impl AppState {

@@ -141,6 +141,16 @@ struct ConfigFile {
     identity: IdentitySection,
     #[serde(default)]
     notify: NotifySection,
+    #[serde(default)]
+    mcp: McpSection,
+}
+
+/// `[mcp]`: upstream MCP servers whose tools the bundle's `mcp.toml` maps to action classes.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpSection {
+    #[serde(default)]
+    upstreams: Vec<warden_connectors::mcp::UpstreamConfig>,
 }
 
 /// `[notify]`: where approval notices go.
@@ -162,6 +172,7 @@ struct NotifySection {
 struct Config {
     issuers: Vec<ExternalIssuer>,
     notify: NotifySection,
+    upstreams: Vec<warden_connectors::mcp::UpstreamConfig>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -205,7 +216,10 @@ fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
             )));
         }
     }
-    Ok(Config { issuers, notify: cfg.notify })
+    for u in &cfg.mcp.upstreams {
+        u.check().map_err(|e| Failure::Invalid(format!("error: `{}`: {}", path.display(), e.0)))?;
+    }
+    Ok(Config { issuers, notify: cfg.notify, upstreams: cfg.mcp.upstreams })
 }
 
 /// The bundle's `connectors.toml`, if it has one: without it, approved actions rest in
@@ -235,6 +249,37 @@ fn load_connectors(a: &ServeArgs) -> Result<Option<Arc<dyn warden_connectors::Co
         }
     }
     Ok(Some(Arc::new(c)))
+}
+
+/// Opens a session to each `[[mcp.upstreams]]` (in the background; one that does not answer
+/// is retried, its tools absent until it does). An upstream `mcp.toml` names but the config
+/// does not is worth a warning: its tools are not offered.
+fn start_upstreams(
+    a: &ServeArgs,
+    bundle: &warden_core::Bundle,
+    configs: Vec<warden_connectors::mcp::UpstreamConfig>,
+) -> Result<Option<Arc<warden_connectors::mcp::Upstreams>>, Failure> {
+    for name in bundle.mcp().upstreams() {
+        if !configs.iter().any(|c| &c.name == name) {
+            tracing::warn!(upstream = %name, "mcp.toml maps tools of an upstream the config does not name; they are not offered");
+        }
+    }
+    if configs.is_empty() {
+        return Ok(None);
+    }
+    let secrets = warden_connectors::EnvSecrets { given: Default::default(), dir: a.secrets_dir.clone() };
+    let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
+    let upstreams = warden_connectors::mcp::Upstreams::start(configs, Box::new(secrets))
+        .map_err(|e| Failure::Invalid(format!("error: {}", e.0)))?;
+    if !upstreams.wait_connected(std::time::Duration::from_secs(5)) {
+        for (name, health) in upstreams.health() {
+            if let Err(e) = health {
+                tracing::warn!(upstream = %name, error = %e, "an upstream MCP server does not answer yet; retrying");
+            }
+        }
+    }
+    tracing::info!(upstreams = ?names, "upstream MCP servers configured");
+    Ok(Some(Arc::new(upstreams)))
 }
 
 pub fn run(a: ServeArgs) -> Result<(), Failure> {
@@ -268,7 +313,12 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         webhooks: config.notify.webhooks,
         ..defaults
     };
-    let connector = load_connectors(&a)?;
+    let mut connector = load_connectors(&a)?;
+    let upstreams = start_upstreams(&a, &bundle, config.upstreams)?;
+    if let Some(mcp) = &upstreams {
+        // Mapped upstream tools run through their upstream; everything else as before.
+        connector = Some(Arc::new(warden_connectors::mcp::Routed { http: connector, mcp: mcp.clone() }));
+    }
     let options = ServerOptions {
         audience: a.audience.clone(),
         issuers: config.issuers,
@@ -278,6 +328,7 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         connector,
         shadow: a.shadow,
         mcp: mcp_options(&a, scheme)?,
+        upstreams,
     };
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => {

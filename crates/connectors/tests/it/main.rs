@@ -40,6 +40,7 @@ fn call(action: &str, target: &str, params: Value) -> Call {
         lease_token: String::new(),
         task: "INC-1".into(),
         agent: "spiffe://acme.example/soc/edr-responder".into(),
+        ..Call::default()
     }
 }
 
@@ -118,5 +119,71 @@ fn a_tool_lost_mid_call_is_unreachable_and_one_never_reached_is_not_sent() {
     match connector(&closed, &keys).execute(&isolate) {
         Err(ConnectorError::NotSent(_)) => {}
         other => panic!("expected NotSent, got {other:?}"),
+    }
+}
+
+/// The lab EDR's MCP server as an upstream: answers redacted of the credential Warden holds,
+/// captures taken, errors told apart (refused by the tool vs. never sent).
+mod mcp_upstream {
+    use std::time::Duration;
+
+    use warden_connectors::mcp::{Route, UpstreamConfig, Upstreams};
+
+    use super::*;
+
+    fn upstreams(url: &str, key: &str) -> Upstreams {
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let given = [("LAB_EDR_KEY".to_string(), key.to_string())].into_iter().collect();
+        let config = UpstreamConfig {
+            name: "lab-edr".into(),
+            url: Some(format!("{url}/edr/mcp")),
+            bearer: Some("secret:LAB_EDR_KEY".into()),
+            timeout: Some("5s".into()),
+            ..UpstreamConfig::default()
+        };
+        Upstreams::start(vec![config], Box::new(EnvSecrets { given, dir: None })).unwrap()
+    }
+
+    fn route(tool: &str, args: Value) -> Route {
+        Route {
+            upstream: "lab-edr".into(),
+            tool: tool.into(),
+            arguments: args.as_object().cloned().unwrap(),
+            capture: [("containment_id".to_string(), "/containment_id".to_string())].into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn answers_are_redacted_captured_and_errors_told_apart() {
+        let (url, keys) = lab();
+        let u = upstreams(&url, &keys.edr);
+        assert!(u.wait_connected(Duration::from_secs(10)));
+        let tools: Vec<String> =
+            u.tools("lab-edr").unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect();
+        assert!(tools.contains(&"isolate_host".to_string()), "{tools:?}");
+        // A comment that happens to hold the key comes back redacted.
+        let a = u.call(&route("isolate_host", json!({"hostname": "h1", "comment": keys.edr.clone()}))).unwrap();
+        assert!(a.captured["containment_id"].as_str().unwrap().starts_with("cnt-"), "{a:?}");
+        let mut get = route("get_host", json!({"hostname": "h1"}));
+        get.capture.insert("ticket".into(), "/ticket_id".into());
+        let read = u.call(&get).unwrap();
+        assert_eq!(read.body["comment"], "[redacted]", "{:?}", read.body);
+        assert!(read.warning.is_some(), "a capture missing from the answer is a warning");
+        // The tool said no: refused (it did not act), not unreachable.
+        let e = u.call(&route("release_host", json!({"hostname": "h1", "containment_id": "cnt-nope"}))).unwrap_err();
+        assert!(matches!(&e, ConnectorError::Rejected { .. }), "{e:?}");
+        assert!(e.to_string().contains("not the one in force"), "{e}");
+    }
+
+    #[test]
+    fn a_wrong_credential_never_connects_and_nothing_is_sent() {
+        let (url, _keys) = lab();
+        let u = upstreams(&url, "not-the-key");
+        assert!(!u.wait_connected(Duration::from_millis(1500)));
+        let health = u.health();
+        assert!(health[0].1.is_err(), "{health:?}");
+        assert!(!format!("{health:?}").contains("not-the-key"), "the credential is not in the error");
+        let e = u.call(&route("isolate_host", json!({"hostname": "h2"}))).unwrap_err();
+        assert!(matches!(e, ConnectorError::NotSent(_)), "{e:?}");
     }
 }

@@ -92,7 +92,7 @@ pub async fn submit(
         // One hop to the blocking pool: admitting the agent is a store read like the rest.
         tokio::task::spawn_blocking(move || {
             let (agent, version) = token.admit_versioned(&app)?;
-            pipeline::submit(&app, &bundle, &Admitted { agent, version }, req, request_digest, &recorded)
+            pipeline::submit(&app, &bundle, &Admitted { agent, version }, req, request_digest, None, &recorded)
         })
     };
     let joined = |j: Result<ApiResult<ActionAnswer>, tokio::task::JoinError>| {

@@ -131,6 +131,7 @@ pub async fn call(
     pending: &std::sync::Arc<Pending>,
     token: AgentToken,
     req: ActionRequest,
+    via: Option<String>,
     mode: Mode<'_>,
 ) -> Result<Answered, ApiError> {
     let bundle = app.bundle()?;
@@ -166,7 +167,7 @@ pub async fn call(
             tokio::task::spawn_blocking(move || {
                 let (agent, version) = token.admit_versioned(&app2)?;
                 let recorded = std::sync::OnceLock::new();
-                pipeline::submit(&app2, &bundle, &Admitted { agent, version }, req, request_digest, &recorded)
+                pipeline::submit(&app2, &bundle, &Admitted { agent, version }, req, request_digest, via, &recorded)
             })
             .await
             .map_err(|_| ApiError::new(Code::Internal, "a worker failed; look up the request before retrying"))??

@@ -160,7 +160,7 @@ impl ServerHandler for Door {
         let agent = token.subject().to_string();
         blocking(&self.app, move |s| token.admit(s)).await.map_err(rpc_error)?;
         let bundle = self.app.bundle().map_err(rpc_error)?;
-        let tools = tools::for_agent(&bundle, &agent)
+        let tools = tools::for_agent(&bundle, self.app.upstreams.as_deref(), &agent)
             .into_iter()
             .map(serde_json::from_value::<Tool>)
             .collect::<Result<Vec<_>, _>>()
@@ -178,12 +178,24 @@ impl ServerHandler for Door {
             return self.own_tool(token, request).await.map(Into::into);
         }
         let bundle = self.app.bundle().map_err(rpc_error)?;
-        let action = bundle
-            .catalog()
-            .get(&request.name)
-            .filter(|a| tools::granted_level(&bundle, token.subject(), &a.id) >= 1)
-            .ok_or_else(|| ErrorData::invalid_params(format!("no tool `{}`", request.name), None))?;
-        let req = tools::request_from(action, request.arguments).map_err(|b| ErrorData::invalid_params(b.0, None))?;
+        let invalid = |b: tools::BadArguments| ErrorData::invalid_params(b.0, None);
+        let granted =
+            bundle.catalog().get(&request.name).filter(|a| tools::granted_level(&bundle, token.subject(), &a.id) >= 1);
+        let (req, via) = match granted {
+            Some(action) => (tools::request_from(action, request.arguments).map_err(invalid)?, None),
+            None => {
+                // An upstream MCP tool the agent may call (mapped, or advice), as listed now.
+                let upstream = self.app.upstreams.as_deref().and_then(|u| {
+                    tools::upstream_tools(&bundle, u, token.subject())
+                        .into_iter()
+                        .find(|(t, _)| t["name"] == request.name.as_ref())
+                        .map(|(_, call)| call)
+                });
+                let call =
+                    upstream.ok_or_else(|| ErrorData::invalid_params(format!("no tool `{}`", request.name), None))?;
+                tools::upstream_request_from(&bundle, &call, request.arguments).map_err(invalid)?
+            }
+        };
         let progress_token = ctx.meta.get_progress_token();
         let peer = ctx.peer.clone();
         let sink = move |elapsed: f64, total: f64, message: String| -> call::BoxFuture<'static> {
@@ -204,7 +216,7 @@ impl ServerHandler for Door {
         } else {
             call::Mode::Hold(progress)
         };
-        match call::call(&self.app, &self.hold, &self.pending, token, req, mode).await {
+        match call::call(&self.app, &self.hold, &self.pending, token, req, via, mode).await {
             Ok(call::Answered::Result(v)) => Ok(tool_result(v)?.into()),
             Ok(call::Answered::Task(answer)) => {
                 let meta = json!({
@@ -270,14 +282,23 @@ where
 {
     let names = |app: &App| -> Option<Vec<Value>> {
         let bundle = app.bundle().ok()?;
-        Some(tools::for_agent(&bundle, token.subject()).into_iter().map(|t| t["name"].clone()).collect())
+        Some(
+            tools::for_agent(&bundle, app.upstreams.as_deref(), token.subject())
+                .into_iter()
+                .map(|t| t["name"].clone())
+                .collect(),
+        )
     };
     let mut seen = names(&app);
-    let mut version = app.bundle().ok().map(|b| b.version().to_string());
+    // The bundle's version and the upstreams' tools: either may change what the agent sees.
+    let state = |app: &App| {
+        (app.bundle().ok().map(|b| b.version().to_string()), app.upstreams.as_ref().map(|u| u.generation()))
+    };
+    let mut version = state(&app);
     let mut tick = tokio::time::interval(LIST_WATCH);
     while !closed() {
         tick.tick().await;
-        let now = app.bundle().ok().map(|b| b.version().to_string());
+        let now = state(&app);
         if now == version {
             continue;
         }

@@ -6,8 +6,10 @@
 //! `rationale` and `evidence` (names the catalog may not use for params, see [`RESERVED`]).
 
 use serde_json::{Map, Value, json};
+use warden_connectors::mcp::Upstreams;
 use warden_core::bundle::Bundle;
 use warden_core::catalog::{ActionClass, Category, ParamType};
+use warden_core::mcp_map::{MappedTool, UNMAPPED_KIND, Unmapped};
 use warden_core::request::{ActionRequest, Evidence};
 
 /// The argument names that are not action params.
@@ -123,14 +125,193 @@ fn own_tools() -> Vec<Value> {
 }
 
 /// `agent`'s tools, as MCP `Tool` objects (JSON): Warden's own, then the granted catalog
-/// actions in the catalog's order.
-pub fn for_agent(bundle: &Bundle, agent: &str) -> Vec<Value> {
+/// actions in the catalog's order, then the upstream MCP tools it may call (see
+/// [`upstream_tools`]).
+pub fn for_agent(bundle: &Bundle, upstreams: Option<&Upstreams>, agent: &str) -> Vec<Value> {
     let mut tools = own_tools();
     tools.extend(bundle.catalog().iter().filter_map(|action| {
         let level = granted_level(bundle, agent, &action.id);
         (level >= 1).then(|| tool(action, level))
     }));
+    if let Some(u) = upstreams {
+        tools.extend(upstream_tools(bundle, u, agent).into_iter().map(|(t, _)| t));
+    }
     tools
+}
+
+/// What a call of an upstream tool is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamCall {
+    /// A mapped tool: decided as its action class, performed through the upstream.
+    Mapped(MappedTool),
+    /// An unmapped tool of an advise-only upstream: recorded as advice under `action`.
+    Advice { upstream: String, tool: String, action: String },
+}
+
+/// The upstream tools `agent` may call, each with what a call of it is: the tools `mcp.toml`
+/// maps whose action the agent is granted at level ≥ 1 and whose upstream lists them now
+/// (in `mcp.toml`'s order); then the unmapped tools of advise-only upstreams, when the agent
+/// is granted their advice action. Unmapped tools of other upstreams are hidden.
+pub fn upstream_tools(bundle: &Bundle, upstreams: &Upstreams, agent: &str) -> Vec<(Value, UpstreamCall)> {
+    let map = bundle.mcp();
+    let mut out = Vec::new();
+    for m in map.tools() {
+        let (Some(action), Some(listed)) = (bundle.catalog().get(&m.action), upstreams.tools(&m.upstream)) else {
+            continue;
+        };
+        let level = granted_level(bundle, agent, &m.action);
+        let Some(upstream_tool) = listed.iter().find(|t| t["name"] == m.tool.as_str()) else { continue };
+        if level >= 1 {
+            out.push((mapped_tool(m, action, upstream_tool, level), UpstreamCall::Mapped(m.clone())));
+        }
+    }
+    for name in upstreams.names() {
+        let Unmapped::Advise { action } = map.unmapped(name) else { continue };
+        if granted_level(bundle, agent, action) < 1 {
+            continue;
+        }
+        for t in upstreams.tools(name).unwrap_or_default() {
+            let Some(tool) = t["name"].as_str() else { continue };
+            let exposed = format!("{name}.{tool}");
+            let taken = map.route(name, tool).is_some()
+                || map.by_name(&exposed).is_some()
+                || bundle.catalog().get(&exposed).is_some()
+                || !warden_core::mcp_map::is_tool_name(&exposed);
+            if !taken {
+                let call =
+                    UpstreamCall::Advice { upstream: name.clone(), tool: tool.to_string(), action: action.clone() };
+                out.push((advice_tool(&exposed, name, &t), call));
+            }
+        }
+    }
+    out
+}
+
+/// The governance fields every tool takes besides its own arguments.
+fn governance_properties(properties: &mut Map<String, Value>) {
+    properties.insert(
+        "task".into(),
+        json!({"type": "string", "minLength": 1, "description": "The id of the open task (incident) this call belongs to."}),
+    );
+    properties.insert(
+        "confidence".into(),
+        json!({"type": "number", "minimum": 0, "maximum": 1, "description": "How sure you are that this action is right, from 0 to 1."}),
+    );
+    properties
+        .insert("rationale".into(), json!({"type": "string", "description": "Why this action, in a sentence or two."}));
+    properties.insert(
+        "evidence".into(),
+        json!({"type": "array", "description": "What you saw: detections, alerts, log lines.",
+               "items": {"type": "object", "additionalProperties": false, "required": ["kind", "ref"],
+                         "properties": {"kind": {"type": "string"}, "ref": {"type": "string"}, "summary": {"type": "string"}}}}),
+    );
+}
+
+/// A mapped upstream tool as the agent sees it: the upstream's arguments that the mapping
+/// uses (nothing else would reach the upstream), the governance fields, the catalog's hints.
+fn mapped_tool(m: &MappedTool, action: &ActionClass, upstream_tool: &Value, level: u8) -> Value {
+    let names = m.argument_names();
+    let upstream_props = upstream_tool["inputSchema"]["properties"].as_object().cloned().unwrap_or_default();
+    let mut properties: Map<String, Value> =
+        names.iter().map(|n| (n.clone(), upstream_props.get(n).cloned().unwrap_or_else(|| json!({})))).collect();
+    governance_properties(&mut properties);
+    let mut required: Vec<Value> = upstream_tool["inputSchema"]["required"]
+        .as_array()
+        .map(|r| r.iter().filter(|x| x.as_str().is_some_and(|n| names.contains(n))).cloned().collect())
+        .unwrap_or_default();
+    let target_arg =
+        warden_core::mcp_map::pointer_tokens(&m.target_pointer).and_then(|t| t.into_iter().next()).unwrap_or_default();
+    if !required.iter().any(|r| r == target_arg.as_str()) {
+        required.push(json!(target_arg));
+    }
+    required.extend([json!("task"), json!("confidence")]);
+    let enrichment = action.category == Category::Enrichment;
+    let description = format!(
+        "{} (upstream MCP tool `{}` of `{}`, governed by Warden as `{}` on the {} at `{}`; {} risk). Your \
+         autonomy level for it is {level}: {}. A refusal comes back as an error result that names why.",
+        upstream_tool["description"].as_str().unwrap_or(&action.description),
+        m.tool,
+        m.upstream,
+        m.action,
+        m.target_kind,
+        m.target_pointer,
+        action.risk.as_str(),
+        consequence(level),
+    );
+    json!({
+        "name": m.name,
+        "title": upstream_tool["title"].as_str().unwrap_or(&action.description),
+        "description": description,
+        "inputSchema": {"type": "object", "properties": properties, "required": required, "additionalProperties": false},
+        "annotations": {
+            "title": action.description,
+            "readOnlyHint": enrichment,
+            "destructiveHint": !enrichment && !action.reversible,
+            "idempotentHint": enrichment,
+            "openWorldHint": true,
+        },
+        "_meta": {"warden/level": level, "warden/action": m.action, "warden/upstream": m.upstream},
+    })
+}
+
+/// An unmapped tool of an advise-only upstream: its own schema and the governance fields.
+fn advice_tool(name: &str, upstream: &str, t: &Value) -> Value {
+    let mut schema = t["inputSchema"].as_object().cloned().unwrap_or_default();
+    let mut properties = schema.get("properties").and_then(Value::as_object).cloned().unwrap_or_default();
+    governance_properties(&mut properties);
+    let mut required = schema.get("required").and_then(Value::as_array).cloned().unwrap_or_default();
+    required.extend([json!("task"), json!("confidence")]);
+    schema.insert("type".into(), json!("object"));
+    schema.insert("properties".into(), Value::Object(properties));
+    schema.insert("required".into(), Value::Array(required));
+    json!({
+        "name": name,
+        "description": format!(
+            "{} (upstream MCP tool of `{upstream}`). Advice only: your call is recorded as a recommendation \
+             for a human; nothing is executed.",
+            t["description"].as_str().unwrap_or("")
+        ),
+        "inputSchema": schema,
+        "annotations": {"readOnlyHint": true, "destructiveHint": false, "idempotentHint": true, "openWorldHint": true},
+        "_meta": {"warden/level": 1, "warden/upstream": upstream},
+    })
+}
+
+/// The action request a call of an upstream tool makes, and the upstream tool that performs
+/// it (`UPSTREAM/TOOL`, for a mapped tool).
+pub fn upstream_request_from(
+    bundle: &Bundle,
+    call: &UpstreamCall,
+    arguments: Option<Map<String, Value>>,
+) -> Result<(ActionRequest, Option<String>), BadArguments> {
+    let mut args = arguments.unwrap_or_default();
+    let g = governance(&mut args)?;
+    let (action_id, target, params, via) = match call {
+        UpstreamCall::Mapped(m) => {
+            let (target, params) = m.request_parts(&args).map_err(BadArguments)?;
+            (m.action.clone(), target, params, Some(format!("{}/{}", m.upstream, m.tool)))
+        }
+        UpstreamCall::Advice { upstream, tool, action } => {
+            let mut params = Map::new();
+            params.insert("arguments".into(), Value::String(Value::Object(args).to_string()));
+            (action.clone(), format!("{UNMAPPED_KIND}:{upstream}.{tool}"), params, None)
+        }
+    };
+    let action =
+        bundle.catalog().get(&action_id).ok_or_else(|| BadArguments(format!("`{action_id}` is not in the catalog")))?;
+    let req = ActionRequest {
+        task: g.task,
+        action: action_id,
+        target: target.parse().map_err(|e: String| BadArguments(e))?,
+        params,
+        confidence: g.confidence,
+        rationale: g.rationale,
+        evidence: g.evidence,
+        idempotency_key: None,
+    };
+    req.validate().map_err(BadArguments)?;
+    action.check_params(&req.params).map_err(BadArguments)?;
+    Ok((req, via))
 }
 
 /// The arguments of [`OPEN_TASK`]: id, title, trigger.
@@ -215,30 +396,13 @@ pub fn request_from(
 ) -> Result<ActionRequest, BadArguments> {
     let mut args = arguments.unwrap_or_default();
     let bad = |m: String| BadArguments(m);
-    let mut take_string = |name: &str, required: bool| -> Result<Option<String>, BadArguments> {
-        match args.remove(name) {
-            None | Some(Value::Null) if !required => Ok(None),
-            None | Some(Value::Null) => Err(bad(format!("`{name}` is required"))),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(bad(format!("`{name}` must be a string, not `{other}`"))),
-        }
+    let target = match args.remove("target") {
+        None | Some(Value::Null) => return Err(bad("`target` is required".into())),
+        Some(Value::String(s)) => s,
+        Some(other) => return Err(bad(format!("`target` must be a string, not `{other}`"))),
     };
-    let target = take_string("target", true)?.unwrap_or_default();
-    let task = take_string("task", true)?.unwrap_or_default();
-    let rationale = take_string("rationale", false)?.unwrap_or_default();
-    let confidence = match args.remove("confidence") {
-        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
-        None | Some(Value::Null) => return Err(bad("`confidence` is required".into())),
-        Some(other) => return Err(bad(format!("`confidence` must be a number, not `{other}`"))),
-    };
-    let evidence: Vec<Evidence> = match args.remove("evidence") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(v) => serde_json::from_value(v).map_err(|e| bad(format!("`evidence`: {e}")))?,
-    };
+    let Governance { task, confidence, rationale, evidence } = governance(&mut args)?;
     let target = target.parse().map_err(|e: String| bad(e))?;
-    if task.is_empty() {
-        return Err(bad("`task` is empty".into()));
-    }
     for name in args.keys() {
         if !action.params.iter().any(|p| &p.name == name) {
             return Err(bad(format!("`{}` takes no argument `{name}`", action.id)));
@@ -257,4 +421,40 @@ pub fn request_from(
     req.validate().map_err(bad)?;
     action.check_params(&req.params).map_err(bad)?;
     Ok(req)
+}
+
+/// The governance fields of a call.
+struct Governance {
+    task: String,
+    confidence: f64,
+    rationale: String,
+    evidence: Vec<Evidence>,
+}
+
+/// Takes the governance fields out of `args` (what is left is the tool's own arguments).
+fn governance(args: &mut Map<String, Value>) -> Result<Governance, BadArguments> {
+    let bad = |m: String| BadArguments(m);
+    let mut take_string = |name: &str, required: bool| -> Result<Option<String>, BadArguments> {
+        match args.remove(name) {
+            None | Some(Value::Null) if !required => Ok(None),
+            None | Some(Value::Null) => Err(bad(format!("`{name}` is required"))),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(bad(format!("`{name}` must be a string, not `{other}`"))),
+        }
+    };
+    let task = take_string("task", true)?.unwrap_or_default();
+    let rationale = take_string("rationale", false)?.unwrap_or_default();
+    let confidence = match args.remove("confidence") {
+        Some(Value::Number(n)) => n.as_f64().unwrap_or(f64::NAN),
+        None | Some(Value::Null) => return Err(bad("`confidence` is required".into())),
+        Some(other) => return Err(bad(format!("`confidence` must be a number, not `{other}`"))),
+    };
+    let evidence: Vec<Evidence> = match args.remove("evidence") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => serde_json::from_value(v).map_err(|e| bad(format!("`evidence`: {e}")))?,
+    };
+    if task.is_empty() {
+        return Err(bad("`task` is empty".into()));
+    }
+    Ok(Governance { task, confidence, rationale, evidence })
 }

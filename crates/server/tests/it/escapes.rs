@@ -554,6 +554,7 @@ async fn an_approved_request_interrupted_before_its_execution_is_cancelled_on_re
         created_at: "2026-11-23T00:00:00Z".into(),
         created_ms: 0,
         approval: None,
+        via: None,
     };
     let options = ServerOptions { connector: Some(connector(&url, &keys)), ..Default::default() };
     let (_dir, app) = started_over(req.record(), options);

@@ -752,3 +752,301 @@ mod escapes {
         assert_eq!(calls(&lab, "edr contain"), 0);
     }
 }
+
+/// Upstream MCP servers behind Warden: the lab's EDR speaks MCP (`/edr/mcp`) and the example
+/// bundle's `mcp.toml` maps its tools to action classes.
+mod upstream {
+    use warden_connectors::mcp::{Routed, UpstreamConfig, Upstreams};
+
+    use super::*;
+
+    struct Upstream {
+        h: Harness,
+        base: String,
+        lab: String,
+        keys: warden_lab::Keys,
+        upstreams: Arc<Upstreams>,
+    }
+
+    /// The server with the lab's EDR MCP server as upstream `lab-edr` (the lab's EDR key held
+    /// by Warden as `secret:LAB_EDR_KEY`), and `policy_dir` to load from.
+    async fn serve_upstream(policy_dir: Option<&std::path::Path>) -> Upstream {
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let (lab, keys) = crate::lab();
+        let given = [("LAB_EDR_KEY".to_string(), keys.edr.clone())].into_iter().collect();
+        let config = UpstreamConfig {
+            name: "lab-edr".into(),
+            url: Some(format!("{lab}/edr/mcp")),
+            bearer: Some("secret:LAB_EDR_KEY".into()),
+            ..UpstreamConfig::default()
+        };
+        let upstreams =
+            Upstreams::start(vec![config], Box::new(warden_connectors::EnvSecrets { given, dir: None })).unwrap();
+        assert!(upstreams.wait_connected(Duration::from_secs(10)), "the lab's MCP server answers");
+        let upstreams = Arc::new(upstreams);
+        let routed = Routed { http: Some(connector(&lab, &keys)), mcp: upstreams.clone() };
+        let options = ServerOptions {
+            connector: Some(Arc::new(routed)),
+            upstreams: Some(upstreams.clone()),
+            policy_dir: policy_dir.map(std::path::Path::to_path_buf),
+            mcp: McpOptions {
+                hold: HoldOptions { budget: Duration::from_secs(20), ..HoldOptions::default() },
+                ..McpOptions::default()
+            },
+            ..Default::default()
+        };
+        let h = harness_options(Arc::new(SystemClock), options);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let router = h.router.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Upstream { h, base, lab, keys, upstreams }
+    }
+
+    fn lab_state(lab: &str) -> Value {
+        ureq::get(&format!("{lab}/state")).call().unwrap().body_mut().read_json().unwrap()
+    }
+
+    fn lab_calls(lab: &str, endpoint: &str) -> u64 {
+        lab_state(lab)["calls"]["by_endpoint"][endpoint].as_u64().unwrap_or(0)
+    }
+
+    fn names(tools: &[rmcp::model::Tool]) -> Vec<String> {
+        tools.iter().map(|t| t.name.to_string()).collect()
+    }
+
+    fn isolate_args(host: &str) -> Map<String, Value> {
+        args(json!({"hostname": host, "comment": "beacon", "task": "INC-7", "confidence": 0.95,
+                    "rationale": "C2 beacon seen", "evidence": [{"kind": "edr", "ref": "det:1"}]}))
+    }
+
+    #[tokio::test]
+    async fn mapped_tools_are_governed_and_run_through_the_upstream() {
+        let u = serve_upstream(None).await;
+        let h = &u.h;
+        open_task(h).await;
+        let (edr, _) = connect(&u.base, &h.svid(EDR)).await;
+        let listed = edr.list_all_tools().await.unwrap();
+        let tools = names(&listed);
+        for mapped in ["lab-edr.isolate_host", "lab-edr.release_host", "lab-edr.kill_process"] {
+            assert!(tools.contains(&mapped.to_string()), "{mapped} in {tools:?}");
+        }
+        assert!(!tools.iter().any(|t| t.contains("run_script") || t.contains("get_host")), "unmapped: hidden");
+        let isolate = listed.iter().find(|t| t.name == "lab-edr.isolate_host").unwrap();
+        let schema = serde_json::to_value(&isolate.input_schema).unwrap();
+        let mut props: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
+        props.sort();
+        assert_eq!(props, ["comment", "confidence", "evidence", "hostname", "rationale", "task"], "{schema}");
+        assert_eq!(schema["additionalProperties"], false);
+        assert!(isolate.description.as_deref().unwrap().contains("host.isolate"));
+        // The phishing agent may only ask for a host isolation (level 2), nothing else of the EDR's.
+        let (phish, _) = connect(&u.base, &h.svid(PHISH)).await;
+        let phish_tools = phish.list_all_tools().await.unwrap();
+        let upstream: Vec<&rmcp::model::Tool> = phish_tools.iter().filter(|t| t.name.starts_with("lab-edr.")).collect();
+        assert_eq!(upstream.len(), 1, "{:?}", names(&phish_tools));
+        assert_eq!(upstream[0].name, "lab-edr.isolate_host");
+        assert_eq!(serde_json::to_value(upstream[0].meta.as_ref().unwrap()).unwrap()["warden/level"], 2);
+        assert!(upstream[0].description.as_deref().unwrap().contains("waits for a human approval"));
+        let e = phish
+            .call_tool(
+                CallToolRequestParams::new("lab-edr.kill_process")
+                    .with_arguments(args(json!({"hostname": "web-42", "pid": 4, "task": "INC-7", "confidence": 0.9}))),
+            )
+            .await;
+        assert!(e.is_err(), "an ungranted upstream tool cannot be called");
+
+        // execute: decided as host.isolate, performed by the upstream tool, not the REST API.
+        let r = edr
+            .call_tool(CallToolRequestParams::new("lab-edr.isolate_host").with_arguments(isolate_args("web-42")))
+            .await
+            .unwrap();
+        assert_eq!(r.is_error, Some(false), "{}", text(&r));
+        let meta = serde_json::to_value(r.meta.as_ref().unwrap()).unwrap();
+        let id = meta["warden/request"].as_str().unwrap().to_string();
+        let (_, action) = h.call("GET", &format!("/v1/actions/{id}"), Some(&h.admin), None).await;
+        assert_eq!(
+            (action["action"].as_str(), action["target"].as_str(), action["via"].as_str(), action["state"].as_str()),
+            (Some("host.isolate"), Some("host:web-42"), Some("lab-edr/isolate_host"), Some("succeeded"))
+        );
+        assert!(action["execution"]["captured"]["containment_id"].is_string(), "{action}");
+        assert_eq!((lab_calls(&u.lab, "edr mcp.isolate_host"), lab_calls(&u.lab, "edr contain")), (1, 0));
+        assert_eq!(lab_state(&u.lab)["edr"]["hosts"]["web-42"]["status"], "contained");
+
+        // An argument the mapping does not use would not run: invalid params, nothing recorded.
+        let before = requests(h);
+        let mut extra = isolate_args("web-43");
+        extra.insert("force".into(), json!(true));
+        let e = edr.call_tool(CallToolRequestParams::new("lab-edr.isolate_host").with_arguments(extra)).await;
+        assert!(format!("{e:?}").contains("force"), "{e:?}");
+        assert_eq!(requests(h), before);
+
+        // Rolled back by a human: the compensation runs where the action ran, with what it captured.
+        let analyst = h.user("ana", &["soc-analyst"]);
+        let (status, body) = h
+            .call(
+                "POST",
+                &format!("/v1/actions/{id}/rollback"),
+                Some(&analyst),
+                Some(json!({"reason": "false positive"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(lab_calls(&u.lab, "edr mcp.release_host"), 1);
+        assert_eq!(lab_state(&u.lab)["edr"]["hosts"]["web-42"]["status"], "normal");
+
+        // Halted: denied, the upstream never called.
+        let halt = json!({"scope": "action", "id": "host.isolate", "reason": "drill"});
+        assert_eq!(h.call("POST", "/v1/halt", Some(&h.admin), Some(halt)).await.0, StatusCode::OK);
+        let r = edr
+            .call_tool(CallToolRequestParams::new("lab-edr.isolate_host").with_arguments(isolate_args("web-44")))
+            .await
+            .unwrap();
+        assert_eq!(r.is_error, Some(true));
+        assert_eq!(lab_calls(&u.lab, "edr mcp.isolate_host"), 1, "a denied call never reaches the upstream");
+        let resume = json!({"scope": "action", "id": "host.isolate", "reason": "drill over"});
+        assert_eq!(h.call("POST", "/v1/resume", Some(&h.admin), Some(resume)).await.0, StatusCode::OK);
+
+        // A critical host waits for a human; approved, the one execution goes through the upstream.
+        let held = tokio::spawn({
+            let edr = edr.clone();
+            async move {
+                edr.call_tool(
+                    CallToolRequestParams::new("lab-edr.isolate_host").with_arguments(isolate_args("db-payments-01")),
+                )
+                .await
+            }
+        });
+        let approval = first_pending_approval(h, &analyst).await;
+        let (_, shown) = h.call("GET", &format!("/v1/approvals/{approval}"), Some(&analyst), None).await;
+        assert_eq!(shown["action"], "host.isolate", "the approver sees the action class: {shown}");
+        let (status, _) =
+            h.call("POST", &format!("/v1/approvals/{approval}/approve"), Some(&analyst), Some(json!({}))).await;
+        assert_eq!(status, StatusCode::OK);
+        let r = held.await.unwrap().unwrap();
+        assert_eq!(r.structured_content.as_ref().unwrap()["state"], "succeeded", "{}", text(&r));
+        assert_eq!(lab_calls(&u.lab, "edr mcp.isolate_host"), 2);
+
+        // Audited as any execution, through the upstream named; the key Warden holds appears
+        // nowhere in the log.
+        let log: Vec<u8> =
+            h.app.ledger().store().entries(0, 10_000).unwrap().iter().flat_map(|e| e.bytes.clone()).collect();
+        let text_of_log = String::from_utf8_lossy(&log);
+        assert!(text_of_log.contains("mcp:lab-edr/isolate_host"), "execution.started names the upstream tool");
+        assert!(!text_of_log.contains(&u.keys.edr), "the upstream's credential is never recorded");
+        edr.cancel().await.unwrap();
+        phish.cancel().await.unwrap();
+    }
+
+    /// The upstream adds a tool and says so: Warden lists again, and tells the agents whose
+    /// tools changed.
+    #[tokio::test]
+    async fn upstream_list_changes_are_followed() {
+        let policy = tempfile::tempdir().unwrap();
+        crate::reload::copy_dir(&crate::example_dir(), policy.path());
+        let mcp = policy.path().join("mcp.toml");
+        let mut text = std::fs::read_to_string(&mcp).unwrap();
+        text.push_str(
+            "\n[[tool]]\nupstream = \"lab-edr\"\ntool = \"collect_triage\"\naction = \"process.kill\"\n\
+             target = { pointer = \"/hostname\", kind = \"host\" }\nparams = { pid = \"/pid\" }\n",
+        );
+        std::fs::write(&mcp, text).unwrap();
+        let u = serve_upstream(Some(policy.path())).await;
+        let client = Client::default();
+        let changed = client.list_changed.clone();
+        let config =
+            StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", u.base)).auth_header(u.h.svid(EDR));
+        let session = client.serve(StreamableHttpClientTransport::from_config(config)).await.unwrap();
+        assert!(!names(&session.list_all_tools().await.unwrap()).contains(&"lab-edr.collect_triage".to_string()));
+        ureq::post(&format!("{}/edr/mcp-admin/collect_triage", u.lab))
+            .header("x-api-key", &u.keys.edr)
+            .send_empty()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while changed.load(Ordering::SeqCst) == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(changed.load(Ordering::SeqCst), 1, "the agent is told");
+        assert!(u.upstreams.tools("lab-edr").unwrap().iter().any(|t| t["name"] == "collect_triage"));
+        assert!(names(&session.list_all_tools().await.unwrap()).contains(&"lab-edr.collect_triage".to_string()));
+        // Gone again: told again.
+        ureq::delete(&format!("{}/edr/mcp-admin/collect_triage", u.lab))
+            .header("x-api-key", &u.keys.edr)
+            .call()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while changed.load(Ordering::SeqCst) == 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(changed.load(Ordering::SeqCst), 2);
+        assert!(!names(&session.list_all_tools().await.unwrap()).contains(&"lab-edr.collect_triage".to_string()));
+        session.cancel().await.unwrap();
+    }
+
+    /// A reload that unmaps the tool while its call waits for a human: approved, nothing runs
+    /// (the route is gone, and the request never falls back to another way of doing it).
+    #[tokio::test]
+    async fn an_unmapped_route_runs_nothing_after_the_approval() {
+        let policy = tempfile::tempdir().unwrap();
+        crate::reload::copy_dir(&crate::example_dir(), policy.path());
+        let u = serve_upstream(Some(policy.path())).await;
+        let h = &u.h;
+        open_task(h).await;
+        let analyst = h.user("ana", &["soc-analyst"]);
+        let (edr, _) = connect(&u.base, &h.svid(EDR)).await;
+        let held = tokio::spawn({
+            let edr = edr.clone();
+            async move {
+                edr.call_tool(
+                    CallToolRequestParams::new("lab-edr.isolate_host").with_arguments(isolate_args("db-payments-01")),
+                )
+                .await
+            }
+        });
+        let approval = first_pending_approval(h, &analyst).await;
+        let mcp = policy.path().join("mcp.toml");
+        let file = std::fs::read_to_string(&mcp).unwrap();
+        let (head, rest) = file.split_once("[[tool]]\nupstream = \"lab-edr\"\ntool = \"isolate_host\"").unwrap();
+        let rest = &rest[rest.find("[[tool]]").unwrap()..];
+        std::fs::write(&mcp, format!("{head}{rest}")).unwrap();
+        let (status, body) = h.call("POST", "/v1/policy/reload", Some(&h.admin), None).await;
+        assert_eq!((status, body["changed"].clone()), (StatusCode::OK, json!(true)), "{body}");
+        let (status, _) =
+            h.call("POST", &format!("/v1/approvals/{approval}/approve"), Some(&analyst), Some(json!({}))).await;
+        assert_eq!(status, StatusCode::OK);
+        let r = held.await.unwrap().unwrap();
+        assert_eq!(r.is_error, Some(true), "{}", text(&r));
+        let meta = serde_json::to_value(r.meta.as_ref().unwrap()).unwrap();
+        assert_eq!(meta["warden/state"], "failed");
+        assert!(text(&r).contains("no longer maps"), "{}", text(&r));
+        assert_eq!((lab_calls(&u.lab, "edr mcp.isolate_host"), lab_calls(&u.lab, "edr contain")), (0, 0));
+        edr.cancel().await.unwrap();
+    }
+
+    /// An upstream that does not answer: its tools are not offered, and Warden serves the rest.
+    #[tokio::test]
+    async fn an_unreachable_upstream_offers_nothing() {
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+        let config = UpstreamConfig {
+            name: "lab-edr".into(),
+            url: Some(format!("{}/edr/mcp", warden_lab::spawn_hang_up())),
+            timeout: Some("1s".into()),
+            ..UpstreamConfig::default()
+        };
+        let upstreams =
+            Arc::new(Upstreams::start(vec![config], Box::new(warden_connectors::EnvSecrets::default())).unwrap());
+        assert!(!upstreams.wait_connected(Duration::from_millis(500)));
+        let options = ServerOptions { upstreams: Some(upstreams.clone()), ..Default::default() };
+        let h = harness_options(Arc::new(SystemClock), options);
+        let bundle = h.app.bundle().unwrap();
+        let tools = warden_server::mcp::tools::for_agent(&bundle, Some(&upstreams), EDR);
+        assert!(tools.iter().all(|t| !t["name"].as_str().unwrap().starts_with("lab-edr.")));
+        assert!(tools.iter().any(|t| t["name"] == "host.isolate"), "the catalog's tools are still there");
+        let route = warden_connectors::mcp::Route {
+            upstream: "lab-edr".into(),
+            tool: "isolate_host".into(),
+            ..Default::default()
+        };
+        let e = upstreams.call(&route).unwrap_err();
+        assert!(matches!(e, warden_connectors::ConnectorError::NotSent(_)), "nothing was sent: {e}");
+    }
+}
