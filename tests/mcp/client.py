@@ -89,7 +89,9 @@ async def initialize_and_list():
         phish = [t.name for t in (await s.list_tools()).tools]
         init = s
     assert edr[:2] == ["warden.open_task", "warden.get_action"], edr
-    assert edr[2:] == ["file.quarantine", "host.isolate", "host.release", "process.kill"], edr
+    assert edr[2:6] == ["file.quarantine", "host.isolate", "host.release", "process.kill"], edr
+    # Then the upstream tools mcp.toml maps (the lab EDR's MCP server); unmapped ones hidden.
+    assert edr[6:] == ["lab-edr.isolate_host", "lab-edr.release_host", "lab-edr.kill_process"], edr
     assert "email.quarantine" in phish and "process.kill" not in phish, phish
     print(f"ok   initialize; tools per agent: edr {len(edr)}, phish {len(phish)}")
 
@@ -230,6 +232,36 @@ async def task_augmented():
     print("ok   task-augmented call: a task at once, tasks/get followed the approval to one execution")
 
 
+def lab_calls(endpoint):
+    with urllib.request.urlopen(CFG["lab"] + "/state", timeout=5) as r:
+        return json.loads(r.read())["calls"]["by_endpoint"].get(endpoint, 0)
+
+
+async def upstream_proxied():
+    """A mapped tool of an upstream MCP server, governed and run through the upstream."""
+    async with Session(CFG["edr"]) as s:
+        tools = {t.name: t for t in (await s.list_tools()).tools}
+        assert "lab-edr.run_script" not in tools and "lab-edr.get_host" not in tools, list(tools)
+        schema = tools["lab-edr.isolate_host"].input_schema
+        assert set(schema["properties"]) == {"hostname", "comment", "task", "confidence", "rationale", "evidence"}, schema
+        before = lab_calls("edr mcp.isolate_host")
+        args = {"hostname": "build-07", "comment": "beacon", "task": "INC-7", "confidence": 0.95,
+                "rationale": "C2 beacon seen", "evidence": [{"kind": "edr", "ref": "det:9"}]}
+        r = await s.call_tool("lab-edr.isolate_host", args)
+        assert not r.is_error and r.structured_content["state"] == "succeeded", text(r)
+        assert lab_calls("edr mcp.isolate_host") == before + 1
+        status, action = http("GET", "/v1/actions/" + meta(r)["warden/request"], CFG["admin"])
+        assert (action["action"], action["target"], action["via"]) == ("host.isolate", "host:build-07", "lab-edr/isolate_host"), action
+        # On a critical host it waits for a human, like the catalog's own tool.
+        held = await s.call_tool("lab-edr.isolate_host", dict(args, hostname="db-payments-01", task="INC-8"))
+        assert meta(held)["warden/state"] == "pending_approval", text(held)
+        assert lab_calls("edr mcp.isolate_host") == before + 1, "nothing ran before the approval"
+        status, body = http("POST", f"/v1/approvals/{meta(held)['warden/approval']}/reject", CFG["analyst"],
+                            {"reason": "not this one"})
+        assert status == 200, body
+    print("ok   an upstream MCP server's mapped tool: decided as host.isolate, run through the upstream")
+
+
 async def refused_without_a_valid_token():
     req = urllib.request.Request(BASE + "/mcp", b"{}", method="POST", headers={"content-type": "application/json"})
     try:
@@ -260,7 +292,7 @@ async def stdio_bridge():
         async with ClientSession(read, write) as s:
             await s.initialize()
             names = [t.name for t in (await s.list_tools()).tools]
-            assert names[2:] == ["file.quarantine", "host.isolate", "host.release", "process.kill"], names
+            assert names[2:6] == ["file.quarantine", "host.isolate", "host.release", "process.kill"], names
             r = await s.call_tool("host.isolate", isolate("host:web-01", 0.95))
             assert not r.is_error and r.structured_content["state"] == "succeeded", text(r)
             bad = False
@@ -276,5 +308,5 @@ async def stdio_bridge():
 # Each scenario in its own event loop: a session the SDK fails to open (the bad token) leaves
 # a generator to be finalized, which must not cancel the next scenario's scopes.
 for scenario in [initialize_and_list, execute_deny_advise, held_then_approved, held_then_rejected,
-                 budget_then_retry, task_augmented, stdio_bridge, refused_without_a_valid_token]:
+                 budget_then_retry, task_augmented, upstream_proxied, stdio_bridge, refused_without_a_valid_token]:
     asyncio.run(scenario())

@@ -36,8 +36,15 @@ eval "$(grep '^export ' "$tmp/lab.out")"
 
 urls=()
 for tool in edr idp firewall mail ticketing siem; do urls+=(--tool-url "$tool=http://$lab"); done
+# The lab's EDR also speaks MCP: an upstream whose tools examples/policy/mcp.toml maps.
+cat > "$tmp/serve.toml" <<TOML
+[[mcp.upstreams]]
+name = "lab-edr"
+url = "http://$lab/edr/mcp"
+bearer = "secret:LAB_EDR_KEY"
+TOML
 "$warden" serve --data "$tmp/data" --policy examples/policy --listen 127.0.0.1:0 "${urls[@]}" \
-  --mcp-hold 4s > "$tmp/serve.out" 2> "$tmp/serve.log" &
+  --config "$tmp/serve.toml" --mcp-hold 4s > "$tmp/serve.out" 2> "$tmp/serve.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q '^listening on ' "$tmp/serve.out" && break; sleep 0.1; done
 base="http://$(sed -n 's/^listening on //p' "$tmp/serve.out")"
@@ -53,8 +60,8 @@ urllib.request.urlopen(req, timeout=5)
 PY
 done
 
-config="$("$python" -c 'import json,sys; print(json.dumps(dict(zip(["base","edr","phish","analyst","admin","warden"], sys.argv[1:]))))' \
-  "$base" "$edr" "$phish" "$analyst" "$admin" "$(realpath "$warden")")"
+config="$("$python" -c 'import json,sys; print(json.dumps(dict(zip(["base","edr","phish","analyst","admin","warden","lab"], sys.argv[1:]))))' \
+  "$base" "$edr" "$phish" "$analyst" "$admin" "$(realpath "$warden")" "http://$lab")"
 if ! "$python" tests/mcp/client.py "$config"; then
   echo "server log (last lines):" >&2
   tail -20 "$tmp/serve.log" >&2

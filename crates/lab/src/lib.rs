@@ -407,6 +407,12 @@ async fn read_whole(req: axum::extract::Request, next: axum::middleware::Next) -
     next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
 }
 
+/// The EDR's MCP server on stdin/stdout (`warden lab mcp-stdio`), over a fresh estate.
+pub async fn serve_mcp_stdio() -> std::io::Result<()> {
+    let lab: Shared = Arc::new(Lab { keys: Keys::random(), estate: Mutex::default(), mcp_peers: Mutex::default() });
+    mcp::serve_stdio(lab).await
+}
+
 /// Serves the lab on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,

@@ -203,3 +203,12 @@ pub(crate) fn router(lab: Shared) -> axum::Router {
         .with_state(lab);
     mcp.merge(admin)
 }
+
+/// The EDR's MCP server on stdin/stdout until the client hangs up, over an estate of its own
+/// (no key: whoever launched the process holds it).
+pub async fn serve_stdio(lab: Shared) -> std::io::Result<()> {
+    use rmcp::ServiceExt;
+    let service = EdrMcp { lab }.serve(rmcp::transport::stdio()).await.map_err(std::io::Error::other)?;
+    service.waiting().await.map_err(std::io::Error::other)?;
+    Ok(())
+}

@@ -1,4 +1,5 @@
-//! `warden lab serve`: the fake SOC estate the example connectors point at.
+//! `warden lab serve`: the fake SOC estate the example connectors point at; `warden lab
+//! mcp-stdio`: its EDR's MCP server on stdin/stdout (an upstream launched as a command).
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -10,6 +11,9 @@ pub enum LabCommand {
     /// Serve the lab estate (EDR, identity provider, firewall, mail, ticketing, SIEM) until
     /// SIGTERM/SIGINT. Prints the address and the API keys to export for `warden serve`.
     Serve(LabArgs),
+    /// The lab EDR's MCP server on stdin/stdout, over an estate of its own: an upstream MCP
+    /// server Warden launches as a command (`[[mcp.upstreams]] command = [...]`).
+    McpStdio,
 }
 
 #[derive(Debug, Args)]
@@ -23,7 +27,15 @@ pub struct LabArgs {
 }
 
 pub fn run(c: LabCommand) -> Result<(), Failure> {
-    let LabCommand::Serve(a) = c;
+    let a = match c {
+        LabCommand::Serve(a) => a,
+        LabCommand::McpStdio => {
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+            runtime.block_on(warden_lab::serve_mcp_stdio()).context("serving MCP on stdio")?;
+            return Ok(());
+        }
+    };
     // Keys already in the environment are kept, so a shell that exported them stays valid.
     let mut keys = warden_lab::Keys::random();
     for (name, slot) in [

@@ -100,8 +100,12 @@ fn validate(a: &BundleArgs) -> Result<(), Failure> {
     let result = Bundle::load(&files);
     match (a.output, result) {
         (Output::Text, Ok(b)) => {
+            let mapped = match b.mcp().tools().len() {
+                0 => String::new(),
+                n => format!(", {n} upstream MCP tools mapped"),
+            };
             outln!(
-                "ok: {} — {} actions, {} assets, {} agents, {} Cedar policies",
+                "ok: {} — {} actions, {} assets, {} agents, {} Cedar policies{mapped}",
                 b.version(),
                 b.catalog().len(),
                 b.inventory().len(),
@@ -113,7 +117,8 @@ fn validate(a: &BundleArgs) -> Result<(), Failure> {
         (Output::Text, Err(e)) => Err(Failure::Invalid(problems_text(&e.problems))),
         (Output::Json, Ok(b)) => {
             let out = json!({"valid": true, "bundle_version": b.version(), "actions": b.catalog().len(),
-                "assets": b.inventory().len(), "agents": b.agents().count(), "policies": b.policy_count()});
+                "assets": b.inventory().len(), "agents": b.agents().count(), "policies": b.policy_count(),
+                "mcp_tools": b.mcp().tools().len()});
             outln!("{}", serde_json::to_string_pretty(&out).map_err(anyhow::Error::from)?);
             Ok(())
         }

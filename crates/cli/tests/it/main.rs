@@ -9,6 +9,7 @@ mod kill;
 mod policy;
 mod respond;
 mod serve;
+mod upstream;
 
 use std::path::{Path, PathBuf};
 

@@ -5,7 +5,7 @@ use crate::{edit, example_copy, example_dir, warden};
 #[test]
 fn validate_accepts_the_example_bundle() {
     warden().args(["policy", "validate"]).arg(example_dir()).assert().success().stdout(
-        predicate::str::is_match(r"^ok: sha256:[0-9a-f]{64} — 19 actions, 36 assets, 5 agents, 27 Cedar policies\n$")
+        predicate::str::is_match(r"^ok: sha256:[0-9a-f]{64} — 19 actions, 36 assets, 5 agents, 27 Cedar policies, 3 upstream MCP tools mapped\n$")
             .unwrap(),
     );
 }
@@ -49,6 +49,12 @@ fn validate_locates_each_kind_of_problem() {
             "compensation = \"host.release\"",
             "compensation = \"host.relase\"",
             "actions.toml:132: compensation of `host.isolate` names a missing action `host.relase`",
+        ),
+        (
+            "mcp.toml",
+            "action = \"process.kill\"",
+            "action = \"process.kil\"",
+            "mcp.toml:31: action `process.kil` is not in actions.toml",
         ),
     ];
     for (file, from, to, expected) in cases {

@@ -169,3 +169,44 @@ fn the_version_is_a_hash_of_the_policy_content_only() {
         .push_str("host,lt-new,tier3,prod,team:workplace,false,\n");
     assert_ne!(Bundle::load(&edited).unwrap().version(), a.version());
 }
+
+/// `mcp.toml` is checked with the bundle: mapped actions exist and fit, and an advise-only
+/// action is granted as advice only.
+#[test]
+fn mcp_mappings_are_checked_against_the_catalog_and_the_grants() {
+    let path = "mcp.toml";
+    let problems = broken(path, |t| t.replace("action = \"process.kill\"", "action = \"process.kil\""));
+    assert_eq!(problems[0].file, path);
+    assert!(problems[0].message.contains("action `process.kil` is not in actions.toml"), "{}", problems[0]);
+
+    // Unmapped tools as advice, under an action some agent is granted at level 2: refused.
+    let mut files = example_files();
+    for f in files.iter_mut() {
+        if f.path == "actions.toml" {
+            f.text.push_str(
+                "\n[[action]]\nid = \"mcp.call\"\ndescription = \"An unmapped upstream tool\"\ncategory = \"enrichment\"\n\
+                 risk = \"medium\"\nreversible = false\ntarget = \"mcp_tool\"\ntool = \"mcp\"\nowner = \"team:soc\"\n\
+                 params = [{ name = \"arguments\", type = \"string\" }]\n",
+            );
+        }
+        if f.path == "mcp.toml" {
+            f.text = f.text.replace("unmapped = \"hidden\"", "unmapped = \"advise\"\nadvise_as = \"mcp.call\"");
+        }
+        if f.path == "agents/enrichment-bot.toml" {
+            f.text = f.text.replace("tools = [\"siem\"]", "tools = [\"siem\", \"mcp\"]");
+            f.text.push_str("\n[[action]]\naction = \"mcp.call\"\nlevel = 2\n");
+        }
+    }
+    let problems = Bundle::load(&files).unwrap_err().problems;
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.file == "agents/enrichment-bot.toml" && p.message.contains("grant it at level 1, not 2")),
+        "{problems:?}"
+    );
+    for f in files.iter_mut().filter(|f| f.path == "agents/enrichment-bot.toml") {
+        f.text = f.text.replace("action = \"mcp.call\"\nlevel = 2", "action = \"mcp.call\"\nlevel = 1");
+    }
+    let bundle = Bundle::load(&files).expect("granted as advice: valid");
+    assert_eq!(bundle.mcp().unmapped("lab-edr"), &warden_core::mcp_map::Unmapped::Advise { action: "mcp.call".into() });
+}
