@@ -22,6 +22,7 @@ pub const EXAMPLE_BUNDLE: &[(&str, &str)] = &[
     ("agents/network-guard.toml", include_str!("../../../examples/policy/agents/network-guard.toml")),
     ("cedar/containment.cedar", include_str!("../../../examples/policy/cedar/containment.cedar")),
     ("cedar/network.cedar", include_str!("../../../examples/policy/cedar/network.cedar")),
+    ("mcp.toml", include_str!("../../../examples/policy/mcp.toml")),
 ];
 
 /// The built-in example bundle, as source files.

@@ -8,6 +8,7 @@
 //! | `kill_process` {hostname, pid} | kills a process |
 //! | `get_host` {hostname} | reads a host (read-only) |
 //! | `run_script` {hostname, script} | runs a script on a host (nothing maps it: Warden hides it) |
+//! | `enrich_alert` {alert_id, sources} | the EDR's detections behind an alert (read-only; benches map it) |
 //! | `collect_triage` {hostname} | only while switched on (`POST /edr/mcp-admin/collect_triage`, `DELETE` to switch off); switching announces `tools/list_changed` |
 //!
 //! Every call is counted in `GET /state` as `edr mcp.TOOL`.
@@ -56,6 +57,11 @@ fn tools(extra: bool) -> Vec<Value> {
                "inputSchema": {"type": "object", "required": ["hostname", "script"], "properties": {
                    "hostname": host_arg(), "script": {"type": "string"}}},
                "annotations": {"destructiveHint": true}}),
+        json!({"name": "enrich_alert", "description": "The EDR's detections behind an alert.",
+               "inputSchema": {"type": "object", "required": ["alert_id"], "properties": {
+                   "alert_id": {"type": "string", "minLength": 1},
+                   "sources": {"type": "array", "items": {"type": "string"}}}},
+               "annotations": {"readOnlyHint": true}}),
     ];
     if extra {
         tools.push(json!({"name": "collect_triage", "description": "Collect a triage package from a host.",
@@ -73,6 +79,15 @@ impl EdrMcp {
         let mut e = self.lab.estate.lock().map_err(|_| "lab state poisoned".to_string())?;
         *e.calls.entry(format!("edr mcp.{tool}")).or_default() += 1;
         e.total += 1;
+        if tool == "enrich_alert" {
+            let alert = args.get("alert_id").and_then(Value::as_str).unwrap_or("");
+            if alert.is_empty() {
+                return Err("`alert_id` is required".into());
+            }
+            return Ok(
+                json!({"alert": alert, "detections": 3, "sources": args.get("sources").cloned().unwrap_or(json!([]))}),
+            );
+        }
         let host = args.get("hostname").and_then(Value::as_str).unwrap_or("").to_string();
         if host.is_empty() {
             return Err("`hostname` is required".into());

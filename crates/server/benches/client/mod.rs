@@ -8,6 +8,59 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 
+/// Reads one answer (status line, headers, body — by `content-length` or chunked, as an SSE
+/// stream answering one JSON-RPC request is).
+pub async fn read_answer<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let mut status = String::new();
+    r.read_line(&mut status).await.unwrap();
+    let (mut len, mut chunked, mut headers) = (0usize, false, Vec::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).await.unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
+            if k == "content-length" {
+                len = v.parse().unwrap();
+            }
+            if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
+                chunked = true;
+            }
+            headers.push((k, v));
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            line.clear();
+            r.read_line(&mut line).await.unwrap();
+            let size = usize::from_str_radix(line.trim(), 16).unwrap();
+            let mut chunk = vec![0u8; size + 2];
+            r.read_exact(&mut chunk).await.unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        body.resize(len, 0);
+        r.read_exact(&mut body).await.unwrap();
+    }
+    (status.trim_end().to_string(), headers, body)
+}
+
+/// One request on a fresh connection, and its answer (the mcp bench sets up sessions with it).
+#[allow(dead_code)]
+pub async fn once(addr: std::net::SocketAddr, request: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    w.write_all(request).await.unwrap();
+    read_answer(&mut BufReader::new(r)).await
+}
+
 /// One keep-alive connection: sends `request` again and again until `until`, recording each
 /// latency; every answer must be a 200.
 async fn connection(addr: std::net::SocketAddr, request: Arc<Vec<u8>>, until: Instant) -> Vec<Duration> {
@@ -16,26 +69,11 @@ async fn connection(addr: std::net::SocketAddr, request: Arc<Vec<u8>>, until: In
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut lat = Vec::new();
-    let mut line = String::new();
     while Instant::now() < until {
         let t = Instant::now();
         w.write_all(&request).await.unwrap();
-        let mut len = 0usize;
-        line.clear();
-        r.read_line(&mut line).await.unwrap();
-        assert!(line.starts_with("HTTP/1.1 200"), "unexpected answer: {line}");
-        loop {
-            line.clear();
-            r.read_line(&mut line).await.unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0u8; len];
-        r.read_exact(&mut body).await.unwrap();
+        let (status, _, _) = read_answer(&mut r).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "unexpected answer: {status}");
         lat.push(t.elapsed());
     }
     lat
