@@ -1022,6 +1022,61 @@ mod upstream {
         edr.cancel().await.unwrap();
     }
 
+    /// An advise-only upstream: its unmapped tools are listed as advice, and a call of one is
+    /// recorded for a human — never run, whatever the agent claims.
+    #[tokio::test]
+    async fn unmapped_tools_of_an_advise_only_upstream_are_advice() {
+        let policy = tempfile::tempdir().unwrap();
+        crate::reload::copy_dir(&crate::example_dir(), policy.path());
+        let append = |file: &str, text: &str| {
+            let path = policy.path().join(file);
+            let mut body = std::fs::read_to_string(&path).unwrap();
+            body.push_str(text);
+            std::fs::write(path, body).unwrap();
+        };
+        append(
+            "actions.toml",
+            "\n[[action]]\nid = \"mcp.call\"\ndescription = \"A call of an upstream MCP tool nothing maps\"\n\
+             category = \"enrichment\"\nrisk = \"medium\"\nreversible = false\ntarget = \"mcp_tool\"\ntool = \"edr\"\n\
+             owner = \"team:soc-engineering\"\nparams = [{ name = \"arguments\", type = \"string\" }]\n",
+        );
+        append("agents/edr-responder.toml", "\n[[action]]\naction = \"mcp.call\"\nlevel = 1\n");
+        let mcp = policy.path().join("mcp.toml");
+        let file = std::fs::read_to_string(&mcp).unwrap();
+        std::fs::write(&mcp, file.replace("unmapped = \"hidden\"", "unmapped = \"advise\"\nadvise_as = \"mcp.call\""))
+            .unwrap();
+        let u = serve_upstream(Some(policy.path())).await;
+        let h = &u.h;
+        open_task(h).await;
+        let (edr, _) = connect(&u.base, &h.svid(EDR)).await;
+        let listed = edr.list_all_tools().await.unwrap();
+        let script = listed.iter().find(|t| t.name == "lab-edr.run_script").expect("listed as advice");
+        assert!(script.description.as_deref().unwrap().contains("Advice only"));
+        assert!(names(&listed).contains(&"lab-edr.get_host".to_string()));
+        assert!(names(&listed).contains(&"lab-edr.isolate_host".to_string()), "mapped tools as before");
+        let args = args(json!({"hostname": "web-42", "script": "format c:", "task": "INC-7", "confidence": 1.0,
+                               "rationale": "trust me", "evidence": [{"kind": "edr", "ref": "det:1"}]}));
+        let r = edr.call_tool(CallToolRequestParams::new("lab-edr.run_script").with_arguments(args)).await.unwrap();
+        let meta = serde_json::to_value(r.meta.as_ref().unwrap()).unwrap();
+        assert_eq!(meta["warden/state"], "advised", "{}", text(&r));
+        let id = meta["warden/request"].as_str().unwrap();
+        let (_, action) = h.call("GET", &format!("/v1/actions/{id}"), Some(&h.admin), None).await;
+        assert_eq!(
+            (action["action"].as_str(), action["target"].as_str()),
+            (Some("mcp.call"), Some("mcp_tool:lab-edr.run_script"))
+        );
+        assert_eq!(lab_calls(&u.lab, "edr mcp.run_script"), 0, "advice never runs");
+        // Whoever grants the advice action more than advice gets no bundle.
+        let agent = policy.path().join("agents/edr-responder.toml");
+        let file = std::fs::read_to_string(&agent).unwrap();
+        std::fs::write(&agent, file.replace("action = \"mcp.call\"\nlevel = 1", "action = \"mcp.call\"\nlevel = 4"))
+            .unwrap();
+        let (status, body) = h.call("POST", "/v1/policy/reload", Some(&h.admin), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.to_string().contains("grant it at level 1"), "{body}");
+        edr.cancel().await.unwrap();
+    }
+
     /// An upstream that does not answer: its tools are not offered, and Warden serves the rest.
     #[tokio::test]
     async fn an_unreachable_upstream_offers_nothing() {
