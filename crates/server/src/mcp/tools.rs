@@ -54,22 +54,7 @@ pub fn input_schema(action: &ActionClass) -> Map<String, Value> {
         json!({"type": "string", "pattern": format!("^{}:[^\\x00-\\x1f\\x7f-\\x9f]+$", action.target_kind),
                "description": format!("The {} to act on, written `{}:ID`.", action.target_kind, action.target_kind)}),
     );
-    properties.insert(
-        "task".into(),
-        json!({"type": "string", "minLength": 1, "description": "The id of the open task (incident) this call belongs to."}),
-    );
-    properties.insert(
-        "confidence".into(),
-        json!({"type": "number", "minimum": 0, "maximum": 1, "description": "How sure you are that this action is right, from 0 to 1."}),
-    );
-    properties
-        .insert("rationale".into(), json!({"type": "string", "description": "Why this action, in a sentence or two."}));
-    properties.insert(
-        "evidence".into(),
-        json!({"type": "array", "description": "What you saw: detections, alerts, log lines.",
-               "items": {"type": "object", "additionalProperties": false, "required": ["kind", "ref"],
-                         "properties": {"kind": {"type": "string"}, "ref": {"type": "string"}, "summary": {"type": "string"}}}}),
-    );
+    governance_properties(&mut properties);
     for p in &action.params {
         let mut schema = param_schema(p.ty);
         if let Some(d) = &p.description {

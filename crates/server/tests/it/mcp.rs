@@ -815,6 +815,16 @@ mod upstream {
         tools.iter().map(|t| t.name.to_string()).collect()
     }
 
+    /// A call on its own task (it may be held for a human).
+    fn call_in_background(
+        client: &RunningService<RoleClient, Client>,
+        tool: &'static str,
+        args: Map<String, Value>,
+    ) -> tokio::task::JoinHandle<Result<CallToolResult, rmcp::ServiceError>> {
+        let peer = client.peer().clone();
+        tokio::spawn(async move { peer.call_tool(CallToolRequestParams::new(tool).with_arguments(args)).await })
+    }
+
     fn isolate_args(host: &str) -> Map<String, Value> {
         args(json!({"hostname": host, "comment": "beacon", "task": "INC-7", "confidence": 0.95,
                     "rationale": "C2 beacon seen", "evidence": [{"kind": "edr", "ref": "det:1"}]}))
@@ -907,15 +917,7 @@ mod upstream {
         assert_eq!(h.call("POST", "/v1/resume", Some(&h.admin), Some(resume)).await.0, StatusCode::OK);
 
         // A critical host waits for a human; approved, the one execution goes through the upstream.
-        let held = tokio::spawn({
-            let edr = edr.clone();
-            async move {
-                edr.call_tool(
-                    CallToolRequestParams::new("lab-edr.isolate_host").with_arguments(isolate_args("db-payments-01")),
-                )
-                .await
-            }
-        });
+        let held = call_in_background(&edr, "lab-edr.isolate_host", isolate_args("db-payments-01"));
         let approval = first_pending_approval(h, &analyst).await;
         let (_, shown) = h.call("GET", &format!("/v1/approvals/{approval}"), Some(&analyst), None).await;
         assert_eq!(shown["action"], "host.isolate", "the approver sees the action class: {shown}");
@@ -993,15 +995,7 @@ mod upstream {
         open_task(h).await;
         let analyst = h.user("ana", &["soc-analyst"]);
         let (edr, _) = connect(&u.base, &h.svid(EDR)).await;
-        let held = tokio::spawn({
-            let edr = edr.clone();
-            async move {
-                edr.call_tool(
-                    CallToolRequestParams::new("lab-edr.isolate_host").with_arguments(isolate_args("db-payments-01")),
-                )
-                .await
-            }
-        });
+        let held = call_in_background(&edr, "lab-edr.isolate_host", isolate_args("db-payments-01"));
         let approval = first_pending_approval(h, &analyst).await;
         let mcp = policy.path().join("mcp.toml");
         let file = std::fs::read_to_string(&mcp).unwrap();
