@@ -429,6 +429,11 @@ pub async fn serve_with(
     delay: std::time::Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt as _;
+    // The MCP server answers in several small writes (SSE): send each at once.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router_with(keys, delay)).with_graceful_shutdown(shutdown).await
 }
 

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use client::{once, request, run};
+use client::{once, request, run, run_each};
 use serde_json::{Value, json};
 use warden_core::Bundle;
 use warden_core::audit::entry::Actor;
@@ -149,10 +149,15 @@ fn main() {
         println!("| run | requests/s | p50 | p99 | cost against its baseline |");
         println!("|---|---|---|---|---|");
         let edr = format!("authorization: Bearer {edr_token}");
-        let sid = session(addr, "/mcp", &edr).await;
         let args = json!({"task": "INC-1", "target": "host:web-43", "confidence": 0.1, "reason": "bench",
                           "rationale": "bench", "evidence": [{"kind": "edr", "ref": "det:1"}]});
-        let mcp_call = tool_call("/mcp", &edr, &sid, "host.isolate", args.clone());
+        // One MCP session per connection, as each agent process would have.
+        let mut mcp_calls = Vec::new();
+        for _ in 0..conns {
+            let sid = session(addr, "/mcp", &edr).await;
+            mcp_calls.push(tool_call("/mcp", &edr, &sid, "host.isolate", args.clone()));
+        }
+        let mcp_call = mcp_calls[0].clone();
         let mut v1_body = json!({"task": "INC-1", "action": "host.isolate", "target": "host:web-43", "confidence": 0.1,
                                  "params": {"reason": "bench"}, "rationale": "bench",
                                  "evidence": [{"kind": "edr", "ref": "det:1"}]});
@@ -172,7 +177,7 @@ fn main() {
             }
             v1_body["confidence"] = json!(0.1);
             let base = run(addr, v1.clone(), secs, conns).await;
-            let mcp = run(addr, mcp_call.clone(), secs, conns).await;
+            let mcp = run_each(addr, mcp_calls.clone(), secs).await;
             println!("| {outcome}: POST /v1/actions | {:.0} | {:?} | {:?} | 1.00 |", base.rps, base.p50, base.p99);
             println!(
                 "| {outcome}: tools/call over /mcp | {:.0} | {:?} | {:?} | **{:.2}×** |",
@@ -185,35 +190,28 @@ fn main() {
 
         // Upstream proxying: the lab's MCP server direct, then through Warden.
         let lab_auth = format!("authorization: Bearer {}", keys.edr);
-        let lab_sid = session(lab, "/edr/mcp", &lab_auth).await;
-        let direct = tool_call(
-            "/edr/mcp",
-            &lab_auth,
-            &lab_sid,
-            "enrich_alert",
-            json!({"alert_id": "ALRT-1001", "sources": ["bench"]}),
-        );
-        let (_, _, b) = once(lab, &direct).await;
-        assert_eq!(rpc(&b)["result"]["structuredContent"]["alert"], "ALRT-1001");
         let bot = format!("authorization: Bearer {bot_token}");
-        let bot_sid = session(addr, "/mcp", &bot).await;
-        let through = tool_call(
-            "/mcp",
-            &bot,
-            &bot_sid,
-            "lab-edr.enrich_alert",
-            json!({"alert_id": "ALRT-1001", "sources": ["bench"], "task": "INC-2", "confidence": 0.9}),
-        );
-        let (_, _, b) = once(addr, &through).await;
+        let (mut direct, mut through) = (Vec::new(), Vec::new());
+        for _ in 0..conns {
+            let sid = session(lab, "/edr/mcp", &lab_auth).await;
+            let args = json!({"alert_id": "ALRT-1001", "sources": ["bench"]});
+            direct.push(tool_call("/edr/mcp", &lab_auth, &sid, "enrich_alert", args));
+            let sid = session(addr, "/mcp", &bot).await;
+            let args = json!({"alert_id": "ALRT-1001", "sources": ["bench"], "task": "INC-2", "confidence": 0.9});
+            through.push(tool_call("/mcp", &bot, &sid, "lab-edr.enrich_alert", args));
+        }
+        let (_, _, b) = once(lab, &direct[0]).await;
+        assert_eq!(rpc(&b)["result"]["structuredContent"]["alert"], "ALRT-1001");
+        let (_, _, b) = once(addr, &through[0]).await;
         let answer = rpc(&b);
         assert_eq!(answer["result"]["structuredContent"]["state"], "succeeded", "{answer}");
-        let base = run(lab, direct, secs, conns).await;
+        let base = run_each(lab, direct, secs).await;
         println!(
             "| upstream direct: tools/call enrich_alert on the lab's MCP server | {:.0} | {:?} | {:?} | 1.00 |",
             base.rps, base.p50, base.p99
         );
         // The enrichment bot's budget is 5,000 executions an hour: one short run stays under it.
-        let via = run(addr, through, secs.min(3.0), conns).await;
+        let via = run_each(addr, through, secs.min(3.0)).await;
         println!(
             "| through Warden: tools/call lab-edr.enrich_alert (decided, leased, executed upstream, recorded) | {:.0} | {:?} | {:?} | **{:.2}×** |",
             via.rps,

@@ -11,8 +11,11 @@ pub async fn serve<L>(listener: L, app: App, shutdown: impl Future<Output = ()> 
 where
     L: axum::serve::Listener,
     L::Addr: std::fmt::Debug,
+    L::Io: crate::tls::NoDelay,
 {
+    use axum::serve::ListenerExt as _;
     let router = crate::router(app.clone());
+    let listener = listener.tap_io(|io| crate::tls::NoDelay::no_delay(io));
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
     // Everything answered is committed; sign whatever the last groups left unsigned.
     let tail = tokio::task::spawn_blocking(move || app.ledger().checkpoint()).await;

@@ -99,6 +99,25 @@ impl TlsListener {
     }
 }
 
+/// A connection whose small writes leave at once. An MCP answer is a stream of several small
+/// writes (SSE events, the closing chunk); with Nagle's algorithm each waited for the client's
+/// delayed ACK, ~40 ms a call.
+pub trait NoDelay {
+    fn no_delay(&self);
+}
+
+impl NoDelay for tokio::net::TcpStream {
+    fn no_delay(&self) {
+        let _ = self.set_nodelay(true);
+    }
+}
+
+impl NoDelay for TlsStream<TcpStream> {
+    fn no_delay(&self) {
+        let _ = self.get_ref().0.set_nodelay(true);
+    }
+}
+
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
     type Addr = SocketAddr;

@@ -85,7 +85,7 @@ pub fn request(method: &str, path: &str, header: &str, body: Option<&serde_json:
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     Arc::new(
         format!(
-            "{method} {path} HTTP/1.1\r\nhost: bench\r\n{header}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{header}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         )
         .into_bytes(),
@@ -102,9 +102,15 @@ pub struct Run {
 
 /// `conns` connections sending `req` for `secs` seconds.
 pub async fn run(addr: std::net::SocketAddr, req: Arc<Vec<u8>>, secs: f64, conns: usize) -> Run {
+    run_each(addr, vec![req; conns], secs).await
+}
+
+/// One connection per request in `reqs`, each sending its own for `secs` seconds (an MCP
+/// session per connection: requests in flight on one session need distinct ids).
+pub async fn run_each(addr: std::net::SocketAddr, reqs: Vec<Arc<Vec<u8>>>, secs: f64) -> Run {
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(secs);
-    let handles: Vec<_> = (0..conns).map(|_| tokio::spawn(connection(addr, req.clone(), until))).collect();
+    let handles: Vec<_> = reqs.into_iter().map(|req| tokio::spawn(connection(addr, req, until))).collect();
     let mut all = Vec::new();
     for h in handles {
         all.extend(h.await.unwrap());

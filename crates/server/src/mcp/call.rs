@@ -141,37 +141,25 @@ pub async fn call(
         warden_core::request::action_digest(&agent_id, &req.task, &req.action, &req.target.to_string(), &req.params)
             .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the request cannot be digested: {e}")))?;
 
-    // The same call again: attach to the request a held call left, or to the pending approval
-    // of the same action (a restart, another session) — never a second request.
-    let earlier = {
-        let (known, digest, token) = (pending.get(&agent_id, &digest), digest.clone(), token.clone());
-        blocking(app, move |s| {
-            token.admit(s)?;
+    // One trip to the store: admit the agent; then the same call again attaches to the
+    // request a held call left, or to the pending approval of the same action (a restart,
+    // another session) — never a second request; otherwise the pipeline decides it.
+    let answer = {
+        let (app2, known, digest) = (app.clone(), pending.get(&agent_id, &digest), digest.clone());
+        tokio::task::spawn_blocking(move || {
+            let (agent, version) = token.admit_versioned(&app2)?;
             if let Some(id) = known {
-                return pipeline::answer_of(s, &id).map(Some);
+                return pipeline::answer_of(&app2, &id);
             }
-            match crate::approvals::pending_for(s.ledger().store().as_ref(), &digest)? {
-                Some(v) => match v.approval.requests.first() {
-                    Some(id) => pipeline::answer_of(s, id).map(Some),
-                    None => Ok(None),
-                },
-                None => Ok(None),
+            let waiting = crate::approvals::pending_for(app2.ledger().store().as_ref(), &digest)?;
+            if let Some(id) = waiting.as_ref().and_then(|v| v.approval.requests.first()) {
+                return pipeline::answer_of(&app2, id);
             }
+            let recorded = std::sync::OnceLock::new();
+            pipeline::submit(&app2, &bundle, &Admitted { agent, version }, req, request_digest, via, &recorded)
         })
-        .await?
-    };
-    let answer = match earlier {
-        Some(a) => a,
-        None => {
-            let (app2, bundle) = (app.clone(), bundle.clone());
-            tokio::task::spawn_blocking(move || {
-                let (agent, version) = token.admit_versioned(&app2)?;
-                let recorded = std::sync::OnceLock::new();
-                pipeline::submit(&app2, &bundle, &Admitted { agent, version }, req, request_digest, via, &recorded)
-            })
-            .await
-            .map_err(|_| ApiError::new(Code::Internal, "a worker failed; look up the request before retrying"))??
-        }
+        .await
+        .map_err(|_| ApiError::new(Code::Internal, "a worker failed; look up the request before retrying"))??
     };
     let answer = match mode {
         Mode::Task if unsettled(&answer.state) => {
