@@ -124,17 +124,25 @@ pub enum Answered {
     Task(Box<ActionAnswer>),
 }
 
-/// Runs one tool call for `token`'s agent and answers the tool result (JSON).
+/// One tool call: who asks, the request its arguments made against `bundle` (the bundle the
+/// tool was resolved in decides it), and the upstream tool that performs it, if one does.
+#[derive(Debug)]
+pub struct ToolCall {
+    pub token: AgentToken,
+    pub bundle: std::sync::Arc<warden_core::Bundle>,
+    pub req: ActionRequest,
+    pub via: Option<String>,
+}
+
+/// Runs one tool call for its agent and answers the tool result (JSON), or a task.
 pub async fn call(
     app: &App,
     hold: &HoldOptions,
     pending: &std::sync::Arc<Pending>,
-    token: AgentToken,
-    req: ActionRequest,
-    via: Option<String>,
+    tool_call: ToolCall,
     mode: Mode<'_>,
 ) -> Result<Answered, ApiError> {
-    let bundle = app.bundle()?;
+    let ToolCall { token, bundle, req, via } = tool_call;
     let request_digest = pipeline::request_digest(&req)?;
     let agent_id = token.subject().to_string();
     let digest =

@@ -211,12 +211,12 @@ impl ServerHandler for Door {
         let wants_progress = ctx.meta.get_progress_token().is_some();
         let progress: Option<call::Progress<'_>> = if wants_progress { Some(&sink) } else { None };
         // A client that declared the tasks extension gets a task at once instead of a held call.
-        let mode = if ctx.client_capabilities().is_some_and(|c| c.supports_tasks()) {
-            call::Mode::Task
-        } else {
-            call::Mode::Hold(progress)
-        };
-        match call::call(&self.app, &self.hold, &self.pending, token, req, via, mode).await {
+        // (A session's capabilities, or a 2026-07-28 request's own, without copying them.)
+        let tasks = ctx.peer.peer_info().is_some_and(|i| i.capabilities.supports_tasks())
+            || ctx.meta.client_capabilities().is_some_and(|c| c.supports_tasks());
+        let mode = if tasks { call::Mode::Task } else { call::Mode::Hold(progress) };
+        let tool_call = call::ToolCall { token, bundle, req, via };
+        match call::call(&self.app, &self.hold, &self.pending, tool_call, mode).await {
             Ok(call::Answered::Result(v)) => Ok(tool_result(v)?.into()),
             Ok(call::Answered::Task(answer)) => {
                 let meta = json!({
