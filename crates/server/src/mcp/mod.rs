@@ -427,7 +427,10 @@ async fn metadata(State(app): State<App>, headers: axum::http::HeaderMap) -> Res
 pub fn router(app: App) -> Router {
     let options = app.mcp.clone();
     let door = Door { app: app.clone(), hold: Arc::new(options.hold.clone()), pending: Arc::default() };
+    // A call answered at once is one JSON body; one that notifies first (progress while held
+    // for a human) is an SSE stream, so nothing is lost.
     let mut config = StreamableHttpServerConfig::default()
+        .with_json_response(true)
         .with_max_request_body_bytes(crate::http::BODY_LIMIT)
         .with_allowed_origins(options.allowed_origins.clone());
     config = if options.allowed_hosts.is_empty() {
