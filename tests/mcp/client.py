@@ -149,6 +149,18 @@ async def held_then_rejected():
     print("ok   rejected: an error result naming who and why")
 
 
+async def held_then_expired():
+    # The identity responder's approvals expire in 2 s here (run.sh); the hold budget is 4 s.
+    async with Session(CFG["identity"]) as s:
+        args = {"task": "INC-7", "target": "account:jdoe", "confidence": 0.9, "reason": "impossible travel",
+                "rationale": "sign-ins from two continents",
+                "evidence": [{"kind": "idp", "ref": "risk:1"}, {"kind": "siem", "ref": "alrt:2"}]}
+        r = await s.call_tool("account.disable", args)
+        assert r.is_error and "nobody approved" in text(r), text(r)
+        assert meta(r)["warden/state"] == "expired", meta(r)
+    print("ok   expired: an error result saying nobody approved in time; nothing ran")
+
+
 async def budget_then_retry():
     # The server runs with --mcp-hold 4s: the first call answers with the pending ids.
     async with Session(CFG["edr"]) as s:
@@ -308,5 +320,5 @@ async def stdio_bridge():
 # Each scenario in its own event loop: a session the SDK fails to open (the bad token) leaves
 # a generator to be finalized, which must not cancel the next scenario's scopes.
 for scenario in [initialize_and_list, execute_deny_advise, held_then_approved, held_then_rejected,
-                 budget_then_retry, task_augmented, upstream_proxied, stdio_bridge, refused_without_a_valid_token]:
+                 held_then_expired, budget_then_retry, task_augmented, upstream_proxied, stdio_bridge, refused_without_a_valid_token]:
     asyncio.run(scenario())

@@ -23,6 +23,11 @@ for f in examples/policy/agents/*.toml; do
   "$warden" agent add "$id" --owner secops --purpose "mcp sdk test" --data "$tmp/data" > /dev/null
 done
 edr="$("$warden" agent token spiffe://acme.example/soc/edr-responder --ttl 1h --data "$tmp/data")"
+identity="$("$warden" agent token spiffe://acme.example/soc/identity-responder --ttl 1h --data "$tmp/data")"
+# The example bundle, but the identity responder's approvals expire in 2 s (the expiry scenario).
+cp -r examples/policy "$tmp/policy"
+sed -i 's/approval_expiry = "15m"/approval_expiry = "2s"/' "$tmp/policy/agents/identity-responder.toml"
+grep -q 'approval_expiry = "2s"' "$tmp/policy/agents/identity-responder.toml"
 phish="$("$warden" agent token spiffe://acme.example/soc/phish-triage --ttl 1h --data "$tmp/data")"
 analyst="$("$warden" user add ana --role soc-analyst --data "$tmp/data" --output json \
   | "$python" -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
@@ -43,7 +48,7 @@ name = "lab-edr"
 url = "http://$lab/edr/mcp"
 bearer = "secret:LAB_EDR_KEY"
 TOML
-"$warden" serve --data "$tmp/data" --policy examples/policy --listen 127.0.0.1:0 "${urls[@]}" \
+"$warden" serve --data "$tmp/data" --policy "$tmp/policy" --listen 127.0.0.1:0 "${urls[@]}" \
   --config "$tmp/serve.toml" --mcp-hold 4s > "$tmp/serve.out" 2> "$tmp/serve.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q '^listening on ' "$tmp/serve.out" && break; sleep 0.1; done
@@ -60,8 +65,8 @@ urllib.request.urlopen(req, timeout=5)
 PY
 done
 
-config="$("$python" -c 'import json,sys; print(json.dumps(dict(zip(["base","edr","phish","analyst","admin","warden","lab"], sys.argv[1:]))))' \
-  "$base" "$edr" "$phish" "$analyst" "$admin" "$(realpath "$warden")" "http://$lab")"
+config="$("$python" -c 'import json,sys; print(json.dumps(dict(zip(["base","edr","phish","analyst","admin","warden","lab","identity"], sys.argv[1:]))))' \
+  "$base" "$edr" "$phish" "$analyst" "$admin" "$(realpath "$warden")" "http://$lab" "$identity")"
 if ! "$python" tests/mcp/client.py "$config"; then
   echo "server log (last lines):" >&2
   tail -20 "$tmp/serve.log" >&2

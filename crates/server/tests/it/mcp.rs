@@ -496,6 +496,42 @@ async fn a_rejection_names_who_and_why() {
     assert!(text(&r).contains("ana") && text(&r).contains("call the DBA first"), "{}", text(&r));
 }
 
+/// Nobody approves in time: the held call answers an error saying so, and nothing ran.
+#[tokio::test]
+async fn an_expired_approval_is_a_refusal() {
+    let policy = tempfile::tempdir().unwrap();
+    crate::reload::copy_dir(&crate::example_dir(), policy.path());
+    let edr = policy.path().join("agents/edr-responder.toml");
+    let file = std::fs::read_to_string(&edr).unwrap();
+    std::fs::write(&edr, file.replace("approval_expiry = \"10m\"", "approval_expiry = \"1s\"")).unwrap();
+    let (h, base, lab) = serve_from(
+        HoldOptions {
+            budget: Duration::from_secs(20),
+            progress_every: Duration::from_secs(5),
+            ..HoldOptions::default()
+        },
+        Some(policy.path()),
+    )
+    .await;
+    tokio::spawn(warden_server::serve::sweep_approvals(h.app.clone(), Duration::from_millis(200)));
+    open_task(&h).await;
+    let (client, _) = connect(&base, &h.svid(EDR)).await;
+    let started = std::time::Instant::now();
+    let r = client
+        .call_tool(CallToolRequestParams::new("host.isolate").with_arguments(isolate("host:db-payments-01", 0.95)))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15), "answered at the expiry, not the hold budget");
+    assert_eq!(r.is_error, Some(true), "{}", text(&r));
+    assert!(text(&r).contains("nobody approved"), "{}", text(&r));
+    let meta = serde_json::to_value(r.meta.as_ref().unwrap()).unwrap();
+    assert_eq!(meta["warden/state"], "expired");
+    let calls: Value = ureq::get(&format!("{lab}/state")).call().unwrap().body_mut().read_json().unwrap();
+    assert_eq!(calls["calls"]["by_endpoint"]["edr contain"], Value::Null, "nothing ran");
+    assert_eq!(approvals(&h), 1);
+    client.cancel().await.unwrap();
+}
+
 /// Warden's own tools: an agent opens a task and reads its requests — its own only.
 #[tokio::test]
 async fn own_tools_open_a_task_and_read_an_action() {
