@@ -30,6 +30,7 @@ pub mod openapi;
 pub mod pipeline;
 pub mod policy_dir;
 pub mod serve;
+pub mod slack;
 pub mod startup;
 pub mod state;
 pub mod sweeper;

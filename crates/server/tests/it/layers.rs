@@ -43,8 +43,19 @@ fn imports() -> BTreeMap<String, (BTreeSet<String>, String)> {
 }
 
 const FRONT_DOORS: &[&str] = &["http", "openapi", "mcp"];
-const SERVICES: &[&str] =
-    &["pipeline", "approvals", "execution", "halt", "breaker", "explain", "tasks", "sweeper", "admin", "policy_dir"];
+const SERVICES: &[&str] = &[
+    "pipeline",
+    "approvals",
+    "execution",
+    "halt",
+    "breaker",
+    "explain",
+    "tasks",
+    "sweeper",
+    "admin",
+    "policy_dir",
+    "slack",
+];
 /// `notify` is here: its handle lives in the shared state, and it needs only the records.
 const FOUNDATION: &[&str] =
     &["state", "identity", "auth", "error", "input", "model", "metrics", "limits", "tls", "notify"];
