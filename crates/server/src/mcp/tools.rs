@@ -210,7 +210,6 @@ fn mapped_tool(m: &MappedTool, action: &ActionClass, upstream_tool: &Value, leve
         required.push(json!(target_arg));
     }
     required.extend([json!("task"), json!("confidence")]);
-    let enrichment = action.category == Category::Enrichment;
     let description = format!(
         "{} (upstream MCP tool `{}` of `{}`, governed by Warden as `{}` on the {} at `{}`; {} risk). Your \
          autonomy level for it is {level}: {}. A refusal comes back as an error result that names why.",
@@ -228,13 +227,7 @@ fn mapped_tool(m: &MappedTool, action: &ActionClass, upstream_tool: &Value, leve
         "title": upstream_tool["title"].as_str().unwrap_or(&action.description),
         "description": description,
         "inputSchema": {"type": "object", "properties": properties, "required": required, "additionalProperties": false},
-        "annotations": {
-            "title": action.description,
-            "readOnlyHint": enrichment,
-            "destructiveHint": !enrichment && !action.reversible,
-            "idempotentHint": enrichment,
-            "openWorldHint": true,
-        },
+        "annotations": annotations(action),
         "_meta": {"warden/level": level, "warden/action": m.action, "warden/upstream": m.upstream},
     })
 }
@@ -341,7 +334,6 @@ pub fn get_action_from(arguments: Option<Map<String, Value>>) -> Result<String, 
 }
 
 fn tool(action: &ActionClass, level: u8) -> Value {
-    let enrichment = action.category == Category::Enrichment;
     let description = format!(
         "{} (target: {}; {} risk{}). Your autonomy level for it is {level}: {}. Warden decides every call \
          against policy and records it; a refusal comes back as an error result that names why.",
@@ -356,14 +348,21 @@ fn tool(action: &ActionClass, level: u8) -> Value {
         "title": action.description,
         "description": description,
         "inputSchema": input_schema(action),
-        "annotations": {
-            "title": action.description,
-            "readOnlyHint": enrichment,
-            "destructiveHint": !enrichment && !action.reversible,
-            "idempotentHint": enrichment,
-            "openWorldHint": true,
-        },
+        "annotations": annotations(action),
         "_meta": {"warden/level": level, "warden/category": action.category.as_str(), "warden/owner": action.owner},
+    })
+}
+
+/// A tool's annotations, from the catalog: reads are read-only and idempotent, irreversible
+/// actions destructive.
+fn annotations(action: &ActionClass) -> Value {
+    let enrichment = action.category == Category::Enrichment;
+    json!({
+        "title": action.description,
+        "readOnlyHint": enrichment,
+        "destructiveHint": !enrichment && !action.reversible,
+        "idempotentHint": enrichment,
+        "openWorldHint": true,
     })
 }
 

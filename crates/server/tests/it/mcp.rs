@@ -57,12 +57,18 @@ async fn serve_from(hold: HoldOptions, policy_dir: Option<&std::path::Path>) -> 
         policy_dir: policy_dir.map(std::path::Path::to_path_buf),
         ..Default::default()
     };
+    let (h, base) = listening(options).await;
+    (h, base, url)
+}
+
+/// A harness with `options`, served on a loopback socket: the harness and its base URL.
+async fn listening(options: ServerOptions) -> (Harness, String) {
     let h = harness_options(Arc::new(SystemClock), options);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = h.router.clone();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (h, base, url)
+    (h, base)
 }
 
 async fn connect(base: &str, token: &str) -> (RunningService<RoleClient, Client>, Arc<AtomicUsize>) {
@@ -831,11 +837,7 @@ mod upstream {
             },
             ..Default::default()
         };
-        let h = harness_options(Arc::new(SystemClock), options);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let router = h.router.clone();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let (h, base) = listening(options).await;
         Upstream { h, base, lab, keys, upstreams }
     }
 
