@@ -77,12 +77,70 @@ pub fn pending_for(store: &dyn Store, digest: &str) -> Result<Option<Versioned>,
     }
 }
 
-/// Pending approvals (or those in `state`), soonest expiry first.
-pub fn list(store: &dyn Store, state: ApprovalState) -> Result<Vec<Approval>, ApiError> {
+/// Every approval in `state`, unpaged (a halt must cancel all it covers), soonest expiry first.
+pub fn all_in(store: &dyn Store, state: ApprovalState) -> Result<Vec<Approval>, ApiError> {
     let q = Query { state: Some(state.as_str().into()), ..Query::default() };
     let mut all = store.find(Table::Approvals, &q)?.iter().map(Approval::from_record).collect::<Result<Vec<_>, _>>()?;
     all.sort_by(|a, b| a.expires_ms.cmp(&b.expires_ms).then_with(|| a.id.cmp(&b.id)));
     Ok(all)
+}
+
+/// Which approvals [`page`] lists.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub state: ApprovalState,
+    pub agent: Option<String>,
+    pub action: Option<String>,
+    /// Only those this person holds one of the roles of (an inbox).
+    pub for_user: Option<User>,
+    /// Only those after this one (the previous page's last).
+    pub after: Option<warden_store::Cursor>,
+    /// At most this many (1–1000).
+    pub limit: usize,
+}
+
+/// The most approvals one [`page`] call reads looking for a person's: past it, the page ends
+/// early with a cursor, so a page costs the same however few are theirs.
+const SCAN_MAX: usize = 5_000;
+
+/// Approvals in a state, oldest first (ids begin with their creation time), one page at a
+/// time. The store's (state, id) index serves every page as one range, however deep.
+pub fn page(store: &dyn Store, f: &Filter) -> Result<crate::model::Page<Approval>, ApiError> {
+    let limit = f.limit.clamp(1, 1000);
+    let chunk = if f.for_user.is_some() { (limit * 4).max(200) } else { limit };
+    let mut q = Query {
+        state: Some(f.state.as_str().into()),
+        agent: f.agent.clone(),
+        kind: f.action.clone(),
+        order: warden_store::Order::Id,
+        after: f.after.clone(),
+        limit: chunk,
+        ..Query::default()
+    };
+    let mut items = Vec::new();
+    let mut scanned = 0;
+    loop {
+        let records = store.find(Table::Approvals, &q)?;
+        let exhausted = records.len() < chunk;
+        for r in &records {
+            scanned += 1;
+            let a = Approval::from_record(r)?;
+            if f.for_user.as_ref().is_none_or(|u| a.roles.iter().any(|role| u.has_role(role))) {
+                items.push(a);
+                if items.len() == limit {
+                    let next = warden_store::Cursor::after(r);
+                    return Ok(crate::model::Page { items, next: Some(next) });
+                }
+            }
+            q.after = Some(warden_store::Cursor::after(r));
+        }
+        if exhausted {
+            return Ok(crate::model::Page { items, next: None });
+        }
+        if scanned >= SCAN_MAX {
+            return Ok(crate::model::Page { items, next: q.after });
+        }
+    }
 }
 
 /// The changes that end `v` in `to`: the approval itself (version-checked) and each request it
@@ -164,7 +222,7 @@ pub fn cancel_where(
     now: OffsetDateTime,
 ) -> Result<Vec<String>, ApiError> {
     let mut cancelled = Vec::new();
-    for a in list(store, ApprovalState::Pending)? {
+    for a in all_in(store, ApprovalState::Pending)? {
         if !matches(&a) {
             continue;
         }
@@ -227,6 +285,37 @@ fn is_owner(user: &User, owner: &str) -> bool {
     user.id == owner || owner.strip_prefix("user:") == Some(user.id.as_str()) || user.has_role(owner)
 }
 
+/// Whether `user` may decide (approve or reject) pending approval `a` — the role it would
+/// decide in — under the roles and separation of duties. [`vote`] applies exactly this; a
+/// front door asks it only to leave out a button the server would refuse.
+pub fn may_decide(a: &Approval, user: &User) -> Result<String, ApiError> {
+    let Some(role) = a.roles.iter().find(|r| user.has_role(r)) else {
+        return Err(ApiError::new(
+            Code::MissingRole,
+            format!("approving needs one of the roles: {}", a.roles.join(", ")),
+        )
+        .details(json!({"required": a.roles})));
+    };
+    if a.separation_of_duties && is_owner(user, &a.owner) {
+        return Err(ApiError::new(
+            Code::SeparationOfDuties,
+            format!("`{}` owns agent `{}` and may not decide its requests", user.id, a.agent),
+        ));
+    }
+    Ok(role.clone())
+}
+
+/// Whether `user` may approve `a` besides [`may_decide`]: a person counts once toward the quorum.
+pub fn may_approve(a: &Approval, user: &User) -> Result<(), ApiError> {
+    if a.votes.iter().any(|x| x.user == user.id) {
+        return Err(ApiError::new(
+            Code::AlreadyVoted,
+            format!("`{}` already approved `{}`; a person counts once toward the quorum", user.id, a.id),
+        ));
+    }
+    Ok(())
+}
+
 /// Applies one human's verdict to approval `id`, under every rule; re-applied on a version
 /// conflict until it either commits or a rule refuses it.
 pub fn vote(
@@ -257,19 +346,7 @@ pub fn vote(
             }
             return Err(closed(&expired));
         }
-        let Some(role) = a.roles.iter().find(|r| user.has_role(r)) else {
-            return Err(ApiError::new(
-                Code::MissingRole,
-                format!("approving needs one of the roles: {}", a.roles.join(", ")),
-            )
-            .details(json!({"required": a.roles})));
-        };
-        if a.separation_of_duties && is_owner(user, &a.owner) {
-            return Err(ApiError::new(
-                Code::SeparationOfDuties,
-                format!("`{}` owns agent `{}` and may not decide its requests", user.id, a.agent),
-            ));
-        }
+        let role = may_decide(a, user)?;
         let actor = Actor::user(&user.id);
         let (approval, batch, transitioned) = match verdict {
             Verdict::Reject { reason } => {
@@ -279,12 +356,7 @@ pub fn vote(
                 (ended, Batch::of(changes, vec![event]), true)
             }
             Verdict::Approve { reason, lease_ttl_secs } => {
-                if a.votes.iter().any(|x| x.user == user.id) {
-                    return Err(ApiError::new(
-                        Code::AlreadyVoted,
-                        format!("`{}` already approved `{id}`; a person counts once toward the quorum", user.id),
-                    ));
-                }
+                may_approve(a, user)?;
                 let widest = a.narrowed_lease_ttl_secs.unwrap_or(a.lease_ttl_secs);
                 if let Some(ttl) = lease_ttl_secs
                     && (*ttl == 0 || *ttl > widest)
@@ -424,6 +496,45 @@ pub fn sweep(
         }
     }
     Ok(swept)
+}
+
+/// A human's verdict on approval `id`, as every front door casts it (the API, the console,
+/// Slack): the vote under every rule; when it approves, the action runs now, once — as the
+/// request that opened the approval (the identical requests folded into it share that one
+/// execution). A tool call that outlasts `answer_within` goes on; the answer is the approval
+/// as it then stands.
+pub async fn decide(
+    app: &crate::state::App,
+    user: User,
+    id: String,
+    verdict: Verdict,
+    answer_within: std::time::Duration,
+) -> Result<Voted, ApiError> {
+    let voted = crate::state::blocking(app, move |s| {
+        let store = s.ledger().store();
+        let commit = |b| s.ledger().commit(b).map(|_| ());
+        let voted = vote(store.as_ref(), &commit, &id, &user, &verdict, s.now());
+        // A vote that found the approval expired recorded the expiry: waiters must look again.
+        s.changed();
+        let voted = voted?;
+        if voted.transitioned {
+            tracing::info!(approval = %id, state = voted.approval.state.as_str(), by = %user.id, "approval decided");
+        }
+        Ok(voted)
+    })
+    .await?;
+    if voted.transitioned
+        && voted.approval.state == ApprovalState::Approved
+        && app.connector.is_some()
+        && let Some(request) = voted.approval.requests.first().cloned()
+    {
+        let running = {
+            let app = app.clone();
+            tokio::task::spawn_blocking(move || run_approved(&app, &request))
+        };
+        let _ = tokio::time::timeout(answer_within, running).await;
+    }
+    Ok(voted)
 }
 
 /// Runs an approved action once, as `request` (the one that opened the approval; the folded

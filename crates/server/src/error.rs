@@ -114,6 +114,7 @@ codes! {
     NoConnector = "no_connector", 422, "the server has no connectors configured";
     InvalidHalt = "invalid_halt", 422, "the halt's scope, id or expiry is not valid";
     InvalidSince = "invalid_since", 422, "`since` is not a duration such as `15m`";
+    InvalidCursor = "invalid_cursor", 422, "`after` is not a cursor the list gave (its `Link: rel=\"next\"`)";
     RateLimited = "rate_limited", 429, "the agent exceeds its requests per second";
     RollbackFailed = "rollback_failed", 502, "the tool refused the compensation";
     StoreUnavailable = "store_unavailable", 503, "the store is unavailable; nothing was done";

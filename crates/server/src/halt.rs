@@ -138,7 +138,7 @@ pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Ha
             }
         }
         let mut cancelled = Vec::new();
-        for a in approvals::list(store.as_ref(), approvals::ApprovalState::Pending)? {
+        for a in approvals::all_in(store.as_ref(), approvals::ApprovalState::Pending)? {
             if !halt.matches(&a.agent, &a.action, now) {
                 continue;
             }

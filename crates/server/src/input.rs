@@ -44,6 +44,39 @@ pub const MAX_TTL_SECS: u64 = 86_400;
 /// The oldest `since` a listing looks back: ten years.
 pub const MAX_SINCE_SECS: u64 = 3650 * 86_400;
 
+/// A page cursor of a list ordered by time: the last item's time (Unix ms) and id.
+pub const TIME_CURSOR: &str = "^[0-9]{1,15}[.][A-Za-z0-9_-]{1,128}$";
+
+/// A page cursor of a list ordered by id: the last item's id.
+pub const ID_CURSOR: &str = "^[A-Za-z0-9_-]{1,128}$";
+
+/// The cursor text after a record: `AT.ID` (time order) or `ID` (id order).
+pub fn cursor_text(c: &warden_store::Cursor, order: warden_store::Order) -> String {
+    match (order, c.at) {
+        (warden_store::Order::At, Some(at)) => format!("{at}.{}", c.id),
+        _ => c.id.clone(),
+    }
+}
+
+/// Parses `after` as [`cursor_text`] wrote it for `order`; else 422 `invalid_cursor`.
+pub fn cursor(text: &str, order: warden_store::Order) -> Result<warden_store::Cursor, ApiError> {
+    let bad = || ApiError::new(Code::InvalidCursor, format!("`{text}` is not a cursor of this list"));
+    let id_ok = |id: &str| {
+        (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    match order {
+        warden_store::Order::Id if id_ok(text) => Ok(warden_store::Cursor { at: None, id: text.to_string() }),
+        warden_store::Order::Id => Err(bad()),
+        warden_store::Order::At => {
+            let (at, id) = text.split_once('.').ok_or_else(bad)?;
+            if at.is_empty() || at.len() > 15 || !at.bytes().all(|b| b.is_ascii_digit()) || !id_ok(id) {
+                return Err(bad());
+            }
+            Ok(warden_store::Cursor { at: Some(at.parse().map_err(|_| bad())?), id: id.to_string() })
+        }
+    }
+}
+
 /// `value` if `lo ≤ value ≤ hi`; else 422 `invalid_request` naming the parameter.
 pub fn in_range(name: &str, value: u64, lo: u64, hi: u64) -> Result<u64, ApiError> {
     if (lo..=hi).contains(&value) {
@@ -230,6 +263,20 @@ mod tests {
                 let re = Regex::new(&duration_pattern(min, max)).unwrap();
                 prop_assert_eq!(re.is_match(&text), duration("t", &text, min, max).is_ok(), "`{}` in {}..={}", text, min, max);
             }
+        }
+
+        /// The cursor patterns and the parsers agree, and a cursor written is read back.
+        #[test]
+        fn cursor_patterns_are_the_parsers(text in "[0-9]{0,17}[.]?[A-Za-z0-9_.é -]{0,6}", at in 0i64..999_999_999_999_999, id in "[A-Za-z0-9_-]{1,20}") {
+            use warden_store::{Cursor, Order};
+            for (order, pattern) in [(Order::At, TIME_CURSOR), (Order::Id, ID_CURSOR)] {
+                let re = Regex::new(pattern).unwrap();
+                prop_assert_eq!(re.is_match(&text), cursor(&text, order).is_ok(), "`{}` {:?}", text, order);
+            }
+            let c = Cursor { at: Some(at), id: id.clone() };
+            prop_assert_eq!(cursor(&cursor_text(&c, Order::At), Order::At).unwrap(), c);
+            let c = Cursor { at: None, id };
+            prop_assert_eq!(cursor(&cursor_text(&c, Order::Id), Order::Id).unwrap(), c);
         }
 
         #[test]

@@ -33,6 +33,13 @@ pub fn new_id(prefix: &str) -> Result<String, ApiError> {
     Ok(format!("{prefix}_{:012x}{}", ms & 0xffff_ffff_ffff, b.iter().map(|x| format!("{x:02x}")).collect::<String>()))
 }
 
+/// One page of a list, and where the next one starts (`None`: this is the last).
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<warden_store::Cursor>,
+}
+
 /// A typed record: its table, its body and its indexed keys.
 pub trait Model: Serialize + DeserializeOwned {
     const TABLE: Table;
@@ -219,7 +226,13 @@ impl Model for ActionRecord {
         &self.id
     }
     fn record(&self) -> Record {
-        let mut r = self.bare_record().agent(&self.agent).task(&self.task).state(&self.state).at(self.created_ms);
+        let mut r = self
+            .bare_record()
+            .agent(&self.agent)
+            .task(&self.task)
+            .state(&self.state)
+            .kind(&self.action)
+            .at(self.created_ms);
         r.key = self.idempotency_key.as_deref().map(|k| Self::idempotency_index(&self.agent, k));
         r
     }
@@ -376,7 +389,8 @@ impl Model for Approval {
         &self.id
     }
     fn record(&self) -> Record {
-        let mut r = self.bare_record().agent(&self.agent).task(&self.task).state(self.state.as_str());
+        let mut r =
+            self.bare_record().agent(&self.agent).task(&self.task).state(self.state.as_str()).kind(&self.action);
         // Only a pending approval holds its fold key, so a new one can open once it ends. Its
         // `at` is when the sweeper is next due, so a sweep reads only what is due; an ended
         // one's is its expiry.

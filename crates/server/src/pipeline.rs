@@ -612,35 +612,45 @@ pub fn lookup(s: &AppState, id: &str, caller: &Caller) -> Result<ActionAnswer, A
 pub struct Recent {
     pub task: Option<String>,
     pub agent: Option<String>,
+    /// The action class (`host.isolate`).
+    pub action: Option<String>,
     pub state: Option<String>,
     /// Only requests of the last this many seconds.
     pub since_secs: Option<u64>,
+    /// Only requests older than this one (the previous page's last).
+    pub after: Option<warden_store::Cursor>,
     /// At most this many (clamped to 1–1000).
     pub limit: usize,
 }
 
-/// Recorded requests, newest first.
-pub fn recent(s: &AppState, f: Recent) -> Result<Vec<ActionAnswer>, ApiError> {
+/// Recorded requests, newest first, one page at a time: each filter has an index ending in
+/// (time, id), so a page is one index range however deep it is.
+pub fn recent(s: &AppState, f: Recent) -> Result<crate::model::Page<ActionAnswer>, ApiError> {
     let store = s.ledger().store();
     let at_from =
         f.since_secs.map(|secs| millis(s.now() - Duration::seconds(i64::try_from(secs).unwrap_or(i64::MAX / 2))));
+    let limit = f.limit.clamp(1, 1000);
     let query = Query {
         task: f.task,
         agent: f.agent,
+        kind: f.action,
         state: f.state,
         at_from,
         descending: true,
-        limit: f.limit.clamp(1, 1000),
+        after: f.after,
+        limit,
         ..Query::default()
     };
-    let mut out = Vec::new();
-    for r in store.find(Table::Requests, &query)? {
-        let a = ActionRecord::from_record(&r)?;
+    let records = store.find(Table::Requests, &query)?;
+    let next = if records.len() == limit { records.last().map(warden_store::Cursor::after) } else { None };
+    let mut items = Vec::with_capacity(records.len());
+    for r in &records {
+        let a = ActionRecord::from_record(r)?;
         if let Some(d) = store.get(Table::Decisions, &a.id)? {
-            out.push(full_answer(store.as_ref(), &a, &DecisionRecord::from_record(&d)?)?);
+            items.push(full_answer(store.as_ref(), &a, &DecisionRecord::from_record(&d)?)?);
         }
     }
-    Ok(out)
+    Ok(crate::model::Page { items, next })
 }
 
 /// The decision `agent` would get for `req` now, recorded nowhere (a dry run). An agent not

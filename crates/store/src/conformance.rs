@@ -27,6 +27,7 @@ pub fn run_all(fresh: &dyn Fn() -> Arc<dyn Store>) {
     records_insert_get_and_conflict(&*fresh());
     updates_are_optimistic(&*fresh());
     find_filters_and_orders(&*fresh());
+    pages_follow_a_cursor_through_inserts(&*fresh());
     budget_usage_counts_hits_and_distinct_targets(&*fresh());
     a_conflicting_batch_leaves_nothing_and_spares_its_group(&*fresh());
     preconditions_hold_or_the_batch_conflicts(&*fresh());
@@ -209,6 +210,83 @@ pub fn find_filters_and_orders(store: &dyn Store) {
     assert_eq!(count(Query { at_from: Some(98), at_to: Some(100), ..Query::default() }), 2);
     assert_eq!(count(Query { agent: Some("a3".into()), ..Query::default() }), 0);
     assert_eq!(store.count(Table::Leases, &Query::default()).unwrap(), 0);
+}
+
+/// Keyset pages: every record exactly once, in order, under both orders and directions, with
+/// filters (the action class among them), however records are inserted between pages.
+pub fn pages_follow_a_cursor_through_inserts(store: &dyn Store) {
+    use crate::{Cursor, Order};
+    // Ties on `at` on purpose: the id breaks them.
+    let rec = |i: usize, at: i64| {
+        Record::new(Table::Requests, format!("r{i:03}"), json!({}))
+            .agent(if i.is_multiple_of(3) { "a0" } else { "a1" })
+            .kind(if i.is_multiple_of(2) { "edr.isolate" } else { "idp.disable" })
+            .state("succeeded")
+            .at(at)
+    };
+    let mut batch = Batch::new();
+    for i in 0..40 {
+        batch = batch.change(Change::Insert(rec(i, (i / 4) as i64 * 10)));
+    }
+    commit(store, batch).unwrap();
+    let walk = |base: Query, page: usize, insert_from: Option<usize>| -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut after = None;
+        let mut extra = insert_from;
+        loop {
+            let q = Query { after: after.clone(), limit: page, ..base.clone() };
+            let got = store.find(Table::Requests, &q).unwrap();
+            assert!(got.len() <= page);
+            // Records inserted between pages, before and after the cursor: none may shift
+            // the next page.
+            if let Some(n) = extra.as_mut() {
+                let b = Batch::new().change(Change::Insert(rec(*n, -5))).change(Change::Insert(rec(*n + 1, 1_000)));
+                commit(store, b).unwrap();
+                *n += 2;
+            }
+            match got.last() {
+                Some(last) => after = Some(Cursor::after(last)),
+                None => break,
+            }
+            seen.extend(got.into_iter().map(|r| r.id));
+        }
+        seen
+    };
+    let all =
+        |q: Query| -> Vec<String> { store.find(Table::Requests, &q).unwrap().into_iter().map(|r| r.id).collect() };
+    for descending in [false, true] {
+        for order in [Order::At, Order::Id] {
+            for base in [
+                Query { descending, order, ..Query::default() },
+                Query { descending, order, agent: Some("a1".into()), ..Query::default() },
+                Query { descending, order, kind: Some("edr.isolate".into()), ..Query::default() },
+                Query { descending, order, state: Some("succeeded".into()), at_from: Some(20), ..Query::default() },
+            ] {
+                let whole = all(base.clone());
+                assert!(!whole.is_empty());
+                for page in [1, 3, 7, 100] {
+                    assert_eq!(walk(base.clone(), page, None), whole, "pages of {page} under {base:?}");
+                }
+            }
+        }
+    }
+    assert_eq!(all(Query { kind: Some("edr.isolate".into()), ..Query::default() }).len(), 20);
+    assert_eq!(
+        store.count(Table::Requests, &Query { kind: Some("idp.disable".into()), ..Query::default() }).unwrap(),
+        20
+    );
+    let by_id = all(Query { order: Order::Id, ..Query::default() });
+    assert_eq!(by_id.first().map(String::as_str), Some("r000"));
+    // Walking newest first while records arrive at both ends: the walk is the snapshot's
+    // records from the cursor on, plus (ascending) the ones inserted past it.
+    let before = all(Query { descending: true, ..Query::default() });
+    let walked = walk(Query { descending: true, ..Query::default() }, 5, Some(100));
+    let old_new: Vec<String> = walked.iter().filter(|id| id.as_str() < "r100").cloned().collect();
+    assert_eq!(old_new, before, "records inserted meanwhile never shift or repeat a page");
+    let mut dedup = walked.clone();
+    dedup.sort();
+    dedup.dedup();
+    assert_eq!(dedup.len(), walked.len(), "no record twice");
 }
 
 pub fn budget_usage_counts_hits_and_distinct_targets(store: &dyn Store) {

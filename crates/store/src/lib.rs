@@ -29,11 +29,11 @@ use warden_core::audit::merkle::{Hash, TreeReader};
 
 pub use data_dir::{DataDir, DataDirError};
 pub use ledger::{Clock, GroupStats, Ledger, LedgerOptions, ManualClock, SystemClock};
-pub use records::{Change, Query, Record, Table};
+pub use records::{Change, Cursor, Order, Query, Record, Table};
 pub use sqlite::SqliteStore;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Why the store could not do what was asked. Nothing was changed when an error is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -64,13 +64,26 @@ pub struct Record {
     pub key: Option<String>,
     /// The time the table orders by (Unix milliseconds): creation, expiry…
     pub at: Option<i64>,
+    /// The action class of a record about one action (a request, an approval), when it has one.
+    pub kind: Option<String>,
     pub body: Value,
 }
 
 impl Record {
     /// A new record (version 0 until inserted) with no keys.
     pub fn new(table: Table, id: impl Into<String>, body: Value) -> Self {
-        Record { table, id: id.into(), version: 0, agent: None, task: None, state: None, key: None, at: None, body }
+        Record {
+            table,
+            id: id.into(),
+            version: 0,
+            agent: None,
+            task: None,
+            state: None,
+            key: None,
+            at: None,
+            kind: None,
+            body,
+        }
     }
     pub fn agent(mut self, v: impl Into<String>) -> Self {
         self.agent = Some(v.into());
@@ -90,6 +103,10 @@ impl Record {
     }
     pub fn at(mut self, ms: i64) -> Self {
         self.at = Some(ms);
+        self
+    }
+    pub fn kind(mut self, v: impl Into<String>) -> Self {
+        self.kind = Some(v.into());
         self
     }
 }
@@ -132,12 +149,43 @@ pub struct Query {
     pub task: Option<String>,
     pub state: Option<String>,
     pub key: Option<String>,
+    pub kind: Option<String>,
     /// `at` ≥ this (records without `at` never match a time bound).
     pub at_from: Option<i64>,
     /// `at` < this.
     pub at_to: Option<i64>,
     /// Newest first instead of oldest first.
     pub descending: bool,
+    /// What orders the results (ties broken by id).
+    pub order: Order,
+    /// Keyset pagination: only records after this one in the query's order (strictly after
+    /// its `at` and id, or its id alone under [`Order::Id`]) — the last record of the previous
+    /// page. Records inserted meanwhile never shift a page.
+    pub after: Option<Cursor>,
     /// At most this many (0: no limit).
     pub limit: usize,
+}
+
+/// The order of [`Store::find`]'s results.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    /// By `at`, then id (records without `at` first).
+    #[default]
+    At,
+    /// By id alone: creation order for ids that begin with their time, as Warden's do.
+    Id,
+}
+
+/// Where a page ends: the last record's `at` and id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub at: Option<i64>,
+    pub id: String,
+}
+
+impl Cursor {
+    /// The cursor after `r`.
+    pub fn after(r: &Record) -> Self {
+        Cursor { at: r.at, id: r.id.clone() }
+    }
 }

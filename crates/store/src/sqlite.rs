@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use warden_core::audit::merkle::{Frontier, Hash, TreeReader, leaf_hash};
 
 use crate::{
-    AuditLog, Batch, Change, EntryBuilder, Query, Record, SCHEMA_VERSION, Seal, Store, StoreError, StoredEntry, Table,
-    Usage, UsageLimits,
+    AuditLog, Batch, Change, EntryBuilder, Order, Query, Record, SCHEMA_VERSION, Seal, Store, StoreError, StoredEntry,
+    Table, Usage, UsageLimits,
 };
 
 const AUDIT_TABLES: &str = "
@@ -69,6 +69,35 @@ const BUDGET_SUMMARIES: &str = "
         SELECT agent, action, target, max(at) FROM budget_hits GROUP BY agent, action, target;
 ";
 
+/// Lists page through the tables by keyset (`at`, id) and filter by action class: every
+/// filter's index carries the order's columns, so a page is one index range however deep, and
+/// `kind` (the action class, taken from the stored bodies) is a column of its own.
+fn paging() -> String {
+    let mut sql = String::new();
+    for t in Table::ALL {
+        let n = t.name();
+        sql.push_str(&format!(
+            "ALTER TABLE {n} ADD COLUMN kind TEXT;
+             DROP INDEX {n}_by_agent;
+             DROP INDEX {n}_by_task;
+             DROP INDEX {n}_by_state;
+             CREATE INDEX {n}_by_agent ON {n} (agent, at, id);
+             CREATE INDEX {n}_by_task ON {n} (task, at, id);
+             CREATE INDEX {n}_by_state ON {n} (state, at, id);"
+        ));
+    }
+    for t in [Table::Requests, Table::Approvals] {
+        let n = t.name();
+        sql.push_str(&format!(
+            "UPDATE {n} SET kind = json_extract(body, '$.action');
+             CREATE INDEX {n}_by_at ON {n} (at, id);
+             CREATE INDEX {n}_by_kind ON {n} (kind, at, id);
+             CREATE INDEX {n}_by_state_id ON {n} (state, id);"
+        ));
+    }
+    sql
+}
+
 /// Milliseconds per budget summary bucket.
 const MINUTE_MS: i64 = 60_000;
 
@@ -78,6 +107,7 @@ fn migration(i: u32) -> Option<String> {
         0 => Some(AUDIT_TABLES.to_string()),
         1 => Some(state_tables()),
         2 => Some(BUDGET_SUMMARIES.to_string()),
+        3 => Some(paging()),
         _ => None,
     }
 }
@@ -218,7 +248,8 @@ fn apply(tx: &Transaction<'_>, change: &Change, body: Option<&str>) -> Result<()
     match change {
         Change::Insert(r) => {
             let sql = format!(
-                "INSERT INTO {} (id, version, agent, task, state, key, at, body) VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO {} (id, version, agent, task, state, key, at, body, kind)
+                 VALUES (?1, 1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 r.table.name()
             );
             let res = tx.prepare_cached(&sql)?.execute(params![
@@ -228,7 +259,8 @@ fn apply(tx: &Transaction<'_>, change: &Change, body: Option<&str>) -> Result<()
                 r.state,
                 r.key,
                 r.at,
-                body_text(r, body)?.as_ref()
+                body_text(r, body)?.as_ref(),
+                r.kind
             ]);
             match res {
                 Ok(_) => Ok(()),
@@ -238,7 +270,8 @@ fn apply(tx: &Transaction<'_>, change: &Change, body: Option<&str>) -> Result<()
         }
         Change::Update(r) => {
             let sql = format!(
-                "UPDATE {} SET version = version + 1, agent = ?3, task = ?4, state = ?5, key = ?6, at = ?7, body = ?8
+                "UPDATE {} SET version = version + 1, agent = ?3, task = ?4, state = ?5, key = ?6, at = ?7, body = ?8,
+                               kind = ?9
                  WHERE id = ?1 AND version = ?2",
                 r.table.name()
             );
@@ -250,7 +283,8 @@ fn apply(tx: &Transaction<'_>, change: &Change, body: Option<&str>) -> Result<()
                 r.state,
                 r.key,
                 r.at,
-                body_text(r, body)?.as_ref()
+                body_text(r, body)?.as_ref(),
+                r.kind
             ]);
             match res {
                 Ok(1) => Ok(()),
@@ -374,7 +408,9 @@ fn batch_level(e: &StoreError) -> bool {
 fn filter(q: &Query) -> (String, Vec<rusqlite::types::Value>) {
     let mut sql = String::from("1 = 1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    for (column, value) in [("agent", &q.agent), ("task", &q.task), ("state", &q.state), ("key", &q.key)] {
+    for (column, value) in
+        [("agent", &q.agent), ("task", &q.task), ("state", &q.state), ("key", &q.key), ("kind", &q.kind)]
+    {
         if let Some(v) = value {
             args.push(v.clone().into());
             sql.push_str(&format!(" AND {column} = ?{}", args.len()));
@@ -387,6 +423,22 @@ fn filter(q: &Query) -> (String, Vec<rusqlite::types::Value>) {
     if let Some(to) = q.at_to {
         args.push(to.into());
         sql.push_str(&format!(" AND at < ?{}", args.len()));
+    }
+    if let Some(after) = &q.after {
+        let cmp = if q.descending { "<" } else { ">" };
+        args.push(after.id.clone().into());
+        let id = args.len();
+        match (q.order, after.at) {
+            (Order::Id, _) => sql.push_str(&format!(" AND id {cmp} ?{id}")),
+            // A row value, so the index's (at, id) range is sought, not scanned. Rows without
+            // `at` (first ascending, last descending) are not paged past.
+            (Order::At, Some(at)) => {
+                args.push(at.into());
+                sql.push_str(&format!(" AND (at, id) {cmp} (?{}, ?{id})", args.len()));
+            }
+            (Order::At, None) if q.descending => sql.push_str(&format!(" AND at IS NULL AND id < ?{id}")),
+            (Order::At, None) => sql.push_str(&format!(" AND (at IS NOT NULL OR id > ?{id})")),
+        }
     }
     (sql, args)
 }
@@ -402,6 +454,7 @@ fn read_record(table: Table, r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> 
         state: r.get(4)?,
         key: r.get(5)?,
         at: r.get(6)?,
+        kind: r.get(8)?,
         body: serde_json::from_str(&body)
             .map_err(|e| rusqlite::Error::FromSqlConversionFailure(7, rusqlite::types::Type::Text, Box::new(e)))?,
     })
@@ -615,8 +668,10 @@ impl Store for SqliteStore {
 
     fn get(&self, table: Table, id: &str) -> Result<Option<Record>, StoreError> {
         self.read(|c| {
-            let sql =
-                format!("SELECT id, version, agent, task, state, key, at, body FROM {} WHERE id = ?1", table.name());
+            let sql = format!(
+                "SELECT id, version, agent, task, state, key, at, body, kind FROM {} WHERE id = ?1",
+                table.name()
+            );
             Ok(c.prepare_cached(&sql)?.query_row([id], |r| read_record(table, r)).optional()?)
         })
     }
@@ -624,9 +679,12 @@ impl Store for SqliteStore {
     fn find(&self, table: Table, q: &Query) -> Result<Vec<Record>, StoreError> {
         let (filter, args) = filter(q);
         let mut sql =
-            format!("SELECT id, version, agent, task, state, key, at, body FROM {} WHERE {filter}", table.name());
+            format!("SELECT id, version, agent, task, state, key, at, body, kind FROM {} WHERE {filter}", table.name());
         let dir = if q.descending { "DESC" } else { "ASC" };
-        sql.push_str(&format!(" ORDER BY at {dir}, id {dir}"));
+        match q.order {
+            Order::At => sql.push_str(&format!(" ORDER BY at {dir}, id {dir}")),
+            Order::Id => sql.push_str(&format!(" ORDER BY id {dir}")),
+        }
         if q.limit > 0 {
             sql.push_str(&format!(" LIMIT {}", q.limit));
         }

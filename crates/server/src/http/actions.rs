@@ -237,28 +237,42 @@ pub struct ListQuery {
     pub task: Option<String>,
     /// The agent's SPIFFE ID.
     pub agent: Option<String>,
+    /// The action class (`host.isolate`).
+    pub action: Option<String>,
     /// A request state (`succeeded`, `pending_approval`, …).
     pub state: Option<String>,
     /// Only requests of the last `since` (`30m`, `1h`, `7d`; at most `3650d`).
     #[param(schema_with = since_schema)]
     pub since: Option<String>,
+    /// The next page: the cursor from the previous page's `Link: rel="next"`.
+    #[param(schema_with = action_cursor_schema)]
+    pub after: Option<String>,
     /// At most this many, newest first (1–1000, default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
 }
 
-/// Requests, newest first (humans): by task, agent, state and age — what `warden rollback
+fn action_cursor_schema() -> utoipa::openapi::schema::Object {
+    input::text(
+        input::TIME_CURSOR,
+        "The next page: the cursor from the previous page's `Link: rel=\"next\"`.",
+        "1764500000000.act_0193c2a1b2c3d4e5f6a7b8c9d0e1",
+    )
+}
+
+/// Requests, newest first (humans): by task, agent, action, state and age, a page at a time
+/// (the next page's address is in `Link: <…>; rel="next"`) — what `warden rollback
 /// --task`/`--agent` pick from.
 #[utoipa::path(get, path = "/v1/actions", tag = "actions", security(("bearer" = [])), params(ListQuery),
     responses(
-        (status = 200, body = Vec<ActionAnswer>),
-        (status = 422, description = "`invalid_since`, `invalid_request` (`limit` outside 1–1000)", body = crate::error::ErrorBody),
+        (status = 200, body = Vec<ActionAnswer>, headers(("Link" = String, description = "`<…>; rel=\"next\"`: the next page, when there is one"))),
+        (status = 422, description = "`invalid_since`, `invalid_cursor`, `invalid_request` (`limit` outside 1–1000)", body = crate::error::ErrorBody),
     ))]
 pub async fn list(
     State(app): State<App>,
     _: crate::auth::HumanCaller,
     super::extract::ApiQuery(q): super::extract::ApiQuery<ListQuery>,
-) -> ApiResult<Json<Vec<ActionAnswer>>> {
+) -> ApiResult<(axum::http::HeaderMap, Json<Vec<ActionAnswer>>)> {
     let since = match &q.since {
         None => None,
         Some(t) => Some(
@@ -266,9 +280,27 @@ pub async fn list(
         ),
     };
     let limit = input::in_range("limit", q.limit.unwrap_or(100), 1, 1000)?;
-    let filter =
-        pipeline::Recent { task: q.task, agent: q.agent, state: q.state, since_secs: since, limit: limit as usize };
-    blocking(&app, move |s| pipeline::recent(s, filter).map(Json)).await
+    let after = q.after.as_deref().map(|a| input::cursor(a, warden_store::Order::At)).transpose()?;
+    let filter = pipeline::Recent {
+        task: q.task.clone(),
+        agent: q.agent.clone(),
+        action: q.action.clone(),
+        state: q.state.clone(),
+        since_secs: since,
+        after,
+        limit: limit as usize,
+    };
+    let page = blocking(&app, move |s| pipeline::recent(s, filter)).await?;
+    let next = page.next.map(|c| input::cursor_text(&c, warden_store::Order::At));
+    let query = [
+        ("task", q.task),
+        ("agent", q.agent),
+        ("action", q.action),
+        ("state", q.state),
+        ("since", q.since),
+        ("limit", Some(limit.to_string())),
+    ];
+    Ok((super::extract::next_link("/v1/actions", &query, next), Json(page.items)))
 }
 
 /// The accountability chain of one action (humans): trigger, agent, request, decision,

@@ -18,6 +18,27 @@ pub struct ListQuery {
     #[serde(default)]
     #[param(value_type = Option<ApprovalState>)]
     pub state: Option<ApprovalState>,
+    /// Only this agent's (SPIFFE ID).
+    pub agent: Option<String>,
+    /// Only this action class's.
+    pub action: Option<String>,
+    /// Only the approvals the caller holds one of the roles of (an inbox).
+    #[serde(default)]
+    pub mine: Option<bool>,
+    /// The next page: the cursor from the previous page's `Link: rel="next"`.
+    #[param(schema_with = approval_cursor_schema)]
+    pub after: Option<String>,
+    /// At most this many, oldest first (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u64>,
+}
+
+fn approval_cursor_schema() -> utoipa::openapi::schema::Object {
+    crate::input::text(
+        crate::input::ID_CURSOR,
+        "The next page: the cursor from the previous page's `Link: rel=\"next\"`.",
+        "apr_0193c2a1b2c3d4e5f6a7b8c9d0e1",
+    )
 }
 
 /// An approval with the requesting agent's track record for the action.
@@ -63,16 +84,39 @@ fn view(s: &AppState, approval: Approval) -> Result<ApprovalView, ApiError> {
     Ok(ApprovalView { approval, track_record })
 }
 
-/// The inbox: approvals in a state (default `pending`), soonest expiry first.
+/// The inbox: approvals in a state (default `pending`), oldest first, a page at a time (the
+/// next page's address is in `Link: <…>; rel="next"`).
 #[utoipa::path(get, path = "/v1/approvals", tag = "approvals", security(("bearer" = [])), params(ListQuery),
-    responses((status = 200, body = Vec<Approval>)))]
+    responses(
+        (status = 200, body = Vec<Approval>, headers(("Link" = String, description = "`<…>; rel=\"next\"`: the next page, when there is one"))),
+        (status = 422, description = "`invalid_cursor`, `invalid_request` (`limit` outside 1–1000)", body = ErrorBody),
+    ))]
 pub async fn list(
     State(app): State<App>,
-    _: HumanCaller,
+    human: HumanCaller,
     ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Vec<Approval>>> {
+) -> ApiResult<(axum::http::HeaderMap, Json<Vec<Approval>>)> {
     let state = q.state.unwrap_or(ApprovalState::Pending);
-    blocking(&app, move |s| approvals::list(s.ledger().store().as_ref(), state).map(Json)).await
+    let limit = crate::input::in_range("limit", q.limit.unwrap_or(100), 1, 1000)?;
+    let after = q.after.as_deref().map(|a| crate::input::cursor(a, warden_store::Order::Id)).transpose()?;
+    let filter = approvals::Filter {
+        state,
+        agent: q.agent.clone(),
+        action: q.action.clone(),
+        for_user: q.mine.unwrap_or(false).then(|| human.0.clone()),
+        after,
+        limit: limit as usize,
+    };
+    let page = blocking(&app, move |s| approvals::page(s.ledger().store().as_ref(), &filter)).await?;
+    let next = page.next.map(|c| crate::input::cursor_text(&c, warden_store::Order::Id));
+    let query = [
+        ("state", Some(state.as_str().to_string())),
+        ("agent", q.agent),
+        ("action", q.action),
+        ("mine", q.mine.map(|m| m.to_string())),
+        ("limit", Some(limit.to_string())),
+    ];
+    Ok((super::extract::next_link("/v1/approvals", &query, next), Json(page.items)))
 }
 
 /// One approval, with the agent's track record for this action (last 30 days).
@@ -96,34 +140,8 @@ pub async fn show(
 }
 
 async fn decide(app: App, human: HumanCaller, id: String, verdict: Verdict) -> ApiResult<Json<ApprovalView>> {
-    let voted = blocking(&app, move |s| {
-        let store = s.ledger().store();
-        let commit = |b| s.ledger().commit(b).map(|_| ());
-        let voted = approvals::vote(store.as_ref(), &commit, &id, &human.0, &verdict, s.now());
-        // A vote that found the approval expired recorded the expiry: waiters must look again.
-        s.changed();
-        let voted = voted?;
-        if voted.transitioned {
-            tracing::info!(approval = %id, state = voted.approval.state.as_str(), by = %human.0.id, "approval decided");
-        }
-        Ok(voted)
-    })
-    .await?;
-    // Approved: the action runs now, once — as the request that opened the approval; the
-    // identical requests folded into it share that one execution. A tool call that outlasts
-    // the answer's time goes on; the approver is answered with the approval as it stands.
-    if voted.transitioned
-        && voted.approval.state == ApprovalState::Approved
-        && app.connector.is_some()
-        && let Some(request) = voted.approval.requests.first().cloned()
-    {
-        let running = {
-            let app = app.clone();
-            tokio::task::spawn_blocking(move || approvals::run_approved(&app, &request))
-        };
-        let _ = tokio::time::timeout(super::extract::answer_within(&app), running).await;
-    }
-    let approval = voted.approval;
+    let within = super::extract::answer_within(&app);
+    let approval = approvals::decide(&app, human.0, id, verdict, within).await?.approval;
     blocking(&app, move |s| view(s, approval).map(Json)).await
 }
 

@@ -16,6 +16,24 @@ pub fn answer_within(app: &crate::state::AppState) -> std::time::Duration {
     app.limits.timeout.mul_f64(0.8)
 }
 
+/// The `Link: <…>; rel="next"` header (RFC 8288) of a list page: the same query with `after`
+/// set to the next page's cursor. No header on the last page.
+pub fn next_link(path: &str, query: &[(&str, Option<String>)], after: Option<String>) -> axum::http::HeaderMap {
+    let mut headers = axum::http::HeaderMap::new();
+    if let Some(after) = after {
+        let pairs: Vec<(&str, String)> = query
+            .iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (*k, v)))
+            .chain(std::iter::once(("after", after)))
+            .collect();
+        let qs = serde_urlencoded::to_string(pairs).unwrap_or_default();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&format!("<{path}?{qs}>; rel=\"next\"")) {
+            headers.insert(axum::http::header::LINK, v);
+        }
+    }
+    headers
+}
+
 /// JSON bodies whose rejections are API errors (400 malformed, 413 too large, 415).
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);

@@ -457,3 +457,56 @@ async fn inputs_are_refused_exactly_where_the_document_says() {
     let no_roles = json!({"id": "carol", "roles": []});
     assert_eq!(code(&h.call("POST", "/v1/users", admin, Some(no_roles)).await), refused(invalid, "invalid_request"));
 }
+
+/// `GET /v1/actions` pages newest first through `Link: rel="next"`: every request once, the
+/// same as one big page, with the filters kept — and requests recorded between pages neither
+/// repeat nor shift a page.
+#[tokio::test]
+async fn the_action_list_pages_newest_first_by_cursor() {
+    let h = harness();
+    let agent = h.svid(EDR);
+    open_task(&h, &agent, "INC-7", "edr").await;
+    let submit = |i: usize| {
+        let target = format!("host:web-{i:02}");
+        let action = if i.is_multiple_of(3) { "host.isolate" } else { "process.kill" };
+        let mut body = isolate(&target, 0.99, None);
+        body["action"] = json!(action);
+        if action == "process.kill" {
+            body["params"] = json!({"pid": 4242});
+        }
+        body
+    };
+    for i in 0..12 {
+        let (status, a) = h.call("POST", "/v1/actions", Some(&agent), Some(submit(i))).await;
+        assert_eq!(status, StatusCode::OK, "{a}");
+    }
+    let ids = |list: &[Value]| list.iter().map(|a| a["id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let admin = &h.admin;
+    let (_, whole) = h.call("GET", "/v1/actions?limit=1000", Some(admin), None).await;
+    let whole = ids(whole.as_array().unwrap());
+    assert_eq!(whole.len(), 12);
+    for limit in [1, 5, 12] {
+        assert_eq!(ids(&h.walk(&format!("/v1/actions?limit={limit}"), admin).await), whole, "pages of {limit}");
+    }
+    let isolations = h.walk("/v1/actions?action=host.isolate&limit=2", admin).await;
+    assert_eq!(isolations.len(), 4);
+    assert!(isolations.iter().all(|a| a["action"] == "host.isolate"));
+    // Recorded meanwhile: newer than the walk's start, so not in it; nothing repeats.
+    let (_, headers, first) = h.get_with_headers("/v1/actions?limit=4", admin).await;
+    for i in 12..15 {
+        h.call("POST", "/v1/actions", Some(&agent), Some(submit(i))).await;
+    }
+    let link = headers["link"].to_str().unwrap();
+    let rest = h.walk(&link[1..link.find('>').unwrap()], admin).await;
+    let mut seen = ids(first.as_array().unwrap());
+    seen.extend(ids(&rest));
+    assert_eq!(seen, whole, "the walk is the list as it was when it began");
+    for bad in ["apr_1", "1.", ".x", "99999999999999999.act_1", "1.a%20b"] {
+        let (status, e) = h.call("GET", &format!("/v1/actions?after={bad}"), Some(admin), None).await;
+        assert_eq!(
+            (status, e["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_cursor")),
+            "{bad}"
+        );
+    }
+}

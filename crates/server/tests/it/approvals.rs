@@ -300,7 +300,7 @@ async fn folding_stops_at_its_cap_and_the_refused_request_leaves_no_trace() {
 }
 
 #[tokio::test]
-async fn the_inbox_is_sorted_by_expiry() {
+async fn the_inbox_is_oldest_first() {
     let (h, clock) = clocked();
     let iam = h.svid(IAM);
     task(&h, &iam, "INC-3").await;
@@ -310,7 +310,7 @@ async fn the_inbox_is_sorted_by_expiry() {
     let soon = isolate_db(&h).await;
     let (_, inbox) = h.call("GET", "/v1/approvals", Some(&h.admin), None).await;
     let order: Vec<&str> = inbox.as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap()).collect();
-    assert_eq!(order, [approval_id(&soon), approval_id(&late)]);
+    assert_eq!(order, [approval_id(&late), approval_id(&soon)], "oldest first, though `soon` expires sooner");
     let (status, e) = h.call("GET", "/v1/approvals?state=sideways", Some(&h.admin), None).await;
     assert_eq!((status, &e["error"]["code"]), (StatusCode::BAD_REQUEST, &json!("malformed_query")));
 }
@@ -527,4 +527,53 @@ async fn a_tripped_breaker_is_announced() {
         (notice["breaker"]["agent"].as_str(), notice["breaker"]["action"].as_str()),
         (Some(EDR), Some("host.isolate"))
     );
+}
+
+/// The inbox pages oldest first through `Link: rel="next"`, every approval once, the same as
+/// one big page; filters by agent, action and the caller's roles; a cursor it did not give is
+/// refused.
+#[tokio::test]
+async fn the_inbox_pages_oldest_first_and_by_role() {
+    let (h, _) = clocked();
+    let agent = h.svid(EDR);
+    task(&h, &agent, "INC-7").await;
+    for i in 0..7 {
+        let body = json!({"task": "INC-7", "action": "host.isolate", "target": "host:db-payments-01", "confidence": 0.95,
+            "params": {"reason": format!("beacon {i}")}, "rationale": "C2", "evidence": [{"kind": "edr", "ref": "det:9"}]});
+        let (status, answer) = h.call("POST", "/v1/actions", Some(&agent), Some(body)).await;
+        assert_eq!((status, answer["state"].as_str()), (StatusCode::OK, Some("pending_approval")), "{answer}");
+    }
+    let ids = |list: &[Value]| list.iter().map(|a| a["id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let (_, whole) = h.call("GET", "/v1/approvals?limit=1000", Some(&h.admin), None).await;
+    let whole = ids(whole.as_array().unwrap());
+    assert_eq!(whole.len(), 7);
+    let mut sorted = whole.clone();
+    sorted.sort();
+    assert_eq!(whole, sorted, "oldest first (ids begin with their creation time)");
+    for limit in [1, 2, 3, 7] {
+        let walked = h.walk(&format!("/v1/approvals?limit={limit}"), &h.admin).await;
+        assert_eq!(ids(&walked), whole, "pages of {limit}");
+    }
+    // The header keeps the filters.
+    let (_, headers, page) =
+        h.get_with_headers("/v1/approvals?state=pending&action=host.isolate&limit=2", &h.admin).await;
+    assert_eq!(page.as_array().unwrap().len(), 2);
+    let link = headers["link"].to_str().unwrap();
+    assert!(link.contains("action=host.isolate") && link.contains("limit=2") && link.contains("after=apr_"), "{link}");
+    assert!(h.walk("/v1/approvals?action=user.disable", &h.admin).await.is_empty());
+    assert_eq!(h.walk(&format!("/v1/approvals?agent={EDR}&limit=4"), &h.admin).await.len(), 7);
+    // Mine: only those I hold a role of.
+    let ana = h.user("ana", &["soc-analyst"]);
+    let intern = h.user("ivy", &["intern"]);
+    assert_eq!(ids(&h.walk("/v1/approvals?mine=true&limit=3", &ana).await), whole);
+    assert!(h.walk("/v1/approvals?mine=true", &intern).await.is_empty());
+    assert_eq!(h.walk("/v1/approvals?mine=false", &intern).await.len(), 7, "the inbox is readable; votes are not");
+    for bad in ["x%20y", "%3Cscript%3E", "1764500000000.apr_1"] {
+        let (status, e) = h.call("GET", &format!("/v1/approvals?after={bad}"), Some(&h.admin), None).await;
+        assert_eq!(
+            (status, e["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_cursor")),
+            "{bad}"
+        );
+    }
 }

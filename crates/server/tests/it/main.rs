@@ -181,6 +181,37 @@ impl Harness {
         (status, value)
     }
 
+    /// A GET with the answer's headers too.
+    pub async fn get_with_headers(&self, path: &str, token: &str) -> (StatusCode, axum::http::HeaderMap, Value) {
+        let req = Request::builder()
+            .uri(path)
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let res = self.router.clone().oneshot(req).await.unwrap();
+        let (status, headers) = (res.status(), res.headers().clone());
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Every page of a list, following `Link: <…>; rel="next"` from `path`.
+    pub async fn walk(&self, path: &str, token: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut next = Some(path.to_string());
+        while let Some(p) = next.take() {
+            let (status, headers, page) = self.get_with_headers(&p, token).await;
+            assert_eq!(status, StatusCode::OK, "{p}: {page}");
+            all.extend(page.as_array().unwrap().iter().cloned());
+            next = headers.get("link").map(|l| {
+                let l = l.to_str().unwrap();
+                assert!(l.ends_with(">; rel=\"next\""), "{l}");
+                l[1..l.find('>').unwrap()].to_string()
+            });
+            assert!(all.len() <= 100_000, "the walk does not end");
+        }
+        all
+    }
+
     /// A form-encoded POST.
     pub async fn call_form(&self, path: &str, token: &str, form: &str) -> (StatusCode, Value) {
         let req = Request::builder()

@@ -67,13 +67,64 @@ fn a_version_2_database_gets_its_budget_summaries_from_its_hits() {
     }
     // What a version-2 database looks like: hits only.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE budget_targets; DROP TABLE budget_minutes; PRAGMA user_version = 2;").unwrap();
+    let v2 =
+        version_3_state_tables() + "DROP TABLE budget_targets; DROP TABLE budget_minutes; PRAGMA user_version = 2;";
+    conn.execute_batch(&v2).unwrap();
     drop(conn);
     let store = SqliteStore::open(&path).unwrap();
     let u = store.budget_usage("a", "x", 25, "h1", UsageLimits::ALL).unwrap();
     assert_eq!((u.hits, u.distinct_targets, u.target_seen), (1, 1, true), "h1's latest hit is at 30");
     let u = store.budget_usage("a", "x", 0, "h2", UsageLimits::ALL).unwrap();
     assert_eq!((u.hits, u.distinct_targets, u.target_seen), (3, 2, true));
+}
+
+#[test]
+fn a_version_3_database_gets_the_action_class_of_its_requests_and_approvals() {
+    use warden_store::{Query, Store, Table};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.db");
+    drop(SqliteStore::open(&path).unwrap());
+    // What a version-3 database looks like: no `kind`, the first indexes.
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let mut sql = version_3_state_tables();
+    sql.push_str(
+        r#"INSERT INTO requests VALUES ('act_1', 1, 'a', 't', 'succeeded', NULL, 5, '{"action":"edr.isolate"}');
+           INSERT INTO approvals VALUES ('apr_1', 1, 'a', 't', 'pending', 'k', 6, '{"action":"idp.disable"}');
+           INSERT INTO tasks VALUES ('tsk_1', 1, 'a', NULL, 'open', NULL, 7, '{"action":"not one"}');
+           PRAGMA user_version = 3;"#,
+    );
+    conn.execute_batch(&sql).unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    let kinds = |t, k: &str| {
+        store
+            .find(t, &Query { kind: Some(k.into()), ..Query::default() })
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(kinds(Table::Requests, "edr.isolate"), ["act_1"]);
+    assert_eq!(kinds(Table::Approvals, "idp.disable"), ["apr_1"]);
+    assert!(kinds(Table::Tasks, "not one").is_empty(), "only actions' records have a class");
+    assert_eq!(store.get(Table::Requests, "act_1").unwrap().unwrap().kind.as_deref(), Some("edr.isolate"));
+}
+
+/// SQL that puts back the state tables as schema version 3 had them (empty).
+fn version_3_state_tables() -> String {
+    let mut sql = String::new();
+    for t in warden_store::Table::ALL {
+        let n = t.name();
+        sql.push_str(&format!(
+            "DROP TABLE {n};
+             CREATE TABLE {n} (id TEXT PRIMARY KEY, version INTEGER NOT NULL, agent TEXT, task TEXT,
+                               state TEXT, key TEXT UNIQUE, at INTEGER, body TEXT NOT NULL);
+             CREATE INDEX {n}_by_agent ON {n} (agent, at);
+             CREATE INDEX {n}_by_task ON {n} (task, at);
+             CREATE INDEX {n}_by_state ON {n} (state, at);"
+        ));
+    }
+    sql
 }
 
 /// Bumps `user_version` by editing the SQLite header (bytes 60..64, big-endian), as a newer
