@@ -89,23 +89,7 @@ fn bearer(parts: &Parts) -> Result<String, ApiError> {
 async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
     let token = bearer(parts)?;
     if token.starts_with("wdn_") {
-        return blocking(app, move |s| {
-            let hash = token_hash(&token);
-            let query = Query { key: Some(hash.clone()), limit: 1, ..Query::default() };
-            let found = s.ledger().store().find(User::TABLE, &query)?;
-            let user = match found.first() {
-                Some(r) => User::from_record(r)?,
-                None => return Err(ApiError::new(Code::UnknownToken, "the API token is not known")),
-            };
-            if !same_secret(&user.token_hash, &hash) {
-                return Err(ApiError::new(Code::UnknownToken, "the API token is not known"));
-            }
-            if user.status != "active" {
-                return Err(ApiError::new(Code::UserDisabled, format!("user `{}` is disabled", user.id)));
-            }
-            Ok(Caller::Human(user))
-        })
-        .await;
+        return blocking(app, move |s| user_of_api_token(s, &token).map(Caller::Human)).await;
     }
     let sub = match app.tokens.subject(&token, app.now())? {
         Subject::Agent(sub) => sub,
@@ -115,6 +99,24 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
         }
     };
     blocking(app, move |s| active_agent(s, &sub).map(|(a, _)| Caller::Agent(a))).await
+}
+
+/// The active user whose API token `token` is (401 `unknown_token`, 403 `user_disabled`).
+pub fn user_of_api_token(s: &AppState, token: &str) -> Result<User, ApiError> {
+    let hash = token_hash(token);
+    let query = Query { key: Some(hash.clone()), limit: 1, ..Query::default() };
+    let found = s.ledger().store().find(User::TABLE, &query)?;
+    let user = match found.first() {
+        Some(r) => User::from_record(r)?,
+        None => return Err(ApiError::new(Code::UnknownToken, "the API token is not known")),
+    };
+    if !same_secret(&user.token_hash, &hash) {
+        return Err(ApiError::new(Code::UnknownToken, "the API token is not known"));
+    }
+    if user.status != "active" {
+        return Err(ApiError::new(Code::UserDisabled, format!("user `{}` is disabled", user.id)));
+    }
+    Ok(user)
 }
 
 /// Loads the registered agent `sub` names and admits it: active, and within its rate.
@@ -180,4 +182,56 @@ impl HumanCaller {
                 .details(serde_json::json!({"required": roles})))
         }
     }
+}
+
+/// A human signed in to the console: who, and their session's form token.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub user: User,
+    pub csrf: String,
+}
+
+/// Signs in to the console with `token` — a human's API token, or an ID token from a trusted
+/// OIDC issuer — and starts a session: its secret, for the cookie only. Agents cannot sign in
+/// (403 `agents_not_allowed`), nor disabled users.
+pub fn console_sign_in(s: &AppState, token: &str) -> Result<(String, User), ApiError> {
+    let token = token.trim();
+    let now = s.now();
+    let (user, oidc, cap) = if token.starts_with("wdn_") {
+        (user_of_api_token(s, token)?, false, None)
+    } else {
+        match s.tokens.subject_with_expiry(token, now)? {
+            (Subject::Human { id, roles }, exp) => {
+                (User { id, roles, token_hash: String::new(), status: "active".into() }, true, exp)
+            }
+            (Subject::Agent(_), _) => {
+                return Err(ApiError::new(Code::AgentsNotAllowed, "agents cannot sign in to the console"));
+            }
+        }
+    };
+    let secret = s.sessions.start(&user, oidc, cap, now)?;
+    Ok((secret, user))
+}
+
+/// The human whose live console session `secret` is: an API-token user re-read, so a disabled
+/// user is signed out at once and a changed role counts at once.
+pub fn console_session(s: &AppState, secret: &str) -> Result<Signed, ApiError> {
+    let live = s.sessions.check(secret, s.now())?;
+    let user = match live.oidc {
+        Some(u) => u,
+        None => {
+            let r = s.ledger().store().get(User::TABLE, &live.user)?;
+            let user = r
+                .as_ref()
+                .map(User::from_record)
+                .transpose()?
+                .ok_or_else(|| ApiError::new(Code::UnknownToken, "not signed in: no such user"))?;
+            if user.status != "active" {
+                s.sessions.end(secret);
+                return Err(ApiError::new(Code::UserDisabled, format!("user `{}` is disabled", user.id)));
+            }
+            user
+        }
+    };
+    Ok(Signed { user, csrf: live.csrf })
 }

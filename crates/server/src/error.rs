@@ -66,6 +66,8 @@ codes! {
     MissingRole = "missing_role", 403, "the caller lacks a role the operation needs";
     NotYourAgent = "not_your_agent", 403, "an agent acts only for itself";
     UserDisabled = "user_disabled", 403, "the calling user is disabled";
+    CsrfRejected = "csrf_rejected", 403, "the console form's CSRF token is missing or not the session's";
+    CrossSite = "cross_site", 403, "a console form was sent from another site";
     SeparationOfDuties = "separation_of_duties", 403, "separation of duties: the caller owns the agent and may not decide its requests";
     NotFound = "not_found", 404, "no such endpoint";
     UnknownTask = "unknown_task", 404, "no task with that id";

@@ -291,6 +291,18 @@ impl TokenVerifier {
 
     /// Whom `token` speaks for: an agent (JWT-SVID) or, from an OIDC issuer, a human; or the
     /// precise reason it is refused.
+    /// [`TokenVerifier::subject`], and when the token expires (a console session never
+    /// outlives the ID token it began with).
+    pub fn subject_with_expiry(
+        &self,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<(Subject, Option<OffsetDateTime>), ApiError> {
+        let subject = self.subject(token, now)?;
+        let (claims, _, _) = self.verify_with(token, now)?;
+        Ok((subject, OffsetDateTime::from_unix_timestamp(claims.exp).ok()))
+    }
+
     pub fn subject(&self, token: &str, now: OffsetDateTime) -> Result<Subject, ApiError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let t = now.unix_timestamp();

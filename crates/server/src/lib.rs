@@ -14,6 +14,7 @@ pub mod admin;
 pub mod approvals;
 pub mod auth;
 pub mod breaker;
+mod console;
 pub mod error;
 pub mod execution;
 pub mod explain;
@@ -30,6 +31,7 @@ pub mod openapi;
 pub mod pipeline;
 pub mod policy_dir;
 pub mod serve;
+pub mod session;
 pub mod slack;
 pub mod startup;
 pub mod state;
@@ -40,8 +42,8 @@ pub mod tls;
 pub use error::{ApiError, ApiResult, Code};
 pub use http::{BODY_LIMIT, openapi_document, sweep_approvals};
 
-/// The application: the `/v1` API and the MCP front door, over one state.
+/// The application: the `/v1` API, the MCP front door and the console, over one state.
 pub fn router(app: App) -> axum::Router {
-    http::router(app.clone()).merge(mcp::router(app))
+    http::router(app.clone()).merge(mcp::router(app.clone())).merge(console::router(app))
 }
 pub use state::{App, AppState};

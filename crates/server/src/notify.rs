@@ -357,3 +357,18 @@ fn audit_failure(ledger: &Option<Arc<Ledger>>, job: &Job, webhook: &str, attempt
         tracing::error!(error = %e, "cannot audit a failed notification");
     }
 }
+
+/// A Slack app whose interactive messages approve and reject (`[slack]` in `--config`): the
+/// signing secret its callbacks are verified with, and which Warden user each Slack user is.
+#[derive(Clone, Default)]
+pub struct SlackApp {
+    pub signing_secret: String,
+    /// Slack user id (`U0123ABCD`) → Warden user id.
+    pub users: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for SlackApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackApp").field("signing_secret", &"[redacted]").field("users", &self.users).finish()
+    }
+}

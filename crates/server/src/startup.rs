@@ -55,6 +55,9 @@ impl AppState {
             halts: std::sync::RwLock::new(halts),
             mcp: options.mcp,
             upstreams: options.upstreams,
+            sessions: options.sessions,
+            secure_cookies: options.secure_cookies,
+            slack: options.slack,
         });
         let unknown = crate::execution::reconcile_after_restart(&app)?;
         if !unknown.is_empty() {

@@ -36,6 +36,12 @@ pub struct ServerOptions {
     /// Upstream MCP servers whose mapped tools agents call through `/mcp` (the connector
     /// routes their executions).
     pub upstreams: Option<Arc<warden_connectors::mcp::Upstreams>>,
+    /// Console sessions: idle and absolute lifetimes.
+    pub sessions: crate::session::Sessions,
+    /// Console cookies carry `Secure` (set when serving TLS).
+    pub secure_cookies: bool,
+    /// Slack interactive approvals (`[slack]` in `--config`).
+    pub slack: Option<crate::notify::SlackApp>,
 }
 
 impl Default for ServerOptions {
@@ -50,6 +56,9 @@ impl Default for ServerOptions {
             shadow: false,
             mcp: crate::limits::McpOptions::default(),
             upstreams: None,
+            sessions: crate::session::Sessions::default(),
+            secure_cookies: false,
+            slack: None,
         }
     }
 }
@@ -85,6 +94,12 @@ pub struct AppState {
     pub mcp: crate::limits::McpOptions,
     /// Upstream MCP servers (their tools, as last listed).
     pub upstreams: Option<Arc<warden_connectors::mcp::Upstreams>>,
+    /// Console sign-in sessions.
+    pub sessions: crate::session::Sessions,
+    /// Console session cookies carry `Secure` (the server speaks TLS).
+    pub secure_cookies: bool,
+    /// Slack interactive approvals, when configured.
+    pub slack: Option<crate::notify::SlackApp>,
 }
 
 impl AppState {

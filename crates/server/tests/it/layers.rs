@@ -42,7 +42,7 @@ fn imports() -> BTreeMap<String, (BTreeSet<String>, String)> {
     map
 }
 
-const FRONT_DOORS: &[&str] = &["http", "openapi", "mcp"];
+const FRONT_DOORS: &[&str] = &["http", "openapi", "mcp", "console"];
 const SERVICES: &[&str] = &[
     "pipeline",
     "approvals",
@@ -58,7 +58,7 @@ const SERVICES: &[&str] = &[
 ];
 /// `notify` is here: its handle lives in the shared state, and it needs only the records.
 const FOUNDATION: &[&str] =
-    &["state", "identity", "auth", "error", "input", "model", "metrics", "limits", "tls", "notify"];
+    &["state", "identity", "auth", "session", "error", "input", "model", "metrics", "limits", "tls", "notify"];
 /// What composes the layers: the crate root, building the state, serving.
 const ROOTS: &[&str] = &["lib", "startup", "serve"];
 

@@ -4,6 +4,7 @@
 mod admin_api;
 mod api;
 mod approvals;
+mod console;
 mod errors;
 mod escapes;
 mod execution;

@@ -1,0 +1,526 @@
+//! The console's pages (GET): each reads through the services and renders; nothing changes.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+use warden_core::audit::entry::Entry;
+use warden_store::{Order, Table};
+
+use super::views::{self, Chrome, html, pair};
+use super::{Analyst, Failure, PageResult};
+use crate::approvals::{self, Approval, ApprovalState};
+use crate::error::ApiError;
+use crate::model::{Model, Task};
+use crate::state::{App, AppState, blocking};
+
+/// The chrome of a page for `who`: the halts in force come from the store, so the banner is
+/// on every page while a halt stands.
+pub(super) fn chrome(s: &AppState, who: &Analyst, nav: &'static str, notice: Option<&str>) -> Result<Chrome, ApiError> {
+    let halts = crate::halt::records(s.ledger().store().as_ref(), true)?
+        .into_iter()
+        .map(|(r, _)| views::HaltLine {
+            scope: match &r.halt.id {
+                Some(id) => format!("{} {id}", scope_name(&r.halt)),
+                None => "everything".into(),
+            },
+            reason: r.halt.reason.clone(),
+            by: r.set_by.clone(),
+            at: r.set_at.clone(),
+        })
+        .collect();
+    let user = who.user();
+    Ok(Chrome {
+        user: user.id.clone(),
+        roles: user.roles.join(", "),
+        csrf: who.csrf.clone(),
+        halts,
+        nav,
+        notice: notice.and_then(notice_text).map(str::to_string),
+        admin: user.has_role("admin"),
+    })
+}
+
+fn scope_name(h: &warden_core::request::Halt) -> String {
+    serde_json::to_value(h.scope).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// The fixed notices a form's redirect may ask for (never text from the address).
+fn notice_text(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "approved" => "Your approval is recorded.",
+        "executed" => "Approved: the action ran.",
+        "rejected" => "Rejected.",
+        "rolled_back" => "Rolled back.",
+        "halted" => "Halt in force.",
+        "resumed" => "Halts lifted.",
+        "status" => "Agent status changed.",
+        "reset" => "Breaker reset.",
+        _ => return None,
+    })
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SignInQuery {
+    #[serde(default)]
+    problem: Option<String>,
+}
+
+pub async fn sign_in(Query(q): Query<SignInQuery>) -> Response {
+    let problem = q.problem.as_deref().map(|p| match p {
+        "agent" => "Agents cannot sign in to the console.".to_string(),
+        "disabled" => "This user is disabled.".to_string(),
+        _ => "That token was not accepted.".to_string(),
+    });
+    html(&views::SignInPage { problem }).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct InboxQuery {
+    after: Option<String>,
+    all: Option<String>,
+    done: Option<String>,
+}
+
+/// How long until `ms`, as `4m 10s left` (the page's script keeps it counting).
+fn left(now_ms: i64, ms: i64) -> String {
+    let secs = (ms - now_ms).max(0) / 1000;
+    if secs == 0 { "expired".into() } else { format!("{}m {:02}s left", secs / 60, secs % 60) }
+}
+
+fn card(s: &AppState, user: &crate::model::User, a: Approval) -> Result<views::Card, ApiError> {
+    let store = s.ledger().store();
+    let task = store.get(Table::Tasks, &a.task)?.map(|r| Task::from_record(&r)).transpose()?;
+    let track = approvals::track_record(store.as_ref(), &a.agent, &a.action, s.now())?;
+    let now_ms = crate::model::millis(s.now());
+    let no_reject = approvals::may_decide(&a, user).err().map(|e| e.message.to_string());
+    let no_approve =
+        no_reject.clone().or_else(|| approvals::may_approve(&a, user).err().map(|e| e.message.to_string()));
+    Ok(views::Card {
+        id: a.id.clone(),
+        agent: a.agent.clone(),
+        action: a.action.clone(),
+        target: a.target.clone(),
+        facts: a.target_facts.as_ref().map(views::pairs).unwrap_or_default(),
+        params: a.params.iter().map(|(k, v)| pair(k, views::text(v))).collect(),
+        digest: a.digest.clone(),
+        task: a.task.clone(),
+        task_title: task.as_ref().map(|t| t.title.clone()).unwrap_or_default(),
+        trigger: task
+            .as_ref()
+            .map(|t| views::pairs(&serde_json::to_value(&t.trigger).unwrap_or(Value::Null)))
+            .unwrap_or_default(),
+        verified: task.as_ref().is_some_and(|t| t.verified),
+        confidence: format!("{:.2}", a.confidence),
+        rationale: a.rationale.clone(),
+        evidence: a
+            .evidence
+            .iter()
+            .map(|e| pair(format!("{}:{}", e.kind, e.reference), e.summary.clone().unwrap_or_default()))
+            .collect(),
+        caps: a.caps.iter().map(|c| pair(c.code.to_string(), c.reason.clone())).collect(),
+        policies: a
+            .policies
+            .iter()
+            .map(|p| pair(&p.id, format!("owner {} · {}:{}", p.owner, p.file, p.line)))
+            .collect(),
+        track: format!(
+            "last {} days on {}: {} approved, {} rejected, {} expired, {} rolled back",
+            track.days, a.action, track.approved, track.rejected, track.expired, track.rolled_back
+        ),
+        votes: a
+            .votes
+            .iter()
+            .map(|v| pair(&v.user, format!("approved as {} at {} — {}", v.role, v.at, v.reason)))
+            .collect(),
+        quorum: format!("{} of {} approvals", a.votes.len(), a.quorum),
+        roles: a.roles.join(", "),
+        created_at: a.created_at.clone(),
+        expires_at: a.expires_at.clone(),
+        left: left(now_ms, a.expires_ms),
+        request: a.requests.first().cloned().unwrap_or_default(),
+        no_approve,
+        no_reject,
+    })
+}
+
+/// The inbox: pending approvals for my roles (or all), oldest first, a page at a time.
+pub async fn inbox(State(app): State<App>, who: Analyst, Query(q): Query<InboxQuery>) -> PageResult {
+    let after = q.after.as_deref().map(|a| crate::input::cursor(a, Order::Id)).transpose()?;
+    let all = q.all.is_some();
+    let page = blocking(&app, move |s| {
+        let filter = approvals::Filter {
+            state: ApprovalState::Pending,
+            agent: None,
+            action: None,
+            for_user: (!all).then(|| who.user().clone()),
+            after,
+            limit: 25,
+        };
+        let page = approvals::page(s.ledger().store().as_ref(), &filter)?;
+        let cards = page.items.into_iter().map(|a| card(s, who.user(), a)).collect::<Result<Vec<_>, _>>()?;
+        let next = page.next.map(|c| crate::input::cursor_text(&c, Order::Id));
+        Ok(views::InboxPage { chrome: chrome(s, &who, "inbox", q.done.as_deref())?, cards, next, all })
+    })
+    .await?;
+    Ok(html(&page).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ActivityQuery {
+    #[serde(default)]
+    agent: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    outcome: String,
+    after: Option<String>,
+}
+
+/// The request states the activity page filters by.
+const STATES: &[&str] = &[
+    "denied",
+    "advised",
+    "pending_approval",
+    "approved",
+    "executing",
+    "succeeded",
+    "failed",
+    "unknown",
+    "rejected",
+    "expired",
+    "cancelled",
+    "rolled_back",
+];
+
+fn some(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_string())
+}
+
+/// Decisions and executions, newest first, filtered; the page refreshes itself as they happen.
+pub async fn activity(State(app): State<App>, who: Analyst, Query(q): Query<ActivityQuery>) -> PageResult {
+    let after = q.after.as_deref().filter(|a| !a.is_empty()).map(|a| crate::input::cursor(a, Order::At)).transpose()?;
+    let page = blocking(&app, move |s| {
+        let filter = crate::pipeline::Recent {
+            agent: some(&q.agent),
+            action: some(&q.action),
+            state: some(&q.outcome),
+            after,
+            limit: 50,
+            ..Default::default()
+        };
+        let page = crate::pipeline::recent(s, filter)?;
+        let rows = page
+            .items
+            .into_iter()
+            .map(|a| views::Row {
+                id: a.id,
+                at: a.created_at,
+                agent: a.agent,
+                action: a.action,
+                target: a.target,
+                outcome: a.decision.outcome.to_string(),
+                state: a.state,
+            })
+            .collect();
+        Ok(views::ActivityPage {
+            chrome: chrome(s, &who, "activity", None)?,
+            rows,
+            agent: q.agent,
+            action: q.action,
+            outcomes: STATES.iter().map(|o| (*o, q.outcome == *o)).collect(),
+            outcome: q.outcome,
+            next: page.next.map(|c| crate::input::cursor_text(&c, Order::At)),
+        })
+    })
+    .await?;
+    Ok(html(&page).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct DoneQuery {
+    done: Option<String>,
+}
+
+/// One action: its `explain` chain, each audit entry's proof status, the rollback button.
+pub async fn action(
+    State(app): State<App>,
+    who: Analyst,
+    Path(id): Path<String>,
+    Query(q): Query<DoneQuery>,
+) -> PageResult {
+    let page = blocking(&app, move |s| {
+        let x = crate::explain::explain(s, &id)?;
+        let mut sections = vec![
+            views::Section { title: "Trigger", lines: views::pairs(&x.trigger) },
+            views::Section { title: "Agent", lines: views::pairs(&x.agent) },
+            views::Section { title: "Request", lines: views::pairs(&x.request) },
+            views::Section { title: "Decision", lines: views::pairs(&x.decision) },
+        ];
+        for (title, v) in
+            [("Approval", &x.approval), ("Lease", &x.lease), ("Execution", &x.execution), ("Rollback", &x.rollback)]
+        {
+            if let Some(v) = v {
+                sections.push(views::Section { title, lines: views::pairs(v) });
+            }
+        }
+        sections.push(views::Section { title: "Escalation path", lines: views::pairs(&x.escalation) });
+        let state = views::text(&x.action["state"]);
+        let store = s.ledger().store();
+        let exec =
+            store.get(Table::Executions, &id)?.map(|r| crate::execution::Execution::from_record(&r)).transpose()?;
+        let (rollback, roles) = match &exec {
+            Some(e) if e.state == crate::execution::ExecutionState::Succeeded => {
+                let roles = crate::execution::rollback_roles(s, e).unwrap_or_default();
+                let user = who.user();
+                (user.has_role("admin") || roles.iter().any(|r| user.has_role(r)), roles.join(", "))
+            }
+            _ => (false, String::new()),
+        };
+        let entries = x
+            .entries
+            .iter()
+            .map(|c| views::Cited {
+                seq: c.seq,
+                kind: c.kind.clone(),
+                time: c.time.clone(),
+                actor: c.actor.clone(),
+                verified: c.verified,
+            })
+            .collect();
+        Ok(views::ActionPage {
+            chrome: chrome(s, &who, "activity", q.done.as_deref())?,
+            id,
+            state,
+            sections,
+            entries,
+            checkpoint: format!("size {}", views::text(&x.checkpoint["size"])),
+            rollback,
+            rollback_roles: roles,
+        })
+    })
+    .await?;
+    Ok(html(&page).into_response())
+}
+
+fn grant_line(s: &AppState, agent: &str, g: &warden_core::guardrail::Grant, live: bool) -> views::GrantLine {
+    let store = s.ledger().store();
+    let (mut budget, mut breaker_open) = (String::from("—"), false);
+    if live {
+        let since = crate::model::millis(s.now() - time::Duration::hours(1));
+        if let Ok(u) = store.budget_usage(agent, &g.action, since, "", warden_store::UsageLimits::ALL) {
+            budget = match g.max_per_hour {
+                Some(max) => format!("{} of {max}", u.hits),
+                None => format!("{} (no cap)", u.hits),
+            };
+        }
+        breaker_open = crate::breaker::breaker(store.as_ref(), agent, &g.action).is_ok_and(|b| b.open);
+    }
+    let c = serde_json::to_value(&g.conditions).unwrap_or(Value::Null);
+    let conditions = views::pairs(&c)
+        .into_iter()
+        .filter(|p| p.value != "—")
+        .map(|p| format!("{}: {}", p.key, p.value))
+        .collect::<Vec<_>>()
+        .join("; ");
+    views::GrantLine {
+        action: g.action.clone(),
+        level: g.level,
+        conditions: if conditions.is_empty() { "any".into() } else { conditions },
+        thresholds: format!("autonomous ≥ {:.2}, escalate ≥ {:.2}", g.thresholds.autonomous, g.thresholds.escalate),
+        approvers: if g.approver_roles.is_empty() {
+            "—".into()
+        } else {
+            format!("{} (quorum {})", g.approver_roles.join(", "), g.quorum)
+        },
+        budget,
+        breaker_open,
+    }
+}
+
+/// Agents: status, owner, purpose, levels per action, budgets used, breakers; the buttons.
+pub async fn agents(State(app): State<App>, who: Analyst, Query(q): Query<DoneQuery>) -> PageResult {
+    let page = blocking(&app, move |s| {
+        let bundle = s.bundle()?;
+        let agents = crate::admin::list_agents(s.ledger())?
+            .into_iter()
+            .map(|a| {
+                let grants = bundle
+                    .agent(&a.id)
+                    .map(|g| g.grants.iter().map(|gr| grant_line(s, &a.id, gr, true)).collect())
+                    .unwrap_or_default();
+                views::AgentView {
+                    status: serde_json::to_value(a.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    id: a.id,
+                    owner: a.owner,
+                    purpose: a.purpose,
+                    grants,
+                }
+            })
+            .collect();
+        Ok(views::AgentsPage { chrome: chrome(s, &who, "agents", q.done.as_deref())?, agents })
+    })
+    .await?;
+    Ok(html(&page).into_response())
+}
+
+fn entry_line(e: &warden_store::StoredEntry) -> views::EntryLine {
+    let v: Value = serde_json::from_slice(&e.bytes).unwrap_or(Value::Null);
+    let actor = match (&v["actor"]["kind"], &v["actor"]["id"]) {
+        (Value::String(k), Value::String(id)) => format!("{k}:{id}"),
+        _ => views::text(&v["actor"]),
+    };
+    let subject = [&v["request"], &v["approval"], &v["task"]]
+        .into_iter()
+        .find_map(|x| x.as_str().map(str::to_string))
+        .unwrap_or_default();
+    views::EntryLine { seq: e.seq, time: views::text(&v["time"]), kind: views::text(&v["type"]), actor, subject }
+}
+
+/// The audit page: size, latest checkpoint, recent entries; `verdict` after a verify.
+pub(super) fn audit_page(
+    s: &AppState,
+    who: &Analyst,
+    verdict: Option<(bool, String)>,
+) -> Result<views::AuditPage, ApiError> {
+    let store = s.ledger().store();
+    let size = store.size()?;
+    let cp = store.latest_checkpoint()?;
+    let entries = store.entries(size.saturating_sub(30), 30)?.iter().rev().map(entry_line).collect();
+    Ok(views::AuditPage {
+        chrome: chrome(s, who, "audit", None)?,
+        size,
+        checkpoint_size: cp.as_ref().map(|c| c.0).unwrap_or(0),
+        checkpoint: cp.map(|c| c.1),
+        entries,
+        verdict,
+    })
+}
+
+pub async fn audit(State(app): State<App>, who: Analyst) -> PageResult {
+    let page = blocking(&app, move |s| audit_page(s, &who, None)).await?;
+    Ok(html(&page).into_response())
+}
+
+/// The whole log as OCSF 1.8 events, one per line (entries OCSF has no class for are left out).
+pub async fn ocsf(State(app): State<App>, _: Analyst) -> PageResult {
+    let body = blocking(&app, |s| {
+        let store = s.ledger().store();
+        let product = warden_core::audit::ocsf::Product { version: env!("CARGO_PKG_VERSION").to_string() };
+        let mut out = String::new();
+        let mut from = 0;
+        loop {
+            let page = store.entries(from, 1000)?;
+            for e in &page {
+                if let Ok(entry) = serde_json::from_slice::<Entry>(&e.bytes)
+                    && let Some(ev) = warden_core::audit::ocsf::event(&entry, &product)
+                {
+                    out.push_str(&ev.to_string());
+                    out.push('\n');
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == 1000 => from = last.seq + 1,
+                _ => break,
+            }
+        }
+        Ok(out)
+    })
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CONTENT_DISPOSITION, "attachment; filename=\"warden-audit.ocsf.jsonl\""),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// How far back the policy page looks for loads.
+const LOAD_SEARCH: u64 = 20_000;
+
+/// The bundle in force, its load history, and every grant.
+pub async fn policy(State(app): State<App>, who: Analyst) -> PageResult {
+    let page = blocking(&app, move |s| {
+        let bundle = s.bundle()?;
+        let store = s.ledger().store();
+        let size = store.size()?;
+        let from = size.saturating_sub(LOAD_SEARCH);
+        let mut loads = Vec::new();
+        let mut at = from;
+        while at < size {
+            let page = store.entries(at, 1000)?;
+            let Some(last) = page.last() else { break };
+            at = last.seq + 1;
+            for e in &page {
+                let v: Value = serde_json::from_slice(&e.bytes).unwrap_or(Value::Null);
+                if v["type"] == "policy.loaded" {
+                    let l = entry_line(e);
+                    loads.push(views::LoadLine {
+                        seq: e.seq,
+                        time: l.time,
+                        version: views::text(&v["data"]["bundle_version"]),
+                        actor: l.actor,
+                        source: views::text(&v["data"]["source"]),
+                    });
+                }
+            }
+        }
+        loads.reverse();
+        let grants = bundle
+            .agents()
+            .flat_map(|g| {
+                g.grants.iter().map(|gr| views::PolicyGrant {
+                    agent: g.id.clone(),
+                    file: format!("{}:{}", g.file, gr.line),
+                    grant: grant_line(s, &g.id, gr, false),
+                })
+            })
+            .collect();
+        Ok(views::PolicyPage {
+            chrome: chrome(s, &who, "policy", None)?,
+            version: bundle.version().to_string(),
+            loads,
+            searched: size - from,
+            grants,
+        })
+    })
+    .await?;
+    Ok(html(&page).into_response())
+}
+
+/// Server-sent events: `change` whenever something was recorded (the audit log grew) or an
+/// approval moved; the page's script refreshes its live regions. A comment every 15 s keeps
+/// proxies from closing the stream.
+pub async fn events(
+    State(app): State<App>,
+    _: Analyst,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, Failure> {
+    let size = blocking(&app, |s| Ok(s.ledger().store().size()?)).await?;
+    let changes = app.subscribe();
+    let stream = futures_util::stream::unfold((app, changes, size), |(app, mut changes, last)| async move {
+        loop {
+            // Wake on an approval change at once, else look at the log every half second.
+            let woke = matches!(tokio::time::timeout(Duration::from_millis(500), changes.changed()).await, Ok(Ok(())));
+            let now = match blocking(&app, |s| Ok(s.ledger().store().size()?)).await {
+                Ok(n) => n,
+                Err(_) => return None,
+            };
+            if now != last || woke {
+                let ev = Event::default().event("change").data(now.to_string());
+                return Some((Ok(ev), (app, changes, now)));
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
