@@ -58,6 +58,7 @@ codes! {
     WrongTrustDomain = "wrong_trust_domain", 401, "the token's SPIFFE ID is outside its issuer's trust domains";
     MissingClaim = "missing_claim", 401, "the token lacks a required claim (`exp`, `sub`, `aud`, `iss`)";
     UnknownToken = "unknown_token", 401, "the API token is not known";
+    BadSlackSignature = "bad_slack_signature", 401, "the request is not signed by the configured Slack app, or was signed more than 5 minutes ago";
     UnregisteredAgent = "unregistered_agent", 403, "the token is valid but its subject is not a registered agent";
     AgentSuspended = "agent_suspended", 403, "the calling agent is suspended";
     AgentHalted = "agent_halted", 403, "the calling agent is halted";
@@ -68,6 +69,7 @@ codes! {
     UserDisabled = "user_disabled", 403, "the calling user is disabled";
     CsrfRejected = "csrf_rejected", 403, "the console form's CSRF token is missing or not the session's";
     CrossSite = "cross_site", 403, "a console form was sent from another site";
+    UnknownSlackUser = "unknown_slack_user", 403, "the Slack user is not mapped to a Warden user (`[slack.users]`)";
     SeparationOfDuties = "separation_of_duties", 403, "separation of duties: the caller owns the agent and may not decide its requests";
     NotFound = "not_found", 404, "no such endpoint";
     UnknownTask = "unknown_task", 404, "no task with that id";
@@ -78,6 +80,7 @@ codes! {
     NoExecution = "no_execution", 404, "the action request has no execution";
     NoHalt = "no_halt", 404, "no active halt has that scope and id";
     NoProof = "no_proof", 404, "no such proof: the entry is not in that tree, or the old size is above the new";
+    SlackNotConfigured = "slack_not_configured", 404, "no Slack app is configured (`[slack]` in `--config`)";
     NoCheckpoint = "no_checkpoint", 404, "no signed checkpoint yet (or none at that size)";
     TaskExists = "task_exists", 409, "a task with that id already exists";
     TaskClosed = "task_closed", 409, "the task is closed";

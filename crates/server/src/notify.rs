@@ -78,6 +78,9 @@ pub struct NotifyOptions {
     pub timeout: Duration,
     /// The server's address as people reach it, for links (`https://warden.soc.example`).
     pub public_url: String,
+    /// Slack notices carry Approve / Reject buttons (a Slack app with interactivity is
+    /// configured: `[slack]`).
+    pub slack_buttons: bool,
 }
 
 impl Default for NotifyOptions {
@@ -88,6 +91,7 @@ impl Default for NotifyOptions {
             backoff: Duration::from_millis(500),
             timeout: Duration::from_secs(5),
             public_url: "http://127.0.0.1:8443".into(),
+            slack_buttons: false,
         }
     }
 }
@@ -116,8 +120,10 @@ fn links(a: &Approval, public_url: &str) -> Value {
     })
 }
 
-/// The Slack-compatible payload: a header, the facts as fields, the rationale, the links.
-pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str) -> Value {
+/// The Slack-compatible payload: a header, the facts as fields, the rationale, the links;
+/// with `buttons`, Approve / Reject while the approval waits (pressing one calls back into the
+/// same approval rules: [`crate::slack`]).
+pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str, buttons: bool) -> Value {
     let title = match kind {
         Kind::Created => "Approval needed",
         Kind::Escalated => "Approval escalated: still waiting",
@@ -150,7 +156,7 @@ pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str) -> Value {
             .collect::<Vec<_>>()
             .join("\n")
     };
-    json!({
+    let mut message = json!({
         "text": text,
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": title}},
@@ -173,7 +179,31 @@ pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str) -> Value {
             ]},
             {"type": "section", "text": {"type": "mrkdwn", "text": format!("*Params (what approving runs)*\n```{params}```")}},
         ],
-    })
+    });
+    if !a.votes.is_empty()
+        && let Some(blocks) = message["blocks"].as_array_mut()
+    {
+        let votes = a.votes.iter().map(|v| format!("{} ({})", v.user, v.role)).collect::<Vec<_>>().join(", ");
+        let line = format!("*Approved so far* ({} of {}): {votes}", a.votes.len(), a.quorum);
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": line}}));
+    }
+    if buttons
+        && a.state == crate::model::ApprovalState::Pending
+        && matches!(kind, Kind::Created | Kind::Escalated)
+        && let Some(blocks) = message["blocks"].as_array_mut()
+    {
+        blocks.push(json!({"type": "actions", "block_id": "warden_decide", "elements": [
+            {"type": "button", "action_id": SLACK_APPROVE, "style": "primary", "value": a.id,
+             "text": {"type": "plain_text", "text": "Approve"}},
+            {"type": "button", "action_id": SLACK_REJECT, "style": "danger", "value": a.id,
+             "text": {"type": "plain_text", "text": "Reject"},
+             "confirm": {"title": {"type": "plain_text", "text": "Reject this action?"},
+                         "text": {"type": "mrkdwn", "text": format!("{} on {} will not run.", a.action, a.target)},
+                         "confirm": {"type": "plain_text", "text": "Reject"},
+                         "deny": {"type": "plain_text", "text": "Cancel"}}},
+        ]}));
+    }
+    message
 }
 
 /// A tripped breaker, as notices show it.
@@ -234,19 +264,27 @@ pub struct Notifier {
     tx: Option<SyncSender<Job>>,
     /// Where failed deliveries are audited.
     ledger: Option<Arc<Ledger>>,
+    /// The server's address as people reach it (for links in messages).
+    public_url: String,
 }
 
 impl Notifier {
     /// A notifier that sends nothing (no webhook configured).
     pub fn disabled() -> Self {
-        Notifier { tx: None, ledger: None }
+        Notifier { tx: None, ledger: None, public_url: NotifyOptions::default().public_url }
+    }
+
+    /// The server's address as people reach it.
+    pub fn public_url(&self) -> &str {
+        &self.public_url
     }
 
     /// Starts the delivery thread for `options.webhooks`; failures are audited in `ledger`.
     pub fn start(options: NotifyOptions, ledger: Arc<Ledger>) -> Self {
         let ledger = Some(ledger);
+        let public_url = options.public_url.clone();
         if options.webhooks.is_empty() {
-            return Notifier { tx: None, ledger };
+            return Notifier { tx: None, ledger, public_url };
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
         let worker_ledger = ledger.clone();
@@ -254,10 +292,10 @@ impl Notifier {
             .name("warden-notify".into())
             .spawn(move || deliver_all(rx, &options, &worker_ledger));
         match spawned {
-            Ok(_) => Notifier { tx: Some(tx), ledger },
+            Ok(_) => Notifier { tx: Some(tx), ledger, public_url },
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the notifier; notices will be audited as failed");
-                Notifier { tx: None, ledger }
+                Notifier { tx: None, ledger, public_url }
             }
         }
     }
@@ -298,7 +336,7 @@ fn deliver_all(rx: Receiver<Job>, options: &NotifyOptions, ledger: &Option<Arc<L
             let payload = match (&job, hook.format) {
                 (Job::Approval { kind, approval }, Format::Json) => json_payload(*kind, approval, &options.public_url),
                 (Job::Approval { kind, approval }, Format::Slack) => {
-                    slack_payload(*kind, approval, &options.public_url)
+                    slack_payload(*kind, approval, &options.public_url, options.slack_buttons)
                 }
                 (Job::Breaker(b), Format::Json) => breaker_json(b, &options.public_url),
                 (Job::Breaker(b), Format::Slack) => breaker_slack(b, &options.public_url),
@@ -358,17 +396,34 @@ fn audit_failure(ledger: &Option<Arc<Ledger>>, job: &Job, webhook: &str, attempt
     }
 }
 
+/// The `action_id`s of a Slack notice's buttons.
+pub const SLACK_APPROVE: &str = "warden_approve";
+pub const SLACK_REJECT: &str = "warden_reject";
+
 /// A Slack app whose interactive messages approve and reject (`[slack]` in `--config`): the
 /// signing secret its callbacks are verified with, and which Warden user each Slack user is.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SlackApp {
     pub signing_secret: String,
     /// Slack user id (`U0123ABCD`) → Warden user id.
     pub users: std::collections::BTreeMap<String, String>,
+    /// Where an interaction's `response_url` may point (default `https://hooks.slack.com/`).
+    pub response_url_prefixes: Vec<String>,
+}
+
+impl SlackApp {
+    /// Slack's own hosts for `response_url`.
+    pub fn default_prefixes() -> Vec<String> {
+        vec!["https://hooks.slack.com/".into()]
+    }
 }
 
 impl std::fmt::Debug for SlackApp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SlackApp").field("signing_secret", &"[redacted]").field("users", &self.users).finish()
+        f.debug_struct("SlackApp")
+            .field("signing_secret", &"[redacted]")
+            .field("users", &self.users)
+            .field("response_url_prefixes", &self.response_url_prefixes)
+            .finish()
     }
 }

@@ -33,6 +33,7 @@ use crate::error::ErrorBody;
         (name = "halts", description = "the emergency stop"),
         (name = "audit", description = "the tamper-evident log: checkpoints, entries, proofs"),
         (name = "admin", description = "agents, users and policy (role `admin`)"),
+        (name = "integrations", description = "callbacks from chat tools: Slack's approve / reject buttons"),
     )
 )]
 pub struct ApiDoc;

@@ -16,6 +16,12 @@ where
     use axum::serve::ListenerExt as _;
     let router = crate::router(app.clone());
     let listener = listener.tap_io(|io| crate::tls::NoDelay::no_delay(io));
+    let stopping = app.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Streams that would never end on their own (the console's events) end now.
+        stopping.stopping.send_replace(true);
+    };
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
     // Everything answered is committed; sign whatever the last groups left unsigned.
     let tail = tokio::task::spawn_blocking(move || app.ledger().checkpoint()).await;

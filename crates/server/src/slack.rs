@@ -1,13 +1,176 @@
-//! Slack interactivity (issue 17, in progress): whether an interaction callback really comes
-//! from Slack. Slack signs each request with the app's signing secret — `v0=` and the hex of
-//! HMAC-SHA256 over `v0:{X-Slack-Request-Timestamp}:{raw body}` — and a timestamp more than
-//! five minutes from now is refused, so a captured request cannot be replayed later.
+//! Approving from Slack: an approval notice carries Approve / Reject buttons, and Slack calls
+//! back (`POST /v1/integrations/slack/interactions`) when one is pressed.
+//!
+//! 1. **Is it Slack?** Slack signs each request with the app's signing secret — `v0=` and the
+//!    hex of HMAC-SHA256 over `v0:{X-Slack-Request-Timestamp}:{raw body}`; a timestamp more
+//!    than five minutes from now is refused, so a captured request cannot be replayed later.
+//! 2. **Who pressed it?** The Slack user is mapped to a Warden user (`[slack.users]`); an
+//!    unmapped Slack user decides nothing. The Warden user is read from the store: a disabled
+//!    one decides nothing either.
+//! 3. **The same rules**: the vote is [`crate::approvals::decide`] — roles, separation of
+//!    duties, one vote per person, quorum, expiry — exactly as from the console or the API.
+//!    A button cannot carry a typed reason: a rejection from Slack records the reason
+//!    "rejected in Slack by USER".
+//! 4. **The message is updated** through the interaction's `response_url` (only to the
+//!    configured Slack hosts): decided → the outcome replaces the buttons; one vote of a larger
+//!    quorum → the notice again with the votes so far; refused → a message only the presser
+//!    sees, naming the refusal's code.
 //!
 //! Nothing here reads HTTP types: the front door hands over the two header values and the raw
 //! body, exactly as received (the body must not be re-encoded before it is checked).
 
 use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
 use sha2::Sha256;
+
+use crate::approvals::{self, ApprovalState, Verdict};
+use crate::error::{ApiError, Code};
+use crate::model::{Model, User};
+use crate::notify::SlackApp;
+use crate::state::{App, AppState};
+
+/// What a button press asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Press {
+    /// The Slack user who pressed it (`U0123ABCD`).
+    pub slack_user: String,
+    pub approve: bool,
+    /// The approval the button names.
+    pub approval: String,
+    pub response_url: Option<String>,
+}
+
+use crate::notify::{SLACK_APPROVE as APPROVE, SLACK_REJECT as REJECT};
+
+/// Reads the form body's `payload` (a `block_actions` interaction) as a button press.
+pub fn press(form_body: &[u8]) -> Result<Press, ApiError> {
+    let invalid = |why: &str| ApiError::new(Code::InvalidRequest, format!("not a Warden button press: {why}"));
+    let fields: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(form_body).map_err(|_| invalid("the body is not a form"))?;
+    let payload = fields.iter().find(|(k, _)| k == "payload").ok_or_else(|| invalid("no `payload` field"))?;
+    let v: Value = serde_json::from_str(&payload.1).map_err(|_| invalid("`payload` is not JSON"))?;
+    if v["type"] != "block_actions" {
+        return Err(invalid("only `block_actions` interactions are taken"));
+    }
+    let slack_user = v["user"]["id"].as_str().ok_or_else(|| invalid("no `user.id`"))?.to_string();
+    let action = &v["actions"][0];
+    let approve = match action["action_id"].as_str() {
+        Some(APPROVE) => true,
+        Some(REJECT) => false,
+        _ => return Err(invalid("the button is not Approve or Reject")),
+    };
+    let approval =
+        action["value"].as_str().filter(|a| a.starts_with("apr_")).ok_or_else(|| invalid("no approval id"))?;
+    Ok(Press {
+        slack_user,
+        approve,
+        approval: approval.to_string(),
+        response_url: v["response_url"].as_str().map(str::to_string),
+    })
+}
+
+/// The Warden user a Slack user is: mapped in `[slack.users]`, existing and active.
+pub fn user_of(s: &AppState, cfg: &SlackApp, slack_user: &str) -> Result<User, ApiError> {
+    let unmapped =
+        || ApiError::new(Code::UnknownSlackUser, format!("Slack user `{slack_user}` is not mapped to a Warden user"));
+    let id = cfg.users.get(slack_user).ok_or_else(unmapped)?;
+    let user =
+        s.ledger().store().get(User::TABLE, id)?.map(|r| User::from_record(&r)).transpose()?.ok_or_else(unmapped)?;
+    if user.status != "active" {
+        return Err(ApiError::new(Code::UserDisabled, format!("user `{}` is disabled", user.id)));
+    }
+    Ok(user)
+}
+
+/// Casts the press's vote under every rule, then updates the message. Runs after Slack has had
+/// its answer (Slack waits three seconds at most; an execution may take longer).
+pub async fn act(app: App, press: Press, user: User) {
+    let verdict = if press.approve {
+        Verdict::Approve { reason: format!("approved in Slack by {}", user.id), lease_ttl_secs: None }
+    } else {
+        Verdict::Reject { reason: format!("rejected in Slack by {}", user.id) }
+    };
+    let within = app.limits.timeout.mul_f64(0.8);
+    let voted = approvals::decide(&app, user.clone(), press.approval.clone(), verdict, within).await;
+    let message = match voted {
+        Err(e) => {
+            tracing::info!(approval = %press.approval, user = %user.id, code = e.code.as_str(), "a Slack vote was refused");
+            refusal(&e)
+        }
+        Ok(v) => {
+            let a = v.approval;
+            let public_url = app.notifier.public_url().to_string();
+            match a.state {
+                ApprovalState::Pending => {
+                    let mut m = crate::notify::slack_payload(crate::notify::Kind::Created, &a, &public_url, true);
+                    m["replace_original"] = json!(true);
+                    m
+                }
+                _ => {
+                    let state = a
+                        .requests
+                        .first()
+                        .and_then(|r| crate::pipeline::answer_of(app.as_ref(), r).ok())
+                        .map(|x| x.state)
+                        .unwrap_or_else(|| a.state.as_str().to_string());
+                    decided(&a, &user.id, &state)
+                }
+            }
+        }
+    };
+    if let Some(url) = press.response_url {
+        respond(&app, url, message).await;
+    }
+}
+
+/// The message that replaces a decided notice (no buttons left to press).
+pub fn decided(a: &approvals::Approval, by: &str, state: &str) -> Value {
+    let verb = if a.state == ApprovalState::Approved { "Approved" } else { "Rejected" };
+    let text = format!("{verb} by {by}: {} on {} by {} — {state}", a.action, a.target, a.agent);
+    json!({
+        "replace_original": true,
+        "text": text,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("approval {} · digest `{}`", a.id, a.digest)}]},
+        ],
+    })
+}
+
+/// What only the presser sees when their vote is refused.
+pub fn refusal(e: &ApiError) -> Value {
+    json!({
+        "replace_original": false,
+        "response_type": "ephemeral",
+        "text": format!("Warden refused your vote: `{}` — {}", e.code.as_str(), e.message),
+    })
+}
+
+/// Posts `message` to the interaction's `response_url`, if it is one of the configured Slack
+/// hosts'. A failure is logged: the vote stands whatever happens to the message.
+pub async fn respond(app: &App, url: String, message: Value) {
+    let Some(cfg) = app.slack.as_ref() else { return };
+    if !cfg.response_url_prefixes.iter().any(|p| url.starts_with(p.as_str())) {
+        tracing::warn!("a Slack response_url outside the configured hosts was not called");
+        return;
+    }
+    let timeout = app.limits.timeout;
+    let sent = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        agent.post(&url).send_json(&message).map(|r| r.status().as_u16())
+    })
+    .await;
+    match sent {
+        Ok(Ok(status)) if (200..300).contains(&status) => {}
+        Ok(Ok(status)) => tracing::warn!(status, "Slack refused the message update"),
+        _ => tracing::warn!("the Slack message update failed"),
+    }
+}
 
 /// How far a request's timestamp may be from now, either way (Slack's recommendation).
 pub const REPLAY_WINDOW_SECS: i64 = 300;

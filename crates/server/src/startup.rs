@@ -56,6 +56,7 @@ impl AppState {
             mcp: options.mcp,
             upstreams: options.upstreams,
             sessions: options.sessions,
+            stopping: tokio::sync::watch::Sender::new(false),
             secure_cookies: options.secure_cookies,
             slack: options.slack,
         });

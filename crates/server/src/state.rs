@@ -96,6 +96,9 @@ pub struct AppState {
     pub upstreams: Option<Arc<warden_connectors::mcp::Upstreams>>,
     /// Console sign-in sessions.
     pub sessions: crate::session::Sessions,
+    /// Set once the server is stopping: long-lived streams (the console's events) end, so a
+    /// graceful shutdown does not wait on them.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     /// Console session cookies carry `Secure` (the server speaks TLS).
     pub secure_cookies: bool,
     /// Slack interactive approvals, when configured.

@@ -35,8 +35,9 @@ pub struct ServeArgs {
     /// JWT-SVIDs) and `[[identity.oidc]]` (humans' OIDC tokens, roles from `roles_claim`),
     /// each with `issuer`, `jwks_file` (relative to the file) and optional `audience`; and
     /// `[notify]` (`public_url`, `attempts`, `backoff_ms`) with `[[notify.webhooks]]` (`name`,
-    /// `url`, `format` = `json` | `slack`) for approval notices. Everything else is set by flag
-    /// or `WARDEN_…` variable.
+    /// `url`, `format` = `json` | `slack`) for approval notices; `[slack]` (`signing_secret =
+    /// "secret:NAME"`, `[slack.users]` Slack id = Warden user) for Approve / Reject buttons in
+    /// Slack notices. Everything else is set by flag or `WARDEN_…` variable.
     #[arg(long, env = "WARDEN_CONFIG")]
     pub config: Option<PathBuf>,
     /// The policy bundle directory.
@@ -143,6 +144,21 @@ struct ConfigFile {
     notify: NotifySection,
     #[serde(default)]
     mcp: McpSection,
+    slack: Option<SlackSection>,
+}
+
+/// `[slack]`: a Slack app whose notices carry Approve / Reject buttons.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlackSection {
+    /// The app's signing secret, as `secret:NAME` (an environment variable or a file of
+    /// `--secrets-dir`): it is not written in the file.
+    signing_secret: String,
+    /// Slack user id → Warden user id: who may press the buttons, as whom.
+    #[serde(default)]
+    users: std::collections::BTreeMap<String, String>,
+    /// Where an interaction's `response_url` may point (default `https://hooks.slack.com/`).
+    response_url_prefixes: Option<Vec<String>>,
 }
 
 /// `[mcp]`: upstream MCP servers whose tools the bundle's `mcp.toml` maps to action classes.
@@ -173,6 +189,7 @@ struct Config {
     issuers: Vec<ExternalIssuer>,
     notify: NotifySection,
     upstreams: Vec<warden_connectors::mcp::UpstreamConfig>,
+    slack: Option<SlackSection>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -219,7 +236,33 @@ fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
     for u in &cfg.mcp.upstreams {
         u.check().map_err(|e| Failure::Invalid(format!("error: `{}`: {}", path.display(), e.0)))?;
     }
-    Ok(Config { issuers, notify: cfg.notify, upstreams: cfg.mcp.upstreams })
+    if let Some(slack) = &cfg.slack
+        && !slack.signing_secret.starts_with("secret:")
+    {
+        return Err(Failure::Invalid(format!(
+            "error: `{}`: `[slack] signing_secret` must be `secret:NAME` (an environment variable or a file of \
+             --secrets-dir), not the secret itself",
+            path.display()
+        )));
+    }
+    Ok(Config { issuers, notify: cfg.notify, upstreams: cfg.mcp.upstreams, slack: cfg.slack })
+}
+
+/// The Slack app of `[slack]`, its signing secret resolved.
+fn slack_app(a: &ServeArgs, cfg: Option<SlackSection>) -> Result<Option<warden_server::notify::SlackApp>, Failure> {
+    let Some(cfg) = cfg else { return Ok(None) };
+    let name = cfg.signing_secret.trim_start_matches("secret:");
+    let secrets = warden_connectors::EnvSecrets { given: Default::default(), dir: a.secrets_dir.clone() };
+    let secret = warden_connectors::Secrets::get(&secrets, name)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Failure::Invalid(format!("error: `[slack] signing_secret`: no secret `{name}` is set")))?;
+    Ok(Some(warden_server::notify::SlackApp {
+        signing_secret: secret,
+        users: cfg.users,
+        response_url_prefixes: cfg
+            .response_url_prefixes
+            .unwrap_or_else(warden_server::notify::SlackApp::default_prefixes),
+    }))
 }
 
 /// The bundle's `connectors.toml`, if it has one: without it, approved actions rest in
@@ -311,8 +354,10 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         attempts: config.notify.attempts.unwrap_or(defaults.attempts),
         backoff: config.notify.backoff_ms.map_or(defaults.backoff, std::time::Duration::from_millis),
         webhooks: config.notify.webhooks,
+        slack_buttons: config.slack.is_some(),
         ..defaults
     };
+    let slack = slack_app(&a, config.slack)?;
     let mut connector = load_connectors(&a)?;
     let upstreams = start_upstreams(&a, &bundle, config.upstreams)?;
     if let Some(mcp) = &upstreams {
@@ -329,6 +374,9 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         shadow: a.shadow,
         mcp: mcp_options(&a, scheme)?,
         upstreams,
+        sessions: Default::default(),
+        secure_cookies: a.tls_cert.is_some(),
+        slack,
     };
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(cert), Some(key)) => {

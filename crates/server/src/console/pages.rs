@@ -508,17 +508,26 @@ pub async fn events(
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, Failure> {
     let size = blocking(&app, |s| Ok(s.ledger().store().size()?)).await?;
     let changes = app.subscribe();
-    let stream = futures_util::stream::unfold((app, changes, size), |(app, mut changes, last)| async move {
+    let stopping = app.stopping.subscribe();
+    let state = (app, changes, stopping, size);
+    let stream = futures_util::stream::unfold(state, |(app, mut changes, mut stopping, last)| async move {
         loop {
-            // Wake on an approval change at once, else look at the log every half second.
-            let woke = matches!(tokio::time::timeout(Duration::from_millis(500), changes.changed()).await, Ok(Ok(())));
+            if *stopping.borrow() {
+                return None;
+            }
+            // Wake on an approval change at once, else look at the log every half second; end
+            // when the server stops.
+            let woke = tokio::select! {
+                r = tokio::time::timeout(Duration::from_millis(500), changes.changed()) => matches!(r, Ok(Ok(()))),
+                _ = stopping.changed() => return None,
+            };
             let now = match blocking(&app, |s| Ok(s.ledger().store().size()?)).await {
                 Ok(n) => n,
                 Err(_) => return None,
             };
             if now != last || woke {
                 let ev = Event::default().event("change").data(now.to_string());
-                return Some((Ok(ev), (app, changes, now)));
+                return Some((Ok(ev), (app, changes, stopping, now)));
             }
         }
     });

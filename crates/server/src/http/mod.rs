@@ -16,6 +16,7 @@ mod halts;
 mod leases;
 mod ops;
 mod policy;
+mod slack;
 mod tasks;
 
 use std::sync::OnceLock;
@@ -71,6 +72,7 @@ fn documented() -> OpenApiRouter<App> {
         .routes(routes!(halts::resume))
         .routes(routes!(halts::list))
         .routes(routes!(breakers::reset))
+        .routes(routes!(slack::interactions))
 }
 
 pub use crate::sweeper::sweep_due as sweep_approvals;

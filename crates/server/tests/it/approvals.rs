@@ -413,6 +413,7 @@ fn notify_to(url: &str, format: Format) -> NotifyOptions {
         backoff: Duration::from_millis(20),
         timeout: Duration::from_secs(2),
         public_url: "https://warden.test".into(),
+        slack_buttons: false,
     }
 }
 

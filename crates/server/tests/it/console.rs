@@ -361,3 +361,49 @@ async fn the_audit_page_verifies_and_exports() {
     let p = post(&h, "/console/audit/verify", Some(&cookie), &[("csrf", &token)]).await;
     assert!(p.body.contains("does not verify") && p.body.contains("entry 1"), "{}", p.body);
 }
+
+#[tokio::test]
+async fn the_event_stream_says_when_something_was_recorded() {
+    let (h, _) = clocked();
+    let cookie = sign_in(&h, &h.user("ana", &["soc-analyst"])).await;
+    let req = Request::builder().uri("/console/events").header("cookie", &cookie).body(Body::empty()).unwrap();
+    let res = h.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut body = res.into_body();
+    // Nothing recorded yet: no event within a second.
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(1200), body.frame()).await;
+    assert!(quiet.is_err(), "no event while nothing happens");
+    pending_isolation(&h, "r", "s").await;
+    let frame = tokio::time::timeout(std::time::Duration::from_secs(5), body.frame()).await.unwrap().unwrap().unwrap();
+    let text = String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
+    assert!(text.starts_with("event: change\ndata: "), "{text}");
+    // Without a session, no stream.
+    let p = get(&h, "/console/events", None).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+}
+
+/// A browser holding the event stream open does not keep a stopping server up.
+#[tokio::test]
+async fn stopping_the_server_ends_open_event_streams() {
+    let (h, _) = clocked();
+    let cookie = sign_in(&h, &h.user("ana", &["soc-analyst"])).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(warden_server::serve::serve(listener, h.app.clone(), async move {
+        let _ = stopped.await;
+    }));
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /console/events HTTP/1.1\r\nhost: {addr}\r\ncookie: {cookie}\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 512];
+    let n = conn.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/event-stream"), "{head}");
+    stop.send(()).unwrap();
+    let done = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+    assert!(matches!(done, Ok(Ok(Ok(())))), "the server stopped with a stream open: {done:?}");
+    drop(conn);
+}

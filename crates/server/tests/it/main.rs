@@ -15,6 +15,7 @@ mod mcp;
 mod model;
 mod openapi;
 mod reload;
+mod slack;
 mod tls;
 
 use std::path::Path;

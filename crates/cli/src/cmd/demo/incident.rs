@@ -327,8 +327,12 @@ pub fn run(data: PathBuf, keep_running: bool) -> Result<(), Failure> {
                 outln!("  warden explain {explained}");
                 outln!("  warden approvals list --state approved");
                 outln!("  curl http://{lab_addr}/state");
+                outln!("");
+                outln!("The analyst console: http://{addr}/console");
+                outln!("  sign in as ana (soc-analyst) with {}", tokens["ana"]);
+                outln!("  or as olga (incident commander) with {}", tokens["olga"]);
             } else {
-                outln!("  warden demo --keep-running   # leaves the server and the lab up to explore over HTTP");
+                outln!("  warden demo --keep-running   # leaves the server, the lab and the analyst console up");
             }
             Ok(())
         }
