@@ -81,23 +81,31 @@ async fn security_headers(req: Request, next: axum::middleware::Next) -> Respons
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    // Not `no-referrer`: under it a browser sends `Origin: null` with every form.
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
     res
 }
 
-/// Refuses a POST another site sent (a cross-site form or script), whatever it carries.
+/// Refuses a POST another site sent (a cross-site form or script), whatever it carries: by
+/// `Sec-Fetch-Site` where the browser sends it (only `same-origin` passes), else by `Origin`
+/// (absent, or this host).
 async fn same_site_posts(req: Request, next: axum::middleware::Next) -> Response {
     if req.method() == axum::http::Method::POST {
         let h = req.headers();
-        let cross = h.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site");
-        let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
-        let foreign_origin = match (h.get(header::ORIGIN).and_then(|v| v.to_str().ok()), host) {
-            (Some("null"), _) => true,
-            (Some(origin), Some(host)) => origin.split_once("://").map(|(_, rest)| rest) != Some(host),
-            _ => false,
+        let foreign = match h.get("sec-fetch-site").map(|v| v.as_bytes()) {
+            Some(site) => site != b"same-origin",
+            None => {
+                let host = h.get(header::HOST).and_then(|v| v.to_str().ok());
+                match (h.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("null")), host) {
+                    (Some("null"), _) => true,
+                    (Some(origin), Some(host)) => origin.split_once("://").map(|(_, rest)| rest) != Some(host),
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                }
+            }
         };
-        if cross || foreign_origin {
+        if foreign {
             return Failure(ApiError::new(Code::CrossSite, "a form sent from another site is refused")).into_response();
         }
     }

@@ -309,13 +309,21 @@ pub async fn action(
     Ok(html(&page).into_response())
 }
 
-fn grant_line(s: &AppState, agent: &str, g: &warden_core::guardrail::Grant, live: bool) -> views::GrantLine {
+/// One grant as the agents and policy pages show it; `live` adds the budget used in the last
+/// hour against the guardrail's limit for the action, and the breaker.
+fn grant_line(
+    s: &AppState,
+    guardrail: &warden_core::guardrail::Guardrail,
+    g: &warden_core::guardrail::Grant,
+    live: bool,
+) -> views::GrantLine {
+    let agent = guardrail.id.as_str();
     let store = s.ledger().store();
     let (mut budget, mut breaker_open) = (String::from("—"), false);
     if live {
         let since = crate::model::millis(s.now() - time::Duration::hours(1));
         if let Ok(u) = store.budget_usage(agent, &g.action, since, "", warden_store::UsageLimits::ALL) {
-            budget = match g.max_per_hour {
+            budget = match guardrail.budget_limits(&g.action).0 {
                 Some(max) => format!("{} of {max}", u.hits),
                 None => format!("{} (no cap)", u.hits),
             };
@@ -353,7 +361,7 @@ pub async fn agents(State(app): State<App>, who: Analyst, Query(q): Query<DoneQu
             .map(|a| {
                 let grants = bundle
                     .agent(&a.id)
-                    .map(|g| g.grants.iter().map(|gr| grant_line(s, &a.id, gr, true)).collect())
+                    .map(|g| g.grants.iter().map(|gr| grant_line(s, g, gr, true)).collect())
                     .unwrap_or_default();
                 views::AgentView {
                     status: serde_json::to_value(a.status)
@@ -483,7 +491,7 @@ pub async fn policy(State(app): State<App>, who: Analyst) -> PageResult {
                 g.grants.iter().map(|gr| views::PolicyGrant {
                     agent: g.id.clone(),
                     file: format!("{}:{}", g.file, gr.line),
-                    grant: grant_line(s, &g.id, gr, false),
+                    grant: grant_line(s, g, gr, false),
                 })
             })
             .collect();
