@@ -35,7 +35,7 @@ pub struct SlackForm {
         ("X-Slack-Signature" = Option<String>, Header, description = "`v0=` and the hex HMAC-SHA256 of `v0:TIMESTAMP:BODY`"),
     ),
     responses(
-        (status = 200, description = "taken: the vote is cast and the message updated through `response_url`", body = Object),
+        (status = 200, description = "taken: the vote is cast, then the message is updated through the interaction's response URL", body = Object),
         (status = 401, description = "`bad_slack_signature`", body = ErrorBody),
         (status = 403, description = "`unknown_slack_user`, `user_disabled`", body = ErrorBody),
         (status = 404, description = "`slack_not_configured`", body = ErrorBody),

@@ -39,6 +39,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("POST", "/v1/breakers/reset"),
     ("POST", "/v1/decisions"),
     ("POST", "/v1/halt"),
+    ("POST", "/v1/integrations/slack/interactions"),
     ("POST", "/v1/leases/introspect"),
     ("POST", "/v1/leases/{id}/revoke"),
     ("POST", "/v1/policy/reload"),

@@ -182,6 +182,7 @@ async fn the_same_rules_as_everywhere_else_apply() {
             "{user}"
         );
     }
+    eventually(|| (hooks.lock().unwrap().len() == 2).then_some(())).await;
     // The agent's owner: separation of duties, told only to them.
     let body = press("U0OLGA", "warden_approve");
     assert_eq!(deliver(&h, now, &sign(now, &body, SECRET), &body).await.0, StatusCode::OK);

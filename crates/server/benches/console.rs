@@ -1,0 +1,221 @@
+//! The console's lists and the API's paged lists with a full store, each beside `GET /healthz`
+//! measured in the same run.
+//!
+//! ```text
+//! cargo bench -p warden-server --bench console -- [SECONDS] [CONNECTIONS] [ACTIONS] [APPROVALS]
+//! ```
+//!
+//! The store is filled with ACTIONS recorded requests (default 100,000: five agents, six
+//! action classes, every state; each with its decision) and APPROVALS pending approvals
+//! (default 10,000; one in ten for a role the analyst lacks), written straight into the store
+//! in batches, copied from records the server itself made. Then each page is fetched again
+//! and again on keep-alive connections: the first page and a page from the middle of each
+//! list (by cursor), filtered and not. A page's cost is its p50 latency over `/healthz`'s
+//! (the mean of one run before the pages and one after).
+
+mod client;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use client::{once, request, run};
+use serde_json::json;
+use warden_core::Bundle;
+use warden_core::audit::entry::Actor;
+use warden_server::limits::Limits;
+use warden_server::model::{ActionRecord, Approval, DecisionRecord, Model};
+use warden_server::state::ServerOptions;
+use warden_server::{AppState, admin};
+use warden_store::{Batch, Change, DataDir, Query, Store, SystemClock, Table};
+
+const EDR: &str = "spiffe://acme.example/soc/edr-responder";
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let secs: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(3.0);
+    let conns: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
+    let actions: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let pending: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy");
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, admin_token) = DataDir::init(tmp.path(), "bench.local/audit", Arc::new(SystemClock)).unwrap();
+    let bundle = Bundle::load(&warden_server::policy_dir::read(&example).unwrap()).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let agents: Vec<String> = bundle.agents().map(|g| g.id.clone()).collect();
+    for g in bundle.agents() {
+        admin::add_agent(data.ledger(), &Actor::user("bench"), &g.id, &g.owner, &g.purpose, now).unwrap();
+    }
+    let (_, ana) = admin::add_user(data.ledger(), &Actor::user("bench"), "ana", &["soc-analyst".into()]).unwrap();
+    let limits = Limits { agent_rate: 1e9, agent_burst: 1e9, ..Limits::default() };
+    let app =
+        AppState::with_options(data, bundle, Arc::new(SystemClock), ServerOptions { limits, ..Default::default() })
+            .unwrap();
+    let edr_token = app.tokens.local.mint(EDR, "warden", now, 3600);
+    let store: Arc<dyn Store> = app.ledger().store().clone();
+    let (cookie, _) = warden_server::auth::console_sign_in(&app, &ana).unwrap();
+
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr: SocketAddr = listener.local_addr().unwrap();
+        tokio::spawn(warden_server::serve::serve(listener, app, std::future::pending()));
+        // Templates: one request that waits for approval, as the server records it.
+        let edr = format!("authorization: Bearer {edr_token}");
+        let task = json!({"id": "INC-1", "title": "bench", "trigger": {"source": "siem", "severity": "high"}});
+        let (status, _, _) = once(addr, &request("POST", "/v1/tasks", &edr, Some(&task))).await;
+        assert!(status.contains(" 201"), "{status}");
+        let body = json!({"task": "INC-1", "action": "host.isolate", "target": "host:lt-cfo", "confidence": 0.95,
+            "params": {"reason": "bench"}, "rationale": "bench", "evidence": [{"kind": "edr", "ref": "det:1"}]});
+        let (status, _, b) = once(addr, &request("POST", "/v1/actions", &edr, Some(&body))).await;
+        assert!(status.contains(" 200"), "{status}");
+        let answer: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        let id = answer["id"].as_str().unwrap();
+        let approval_id = answer["decision"]["approval"]["id"].as_str().unwrap();
+        let request0 = ActionRecord::from_record(&store.get(Table::Requests, id).unwrap().unwrap()).unwrap();
+        let decision0 = DecisionRecord::from_record(&store.get(Table::Decisions, id).unwrap().unwrap()).unwrap();
+        let approval0 = Approval::from_record(&store.get(Table::Approvals, approval_id).unwrap().unwrap()).unwrap();
+
+        let t = std::time::Instant::now();
+        fill(store.as_ref(), &agents, actions, pending, &request0, &decision0, &approval0);
+        let filled = t.elapsed();
+        let count = |t| store.count(t, &Query::default()).unwrap();
+        println!(
+            "Console and paged lists: {} requests, {} approvals ({} pending) in the store (filled in {:.1} s); \
+             {secs} s per run, {conns} keep-alive connections",
+            count(Table::Requests),
+            count(Table::Approvals),
+            store.count(Table::Approvals, &Query { state: Some("pending".into()), ..Query::default() }).unwrap(),
+            filled.as_secs_f64()
+        );
+        println!();
+        // Cursors into the middle of each list.
+        let mid_approval = nth(store.as_ref(), Table::Approvals, pending / 2, false);
+        let mid_action = nth(store.as_ref(), Table::Requests, actions / 2, true);
+        let mid_action = format!("{}.{}", mid_action.at.unwrap(), mid_action.id);
+        let mid_approval = mid_approval.id;
+        let admin = format!("authorization: Bearer {admin_token}");
+        let browser = format!("cookie: warden_session={cookie}");
+        let agent = urlencode(EDR);
+        let pages: Vec<(&str, String, &String)> = vec![
+            ("inbox, first page (mine)", "/console/inbox".into(), &browser),
+            ("inbox, a page from the middle", format!("/console/inbox?after={mid_approval}"), &browser),
+            ("activity, first page", "/console/activity".into(), &browser),
+            (
+                "activity, by agent + action + state",
+                format!("/console/activity?agent={agent}&action=host.isolate&outcome=succeeded"),
+                &browser,
+            ),
+            ("activity, a page from the middle", format!("/console/activity?after={mid_action}"), &browser),
+            ("agents", "/console/agents".into(), &browser),
+            ("GET /v1/approvals?limit=100", "/v1/approvals?limit=100".into(), &admin),
+            ("GET /v1/approvals, middle page", format!("/v1/approvals?limit=100&after={mid_approval}"), &admin),
+            ("GET /v1/actions?limit=100", "/v1/actions?limit=100".into(), &admin),
+            ("GET /v1/actions, middle page", format!("/v1/actions?limit=100&after={mid_action}"), &admin),
+        ];
+        // Every page answers 200 with something in it before it is timed.
+        for (name, path, header) in &pages {
+            let (status, _, body) = once(addr, &request("GET", path, header, None)).await;
+            assert!(status.contains(" 200"), "{name}: {status}");
+            assert!(body.len() > 500, "{name}: {}", String::from_utf8_lossy(&body));
+        }
+        let healthz = request("GET", "/healthz", "x-bench: 1", None);
+        let h1 = run(addr, healthz.clone(), secs, conns).await;
+        let mut rows = Vec::new();
+        for (name, path, header) in &pages {
+            rows.push((name, run(addr, request("GET", path, header, None), secs, conns).await));
+        }
+        let h2 = run(addr, healthz, secs, conns).await;
+        let base_p50 = (h1.p50 + h2.p50) / 2;
+        let base_rps = (h1.rps + h2.rps) / 2.0;
+        println!("| page | requests/s | p50 | p99 | p50 over /healthz's |");
+        println!("|---|---|---|---|---|");
+        println!("| GET /healthz (baseline) | {base_rps:.0} | {base_p50:?} | {:?} | 1.0 |", h1.p99.max(h2.p99));
+        for (name, r) in rows {
+            println!(
+                "| {name} | {:.0} | {:?} | {:?} | **{:.1}×** |",
+                r.rps,
+                r.p50,
+                r.p99,
+                r.p50.as_secs_f64() / base_p50.as_secs_f64()
+            );
+        }
+    });
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The `n`th record of `table` in its list's order (approvals oldest first by id, requests
+/// newest first).
+fn nth(store: &dyn Store, table: Table, n: usize, newest_first: bool) -> warden_store::Record {
+    let order = if newest_first { warden_store::Order::At } else { warden_store::Order::Id };
+    let q = Query { descending: newest_first, order, limit: n + 1, ..Query::default() };
+    store.find(table, &q).unwrap().pop().unwrap()
+}
+
+/// Writes `actions` requests with their decisions and `pending` approvals, copied from the
+/// templates, in batches.
+fn fill(
+    store: &dyn Store,
+    agents: &[String],
+    actions: usize,
+    pending: usize,
+    request0: &ActionRecord,
+    decision0: &DecisionRecord,
+    approval0: &Approval,
+) {
+    const KINDS: [&str; 6] =
+        ["host.isolate", "email.quarantine", "alert.enrich", "account.disable", "ip.block", "file.quarantine"];
+    const STATES: [&str; 6] = ["succeeded", "denied", "advised", "pending_approval", "failed", "rolled_back"];
+    let start_ms = request0.created_ms - actions as i64 * 1000;
+    let mut batch = Batch::new();
+    let flush = |batch: &mut Batch| {
+        let b = std::mem::take(batch);
+        store.commit_group(time::OffsetDateTime::now_utc(), &[b], &mut |_, _| Ok(None)).unwrap();
+    };
+    for i in 0..actions {
+        let mut r = request0.clone();
+        r.id = format!("act_{:012x}{:016x}", start_ms + i as i64 * 1000, i);
+        r.agent = agents[i % agents.len()].clone();
+        r.action = KINDS[i % KINDS.len()].to_string();
+        r.state = STATES[(i / 7) % STATES.len()].to_string();
+        r.target = format!("host:bench-{:05}", i % 5000);
+        r.created_ms = start_ms + i as i64 * 1000;
+        r.idempotency_key = None;
+        r.approval = None;
+        let mut d = decision0.clone();
+        d.id = r.id.clone();
+        d.agent = r.agent.clone();
+        d.decided_ms = r.created_ms;
+        batch = batch.change(Change::Insert(r.record())).change(Change::Insert(d.record()));
+        if batch.changes.len() >= 4000 {
+            flush(&mut batch);
+        }
+    }
+    for i in 0..pending {
+        let mut a = approval0.clone();
+        a.id = format!("apr_{:012x}{:016x}", start_ms + i as i64 * 1000, i);
+        a.digest = format!("sha256:{i:064x}");
+        a.target = format!("host:bench-{i:05}");
+        a.requests = vec![format!("act_bench_{i}")];
+        if i % 10 == 9 {
+            a.roles = vec!["iam-owner".into()];
+        }
+        batch = batch.change(Change::Insert(a.record()));
+        if batch.changes.len() >= 4000 {
+            flush(&mut batch);
+        }
+    }
+    flush(&mut batch);
+}
