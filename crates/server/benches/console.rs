@@ -77,71 +77,100 @@ fn main() {
         let decision0 = DecisionRecord::from_record(&store.get(Table::Decisions, id).unwrap().unwrap()).unwrap();
         let approval0 = Approval::from_record(&store.get(Table::Approvals, approval_id).unwrap().unwrap()).unwrap();
 
+        let admin = format!("authorization: Bearer {admin_token}");
+        let browser = format!("cookie: warden_session={cookie}");
+        // First a small store, then the full one: a page that is indexed costs the same in both.
+        let small = (actions / 100, pending / 100);
         let t = std::time::Instant::now();
-        fill(store.as_ref(), &agents, actions, pending, &request0, &decision0, &approval0);
+        fill(store.as_ref(), &agents, 0..small.0, 0..small.1, actions, &request0, &decision0, &approval0);
+        let at_small = measure(addr, store.as_ref(), &admin, &browser, secs, conns).await;
+        fill(store.as_ref(), &agents, small.0..actions, small.1..pending, actions, &request0, &decision0, &approval0);
         let filled = t.elapsed();
         let count = |t| store.count(t, &Query::default()).unwrap();
         println!(
-            "Console and paged lists: {} requests, {} approvals ({} pending) in the store (filled in {:.1} s); \
-             {secs} s per run, {conns} keep-alive connections",
+            "Console and paged lists: {} requests and {} pending approvals in the store (filled in {:.1} s), \
+             against {} and {} first; {secs} s per run, {conns} keep-alive connections",
             count(Table::Requests),
-            count(Table::Approvals),
             store.count(Table::Approvals, &Query { state: Some("pending".into()), ..Query::default() }).unwrap(),
-            filled.as_secs_f64()
+            filled.as_secs_f64(),
+            small.0 + 1,
+            small.1 + 1,
         );
         println!();
-        // Cursors into the middle of each list.
-        let mid_approval = nth(store.as_ref(), Table::Approvals, pending / 2, false);
-        let mid_action = nth(store.as_ref(), Table::Requests, actions / 2, true);
-        let mid_action = format!("{}.{}", mid_action.at.unwrap(), mid_action.id);
-        let mid_approval = mid_approval.id;
-        let admin = format!("authorization: Bearer {admin_token}");
-        let browser = format!("cookie: warden_session={cookie}");
-        let agent = urlencode(EDR);
-        let pages: Vec<(&str, String, &String)> = vec![
-            ("inbox, first page (mine)", "/console/inbox".into(), &browser),
-            ("inbox, a page from the middle", format!("/console/inbox?after={mid_approval}"), &browser),
-            ("activity, first page", "/console/activity".into(), &browser),
-            (
-                "activity, by agent + action + state",
-                format!("/console/activity?agent={agent}&action=host.isolate&outcome=succeeded"),
-                &browser,
-            ),
-            ("activity, a page from the middle", format!("/console/activity?after={mid_action}"), &browser),
-            ("agents", "/console/agents".into(), &browser),
-            ("GET /v1/approvals?limit=100", "/v1/approvals?limit=100".into(), &admin),
-            ("GET /v1/approvals, middle page", format!("/v1/approvals?limit=100&after={mid_approval}"), &admin),
-            ("GET /v1/actions?limit=100", "/v1/actions?limit=100".into(), &admin),
-            ("GET /v1/actions, middle page", format!("/v1/actions?limit=100&after={mid_action}"), &admin),
-        ];
-        // Every page answers 200 with something in it before it is timed.
-        for (name, path, header) in &pages {
-            let (status, _, body) = once(addr, &request("GET", path, header, None)).await;
-            assert!(status.contains(" 200"), "{name}: {status}");
-            assert!(body.len() > 500, "{name}: {}", String::from_utf8_lossy(&body));
-        }
-        let healthz = request("GET", "/healthz", "x-bench: 1", None);
-        let h1 = run(addr, healthz.clone(), secs, conns).await;
-        let mut rows = Vec::new();
-        for (name, path, header) in &pages {
-            rows.push((name, run(addr, request("GET", path, header, None), secs, conns).await));
-        }
-        let h2 = run(addr, healthz, secs, conns).await;
-        let base_p50 = (h1.p50 + h2.p50) / 2;
-        let base_rps = (h1.rps + h2.rps) / 2.0;
-        println!("| page | requests/s | p50 | p99 | p50 over /healthz's |");
-        println!("|---|---|---|---|---|");
-        println!("| GET /healthz (baseline) | {base_rps:.0} | {base_p50:?} | {:?} | 1.0 |", h1.p99.max(h2.p99));
-        for (name, r) in rows {
+        let at_full = measure(addr, store.as_ref(), &admin, &browser, secs, conns).await;
+        println!("| page | small store: p50 (× /healthz) | full store: requests/s | p50 | p99 | p50 × /healthz | full ÷ small |");
+        println!("|---|---|---|---|---|---|---|");
+        for ((name, s), (_, f)) in at_small.iter().zip(&at_full) {
             println!(
-                "| {name} | {:.0} | {:?} | {:?} | **{:.1}×** |",
-                r.rps,
-                r.p50,
-                r.p99,
-                r.p50.as_secs_f64() / base_p50.as_secs_f64()
+                "| {name} | {:?} ({:.1}×) | {:.0} | {:?} | {:?} | **{:.1}×** | **{:.2}×** |",
+                s.0.p50,
+                s.1,
+                f.0.rps,
+                f.0.p50,
+                f.0.p99,
+                f.1,
+                f.0.p50.as_secs_f64() / s.0.p50.as_secs_f64()
             );
         }
     });
+}
+
+/// Each page (and `/healthz`, before and after) fetched for `secs` on `conns` connections:
+/// each page's run, and its p50 over `/healthz`'s.
+async fn measure(
+    addr: SocketAddr,
+    store: &dyn Store,
+    admin: &String,
+    browser: &String,
+    secs: f64,
+    conns: usize,
+) -> Vec<(&'static str, (client::Run, f64))> {
+    let approvals =
+        store.count(Table::Approvals, &Query { state: Some("pending".into()), ..Query::default() }).unwrap();
+    let actions = store.count(Table::Requests, &Query::default()).unwrap();
+    let mid_approval = nth(store, Table::Approvals, approvals as usize / 2, false).id;
+    let mid_action = nth(store, Table::Requests, actions as usize / 2, true);
+    let mid_action = format!("{}.{}", mid_action.at.unwrap(), mid_action.id);
+    let agent = urlencode(EDR);
+    let pages: Vec<(&'static str, String, &String)> = vec![
+        ("inbox, first page (mine)", "/console/inbox".into(), browser),
+        ("inbox, a page from the middle", format!("/console/inbox?after={mid_approval}"), browser),
+        ("activity, first page", "/console/activity".into(), browser),
+        (
+            "activity, by agent + action + state",
+            format!("/console/activity?agent={agent}&action=host.isolate&outcome=succeeded"),
+            browser,
+        ),
+        ("activity, a page from the middle", format!("/console/activity?after={mid_action}"), browser),
+        ("agents", "/console/agents".into(), browser),
+        ("GET /v1/approvals?limit=100", "/v1/approvals?limit=100".into(), admin),
+        ("GET /v1/approvals, middle page", format!("/v1/approvals?limit=100&after={mid_approval}"), admin),
+        ("GET /v1/actions?limit=100", "/v1/actions?limit=100".into(), admin),
+        ("GET /v1/actions, middle page", format!("/v1/actions?limit=100&after={mid_action}"), admin),
+    ];
+    // Every page answers 200 with something in it before it is timed.
+    for (name, path, header) in &pages {
+        let (status, _, body) = once(addr, &request("GET", path, header, None)).await;
+        assert!(status.contains(" 200"), "{name}: {status}");
+        assert!(body.len() > 500, "{name}: {}", String::from_utf8_lossy(&body));
+    }
+    let healthz = request("GET", "/healthz", "x-bench: 1", None);
+    let h1 = run(addr, healthz.clone(), secs, conns).await;
+    let mut runs = Vec::new();
+    for (name, path, header) in &pages {
+        runs.push((*name, run(addr, request("GET", path, header, None), secs, conns).await));
+    }
+    let h2 = run(addr, healthz, secs, conns).await;
+    let base = ((h1.p50 + h2.p50) / 2).as_secs_f64();
+    let mut out = vec![(
+        "GET /healthz (baseline)",
+        (client::Run { rps: (h1.rps + h2.rps) / 2.0, p50: (h1.p50 + h2.p50) / 2, p99: h1.p99.max(h2.p99) }, 1.0),
+    )];
+    out.extend(runs.into_iter().map(|(n, r)| {
+        let x = r.p50.as_secs_f64() / base;
+        (n, (r, x))
+    }));
+    out
 }
 
 fn urlencode(s: &str) -> String {
@@ -166,11 +195,13 @@ fn nth(store: &dyn Store, table: Table, n: usize, newest_first: bool) -> warden_
 
 /// Writes `actions` requests with their decisions and `pending` approvals, copied from the
 /// templates, in batches.
+#[allow(clippy::too_many_arguments)]
 fn fill(
     store: &dyn Store,
     agents: &[String],
-    actions: usize,
-    pending: usize,
+    actions: std::ops::Range<usize>,
+    pending: std::ops::Range<usize>,
+    total: usize,
     request0: &ActionRecord,
     decision0: &DecisionRecord,
     approval0: &Approval,
@@ -178,13 +209,13 @@ fn fill(
     const KINDS: [&str; 6] =
         ["host.isolate", "email.quarantine", "alert.enrich", "account.disable", "ip.block", "file.quarantine"];
     const STATES: [&str; 6] = ["succeeded", "denied", "advised", "pending_approval", "failed", "rolled_back"];
-    let start_ms = request0.created_ms - actions as i64 * 1000;
+    let start_ms = request0.created_ms - total as i64 * 1000;
     let mut batch = Batch::new();
     let flush = |batch: &mut Batch| {
         let b = std::mem::take(batch);
         store.commit_group(time::OffsetDateTime::now_utc(), &[b], &mut |_, _| Ok(None)).unwrap();
     };
-    for i in 0..actions {
+    for i in actions {
         let mut r = request0.clone();
         r.id = format!("act_{:012x}{:016x}", start_ms + i as i64 * 1000, i);
         r.agent = agents[i % agents.len()].clone();
@@ -203,7 +234,7 @@ fn fill(
             flush(&mut batch);
         }
     }
-    for i in 0..pending {
+    for i in pending {
         let mut a = approval0.clone();
         a.id = format!("apr_{:012x}{:016x}", start_ms + i as i64 * 1000, i);
         a.digest = format!("sha256:{i:064x}");

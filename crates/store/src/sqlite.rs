@@ -71,7 +71,9 @@ const BUDGET_SUMMARIES: &str = "
 
 /// Lists page through the tables by keyset (`at`, id) and filter by action class: every
 /// filter's index carries the order's columns, so a page is one index range however deep, and
-/// `kind` (the action class, taken from the stored bodies) is a column of its own.
+/// `kind` (the action class, taken from the stored bodies) is a column of its own. An agent's
+/// record for one action (its track record; the activity page's agent + action + state
+/// filter) is one range of `(agent, kind, state, at, id)`.
 fn paging() -> String {
     let mut sql = String::new();
     for t in Table::ALL {
@@ -92,7 +94,8 @@ fn paging() -> String {
             "UPDATE {n} SET kind = json_extract(body, '$.action');
              CREATE INDEX {n}_by_at ON {n} (at, id);
              CREATE INDEX {n}_by_kind ON {n} (kind, at, id);
-             CREATE INDEX {n}_by_state_id ON {n} (state, id);"
+             CREATE INDEX {n}_by_state_id ON {n} (state, id);
+             CREATE INDEX {n}_by_agent_kind ON {n} (agent, kind, state, at, id);"
         ));
     }
     sql

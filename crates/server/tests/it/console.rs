@@ -412,3 +412,35 @@ async fn stopping_the_server_ends_open_event_streams() {
     assert!(matches!(done, Ok(Ok(Ok(())))), "the server stopped with a stream open: {done:?}");
     drop(conn);
 }
+
+/// An OIDC ID token signs a human in with the roles its claim lists; the session ends when
+/// the token would have, however active; a token from no trusted issuer is refused.
+#[tokio::test]
+async fn an_oidc_id_token_signs_in_until_it_expires() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let (h, clock) = clocked();
+    let now = h.app.now().unix_timestamp();
+    let key = EncodingKey::from_ec_pem(&std::fs::read(crate::fixture("ec.pem")).unwrap()).unwrap();
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("idp-ec".into());
+    let claims = json!({"sub": "bob@acme.example", "aud": "warden", "exp": now + 600, "iss": crate::IDP, "groups": ["soc-analyst"]});
+    let token = encode(&header, &claims, &key).unwrap();
+    let (id, _) = pending_isolation(&h, "r", "s").await;
+    let cookie = sign_in(&h, &token).await;
+    let page = get(&h, "/console/inbox", Some(&cookie)).await;
+    assert!(page.body.contains("bob@acme.example") && page.body.contains(&id), "bob's inbox, with his role's approval");
+    assert!(page.body.contains(&format!("/console/approvals/{id}/approve")), "and he may approve it");
+    clock.advance(time::Duration::minutes(9));
+    assert_eq!(get(&h, "/console/inbox", Some(&cookie)).await.status, StatusCode::OK);
+    clock.advance(time::Duration::minutes(2));
+    assert_eq!(
+        get(&h, "/console/inbox", Some(&cookie)).await.status,
+        StatusCode::SEE_OTHER,
+        "the token's expiry ends it"
+    );
+    // Signed by a key no issuer has: refused.
+    let mut forged = Header::new(Algorithm::ES256);
+    forged.kid = Some("nobody".into());
+    let p = post(&h, "/console/sign-in", None, &[("token", &encode(&forged, &claims, &key).unwrap())]).await;
+    assert_eq!(p.status, StatusCode::UNAUTHORIZED);
+}
