@@ -93,10 +93,21 @@ fn left(now_ms: i64, ms: i64) -> String {
     if secs == 0 { "expired".into() } else { format!("{}m {:02}s left", secs / 60, secs % 60) }
 }
 
-fn card(s: &AppState, user: &crate::model::User, a: Approval) -> Result<views::Card, ApiError> {
+/// Track records already counted for this page, by agent and action.
+type Tracks = std::collections::HashMap<(String, String), approvals::TrackRecord>;
+
+fn card(s: &AppState, user: &crate::model::User, a: Approval, tracks: &mut Tracks) -> Result<views::Card, ApiError> {
     let store = s.ledger().store();
     let task = store.get(Table::Tasks, &a.task)?.map(|r| Task::from_record(&r)).transpose()?;
-    let track = approvals::track_record(store.as_ref(), &a.agent, &a.action, s.now())?;
+    let key = (a.agent.clone(), a.action.clone());
+    let track = match tracks.get(&key) {
+        Some(t) => t.clone(),
+        None => {
+            let t = approvals::track_record(store.as_ref(), &a.agent, &a.action, s.now())?;
+            tracks.insert(key, t.clone());
+            t
+        }
+    };
     let now_ms = crate::model::millis(s.now());
     let no_reject = approvals::may_decide(&a, user).err().map(|e| e.message.to_string());
     let no_approve =
@@ -163,7 +174,9 @@ pub async fn inbox(State(app): State<App>, who: Analyst, Query(q): Query<InboxQu
             limit: 25,
         };
         let page = approvals::page(s.ledger().store().as_ref(), &filter)?;
-        let cards = page.items.into_iter().map(|a| card(s, who.user(), a)).collect::<Result<Vec<_>, _>>()?;
+        let mut tracks = Tracks::new();
+        let cards =
+            page.items.into_iter().map(|a| card(s, who.user(), a, &mut tracks)).collect::<Result<Vec<_>, _>>()?;
         let next = page.next.map(|c| crate::input::cursor_text(&c, Order::Id));
         Ok(views::InboxPage { chrome: chrome(s, &who, "inbox", q.done.as_deref())?, cards, next, all })
     })

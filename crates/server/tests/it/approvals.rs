@@ -578,3 +578,57 @@ async fn the_inbox_pages_oldest_first_and_by_role() {
         );
     }
 }
+
+/// The track record counts this agent's approved, rejected and rolled-back requests for this
+/// action — counted in the store — and nobody else's, nor this agent's for another action.
+#[tokio::test]
+async fn the_track_record_counts_only_this_agent_and_action() {
+    let (h, _, _) = crate::harness_lab();
+    let edr = h.svid(EDR);
+    task(&h, &edr, "INC-7").await;
+    let ana = h.user("ana", &["soc-analyst"]);
+    let isolate = |reason: &str| {
+        json!({"task": "INC-7", "action": "host.isolate", "target": "host:db-payments-01", "confidence": 0.95,
+            "params": {"reason": reason}, "rationale": "C2", "evidence": [{"kind": "edr", "ref": "det:9"}]})
+    };
+    let ask = |body: Value| {
+        let (h, edr) = (&h, &edr);
+        async move {
+            let (_, a) = h.call("POST", "/v1/actions", Some(edr), Some(body)).await;
+            assert_eq!(a["state"], "pending_approval", "{a}");
+            a
+        }
+    };
+    // Approved, executed in the lab, then rolled back; approved; rejected.
+    let first = ask(isolate("one")).await;
+    assert_eq!(vote(&h, &ana, &approval_id(&first), "approve", json!({})).await.1["state"], "approved");
+    let (status, e) =
+        h.call("POST", &format!("/v1/actions/{}/rollback", first["id"].as_str().unwrap()), Some(&ana), None).await;
+    assert_eq!(status, StatusCode::OK, "{e}");
+    let second = ask(isolate("two")).await;
+    vote(&h, &ana, &approval_id(&second), "approve", json!({})).await;
+    let third = ask(isolate("three")).await;
+    vote(&h, &ana, &approval_id(&third), "reject", json!({"reason": "no"})).await;
+    // Another action of the same agent, and the same action of another agent: not counted.
+    let kill = json!({"task": "INC-7", "action": "process.kill", "target": "host:db-payments-01", "confidence": 0.95,
+        "params": {"pid": 4242}, "rationale": "C2", "evidence": [{"kind": "edr", "ref": "det:9"}]});
+    let (_, k) = h.call("POST", "/v1/actions", Some(&edr), Some(kill)).await;
+    assert_eq!(k["state"], "pending_approval", "{k}");
+    vote(&h, &ana, &approval_id(&k), "reject", json!({"reason": "no"})).await;
+    let phish = h.svid(crate::PHISH);
+    let t = json!({"id": "INC-8", "title": "t", "trigger": {"source": "siem", "severity": "high"}});
+    assert_eq!(h.call("POST", "/v1/tasks", Some(&h.admin), Some(t)).await.0, StatusCode::CREATED);
+    let mut other = isolate("other");
+    other["task"] = json!("INC-8");
+    let (_, p) = h.call("POST", "/v1/actions", Some(&phish), Some(other)).await;
+    assert_eq!(p["state"], "pending_approval", "{p}");
+    vote(&h, &ana, &approval_id(&p), "reject", json!({"reason": "no"})).await;
+    let open = ask(isolate("four")).await;
+    let (_, shown) = h.call("GET", &format!("/v1/approvals/{}", approval_id(&open)), Some(&h.admin), None).await;
+    assert_eq!(
+        shown["track_record"],
+        json!({"days": 30, "approved": 2, "rejected": 1, "expired": 0, "rolled_back": 1}),
+        "{}",
+        shown["track_record"]
+    );
+}
