@@ -8,11 +8,11 @@
 //! The store is filled with ACTIONS recorded requests (default 100,000: five agents, six
 //! action classes, every state; each with its decision) and APPROVALS pending approvals
 //! (default 10,000; one in ten for a role the analyst lacks), written straight into the store
-//! in batches, copied from records the server itself made. Then each page is fetched again
-//! and again on keep-alive connections: the first page and a page from the middle of each
-//! list (by cursor), filtered and not. A page's cost is its p50 latency over `/healthz`'s
-//! (the mean of one run before the pages and one after). Every page is measured twice: with a
-//! tenth of the records in the store, then with all of them — an indexed page costs the same.
+//! in batches, copied from records the server itself made. A second server in the same process
+//! holds a tenth as many. Each page is fetched again and again on keep-alive connections — the
+//! first page and a page from the middle of each list (by cursor), filtered and not — on both
+//! servers, A B B A. A page's cost is its p50 latency over `/healthz`'s on the full server,
+//! and its p50 on the full server over the small one's: an indexed page costs the same.
 
 mod client;
 
@@ -32,17 +32,19 @@ use warden_store::{Batch, Change, DataDir, Query, Store, SystemClock, Table};
 
 const EDR: &str = "spiffe://acme.example/soc/edr-responder";
 
-fn main() {
-    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
-    let secs: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(3.0);
-    let conns: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
-    let actions: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let pending: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+/// A server on loopback whose store holds `actions` requests and `pending` approvals.
+struct Server {
+    addr: SocketAddr,
+    store: Arc<dyn Store>,
+    admin: String,
+    browser: String,
+    _dir: tempfile::TempDir,
+}
 
+async fn server(actions: usize, pending: usize) -> Server {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy");
-    let tmp = tempfile::tempdir().unwrap();
-    let (data, admin_token) = DataDir::init(tmp.path(), "bench.local/audit", Arc::new(SystemClock)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, admin_token) = DataDir::init(dir.path(), "bench.local/audit", Arc::new(SystemClock)).unwrap();
     let bundle = Bundle::load(&warden_server::policy_dir::read(&example).unwrap()).unwrap();
     let now = time::OffsetDateTime::now_utc();
     let agents: Vec<String> = bundle.agents().map(|g| g.id.clone()).collect();
@@ -57,75 +59,86 @@ fn main() {
     let edr_token = app.tokens.local.mint(EDR, "warden", now, 3600);
     let store: Arc<dyn Store> = app.ledger().store().clone();
     let (cookie, _) = warden_server::auth::console_sign_in(&app, &ana).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(warden_server::serve::serve(listener, app, std::future::pending()));
+    // Templates: one request that waits for approval, as the server records it.
+    let edr = format!("authorization: Bearer {edr_token}");
+    let task = json!({"id": "INC-1", "title": "bench", "trigger": {"source": "siem", "severity": "high"}});
+    let (status, _, _) = once(addr, &request("POST", "/v1/tasks", &edr, Some(&task))).await;
+    assert!(status.contains(" 201"), "{status}");
+    let body = json!({"task": "INC-1", "action": "host.isolate", "target": "host:lt-cfo", "confidence": 0.95,
+        "params": {"reason": "bench"}, "rationale": "bench", "evidence": [{"kind": "edr", "ref": "det:1"}]});
+    let (status, _, b) = once(addr, &request("POST", "/v1/actions", &edr, Some(&body))).await;
+    assert!(status.contains(" 200"), "{status}");
+    let answer: serde_json::Value = serde_json::from_slice(&b).unwrap();
+    let id = answer["id"].as_str().unwrap();
+    let approval_id = answer["decision"]["approval"]["id"].as_str().unwrap();
+    let request0 = ActionRecord::from_record(&store.get(Table::Requests, id).unwrap().unwrap()).unwrap();
+    let decision0 = DecisionRecord::from_record(&store.get(Table::Decisions, id).unwrap().unwrap()).unwrap();
+    let approval0 = Approval::from_record(&store.get(Table::Approvals, approval_id).unwrap().unwrap()).unwrap();
+    fill(store.as_ref(), &agents, 0..actions, 0..pending, actions, &request0, &decision0, &approval0);
+    Server {
+        addr,
+        store,
+        admin: format!("authorization: Bearer {admin_token}"),
+        browser: format!("cookie: warden_session={cookie}"),
+        _dir: dir,
+    }
+}
 
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let secs: f64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(3.0);
+    let conns: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
+    let actions: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let pending: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        tokio::spawn(warden_server::serve::serve(listener, app, std::future::pending()));
-        // Templates: one request that waits for approval, as the server records it.
-        let edr = format!("authorization: Bearer {edr_token}");
-        let task = json!({"id": "INC-1", "title": "bench", "trigger": {"source": "siem", "severity": "high"}});
-        let (status, _, _) = once(addr, &request("POST", "/v1/tasks", &edr, Some(&task))).await;
-        assert!(status.contains(" 201"), "{status}");
-        let body = json!({"task": "INC-1", "action": "host.isolate", "target": "host:lt-cfo", "confidence": 0.95,
-            "params": {"reason": "bench"}, "rationale": "bench", "evidence": [{"kind": "edr", "ref": "det:1"}]});
-        let (status, _, b) = once(addr, &request("POST", "/v1/actions", &edr, Some(&body))).await;
-        assert!(status.contains(" 200"), "{status}");
-        let answer: serde_json::Value = serde_json::from_slice(&b).unwrap();
-        let id = answer["id"].as_str().unwrap();
-        let approval_id = answer["decision"]["approval"]["id"].as_str().unwrap();
-        let request0 = ActionRecord::from_record(&store.get(Table::Requests, id).unwrap().unwrap()).unwrap();
-        let decision0 = DecisionRecord::from_record(&store.get(Table::Decisions, id).unwrap().unwrap()).unwrap();
-        let approval0 = Approval::from_record(&store.get(Table::Approvals, approval_id).unwrap().unwrap()).unwrap();
-
-        let admin = format!("authorization: Bearer {admin_token}");
-        let browser = format!("cookie: warden_session={cookie}");
-        // First a small store, then the full one: a page that is indexed costs the same in both.
-        let small = (actions / 10, pending / 10);
         let t = std::time::Instant::now();
-        fill(store.as_ref(), &agents, 0..small.0, 0..small.1, actions, &request0, &decision0, &approval0);
-        let at_small = measure(addr, store.as_ref(), &admin, &browser, secs, conns).await;
-        fill(store.as_ref(), &agents, small.0..actions, small.1..pending, actions, &request0, &decision0, &approval0);
+        let full = server(actions, pending).await;
         let filled = t.elapsed();
-        let count = |t| store.count(t, &Query::default()).unwrap();
+        let small = server(actions / 10, pending / 10).await;
+        let count = |s: &Server, state: Option<&str>, t| {
+            s.store.count(t, &Query { state: state.map(str::to_string), ..Query::default() }).unwrap()
+        };
         println!(
-            "Console and paged lists: {} requests and {} pending approvals in the store (filled in {:.1} s), \
-             against {} and {} first; {secs} s per run, {conns} keep-alive connections",
-            count(Table::Requests),
-            store.count(Table::Approvals, &Query { state: Some("pending".into()), ..Query::default() }).unwrap(),
+            "Console and paged lists: a server whose store holds {} requests and {} pending approvals \
+             (filled in {:.1} s) against one with {} and {}, in the same process; {secs} s per run, \
+             {conns} keep-alive connections, runs A B B A (small, full, full, small)",
+            count(&full, None, Table::Requests),
+            count(&full, Some("pending"), Table::Approvals),
             filled.as_secs_f64(),
-            small.0 + 1,
-            small.1 + 1,
+            count(&small, None, Table::Requests),
+            count(&small, Some("pending"), Table::Approvals),
         );
         println!();
-        let at_full = measure(addr, store.as_ref(), &admin, &browser, secs, conns).await;
-        println!("| page | small store: p50 (× /healthz) | full store: requests/s | p50 | p99 | p50 × /healthz | full ÷ small |");
+        let a1 = measure(&small, secs, conns).await;
+        let b1 = measure(&full, secs, conns).await;
+        let b2 = measure(&full, secs, conns).await;
+        let a2 = measure(&small, secs, conns).await;
+        let p50 = |x: &client::Run, y: &client::Run| (x.p50 + y.p50) / 2;
+        println!("| page | small store: p50 | full store: requests/s | p50 | p99 | p50 × /healthz | full ÷ small |");
         println!("|---|---|---|---|---|---|---|");
-        for ((name, s), (_, f)) in at_small.iter().zip(&at_full) {
+        let base = p50(&b1[0].1, &b2[0].1).as_secs_f64();
+        for i in 0..a1.len() {
+            let (name, s) = (a1[i].0, p50(&a1[i].1, &a2[i].1));
+            let (f1, f2) = (&b1[i].1, &b2[i].1);
+            let f = p50(f1, f2);
             println!(
-                "| {name} | {:?} ({:.1}×) | {:.0} | {:?} | {:?} | **{:.1}×** | **{:.2}×** |",
-                s.0.p50,
-                s.1,
-                f.0.rps,
-                f.0.p50,
-                f.0.p99,
-                f.1,
-                f.0.p50.as_secs_f64() / s.0.p50.as_secs_f64()
+                "| {name} | {s:?} | {:.0} | {f:?} | {:?} | **{:.1}×** | **{:.2}×** |",
+                (f1.rps + f2.rps) / 2.0,
+                f1.p99.max(f2.p99),
+                f.as_secs_f64() / base,
+                f.as_secs_f64() / s.as_secs_f64()
             );
         }
     });
 }
 
-/// Each page (and `/healthz`, before and after) fetched for `secs` on `conns` connections:
-/// each page's run, and its p50 over `/healthz`'s.
-async fn measure(
-    addr: SocketAddr,
-    store: &dyn Store,
-    admin: &String,
-    browser: &String,
-    secs: f64,
-    conns: usize,
-) -> Vec<(&'static str, (client::Run, f64))> {
+/// `/healthz` and each page of `srv`, fetched for `secs` on `conns` connections.
+async fn measure(srv: &Server, secs: f64, conns: usize) -> Vec<(&'static str, client::Run)> {
+    let (addr, store, admin, browser) = (srv.addr, srv.store.as_ref(), &srv.admin, &srv.browser);
     let approvals =
         store.count(Table::Approvals, &Query { state: Some("pending".into()), ..Query::default() }).unwrap();
     let actions = store.count(Table::Requests, &Query::default()).unwrap();
@@ -155,22 +168,11 @@ async fn measure(
         assert!(status.contains(" 200"), "{name}: {status}");
         assert!(body.len() > 500, "{name}: {}", String::from_utf8_lossy(&body));
     }
-    let healthz = request("GET", "/healthz", "x-bench: 1", None);
-    let h1 = run(addr, healthz.clone(), secs, conns).await;
-    let mut runs = Vec::new();
+    let mut out =
+        vec![("GET /healthz (baseline)", run(addr, request("GET", "/healthz", "x-bench: 1", None), secs, conns).await)];
     for (name, path, header) in &pages {
-        runs.push((*name, run(addr, request("GET", path, header, None), secs, conns).await));
+        out.push((*name, run(addr, request("GET", path, header, None), secs, conns).await));
     }
-    let h2 = run(addr, healthz, secs, conns).await;
-    let base = ((h1.p50 + h2.p50) / 2).as_secs_f64();
-    let mut out = vec![(
-        "GET /healthz (baseline)",
-        (client::Run { rps: (h1.rps + h2.rps) / 2.0, p50: (h1.p50 + h2.p50) / 2, p99: h1.p99.max(h2.p99) }, 1.0),
-    )];
-    out.extend(runs.into_iter().map(|(n, r)| {
-        let x = r.p50.as_secs_f64() / base;
-        (n, (r, x))
-    }));
     out
 }
 
