@@ -73,6 +73,28 @@ impl Client {
         self.answer(path, res)
     }
 
+    /// Every item of a paged list: the first page at `path`, then each `Link: <…>; rel="next"`
+    /// the server gives (at most `max_pages` pages).
+    pub fn get_all(&self, path: &str, max_pages: usize) -> Result<Vec<Value>, Failure> {
+        let mut items = Vec::new();
+        let mut next = Some(path.to_string());
+        for _ in 0..max_pages {
+            let Some(p) = next.take() else { break };
+            let res = self.agent.get(format!("{}{p}", self.base)).header("authorization", self.bearer()).call();
+            if let Ok(r) = &res {
+                next = r
+                    .headers()
+                    .get("link")
+                    .and_then(|l| l.to_str().ok())
+                    .filter(|l| l.ends_with("rel=\"next\""))
+                    .and_then(|l| l.strip_prefix('<')?.split_once('>').map(|(u, _)| u.to_string()));
+            }
+            let page: Vec<Value> = self.answer(&p, res)?;
+            items.extend(page);
+        }
+        Ok(items)
+    }
+
     pub fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, Failure> {
         let res =
             self.agent.post(format!("{}{path}", self.base)).header("authorization", self.bearer()).send_json(body);

@@ -174,7 +174,10 @@ fn print(v: &Value, output: Output, text: impl Fn(&Value) -> String) -> Result<(
 pub fn run(c: ApprovalsCommand) -> Result<(), Failure> {
     match c {
         ApprovalsCommand::List { state, remote, output } => {
-            let list: Value = remote.client()?.get(&format!("/v1/approvals?state={}", segment(&state)))?;
+            // Every page (oldest first), up to 10,000 approvals.
+            let list = Value::Array(
+                remote.client()?.get_all(&format!("/v1/approvals?state={}&limit=1000", segment(&state)), 10)?,
+            );
             print(&list, output, |l| {
                 let rows = l.as_array().map(|a| a.iter().map(summary_line).collect::<Vec<_>>()).unwrap_or_default();
                 if rows.is_empty() { format!("no {state} approvals") } else { rows.join("\n") }
