@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use warden_server::notify::{Format, NotifyOptions, Webhook};
 use warden_store::ManualClock;
 
-use crate::{EDR, Harness, harness_with};
+use crate::{EDR, Harness, eventually, harness_with};
 
 const IAM: &str = "spiffe://acme.example/soc/identity-responder";
 
@@ -415,16 +415,6 @@ fn notify_to(url: &str, format: Format) -> NotifyOptions {
         public_url: "https://warden.test".into(),
         slack_buttons: false,
     }
-}
-
-async fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..200 {
-        if let Some(v) = f() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting");
 }
 
 #[tokio::test]

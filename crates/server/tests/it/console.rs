@@ -444,3 +444,101 @@ async fn an_oidc_id_token_signs_in_until_it_expires() {
     let p = post(&h, "/console/sign-in", None, &[("token", &encode(&forged, &claims, &key).unwrap())]).await;
     assert_eq!(p.status, StatusCode::UNAUTHORIZED);
 }
+
+/// The agents page's buttons: halt (anyone), suspend and resume (admins), a breaker reset
+/// only when tripped — each needing a reason, each refused as the API refuses it.
+#[tokio::test]
+async fn agent_buttons_follow_the_same_roles_as_the_api() {
+    let (h, _) = clocked();
+    let ana = sign_in(&h, &h.user("ana", &["soc-analyst"])).await;
+    let page = get(&h, "/console/agents", Some(&ana)).await.body;
+    assert!(page.contains(EDR) && page.contains("host.isolate"), "agents and their grants");
+    assert!(!page.contains("value=\"suspend\""), "no suspend button for a non-admin");
+    let token = csrf(&page);
+    let status = |agent: &str, to: &str, reason: &str| {
+        vec![
+            ("csrf", token.clone()),
+            ("agent", agent.to_string()),
+            ("to", to.to_string()),
+            ("reason", reason.to_string()),
+        ]
+    };
+    let form = |v: &Vec<(&'static str, String)>| v.iter().map(|(k, v)| (*k, v.clone())).collect::<Vec<_>>();
+    let send = |cookie: String, v: Vec<(&'static str, String)>| {
+        let h = &h;
+        async move {
+            let f = form(&v);
+            let refs: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            post(h, "/console/agents/status", Some(&cookie), &refs).await
+        }
+    };
+    let p = send(ana.clone(), status(EDR, "suspend", "test")).await;
+    assert_eq!((p.status, p.body.contains("missing_role")), (StatusCode::FORBIDDEN, true));
+    let p = send(ana.clone(), status(EDR, "halt", " ")).await;
+    assert_eq!((p.status, p.body.contains("reason_required")), (StatusCode::UNPROCESSABLE_ENTITY, true));
+    assert_eq!(send(ana.clone(), status(EDR, "halt", "beaconing")).await.status, StatusCode::SEE_OTHER);
+    let (_, agent) = h
+        .call("GET", &format!("/v1/agents/{}", EDR.replace(':', "%3A").replace('/', "%2F")), Some(&h.admin), None)
+        .await;
+    assert_eq!(agent["status"], "halted", "{agent}");
+    let admin = sign_in(&h, &h.admin.clone()).await;
+    let token = csrf(&get(&h, "/console/agents", Some(&admin)).await.body);
+    let with = |agent: &str, to: &str| {
+        vec![
+            ("csrf", token.clone()),
+            ("agent", agent.to_string()),
+            ("to", to.to_string()),
+            ("reason", "ok".to_string()),
+        ]
+    };
+    assert_eq!(send(admin.clone(), with(crate::PHISH, "suspend")).await.status, StatusCode::SEE_OTHER);
+    let (_, agent) = h
+        .call(
+            "GET",
+            &format!("/v1/agents/{}", crate::PHISH.replace(':', "%3A").replace('/', "%2F")),
+            Some(&h.admin),
+            None,
+        )
+        .await;
+    assert_eq!(agent["status"], "suspended");
+    assert_eq!(send(admin.clone(), with(crate::PHISH, "resume")).await.status, StatusCode::SEE_OTHER);
+    let p = send(admin.clone(), with(crate::PHISH, "delete")).await;
+    assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY);
+    // A breaker that is not tripped is not reset.
+    let form = [("csrf", token.as_str()), ("agent", EDR), ("action", "host.isolate"), ("reason", "ok")];
+    let p = post(&h, "/console/breakers/reset", Some(&admin), &form).await;
+    assert_eq!((p.status, p.body.contains("breaker_closed")), (StatusCode::CONFLICT, true));
+    // The policy page names the bundle and the grants with their files.
+    let page = get(&h, "/console/policy", Some(&admin)).await.body;
+    assert!(page.contains(h.app.bundle().unwrap().version()) && page.contains("agents/edr-responder.toml:"));
+}
+
+/// Rolling back from the action page: offered to those who may, refused to those who may not,
+/// and it undoes the action in the lab.
+#[tokio::test]
+async fn the_action_page_rolls_back_for_those_allowed() {
+    let (h, url, _) = crate::harness_lab();
+    let (approval, request) = pending_isolation(&h, "r", "s").await;
+    let ana_token = h.user("ana", &["soc-analyst"]);
+    let ana = sign_in(&h, &ana_token).await;
+    let token = csrf(&get(&h, "/console/inbox", Some(&ana)).await.body);
+    let p = post(&h, &format!("/console/approvals/{approval}/approve"), Some(&ana), &[("csrf", &token)]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER);
+    let lab = |url: &str| {
+        let body: Value = ureq::get(&format!("{url}/state")).call().unwrap().body_mut().read_json().unwrap();
+        body["edr"]["hosts"]["db-payments-01"]["status"].clone()
+    };
+    assert_eq!(lab(&url), "contained");
+    let intern = sign_in(&h, &h.user("ivy", &["intern"])).await;
+    let page = get(&h, &format!("/console/actions/{request}"), Some(&intern)).await.body;
+    assert!(page.contains("succeeded") && !page.contains("/rollback\""), "no rollback button for an intern");
+    let p = post(&h, &format!("/console/actions/{request}/rollback"), Some(&intern), &[("csrf", &csrf(&page))]).await;
+    assert_eq!((p.status, p.body.contains("missing_role")), (StatusCode::FORBIDDEN, true));
+    let page = get(&h, &format!("/console/actions/{request}"), Some(&ana)).await.body;
+    assert!(page.contains(&format!("/console/actions/{request}/rollback")), "offered to an approver");
+    let p = post(&h, &format!("/console/actions/{request}/rollback"), Some(&ana), &[("csrf", &csrf(&page))]).await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    assert_eq!(lab(&url), "normal", "the containment is lifted in the lab");
+    let page = get(&h, &format!("/console/actions/{request}?done=rolled_back"), Some(&ana)).await.body;
+    assert!(page.contains("Rolled back.") && page.contains("rolled_back"));
+}

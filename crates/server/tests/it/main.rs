@@ -51,6 +51,17 @@ pub fn read_bundle(root: &Path) -> Vec<SourceFile> {
     warden_server::policy_dir::read(root).unwrap()
 }
 
+/// Polls `f` every 25 ms until it gives a value (5 s at most).
+pub async fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..200 {
+        if let Some(v) = f() {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting");
+}
+
 /// The issuer of `tests/fixtures/issuer` (test-only keys), trusted with audience `warden`.
 pub const SPIRE: &str = "https://spire.acme.example";
 

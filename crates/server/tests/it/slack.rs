@@ -15,7 +15,7 @@ use warden_server::notify::SlackApp;
 use warden_server::state::ServerOptions;
 use warden_store::ManualClock;
 
-use crate::{EDR, Harness, harness_options};
+use crate::{EDR, Harness, eventually, harness_options};
 
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 
@@ -97,16 +97,6 @@ async fn pending(h: &Harness) -> String {
 
 async fn state(h: &Harness, id: &str) -> String {
     h.call("GET", &format!("/v1/approvals/{id}"), Some(&h.admin), None).await.1["state"].as_str().unwrap().to_string()
-}
-
-async fn eventually<T>(mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..200 {
-        if let Some(v) = f() {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting");
 }
 
 #[tokio::test]
