@@ -32,9 +32,24 @@ use crate::error::{ApiError, Code};
 use crate::session::COOKIE;
 use crate::state::{App, blocking};
 
-/// The console's routes, with their security headers.
+/// The console's routes, with their security headers, their own admission limit (a busy
+/// console never takes the permits `/v1` needs) and the request timeout — but for the event
+/// stream, which lasts as long as the page.
 pub fn router(app: App) -> Router {
-    Router::new()
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(CONSOLE_IN_FLIGHT));
+    let admit = move |req: Request, next: axum::middleware::Next| {
+        let permits = permits.clone();
+        async move {
+            match permits.try_acquire_owned() {
+                Ok(_permit) => next.run(req).await,
+                Err(_) => {
+                    Failure(ApiError::new(Code::Overloaded, "the console is busy; reload in a moment")).into_response()
+                }
+            }
+        }
+    };
+    let events = Router::new().route("/console/events", get(pages::events));
+    let pages = Router::new()
         .route("/console", get(|| async { Redirect::to("/console/inbox") }))
         .route("/console/", get(|| async { Redirect::to("/console/inbox") }))
         .route("/console/sign-in", get(pages::sign_in).post(forms::sign_in))
@@ -54,14 +69,21 @@ pub fn router(app: App) -> Router {
         .route("/console/audit/verify", post(forms::verify))
         .route("/console/audit/ocsf.jsonl", get(pages::ocsf))
         .route("/console/policy", get(pages::policy))
-        .route("/console/events", get(pages::events))
         .route("/console/static/console.js", get(|| static_file("text/javascript; charset=utf-8", JS)))
         .route("/console/static/console.css", get(|| static_file("text/css; charset=utf-8", CSS)))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, app.limits.timeout));
+    pages
+        .merge(events)
+        .layer(axum::middleware::from_fn(admit))
         .layer(axum::middleware::from_fn(same_site_posts))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::extract::DefaultBodyLimit::max(crate::BODY_LIMIT))
         .with_state(app)
 }
+
+/// Console requests in flight at once (pages answer in milliseconds; event streams hold no
+/// permit once their answer has begun).
+const CONSOLE_IN_FLIGHT: usize = 64;
 
 const JS: &str = include_str!("../../static/console.js");
 const CSS: &str = include_str!("../../static/console.css");

@@ -358,6 +358,33 @@ async fn the_audit_page_verifies_and_exports() {
     assert_eq!(p.headers["content-type"], "application/x-ndjson");
     let lines: Vec<Value> = p.body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert!(lines.len() >= 2 && lines.iter().all(|l| l["class_uid"].is_number()), "{}", p.body);
+    // A log longer than one chunk of the stream (interleaved with entries OCSF has no class
+    // for): every classed entry, once, in order.
+    use warden_core::audit::entry::{Actor, Event, EventType};
+    let mut batch = warden_store::Batch::new();
+    for i in 0..2500 {
+        let e = Event::new(EventType::ActionRequested, Actor::agent(EDR)).task("INC-9").action("host.isolate");
+        batch = batch.event(e.request(format!("act_{i}")).data(json!({"n": i})));
+    }
+    h.app.ledger().commit(batch).unwrap();
+    let store = h.app.ledger().store();
+    let product = warden_core::audit::ocsf::Product { version: env!("CARGO_PKG_VERSION").to_string() };
+    let expected: Vec<u64> = store
+        .entries(0, 10_000)
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            let entry: warden_core::audit::entry::Entry = serde_json::from_slice(&e.bytes).unwrap();
+            warden_core::audit::ocsf::event(&entry, &product).map(|_| e.seq)
+        })
+        .collect();
+    assert!(expected.len() > 2000, "the stream spans several chunks ({})", expected.len());
+    let body = get(&h, "/console/audit/ocsf.jsonl", Some(&cookie)).await.body;
+    let seqs: Vec<u64> = body
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["metadata"]["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, expected);
     // Tampering with a stored entry is found and named.
     let path = h._dir.path().join("warden.db");
     let conn = rusqlite::Connection::open(&path).unwrap();
