@@ -113,3 +113,18 @@ impl Default for McpOptions {
         }
     }
 }
+
+/// Runs `req` if one of `permits` is free, else answers `refused()` at once: a front door's own
+/// admission limit, so nothing queues without bound and one door never takes another's
+/// permits. The permit is held until the handler has answered (a stream's body is not counted).
+pub async fn admit_or(
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+    refused: impl FnOnce() -> axum::response::Response,
+) -> axum::response::Response {
+    match permits.try_acquire_owned() {
+        Ok(_permit) => next.run(req).await,
+        Err(_) => refused(),
+    }
+}

@@ -447,16 +447,10 @@ pub fn router(app: App) -> Router {
     // never take the permits `/v1` needs.
     let permits = Arc::new(tokio::sync::Semaphore::new(app.limits.in_flight));
     let admit = move |req: Request, next: axum::middleware::Next| {
-        let permits = permits.clone();
-        async move {
-            match permits.try_acquire_owned() {
-                Ok(_permit) => next.run(req).await,
-                Err(_) => {
-                    ApiError::new(crate::error::Code::Overloaded, "too many MCP requests in flight; retry shortly")
-                        .into_response()
-                }
-            }
-        }
+        crate::limits::admit_or(permits.clone(), req, next, || {
+            ApiError::new(crate::error::Code::Overloaded, "too many MCP requests in flight; retry shortly")
+                .into_response()
+        })
     };
     let mcp = Router::new()
         .nest_service("/mcp", service)
