@@ -65,19 +65,9 @@ fn notice_text(code: &str) -> Option<&'static str> {
     })
 }
 
-#[derive(Debug, Default, Deserialize)]
-pub struct SignInQuery {
-    #[serde(default)]
-    problem: Option<String>,
-}
-
-pub async fn sign_in(Query(q): Query<SignInQuery>) -> Response {
-    let problem = q.problem.as_deref().map(|p| match p {
-        "agent" => "Agents cannot sign in to the console.".to_string(),
-        "disabled" => "This user is disabled.".to_string(),
-        _ => "That token was not accepted.".to_string(),
-    });
-    html(&views::SignInPage { problem }).into_response()
+/// The sign-in form (a refused sign-in is answered by [`super::forms::sign_in`] with the reason).
+pub async fn sign_in() -> Response {
+    html(&views::SignInPage { problem: None }).into_response()
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -43,7 +43,7 @@ async fn harness(prefix: &str) -> (Harness, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock::new(time::OffsetDateTime::now_utc()));
     let slack = SlackApp {
         signing_secret: SECRET.into(),
-        users: [("U0ANA", "ana"), ("U0OLGA", "olga"), ("U0BO", "bo"), ("U0GHOST", "ghost")]
+        users: [("U0ANA", "ana"), ("U0OLGA", "olga"), ("U0BO", "bo"), ("U0GHOST", "ghost"), ("U0IVY", "ivy")]
             .into_iter()
             .map(|(a, b)| (a.to_string(), b.to_string()))
             .collect(),
@@ -53,6 +53,7 @@ async fn harness(prefix: &str) -> (Harness, Arc<ManualClock>) {
     h.user("ana", &["soc-analyst"]);
     h.user("bo", &["soc-analyst"]);
     h.user("olga", &["soc-analyst", "team:endpoint-response"]);
+    h.user("ivy", &["iam-owner"]);
     (h, clock)
 }
 
@@ -241,4 +242,37 @@ fn notices_carry_buttons_only_while_pending_and_only_when_slack_is_set_up() {
     assert!(slack_payload(Kind::Created, &a, "https://w", true).to_string().contains("Approved so far* (1 of 2): ana"));
     a.state = warden_server::approvals::ApprovalState::Rejected;
     assert!(!buttons(&slack_payload(Kind::Created, &a, "https://w", true)));
+}
+
+/// A signed press captured and replayed within the 5-minute window counts once: on a quorum of
+/// two, one person's press sent twice does not approve (the replay is `already_voted`).
+#[tokio::test]
+async fn a_replayed_press_counts_once() {
+    let (hooks, prefix) = slack_hooks().await;
+    let (h, _) = harness(&prefix).await;
+    let iam = h.svid("spiffe://acme.example/soc/identity-responder");
+    let task = json!({"id": "INC-8", "title": "t", "trigger": {"source": "siem", "severity": "high"}});
+    h.call("POST", "/v1/tasks", Some(&h.admin), Some(task)).await;
+    let body = json!({"task": "INC-8", "action": "account.disable", "target": "account:adm-jdoe", "confidence": 0.97,
+        "params": {"reason": "token theft"}, "rationale": "C2", "evidence": [{"kind": "idp", "ref": "r:1"}, {"kind": "edr", "ref": "d:1"}]});
+    let (_, a) = h.call("POST", "/v1/actions", Some(&iam), Some(body)).await;
+    assert_eq!(
+        (a["state"].as_str(), a["decision"]["approval"]["quorum"].as_u64()),
+        (Some("pending_approval"), Some(2)),
+        "{a}"
+    );
+    let id = a["decision"]["approval"]["id"].as_str().unwrap().to_string();
+    let now = h.app.now().unix_timestamp();
+    let press = press_body("U0IVY", "warden_approve", &id, &format!("{prefix}actions/1"));
+    let signature = sign(now, &press, SECRET);
+    for _ in 0..2 {
+        assert_eq!(deliver(&h, now, &signature, &press).await.0, StatusCode::OK);
+        let n = hooks.lock().unwrap().len();
+        eventually(|| (hooks.lock().unwrap().len() > n).then_some(())).await;
+    }
+    let told = hooks.lock().unwrap().clone();
+    assert!(told[0]["text"].as_str().unwrap().contains("Approval needed"), "the notice again, 1 of 2: {}", told[0]);
+    assert!(told[1]["text"].as_str().unwrap().contains("already_voted"), "{}", told[1]);
+    let (_, shown) = h.call("GET", &format!("/v1/approvals/{id}"), Some(&h.admin), None).await;
+    assert_eq!((shown["state"].as_str(), shown["votes"].as_array().unwrap().len()), (Some("pending"), 1));
 }
