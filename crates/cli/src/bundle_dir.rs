@@ -23,6 +23,9 @@ pub const EXAMPLE_BUNDLE: &[(&str, &str)] = &[
     ("cedar/containment.cedar", include_str!("../../../examples/policy/cedar/containment.cedar")),
     ("cedar/network.cedar", include_str!("../../../examples/policy/cedar/network.cedar")),
     ("mcp.toml", include_str!("../../../examples/policy/mcp.toml")),
+    ("authority.toml", include_str!("../../../examples/policy/authority.toml")),
+    // Not a policy file (not in the version), but checked with the bundle: every call bound.
+    ("connectors.toml", include_str!("../../../examples/policy/connectors.toml")),
 ];
 
 /// The built-in example bundle, as source files.

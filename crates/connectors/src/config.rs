@@ -25,6 +25,15 @@ pub(super) struct ActionConfig {
     pub(super) success: Vec<u16>,
     #[serde(default)]
     pub(super) capture: BTreeMap<String, String>,
+    /// `false` when the call cannot carry the decided target (the bundle then grants the
+    /// action at most level 2; `warden_core::binding`).
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub(super) target_bound: Option<bool>,
+    /// Why it cannot.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub(super) target_bound_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,8 +147,12 @@ impl HttpConnector {
             .iter()
             .map(|(name, tool)| {
                 let timeout = tool.timeout.as_deref().and_then(parse_timeout).unwrap_or(Duration::from_secs(10));
+                // Never follow a redirect: it would resend the tool's credentials to wherever
+                // the answer points, as another method; a 3xx is answered as it is.
                 let config = ureq::Agent::config_builder()
                     .http_status_as_error(false)
+                    .max_redirects(0)
+                    .max_redirects_will_error(false)
                     .timeout_global(Some(timeout))
                     .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
                     .max_idle_connections(POOL_PER_TOOL)

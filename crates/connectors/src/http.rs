@@ -63,6 +63,15 @@ impl Connector for HttpConnector {
             if never_sent(&e) { ConnectorError::NotSent(text) } else { ConnectorError::Unreachable(text) }
         })?;
         let status = res.status().as_u16();
+        if (300..400).contains(&status) {
+            // Not followed (it could carry the credentials elsewhere) and not success: the
+            // request reached the tool, so whether it acted is not known.
+            let to = res.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("nowhere");
+            return Err(ConnectorError::Unreachable(redact(
+                &format!("the tool answered {status}, a redirect to `{to}`; redirects are never followed"),
+                &used,
+            )));
+        }
         let text = res.body_mut().read_to_string().unwrap_or_default();
         let answer = redact_value(&serde_json::from_str(&text).unwrap_or(Value::String(text)), &used);
         let ok = if a.success.is_empty() { (200..300).contains(&status) } else { a.success.contains(&status) };
@@ -92,6 +101,8 @@ impl Connector for HttpConnector {
     fn health(&self) -> Vec<(String, Result<(), ConnectorError>)> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_redirects(0)
+            .max_redirects_will_error(false)
             .timeout_global(Some(Duration::from_secs(3)))
             .build()
             .into();

@@ -349,8 +349,14 @@ async fn session(shared: &Arc<Shared>, name: &str) -> Result<(), String> {
             headers.insert(k, v);
         }
         let cfg = cfg.custom_headers(headers);
+        // Never follow a redirect: it would carry the upstream's credentials to another
+        // origin; the call fails instead.
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("the HTTP client cannot be built: {e}"))?;
         listener
-            .serve(StreamableHttpClientTransport::from_config(cfg))
+            .serve(StreamableHttpClientTransport::with_client(client, cfg))
             .await
             .map_err(|e| redact(&e.to_string(), &used))?
     } else {

@@ -67,7 +67,20 @@ pub(super) fn render_value(v: &Value, call: &Call) -> Result<Value, ConnectorErr
         Value::String(s) => Value::String(render(s, call, false)?),
         Value::Array(a) => Value::Array(a.iter().map(|x| render_value(x, call)).collect::<Result<_, _>>()?),
         Value::Object(o) => {
-            Value::Object(o.iter().map(|(k, x)| Ok((k.clone(), render_value(x, call)?))).collect::<Result<_, _>>()?)
+            let mut out = Map::new();
+            for (k, x) in o {
+                // A field that is one placeholder with no value (an optional param not given)
+                // is left out: the call sends exactly what was decided, nothing invented.
+                if let Value::String(s) = x
+                    && let Some(p) = s.strip_prefix('{').and_then(|r| r.strip_suffix('}'))
+                    && !p.contains(['{', '}'])
+                    && lookup(call, p).is_none()
+                {
+                    continue;
+                }
+                out.insert(k.clone(), render_value(x, call)?);
+            }
+            Value::Object(out)
         }
         other => other.clone(),
     })

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
+use crate::authority::{Authority, UndoRequirement};
+use crate::binding::Bindings;
 use crate::catalog::Catalog;
 use crate::guardrail::Guardrail;
 use crate::inventory::Inventory;
@@ -35,12 +37,13 @@ pub struct Bundle {
     inventory: Inventory,
     agents: BTreeMap<String, Guardrail>,
     mcp: McpMap,
+    authority: Authority,
     pub(crate) policy: CompiledPolicy,
 }
 
 /// Files of a bundle that take part in decisions (and so in its version).
 pub fn is_policy_file(path: &str) -> bool {
-    matches!(path, "actions.toml" | "assets.toml" | "assets.csv" | "mcp.toml")
+    matches!(path, "actions.toml" | "assets.toml" | "assets.csv" | "mcp.toml" | "authority.toml")
         || (path.starts_with("agents/") && path.ends_with(".toml") && path.matches('/').count() == 1)
         || (path.starts_with("cedar/") && path.ends_with(".cedar") && path.matches('/').count() == 1)
 }
@@ -162,6 +165,16 @@ impl Bundle {
             }
         }
 
+        // Who may stop, close and vouch: `authority.toml` over the defaults the guardrails imply.
+        let guardrail_refs: Vec<&Guardrail> = agents.values().collect();
+        let authority = match find("authority.toml") {
+            None => Authority::defaults(&guardrail_refs),
+            Some(f) => Authority::parse(f, &guardrail_refs).unwrap_or_else(|p| {
+                problems.extend(p);
+                Authority::defaults(&guardrail_refs)
+            }),
+        };
+
         let (Some(catalog), true) = (catalog, problems.is_empty()) else {
             problems.sort();
             return Err(BundleError { problems });
@@ -172,7 +185,52 @@ impl Bundle {
         let guardrails: Vec<Guardrail> = agents.values().cloned().collect();
         let policy = CompiledPolicy::build(&catalog, &inventory, &guardrails, &cedar_files)
             .map_err(|problems| BundleError { problems })?;
-        Ok(Self { version: bundle_version(files), catalog, inventory, agents, mcp, policy })
+
+        // Checks that need the compiled policy: hand-written permits can grant levels too.
+        let mut problems = Vec::new();
+        for (upstream, action) in mcp.advise_actions() {
+            for (id, file, line, level) in policy.permits_above(action, 1) {
+                if file.starts_with("cedar/") {
+                    problems.push(Problem {
+                        file,
+                        line: Some(line),
+                        message: format!(
+                            "`{id}` grants `{action}` at level {level}, but it takes the unmapped tools of upstream \
+                             `{upstream}` (mcp.toml), which are advice only: at most level 1"
+                        ),
+                    });
+                }
+            }
+        }
+        let bindings = match find("connectors.toml") {
+            None => Bindings::default(),
+            Some(f) => match crate::binding::check(f, &catalog, &crate::binding::params_read(&cedar_files)) {
+                Ok(b) => b,
+                Err(p) => {
+                    problems.extend(p);
+                    Bindings::default()
+                }
+            },
+        };
+        for (action, (_, connector_line)) in &bindings.unbound {
+            for (id, file, line, level) in policy.permits_above(action, crate::binding::UNBOUND_MAX_LEVEL) {
+                problems.push(Problem {
+                    file,
+                    line: Some(line),
+                    message: format!(
+                        "`{id}` grants `{action}` at level {level}, but its call does not carry the target \
+                         (connectors.toml:{connector_line}, `target_bound = false`): at most level {}",
+                        crate::binding::UNBOUND_MAX_LEVEL
+                    ),
+                });
+            }
+        }
+        if !problems.is_empty() {
+            problems.sort();
+            problems.dedup();
+            return Err(BundleError { problems });
+        }
+        Ok(Self { version: bundle_version(files), catalog, inventory, agents, mcp, authority, policy })
     }
 
     /// `sha256:<hex>` of the bundle's canonical content; see [`bundle_version`].
@@ -191,6 +249,46 @@ impl Bundle {
 
     pub fn inventory(&self) -> &Inventory {
         &self.inventory
+    }
+
+    /// The action digest (DESIGN §6) of a request under this bundle's catalog: secret params
+    /// enter it as their commitments ([`crate::catalog::secret_commitment`]), so the log that
+    /// records only commitments still proves every digest.
+    pub fn action_digest(
+        &self,
+        agent: &str,
+        task: &str,
+        action: &str,
+        target: &str,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, crate::audit::canonical::CanonicalError> {
+        let shown = self.shown_params(action, params);
+        crate::request::action_digest(agent, task, action, target, &shown)
+    }
+
+    /// `params` of `action` as Warden shows and records them: secret values as commitments.
+    pub fn shown_params(
+        &self,
+        action: &str,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        self.catalog.get(action).map_or_else(|| params.clone(), |c| c.redacted(params))
+    }
+
+    /// Who may halt, close others' tasks and vouch for trigger sources (`authority.toml`, or
+    /// the defaults the guardrails imply).
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// What undoing `agent`'s execution needs: `compensation` on `target`, under this bundle.
+    pub fn undo_requirement(
+        &self,
+        agent: &str,
+        compensation: &str,
+        target: &crate::inventory::TargetRef,
+    ) -> UndoRequirement {
+        crate::authority::undo_requirement(&self.catalog, &self.inventory, self.agent(agent), compensation, target)
     }
 
     pub fn agent(&self, id: &str) -> Option<&Guardrail> {

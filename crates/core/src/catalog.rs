@@ -117,14 +117,29 @@ pub struct ParamSpec {
     pub required: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// The value is a secret (a reset password, a token): it is covered by the action digest
-    /// like any parameter, but shown to approvers and in notices as `[redacted]`.
+    /// The value is a secret (a reset password, a token): wherever Warden shows or records the
+    /// request — the audit log, explain, the console, notices, exports — and in the action
+    /// digest, its value is replaced by its commitment ([`secret_commitment`]); only the
+    /// connector sees it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub secret: bool,
 }
 
-/// What a secret parameter's value is shown as.
+/// What a secret parameter's value is shown as: this, then its SHA-256.
 pub const REDACTED: &str = "[redacted]";
+
+/// A secret value as Warden records and digests it: `[redacted] sha256:HEX`, the SHA-256 of
+/// the value's canonical JSON. The action digest covers this commitment, so an auditor can
+/// recompute every digest from the log alone, and the value that runs is bound to it (the
+/// executor recomputes it from the value it sends). A low-entropy secret can be guessed
+/// against its hash: secrets sent as params are the tool's to generate (reset passwords,
+/// one-time tokens), not guessable ones.
+pub fn secret_commitment(value: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = crate::audit::canonical::to_vec(value).unwrap_or_else(|_| value.to_string().into_bytes());
+    let hex: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    format!("{REDACTED} sha256:{hex}")
+}
 
 /// An entry of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -152,8 +167,8 @@ impl ActionClass {
         self.category == Category::Enrichment
     }
 
-    /// `params` as an approver may see them: every parameter the catalog marks `secret`
-    /// replaced by [`REDACTED`].
+    /// `params` as Warden shows, records and digests them: every parameter the catalog marks
+    /// `secret` replaced by its [`secret_commitment`].
     pub fn redacted(
         &self,
         params: &serde_json::Map<String, serde_json::Value>,
@@ -162,7 +177,7 @@ impl ActionClass {
             .iter()
             .map(|(k, v)| {
                 let secret = self.params.iter().any(|p| &p.name == k && p.secret);
-                (k.clone(), if secret { serde_json::Value::String(REDACTED.into()) } else { v.clone() })
+                (k.clone(), if secret { serde_json::Value::String(secret_commitment(v)) } else { v.clone() })
             })
             .collect()
     }

@@ -260,7 +260,7 @@ pub fn is_spiffe_id(s: &str) -> bool {
 }
 
 /// A role name: lowercase words joined by `-` or `_`.
-fn is_role(s: &str) -> bool {
+pub fn is_role(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some('a'..='z'))
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')

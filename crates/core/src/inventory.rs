@@ -104,7 +104,69 @@ impl FromStr for TargetRef {
         if id.is_empty() || id.chars().any(char::is_control) {
             return Err(format!("target `{s}` has an empty or unprintable id"));
         }
-        Ok(Self::new(kind, id))
+        Ok(Self::new(kind, canonical_id(kind, id)))
+    }
+}
+
+/// Unicode format characters (general category Cf): invisible, so `breakglass-01` with a
+/// zero-width space in it looks like `breakglass-01` and is another string.
+fn is_format_char(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2 | 0x180E
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF
+        | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+}
+
+/// The one canonical form of a target id of `kind` (DESIGN §6: no case, spacing,
+/// Unicode-format or path way around a forbid keyed on an asset): hosts, accounts, users and
+/// mailboxes are case-folded (a host's one trailing dot dropped); an IP is written in its
+/// normal form (an IPv4-mapped IPv6 address as the IPv4 address). What cannot be made
+/// canonical is refused by [`check_id`].
+pub fn canonical_id(kind: &str, id: &str) -> String {
+    match kind {
+        "host" => {
+            let lower = id.to_lowercase();
+            match lower.strip_suffix('.') {
+                Some(bare) if !bare.is_empty() => bare.to_string(),
+                _ => lower,
+            }
+        }
+        "account" | "mailbox" | "user" => id.to_lowercase(),
+        "ip" => match id.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string()),
+            Ok(v4) => v4.to_string(),
+            Err(_) => id.to_string(),
+        },
+        _ => id.to_string(),
+    }
+}
+
+/// Refuses a target id that has no one spelling: whitespace, Unicode format characters
+/// (invisible: `breakglass-01` with a zero-width space in it looks the same and is another
+/// string), `.`/`..` path segments, and for kind `ip` anything but one address (a range is not
+/// a target).
+pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
+    if let Some(c) = id.chars().find(|c| c.is_whitespace() || is_format_char(*c)) {
+        return Err(format!(
+            "target id `{}` holds U+{:04X}, a space or an invisible format character: an id has one spelling",
+            id.escape_debug(),
+            c as u32
+        ));
+    }
+    if id.split(['/', '\\']).any(|seg| seg == "." || seg == "..") {
+        return Err(format!("target id `{id}` holds a `.` or `..` path segment"));
+    }
+    if kind == "ip" && id.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!("target `ip:{id}` must be one IPv4 or IPv6 address (a range is not a target)"));
+    }
+    Ok(())
+}
+
+impl TargetRef {
+    /// [`check_id`] of this target: whether it is one an action may name.
+    pub fn check(&self) -> Result<(), String> {
+        check_id(&self.kind, &self.id)
     }
 }
 
@@ -140,6 +202,10 @@ pub struct Asset {
     pub privileged: bool,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Other spellings of this asset's id (an FQDN, a UPN): a request naming one is decided
+    /// as this asset, so a forbid keyed on it holds whatever the agent calls it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 impl Asset {
@@ -153,6 +219,7 @@ impl Asset {
             owner: "unknown".into(),
             privileged: true,
             tags: Vec::new(),
+            aliases: Vec::new(),
         }
     }
 
@@ -165,6 +232,8 @@ impl Asset {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inventory {
     assets: BTreeMap<TargetRef, Asset>,
+    /// Each alias (canonical) → the asset it names.
+    aliases: BTreeMap<TargetRef, TargetRef>,
 }
 
 #[derive(Deserialize)]
@@ -232,6 +301,7 @@ impl Inventory {
                     owner: record[4].to_string(),
                     privileged,
                     tags: record[6].split(';').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
+                    aliases: Vec::new(),
                 })
             })();
             match parsed.and_then(|a| inv.insert(a)) {
@@ -250,12 +320,34 @@ impl Inventory {
         if asset.id.is_empty() || asset.id.chars().any(char::is_control) {
             return Err(format!("asset of kind `{}` has an empty or unprintable id", asset.kind));
         }
+        let mut asset = asset;
+        check_id(&asset.kind, &asset.id).map_err(|e| format!("asset `{}:{}`: {e}", asset.kind, asset.id))?;
+        asset.id = canonical_id(&asset.kind, &asset.id);
         let key = asset.target();
-        if self.assets.contains_key(&key) {
+        if self.assets.contains_key(&key) || self.aliases.contains_key(&key) {
             return Err(format!("duplicate asset `{key}`"));
+        }
+        let mut aliases = Vec::new();
+        for alias in &asset.aliases {
+            check_id(&asset.kind, alias).map_err(|e| format!("alias of `{key}`: {e}"))?;
+            let id = canonical_id(&asset.kind, alias);
+            let alias = TargetRef::new(asset.kind.clone(), id);
+            if alias == key || self.assets.contains_key(&alias) || self.aliases.contains_key(&alias) {
+                return Err(format!("alias `{alias}` of `{key}` names another asset or repeats one"));
+            }
+            aliases.push(alias);
+        }
+        for alias in aliases {
+            self.aliases.insert(alias, key.clone());
         }
         self.assets.insert(key, asset);
         Ok(())
+    }
+
+    /// The asset's own reference for `target` when `target` is one of its aliases; otherwise
+    /// `target` itself.
+    pub fn resolve(&self, target: &TargetRef) -> TargetRef {
+        self.aliases.get(target).cloned().unwrap_or_else(|| target.clone())
     }
 
     /// Merges `other` in; duplicates are reported, not overwritten.
@@ -263,8 +355,9 @@ impl Inventory {
         other.assets.into_values().filter_map(|a| self.insert(a).err()).collect()
     }
 
+    /// The asset `target` names, by its id or one of its aliases.
     pub fn get(&self, target: &TargetRef) -> Option<&Asset> {
-        self.assets.get(target)
+        self.assets.get(target).or_else(|| self.aliases.get(target).and_then(|k| self.assets.get(k)))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Asset> {

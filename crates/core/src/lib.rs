@@ -6,6 +6,8 @@
 //! ```
 
 pub mod audit;
+pub mod authority;
+pub mod binding;
 pub mod bundle;
 pub mod catalog;
 pub mod decision;

@@ -108,10 +108,11 @@ impl Scenario {
         Ok(())
     }
 
-    /// The request's action digest (DESIGN §6), as the gateway would compute it.
-    pub fn digest(&self) -> Result<String, String> {
+    /// The request's action digest (DESIGN §6), as the gateway would compute it under `bundle`.
+    pub fn digest(&self, bundle: &Bundle) -> Result<String, String> {
         let r = self.request();
-        crate::request::action_digest(&self.agent, &r.task, &r.action, &r.target.to_string(), &r.params)
+        bundle
+            .action_digest(&self.agent, &r.task, &r.action, &r.target.to_string(), &r.params)
             .map_err(|e| e.to_string())
     }
 
@@ -248,7 +249,7 @@ pub fn run_case(bundle: &Bundle, case: &Case) -> CaseResult {
     let decision = case.scenario.decide(bundle);
     let mut failures = case.scenario.expect.as_ref().map(|e| e.mismatches(&decision)).unwrap_or_default();
     if let Some(want) = case.scenario.expect.as_ref().and_then(|e| e.digest.as_ref()) {
-        match case.scenario.digest() {
+        match case.scenario.digest(bundle) {
             Ok(got) if &got == want => {}
             Ok(got) => failures.push(format!("digest: expected {want}, got {got}")),
             Err(e) => failures.push(format!("digest: cannot be computed: {e}")),

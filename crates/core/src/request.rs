@@ -72,7 +72,35 @@ impl ActionRequest {
         if !self.confidence.is_finite() || !(0.0..=1.0).contains(&self.confidence) {
             return Err(format!("`confidence` must be a number between 0 and 1, not `{}`", self.confidence));
         }
+        self.target.check()?;
+        for (name, v) in &self.params {
+            exact_numbers(v).map_err(|n| {
+                format!(
+                    "param `{name}` holds {n}, an integer beyond ±(2^53−1): it cannot be digested and logged \
+                     exactly; send it as a string"
+                )
+            })?;
+        }
         Ok(())
+    }
+}
+
+/// The largest integer every JSON reader (and RFC 8785) holds exactly: 2^53 − 1.
+pub const MAX_EXACT_INTEGER: u64 = (1 << 53) - 1;
+
+/// Refuses, naming it, an integer in `v` beyond ±[`MAX_EXACT_INTEGER`]: canonical JSON
+/// writes numbers as IEEE doubles, so such a value would be digested and logged rounded —
+/// what the log says would not be what runs.
+pub fn exact_numbers(v: &serde_json::Value) -> Result<(), String> {
+    match v {
+        serde_json::Value::Number(n) => {
+            let too_big = n.as_u64().is_some_and(|u| u > MAX_EXACT_INTEGER)
+                || n.as_i64().is_some_and(|i| i.unsigned_abs() > MAX_EXACT_INTEGER);
+            if too_big { Err(n.to_string()) } else { Ok(()) }
+        }
+        serde_json::Value::Array(items) => items.iter().try_for_each(exact_numbers),
+        serde_json::Value::Object(m) => m.values().try_for_each(exact_numbers),
+        _ => Ok(()),
     }
 }
 

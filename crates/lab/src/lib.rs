@@ -68,6 +68,8 @@ struct Estate {
     users: BTreeMap<String, Value>,
     rules: BTreeMap<String, Value>,
     messages: BTreeMap<String, Value>,
+    /// Message id → the mailbox that holds it, learned on first use (see [`mailbox_of`]).
+    mailboxes: BTreeMap<String, String>,
     tickets: BTreeMap<String, Value>,
     alerts: BTreeMap<String, Value>,
     calls: BTreeMap<String, u64>,
@@ -243,16 +245,30 @@ async fn add_rule(State(lab): State<Shared>, h: HeaderMap, b: Body) -> Response 
         let id = e.id("rule");
         e.rules.insert(
             id.clone(),
-            json!({"action": field(&b, "action"), "source": source, "comment": field(&b, "comment")}),
+            json!({"action": field(&b, "action"), "source": source, "comment": field(&b, "comment"),
+                   "duration_minutes": field(&b, "duration_minutes")}),
         );
         Ok(json!({"rule_id": id}))
     })
 }
 
-async fn delete_rule(State(lab): State<Shared>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    call(&lab, &h, "firewall", "delete_rule", |e| match e.rules.remove(&id) {
-        Some(_) => Ok(json!({"deleted": id})),
-        None => Err((StatusCode::NOT_FOUND, format!("no rule `{id}`"))),
+/// Deletes a rule; a `source` given must be the rule's (a call bound to one address cannot
+/// delete another's block).
+async fn delete_rule(
+    State(lab): State<Shared>,
+    h: HeaderMap,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::BTreeMap<String, String>>,
+) -> Response {
+    call(&lab, &h, "firewall", "delete_rule", |e| {
+        let source = q.get("source").cloned().unwrap_or_default();
+        match e.rules.get(&id) {
+            Some(r) if source.is_empty() || r["source"] == source.as_str() => {
+                e.rules.remove(&id);
+                Ok(json!({"deleted": id}))
+            }
+            _ => Err((StatusCode::NOT_FOUND, format!("no rule `{id}` for `{source}`"))),
+        }
     })
 }
 
@@ -265,17 +281,51 @@ async fn update_rule(State(lab): State<Shared>, h: HeaderMap, Path(id): Path<Str
     })
 }
 
-async fn quarantine_msg(State(lab): State<Shared>, h: HeaderMap, Path(msg): Path<String>) -> Response {
+/// The mailbox that holds message `msg`: the lab's seeded messages, then those it learned on
+/// first use. A message reached through any other mailbox is a 404, as a real mail API scoped
+/// to a mailbox answers — so a call bound to the decided mailbox cannot touch another's mail.
+fn mailbox_of(e: &mut Estate, mailbox: &str, msg: &str) -> Result<(), (StatusCode, String)> {
+    let mailbox = mailbox.to_lowercase();
+    let seeded = SEEDED_MESSAGES.iter().find(|(m, _)| *m == msg).map(|(_, b)| b.to_string());
+    let holder = match seeded {
+        Some(b) => b,
+        None => e.mailboxes.entry(msg.to_string()).or_insert_with(|| mailbox.clone()).clone(),
+    };
+    if holder == mailbox {
+        Ok(())
+    } else {
+        Err((StatusCode::NOT_FOUND, format!("mailbox `{mailbox}` has no message `{msg}`")))
+    }
+}
+
+/// Messages the lab's mail server holds from the start, and whose mailbox holds them.
+const SEEDED_MESSAGES: &[(&str, &str)] = &[
+    ("board-minutes-7", "cfo@acme.example"),
+    ("payroll-q4", "cfo@acme.example"),
+    ("wave-2041-a1", "jdoe@acme.example"),
+];
+
+async fn quarantine_msg(
+    State(lab): State<Shared>,
+    h: HeaderMap,
+    Path((mailbox, msg)): Path<(String, String)>,
+) -> Response {
     call(&lab, &h, "mail", "quarantine", |e| {
+        mailbox_of(e, &mailbox, &msg)?;
         let id = e.id("mq");
-        e.messages.insert(msg.clone(), json!({"status": "quarantined", "quarantine_id": id}));
+        e.messages.insert(msg.clone(), json!({"status": "quarantined", "quarantine_id": id, "mailbox": mailbox}));
         Ok(json!({"message": msg, "quarantine_id": id}))
     })
 }
 
-async fn release_msg(State(lab): State<Shared>, h: HeaderMap, Path(msg): Path<String>) -> Response {
+async fn release_msg(
+    State(lab): State<Shared>,
+    h: HeaderMap,
+    Path((mailbox, msg)): Path<(String, String)>,
+) -> Response {
     call(&lab, &h, "mail", "release", |e| {
-        e.messages.insert(msg.clone(), json!({"status": "delivered"}));
+        mailbox_of(e, &mailbox, &msg)?;
+        e.messages.insert(msg.clone(), json!({"status": "delivered", "mailbox": mailbox}));
         Ok(json!({"message": msg, "status": "delivered"}))
     })
 }
@@ -286,7 +336,8 @@ async fn create_ticket(State(lab): State<Shared>, h: HeaderMap, b: Body) -> Resp
         let id = e.id("TCK");
         e.tickets.insert(
             id.clone(),
-            json!({"title": field(&b, "title"), "severity": field(&b, "severity"), "status": "open"}),
+            json!({"title": field(&b, "title"), "severity": field(&b, "severity"), "subject": field(&b, "subject"),
+                   "status": "open"}),
         );
         Ok(json!({"ticket_id": id, "status": "open"}))
     })
@@ -371,8 +422,8 @@ pub fn router_with(keys: Keys, delay: std::time::Duration) -> axum::Router {
         .route("/idp/api/v1/users/{user}/credentials/rotate", post(rotate))
         .route("/fw/api/v2/rules", post(add_rule))
         .route("/fw/api/v2/rules/{id}", delete(delete_rule).post(update_rule))
-        .route("/mail/v1/messages/{msg}/quarantine", post(quarantine_msg))
-        .route("/mail/v1/messages/{msg}/release", post(release_msg))
+        .route("/mail/v1/mailboxes/{mailbox}/messages/{msg}/quarantine", post(quarantine_msg))
+        .route("/mail/v1/mailboxes/{mailbox}/messages/{msg}/release", post(release_msg))
         .route("/tickets/api/tickets", post(create_ticket))
         .route("/tickets/api/tickets/{id}/close", post(close_ticket))
         .route("/siem/api/alerts/{alert}/enrich", post(enrich))

@@ -51,7 +51,7 @@ async fn server(actions: usize, pending: usize) -> Server {
     for g in bundle.agents() {
         admin::add_agent(data.ledger(), &Actor::user("bench"), &g.id, &g.owner, &g.purpose, now).unwrap();
     }
-    let (_, ana) = admin::add_user(data.ledger(), &Actor::user("bench"), "ana", &["soc-analyst".into()]).unwrap();
+    let (_, ana) = admin::add_user(data.ledger(), &Actor::user("bench"), "ana", &["soc-analyst".into()], &[]).unwrap();
     let limits = Limits { agent_rate: 1e9, agent_burst: 1e9, ..Limits::default() };
     let app =
         AppState::with_options(data, bundle, Arc::new(SystemClock), ServerOptions { limits, ..Default::default() })

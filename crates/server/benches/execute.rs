@@ -155,7 +155,7 @@ fn halt() {
         seed(&halt_app, n);
         let t = Instant::now();
         let h = Halt { scope: HaltScope::All, id: None, reason: "bench".into(), expires_at: None };
-        let done = warden_server::halt::set(&halt_app, h, &Actor::user("bench"), false).unwrap();
+        let done = warden_server::halt::set(&halt_app, h, &bench_admin(), false).unwrap();
         let took = t.elapsed();
         assert_eq!(done.revoked_leases.len(), n);
         let ratio = if n == 0 { "—".to_string() } else { format!("{:.2}", took.as_secs_f64() / base.as_secs_f64()) };
@@ -173,4 +173,15 @@ fn main() {
         Some("halt") => halt(),
         _ => eprintln!("usage: cargo bench -p warden-server --bench execute -- path [SECONDS] [CONNECTIONS] | halt"),
     }
+}
+
+/// The bench's caller for halts: an admin.
+fn bench_admin() -> warden_server::auth::Caller {
+    warden_server::auth::Caller::Human(warden_server::model::User {
+        id: "bench".into(),
+        roles: vec!["admin".into()],
+        token_hash: String::new(),
+        status: "active".into(),
+        oidc: Vec::new(),
+    })
 }

@@ -183,7 +183,13 @@ pub fn record_token_minted(
 }
 
 /// Adds a human principal; returns the user and their API token (shown once).
-pub fn add_user(ledger: &Ledger, actor: &Actor, id: &str, roles: &[String]) -> Result<(User, String), ApiError> {
+pub fn add_user(
+    ledger: &Ledger,
+    actor: &Actor,
+    id: &str,
+    roles: &[String],
+    oidc: &[String],
+) -> Result<(User, String), ApiError> {
     check_name("user", id)?;
     if roles.is_empty() {
         return Err(ApiError::new(Code::InvalidRequest, "a user needs at least one role (`--role`)"));
@@ -191,10 +197,34 @@ pub fn add_user(ledger: &Ledger, actor: &Actor, id: &str, roles: &[String]) -> R
     for r in roles {
         check_name("role", r)?;
     }
+    // One person, one voter: an OIDC identity signs in as exactly one user.
+    let taken: Vec<String> = list_users(ledger)?.into_iter().flat_map(|u| u.oidc).collect();
+    for o in oidc {
+        let ok = o.split_once('#').is_some_and(|(iss, sub)| {
+            !iss.is_empty() && !sub.is_empty() && !o.chars().any(|c| c.is_whitespace() || c.is_control())
+        });
+        if !ok {
+            return Err(ApiError::new(
+                Code::InvalidRequest,
+                format!("OIDC identity `{o}` must be `ISSUER#SUB`, e.g. `https://idp.acme.example#00u1ana`"),
+            ));
+        }
+        if taken.contains(o) {
+            return Err(ApiError::new(
+                Code::UserExists,
+                format!("OIDC identity `{o}` already signs in as another user"),
+            ));
+        }
+    }
     let token = new_token().map_err(|e| ApiError::new(Code::RandomUnavailable, e.to_string()))?;
-    let user =
-        User { id: id.to_string(), roles: roles.to_vec(), token_hash: token_hash(&token), status: "active".into() };
-    let event = Event::new(EventType::UserAdded, actor.clone()).data(json!({"id": id, "roles": roles}));
+    let user = User {
+        id: id.to_string(),
+        roles: roles.to_vec(),
+        token_hash: token_hash(&token),
+        status: "active".into(),
+        oidc: oidc.to_vec(),
+    };
+    let event = Event::new(EventType::UserAdded, actor.clone()).data(json!({"id": id, "roles": roles, "oidc": oidc}));
     ledger
         .commit(Batch::new().change(Change::Insert(user.record())).event(event))
         .map_err(|e| conflict_or(e, Code::UserExists, format!("user `{id}` already exists")))?;

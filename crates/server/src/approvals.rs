@@ -48,6 +48,15 @@ pub fn load(store: &dyn Store, id: &str) -> Result<Option<Versioned>, ApiError> 
         .transpose()
 }
 
+/// Whether pending approval `a` asks at least what `need` asks of humans: no fewer votes, no
+/// role `need` does not name, separation of duties if `need` has it. Only then may a request
+/// with that requirement fold into it.
+pub fn covers(a: &Approval, need: &warden_core::decision::ApprovalRequirement) -> bool {
+    a.quorum >= need.quorum.max(1)
+        && a.roles.iter().all(|r| need.roles.contains(r))
+        && (a.separation_of_duties || !need.separation_of_duties)
+}
+
 /// `v` with request `id` folded into it, and the version to update it at; refused (409
 /// `approval_pending`) once it covers [`FOLD_MAX`] requests.
 pub fn fold(v: Versioned, id: &str) -> Result<(Approval, u64), ApiError> {
@@ -279,30 +288,13 @@ fn closed(a: &Approval) -> ApiError {
     ApiError::new(code, format!("approval `{}` is {}; it can no longer be decided", a.id, a.state.as_str()))
 }
 
-/// Whether `user` counts as the agent's owner: their id, `user:<id>`, or one of their roles
-/// (a team such as `team:endpoint-response`) names the owner.
-fn is_owner(user: &User, owner: &str) -> bool {
-    user.id == owner || owner.strip_prefix("user:") == Some(user.id.as_str()) || user.has_role(owner)
-}
-
 /// Whether `user` may decide (approve or reject) pending approval `a` — the role it would
-/// decide in — under the roles and separation of duties. [`vote`] applies exactly this; a
-/// front door asks it only to leave out a button the server would refuse.
-pub fn may_decide(a: &Approval, user: &User) -> Result<String, ApiError> {
-    let Some(role) = a.roles.iter().find(|r| user.has_role(r)) else {
-        return Err(ApiError::new(
-            Code::MissingRole,
-            format!("approving needs one of the roles: {}", a.roles.join(", ")),
-        )
-        .details(json!({"required": a.roles})));
-    };
-    if a.separation_of_duties && is_owner(user, &a.owner) {
-        return Err(ApiError::new(
-            Code::SeparationOfDuties,
-            format!("`{}` owns agent `{}` and may not decide its requests", user.id, a.agent),
-        ));
-    }
-    Ok(role.clone())
+/// decide in — under the roles and separation of duties: [`crate::authority::check`] with
+/// `Power::Vote`. [`vote`] applies exactly this; a front door asks it only to leave out a
+/// button the server would refuse.
+pub fn may_decide(s: &crate::state::AppState, a: &Approval, user: &User) -> Result<String, ApiError> {
+    let caller = crate::auth::Caller::Human(user.clone());
+    crate::authority::check(s, &caller, crate::authority::Power::Vote { approval: a }).map(|g| g.role)
 }
 
 /// Whether `user` may approve `a` besides [`may_decide`]: a person counts once toward the quorum.
@@ -319,8 +311,7 @@ pub fn may_approve(a: &Approval, user: &User) -> Result<(), ApiError> {
 /// Applies one human's verdict to approval `id`, under every rule; re-applied on a version
 /// conflict until it either commits or a rule refuses it.
 pub fn vote(
-    store: &dyn Store,
-    commit: &dyn Fn(Batch) -> Result<(), StoreError>,
+    s: &crate::state::AppState,
     id: &str,
     user: &User,
     verdict: &Verdict,
@@ -331,6 +322,9 @@ pub fn vote(
     {
         return Err(ApiError::new(Code::ReasonRequired, "a rejection needs a `reason`"));
     }
+    let store = s.ledger().store();
+    let store = store.as_ref();
+    let commit = |b| s.ledger().commit(b).map(|_| ());
     for _ in 0..RETRIES {
         let v = load(store, id)?.ok_or_else(|| ApiError::new(Code::UnknownApproval, format!("no approval `{id}`")))?;
         let a = &v.approval;
@@ -346,7 +340,7 @@ pub fn vote(
             }
             return Err(closed(&expired));
         }
-        let role = may_decide(a, user)?;
+        let role = may_decide(s, a, user)?;
         let actor = Actor::user(&user.id);
         let (approval, batch, transitioned) = match verdict {
             Verdict::Reject { reason } => {
@@ -412,6 +406,9 @@ pub struct TrackRecord {
     pub rejected: u64,
     pub expired: u64,
     pub rolled_back: u64,
+    /// Approvals the agent itself cancelled (it closed its task while they waited).
+    #[serde(default)]
+    pub withdrawn: u64,
 }
 
 pub fn track_record(
@@ -438,6 +435,18 @@ pub fn track_record(
         rejected: count(Table::Approvals, ApprovalState::Rejected.as_str())?,
         expired: count(Table::Approvals, ApprovalState::Expired.as_str())?,
         rolled_back: count(Table::Requests, "rolled_back")?,
+        withdrawn: {
+            // Cancelled approvals are few; only those the agent's own act cancelled count.
+            let q = Query {
+                agent: Some(agent.into()),
+                kind: Some(action.into()),
+                state: Some(ApprovalState::Cancelled.as_str().into()),
+                at_from: Some(since),
+                limit: 10_000,
+                ..Query::default()
+            };
+            store.find(Table::Approvals, &q)?.iter().filter(|r| r.body["decided_by"] == agent).count() as u64
+        },
     })
 }
 
@@ -503,9 +512,7 @@ pub async fn decide(
     answer_within: std::time::Duration,
 ) -> Result<Voted, ApiError> {
     let voted = crate::state::blocking(app, move |s| {
-        let store = s.ledger().store();
-        let commit = |b| s.ledger().commit(b).map(|_| ());
-        let voted = vote(store.as_ref(), &commit, &id, &user, &verdict, s.now());
+        let voted = vote(s, &id, &user, &verdict, s.now());
         // A vote that found the approval expired recorded the expiry: waiters must look again.
         s.changed();
         let voted = voted?;
@@ -515,18 +522,34 @@ pub async fn decide(
         Ok(voted)
     })
     .await?;
-    if voted.transitioned
-        && voted.approval.state == ApprovalState::Approved
-        && app.connector.is_some()
-        && let Some(request) = voted.approval.requests.first().cloned()
-    {
+    if voted.transitioned && voted.approval.state == ApprovalState::Approved && app.connector.is_some() {
+        let approval = voted.approval.clone();
         let running = {
             let app = app.clone();
-            tokio::task::spawn_blocking(move || run_approved(&app, &request))
+            tokio::task::spawn_blocking(move || match &approval.undo {
+                Some(_) => run_undo(&app, &approval),
+                None => {
+                    if let Some(request) = approval.requests.first() {
+                        run_approved(&app, request)
+                    }
+                }
+            })
         };
         let _ = tokio::time::timeout(answer_within, running).await;
     }
     Ok(voted)
+}
+
+/// Runs the compensation an approved undo approval authorizes, once; a refusal (the bundle
+/// now needs more, a digest that does not match) or the tool's failure is recorded by the
+/// executor and logged here.
+pub fn run_undo(s: &crate::state::AppState, approval: &Approval) {
+    let Some(exec) = approval.undo.as_deref() else { return };
+    let by = crate::execution::RollbackBy::Approved(approval);
+    if let Err(e) = crate::execution::rollback_request(s, exec, by) {
+        tracing::warn!(approval = %approval.id, execution = %exec, code = %e.code, error = %e.message, "approved undo not performed");
+    }
+    s.changed();
 }
 
 /// Runs an approved action once, as `request` (the one that opened the approval; the folded
@@ -538,4 +561,104 @@ pub fn run_approved(s: &crate::state::AppState, request: &str) {
         tracing::warn!(request = %request, code = %e.code, error = %e.message, "approved request not executed");
     }
     s.changed();
+}
+
+/// A human asks to roll back request `id`'s execution (the API, the console, the CLI): with
+/// the compensation's authority it runs now ([`crate::execution::rollback`]); when it needs
+/// more than one person, an undo approval opens (or the asker's vote joins the open one).
+pub fn request_undo(
+    s: &crate::state::AppState,
+    id: &str,
+    caller: &crate::auth::Caller,
+) -> Result<crate::execution::Undone, ApiError> {
+    use crate::execution::{RollbackBy, Undone, rollback_request};
+    match rollback_request(s, id, RollbackBy::Human(caller))? {
+        Undone::NeedsVotes { exec, compensation, granted } => {
+            let crate::auth::Caller::Human(user) = caller else {
+                return Err(ApiError::new(Code::AgentsNotAllowed, "agents may not roll back"));
+            };
+            open_undo_approval(s, &exec, &compensation, user, &granted).map(Undone::Pending)
+        }
+        other => Ok(other),
+    }
+}
+
+/// Opens (or joins) the undo approval of `exec`, with `user`'s vote in `role` on it.
+fn open_undo_approval(
+    s: &crate::state::AppState,
+    exec: &crate::execution::Execution,
+    compensation: &str,
+    user: &crate::model::User,
+    granted: &crate::authority::Granted,
+) -> Result<Approval, ApiError> {
+    let store = s.ledger().store();
+    let digest = crate::execution::undo_digest(exec, compensation)?;
+    if let Some(v) = pending_for(store.as_ref(), &digest)? {
+        // Already asked: the asker's vote goes through the one voting rule.
+        let verdict = Verdict::Approve { reason: "asked for the rollback".into(), lease_ttl_secs: None };
+        return match vote(s, &v.approval.id, user, &verdict, s.now()) {
+            Ok(voted) => Ok(voted.approval),
+            Err(e) if e.code == Code::AlreadyVoted => Ok(v.approval),
+            Err(e) => Err(e),
+        };
+    }
+    let now = s.now();
+    let bundle = s.bundle()?;
+    let expiry = bundle.agent(&exec.agent).map_or(600, |g| g.escalation.approval_expiry.as_secs() as i64);
+    let expires = now + time::Duration::seconds(expiry);
+    let facts = exec.target.parse().ok().map(|t| crate::facts::target_facts(&bundle, &t));
+    let a = Approval {
+        id: crate::model::new_id("apr")?,
+        state: crate::model::ApprovalState::Pending,
+        agent: exec.agent.clone(),
+        owner: granted.owner.clone().unwrap_or_default(),
+        task: exec.task.clone(),
+        action: compensation.to_string(),
+        target: exec.target.clone(),
+        digest,
+        params: serde_json::Map::from_iter([("undo".to_string(), serde_json::Value::String(exec.id.clone()))]),
+        target_facts: facts,
+        requests: Vec::new(),
+        confidence: 1.0,
+        rationale: format!("`{}` asks to undo `{}` ({}) on `{}`", user.id, exec.id, exec.action, exec.target),
+        evidence: Vec::new(),
+        roles: granted.roles.clone(),
+        quorum: granted.quorum,
+        separation_of_duties: granted.separation_of_duties,
+        notify: bundle.agent(&exec.agent).map(|g| g.escalation.notify.clone()).unwrap_or_default(),
+        caps: Vec::new(),
+        policies: Vec::new(),
+        bundle_version: bundle.version().to_string(),
+        lease_ttl_secs: 0,
+        narrowed_lease_ttl_secs: None,
+        created_at: rfc3339(now),
+        created_ms: millis(now),
+        expires_at: rfc3339(crate::model::from_millis(millis(expires))),
+        expires_ms: millis(expires),
+        votes: vec![crate::model::Vote {
+            user: user.id.clone(),
+            role: granted.role.clone(),
+            at: rfc3339(now),
+            reason: "asked for the rollback".into(),
+        }],
+        escalated: false,
+        decided_at: None,
+        decided_by: None,
+        reason: None,
+        undo: Some(exec.id.clone()),
+    };
+    let event = Event::new(EventType::ApprovalRequested, Actor::user(&user.id))
+        .task(&exec.task)
+        .request(&exec.id)
+        .action(compensation)
+        .data(json!({"approval": a.id, "undo": exec.id, "agent": a.agent, "target": a.target, "digest": a.digest,
+                     "roles": a.roles, "quorum": a.quorum, "votes": 1, "expires_at": a.expires_at}));
+    match s.ledger().commit(Batch::new().change(Change::Insert(a.record())).event(event)) {
+        Ok(_) => {}
+        // Someone opened it at the same moment: join theirs.
+        Err(StoreError::Conflict { .. }) => return open_undo_approval(s, exec, compensation, user, granted),
+        Err(e) => return Err(e.into()),
+    }
+    s.changed();
+    Ok(a)
 }

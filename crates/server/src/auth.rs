@@ -94,8 +94,7 @@ async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
     let sub = match app.tokens.subject(&token, app.now())? {
         Subject::Agent(sub) => sub,
         Subject::Human { id, roles } => {
-            // OIDC humans are known by their issuer's word; nothing is stored for them.
-            return Ok(Caller::Human(User { id, roles, token_hash: String::new(), status: "active".into() }));
+            return blocking(app, move |s| human_of_oidc(s, id, roles).map(Caller::Human)).await;
         }
     };
     blocking(app, move |s| active_agent(s, &sub).map(|(a, _)| Caller::Agent(a))).await
@@ -117,6 +116,23 @@ pub fn user_of_api_token(s: &AppState, token: &str) -> Result<User, ApiError> {
         return Err(ApiError::new(Code::UserDisabled, format!("user `{}` is disabled", user.id)));
     }
     Ok(user)
+}
+
+/// The human an OIDC identity (`ISSUER#SUB`) is: the Warden user it is mapped to (with that
+/// user's roles and status: a disabled user is refused), or, unmapped, a person known only by
+/// that namespaced id and the roles their token lists.
+pub fn human_of_oidc(s: &AppState, id: String, roles: Vec<String>) -> Result<User, ApiError> {
+    let users = s.ledger().store().find(User::TABLE, &Query::default())?;
+    for r in &users {
+        let user = User::from_record(r)?;
+        if user.oidc.iter().any(|o| *o == id) {
+            if user.status != "active" {
+                return Err(ApiError::new(Code::UserDisabled, format!("user `{}` is disabled", user.id)));
+            }
+            return Ok(user);
+        }
+    }
+    Ok(User { id, roles, token_hash: String::new(), status: "active".into(), oidc: Vec::new() })
 }
 
 /// Loads the registered agent `sub` names and admits it: active, and within its rate.
@@ -172,18 +188,6 @@ impl FromRequestParts<App> for HumanCaller {
     }
 }
 
-impl HumanCaller {
-    /// Refuses unless the human holds one of `roles` (`admin` holds every role).
-    pub fn require(&self, roles: &[&str]) -> Result<(), ApiError> {
-        if self.0.has_role("admin") || roles.iter().any(|r| self.0.has_role(r)) {
-            Ok(())
-        } else {
-            Err(ApiError::new(Code::MissingRole, format!("this needs one of the roles: {}", roles.join(", ")))
-                .details(serde_json::json!({"required": roles})))
-        }
-    }
-}
-
 /// A human signed in to the console: who, and their session's form token.
 #[derive(Debug, Clone)]
 pub struct Signed {
@@ -202,7 +206,10 @@ pub fn console_sign_in(s: &AppState, token: &str) -> Result<(String, User), ApiE
     } else {
         match s.tokens.subject_with_expiry(token, now)? {
             (Subject::Human { id, roles }, exp) => {
-                (User { id, roles, token_hash: String::new(), status: "active".into() }, true, exp)
+                let user = human_of_oidc(s, id, roles)?;
+                // A mapped person's session is the Warden user's, re-read on every page.
+                let mapped = !user.token_hash.is_empty();
+                (user, !mapped, exp)
             }
             (Subject::Agent(_), _) => {
                 return Err(ApiError::new(Code::AgentsNotAllowed, "agents cannot sign in to the console"));

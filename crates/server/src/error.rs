@@ -66,6 +66,7 @@ codes! {
     HumansNotAllowed = "humans_not_allowed", 403, "agents only: humans may not call this (nor dry-run without naming an agent)";
     MissingRole = "missing_role", 403, "the caller lacks a role the operation needs";
     NotYourAgent = "not_your_agent", 403, "an agent acts only for itself";
+    NotYourTask = "not_your_task", 403, "an agent may close only a task it opened";
     UserDisabled = "user_disabled", 403, "the calling user is disabled";
     CsrfRejected = "csrf_rejected", 403, "the console form's CSRF token is missing or not the session's";
     CrossSite = "cross_site", 403, "a console form was sent from another site";
@@ -101,6 +102,9 @@ codes! {
     Halted = "halted", 409, "a halt stands over the agent or action; nothing was done";
     Stopped = "stopped", 409, "the agent or task stopped between decision and execution; nothing was done";
     DigestMismatch = "digest_mismatch", 409, "the stored action no longer matches what was decided or approved; nothing was done";
+    TaskShared = "task_shared", 409, "other agents have pending approvals or running executions in the task; a human must close it";
+    UndoNeedsApproval = "undo_needs_approval", 409, "undoing the action needs more than one person: ask for it on its own (it becomes an approval)";
+    PolicyChanged = "policy_changed", 409, "the bundle in force no longer allows what was approved; nothing was done";
     BreakerClosed = "breaker_closed", 409, "the breaker is not tripped";
     BodyTooLarge = "body_too_large", 413, "the body exceeds 64 KiB";
     UnsupportedMediaType = "unsupported_media_type", 415, "send `Content-Type: application/json`";

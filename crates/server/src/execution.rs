@@ -19,6 +19,7 @@ use warden_core::guardrail::Mode;
 use warden_core::request::{AgentStatus, TaskState};
 use warden_store::{Batch, Change, Query, Record, Store, StoreError, Table};
 
+use crate::auth::Caller;
 use crate::error::{ApiError, Code};
 use crate::model::new_id;
 use crate::model::{ActionRecord, Approval, Model, millis, rfc3339};
@@ -212,8 +213,9 @@ fn call_for(req: &ActionRecord, lease: &str, token: &str, captured: Map<String, 
 /// The upstream MCP tool that performs `action` for `req`, when `req` came through a mapped
 /// tool (`req.via`): its arguments rebuilt from the request's target and params (and, for a
 /// compensation, what the action captured) under the bundle's mapping now. A request whose
-/// tool the bundle no longer maps is not performed at all (fail closed); a compensation the
-/// upstream has no tool for goes to the HTTP connector.
+/// tool the bundle no longer maps is not performed at all (fail closed), and neither is a
+/// compensation the upstream has no tool for: what an upstream did is undone only through
+/// that upstream, never by another tool's credentials.
 fn route_for(
     s: &AppState,
     req: &ActionRecord,
@@ -234,7 +236,10 @@ fn route_for(
                 "`{action}` through upstream MCP tool `{via}`, which the bundle no longer maps"
             )));
         }
-        return Ok(None);
+        return Err(ConnectorError::NotConfigured(format!(
+            "`{action}` undoes what upstream `{upstream}` did, and runs only through it; mcp.toml maps no tool of \
+             `{upstream}` to `{action}`"
+        )));
     };
     let id = req.target.split_once(':').map_or(req.target.as_str(), |(_, id)| id);
     Ok(Some(warden_connectors::mcp::Route {
@@ -386,7 +391,8 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
             None => None,
         };
         // Exactly what was decided and approved, or nothing.
-        let computed = req.computed_digest()?;
+        let bundle = s.bundle()?;
+        let computed = req.computed_digest(&bundle)?;
         let approved_digest = approval.as_ref().map(|a| a.digest.as_str()).filter(|d| !d.is_empty());
         let recorded = Some(req.digest.as_str()).filter(|d| !d.is_empty());
         if let Some(bound) = [recorded, approved_digest].into_iter().flatten().find(|d| *d != computed) {
@@ -410,7 +416,13 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
             refuse(s, &req, version, "cancelled", "stopped", &why)?;
             return Err(ApiError::new(Code::Stopped, why));
         }
-        let bundle = s.bundle()?;
+        // Decided again under the bundle in force, on the facts now (DESIGN §6).
+        let again = crate::facts::redecide(s, &bundle, &req, approval.as_ref(), &gate.list)?;
+        if let Some(why) = again.refused {
+            let why = format!("not started: {why}; nothing was called");
+            refuse(s, &req, version, "failed", "policy_changed", &why)?;
+            return Err(ApiError::new(Code::PolicyChanged, why));
+        }
         let class = bundle.catalog().get(&req.action);
         let ttl = class.map_or(300, |c| c.lease_ttl.as_secs()) as i64;
         let ttl = match &approval {
@@ -465,6 +477,7 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
             .change(Change::Expect { table: Table::Agents, id: req.agent.clone(), version: agent_version })
             .change(Change::Expect { table: Table::Tasks, id: req.task.clone(), version: task_version })
             .change(gate.unchanged())
+            .changes(again.preconditions)
             .change(Change::Update(r))
             .change(Change::Insert(lease.record()))
             .change(Change::Insert(exec.record()));
@@ -686,61 +699,135 @@ pub fn reconcile_after_restart(s: &AppState) -> Result<Vec<String>, ApiError> {
     Ok(marked)
 }
 
-/// The roles that may roll back `exec`: the approver roles of its action in the agent's
-/// guardrail (or the guardrail's), its step-up roles, and the incident commander.
-pub fn rollback_roles(s: &AppState, exec: &Execution) -> Result<Vec<String>, ApiError> {
+/// What undoing `exec` needs under the bundle in force (DESIGN §6: a rollback is an action):
+/// the roles, quorum and separation of duties of its compensation on its target.
+pub fn undo_requirement(s: &AppState, exec: &Execution) -> Result<warden_core::authority::UndoRequirement, ApiError> {
     let bundle = s.bundle()?;
-    let mut roles = Vec::new();
-    if let Some(g) = bundle.agent(&exec.agent) {
-        let grants: Vec<_> = g.grants.iter().filter(|gr| gr.action == exec.action).collect();
-        if grants.is_empty() {
-            roles.extend(g.escalation.approver_roles.iter().cloned());
-        }
-        for gr in grants {
-            roles.extend(gr.approver_roles.iter().cloned());
-        }
-        roles.extend(g.escalation.step_up_roles.iter().cloned());
-        roles.push(g.escalation.incident_commander.clone());
-    } else {
-        roles.push("incident-commander".to_string());
-    }
-    roles.sort();
-    roles.dedup();
-    Ok(roles)
+    let compensation = exec.compensation.as_deref().unwrap_or(&exec.action);
+    let target = exec.target.parse().map_err(|e: String| ApiError::new(Code::InvalidRequest, e))?;
+    Ok(bundle.undo_requirement(&exec.agent, compensation, &target))
 }
 
-/// Who asks for a rollback: a human (who must hold one of [`rollback_roles`]), or a halt
-/// with `rollback` (whose caller the halt route has already checked).
+/// Who asks for a rollback.
 #[derive(Debug, Clone, Copy)]
 pub enum RollbackBy<'a> {
-    Human(&'a crate::model::User),
-    Halt(&'a Actor),
+    /// A human (the API, the console, the CLI): needs the compensation's authority
+    /// ([`crate::authority::Power::Undo`]); when that needs more than one person, the request
+    /// opens an approval of its own with this vote on it, and nothing runs yet.
+    Human(&'a Caller),
+    /// A halt with `rollback`: only what its caller may undo alone; the rest is refused
+    /// (`undo_needs_approval` or the missing role) and the halt reports it as left.
+    Halt(&'a Caller),
+    /// An approved undo approval: its voters held the authority; it is checked again against
+    /// the bundle in force and bound to the approval's digest.
+    Approved(&'a Approval),
 }
 
-/// Runs the compensation of request `id`'s execution, once: the execution is marked as being
-/// rolled back (version-checked) before the tool is called, so two humans pressing rollback
-/// together call it once; the second is told it is under way. Idempotent: an execution
-/// already rolled back is answered as it is.
-pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackBy<'_>) -> Result<Execution, ApiError> {
+/// What a rollback request did: the compensation ran (or had run), it waits for votes, or it
+/// needs more than the asker's one vote and an undo approval must be opened
+/// ([`crate::approvals::request_undo`] does).
+#[derive(Debug, Clone)]
+pub enum Undone {
+    Done(Execution),
+    Pending(Approval),
+    NeedsVotes { exec: Box<Execution>, compensation: String, granted: crate::authority::Granted },
+}
+
+/// The digest an undo approval is bound to: the compensation, on the execution's target, of
+/// that execution (its id is the one parameter).
+pub fn undo_digest(exec: &Execution, compensation: &str) -> Result<String, ApiError> {
+    let mut params = Map::new();
+    params.insert("undo".into(), Value::String(exec.id.clone()));
+    warden_core::request::action_digest(&exec.agent, &exec.task, compensation, &exec.target, &params)
+        .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the undo cannot be digested: {e}")))
+}
+
+/// Whether approved undo approval `a` still authorizes undoing `exec` under the bundle in
+/// force: bound to its digest, and its votes meet what the compensation needs now.
+fn undo_still_authorized(s: &AppState, a: &Approval, exec: &Execution, compensation: &str) -> Result<(), ApiError> {
+    if a.undo.as_deref() != Some(exec.id.as_str()) || a.digest != undo_digest(exec, compensation)? {
+        return Err(ApiError::new(
+            Code::DigestMismatch,
+            format!("approval `{}` does not cover undoing `{}`", a.id, exec.id),
+        ));
+    }
+    if a.state != crate::model::ApprovalState::Approved {
+        return Err(ApiError::new(Code::NotApproved, format!("approval `{}` is {}", a.id, a.state.as_str())));
+    }
+    let need = undo_requirement(s, exec)?;
+    let voters_hold = a.votes.iter().filter(|v| need.roles.contains(&v.role)).count() as u32;
+    if voters_hold < need.quorum.max(1) {
+        return Err(ApiError::new(
+            Code::PolicyChanged,
+            format!(
+                "undoing `{}` now needs {} of {}; approval `{}` has {voters_hold} such vote(s)",
+                exec.id,
+                need.quorum,
+                need.roles.join(", "),
+                a.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the compensation of request `id`'s execution, once, with the authority the
+/// compensation needs (see [`RollbackBy`]): the execution is marked as being rolled back
+/// (version-checked) before the tool is called, so two humans pressing rollback together
+/// call it once; the second is told it is under way. Idempotent: an execution already rolled
+/// back is answered as it is.
+pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackBy<'_>) -> Result<Undone, ApiError> {
     let store = s.ledger().store();
     let (exec, version) = versioned::<Execution>(store.as_ref(), id)?
         .ok_or_else(|| ApiError::new(Code::NoExecution, format!("request `{id}` was not executed")))?;
-    let owned_actor;
+    let compensation_name = exec.compensation.clone().unwrap_or_else(|| exec.action.clone());
     let actor = match by {
-        RollbackBy::Human(user) => {
-            let roles = rollback_roles(s, &exec)?;
-            if !roles.iter().any(|r| user.has_role(r)) {
-                return Err(ApiError::new(
-                    Code::MissingRole,
-                    format!("rolling back `{}` needs one of the roles: {}", exec.action, roles.join(", ")),
-                )
-                .details(json!({"required": roles})));
+        RollbackBy::Human(caller) | RollbackBy::Halt(caller) => {
+            let granted = crate::authority::check(
+                s,
+                caller,
+                crate::authority::Power::Undo {
+                    agent: &exec.agent,
+                    compensation: &compensation_name,
+                    target: &exec.target,
+                },
+            )?;
+            if granted.quorum > 1 && exec.state == ExecutionState::Succeeded && exec.rolling_back.is_none() {
+                let Caller::Human(user) = caller else {
+                    return Err(ApiError::new(Code::AgentsNotAllowed, "agents may not roll back"));
+                };
+                if matches!(by, RollbackBy::Halt(_)) {
+                    return Err(ApiError::new(
+                        Code::UndoNeedsApproval,
+                        format!(
+                            "undoing `{id}` needs {} people of {}: ask with POST /v1/actions/{id}/rollback",
+                            granted.quorum,
+                            granted.roles.join(", ")
+                        ),
+                    ));
+                }
+                if exec.compensation.is_some() {
+                    let _ = user;
+                    return Ok(Undone::NeedsVotes { exec: Box::new(exec), compensation: compensation_name, granted });
+                }
             }
-            owned_actor = Actor::user(&user.id);
-            &owned_actor
+            caller.actor()
         }
-        RollbackBy::Halt(actor) => actor,
+        RollbackBy::Approved(a) => {
+            if let Err(e) = undo_still_authorized(s, a, &exec, &compensation_name) {
+                let event = Event::new(EventType::RollbackFailed, Actor::system("executor"))
+                    .task(&exec.task)
+                    .request(id)
+                    .action(&exec.action)
+                    .data(json!({"execution_id": id, "compensation": compensation_name, "target": exec.target,
+                                 "approval": a.id, "called": false, "refused": e.code.as_str(), "error": e.message}));
+                s.ledger().commit(Batch::new().event(event))?;
+                return Err(e);
+            }
+            Actor::user(a.votes.last().map_or("system", |v| v.user.as_str()))
+        }
     };
+    let actor = &actor;
     if let Some(who) = &exec.rolling_back {
         return Err(ApiError::new(
             Code::RollbackInProgress,
@@ -748,7 +835,7 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
         ));
     }
     match exec.state {
-        ExecutionState::RolledBack => return Ok(exec),
+        ExecutionState::RolledBack => return Ok(Undone::Done(exec)),
         ExecutionState::Succeeded => {}
         other => {
             return Err(ApiError::new(
@@ -784,7 +871,7 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
         Err(StoreError::Conflict { .. }) => {
             let now_is = versioned::<Execution>(store.as_ref(), id)?.map(|(e, _)| e);
             return match now_is {
-                Some(e) if e.state == ExecutionState::RolledBack => Ok(e),
+                Some(e) if e.state == ExecutionState::RolledBack => Ok(Undone::Done(e)),
                 _ => Err(ApiError::new(
                     Code::RollbackInProgress,
                     format!("another rollback of `{id}` started at the same moment"),
@@ -844,13 +931,13 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
         other => other.into(),
     })?;
     match result {
-        Ok(_) => Ok(next),
+        Ok(_) => Ok(Undone::Done(next)),
         Err(e) => Err(ApiError::new(Code::RollbackFailed, e.to_string())),
     }
 }
 
 /// [`rollback`] through this server's connectors (422 `no_connector` without them).
-pub fn rollback_request(s: &AppState, id: &str, by: RollbackBy<'_>) -> Result<Execution, ApiError> {
+pub fn rollback_request(s: &AppState, id: &str, by: RollbackBy<'_>) -> Result<Undone, ApiError> {
     let connector = s
         .connector
         .as_deref()

@@ -12,6 +12,7 @@ use warden_core::request::{AgentStatus, Halt, HaltScope};
 use warden_store::{Batch, Change, Query, Record, Store, StoreError, Table};
 
 use crate::approvals;
+use crate::auth::Caller;
 use crate::error::{ApiError, Code};
 use crate::execution::{self, Lease, LeaseState};
 use crate::model::{Agent, Model, rfc3339};
@@ -81,6 +82,18 @@ pub struct Halted {
     pub rolled_back: Vec<String>,
     /// Rollbacks that failed, with why.
     pub rollback_failures: Vec<String>,
+    /// Executions the halt's caller may not undo alone (a role they lack, separation of
+    /// duties, or a quorum above one), left as they are, with why.
+    pub rollback_left: Vec<Left>,
+}
+
+/// An execution a halt with `rollback` left alone, and why.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Left {
+    pub execution: String,
+    /// `missing_role`, `separation_of_duties`, `undo_needs_approval`, …
+    pub code: String,
+    pub reason: String,
 }
 
 fn lease_matches(h: &Halt, l: &Lease) -> bool {
@@ -91,17 +104,30 @@ fn lease_matches(h: &Halt, l: &Lease) -> bool {
     }
 }
 
-fn check(h: &Halt) -> Result<(), ApiError> {
+fn check(h: &Halt, now: time::OffsetDateTime) -> Result<(), ApiError> {
     h.validate().map_err(|why| ApiError::new(Code::InvalidHalt, why))?;
+    if let Some(at) = h.expires_at
+        && at <= now
+    {
+        return Err(ApiError::new(
+            Code::InvalidHalt,
+            format!("`expires_at` {} is not in the future: such a halt would stop nothing", rfc3339(at)),
+        ));
+    }
     if crate::input::is_blank(&h.reason) {
         return Err(ApiError::new(Code::ReasonRequired, "a halt needs a `reason`"));
     }
     Ok(())
 }
 
-/// Sets a halt; see the module's documentation for what it guarantees.
-pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Halted, ApiError> {
-    check(&halt)?;
+/// Sets a halt for `caller`, who must hold a halting role ([`crate::authority`]); see the
+/// module's documentation for what it guarantees. With `rollback`, the matching executions
+/// of open tasks are undone — only those the caller may undo alone; the rest are reported in
+/// `rollback_left`.
+pub fn set(s: &AppState, halt: Halt, caller: &Caller, rollback: bool) -> Result<Halted, ApiError> {
+    crate::authority::check(s, caller, crate::authority::Power::Halt)?;
+    check(&halt, s.now())?;
+    let actor = &caller.actor();
     let store = s.ledger().store();
     let mut gate =
         s.halts.write().map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"))?;
@@ -139,7 +165,8 @@ pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Ha
         }
         let mut cancelled = Vec::new();
         for a in approvals::all_in(store.as_ref(), approvals::ApprovalState::Pending)? {
-            if !halt.matches(&a.agent, &a.action, now) {
+            // An undo approval is humans asking to lift a containment: a stop does not cancel it.
+            if a.undo.is_some() || !halt.matches(&a.agent, &a.action, now) {
                 continue;
             }
             if let Some(v) = approvals::load(store.as_ref(), &a.id)? {
@@ -179,7 +206,7 @@ pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Ha
     // Approvals opened by requests that committed between the read above and the halt's
     // commit; from the commit on, no executable decision can pass (it expects the old epoch).
     let commit = |b| s.ledger().commit(b).map(|_| ());
-    let matching = |a: &approvals::Approval| halt.matches(&a.agent, &a.action, now);
+    let matching = |a: &approvals::Approval| a.undo.is_none() && halt.matches(&a.agent, &a.action, now);
     let reason = format!("halt: {}", halt.reason);
     cancelled_approvals.extend(approvals::cancel_where(store.as_ref(), &commit, &matching, actor, &reason, now)?);
     gate.list.push(halt.clone());
@@ -192,6 +219,7 @@ pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Ha
         cancelled_approvals,
         rolled_back: Vec::new(),
         rollback_failures: Vec::new(),
+        rollback_left: Vec::new(),
     };
     if rollback && let Some(connector) = s.connector.as_deref() {
         // The matching executions of open tasks, undone one by one.
@@ -209,8 +237,15 @@ pub fn set(s: &AppState, halt: Halt, actor: &Actor, rollback: bool) -> Result<Ha
             if !open {
                 continue;
             }
-            match execution::rollback(s, connector, &exec.id, execution::RollbackBy::Halt(actor)) {
+            match execution::rollback(s, connector, &exec.id, execution::RollbackBy::Halt(caller)) {
                 Ok(_) => halted.rolled_back.push(exec.id),
+                Err(e) if e.code.status().as_u16() == 403 || e.code == Code::UndoNeedsApproval => {
+                    halted.rollback_left.push(Left {
+                        execution: exec.id,
+                        code: e.code.as_str().to_string(),
+                        reason: e.message.to_string(),
+                    });
+                }
                 Err(e) => halted.rollback_failures.push(format!("{}: {}", exec.id, e.message)),
             }
         }
@@ -223,9 +258,11 @@ pub fn resume(
     s: &AppState,
     scope: HaltScope,
     id: Option<&str>,
-    actor: &Actor,
+    caller: &Caller,
     reason: &str,
 ) -> Result<Vec<HaltRecord>, ApiError> {
+    crate::authority::check(s, caller, crate::authority::Power::Admin("lifting halts"))?;
+    let actor = &caller.actor();
     if crate::input::is_blank(reason) {
         return Err(ApiError::new(Code::ReasonRequired, "a resume needs a `reason`"));
     }

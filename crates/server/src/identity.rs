@@ -49,6 +49,11 @@ pub enum Subject {
     Human { id: String, roles: Vec<String> },
 }
 
+/// How an OIDC human is known before any mapping: `ISSUER#SUB`.
+pub fn oidc_identity(issuer: &str, sub: &str) -> String {
+    format!("{issuer}#{sub}")
+}
+
 /// Warden as its own token issuer.
 pub struct LocalIssuer {
     issuer: String,
@@ -338,7 +343,11 @@ impl TokenVerifier {
                     Some(Value::String(s)) => s.split_whitespace().map(str::to_string).collect(),
                     _ => Vec::new(),
                 };
-                Subject::Human { id: claims.sub, roles }
+                // Namespaced by issuer: two issuers' `ana`, or an issuer's `ana` and the local
+                // user `ana`, are different people unless a Warden user maps them
+                // (`warden user add --oidc ISSUER#SUB`).
+                let issuer = claims.iss.clone().unwrap_or_default();
+                Subject::Human { id: oidc_identity(&issuer, &claims.sub), roles }
             }
         };
         if let Ok(mut cache) = self.cache.lock() {

@@ -13,11 +13,13 @@
 pub mod admin;
 pub mod approvals;
 pub mod auth;
+pub mod authority;
 pub mod breaker;
 mod console;
 pub mod error;
 pub mod execution;
 pub mod explain;
+pub mod facts;
 pub mod halt;
 mod http;
 pub mod identity;

@@ -92,6 +92,10 @@ pub struct User {
     pub token_hash: String,
     #[serde(default = "active")]
     pub status: String,
+    /// The OIDC identities (`ISSUER#SUB`) that sign in as this user: one person, one voter,
+    /// whether they come with the API token or through the identity provider.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oidc: Vec<String>,
 }
 
 fn active() -> String {
@@ -146,12 +150,17 @@ pub struct Task {
     pub state: TaskState,
     /// Who opened it (`agent:<SPIFFE ID>` or `user:<id>`).
     pub opened_by: String,
-    /// Whether a trusted party — a human, or an integration with a credential of its own (a
-    /// SIEM given `warden user add siem --roles integration`) — asserted the trigger. A task an
-    /// agent opened is not verified: its severity and source are only the agent's word, and
-    /// policy sees `context.task.verified == false` (DESIGN §6).
+    /// Whether a principal holding a role the bundle maps to the trigger's source asserted it
+    /// (`authority.toml [sources]`; by default the approver, step-up and incident-commander
+    /// roles for any source; an integration such as the email gateway gets a role of its own
+    /// that the file maps to its source). A task an agent, a `tool` credential or a role-less
+    /// person opened is not verified: its severity and source are only their word, and policy
+    /// sees `context.task.verified == false` (DESIGN §5, §6).
     #[serde(default)]
     pub verified: bool,
+    /// The role whose word verified the trigger (`authority.toml [sources]`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vouched_by: Option<String>,
     pub opened_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<String>,
@@ -208,9 +217,11 @@ pub struct ActionRecord {
 }
 
 impl ActionRecord {
-    /// The action digest of what this record now says (recomputed, not the stored one).
-    pub fn computed_digest(&self) -> Result<String, ApiError> {
-        warden_core::request::action_digest(&self.agent, &self.task, &self.action, &self.target, &self.params)
+    /// The action digest of what this record now says under `bundle` (recomputed, not the
+    /// stored one; secret params as their commitments).
+    pub fn computed_digest(&self, bundle: &warden_core::Bundle) -> Result<String, ApiError> {
+        bundle
+            .action_digest(&self.agent, &self.task, &self.action, &self.target, &self.params)
             .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the request cannot be digested: {e}")))
     }
 
@@ -367,6 +378,10 @@ pub struct Approval {
     pub decided_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For an undo approval (a rollback that needs more than one person): the execution it
+    /// undoes. It covers no request; approving it runs the compensation `action`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<String>,
 }
 
 impl Approval {

@@ -120,6 +120,18 @@ fn links(a: &Approval, public_url: &str) -> Value {
     })
 }
 
+/// Text for a Slack `mrkdwn` field: `&`, `<` and `>` escaped as Slack asks, so nothing
+/// interpolated can become a mention (`<!channel>`), a link (`<url|label>`) or markup that
+/// spans into the next field.
+pub fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+/// Text for a Slack `plain_text` object (never formatted or linked), cut to its 3,000-character limit.
+fn plain(s: &str) -> String {
+    if s.chars().count() <= 2_990 { s.to_string() } else { s.chars().take(2_990).chain("…".chars()).collect() }
+}
+
 /// The Slack-compatible payload: a header, the facts as fields, the rationale, the links;
 /// with `buttons`, Approve / Reject while the approval waits (pressing one calls back into the
 /// same approval rules: [`crate::slack`]).
@@ -131,18 +143,20 @@ pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str, buttons: bool) 
         Kind::BreakerTripped => "Budget breaker tripped",
     };
     let l = links(a, public_url);
-    let text = format!("{title}: {} on {} by {}", a.action, a.target, a.agent);
-    // Exactly what approving authorizes: the params (secrets redacted), the target's facts,
-    // the task, the evidence and the digest that binds them.
-    let params = serde_json::to_string(&a.params).unwrap_or_default();
+    let e = slack_escape;
+    let text = format!("{title}: {} on {} by {}", e(&a.action), e(&a.target), e(&a.agent));
+    // Exactly what approving authorizes comes first — the params (secrets redacted), the
+    // target's facts, the task and the digest that binds them — every value escaped; what the
+    // agent wrote comes last, as plain text that Slack neither formats nor links.
+    let params = serde_json::to_string_pretty(&a.params).unwrap_or_default();
     let facts = a.target_facts.as_ref().map_or_else(
         || "not recorded".to_string(),
         |f| {
             format!(
                 "{} · {} · owner {}{}",
-                f["criticality"].as_str().unwrap_or("?"),
-                f["environment"].as_str().unwrap_or("?"),
-                f["owner"].as_str().unwrap_or("?"),
+                e(f["criticality"].as_str().unwrap_or("?")),
+                e(f["environment"].as_str().unwrap_or("?")),
+                e(f["owner"].as_str().unwrap_or("?")),
                 if f["privileged"].as_bool() == Some(true) { " · privileged" } else { "" }
             )
         },
@@ -152,38 +166,42 @@ pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str, buttons: bool) 
     } else {
         a.evidence
             .iter()
-            .map(|e| format!("• {} `{}` {}", e.kind, e.reference, e.summary.as_deref().unwrap_or("")))
+            .map(|x| format!("- {} {} {}", x.kind, x.reference, x.summary.as_deref().unwrap_or("")))
             .collect::<Vec<_>>()
             .join("\n")
     };
+    let agent_words = plain(&format!("Rationale: {}\nEvidence:\n{evidence}", a.rationale));
     let mut message = json!({
         "text": text,
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": title}},
             {"type": "section", "fields": [
-                {"type": "mrkdwn", "text": format!("*Agent*\n{}", a.agent)},
-                {"type": "mrkdwn", "text": format!("*Action*\n{}", a.action)},
-                {"type": "mrkdwn", "text": format!("*Target*\n{}", a.target)},
-                {"type": "mrkdwn", "text": format!("*Confidence*\n{:.2}", a.confidence)},
-                {"type": "mrkdwn", "text": format!("*Approvers*\n{} (quorum {})", a.roles.join(", "), a.quorum)},
-                {"type": "mrkdwn", "text": format!("*Expires*\n{}", a.expires_at)},
-                {"type": "mrkdwn", "text": format!("*Task*\n{}", a.task)},
-                {"type": "mrkdwn", "text": format!("*Target facts*\n{facts}")},
+                {"type": "mrkdwn", "text": format!("*Action*\n{}", e(&a.action))},
+                {"type": "mrkdwn", "text": format!("*Target*\n{}", e(&a.target))},
+                {"type": "mrkdwn", "text": format!("*Target facts (inventory)*\n{facts}")},
+                {"type": "mrkdwn", "text": format!("*Agent*\n{}", e(&a.agent))},
+                {"type": "mrkdwn", "text": format!("*Task*\n{}", e(&a.task))},
+                {"type": "mrkdwn", "text": format!("*Approvers*\n{} (quorum {})", e(&a.roles.join(", ")), a.quorum)},
+                {"type": "mrkdwn", "text": format!("*Expires*\n{}", e(&a.expires_at))},
+                {"type": "mrkdwn", "text": format!("*Confidence (agent's claim)*\n{:.2}", a.confidence)},
             ]},
-            {"type": "section", "text": {"type": "mrkdwn",
-                "text": format!("*Rationale*\n{}\n*Evidence*\n{evidence}", a.rationale)}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": "*Params (what approving runs)*"}},
+            {"type": "section", "text": {"type": "plain_text", "text": plain(&params)}},
             {"type": "context", "elements": [
                 {"type": "mrkdwn", "text": format!("<{}|approval {}> · <{}|task {}>",
-                    l["approval"].as_str().unwrap_or_default(), a.id, l["task"].as_str().unwrap_or_default(), a.task)},
-                {"type": "mrkdwn", "text": format!("digest `{}`", a.digest)},
+                    e(l["approval"].as_str().unwrap_or_default()), e(&a.id),
+                    e(l["task"].as_str().unwrap_or_default()), e(&a.task))},
+                {"type": "mrkdwn", "text": format!("digest {}", e(&a.digest))},
             ]},
-            {"type": "section", "text": {"type": "mrkdwn", "text": format!("*Params (what approving runs)*\n```{params}```")}},
+            {"type": "divider"},
+            {"type": "section", "text": {"type": "mrkdwn", "text": "*The agent's own words* (shown as written, not checked by Warden)"}},
+            {"type": "section", "text": {"type": "plain_text", "text": agent_words}},
         ],
     });
     if !a.votes.is_empty()
         && let Some(blocks) = message["blocks"].as_array_mut()
     {
-        let votes = a.votes.iter().map(|v| format!("{} ({})", v.user, v.role)).collect::<Vec<_>>().join(", ");
+        let votes = a.votes.iter().map(|v| format!("{} ({})", e(&v.user), e(&v.role))).collect::<Vec<_>>().join(", ");
         let line = format!("*Approved so far* ({} of {}): {votes}", a.votes.len(), a.quorum);
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": line}}));
     }
@@ -198,7 +216,7 @@ pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str, buttons: bool) 
             {"type": "button", "action_id": SLACK_REJECT, "style": "danger", "value": a.id,
              "text": {"type": "plain_text", "text": "Reject"},
              "confirm": {"title": {"type": "plain_text", "text": "Reject this action?"},
-                         "text": {"type": "mrkdwn", "text": format!("{} on {} will not run.", a.action, a.target)},
+                         "text": {"type": "plain_text", "text": plain(&format!("{} on {} will not run.", a.action, a.target))},
                          "confirm": {"type": "plain_text", "text": "Reject"},
                          "deny": {"type": "plain_text", "text": "Cancel"}}},
         ]}));
@@ -228,16 +246,17 @@ fn breaker_json(b: &BreakerTrip, public_url: &str) -> Value {
 fn breaker_slack(b: &BreakerTrip, public_url: &str) -> Value {
     let base = public_url.trim_end_matches('/');
     json!({
-        "text": format!("Budget breaker tripped: {} × {}", b.agent, b.action),
+        "text": format!("Budget breaker tripped: {} × {}", slack_escape(&b.agent), slack_escape(&b.action)),
         "blocks": [
             {"type": "header", "text": {"type": "plain_text", "text": "Budget breaker tripped"}},
             {"type": "section", "fields": [
-                {"type": "mrkdwn", "text": format!("*Agent*\n{}", b.agent)},
-                {"type": "mrkdwn", "text": format!("*Action*\n{}", b.action)},
+                {"type": "mrkdwn", "text": format!("*Agent*\n{}", slack_escape(&b.agent))},
+                {"type": "mrkdwn", "text": format!("*Action*\n{}", slack_escape(&b.action))},
                 {"type": "mrkdwn", "text": "*Now*\nevery request goes to a human until `warden breaker reset`"},
             ]},
             {"type": "context", "elements": [
-                {"type": "mrkdwn", "text": format!("<{base}/v1/actions/{}|request {}>", b.request, b.request)},
+                {"type": "mrkdwn", "text": format!("<{}/v1/actions/{}|request {}>",
+                    slack_escape(base), slack_escape(&b.request), slack_escape(&b.request))},
             ]},
         ],
     })
@@ -327,6 +346,10 @@ impl Notifier {
 fn deliver_all(rx: Receiver<Job>, options: &NotifyOptions, ledger: &Option<Arc<Ledger>>) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
+        // A redirect is not delivery, and is never followed: a webhook's answer cannot send
+        // the notice (or its headers) elsewhere.
+        .max_redirects(0)
+        .max_redirects_will_error(false)
         .timeout_global(Some(options.timeout))
         .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
         .build()

@@ -17,23 +17,23 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::Duration;
 use utoipa::ToSchema;
+use warden_core::Bundle;
 use warden_core::audit::canonical;
 use warden_core::audit::entry::{Actor, Event, EventType};
 use warden_core::decision::{Decision, Outcome};
-use warden_core::request::{ActionRequest, AgentStatus, BudgetUsage, DecisionInput, TaskInfo};
-use warden_core::{Bundle, decide};
-use warden_store::{Batch, Change, Query, Store, StoreError, Table, UsageLimits};
+use warden_core::request::{ActionRequest, AgentStatus};
+use warden_store::{Batch, Change, Query, Store, StoreError, Table};
 
 use crate::approvals::{self, Approval, ApprovalState};
 use crate::auth::Caller;
-use crate::breaker::{breaker, breaker_key};
+use crate::breaker::breaker_key;
 use crate::error::{ApiError, Code};
 use crate::execution::{self, Execution, LeaseState};
-use crate::model::{ActionRecord, Agent, DecisionRecord, Model, Task, from_millis, millis, new_id, rfc3339};
+use crate::facts::{decide_with, facts};
+use crate::model::{ActionRecord, Agent, DecisionRecord, Model, from_millis, millis, new_id, rfc3339};
 use crate::state::AppState;
 
-/// Budgets count over the last hour (`max_per_hour`, `max_distinct_targets`).
-pub const BUDGET_WINDOW: Duration = Duration::hours(1);
+pub use crate::facts::BUDGET_WINDOW;
 
 /// Where a request rests after its decision (DESIGN §8). `execute` rests in `approved` until
 /// the executor takes it.
@@ -164,88 +164,6 @@ fn replay(store: &dyn Store, agent: &str, key: &str, digest: &str) -> Result<Opt
     Ok(Some(full_answer(store, &a, &d)?))
 }
 
-/// The halts in force (the in-memory mirror every halt updates before it returns).
-fn active_halts(s: &AppState) -> Result<crate::halt::Gate, ApiError> {
-    s.halts.read().map(|h| h.clone()).map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"))
-}
-
-/// Everything a decision reads besides the bundle, with what a commit that relies on it
-/// must find unchanged.
-struct Facts {
-    task: Option<TaskInfo>,
-    /// The task record's version (0: no such task).
-    task_version: u64,
-    halts: crate::halt::Gate,
-    budget: BudgetUsage,
-    /// Where the budget window starts (an hour ago, or the breaker's reset if later).
-    budget_since_ms: i64,
-}
-
-fn facts(
-    s: &AppState,
-    bundle: &Bundle,
-    agent: &str,
-    req: &ActionRequest,
-    require_task: bool,
-) -> Result<Facts, ApiError> {
-    let store = s.ledger().store();
-    let (task, task_version) = match store.get(Table::Tasks, &req.task)? {
-        Some(r) => {
-            let t = Task::from_record(&r)?;
-            let info = TaskInfo {
-                id: t.id,
-                state: t.state,
-                severity: t.trigger.severity,
-                source: t.trigger.source,
-                verified: t.verified,
-            };
-            (Some(info), r.version)
-        }
-        None if require_task => {
-            return Err(ApiError::new(
-                Code::UnknownTask,
-                format!("no task `{}`: open it first (POST /v1/tasks)", req.task),
-            ));
-        }
-        None => (None, 0),
-    };
-    let b = breaker(store.as_ref(), agent, &req.action)?;
-    let since = millis(s.now() - BUDGET_WINDOW).max(b.reset_ms.unwrap_or(i64::MIN));
-    // Count no further than the budgets this request can meet: bounded work per request,
-    // however busy the window.
-    let (per_hour, targets) = bundle.agent(agent).map_or((None, None), |g| g.budget_limits(&req.action));
-    let up_to = UsageLimits { hits: per_hour.map_or(0, u64::from), distinct_targets: targets.map_or(0, u64::from) };
-    let usage = store.budget_usage(agent, &req.action, since, &req.target.to_string(), up_to)?;
-    let budget = BudgetUsage {
-        executions: u32::try_from(usage.hits).unwrap_or(u32::MAX),
-        distinct_targets: u32::try_from(usage.distinct_targets).unwrap_or(u32::MAX),
-        target_seen: usage.target_seen,
-        breaker_open: b.open,
-    };
-    Ok(Facts { task, task_version, halts: active_halts(s)?, budget, budget_since_ms: since })
-}
-
-fn decide_with(
-    s: &AppState,
-    bundle: &Bundle,
-    agent: &str,
-    status: AgentStatus,
-    req: &ActionRequest,
-    f: &Facts,
-) -> Decision {
-    let input = DecisionInput {
-        agent,
-        agent_status: status,
-        request: req,
-        task: f.task.as_ref(),
-        budget: f.budget,
-        halts: &f.halts.list,
-        now: s.now(),
-        shadow: s.shadow,
-    };
-    decide(bundle, &input)
-}
-
 /// How many times a request is decided again after its commit met a concurrent change (a
 /// budget used up, an approval folded into, a halt, a suspend). Each retry reads the facts
 /// anew; every conflict means another commit made progress.
@@ -274,7 +192,8 @@ pub fn submit(
 ) -> Result<ActionAnswer, ApiError> {
     let agent = &admitted.agent;
     let target = req.target.to_string();
-    let digest = warden_core::request::action_digest(&agent.id, &req.task, &req.action, &target, &req.params)
+    let digest = bundle
+        .action_digest(&agent.id, &req.task, &req.action, &target, &req.params)
         .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the request cannot be digested: {e}")))?;
     let digests = Digests { request: request_digest, action: digest, via };
     for _ in 0..ATTEMPTS {
@@ -299,19 +218,6 @@ enum Joins {
     Folds(Approval, u64),
 }
 
-/// What the inventory says of `target`, as an approver is shown it.
-fn target_facts(bundle: &Bundle, target: &warden_core::inventory::TargetRef) -> serde_json::Value {
-    match bundle.inventory().get(target) {
-        Some(a) => json!({"known": true, "criticality": a.criticality, "environment": a.environment,
-                          "owner": a.owner, "privileged": a.privileged, "tags": a.tags}),
-        None => {
-            let a = warden_core::inventory::Asset::unknown(target);
-            json!({"known": false, "criticality": a.criticality, "environment": a.environment,
-                   "owner": a.owner, "privileged": a.privileged, "tags": a.tags})
-        }
-    }
-}
-
 #[allow(clippy::too_many_arguments)]
 fn approval_for(
     s: &AppState,
@@ -332,14 +238,23 @@ fn approval_for(
     // Only a request with the same action digest — the very same action — may share an
     // approval: approving authorizes exactly what the approver was shown.
     if let Some(v) = approvals::pending_for(store, digest)? {
-        if millis(now) < v.approval.expires_ms {
+        if millis(now) >= v.approval.expires_ms {
+            // Past its expiry but not yet swept: expire it in this commit, then open a new one.
+            let (_, expired) = approvals::expire_batch(store, &v, now)?;
+            batch.changes.extend(expired.changes);
+            batch.events.extend(expired.events);
+        } else if approvals::covers(&v.approval, need) {
             let (a, version) = approvals::fold(v, id)?;
             return Ok((Some(Joins::Folds(a, version)), batch));
+        } else {
+            // The policy now asks more of humans than the pending approval does: a request
+            // never folds into a weaker approval. The old one is cancelled in this commit and
+            // this request opens one with the requirement in force.
+            let why = "superseded: the policy in force needs more approvers than this approval asked";
+            let (_, cancelled) = approvals::cancel_batch(store, &v, &Actor::system("approvals"), why, now)?;
+            batch.changes.extend(cancelled.changes);
+            batch.events.extend(cancelled.events);
         }
-        // Past its expiry but not yet swept: expire it in this commit, then open a new one.
-        let (_, expired) = approvals::expire_batch(store, &v, now)?;
-        batch.changes.extend(expired.changes);
-        batch.events.extend(expired.events);
     }
     let class = bundle.catalog().get(&req.action);
     let lease_ttl_secs = class.map_or(300, |c| c.lease_ttl.as_secs());
@@ -354,7 +269,7 @@ fn approval_for(
         target,
         digest: digest.to_string(),
         params,
-        target_facts: Some(target_facts(bundle, &req.target)),
+        target_facts: Some(crate::facts::target_facts(bundle, &req.target)),
         requests: vec![id.to_string()],
         confidence: req.confidence,
         rationale: req.rationale.clone(),
@@ -378,6 +293,7 @@ fn approval_for(
         decided_at: None,
         decided_by: None,
         reason: None,
+        undo: None,
     });
     Ok((Some(opens), batch))
 }
@@ -452,7 +368,7 @@ fn attempt(
         Event::new(EventType::ActionRequested, actor.clone()).task(&req.task).request(&id).action(&req.action).data(
             json!({
                 "target": target,
-                "params": req.params,
+                "params": bundle.shown_params(&req.action, &req.params),
                 "confidence": req.confidence,
                 "rationale": req.rationale,
                 "evidence": req.evidence,

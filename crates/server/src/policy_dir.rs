@@ -109,7 +109,7 @@ pub fn reload(state: &AppState, actor: Actor) -> Result<Reload, ApiError> {
         )
         .details(json!({ "problems": problems }))
     })?;
-    state.ledger().commit(Batch::new().event(loaded_event(&bundle, actor, &dir.display().to_string())))?;
-    state.set_bundle(bundle)?;
+    let event = loaded_event(&bundle, actor, &dir.display().to_string());
+    state.set_bundle_with(bundle, Batch::new().event(event))?;
     Ok(Reload::Loaded(version))
 }

@@ -126,13 +126,14 @@ pub async fn act(app: App, press: Press, user: User) {
 /// The message that replaces a decided notice (no buttons left to press).
 pub fn decided(a: &approvals::Approval, by: &str, state: &str) -> Value {
     let verb = if a.state == ApprovalState::Approved { "Approved" } else { "Rejected" };
-    let text = format!("{verb} by {by}: {} on {} by {} — {state}", a.action, a.target, a.agent);
+    let e = crate::notify::slack_escape;
+    let text = format!("{verb} by {}: {} on {} by {} — {}", e(by), e(&a.action), e(&a.target), e(&a.agent), e(state));
     json!({
         "replace_original": true,
         "text": text,
         "blocks": [
             {"type": "section", "text": {"type": "mrkdwn", "text": text}},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("approval {} · digest `{}`", a.id, a.digest)}]},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("approval {} · digest {}", e(&a.id), e(&a.digest))}]},
         ],
     })
 }
@@ -142,7 +143,7 @@ pub fn refusal(e: &ApiError) -> Value {
     json!({
         "replace_original": false,
         "response_type": "ephemeral",
-        "text": format!("Warden refused your vote: `{}` — {}", e.code.as_str(), e.message),
+        "text": format!("Warden refused your vote: `{}` — {}", e.code.as_str(), crate::notify::slack_escape(&e.message)),
     })
 }
 
@@ -158,6 +159,9 @@ pub async fn respond(app: &App, url: String, message: Value) {
     let sent = tokio::task::spawn_blocking(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // A redirect is not delivery, and is never followed.
+            .max_redirects(0)
+            .max_redirects_will_error(false)
             .timeout_global(Some(timeout))
             .user_agent(concat!("warden/", env!("CARGO_PKG_VERSION")))
             .build()

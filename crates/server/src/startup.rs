@@ -24,14 +24,20 @@ impl AppState {
         clock: Arc<dyn Clock>,
         options: ServerOptions,
     ) -> Result<App, ApiError> {
+        // The version in force, as executions' start commits expect it.
+        let mut batch = warden_store::Batch::new().change(warden_store::Change::SetMeta {
+            key: crate::state::BUNDLE_VERSION_KEY.into(),
+            value: bundle.version().to_string(),
+        });
         if let Some(dir) = &options.policy_dir {
             let event = crate::policy_dir::loaded_event(
                 &bundle,
                 warden_core::audit::entry::Actor::system("warden"),
                 &dir.display().to_string(),
             );
-            data.ledger().commit(warden_store::Batch::new().event(event))?;
+            batch = batch.event(event);
         }
+        data.ledger().commit(batch)?;
         let local = LocalIssuer::new(LOCAL_ISSUER, &data.token_seed().0)?;
         let tokens = TokenVerifier::new(options.audience, local, options.issuers);
         let limits = options.limits;

@@ -134,10 +134,22 @@ impl AppState {
 
     /// Replaces the bundle in force.
     pub fn set_bundle(&self, bundle: Bundle) -> Result<(), ApiError> {
+        self.set_bundle_with(bundle, warden_store::Batch::new())
+    }
+
+    /// Puts `bundle` in force, committing `batch` (its audit entry) with the setting that names
+    /// its version, while no execution can read the bundle: an execution that decided under
+    /// the old one finds the setting changed in its start commit and decides again.
+    pub fn set_bundle_with(&self, bundle: Bundle, batch: warden_store::Batch) -> Result<(), ApiError> {
         let mut slot = self
             .bundle
             .write()
             .map_err(|_| ApiError::new(Code::PolicyUnavailable, "the policy bundle is unavailable"))?;
+        let batch = batch.change(warden_store::Change::SetMeta {
+            key: BUNDLE_VERSION_KEY.into(),
+            value: bundle.version().to_string(),
+        });
+        self.ledger().commit(batch)?;
         *slot = Arc::new(bundle);
         Ok(())
     }
@@ -157,6 +169,11 @@ pub async fn blocking<T: Send + 'static>(
 /// The setting every halt, resume and halt expiry changes, in the same commit, to a value never
 /// used before: a commit that relied on the halts it read expects it unchanged.
 pub const HALTS_EPOCH_KEY: &str = "halts_epoch";
+
+/// The store setting that holds the version of the bundle in force: written in the commit
+/// that audits a load, and a precondition of every execution's start commit, so nothing
+/// decided under one bundle starts after another replaced it.
+pub const BUNDLE_VERSION_KEY: &str = "bundle_version";
 
 /// The halts in force as this server knows them (mirrored from the store by every halt and
 /// resume before it returns), and the epoch they were read at.

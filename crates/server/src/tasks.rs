@@ -1,6 +1,9 @@
 //! Tasks (DESIGN §2): the incidents agents work within. Opening one records who asserted its
-//! trigger — a human or an integration principal (verified), or an agent (its own claim);
-//! closing one cancels its pending approvals and revokes its active leases in the same commit.
+//! trigger: verified only when the opener holds a role the bundle maps to the trigger's source
+//! (`authority.toml [sources]`; the record names the role), otherwise the opener's claim.
+//! Closing one — by its opener or a human with a close role ([`crate::authority`]) — cancels
+//! its pending approvals and revokes its active leases in the same commit; an agent cannot
+//! close a task in which others are waiting or working.
 
 use serde_json::json;
 use warden_core::audit::entry::{Event, EventType};
@@ -40,21 +43,25 @@ pub fn open(
     if is_blank(&title) || is_blank(&trigger.source) {
         return Err(ApiError::new(Code::InvalidRequest, "a task needs a `title` and a `trigger.source`"));
     }
+    let vouched_by = crate::authority::vouch(s, caller, &trigger.source)?;
     let task = Task {
         id: id.clone(),
         title,
         trigger,
         state: TaskState::Open,
         opened_by: caller.label(),
-        // Only a trusted party's word about the trigger is verified; an agent's is its claim.
-        verified: matches!(caller, Caller::Human(_)),
+        // Only the word of a role the bundle maps to the source is verified (DESIGN §5); an
+        // agent's, a tool's or a role-less person's is a claim.
+        verified: vouched_by.is_some(),
+        vouched_by: vouched_by.clone(),
         opened_at: rfc3339(s.now()),
         closed_at: None,
         closed_by: None,
     };
     let event = Event::new(EventType::TaskOpened, caller.actor())
         .task(&id)
-        .data(json!({"title": task.title, "trigger": task.trigger, "verified": task.verified}));
+        .data(json!({"title": task.title, "trigger": task.trigger, "verified": task.verified,
+                     "vouched_by": task.vouched_by}));
     s.ledger().commit(Batch::new().change(Change::Insert(task.record())).event(event)).map_err(|e| match e {
         StoreError::Conflict { .. } => ApiError::new(Code::TaskExists, format!("task `{id}` already exists")),
         other => other.into(),
@@ -79,6 +86,7 @@ pub fn get(s: &AppState, id: &str) -> Result<Task, ApiError> {
 pub fn close(s: &AppState, caller: &Caller, id: &str) -> Result<Task, ApiError> {
     let r = stored(s, id)?;
     let mut task = Task::from_record(&r)?;
+    crate::authority::check(s, caller, crate::authority::Power::CloseTask { opened_by: &task.opened_by })?;
     if task.state == TaskState::Closed {
         return Err(ApiError::new(Code::TaskClosed, format!("task `{id}` is already closed")));
     }
@@ -94,6 +102,25 @@ pub fn close(s: &AppState, caller: &Caller, id: &str) -> Result<Task, ApiError> 
     let mut batch = Batch::new().change(Change::Update(updated)).event(event);
     let store = s.ledger().store();
     let pending = crate::approvals::pending_of_task(store.as_ref(), id)?;
+    // An agent closing its own task stops only its own work: another agent's approval, a
+    // human's undo request or another agent's running execution needs a human to close it.
+    if let Caller::Agent(me) = caller {
+        let q = warden_store::Query { task: Some(id.to_string()), state: Some("active".into()), ..Default::default() };
+        let others_leases = store
+            .find(warden_store::Table::Leases, &q)?
+            .iter()
+            .map(crate::execution::Lease::from_record)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .any(|l| l.agent != me.id);
+        let others = pending.iter().any(|v| v.approval.agent != me.id || v.approval.undo.is_some());
+        if others || others_leases {
+            return Err(ApiError::new(
+                Code::TaskShared,
+                format!("task `{id}` has other agents' pending approvals or executions; a human must close it"),
+            ));
+        }
+    }
     for v in &pending {
         let (_, cancel) = crate::approvals::cancel_batch(store.as_ref(), v, &actor, why, now)?;
         batch.changes.extend(cancel.changes);

@@ -182,6 +182,10 @@ impl Batch {
         self.changes.push(c);
         self
     }
+    pub fn changes(mut self, cs: impl IntoIterator<Item = Change>) -> Self {
+        self.changes.extend(cs);
+        self
+    }
     pub fn event(mut self, e: Event) -> Self {
         self.events.push(e);
         self

@@ -99,6 +99,10 @@ pub enum UserCommand {
         /// A role (`soc-analyst`, `incident-commander`, `iam-owner`, `admin`…); repeat for more.
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
+        /// An OIDC identity, `ISSUER#SUB`, that signs in as this user (one person, one
+        /// voter); repeat for more.
+        #[arg(long = "oidc")]
+        oidc: Vec<String>,
         #[command(flatten)]
         target: Target,
         #[arg(long, value_enum, default_value_t)]
@@ -214,13 +218,13 @@ impl Admin {
         }
     }
 
-    fn add_user(&self, name: &str, roles: &[String]) -> Result<NewUser, Failure> {
+    fn add_user(&self, name: &str, roles: &[String], oidc: &[String]) -> Result<NewUser, Failure> {
         match self {
             Admin::Local(d) => {
-                let (user, token) = admin::add_user(d.ledger(), &operator(), name, roles).map_err(api)?;
+                let (user, token) = admin::add_user(d.ledger(), &operator(), name, roles, oidc).map_err(api)?;
                 Ok(NewUser { id: user.id, roles: user.roles, token })
             }
-            Admin::Remote(c) => c.post("/v1/users", &json!({"id": name, "roles": roles})),
+            Admin::Remote(c) => c.post("/v1/users", &json!({"id": name, "roles": roles, "oidc": oidc})),
         }
     }
 
@@ -278,8 +282,8 @@ pub fn run_agent(c: AgentCommand) -> Result<(), Failure> {
 
 pub fn run_user(c: UserCommand) -> Result<(), Failure> {
     match c {
-        UserCommand::Add { name, roles, target, output } => {
-            let user = Admin::open(&target)?.add_user(&name, &roles)?;
+        UserCommand::Add { name, roles, oidc, target, output } => {
+            let user = Admin::open(&target)?.add_user(&name, &roles, &oidc)?;
             match output {
                 Output::Json => outln!("{}", json!({"id": user.id, "roles": user.roles, "token": user.token})),
                 Output::Text => {

@@ -18,7 +18,7 @@ fn validate_locates_each_kind_of_problem() {
             "cedar/network.cedar",
             "context.params has duration_minutes &&",
             "context.params has duration_minutes &&&",
-            "cedar/network.cedar:7: invalid token",
+            "cedar/network.cedar:8: invalid token",
         ),
         (
             "agents/phish-triage.toml",

@@ -114,7 +114,17 @@ pub(super) fn parse_handwritten(file: &SourceFile, problems: &mut Vec<Problem>) 
         };
         let policy = p.new_id(PolicyId::new(id.clone()));
         let reads_context = reads_context(&policy);
-        let m = PolicyMeta { id, owner, file: file.path.clone(), line, level, forbid, grant: None, reads_context };
+        let m = PolicyMeta {
+            id,
+            owner,
+            file: file.path.clone(),
+            line,
+            level,
+            forbid,
+            grant: None,
+            reads_context,
+            actions: Vec::new(),
+        };
         out.push((policy, m));
     }
     out
@@ -146,6 +156,24 @@ pub(super) fn scope_may_match(
         ResourceConstraint::Is(t) | ResourceConstraint::IsIn(t, _) => &t == resource,
     };
     principal && action_ok && resource_ok
+}
+
+/// The catalog actions a hand-written policy's action constraint may name: an action by its
+/// id, or a category group (`Warden::Action::"containment"`) by its members. Conservative.
+fn actions_named(p: &Policy, catalog: &Catalog) -> Vec<String> {
+    let names = |a: &crate::catalog::ActionClass, u: &EntityUid| {
+        let id = u.id().unescaped();
+        id == a.id || id == a.category.as_str()
+    };
+    catalog
+        .iter()
+        .filter(|a| match p.action_constraint() {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(uid) => names(a, &uid),
+            ActionConstraint::In(uids) => uids.iter().any(|u| names(a, u)),
+        })
+        .map(|a| a.id.clone())
+        .collect()
 }
 
 /// Whether a policy (JSON form) mentions `context` anywhere.
@@ -265,13 +293,15 @@ impl CompiledPolicy {
                     forbid: grant.level == 0,
                     grant: Some(index),
                     reads_context: reads_context(p),
+                    actions: vec![grant.action.clone()],
                 };
                 add(p.new_id(PolicyId::new(id)), m, Some((&g.id, &grant.action)), &mut problems);
             }
         }
         for file in cedar_files {
             policy_text.push_str(&format!("// from {}\n{}\n", file.path, file.text));
-            for (policy, m) in parse_handwritten(file, &mut problems) {
+            for (policy, mut m) in parse_handwritten(file, &mut problems) {
+                m.actions = actions_named(&policy, catalog);
                 add(policy, m, None, &mut problems);
             }
         }

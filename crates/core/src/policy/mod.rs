@@ -53,6 +53,9 @@ pub(crate) struct PolicyMeta {
     pub grant: Option<usize>,
     /// Whether the condition reads `context` (else its verdict depends on the bundle alone).
     pub reads_context: bool,
+    /// The catalog actions its scope can match (a guardrail grant's one action; for a
+    /// hand-written policy, conservatively every action its action constraint may name).
+    pub actions: Vec<String>,
 }
 
 /// The outcome of evaluating the policy set for one request.
@@ -194,6 +197,15 @@ impl CompiledPolicy {
 
     pub(crate) fn policy_count(&self) -> usize {
         self.meta.len()
+    }
+
+    /// The permits that may grant `action` above `level`: (id, file, line, level).
+    pub(crate) fn permits_above(&self, action: &str, level: u8) -> Vec<(String, String, usize, u8)> {
+        self.meta
+            .iter()
+            .filter(|m| m.level.is_some_and(|l| l > level) && m.actions.iter().any(|a| a == action))
+            .map(|m| (m.id.clone(), m.file.clone(), m.line, m.level.unwrap_or(0)))
+            .collect()
     }
 }
 

@@ -110,29 +110,35 @@ pub async fn reject(State(app): State<App>, Path(id): Path<String>, f: CsrfForm<
 }
 
 pub async fn rollback(State(app): State<App>, Path(id): Path<String>, f: CsrfForm<Plain>) -> PageResult {
-    let user = f.analyst.user().clone();
-    let to = format!("/console/actions/{id}?done=rolled_back");
-    blocking(&app, move |s| {
-        crate::execution::rollback_request(s, &id, crate::execution::RollbackBy::Human(&user)).map(|_| ())
-    })
-    .await?;
-    Ok(see_other(&to))
+    let caller = crate::auth::Caller::Human(f.analyst.user().clone());
+    let page = format!("/console/actions/{id}");
+    let undone = blocking(&app, move |s| crate::approvals::request_undo(s, &id, &caller)).await?;
+    let done = match undone {
+        crate::execution::Undone::Done(_) => "rolled_back",
+        crate::execution::Undone::Pending(_) | crate::execution::Undone::NeedsVotes { .. } => "undo_pending",
+    };
+    Ok(see_other(&format!("{page}?done={done}")))
 }
 
 /// Halt (any human), suspend or resume (admins) one agent, with a reason.
 pub async fn agent_status(State(app): State<App>, f: CsrfForm<AgentChange>) -> PageResult {
     let CsrfForm { analyst, form } = f;
     let actor = Actor::user(&analyst.user().id);
+    let caller = crate::auth::Caller::Human(analyst.user().clone());
     if crate::input::is_blank(&form.reason) {
         return Err(ApiError::new(Code::ReasonRequired, "changing an agent needs a reason").into());
     }
     match form.to.as_str() {
         "halt" => {
             let halt = Halt { scope: HaltScope::Agent, id: Some(form.agent), reason: form.reason, expires_at: None };
-            blocking(&app, move |s| crate::halt::set(s, halt, &actor, false).map(|_| ())).await?;
+            blocking(&app, move |s| crate::halt::set(s, halt, &caller, false).map(|_| ())).await?;
         }
         "suspend" | "resume" => {
-            analyst.human.require(&["admin"])?;
+            crate::authority::check_human(
+                &app,
+                &analyst.human.0,
+                crate::authority::Power::Admin("changing an agent's status"),
+            )?;
             let status = if form.to == "suspend" { AgentStatus::Suspended } else { AgentStatus::Active };
             blocking(&app, move |s| {
                 crate::admin::set_agent_status(s.ledger(), &actor, &form.agent, status, &form.reason).map(|_| ())
@@ -147,7 +153,7 @@ pub async fn agent_status(State(app): State<App>, f: CsrfForm<AgentChange>) -> P
 
 pub async fn reset_breaker(State(app): State<App>, f: CsrfForm<BreakerReset>) -> PageResult {
     let CsrfForm { analyst, form } = f;
-    analyst.human.require(&["admin"])?;
+    crate::authority::check_human(&app, &analyst.human.0, crate::authority::Power::Admin("resetting a breaker"))?;
     let actor = Actor::user(&analyst.user().id);
     blocking(&app, move |s| crate::breaker::reset(s, &form.agent, &form.action, &actor, &form.reason).map(|_| ()))
         .await?;
@@ -163,9 +169,9 @@ pub async fn halt(State(app): State<App>, f: CsrfForm<HaltForm>) -> PageResult {
     if form.confirm != "yes" {
         return Err(ApiError::new(Code::InvalidHalt, "confirm the emergency stop: tick the box").into());
     }
-    let actor = Actor::user(&analyst.user().id);
+    let caller = crate::auth::Caller::Human(analyst.user().clone());
     let halt = Halt { scope: HaltScope::All, id: None, reason: form.reason, expires_at: None };
-    blocking(&app, move |s| crate::halt::set(s, halt, &actor, false).map(|_| ())).await?;
+    blocking(&app, move |s| crate::halt::set(s, halt, &caller, false).map(|_| ())).await?;
     app.changed();
     Ok(see_other("/console/agents?done=halted"))
 }
@@ -173,12 +179,12 @@ pub async fn halt(State(app): State<App>, f: CsrfForm<HaltForm>) -> PageResult {
 /// Lifts every halt in force (admins), with a reason.
 pub async fn resume(State(app): State<App>, f: CsrfForm<Reason>) -> PageResult {
     let CsrfForm { analyst, form } = f;
-    analyst.human.require(&["admin"])?;
-    let actor = Actor::user(&analyst.user().id);
+    let caller = crate::auth::Caller::Human(analyst.user().clone());
     blocking(&app, move |s| {
+        crate::authority::check(s, &caller, crate::authority::Power::Admin("lifting halts"))?;
         let active = crate::halt::records(s.ledger().store().as_ref(), true)?;
         for (r, _) in active {
-            match crate::halt::resume(s, r.halt.scope, r.halt.id.as_deref(), &actor, &form.reason) {
+            match crate::halt::resume(s, r.halt.scope, r.halt.id.as_deref(), &caller, &form.reason) {
                 Ok(_) => {}
                 Err(e) if e.code == Code::NoHalt => {}
                 Err(e) => return Err(e),

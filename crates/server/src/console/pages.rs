@@ -57,6 +57,7 @@ fn notice_text(code: &str) -> Option<&'static str> {
         "executed" => "Approved: the action ran.",
         "rejected" => "Rejected.",
         "rolled_back" => "Rolled back.",
+        "undo_pending" => "Undoing it needs more than one person: your vote is on its approval in the inbox.",
         "halted" => "Halt in force.",
         "resumed" => "Halts lifted.",
         "status" => "Agent status changed.",
@@ -99,7 +100,7 @@ fn card(s: &AppState, user: &crate::model::User, a: Approval, tracks: &mut Track
         }
     };
     let now_ms = crate::model::millis(s.now());
-    let no_reject = approvals::may_decide(&a, user).err().map(|e| e.message.to_string());
+    let no_reject = approvals::may_decide(s, &a, user).err().map(|e| e.message.to_string());
     let no_approve =
         no_reject.clone().or_else(|| approvals::may_approve(&a, user).err().map(|e| e.message.to_string()));
     Ok(views::Card {
@@ -280,9 +281,18 @@ pub async fn action(
             store.get(Table::Executions, &id)?.map(|r| crate::execution::Execution::from_record(&r)).transpose()?;
         let (rollback, roles) = match &exec {
             Some(e) if e.state == crate::execution::ExecutionState::Succeeded => {
-                let roles = crate::execution::rollback_roles(s, e).unwrap_or_default();
-                let user = who.user();
-                (user.has_role("admin") || roles.iter().any(|r| user.has_role(r)), roles.join(", "))
+                // Offered exactly when the one authority check would let this person ask.
+                let need = crate::execution::undo_requirement(s, e)?;
+                let compensation = e.compensation.as_deref().unwrap_or(&e.action);
+                let caller = crate::auth::Caller::Human(who.user().clone());
+                let power = crate::authority::Power::Undo { agent: &e.agent, compensation, target: &e.target };
+                let allowed = e.compensation.is_some() && crate::authority::check(s, &caller, power).is_ok();
+                let roles = if need.quorum > 1 {
+                    format!("{} ({} people)", need.roles.join(", "), need.quorum)
+                } else {
+                    need.roles.join(", ")
+                };
+                (allowed, roles)
             }
             _ => (false, String::new()),
         };

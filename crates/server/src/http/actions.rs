@@ -217,9 +217,10 @@ pub async fn get(
     params(("id" = String, Path, description = "the request id (`act_…`)")),
     responses(
         (status = 200, description = "the execution, rolled back", body = Execution),
+        (status = 202, description = "undoing it needs more than one person: the undo approval, with this caller's vote on it", body = crate::model::Approval),
         (status = 404, description = "`no_execution`, `unknown_action`", body = crate::error::ErrorBody),
-        (status = 403, description = "`missing_role`: rollback needs the action's approver roles or the incident commander's", body = crate::error::ErrorBody),
-        (status = 409, description = "`not_rollbackable`, `rollback_in_progress`, `conflict`", body = crate::error::ErrorBody),
+        (status = 403, description = "`missing_role`, `separation_of_duties`: rollback needs the roles the compensation needs on that target", body = crate::error::ErrorBody),
+        (status = 409, description = "`not_rollbackable`, `rollback_in_progress`, `already_voted`, `conflict`", body = crate::error::ErrorBody),
         (status = 422, description = "`irreversible`, `no_connector`", body = crate::error::ErrorBody),
         (status = 502, description = "`rollback_failed`: the tool refused the compensation", body = crate::error::ErrorBody),
     ))]
@@ -227,8 +228,17 @@ pub async fn rollback(
     State(app): State<App>,
     human: crate::auth::HumanCaller,
     ApiPath(id): ApiPath<String>,
-) -> ApiResult<Json<Execution>> {
-    blocking(&app, move |s| execution::rollback_request(s, &id, execution::RollbackBy::Human(&human.0)).map(Json)).await
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let caller = crate::auth::Caller::Human(human.0);
+    let undone = blocking(&app, move |s| crate::approvals::request_undo(s, &id, &caller)).await?;
+    Ok(match undone {
+        execution::Undone::Done(e) => Json(e).into_response(),
+        execution::Undone::Pending(a) => (axum::http::StatusCode::ACCEPTED, Json(a)).into_response(),
+        execution::Undone::NeedsVotes { .. } => {
+            return Err(crate::error::ApiError::new(crate::error::Code::Internal, "the undo approval was not opened"));
+        }
+    })
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -108,6 +108,9 @@ pub struct NewUser {
     /// `soc-analyst`, `incident-commander`, `iam-owner`, `admin`…: at least one.
     #[schema(schema_with = roles_schema)]
     pub roles: Vec<String>,
+    /// OIDC identities (`ISSUER#SUB`) that sign in as this user (one person, one voter).
+    #[serde(default)]
+    pub oidc: Vec<String>,
 }
 
 /// A user as the API shows them (never the token hash).
@@ -116,6 +119,9 @@ pub struct UserView {
     pub id: String,
     pub roles: Vec<String>,
     pub status: String,
+    /// The OIDC identities that sign in as this user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oidc: Vec<String>,
 }
 
 /// A new user and their API token, shown this once.
@@ -150,7 +156,7 @@ pub async fn add_agent(
     human: HumanCaller,
     ApiJson(body): ApiJson<NewAgent>,
 ) -> ApiResult<(StatusCode, Json<Agent>)> {
-    human.require(&["admin"])?;
+    crate::authority::check_human(&app, &human.0, crate::authority::Power::Admin("registering an agent"))?;
     let actor = actor(&human);
     let now = app.now();
     blocking(&app, move |s| admin::add_agent(s.ledger(), &actor, &body.id, &body.owner, &body.purpose, now))
@@ -180,7 +186,7 @@ async fn set_status(
     status: AgentStatus,
     body: StatusChange,
 ) -> ApiResult<Json<Agent>> {
-    human.require(&["admin"])?;
+    crate::authority::check_human(&app, &human.0, crate::authority::Power::Admin("changing an agent's status"))?;
     let actor = actor(&human);
     blocking(&app, move |s| admin::set_agent_status(s.ledger(), &actor, &id, status, &body.reason).map(Json)).await
 }
@@ -238,7 +244,7 @@ pub async fn agent_token(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<TokenRequest>,
 ) -> ApiResult<Json<MintedToken>> {
-    human.require(&["admin"])?;
+    crate::authority::check_human(&app, &human.0, crate::authority::Power::Admin("minting an agent token"))?;
     let ttl = match &body.ttl {
         None => 600,
         Some(t) => {
@@ -246,6 +252,13 @@ pub async fn agent_token(
         }
     };
     let audience = body.audience.unwrap_or_else(|| app.tokens.audience.clone());
+    if audience == crate::identity::LEASE_AUDIENCE {
+        // A lease token is minted only by the executor, for one decided action.
+        return Err(ApiError::new(
+            Code::InvalidRequest,
+            format!("audience `{audience}` is the lease tokens' own: agent tokens may not carry it"),
+        ));
+    }
     let actor = actor(&human);
     let now = app.now();
     let minted = app.clone();
@@ -268,7 +281,9 @@ pub async fn agent_token(
 pub async fn list_users(State(app): State<App>, _: HumanCaller) -> ApiResult<Json<Vec<UserView>>> {
     blocking(&app, |s| {
         let users = admin::list_users(s.ledger())?;
-        Ok(Json(users.into_iter().map(|u| UserView { id: u.id, roles: u.roles, status: u.status }).collect()))
+        Ok(Json(
+            users.into_iter().map(|u| UserView { id: u.id, roles: u.roles, status: u.status, oidc: u.oidc }).collect(),
+        ))
     })
     .await
 }
@@ -285,10 +300,10 @@ pub async fn add_user(
     human: HumanCaller,
     ApiJson(body): ApiJson<NewUser>,
 ) -> ApiResult<(StatusCode, Json<NewUserAnswer>)> {
-    human.require(&["admin"])?;
+    crate::authority::check_human(&app, &human.0, crate::authority::Power::Admin("adding a user"))?;
     let actor = actor(&human);
     blocking(&app, move |s| {
-        let (user, token) = admin::add_user(s.ledger(), &actor, &body.id, &body.roles)?;
+        let (user, token) = admin::add_user(s.ledger(), &actor, &body.id, &body.roles, &body.oidc)?;
         Ok((StatusCode::CREATED, Json(NewUserAnswer { id: user.id, roles: user.roles, token })))
     })
     .await

@@ -44,7 +44,7 @@ pub async fn reset(
     human: HumanCaller,
     ApiJson(body): ApiJson<ResetBody>,
 ) -> ApiResult<Json<ResetAnswer>> {
-    human.require(&["admin"])?;
+    crate::authority::check_human(&app, &human.0, crate::authority::Power::Admin("resetting a breaker"))?;
     blocking(&app, move |s| {
         let at = crate::breaker::reset(s, &body.agent, &body.action, &Actor::user(&human.0.id), &body.reason)?;
         Ok(Json(ResetAnswer { agent: body.agent, action: body.action, reset_at: rfc3339(at) }))

@@ -4,11 +4,10 @@ use axum::Json;
 use axum::extract::State;
 use serde::Deserialize;
 use utoipa::ToSchema;
-use warden_core::audit::entry::Actor;
 use warden_core::request::{Halt, HaltScope};
 
 use super::extract::ApiJson;
-use crate::auth::HumanCaller;
+use crate::auth::{Caller, HumanCaller};
 use crate::error::{ApiResult, ErrorBody};
 use crate::halt::{self, HaltRecord, Halted};
 use crate::state::{App, blocking};
@@ -101,11 +100,12 @@ impl utoipa::PartialSchema for ResumeBody {
 
 impl ToSchema for ResumeBody {}
 
-/// Emergency stop (humans): from the moment this returns no matching action starts; the
+/// Emergency stop (humans with a halting role): from the moment this returns no matching action starts; the
 /// matching leases are revoked and pending approvals cancelled in the same commit.
 #[utoipa::path(post, path = "/v1/halt", tag = "halts", security(("bearer" = [])), request_body = HaltBody,
     responses(
         (status = 200, body = Halted),
+        (status = 403, description = "`missing_role`: halting needs a halting role of the bundle", body = ErrorBody),
         (status = 409, description = "`conflict`", body = ErrorBody),
         (status = 422, description = "`invalid_halt`, `reason_required`", body = ErrorBody),
     ))]
@@ -115,14 +115,15 @@ pub async fn set(
     ApiJson(body): ApiJson<HaltBody>,
 ) -> ApiResult<Json<Halted>> {
     let halt = Halt { scope: body.scope, id: body.id, reason: body.reason, expires_at: body.expires_at };
-    let actor = Actor::user(&human.0.id);
-    blocking(&app, move |s| halt::set(s, halt, &actor, body.rollback).map(Json)).await
+    let caller = Caller::Human(human.0);
+    blocking(&app, move |s| halt::set(s, halt, &caller, body.rollback).map(Json)).await
 }
 
 /// Lift halts (role `admin`).
 #[utoipa::path(post, path = "/v1/resume", tag = "halts", security(("bearer" = [])), request_body = ResumeBody,
     responses(
         (status = 200, description = "the halts lifted", body = Vec<HaltRecord>),
+        (status = 403, description = "`missing_role`: lifting halts needs `admin`", body = ErrorBody),
         (status = 404, description = "`no_halt`", body = ErrorBody),
         (status = 409, description = "`conflict`", body = ErrorBody),
         (status = 422, description = "`reason_required`", body = ErrorBody),
@@ -132,9 +133,8 @@ pub async fn resume(
     human: HumanCaller,
     ApiJson(body): ApiJson<ResumeBody>,
 ) -> ApiResult<Json<Vec<HaltRecord>>> {
-    human.require(&["admin"])?;
-    let actor = Actor::user(&human.0.id);
-    blocking(&app, move |s| halt::resume(s, body.scope, body.id.as_deref(), &actor, &body.reason).map(Json)).await
+    let caller = Caller::Human(human.0);
+    blocking(&app, move |s| halt::resume(s, body.scope, body.id.as_deref(), &caller, &body.reason).map(Json)).await
 }
 
 /// Halts, active and lifted.

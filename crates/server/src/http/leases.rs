@@ -26,6 +26,7 @@ pub struct LeaseView {
     params(("id" = String, Path, description = "the lease id (`lease_…`)")),
     responses(
         (status = 200, body = LeaseView),
+        (status = 403, description = "`missing_role`: revoking needs a halting role", body = ErrorBody),
         (status = 404, description = "`unknown_lease`", body = ErrorBody),
     ))]
 pub async fn get(
@@ -54,7 +55,7 @@ pub struct RevokeBody {
     pub reason: Option<String>,
 }
 
-/// Revoke a lease now (humans). Revoking a revoked lease answers it as it is.
+/// Revoke a lease now (humans with a halting role). Revoking a revoked lease answers it as it is.
 #[utoipa::path(post, path = "/v1/leases/{id}/revoke", tag = "leases", security(("bearer" = [])),
     params(("id" = String, Path, description = "the lease id (`lease_…`)")),
     request_body = RevokeBody,
@@ -70,6 +71,7 @@ pub async fn revoke(
     ApiJson(body): ApiJson<RevokeBody>,
 ) -> ApiResult<Json<LeaseView>> {
     blocking(&app, move |s| {
+        crate::authority::check_human(s, &human.0, crate::authority::Power::RevokeLease)?;
         let store = s.ledger().store();
         let (lease, version) = execution::lease(store.as_ref(), &id)?
             .ok_or_else(|| ApiError::new(Code::UnknownLease, format!("no lease `{id}`")))?;

@@ -27,7 +27,7 @@ pub struct ReloadAnswer {
             body = crate::error::ErrorBody),
     ))]
 pub async fn reload(State(app): State<App>, human: HumanCaller) -> ApiResult<Json<ReloadAnswer>> {
-    human.require(&["admin"])?;
+    crate::authority::check_human(&app, &human.0, crate::authority::Power::Admin("reloading the policy"))?;
     let actor = warden_core::audit::entry::Actor::user(&human.0.id);
     let outcome = blocking(&app, move |s| reload_dir(s, actor)).await?;
     Ok(Json(match outcome {

@@ -145,9 +145,9 @@ pub async fn call(
     let ToolCall { token, bundle, req, via } = tool_call;
     let request_digest = pipeline::request_digest(&req)?;
     let agent_id = token.subject().to_string();
-    let digest =
-        warden_core::request::action_digest(&agent_id, &req.task, &req.action, &req.target.to_string(), &req.params)
-            .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the request cannot be digested: {e}")))?;
+    let digest = bundle
+        .action_digest(&agent_id, &req.task, &req.action, &req.target.to_string(), &req.params)
+        .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the request cannot be digested: {e}")))?;
 
     // One trip to the store: admit the agent; then the same call again attaches to the
     // request a held call left, or to the pending approval of the same action (a restart,

@@ -370,17 +370,50 @@ impl Door {
     }
 }
 
+/// Which agent opened each MCP session: a session answers only that agent.
+type Owners = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+
 /// Authenticates every `/mcp` HTTP request as an agent, as `/v1` does; the token rides in the
-/// request's extensions to the handler.
-async fn authenticate(State(app): State<App>, req: Request, next: axum::middleware::Next) -> Response {
+/// request's extensions to the handler. A session answers only the agent that opened it: a
+/// request naming another agent's session id is refused (403 `not_your_agent`) before the
+/// session sees it, so no agent reads another's held calls, notifications or tasks.
+async fn authenticate(
+    State((app, owners)): State<(App, Owners)>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
     let (mut parts, body) = req.into_parts();
-    match AgentToken::from_request_parts(&mut parts, &app).await {
-        Ok(token) => {
-            parts.extensions.insert(token);
-            next.run(Request::from_parts(parts, body)).await
+    let token = match AgentToken::from_request_parts(&mut parts, &app).await {
+        Ok(token) => token,
+        Err(e) => return challenge(&app, &parts, e),
+    };
+    let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if let Some(id) = &session {
+        let owner = owners.lock().ok().and_then(|o| o.get(id).cloned());
+        if owner.is_some_and(|o| o != token.subject()) {
+            return ApiError::new(crate::error::Code::NotYourAgent, "this MCP session belongs to another agent")
+                .into_response();
         }
-        Err(e) => challenge(&app, &parts, e),
     }
+    let subject = token.subject().to_string();
+    let closing = parts.method == axum::http::Method::DELETE;
+    parts.extensions.insert(token);
+    let res = next.run(Request::from_parts(parts, body)).await;
+    if let Ok(mut o) = owners.lock() {
+        match (&session, res.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok())) {
+            // A session just opened: it is this agent's.
+            (None, Some(opened)) => {
+                o.insert(opened.to_string(), subject);
+            }
+            (Some(id), _) if closing && res.status().is_success() => {
+                o.remove(id);
+            }
+            _ => {}
+        }
+    }
+    res
 }
 
 /// The resource's base URL as the client reached it.
@@ -452,9 +485,10 @@ pub fn router(app: App) -> Router {
                 .into_response()
         })
     };
+    let owners: Owners = Arc::default();
     let mcp = Router::new()
         .nest_service("/mcp", service)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), authenticate))
+        .layer(axum::middleware::from_fn_with_state((app.clone(), owners), authenticate))
         .layer(axum::middleware::from_fn(admit));
     let meta = Router::new().route(METADATA_PATH, axum::routing::get(metadata)).with_state(app);
     mcp.merge(meta)

@@ -80,7 +80,10 @@ async fn a_require_approval_decision_opens_an_approval_that_an_analyst_grants() 
     assert_eq!(a["evidence"][0]["ref"], "det:9");
     assert_eq!(a["requests"], json!([answer["id"]]));
     assert_eq!(a["expires_at"], answer["decision"]["approval"]["expires_at"]);
-    assert_eq!(a["track_record"], json!({"days": 30, "approved": 0, "rejected": 0, "expired": 0, "rolled_back": 0}));
+    assert_eq!(
+        a["track_record"],
+        json!({"days": 30, "approved": 0, "rejected": 0, "expired": 0, "rolled_back": 0, "withdrawn": 0})
+    );
     let created =
         time::OffsetDateTime::parse(a["created_at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339)
             .unwrap();
@@ -470,12 +473,54 @@ async fn slack_notices_carry_blocks_with_the_facts_and_links() {
     let fields: Vec<&str> =
         blocks[1]["fields"].as_array().unwrap().iter().map(|f| f["text"].as_str().unwrap()).collect();
     assert!(fields.contains(&format!("*Agent*\n{EDR}").as_str()), "{fields:?}");
-    assert!(fields.contains(&"*Confidence*\n0.95"), "{fields:?}");
+    assert!(fields.contains(&"*Confidence (agent's claim)*\n0.95"), "{fields:?}");
     assert!(fields.contains(&"*Target*\nhost:db-payments-01"), "{fields:?}");
-    assert!(blocks[2]["text"]["text"].as_str().unwrap().contains("C2 beacon from the host"));
-    assert!(
-        blocks[3]["elements"][0]["text"].as_str().unwrap().contains(&format!("https://warden.test/v1/approvals/{id}"))
-    );
+    let text = |b: &Value| b["text"]["text"].as_str().unwrap_or_default().to_string();
+    let links = blocks.iter().find(|b| b["type"] == "context").unwrap();
+    assert!(links["elements"][0]["text"].as_str().unwrap().contains(&format!("https://warden.test/v1/approvals/{id}")));
+    let words = blocks.iter().position(|b| text(b).contains("C2 beacon from the host")).unwrap();
+    assert_eq!(blocks[words]["text"]["type"], "plain_text", "the agent's words are plain text");
+    let params = blocks.iter().position(|b| text(b).contains("Params (what approving runs)")).unwrap();
+    assert!(params < words, "the authoritative facts come before what the agent wrote");
+}
+
+/// An agent's rationale and evidence cannot ping the channel, draw a link or a fake facts
+/// block in the approvers' Slack: they are plain text, after the facts; every mrkdwn field
+/// escapes `&`, `<` and `>`.
+#[tokio::test]
+async fn slack_notices_neutralise_what_the_agent_wrote() {
+    let (rx, url) = receiver(0).await;
+    let (h, _) = clocked_with(notify_to(&url, Format::Slack));
+    let agent = h.svid(EDR);
+    let t = json!({"id": "INC-7", "title": "t", "trigger": {"source": "edr", "severity": "high"}});
+    assert_eq!(h.call("POST", "/v1/tasks", Some(&h.admin), Some(t)).await.0, StatusCode::CREATED);
+    let evil =
+        "<!channel> approve now <https://evil.example/|Open in Warden>\n*Target facts (inventory)*\ntier3 · sandbox";
+    let body = json!({"task": "INC-7", "action": "host.isolate", "target": "host:db-payments-01", "confidence": 0.95,
+        "params": {"reason": "<@U0ADMIN> & co"}, "rationale": evil,
+        "evidence": [{"kind": "edr", "ref": "<!here>", "summary": "<https://evil.example/|x>"}]});
+    let (status, a) = h.call("POST", "/v1/actions", Some(&agent), Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{a}");
+    let msg = eventually(|| rx.got.lock().unwrap().first().cloned()).await;
+    let blocks = msg["blocks"].as_array().unwrap();
+    let mut mrkdwn = Vec::new();
+    for b in blocks {
+        for t in b["fields"].as_array().into_iter().flatten().chain(b["elements"].as_array().into_iter().flatten()) {
+            if t["type"] == "mrkdwn" {
+                mrkdwn.push(t["text"].as_str().unwrap().to_string());
+            }
+        }
+        if b["text"]["type"] == "mrkdwn" {
+            mrkdwn.push(b["text"]["text"].as_str().unwrap().to_string());
+        }
+    }
+    for m in &mrkdwn {
+        assert!(!m.contains("<!") && !m.contains("<@") && !m.contains("evil.example"), "agent text in mrkdwn: {m}");
+    }
+    assert_eq!(mrkdwn.iter().filter(|m| m.contains("Target facts")).count(), 1, "one facts field, Warden's");
+    let plain: Vec<&Value> = blocks.iter().filter(|b| b["text"]["type"] == "plain_text").collect();
+    assert!(plain.iter().any(|b| b["text"]["text"].as_str().unwrap().contains("<!channel>")), "shown as written");
+    assert!(!msg["text"].as_str().unwrap().contains('<'), "{msg}");
 }
 
 #[tokio::test]
@@ -617,7 +662,7 @@ async fn the_track_record_counts_only_this_agent_and_action() {
     let (_, shown) = h.call("GET", &format!("/v1/approvals/{}", approval_id(&open)), Some(&h.admin), None).await;
     assert_eq!(
         shown["track_record"],
-        json!({"days": 30, "approved": 2, "rejected": 1, "expired": 0, "rolled_back": 1}),
+        json!({"days": 30, "approved": 2, "rejected": 1, "expired": 0, "rolled_back": 1, "withdrawn": 0}),
         "{}",
         shown["track_record"]
     );

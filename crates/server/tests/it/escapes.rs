@@ -321,7 +321,7 @@ async fn an_agent_cannot_raise_its_own_autonomy_by_claiming_a_severity() {
     assert_ne!(claimed["decision"]["effective_level"], 4, "{claimed}");
     assert_eq!(claimed["decision"]["outcome"], "deny");
     // The same trigger asserted by a trusted party (the SIEM's own credential).
-    let siem = h.user("siem", &["integration"]);
+    let siem = h.user("siem", &["integration-siem"]);
     open_task(&h, &siem, "INC-10", json!({"source": "siem", "severity": "critical"})).await;
     let mut body = ticket;
     body["task"] = json!("INC-10");

@@ -223,5 +223,57 @@ async fn oidc_humans_carry_their_roles() {
     assert_eq!((status, body["error"]["code"].clone()), (StatusCode::FORBIDDEN, json!("humans_not_allowed")));
     let task = json!({"id": "INC-9", "title": "t", "trigger": {"source": "manual"}});
     let (_, task) = h.call("POST", "/v1/tasks", Some(&admin), Some(task)).await;
-    assert_eq!(task["opened_by"], "user:bob@acme.example", "audited under the human's own id");
+    assert_eq!(
+        task["opened_by"],
+        format!("user:{}#bob@acme.example", crate::IDP),
+        "audited under the human's own id, namespaced by the issuer that vouched for it"
+    );
+}
+
+/// One person, one voter: an OIDC identity mapped to a Warden user is that user — their roles,
+/// their status, their one vote — and an unmapped one never speaks for a local user of the
+/// same name.
+#[tokio::test]
+async fn an_oidc_login_is_the_user_it_is_mapped_to_and_votes_once() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let h = harness();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let key = EncodingKey::from_ec_pem(&std::fs::read(crate::fixture("ec.pem")).unwrap()).unwrap();
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("idp-ec".into());
+    let token = |sub: &str, groups: Value| {
+        let claims = json!({"sub": sub, "aud": "warden", "exp": now + 300, "iss": crate::IDP, "groups": groups});
+        encode(&header, &claims, &key).unwrap()
+    };
+    // ivy's API token, and her OIDC identity mapped to her.
+    let body = json!({"id": "ivy", "roles": ["iam-owner"], "oidc": [format!("{}#00u-ivy", crate::IDP)]});
+    let (status, added) = h.call("POST", "/v1/users", Some(&h.admin), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{added}");
+    let ivy_api = added["token"].as_str().unwrap().to_string();
+    // The same identity cannot be mapped twice.
+    let body = json!({"id": "ivy2", "roles": ["iam-owner"], "oidc": [format!("{}#00u-ivy", crate::IDP)]});
+    let (status, _) = h.call("POST", "/v1/users", Some(&h.admin), Some(body)).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // Her IdP says admin: Warden's record says iam-owner, and Warden's record wins.
+    let ivy_oidc = token("00u-ivy", json!(["admin"]));
+    let (status, _) = h.call("POST", "/v1/policy/reload", Some(&ivy_oidc), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a mapped person has the Warden user's roles");
+    // A two-person approval: her API token and her OIDC login are one voter.
+    let iam = h.svid("spiffe://acme.example/soc/identity-responder");
+    let task = json!({"id": "INC-51", "title": "t", "trigger": {"source": "idp"}});
+    assert_eq!(h.call("POST", "/v1/tasks", Some(&h.admin), Some(task)).await.0, StatusCode::CREATED);
+    let req = json!({"task": "INC-51", "action": "account.disable", "target": "account:adm-jdoe", "confidence": 0.97,
+        "params": {"reason": "x"}, "rationale": "r", "evidence": [{"kind": "a", "ref": "1"}, {"kind": "a", "ref": "2"}]});
+    let (_, asked) = h.call("POST", "/v1/actions", Some(&iam), Some(req)).await;
+    let approval = asked["decision"]["approval"]["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/approvals/{approval}/approve");
+    let (status, v) = h.call("POST", &path, Some(&ivy_api), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, e) = h.call("POST", &path, Some(&ivy_oidc), Some(json!({}))).await;
+    assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("already_voted")), "{e}");
+    // An unmapped identity named like a local user is someone else, with only its token's roles.
+    let stranger = token("ivy", json!(["iam-owner"]));
+    let (status, v) = h.call("POST", &path, Some(&stranger), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["votes"][1]["user"], format!("{}#ivy", crate::IDP), "{v}");
 }

@@ -44,6 +44,8 @@ fn imports() -> BTreeMap<String, (BTreeSet<String>, String)> {
 
 const FRONT_DOORS: &[&str] = &["http", "openapi", "mcp", "console"];
 const SERVICES: &[&str] = &[
+    "authority",
+    "facts",
     "pipeline",
     "approvals",
     "execution",

@@ -4,6 +4,7 @@
 mod admin_api;
 mod api;
 mod approvals;
+mod authority;
 mod console;
 mod errors;
 mod escapes;
@@ -243,6 +244,6 @@ impl Harness {
     /// A human with `roles`, and their token.
     pub fn user(&self, id: &str, roles: &[&str]) -> String {
         let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
-        admin::add_user(self.app.ledger(), &Actor::user("admin"), id, &roles).unwrap().1
+        admin::add_user(self.app.ledger(), &Actor::user("admin"), id, &roles, &[]).unwrap().1
     }
 }

@@ -113,9 +113,9 @@ impl World {
         for g in bundle.agents() {
             admin::add_agent(d.ledger(), &Actor::user("admin"), &g.id, &g.owner, &g.purpose, d.ledger().now()).unwrap();
         }
-        let ana = admin::add_user(d.ledger(), &Actor::user("admin"), "ana", &["soc-analyst".into()]).unwrap().1;
+        let ana = admin::add_user(d.ledger(), &Actor::user("admin"), "ana", &["soc-analyst".into()], &[]).unwrap().1;
         let olga =
-            admin::add_user(d.ledger(), &Actor::user("admin"), "olga", &["incident-commander".into()]).unwrap().1;
+            admin::add_user(d.ledger(), &Actor::user("admin"), "olga", &["incident-commander".into()], &[]).unwrap().1;
         drop(d);
         let (lab, keys) = crate::lab();
         let mut w = World { _dir: dir, data, policy, lab, keys, h: None, admin, ana, olga, task: 0 };

@@ -257,18 +257,19 @@ pub fn run(data: PathBuf, keep_running: bool) -> Result<(), Failure> {
     }
     let mut tokens = std::collections::BTreeMap::new();
     for (user, role) in
-        // The email gateway is an integration with a credential of its own: the tasks it opens
-        // carry a verified trigger, unlike any an agent opens for itself.
+        // The email gateway is an integration with a credential of its own, whose role the
+        // bundle's authority.toml maps to the `email-gateway` source: the tasks it opens carry
+        // a verified trigger, unlike any an agent opens for itself.
         [
             ("ana", "soc-analyst"),
             ("ivy", "iam-owner"),
             ("ian", "iam-owner"),
             ("olga", "incident-commander"),
-            ("email-gateway", "integration"),
+            ("email-gateway", "integration-email-gateway"),
         ]
     {
         let (_, t) =
-            admin::add_user(dir.ledger(), &system, user, &[role.to_string()]).map_err(|e| anyhow!(e.message))?;
+            admin::add_user(dir.ledger(), &system, user, &[role.to_string()], &[]).map_err(|e| anyhow!(e.message))?;
         tokens.insert(user, t);
     }
     let tools = ["edr", "idp", "firewall", "mail", "ticketing", "siem"]

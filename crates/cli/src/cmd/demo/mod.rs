@@ -81,13 +81,16 @@ pub fn run(a: DemoArgs) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
 
-    /// The built-in copy must list every policy file of `examples/policy`.
+    /// The built-in copy must list every policy file of `examples/policy`, and its connectors.
     #[test]
     fn the_built_in_bundle_lists_every_example_policy_file() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy");
         let files = crate::bundle_dir::read(&root).unwrap();
-        let mut on_disk: Vec<&str> =
-            files.iter().map(|f| f.path.as_str()).filter(|p| warden_core::bundle::is_policy_file(p)).collect();
+        let mut on_disk: Vec<&str> = files
+            .iter()
+            .map(|f| f.path.as_str())
+            .filter(|p| warden_core::bundle::is_policy_file(p) || *p == "connectors.toml")
+            .collect();
         let mut built_in: Vec<&str> = crate::bundle_dir::EXAMPLE_BUNDLE.iter().map(|(p, _)| *p).collect();
         on_disk.sort_unstable();
         built_in.sort_unstable();

@@ -1,0 +1,200 @@
+//! The facts a decision reads besides the bundle — the task, the halts, the budget and the
+//! breaker — read once for the pipeline's decision and again for the executor's re-decision at
+//! the start of an execution (DESIGN §6: an approved request runs only if the bundle in force
+//! when it starts still allows it).
+
+use time::Duration;
+use warden_core::decision::Decision;
+use warden_core::request::{ActionRequest, AgentStatus, BudgetUsage, DecisionInput, TaskInfo};
+use warden_core::{Bundle, decide};
+use warden_store::{Table, UsageLimits};
+
+use crate::breaker::breaker;
+use crate::error::{ApiError, Code};
+use crate::model::{Model, Task, millis};
+use crate::state::AppState;
+
+/// The budget window.
+pub const BUDGET_WINDOW: Duration = Duration::hours(1);
+
+/// The halts in force (the in-memory mirror every halt updates before it returns).
+pub fn active_halts(s: &AppState) -> Result<crate::state::HaltGate, ApiError> {
+    s.halts.read().map(|h| h.clone()).map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"))
+}
+
+/// Everything a decision reads besides the bundle, with what a commit that relies on it
+/// must find unchanged.
+#[derive(Debug)]
+pub struct Facts {
+    pub task: Option<TaskInfo>,
+    /// The task record's version (0: no such task).
+    pub task_version: u64,
+    pub halts: crate::state::HaltGate,
+    pub budget: BudgetUsage,
+    /// Where the budget window starts (an hour ago, or the breaker's reset if later).
+    pub budget_since_ms: i64,
+}
+
+pub fn facts(
+    s: &AppState,
+    bundle: &Bundle,
+    agent: &str,
+    req: &ActionRequest,
+    require_task: bool,
+) -> Result<Facts, ApiError> {
+    let store = s.ledger().store();
+    let (task, task_version) = match store.get(Table::Tasks, &req.task)? {
+        Some(r) => {
+            let t = Task::from_record(&r)?;
+            let info = TaskInfo {
+                id: t.id,
+                state: t.state,
+                severity: t.trigger.severity,
+                source: t.trigger.source,
+                verified: t.verified,
+            };
+            (Some(info), r.version)
+        }
+        None if require_task => {
+            return Err(ApiError::new(
+                Code::UnknownTask,
+                format!("no task `{}`: open it first (POST /v1/tasks)", req.task),
+            ));
+        }
+        None => (None, 0),
+    };
+    let b = breaker(store.as_ref(), agent, &req.action)?;
+    let since = millis(s.now() - BUDGET_WINDOW).max(b.reset_ms.unwrap_or(i64::MIN));
+    // Count no further than the budgets this request can meet: bounded work per request,
+    // however busy the window.
+    let (per_hour, targets) = bundle.agent(agent).map_or((None, None), |g| g.budget_limits(&req.action));
+    let up_to = UsageLimits { hits: per_hour.map_or(0, u64::from), distinct_targets: targets.map_or(0, u64::from) };
+    let usage = store.budget_usage(agent, &req.action, since, &req.target.to_string(), up_to)?;
+    let budget = BudgetUsage {
+        executions: u32::try_from(usage.hits).unwrap_or(u32::MAX),
+        distinct_targets: u32::try_from(usage.distinct_targets).unwrap_or(u32::MAX),
+        target_seen: usage.target_seen,
+        breaker_open: b.open,
+    };
+    Ok(Facts { task, task_version, halts: active_halts(s)?, budget, budget_since_ms: since })
+}
+
+pub fn decide_with(
+    s: &AppState,
+    bundle: &Bundle,
+    agent: &str,
+    status: AgentStatus,
+    req: &ActionRequest,
+    f: &Facts,
+) -> Decision {
+    let input = DecisionInput {
+        agent,
+        agent_status: status,
+        request: req,
+        task: f.task.as_ref(),
+        budget: f.budget,
+        halts: &f.halts.list,
+        now: s.now(),
+        shadow: s.shadow,
+    };
+    decide(bundle, &input)
+}
+
+/// What the re-decision at the start of an execution concluded.
+#[derive(Debug)]
+pub struct Redecided {
+    /// Why the request must not start, if it must not (`policy_changed`).
+    pub refused: Option<String>,
+    /// Preconditions for the start commit: the bundle version it was decided under, unchanged.
+    pub preconditions: Vec<warden_store::Change>,
+}
+
+/// Decides stored request `r` again under `bundle` and the facts now (DESIGN §6: an approved
+/// request runs only if the bundle in force when it starts still allows it — grant, forbids,
+/// time windows, inventory, step-up). Budgets are not counted again: an autonomous request's
+/// hit was counted and checked in its decision's commit (a breaker that later requests trip
+/// does not take back an execution decided within the budget), and an approved request is not
+/// held back by budgets (a human approved it). Allowed: `execute`, or `require_approval` whose
+/// requirement the approval's votes meet (as many votes as the quorum, in roles it names now).
+pub fn redecide(
+    s: &AppState,
+    bundle: &Bundle,
+    r: &crate::model::ActionRecord,
+    approval: Option<&crate::model::Approval>,
+    halts: &[warden_core::request::Halt],
+) -> Result<Redecided, ApiError> {
+    let target = r.target.parse().map_err(|e: String| ApiError::new(Code::InvalidRequest, e))?;
+    let req = ActionRequest {
+        task: r.task.clone(),
+        action: r.action.clone(),
+        target,
+        params: r.params.clone(),
+        confidence: r.confidence,
+        rationale: r.rationale.clone(),
+        evidence: r.evidence.clone(),
+        idempotency_key: None,
+    };
+    let store = s.ledger().store();
+    let task = match store.get(Table::Tasks, &r.task)? {
+        Some(rec) => {
+            let t = Task::from_record(&rec)?;
+            Some(TaskInfo {
+                id: t.id,
+                state: t.state,
+                severity: t.trigger.severity,
+                source: t.trigger.source,
+                verified: t.verified,
+            })
+        }
+        None => None,
+    };
+    let budget = BudgetUsage::default();
+    let input = DecisionInput {
+        agent: &r.agent,
+        agent_status: AgentStatus::Active,
+        request: &req,
+        task: task.as_ref(),
+        budget,
+        halts,
+        now: s.now(),
+        shadow: false,
+    };
+    let d = decide(bundle, &input);
+    let refused = match (d.outcome, approval, &d.approval) {
+        (warden_core::Outcome::Execute, _, _) => None,
+        (warden_core::Outcome::RequireApproval, Some(a), Some(need)) => {
+            let held = a.votes.iter().filter(|v| need.roles.contains(&v.role)).count() as u32;
+            (held < need.quorum.max(1)).then(|| {
+                format!(
+                    "the bundle in force ({}) now needs {} approval(s) from {}; {} of the votes given hold such a role",
+                    bundle.version(),
+                    need.quorum,
+                    need.roles.join(", "),
+                    held
+                )
+            })
+        }
+        (outcome, _, _) => {
+            let caps: Vec<String> = d.caps.iter().map(|c| c.reason.clone()).collect();
+            Some(format!("the bundle in force ({}) now decides `{outcome}`: {}", bundle.version(), caps.join("; ")))
+        }
+    };
+    let preconditions = vec![warden_store::Change::ExpectMeta {
+        key: crate::state::BUNDLE_VERSION_KEY.into(),
+        value: Some(bundle.version().to_string()),
+    }];
+    Ok(Redecided { refused, preconditions })
+}
+
+/// What the inventory says of `target`, as an approver is shown it.
+pub fn target_facts(bundle: &Bundle, target: &warden_core::inventory::TargetRef) -> serde_json::Value {
+    match bundle.inventory().get(target) {
+        Some(a) => serde_json::json!({"known": true, "criticality": a.criticality, "environment": a.environment,
+                          "owner": a.owner, "privileged": a.privileged, "tags": a.tags}),
+        None => {
+            let a = warden_core::inventory::Asset::unknown(target);
+            serde_json::json!({"known": false, "criticality": a.criticality, "environment": a.environment,
+                   "owner": a.owner, "privileged": a.privileged, "tags": a.tags})
+        }
+    }
+}
