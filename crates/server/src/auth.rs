@@ -125,7 +125,7 @@ pub fn human_of_oidc(s: &AppState, id: String, roles: Vec<String>) -> Result<Use
     let users = s.ledger().store().find(User::TABLE, &Query::default())?;
     for r in &users {
         let user = User::from_record(r)?;
-        if user.oidc.iter().any(|o| *o == id) {
+        if user.oidc.contains(&id) {
             if user.status != "active" {
                 return Err(ApiError::new(Code::UserDisabled, format!("user `{}` is disabled", user.id)));
             }

@@ -13,20 +13,20 @@ use warden_store::ManualClock;
 
 use crate::{EDR, Harness, harness_with};
 
-struct Page {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
+pub(crate) struct Page {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: String,
 }
 
-async fn send(h: &Harness, req: Request<Body>) -> Page {
+pub(crate) async fn send(h: &Harness, req: Request<Body>) -> Page {
     let res = h.router.clone().oneshot(req).await.unwrap();
     let (status, headers) = (res.status(), res.headers().clone());
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
     Page { status, headers, body: String::from_utf8_lossy(&bytes).into() }
 }
 
-async fn get(h: &Harness, path: &str, cookie: Option<&str>) -> Page {
+pub(crate) async fn get(h: &Harness, path: &str, cookie: Option<&str>) -> Page {
     let mut req = Request::builder().uri(path).header("host", "warden.test");
     if let Some(c) = cookie {
         req = req.header("cookie", c);
@@ -34,7 +34,7 @@ async fn get(h: &Harness, path: &str, cookie: Option<&str>) -> Page {
     send(h, req.body(Body::empty()).unwrap()).await
 }
 
-async fn post(h: &Harness, path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Page {
+pub(crate) async fn post(h: &Harness, path: &str, cookie: Option<&str>, form: &[(&str, &str)]) -> Page {
     post_from(h, path, cookie, form, Some("http://warden.test")).await
 }
 
@@ -55,7 +55,7 @@ async fn post_from(h: &Harness, path: &str, cookie: Option<&str>, form: &[(&str,
 }
 
 /// Signs in with `token`; the cookie (`name=value`) to send back.
-async fn sign_in(h: &Harness, token: &str) -> String {
+pub(crate) async fn sign_in(h: &Harness, token: &str) -> String {
     let p = post(h, "/console/sign-in", None, &[("token", token)]).await;
     assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
     let set = p.headers["set-cookie"].to_str().unwrap().to_string();
@@ -63,7 +63,7 @@ async fn sign_in(h: &Harness, token: &str) -> String {
 }
 
 /// The CSRF token the page's forms carry.
-fn csrf(page: &str) -> String {
+pub(crate) fn csrf(page: &str) -> String {
     let at = page.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + 19;
     page[at..at + page[at..].find('"').unwrap()].to_string()
 }

@@ -5,6 +5,7 @@ mod admin_api;
 mod api;
 mod approvals;
 mod authority;
+mod authority_table;
 mod console;
 mod errors;
 mod escapes;
