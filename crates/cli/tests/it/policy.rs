@@ -15,6 +15,13 @@ fn validate_accepts_the_example_bundle() {
 fn validate_locates_each_kind_of_problem() {
     let cases = [
         (
+            // A connector whose call names a param where the decided target belongs (issue 23).
+            "connectors.toml",
+            "path = \"/edr/v1/hosts/{target.id}/contain\"",
+            "path = \"/edr/v1/hosts/{params.reason}/contain\"",
+            "connectors.toml:90: action `host.isolate`'s call does not carry the decided target",
+        ),
+        (
             "cedar/network.cedar",
             "context.params has duration_minutes &&",
             "context.params has duration_minutes &&&",

@@ -210,3 +210,81 @@ fn mcp_mappings_are_checked_against_the_catalog_and_the_grants() {
     let bundle = Bundle::load(&files).expect("granted as advice: valid");
     assert_eq!(bundle.mcp().unmapped("lab-edr"), &warden_core::mcp_map::Unmapped::Advise { action: "mcp.call".into() });
 }
+
+/// An advise-only upstream's action granted above level 1 by a hand-written Cedar permit is
+/// refused as a guardrail grant is (issue 23): the permit's file and line are named.
+#[test]
+fn a_cedar_permit_cannot_lift_advice_above_level_one() {
+    let mut files = example_files();
+    for f in files.iter_mut() {
+        if f.path == "actions.toml" {
+            f.text.push_str(
+                "\n[[action]]\nid = \"mcp.call\"\ndescription = \"An unmapped upstream tool\"\ncategory = \"enrichment\"\n\
+                 risk = \"medium\"\nreversible = false\ntarget = \"mcp_tool\"\ntool = \"mcp\"\nowner = \"team:soc\"\n\
+                 params = [{ name = \"arguments\", type = \"string\" }]\n",
+            );
+        }
+        if f.path == "mcp.toml" {
+            f.text = f.text.replace("unmapped = \"hidden\"", "unmapped = \"advise\"\nadvise_as = \"mcp.call\"");
+        }
+        if f.path == "cedar/network.cedar" {
+            f.text.push_str(
+                "\n@id(\"lift-advice\")\n@owner(\"team:x\")\n@level(\"3\")\npermit (principal, action == Warden::Action::\"mcp.call\", resource);\n",
+            );
+        }
+    }
+    let problems = Bundle::load(&files).unwrap_err().problems;
+    assert!(
+        problems.iter().any(|p| p.file == "cedar/network.cedar"
+            && p.line.is_some()
+            && p.message.contains("`lift-advice` grants `mcp.call` at level 3")),
+        "{problems:?}"
+    );
+}
+
+/// A connector call that does not carry the decided target is refused at its line; declared
+/// unbound with a reason, the action may be granted at most level 2 (issue 23).
+#[test]
+fn connectors_must_carry_the_decided_target() {
+    let path = "connectors.toml";
+    let unbound = |t: &str| {
+        t.replace("path = \"/edr/v1/hosts/{target.id}/contain\"", "path = \"/edr/v1/hosts/{params.reason}/contain\"")
+    };
+    let problems = broken(path, unbound);
+    let files = example_files();
+    let text = &files.iter().find(|f| f.path == path).unwrap().text;
+    let line = line_of(text, "[actions.\"host.isolate\"]");
+    assert_eq!((problems[0].file.as_str(), problems[0].line), (path, Some(line)), "{problems:?}");
+    assert!(problems[0].message.contains("does not carry the decided target"), "{}", problems[0]);
+    // Declared, with a reason: edr-responder's level 3 grant of host.isolate is now refused.
+    let problems = broken(path, |t| {
+        unbound(t).replace(
+            "path = \"/edr/v1/hosts/{params.reason}/contain\"",
+            "path = \"/edr/v1/hosts/{params.reason}/contain\"\ntarget_bound = false\ntarget_bound_reason = \"the EDR takes a batch\"",
+        )
+    });
+    assert!(
+        problems.iter().any(|p| p.file == "agents/edr-responder.toml" && p.message.contains("at most level 2")),
+        "{problems:?}"
+    );
+    // A param a Cedar rule reads must be sent.
+    let problems = broken(path, |t| t.replace(", duration_minutes = \"{params.duration_minutes}\"", ""));
+    assert!(problems.iter().any(|p| p.message.contains("param `duration_minutes`")), "{problems:?}");
+}
+
+/// The inventory has one spelling per asset: ids are made canonical, an id that has none is
+/// refused, and aliases name the asset itself.
+#[test]
+fn inventory_ids_are_canonical_and_aliases_name_the_asset() {
+    let problems = broken("assets.toml", |t| t.replacen("id = \"web-02\"", "id = \"web\u{200b}-02\"", 1));
+    assert!(problems.iter().any(|p| p.message.contains("U+200B")), "{problems:?}");
+    let mut files = example_files();
+    for f in files.iter_mut().filter(|f| f.path == "assets.toml") {
+        f.text =
+            f.text.replacen("id = \"breakglass-01\"", "id = \"BreakGlass-01\"\naliases = [\"bg01@ACME.example\"]", 1);
+    }
+    let bundle = Bundle::load(&files).unwrap();
+    let by_alias = bundle.inventory().get(&"account:bg01@acme.example".parse().unwrap()).expect("the alias");
+    assert_eq!(by_alias.id, "breakglass-01", "stored in its canonical form");
+    assert!(bundle.inventory().get(&"account:BREAKGLASS-01".parse().unwrap()).is_some());
+}

@@ -295,3 +295,123 @@ async fn a_forbidden_asset_cannot_be_reached_by_another_spelling() {
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{target:?}: {e}");
     }
 }
+
+#[tokio::test]
+async fn a_message_cannot_be_quarantined_through_another_mailbox() {
+    let (h, url, _) = harness_lab();
+    let ana = h.user("ana", &["soc-analyst"]);
+    let phish = h.svid(PHISH);
+    open_task(&h, &ana, "INC-38", "email-gateway").await;
+    let quarantine = |message: &str| {
+        json!({"task": "INC-38", "action": "email.quarantine", "target": "mailbox:JDoe@acme.example",
+               "params": {"message_id": message}, "confidence": 0.95, "rationale": "phish",
+               "evidence": [{"kind": "email", "ref": "m"}]})
+    };
+    // The CFO's board minutes, asked for as if they were in jdoe's mailbox.
+    let cfo = submit(&h, &phish, quarantine("board-minutes-7")).await;
+    assert_eq!(cfo["decision"]["outcome"], "execute", "{cfo}");
+    assert_eq!(cfo["state"], "failed", "the mail API scoped to the decided mailbox refuses it: {cfo}");
+    let state = lab_state(&url);
+    assert_eq!(state["mail"]["messages"]["board-minutes-7"], Value::Null, "nothing happened to the CFO's mail");
+    // jdoe's own message goes, through jdoe's mailbox (the target is case-folded).
+    let own = submit(&h, &phish, quarantine("wave-2041-a1")).await;
+    assert_eq!(own["state"], "succeeded", "{own}");
+    assert_eq!(hits(&url, "POST /mail/v1/mailboxes/jdoe@acme.example/messages/wave-2041-a1/quarantine"), 1);
+}
+
+#[tokio::test]
+async fn an_admin_cannot_mint_an_agent_token_with_the_lease_audience() {
+    let h = harness();
+    let path = format!("/v1/agents/{}/token", EDR.replace(':', "%3A").replace('/', "%2F"));
+    let (status, e) = h.call("POST", &path, Some(&h.admin), Some(json!({"audience": "warden-lease"}))).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request")),
+        "{e}"
+    );
+    let (status, _) = h.call("POST", &path, Some(&h.admin), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Sends one JSON-RPC message to `/mcp` as `token`, in `session` if given: status, the
+/// session id the answer names, body.
+async fn mcp(h: &Harness, token: &str, session: Option<&str>, msg: Value) -> (StatusCode, Option<String>, String) {
+    let mut req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/mcp")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    if let Some(s) = session {
+        req = req.header("mcp-session-id", s).header("mcp-protocol-version", "2025-06-18");
+    }
+    let p = crate::console::send(h, req.body(axum::body::Body::from(msg.to_string())).unwrap()).await;
+    let id = p.headers.get("mcp-session-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    (p.status, id, p.body)
+}
+
+#[tokio::test]
+async fn an_mcp_session_answers_only_the_agent_that_opened_it() {
+    let h = harness();
+    let (edr, phish) = (h.svid(EDR), h.svid(PHISH));
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"protocolVersion": "2025-06-18",
+        "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let (status, session, body) = mcp(&h, &edr, None, init).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let session = session.expect("a stateful session");
+    let done = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert!(mcp(&h, &edr, Some(&session), done).await.0.is_success());
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let (status, _, body) = mcp(&h, &phish, Some(&session), list.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "another agent in edr-responder's session: {body}");
+    assert!(body.contains("not_your_agent"), "{body}");
+    let (status, _, body) = mcp(&h, &edr, Some(&session), list).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("host.isolate"), "its own tools: {body}");
+}
+
+/// A bundle whose `host.isolate` takes its `reason` as a secret: the audit log, explain and
+/// the approval show only its commitment, and the digest is recomputed from the log alone.
+#[tokio::test]
+async fn secret_params_never_reach_the_log_in_clear_and_digests_stay_verifiable() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&example_dir(), dir.path());
+    let actions = dir.path().join("actions.toml");
+    let text = std::fs::read_to_string(&actions).unwrap();
+    let marked = text.replacen(
+        "params = [{ name = \"reason\", type = \"string\", required = true }]",
+        "params = [{ name = \"reason\", type = \"string\", required = true, secret = true }]",
+        1,
+    );
+    assert_ne!(marked, text, "host.isolate's reason is marked secret");
+    std::fs::write(&actions, marked).unwrap();
+    let h = harness_full(Some(dir.path()), std::sync::Arc::new(warden_store::SystemClock), Default::default(), None);
+    let ana = h.user("ana", &["soc-analyst"]);
+    open_task(&h, &ana, "INC-39", "edr").await;
+    let secret = "hunter2-correct-horse-battery";
+    let mut body = isolate("INC-39", "host:db-payments-01");
+    body["params"]["reason"] = json!(secret);
+    let asked = submit(&h, &h.svid(EDR), body).await;
+    let entries: Vec<Value> = h
+        .app
+        .ledger()
+        .store()
+        .entries(0, 1_000_000)
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_slice(&e.bytes).unwrap())
+        .collect();
+    assert!(!entries.iter().any(|e| e.to_string().contains(secret)), "the secret is in the log");
+    let requested = entries.iter().find(|e| e["type"] == "action.requested").unwrap();
+    let logged = requested["data"]["params"].as_object().unwrap().clone();
+    assert!(logged["reason"].as_str().unwrap().starts_with("[redacted] sha256:"), "{logged:?}");
+    let digest =
+        warden_core::request::action_digest(EDR, "INC-39", "host.isolate", "host:db-payments-01", &logged).unwrap();
+    assert_eq!(json!(digest), asked["digest"], "the digest is recomputed from the log alone");
+    let id = asked["id"].as_str().unwrap();
+    let (_, explained) = h.call("GET", &format!("/v1/explain/{id}"), Some(&ana), None).await;
+    assert!(!explained.to_string().contains(secret), "{explained}");
+    let (_, approval) = h.call("GET", &format!("/v1/approvals/{}", approval_of(&asked)), Some(&ana), None).await;
+    assert!(!approval.to_string().contains(secret), "{approval}");
+}

@@ -424,6 +424,7 @@ async fn mcp_is_for_agents_and_slack_for_signed_callbacks() {
         let req = axum::http::Request::builder()
             .method("POST")
             .uri("/mcp")
+            .header("host", "localhost")
             .header("authorization", format!("Bearer {token}"))
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
@@ -432,6 +433,7 @@ async fn mcp_is_for_agents_and_slack_for_signed_callbacks() {
         let p = crate::console::send(&ctx.h, req).await;
         let refused = p.status == StatusCode::FORBIDDEN || p.status == StatusCode::UNAUTHORIZED;
         assert_eq!(refused, !AGENTS.contains(&who), "/mcp as {who:?}: {} {}", p.status, p.body);
+        assert!(refused || p.status == StatusCode::OK, "/mcp as {who:?}: {} {}", p.status, p.body);
         let (status, _) =
             ctx.h.call("POST", "/v1/integrations/slack/interactions", Some(&token), Some(json!({}))).await;
         assert!(!status.is_success(), "the Slack callback as {who:?}: {status}");

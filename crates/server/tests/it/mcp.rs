@@ -977,6 +977,42 @@ mod upstream {
         phish.cancel().await.unwrap();
     }
 
+    /// What an upstream did is undone only through that upstream: with no tool of it mapped to
+    /// the compensation, the rollback fails and neither the upstream nor the tool's REST API
+    /// (whose key Warden also holds) is called (issue 23).
+    #[tokio::test]
+    async fn an_upstream_action_is_undone_only_through_its_upstream() {
+        let policy = tempfile::tempdir().unwrap();
+        crate::reload::copy_dir(&crate::example_dir(), policy.path());
+        let mcp_toml = policy.path().join("mcp.toml");
+        let toml = std::fs::read_to_string(&mcp_toml).unwrap();
+        let start = toml.find("[[tool]]\nupstream = \"lab-edr\"\ntool = \"release_host\"").expect("release_host");
+        let end = start + toml[start + 1..].find("[[tool]]").map_or(toml.len() - start, |i| i + 1);
+        std::fs::write(&mcp_toml, format!("{}{}", &toml[..start], &toml[end..])).unwrap();
+        let u = serve_upstream(Some(policy.path())).await;
+        let h = &u.h;
+        open_task(h).await;
+        let (edr, _) = connect(&u.base, &h.svid(EDR)).await;
+        let r = edr
+            .call_tool(CallToolRequestParams::new("lab-edr.isolate_host").with_arguments(isolate_args("web-42")))
+            .await
+            .unwrap();
+        assert_eq!(r.is_error, Some(false), "{}", text(&r));
+        let id =
+            serde_json::to_value(r.meta.as_ref().unwrap()).unwrap()["warden/request"].as_str().unwrap().to_string();
+        let analyst = h.user("ana", &["soc-analyst"]);
+        let (status, body) = h.call("POST", &format!("/v1/actions/{id}/rollback"), Some(&analyst), None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::BAD_GATEWAY, Some("rollback_failed")),
+            "{body}"
+        );
+        assert!(body["error"]["message"].as_str().unwrap().contains("runs only through it"), "{body}");
+        assert_eq!((lab_calls(&u.lab, "edr mcp.release_host"), lab_calls(&u.lab, "edr lift_containment")), (0, 0));
+        assert_eq!(lab_state(&u.lab)["edr"]["hosts"]["web-42"]["status"], "contained");
+        edr.cancel().await.unwrap();
+    }
+
     /// The upstream adds a tool and says so: Warden lists again, and tells the agents whose
     /// tools changed.
     #[tokio::test]
