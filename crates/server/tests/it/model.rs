@@ -7,7 +7,12 @@
 //! - every tool call is audited once (the lab's calls equal the log's starts);
 //! - every execution has an `execute` decision, or an approval, of the same action digest;
 //! - nothing ran after a stop that preceded it (halt, suspend, task close, shadow mode);
-//! - no autonomous execution went past a budget (every execution counted, approved ones too).
+//! - nothing ran while the bundle in force revoked its grant (a reload between approval and
+//!   start: the approved request is decided again when it starts);
+//! - no autonomous execution went past a budget (every execution counted, approved ones too);
+//! - every halt, rollback and task close was made by a principal with the authority for it:
+//!   a `tool` credential, an admin rolling back or an agent closing a human's task never are
+//!   (issue 23: several principals try every change, through the API and halts with rollback).
 //!
 //! `WARDEN_MODEL_CASES=N` runs N random histories (default 24); `WARDEN_MODEL_STATS=1` prints
 //! what each one did (executions, refusals, approvals, rollbacks, halts).
@@ -56,6 +61,20 @@ enum Op {
     Rollback {
         pick: u8,
     },
+    /// A rollback asked by someone else: the analyst (may), the tool credential or the admin
+    /// (may not: admin alone is not host.release's approver).
+    RollbackAs {
+        pick: u8,
+        who: u8,
+    },
+    /// A halt of the action with `rollback: true`, by the commander or by the tool credential.
+    HaltRollback {
+        tool: bool,
+    },
+    /// The agent closes the task (a human opened it: refused).
+    AgentCloseTask,
+    /// A reload that drops (true) or restores (false) the agent's host.isolate grants.
+    Revoke(bool),
     Restart,
 }
 
@@ -74,6 +93,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::OpenTask),
         1 => any::<bool>().prop_map(Op::Shadow),
         2 => any::<u8>().prop_map(|pick| Op::Rollback { pick }),
+        2 => (any::<u8>(), 0u8..3).prop_map(|(pick, who)| Op::RollbackAs { pick, who }),
+        1 => any::<bool>().prop_map(|tool| Op::HaltRollback { tool }),
+        1 => Just(Op::AgentCloseTask),
+        1 => any::<bool>().prop_map(Op::Revoke),
         1 => Just(Op::Restart),
     ]
 }
@@ -92,6 +115,8 @@ struct World {
     admin: String,
     ana: String,
     olga: String,
+    /// A tool's credential (role `tool`): it may introspect leases, nothing here.
+    tool: String,
     task: u32,
 }
 
@@ -116,9 +141,10 @@ impl World {
         let ana = admin::add_user(d.ledger(), &Actor::user("admin"), "ana", &["soc-analyst".into()], &[]).unwrap().1;
         let olga =
             admin::add_user(d.ledger(), &Actor::user("admin"), "olga", &["incident-commander".into()], &[]).unwrap().1;
+        let tool = admin::add_user(d.ledger(), &Actor::user("admin"), "edr-tool", &["tool".into()], &[]).unwrap().1;
         drop(d);
         let (lab, keys) = crate::lab();
-        let mut w = World { _dir: dir, data, policy, lab, keys, h: None, admin, ana, olga, task: 0 };
+        let mut w = World { _dir: dir, data, policy, lab, keys, h: None, admin, ana, olga, tool, task: 0 };
         w.start();
         w
     }
@@ -234,7 +260,13 @@ impl World {
                 let (status, body) = h.call("POST", "/v1/policy/reload", Some(&self.admin), None).await;
                 assert_eq!(status, StatusCode::OK, "{body}");
             }
-            Op::Rollback { pick } => {
+            Op::Rollback { pick } | Op::RollbackAs { pick, .. } => {
+                let who = match op {
+                    Op::RollbackAs { who: 0, .. } => &self.ana,
+                    Op::RollbackAs { who: 1, .. } => &self.tool,
+                    Op::RollbackAs { .. } => &self.admin,
+                    _ => &self.olga,
+                };
                 let q = "/v1/actions?state=succeeded&limit=1000";
                 let (_, list) = h.call("GET", q, Some(&self.olga), None).await;
                 let ids: Vec<String> = list
@@ -245,8 +277,26 @@ impl World {
                     .map(|a| a["id"].as_str().unwrap().to_string())
                     .collect();
                 if let Some(id) = ids.get(usize::from(*pick) % ids.len().max(1)) {
-                    h.call("POST", &format!("/v1/actions/{id}/rollback"), Some(&self.olga), None).await;
+                    h.call("POST", &format!("/v1/actions/{id}/rollback"), Some(who), None).await;
                 }
+            }
+            Op::HaltRollback { tool } => {
+                let who = if *tool { &self.tool } else { &self.olga };
+                let body = json!({"scope": "action", "id": "host.isolate", "reason": "model", "rollback": true});
+                h.call("POST", "/v1/halt", Some(who), Some(body)).await;
+            }
+            Op::AgentCloseTask => {
+                h.call("POST", &format!("/v1/tasks/{}/close", self.task_id()), Some(&self.agent()), None).await;
+            }
+            Op::Revoke(on) => {
+                let path = self.policy.join("agents/edr-responder.toml");
+                let text = std::fs::read_to_string(&path).unwrap();
+                let (granted, revoked) =
+                    ("action = \"host.isolate\"\nlevel =", "action = \"host.isolate\"\nlevel = 0\n# was: level =");
+                let text = if *on { text.replace(granted, revoked) } else { text.replace(revoked, granted) };
+                std::fs::write(&path, text).unwrap();
+                let (status, body) = h.call("POST", "/v1/policy/reload", Some(&self.admin), None).await;
+                assert_eq!(status, StatusCode::OK, "{body}");
             }
             Op::Restart => {
                 self.h = None;
@@ -268,7 +318,7 @@ impl World {
 
     /// Every invariant, over the whole log so far; `shadow_since` lists the log sizes at
     /// which the EDR agent's guardrail went into (true) or out of (false) shadow mode.
-    fn check(&self, shadow_at: &[(u64, bool)], history: &[Op]) {
+    fn check(&self, shadow_at: &[(u64, bool)], revoked_at: &[(u64, bool)], history: &[Op]) {
         let log = self.log();
         let calls = self.lab_calls();
         let count = |t: &str| log.iter().filter(|e| e["type"] == t).count() as u64;
@@ -312,15 +362,25 @@ impl World {
                     let first = data["requests"][0].as_str().unwrap().to_string();
                     approved.insert((first, data["digest"].as_str().unwrap().to_string()));
                 }
-                "halt.set" => {
-                    halts.insert((data["scope"].as_str().unwrap().into(), data["id"].as_str().unwrap_or("").into()));
-                }
                 "halt.lifted" => {
                     halts.remove(&(data["scope"].as_str().unwrap().into(), data["id"].as_str().unwrap_or("").into()));
                 }
                 "agent.changed" if data["agent"] == EDR => status = data["to"].as_str().unwrap().to_string(),
                 "task.closed" => {
+                    // Opened by olga: only she, the analyst (close role) or the admin close it.
+                    let by = e["actor"]["id"].as_str().unwrap();
+                    assert!(["olga", "ana", "admin"].contains(&by), "task closed by `{by}` at {seq}: {history:?}");
                     closed.insert(e["task"].as_str().unwrap().to_string());
+                }
+                "halt.set" | "rollback.started" => {
+                    let by = e["actor"]["id"].as_str().unwrap();
+                    let may: &[&str] =
+                        if e["type"] == "halt.set" { &["olga", "ana", "admin"] } else { &["olga", "ana"] };
+                    assert!(may.contains(&by), "{} by `{by}` at {seq}: {history:?}", e["type"]);
+                    if e["type"] == "halt.set" {
+                        halts
+                            .insert((data["scope"].as_str().unwrap().into(), data["id"].as_str().unwrap_or("").into()));
+                    }
                 }
                 "execution.started" => {
                     let digest = data["digest"].as_str().unwrap().to_string();
@@ -348,6 +408,11 @@ impl World {
                     );
                     let shadow = shadow_at.iter().rev().find(|(at, _)| *at <= seq).is_some_and(|(_, on)| *on);
                     assert!(!shadow, "execution {request} at {seq} ran in shadow mode: {history:?}");
+                    let revoked = revoked_at.iter().rev().find(|(at, _)| *at <= seq).is_some_and(|(_, on)| *on);
+                    assert!(
+                        !(revoked && action == "host.isolate"),
+                        "execution {request} at {seq} ran with its grant revoked: {history:?}"
+                    );
                 }
                 _ => {}
             }
@@ -366,13 +431,17 @@ fn no_interleaving_escapes_the_authority_state_machine() {
                 let mut w = World::new();
                 w.open_task().await;
                 let mut shadow_at = Vec::new();
+                let mut revoked_at = Vec::new();
                 for (i, op) in ops.iter().enumerate() {
                     w.apply(op).await;
                     if let Op::Shadow(on) = op {
                         // The reload's own entry is the last one: from here on the mode holds.
                         shadow_at.push((w.h().app.ledger().store().size().unwrap(), *on));
                     }
-                    w.check(&shadow_at, &ops[..=i]);
+                    if let Op::Revoke(on) = op {
+                        revoked_at.push((w.h().app.ledger().store().size().unwrap(), *on));
+                    }
+                    w.check(&shadow_at, &revoked_at, &ops[..=i]);
                 }
                 if std::env::var("WARDEN_MODEL_STATS").is_ok() {
                     let log = w.log();
