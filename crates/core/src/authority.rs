@@ -79,10 +79,12 @@ impl Authority {
             roles.remove(*never);
         }
         let roles: Vec<String> = roles.into_iter().collect();
+        let mut vouch = roles.clone();
+        vouch.push(ADMIN.to_string());
         Self {
             halt: roles.clone(),
-            close_tasks: roles.clone(),
-            sources: BTreeMap::from([("*".to_string(), roles)]),
+            close_tasks: roles,
+            sources: BTreeMap::from([("*".to_string(), vouch)]),
             explicit: false,
         }
     }
@@ -140,11 +142,14 @@ impl Authority {
         pick(&self.close_tasks, roles)
     }
 
-    /// The role, among `roles`, whose word makes a trigger from `source` verified, if any
-    /// (`admin` holds this power too).
+    /// The role, among `roles`, whose word makes a trigger from `source` verified, if any:
+    /// only a role the bundle maps to the source (or to `*`) — `admin` too only where listed
+    /// (the defaults list it for `*`).
     pub fn vouching_role(&self, source: &str, roles: &[String]) -> Option<String> {
         let listed = self.sources.get(source).into_iter().chain(self.sources.get("*"));
-        listed.into_iter().find_map(|list| pick(list, roles))
+        listed
+            .into_iter()
+            .find_map(|list| roles.iter().find(|r| list.contains(r) && !NEVER.contains(&r.as_str())).cloned())
     }
 }
 
@@ -250,8 +255,11 @@ mod tests {
         assert_eq!(a.may_close_others(&strs(&["soc-analyst"])), None);
         assert_eq!(a.vouching_role("siem", &strs(&["integration-siem"])).as_deref(), Some("integration-siem"));
         assert_eq!(a.vouching_role("email-gateway", &strs(&["integration-siem"])), None);
-        assert_eq!(a.vouching_role("siem", &strs(&["admin"])).as_deref(), Some("admin"));
+        // Vouching is a statement about a source: admin only where a list names it.
+        assert_eq!(a.vouching_role("siem", &strs(&["admin"])), None);
         assert_eq!(a.vouching_role("siem", &strs(&["tool"])), None);
+        let d = Authority::defaults(&[]);
+        assert_eq!(d.vouching_role("anything", &strs(&["admin"])).as_deref(), Some("admin"), "the defaults list it");
     }
 
     #[test]

@@ -126,9 +126,11 @@ fn is_format_char(c: char) -> bool {
 pub fn canonical_id(kind: &str, id: &str) -> String {
     match kind {
         "host" => {
+            // `web-02.` is `web-02` (a fully qualified name's root dot); a trailing dot after
+            // anything but a label character is left for the checks (`..`, `a/.`).
             let lower = id.to_lowercase();
             match lower.strip_suffix('.') {
-                Some(bare) if !bare.is_empty() => bare.to_string(),
+                Some(bare) if bare.ends_with(|c: char| c.is_alphanumeric() || c == '-' || c == '_') => bare.to_string(),
                 _ => lower,
             }
         }
@@ -157,10 +159,35 @@ pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
     if id.split(['/', '\\']).any(|seg| seg == "." || seg == "..") {
         return Err(format!("target id `{id}` holds a `.` or `..` path segment"));
     }
+    let _ = kind;
+    Ok(())
+}
+
+/// Whether `ip:ID` names one address: a range, a name or a typo is not a target. The
+/// decision denies such a request (`invalid_request`); the inventory refuses such an asset.
+pub fn check_ip(kind: &str, id: &str) -> Result<(), String> {
     if kind == "ip" && id.parse::<std::net::IpAddr>().is_err() {
         return Err(format!("target `ip:{id}` must be one IPv4 or IPv6 address (a range is not a target)"));
     }
     Ok(())
+}
+
+/// One character an id may hold (not `/` or `\\`, which separate segments): no control,
+/// space or Unicode format character — the same set [`check_id`] refuses, as a regex class.
+const ID_CHAR: &str = "[^\\x00-\\x20\\x7f-\\xa0\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u1680\\u180e\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u2064\\u2066-\\u206f\\u3000\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U0001343f\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f/\\\\";
+
+/// The pattern of a target id [`check_id`] accepts (for API schemas): segments separated by
+/// `/` or `\\`, none of them `.` or `..`, of [`ID_CHAR`]s.
+pub fn id_pattern() -> String {
+    let c = format!("{ID_CHAR}]");
+    let a = format!("{ID_CHAR}.]");
+    let nonempty = format!("(?:{a}{c}*|\\.{a}{c}*|\\.\\.{c}+)");
+    format!("(?:(?:{nonempty}?[/\\\\])+{nonempty}?|{nonempty})")
+}
+
+/// The pattern of a whole target, `KIND:ID` ([`TargetRef`] and [`check_id`] accept exactly it).
+pub fn target_pattern() -> String {
+    format!("^[a-z][a-z0-9_]*:{}$", id_pattern())
 }
 
 impl TargetRef {
@@ -321,7 +348,9 @@ impl Inventory {
             return Err(format!("asset of kind `{}` has an empty or unprintable id", asset.kind));
         }
         let mut asset = asset;
-        check_id(&asset.kind, &asset.id).map_err(|e| format!("asset `{}:{}`: {e}", asset.kind, asset.id))?;
+        check_id(&asset.kind, &asset.id)
+            .and_then(|()| check_ip(&asset.kind, &asset.id))
+            .map_err(|e| format!("asset `{}:{}`: {e}", asset.kind, asset.id))?;
         asset.id = canonical_id(&asset.kind, &asset.id);
         let key = asset.target();
         if self.assets.contains_key(&key) || self.aliases.contains_key(&key) {

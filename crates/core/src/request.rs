@@ -46,10 +46,7 @@ pub struct ActionRequest {
     pub task: String,
     pub action: String,
     /// `KIND:ID`, e.g. `host:web-01`.
-    #[cfg_attr(
-        feature = "openapi",
-        schema(value_type = String, example = "host:web-01", pattern = "^[a-z][a-z0-9_]*:[^\\x00-\\x1f\\x7f-\\x9f]+$")
-    )]
+    #[cfg_attr(feature = "openapi", schema(schema_with = target_schema))]
     pub target: TargetRef,
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
@@ -62,6 +59,19 @@ pub struct ActionRequest {
     pub evidence: Vec<Evidence>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+}
+
+/// `KIND:ID` with an id of one spelling: the pattern [`crate::inventory::target_pattern`].
+#[cfg(feature = "openapi")]
+fn target_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(crate::inventory::target_pattern()))
+        .description(Some(
+            "`KIND:ID`, e.g. `host:web-01`: no control, space or invisible format character, no `.` or `..` path segment",
+        ))
+        .examples([serde_json::json!("host:web-01")])
+        .build()
 }
 
 impl ActionRequest {

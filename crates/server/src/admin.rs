@@ -200,10 +200,7 @@ pub fn add_user(
     // One person, one voter: an OIDC identity signs in as exactly one user.
     let taken: Vec<String> = list_users(ledger)?.into_iter().flat_map(|u| u.oidc).collect();
     for o in oidc {
-        let ok = o.split_once('#').is_some_and(|(iss, sub)| {
-            !iss.is_empty() && !sub.is_empty() && !o.chars().any(|c| c.is_whitespace() || c.is_control())
-        });
-        if !ok {
+        if !crate::input::is_oidc_identity(o) {
             return Err(ApiError::new(
                 Code::InvalidRequest,
                 format!("OIDC identity `{o}` must be `ISSUER#SUB`, e.g. `https://idp.acme.example#00u1ana`"),

@@ -659,6 +659,8 @@ fn open_undo_approval(
         Err(StoreError::Conflict { .. }) => return open_undo_approval(s, exec, compensation, user, granted),
         Err(e) => return Err(e.into()),
     }
+    // The approvers hear of it as of any approval (webhooks, Slack with its buttons).
+    s.notifier.send(crate::notify::Kind::Created, &a);
     s.changed();
     Ok(a)
 }

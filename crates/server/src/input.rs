@@ -32,8 +32,22 @@ pub const ROLE: &str = "^[a-z0-9._@:-]{1,64}$";
 /// more path segments of letters, digits, `.`, `-`, `_`, none of them `.` or `..`.
 pub const SPIFFE_ID: &str = "^spiffe://[a-z0-9._-]+(/([A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*|[.]{3,}))+$";
 
-/// A target, `KIND:ID`: a lowercase word, a colon, and an id with no control character.
-pub const TARGET: &str = "^[a-z][a-z0-9_]*:[^\\x00-\\x1f\\x7f-\\x9f]+$";
+/// A target, `KIND:ID`: a lowercase word, a colon, and an id of one spelling (no control,
+/// space or format character, no `.`/`..` segment) — what `TargetRef` parses and
+/// `ActionRequest::validate` accepts.
+pub fn target_pattern() -> String {
+    warden_core::inventory::target_pattern()
+}
+
+/// An OIDC identity a user is mapped to: `ISSUER#SUB`, both parts non-empty, no control
+/// character or space (the first `#` separates them).
+pub const OIDC_IDENTITY: &str = "^[^#\\x00-\\x20\\x7f-\\x9f]+#[^\\x00-\\x20\\x7f-\\x9f]+$";
+
+/// Whether `s` is an [`OIDC_IDENTITY`].
+pub fn is_oidc_identity(s: &str) -> bool {
+    let bad = |c: char| c <= ' ' || ('\u{7f}'..='\u{9f}').contains(&c);
+    s.split_once('#').is_some_and(|(iss, sub)| !iss.is_empty() && !sub.is_empty() && !s.chars().any(bad))
+}
 
 /// The largest integer the API takes anywhere (2^53 − 1: exact in every JSON reader).
 pub const MAX_INT: u64 = (1 << 53) - 1;
@@ -255,6 +269,15 @@ mod tests {
             }
         }
 
+        /// The target pattern the API states and what a request's target is held to agree on
+        /// ids of dots, slashes, letters, spaces and invisible characters.
+        #[test]
+        fn the_target_pattern_is_the_check(id in "[a./\\\\ A\u{200b}\u{feff}\u{a0}\u{e0041}é-]{0,8}", kind in "(host|ip|account|x)") {
+            let t = format!("{kind}:{id}");
+            let accepted = t.parse::<warden_core::inventory::TargetRef>().is_ok_and(|r| r.check().is_ok());
+            prop_assert_eq!(Regex::new(&target_pattern()).unwrap().is_match(&t), accepted, "{:?}", t);
+        }
+
         /// The duration pattern and the parser agree on every string of digits and a unit,
         /// and on strings that are not durations at all.
         #[test]
@@ -293,9 +316,48 @@ mod tests {
         for (id, ok) in SPIFFE_CASES {
             assert_eq!(spiffe.is_match(id), *ok, "{id}");
         }
-        let target = Regex::new(TARGET).unwrap();
-        for t in ["host:web-42", "user:a:b", "host:", ":x", "Host:x", "host:a\u{7}", "host:a\u{85}", "host:é"] {
-            assert_eq!(target.is_match(t), t.parse::<warden_core::inventory::TargetRef>().is_ok(), "{t}");
+        let oidc = Regex::new(OIDC_IDENTITY).unwrap();
+        for o in
+            ["https://idp.example#00u1", "iss#", "#sub", "a#b#c", "a b#c", "a#b\u{85}", "a#b\u{a0}", "a\u{7}#b", "é#ü"]
+        {
+            assert_eq!(oidc.is_match(o), is_oidc_identity(o), "{o:?}");
+        }
+        let target = Regex::new(&target_pattern()).unwrap();
+        let accepted = |t: &str| t.parse::<warden_core::inventory::TargetRef>().is_ok_and(|r| r.check().is_ok());
+        for t in [
+            "host:web-42",
+            "user:a:b",
+            "host:",
+            ":x",
+            "Host:x",
+            "host:a\u{7}",
+            "host:a\u{85}",
+            "host:é",
+            "host:a b",
+            "host:a\u{a0}b",
+            "account:break\u{200b}glass",
+            "account:x\u{feff}",
+            "host:\u{e0041}x",
+            "host:\u{1d173}",
+            "host:.",
+            "host:..",
+            "host:a/../b",
+            "host:a/./b",
+            "host:./a",
+            "host:a\\..",
+            "host:...",
+            "host:.a",
+            "host:..a",
+            "host:a.",
+            "host:a/",
+            "host:/a",
+            "host:a//b",
+            "mailbox:jdoe@acme.example",
+            "ip:::ffff:10.0.0.1",
+            "url:https://x.example/a?b=c",
+            "host:\u{2010}a",
+        ] {
+            assert_eq!(target.is_match(t), accepted(t), "{t:?}");
         }
     }
 }

@@ -46,6 +46,18 @@ fn user_id_schema() -> utoipa::openapi::schema::Object {
     crate::input::text(crate::input::USER_NAME, "1–64 lowercase letters, digits, `-`, `_`, `.` or `@`.", "alice")
 }
 
+fn oidc_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::ArrayBuilder;
+    ArrayBuilder::new()
+        .items(crate::input::text(
+            crate::input::OIDC_IDENTITY,
+            "`ISSUER#SUB`: the issuer's `iss`, `#`, the person's `sub`.",
+            "https://idp.acme.example#00u1ana",
+        ))
+        .description(Some("OIDC identities that sign in as this user (one person, one voter)."))
+        .build()
+}
+
 fn roles_schema() -> utoipa::openapi::schema::Array {
     use utoipa::openapi::schema::ArrayBuilder;
     ArrayBuilder::new()
@@ -110,6 +122,7 @@ pub struct NewUser {
     pub roles: Vec<String>,
     /// OIDC identities (`ISSUER#SUB`) that sign in as this user (one person, one voter).
     #[serde(default)]
+    #[schema(schema_with = oidc_schema)]
     pub oidc: Vec<String>,
 }
 

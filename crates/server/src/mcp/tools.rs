@@ -51,7 +51,7 @@ pub fn input_schema(action: &ActionClass) -> Map<String, Value> {
     let mut required = vec![json!("target"), json!("task"), json!("confidence")];
     properties.insert(
         "target".into(),
-        json!({"type": "string", "pattern": format!("^{}:[^\\x00-\\x1f\\x7f-\\x9f]+$", action.target_kind),
+        json!({"type": "string", "pattern": format!("^{}:{}$", action.target_kind, warden_core::inventory::id_pattern()),
                "description": format!("The {} to act on, written `{}:ID`.", action.target_kind, action.target_kind)}),
     );
     governance_properties(&mut properties);
