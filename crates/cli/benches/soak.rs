@@ -146,7 +146,9 @@ impl Conn {
 /// against the lab (each on a new alert).
 fn nth_request(tag: &str, n: u64, me: usize, edr: &str, enrich: &str) -> (String, String) {
     let ask = |action: &str, target: String, confidence: f64, params: Value| {
-        json!({"task": "INC-S", "action": action, "target": target, "confidence": confidence, "params": params,
+        // Each agent works in its own task (an agent's task is its alone).
+        let task = if action == "alert.enrich" { "INC-S2" } else { "INC-S" };
+        json!({"task": task, "action": action, "target": target, "confidence": confidence, "params": params,
                "rationale": "soak", "evidence": [{"kind": "edr", "ref": "d:1"}]})
         .to_string()
     };
@@ -367,6 +369,9 @@ fn main() -> ExitCode {
 
     let task = json!({"id": "INC-S", "title": "soak", "trigger": {"source": "edr", "severity": "high"}}).to_string();
     let (status, _) = Conn::open(&addr).unwrap().post("/v1/tasks", &tokens.0, &task).unwrap();
+    assert_eq!(status, 201);
+    let task = json!({"id": "INC-S2", "title": "soak", "trigger": {"source": "siem", "severity": "high"}}).to_string();
+    let (status, _) = Conn::open(&addr).unwrap().post("/v1/tasks", &tokens.1, &task).unwrap();
     assert_eq!(status, 201);
 
     println!(

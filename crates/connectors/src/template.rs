@@ -51,6 +51,11 @@ pub(super) fn render(text: &str, call: &Call, encode: bool) -> Result<String, Co
 }
 
 pub(super) fn encode_segment(s: &str) -> String {
+    // A whole value of `.` or `..` would be a path segment of its own that servers and
+    // proxies resolve (`/messages/../quarantine`): its dots are encoded, so it stays a name.
+    if s == "." || s == ".." {
+        return "%2E".repeat(s.len());
+    }
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {

@@ -197,18 +197,22 @@ pub fn undo_requirement(
     target: &TargetRef,
 ) -> UndoRequirement {
     let asset = inventory.get(target).cloned().unwrap_or_else(|| Asset::unknown(target));
+    let step_up_category = catalog.get(compensation).is_none_or(|a| a.category.needs_step_up());
+    let sensitive = asset.privileged || asset.criticality.tier() == 0;
     let Some(g) = guardrail else {
+        // The bundle no longer has the agent: its roles are unknown, so the incident commander
+        // decides — two of them where the action was sensitive (retiring an agent never makes
+        // undoing its two-person action a one-person act). The owner comes from the agent's
+        // registration (the server checks it).
         return UndoRequirement {
             roles: vec!["incident-commander".into()],
-            quorum: 1,
+            quorum: if sensitive || step_up_category { 2 } else { 1 },
             separation_of_duties: true,
             owner: String::new(),
             basis: "step_up",
         };
     };
     let e = &g.escalation;
-    let step_up_category = catalog.get(compensation).is_none_or(|a| a.category.needs_step_up());
-    let sensitive = asset.privileged || asset.criticality.tier() == 0;
     let grant = g.grants.iter().filter(|gr| gr.action == compensation && covers(gr, &asset)).max_by_key(|gr| {
         (gr.conditions.environments.is_some() as u8 + gr.conditions.max_criticality.is_some() as u8, gr.level)
     });

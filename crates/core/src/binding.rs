@@ -55,20 +55,26 @@ fn strings(v: &toml::Value, out: &mut Vec<String>) {
     }
 }
 
-/// Every `{…}` placeholder alternative in `texts` (`{a|b}` gives `a` and `b`).
-fn alternatives(texts: &[String]) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
+/// Every `{…}` placeholder in `texts`, as its list of alternatives (`{a|b}` gives `[a, b]`).
+fn placeholders(texts: &[String]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
     for t in texts {
         let mut rest = t.as_str();
         while let Some(open) = rest.find('{') {
             let Some(close) = rest[open..].find('}') else { break };
-            for alt in rest[open + 1..open + close].split('|') {
-                out.insert(alt.trim().to_string());
-            }
+            out.push(rest[open + 1..open + close].split('|').map(|a| a.trim().to_string()).collect());
             rest = &rest[open + close + 1..];
         }
     }
     out
+}
+
+/// Whether a placeholder carries the decided target: it names `target` or `target.id`, and
+/// nothing the agent chose (a `params.*` alternative would stand in for the target whenever
+/// the agent sends it).
+fn binds_target(alternatives: &[String]) -> bool {
+    alternatives.iter().any(|a| a == "target" || a == "target.id")
+        && !alternatives.iter().any(|a| a.starts_with("params."))
 }
 
 /// The params hand-written Cedar rules read: `context.params.NAME` and `context.params has NAME`.
@@ -109,8 +115,9 @@ pub fn check(
         if let Some(b) = &a.body {
             strings(b, &mut texts);
         }
-        let used = alternatives(&texts);
-        let bound = used.contains("target") || used.contains("target.id");
+        let found = placeholders(&texts);
+        let used: BTreeSet<String> = found.iter().flatten().cloned().collect();
+        let bound = found.iter().any(|p| binds_target(p));
         match (a.target_bound, bound) {
             (Some(false), _) => {
                 let reason = a.target_bound_reason.clone().unwrap_or_default();
@@ -198,6 +205,10 @@ params = [{ name = "reason", type = "string" }, { name = "minutes", type = "inte
             let f = SourceFile::new("connectors.toml", text);
             assert!(check(&f, &catalog(), &BTreeSet::new()).is_ok(), "{text}");
         }
+        // A param the agent sends would stand in for the target: not bound.
+        let f =
+            SourceFile::new("connectors.toml", "[actions.\"host.isolate\"]\npath = \"/t/{params.reason|target.id}\"\n");
+        assert!(check(&f, &catalog(), &BTreeSet::new()).is_err());
     }
 
     #[test]

@@ -458,6 +458,13 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
     if input.task.is_some_and(|t| t.state == TaskState::Closed) {
         stops.push(Cap { code: CapCode::TaskClosed, reason: format!("task `{}` is closed", req.task) });
     }
+    if let Some(t) = input.task
+        && !t.agents.is_empty()
+        && !t.agents.iter().any(|a| a == input.agent)
+    {
+        let reason = format!("task `{}` is assigned to other agents: this one may not act in it", req.task);
+        stops.push(Cap { code: CapCode::OutOfScope, reason });
+    }
     if let Some(envs) = &g.environments
         && !envs.contains(&asset.environment)
     {

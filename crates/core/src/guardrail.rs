@@ -305,6 +305,11 @@ impl Checker<'_> {
         for r in roles {
             if !is_role(r.get_ref()) {
                 self.at(r, format!("role `{}` must be lowercase words joined by `-`", r.get_ref()));
+            } else if matches!(r.get_ref().as_str(), "tool" | "admin") {
+                // Approvals, step-ups and undos are people's operational decisions: a tool's
+                // credential never decides, and administering Warden (which can add users)
+                // must not also be the power to approve.
+                self.at(r, format!("role `{}` may not approve, step up or command an incident", r.get_ref()));
             }
         }
         roles.iter().map(|r| r.get_ref().clone()).collect()

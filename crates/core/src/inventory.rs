@@ -104,18 +104,29 @@ impl FromStr for TargetRef {
         if id.is_empty() || id.chars().any(char::is_control) {
             return Err(format!("target `{s}` has an empty or unprintable id"));
         }
+        if let Some(c) = id.chars().find(|c| is_separator_lookalike(*c)) {
+            return Err(format!("target `{s}` holds U+{:04X}, which reads as a path separator or dot", c as u32));
+        }
         Ok(Self::new(kind, canonical_id(kind, id)))
     }
 }
 
-/// Unicode format characters (general category Cf): invisible, so `breakglass-01` with a
-/// zero-width space in it looks like `breakglass-01` and is another string.
+/// Unicode format characters (general category Cf) and default-ignorable code points
+/// (variation selectors, fillers, combining grapheme joiner): invisible, so `breakglass-01`
+/// with one in it looks like `breakglass-01` and is another string.
 fn is_format_char(c: char) -> bool {
     matches!(c as u32,
-        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2 | 0x180E
-        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F | 0xFEFF
-        | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
-        | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+        0x00AD | 0x034F | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x115F..=0x1160 | 0x17B4..=0x17B5 | 0x180B..=0x180F
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x206F | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF
+        | 0xFFA0 | 0xFFF0..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
+}
+
+/// Compatibility characters whose NFKC form is, or holds, a path separator or a dot segment
+/// (`．`, `‥`, `／`, `＼`…): refused as they are written, so no canonical id gains one.
+fn is_separator_lookalike(c: char) -> bool {
+    matches!(c as u32, 0x2024..=0x2026 | 0xFE19 | 0xFE30 | 0xFE52 | 0xFE68 | 0xFF0E | 0xFF0F | 0xFF3C)
 }
 
 /// The one canonical form of a target id of `kind` (DESIGN §6: no case, spacing,
@@ -124,17 +135,19 @@ fn is_format_char(c: char) -> bool {
 /// normal form (an IPv4-mapped IPv6 address as the IPv4 address). What cannot be made
 /// canonical is refused by [`check_id`].
 pub fn canonical_id(kind: &str, id: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
     match kind {
-        "host" => {
-            // `web-02.` is `web-02` (a fully qualified name's root dot); a trailing dot after
-            // anything but a label character is left for the checks (`..`, `a/.`).
-            let lower = id.to_lowercase();
+        "host" | "account" | "mailbox" | "user" => {
+            // Compatibility forms (fullwidth `ｂ`, `１`) are the letters they stand for, any
+            // case is lower case, and one trailing dot after a name character is the name
+            // (`web-02.` is `web-02`); a trailing dot after anything else is left for the
+            // checks (`..`, `a/.`).
+            let lower = id.nfkc().collect::<String>().to_lowercase();
             match lower.strip_suffix('.') {
                 Some(bare) if bare.ends_with(|c: char| c.is_alphanumeric() || c == '-' || c == '_') => bare.to_string(),
                 _ => lower,
             }
         }
-        "account" | "mailbox" | "user" => id.to_lowercase(),
         "ip" => match id.parse::<std::net::IpAddr>() {
             Ok(std::net::IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or_else(|| v6.to_string(), |v4| v4.to_string()),
             Ok(v4) => v4.to_string(),
@@ -174,7 +187,7 @@ pub fn check_ip(kind: &str, id: &str) -> Result<(), String> {
 
 /// One character an id may hold (not `/` or `\\`, which separate segments): no control,
 /// space or Unicode format character — the same set [`check_id`] refuses, as a regex class.
-const ID_CHAR: &str = "[^\\x00-\\x20\\x7f-\\xa0\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u1680\\u180e\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u2064\\u2066-\\u206f\\u3000\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U0001343f\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f/\\\\";
+const ID_CHAR: &str = "[^\\x00-\\x20\\x7f-\\xa0\\u00ad\\u034f\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u115f\\u1160\\u1680\\u17b4\\u17b5\\u180b-\\u180f\\u2000-\\u200f\\u2024-\\u2026\\u2028-\\u202f\\u205f-\\u206f\\u3000\\u3164\\ufe00-\\ufe0f\\ufe19\\ufe30\\ufe52\\ufe68\\ufeff\\uff0e\\uff0f\\uff3c\\uffa0\\ufff0-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U0001343f\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0000-\\U000e0fff/\\\\";
 
 /// The pattern of a target id [`check_id`] accepts (for API schemas): segments separated by
 /// `/` or `\\`, none of them `.` or `..`, of [`ID_CHAR`]s.

@@ -142,6 +142,11 @@ pub struct TaskInfo {
     /// not let it raise the agent's autonomy (DESIGN §6).
     #[serde(default)]
     pub verified: bool,
+    /// The agents that may act in the task (its opener named them; an agent's own task is
+    /// its alone). Empty: every agent. Another agent's request in it is denied
+    /// (`out_of_scope`): no agent borrows a task — and its verified facts — it was not given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<String>,
 }
 
 fn unknown() -> String {

@@ -135,6 +135,11 @@ pub fn set_agent_status(
                     approval: crate::approvals::Approval::from_record(&r)?,
                     version: r.version,
                 };
+                // An undo approval is humans asking to lift what the agent did: a stop of the
+                // agent does not cancel it (as a halt does not).
+                if v.approval.undo.is_some() {
+                    continue;
+                }
                 let (_, b) = crate::approvals::cancel_batch(store.as_ref(), &v, actor, &why, now)?;
                 batch.changes.extend(b.changes);
                 batch.events.extend(b.events);
@@ -156,7 +161,7 @@ pub fn set_agent_status(
                     "agent {}: {reason}",
                     if status == AgentStatus::Suspended { "suspended" } else { "halted" }
                 );
-                let of_agent = |a: &crate::approvals::Approval| a.agent == id;
+                let of_agent = |a: &crate::approvals::Approval| a.agent == id && a.undo.is_none();
                 crate::approvals::cancel_where(store.as_ref(), &commit, &of_agent, actor, &why, now)?;
                 return Ok(agent);
             }

@@ -186,7 +186,8 @@ pub fn end(
 
 fn event_for(a: &Approval, kind: EventType, actor: Actor, data: serde_json::Value) -> Event {
     let mut e = Event::new(kind, actor).task(&a.task).action(&a.action);
-    if let Some(first) = a.requests.first() {
+    // An undo approval's entries name the request whose execution it undoes.
+    if let Some(first) = a.requests.first().or(a.undo.as_ref()) {
         e = e.request(first);
     }
     let mut body = json!({"approval": a.id, "state": a.state, "agent": a.agent, "target": a.target,

@@ -225,7 +225,15 @@ pub fn console_sign_in(s: &AppState, token: &str) -> Result<(String, User), ApiE
 pub fn console_session(s: &AppState, secret: &str) -> Result<Signed, ApiError> {
     let live = s.sessions.check(secret, s.now())?;
     let user = match live.oidc {
-        Some(u) => u,
+        // Looked up again on every page: an identity mapped since sign-in is that user now
+        // (one person, one voter; the Warden user's roles and status).
+        Some(u) => match human_of_oidc(s, u.id.clone(), u.roles.clone()) {
+            Ok(user) => user,
+            Err(e) => {
+                s.sessions.end(secret);
+                return Err(e);
+            }
+        },
         None => {
             let r = s.ledger().store().get(User::TABLE, &live.user)?;
             let user = r

@@ -20,8 +20,12 @@ use warden_core::inventory::TargetRef;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, Code};
-use crate::model::{Approval, User};
+use crate::model::{Approval, Model, User};
 use crate::state::AppState;
+
+/// The "role" a task's opener closes it in: by right of opening, not by a power — so it may
+/// stop no one else's work ([`crate::tasks::close`]).
+pub const OPENER: &str = "opener";
 
 /// A change someone asks for.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +89,40 @@ pub fn owner_in_bundle(s: &AppState, agent: &str) -> Option<String> {
     s.bundle().ok().and_then(|b| b.agent(agent).map(|g| g.owner.clone()))
 }
 
+/// The owner `agent` was registered with (empty when it is not registered).
+fn registered_owner(s: &AppState, agent: &str) -> String {
+    s.ledger()
+        .store()
+        .get(<crate::model::Agent as Model>::TABLE, agent)
+        .ok()
+        .flatten()
+        .and_then(|r| crate::model::Agent::from_record(&r).ok())
+        .map(|a| a.owner)
+        .unwrap_or_default()
+}
+
+/// Whether `vote` still counts under separation of duties: its voter is not the agent's
+/// owner as the bundle in force names it (a reload may have made them the owner since).
+/// Voters are read again from the store; an OIDC voter not stored is known by id alone.
+pub fn vote_counts(s: &AppState, agent: &str, vote: &crate::model::Vote) -> bool {
+    let Some(owner) = owner_in_bundle(s, agent) else { return true };
+    let user = s
+        .ledger()
+        .store()
+        .get(User::TABLE, &vote.user)
+        .ok()
+        .flatten()
+        .and_then(|r| User::from_record(&r).ok())
+        .unwrap_or_else(|| User {
+            id: vote.user.clone(),
+            roles: Vec::new(),
+            token_hash: String::new(),
+            status: "active".into(),
+            oidc: Vec::new(),
+        });
+    !is_owner(&user, &owner)
+}
+
 /// May `caller` make this change? The one place the rules above are written.
 pub fn check(s: &AppState, caller: &Caller, power: Power<'_>) -> Result<Granted, ApiError> {
     match power {
@@ -111,7 +149,9 @@ pub fn check(s: &AppState, caller: &Caller, power: Power<'_>) -> Result<Granted,
             let what = format!("rolling back with `{compensation}` on `{target}`");
             let role =
                 need.roles.iter().find(|r| user.has_role(r)).cloned().ok_or_else(|| missing(&what, &need.roles))?;
-            if need.separation_of_duties && is_owner(user, &need.owner) {
+            // The owner the bundle names, and the one the agent was registered with.
+            let registered = registered_owner(s, agent);
+            if need.separation_of_duties && (is_owner(user, &need.owner) || is_owner(user, &registered)) {
                 return Err(ApiError::new(
                     Code::SeparationOfDuties,
                     format!("`{}` owns agent `{agent}` and may not undo its actions", user.id),
@@ -128,7 +168,7 @@ pub fn check(s: &AppState, caller: &Caller, power: Power<'_>) -> Result<Granted,
         Power::CloseTask { opened_by } => match caller {
             Caller::Agent(a) => {
                 if opened_by == format!("agent:{}", a.id) {
-                    Ok(Granted::one("opener"))
+                    Ok(Granted::one(OPENER))
                 } else {
                     Err(ApiError::new(
                         Code::NotYourTask,
@@ -140,15 +180,17 @@ pub fn check(s: &AppState, caller: &Caller, power: Power<'_>) -> Result<Granted,
                 }
             }
             Caller::Human(u) => {
-                if opened_by == format!("user:{}", u.id) {
-                    return Ok(Granted::one("opener"));
-                }
                 let bundle = s.bundle()?;
                 let authority = bundle.authority();
-                authority
-                    .may_close_others(&u.roles)
-                    .map(Granted::one)
-                    .ok_or_else(|| missing("closing a task someone else opened", &authority.close_tasks))
+                if let Some(role) = authority.may_close_others(&u.roles) {
+                    return Ok(Granted::one(role));
+                }
+                // By right of having opened it: the service then refuses to stop anyone
+                // else's work with it (`task_shared`).
+                if opened_by == format!("user:{}", u.id) {
+                    return Ok(Granted::one(OPENER));
+                }
+                Err(missing("closing a task someone else opened", &authority.close_tasks))
             }
         },
         Power::Vote { approval } => {

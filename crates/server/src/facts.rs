@@ -52,6 +52,7 @@ pub fn facts(
                 severity: t.trigger.severity,
                 source: t.trigger.source,
                 verified: t.verified,
+                agents: t.agents,
             };
             (Some(info), r.version)
         }
@@ -144,6 +145,7 @@ pub fn redecide(
                 severity: t.trigger.severity,
                 source: t.trigger.source,
                 verified: t.verified,
+                agents: t.agents,
             })
         }
         None => None,
@@ -163,7 +165,16 @@ pub fn redecide(
     let refused = match (d.outcome, approval, &d.approval) {
         (warden_core::Outcome::Execute, _, _) => None,
         (warden_core::Outcome::RequireApproval, Some(a), Some(need)) => {
-            let held = a.votes.iter().filter(|v| need.roles.contains(&v.role)).count() as u32;
+            // A vote counts if its role is still one the bundle asks for, and its voter has not
+            // become the agent's owner meanwhile (separation of duties, from the bundle now).
+            let held = a
+                .votes
+                .iter()
+                .filter(|v| {
+                    need.roles.contains(&v.role)
+                        && (!need.separation_of_duties || crate::authority::vote_counts(s, &r.agent, v))
+                })
+                .count() as u32;
             (held < need.quorum.max(1)).then(|| {
                 format!(
                     "the bundle in force ({}) now needs {} approval(s) from {}; {} of the votes given hold such a role",

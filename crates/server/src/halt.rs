@@ -122,7 +122,7 @@ fn check(h: &Halt, now: time::OffsetDateTime) -> Result<(), ApiError> {
 
 /// Sets a halt for `caller`, who must hold a halting role ([`crate::authority`]); see the
 /// module's documentation for what it guarantees. With `rollback`, the matching executions
-/// of open tasks are undone — only those the caller may undo alone; the rest are reported in
+/// of open tasks (or tasks an agent closed) are undone — only those the caller may undo alone; the rest are reported in
 /// `rollback_left`.
 pub fn set(s: &AppState, halt: Halt, caller: &Caller, rollback: bool) -> Result<Halted, ApiError> {
     crate::authority::check(s, caller, crate::authority::Power::Halt)?;
@@ -222,19 +222,24 @@ pub fn set(s: &AppState, halt: Halt, caller: &Caller, rollback: bool) -> Result<
         rollback_left: Vec::new(),
     };
     if rollback && let Some(connector) = s.connector.as_deref() {
-        // The matching executions of open tasks, undone one by one.
+        // The matching executions of open tasks (and of tasks agents closed), one by one.
         let q = Query { state: Some("succeeded".into()), ..Query::default() };
         for r in store.find(Table::Executions, &q)? {
             let exec = execution::Execution::from_record(&r)?;
             if !halt.matches(&exec.agent, &exec.action, now) || exec.compensation.is_none() {
                 continue;
             }
-            let open = store
+            // Open tasks — and tasks an agent closed itself: closing its own task does not
+            // shield what an agent did from a halt with rollback.
+            let in_scope = store
                 .get(Table::Tasks, &exec.task)?
                 .map(|t| crate::model::Task::from_record(&t))
                 .transpose()?
-                .is_some_and(|t| t.state == warden_core::request::TaskState::Open);
-            if !open {
+                .is_some_and(|t| {
+                    t.state == warden_core::request::TaskState::Open
+                        || t.closed_by.as_deref().is_some_and(|by| by.starts_with("agent:"))
+                });
+            if !in_scope {
                 continue;
             }
             match execution::rollback(s, connector, &exec.id, execution::RollbackBy::Halt(caller)) {

@@ -272,7 +272,7 @@ mod tests {
         /// The target pattern the API states and what a request's target is held to agree on
         /// ids of dots, slashes, letters, spaces and invisible characters.
         #[test]
-        fn the_target_pattern_is_the_check(id in "[a./\\\\ A\u{200b}\u{feff}\u{a0}\u{e0041}é-]{0,8}", kind in "(host|ip|account|x)") {
+        fn the_target_pattern_is_the_check(id in "[a./\\\\ A\u{200b}\u{feff}\u{a0}\u{e0041}é\u{ff42}\u{ff0e}\u{2024}\u{fe0f}\u{3164}\u{2488}-]{0,8}", kind in "(host|ip|account|x)") {
             let t = format!("{kind}:{id}");
             let accepted = t.parse::<warden_core::inventory::TargetRef>().is_ok_and(|r| r.check().is_ok());
             prop_assert_eq!(Regex::new(&target_pattern()).unwrap().is_match(&t), accepted, "{:?}", t);
@@ -356,6 +356,15 @@ mod tests {
             "ip:::ffff:10.0.0.1",
             "url:https://x.example/a?b=c",
             "host:\u{2010}a",
+            "account:\u{ff42}reakglass-01",
+            "account:breakglass-01\u{fe0f}",
+            "account:a\u{34f}b",
+            "account:\u{3164}",
+            "host:a\u{2024}\u{2024}",
+            "host:\u{ff0e}",
+            "host:a\u{ff0f}b",
+            "host:\u{2488}",
+            "account:x.",
         ] {
             assert_eq!(target.is_match(t), accepted(t), "{t:?}");
         }

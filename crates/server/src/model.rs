@@ -161,6 +161,10 @@ pub struct Task {
     /// The role whose word verified the trigger (`authority.toml [sources]`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vouched_by: Option<String>,
+    /// The agents that may act in it: those its opener named, or, opened by an agent, that
+    /// agent alone. Empty: every agent (an incident the whole SOC works).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<String>,
     pub opened_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_at: Option<String>,

@@ -32,7 +32,18 @@ pub fn open(
     id: Option<String>,
     title: String,
     trigger: Trigger,
+    agents: Vec<String>,
 ) -> Result<Task, ApiError> {
+    // An agent's own task is its alone; a person names the agents that may act in theirs.
+    let agents = match caller {
+        Caller::Agent(a) => vec![a.id.clone()],
+        Caller::Human(_) => {
+            for a in &agents {
+                crate::admin::check_spiffe_id(a)?;
+            }
+            agents
+        }
+    };
     let id = match id {
         Some(id) => {
             check_task_id(&id)?;
@@ -54,6 +65,7 @@ pub fn open(
         // agent's, a tool's or a role-less person's is a claim.
         verified: vouched_by.is_some(),
         vouched_by: vouched_by.clone(),
+        agents: agents.clone(),
         opened_at: rfc3339(s.now()),
         closed_at: None,
         closed_by: None,
@@ -61,7 +73,7 @@ pub fn open(
     let event = Event::new(EventType::TaskOpened, caller.actor())
         .task(&id)
         .data(json!({"title": task.title, "trigger": task.trigger, "verified": task.verified,
-                     "vouched_by": task.vouched_by}));
+                     "vouched_by": task.vouched_by, "agents": task.agents}));
     s.ledger().commit(Batch::new().change(Change::Insert(task.record())).event(event)).map_err(|e| match e {
         StoreError::Conflict { .. } => ApiError::new(Code::TaskExists, format!("task `{id}` already exists")),
         other => other.into(),
@@ -86,7 +98,8 @@ pub fn get(s: &AppState, id: &str) -> Result<Task, ApiError> {
 pub fn close(s: &AppState, caller: &Caller, id: &str) -> Result<Task, ApiError> {
     let r = stored(s, id)?;
     let mut task = Task::from_record(&r)?;
-    crate::authority::check(s, caller, crate::authority::Power::CloseTask { opened_by: &task.opened_by })?;
+    let granted =
+        crate::authority::check(s, caller, crate::authority::Power::CloseTask { opened_by: &task.opened_by })?;
     if task.state == TaskState::Closed {
         return Err(ApiError::new(Code::TaskClosed, format!("task `{id}` is already closed")));
     }
@@ -102,29 +115,35 @@ pub fn close(s: &AppState, caller: &Caller, id: &str) -> Result<Task, ApiError> 
     let mut batch = Batch::new().change(Change::Update(updated)).event(event);
     let store = s.ledger().store();
     let pending = crate::approvals::pending_of_task(store.as_ref(), id)?;
-    // An agent closing its own task stops only its own work: another agent's approval, a
-    // human's undo request or another agent's running execution needs a human to close it.
-    if let Caller::Agent(me) = caller {
-        let q = warden_store::Query { task: Some(id.to_string()), state: Some("active".into()), ..Default::default() };
-        let others_leases = store
-            .find(warden_store::Table::Leases, &q)?
-            .iter()
-            .map(crate::execution::Lease::from_record)
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .any(|l| l.agent != me.id);
-        let others = pending.iter().any(|v| v.approval.agent != me.id || v.approval.undo.is_some());
-        if others || others_leases {
+    // Closing by right of having opened it (no close role) stops only the closer's own work:
+    // another agent's approval, approved or running request or lease, or a human's undo
+    // request, needs a human with a close role.
+    if granted.role == crate::authority::OPENER {
+        let me = match caller {
+            Caller::Agent(a) => a.id.clone(),
+            Caller::Human(_) => String::new(),
+        };
+        let in_task = |table, state: &str| {
+            let q = warden_store::Query { task: Some(id.to_string()), state: Some(state.into()), ..Default::default() };
+            store.find(table, &q)
+        };
+        let mut others = pending.iter().any(|v| v.approval.agent != me || v.approval.undo.is_some());
+        for r in in_task(warden_store::Table::Leases, "active")? {
+            others |= crate::execution::Lease::from_record(&r)?.agent != me;
+        }
+        for state in ["approved", "executing"] {
+            for r in in_task(warden_store::Table::Requests, state)? {
+                others |= r.agent.as_deref() != Some(me.as_str());
+            }
+        }
+        if others {
             return Err(ApiError::new(
                 Code::TaskShared,
-                format!("task `{id}` has other agents' pending approvals or executions; a human must close it"),
+                format!(
+                    "task `{id}` has others' pending approvals or work under way; a human with a close role must close it"
+                ),
             ));
         }
-    }
-    for v in &pending {
-        let (_, cancel) = crate::approvals::cancel_batch(store.as_ref(), v, &actor, why, now)?;
-        batch.changes.extend(cancel.changes);
-        batch.events.extend(cancel.events);
     }
     let q = warden_store::Query { task: Some(id.to_string()), state: Some("active".into()), ..Default::default() };
     for r in store.find(warden_store::Table::Leases, &q)? {

@@ -43,7 +43,9 @@ fn client(addr: &str, tokens: &(String, String), round: u32, me: usize, acks: &M
     for n in 0u64.. {
         let ask = |action: &str, target: &str, confidence: f64| {
             let params = if action == "alert.enrich" { json!({}) } else { json!({"reason": "beacon"}) };
-            json!({"task": "INC-9", "action": action, "target": target, "confidence": confidence,
+            // Each agent works in its own task (an agent's task is its alone).
+            let task = if action == "alert.enrich" { "INC-10" } else { "INC-9" };
+            json!({"task": task, "action": action, "target": target, "confidence": confidence,
                    "params": params, "rationale": "kill test", "evidence": [{"kind": "edr", "ref": "d:1"}]})
         };
         let alert = format!("k-{round}-{me}-{n}");
@@ -113,6 +115,8 @@ fn twenty_kills_under_mixed_load_lose_nothing_and_run_nothing_twice() {
         if round == 0 {
             let task = json!({"id": "INC-9", "title": "kill test", "trigger": {"source": "edr", "severity": "high"}});
             assert_eq!(http(&addr, "POST", "/v1/tasks", &tokens.0, Some(&task)).unwrap().0, 201);
+            let task = json!({"id": "INC-10", "title": "kill test", "trigger": {"source": "siem", "severity": "high"}});
+            assert_eq!(http(&addr, "POST", "/v1/tasks", &tokens.1, Some(&task)).unwrap().0, 201);
         }
         let acks = Arc::new(Mutex::new(Vec::new()));
         let clients: Vec<_> = (0..6)

@@ -23,9 +23,9 @@ fn validate_locates_each_kind_of_problem() {
         ),
         (
             "cedar/network.cedar",
-            "context.params has duration_minutes &&",
-            "context.params has duration_minutes &&&",
-            "cedar/network.cedar:8: invalid token",
+            "if context.params has duration_minutes",
+            "if context.params has duration_minutes &&&",
+            "cedar/network.cedar:9: invalid token",
         ),
         (
             "agents/phish-triage.toml",

@@ -68,7 +68,7 @@ fn isolate_then_compensate_really_changes_the_lab() {
     assert!(cid.as_str().unwrap().starts_with("cnt-"));
 
     // Blocking an IP captures the rule; its compensation deletes exactly that rule.
-    let block = call("ip.block", "ip:203.0.113.7", json!({"reason": "c2"}));
+    let block = call("ip.block", "ip:203.0.113.7", json!({"reason": "c2", "duration_minutes": 60}));
     let done = c.execute(&block).unwrap();
     assert_eq!(state(&url)["firewall"]["rules"].as_object().unwrap().len(), 1);
     let mut undo = block.clone();

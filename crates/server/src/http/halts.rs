@@ -25,7 +25,7 @@ pub struct HaltBody {
     /// When the halt lapses by itself (RFC 3339); default: never.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub expires_at: Option<time::OffsetDateTime>,
-    /// Also roll back the matching actions of open tasks.
+    /// Also roll back the matching actions of open tasks (and of tasks an agent closed itself).
     #[serde(default)]
     pub rollback: bool,
 }
@@ -81,7 +81,9 @@ impl utoipa::PartialSchema for HaltBody {
             .build();
         let rollback = ObjectBuilder::new()
             .schema_type(Type::Boolean)
-            .description(Some("Also roll back the matching actions of open tasks."))
+            .description(Some(
+                "Also roll back the matching actions of open tasks (and of tasks an agent closed itself).",
+            ))
             .build();
         scoped_schema(
             "An emergency stop: everything (`all`), one agent or one action class.",

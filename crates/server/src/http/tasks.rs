@@ -22,6 +22,22 @@ pub struct OpenTask {
     #[schema(schema_with = title_schema)]
     pub title: String,
     pub trigger: Trigger,
+    /// The agents that may act in the task (SPIFFE IDs); default: every agent. An agent's
+    /// own task is its alone, whatever it sends.
+    #[serde(default)]
+    #[schema(schema_with = agents_schema)]
+    pub agents: Vec<String>,
+}
+
+fn agents_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(crate::input::text(
+            crate::input::SPIFFE_ID,
+            "An agent's SPIFFE ID.",
+            "spiffe://acme.example/soc/edr-responder",
+        ))
+        .description(Some("The agents that may act in the task; default: every agent."))
+        .build()
 }
 
 fn task_id_schema() -> utoipa::openapi::schema::Object {
@@ -48,7 +64,8 @@ pub async fn open(
     AnyCaller(caller): AnyCaller,
     ApiJson(body): ApiJson<OpenTask>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
-    let task = blocking(&app, move |s| crate::tasks::open(s, &caller, body.id, body.title, body.trigger)).await?;
+    let task =
+        blocking(&app, move |s| crate::tasks::open(s, &caller, body.id, body.title, body.trigger, body.agents)).await?;
     Ok((StatusCode::CREATED, Json(task)))
 }
 

@@ -347,7 +347,7 @@ impl Door {
             let (id, title, trigger) = tools::open_task_from(request.arguments).map_err(invalid)?;
             blocking(&self.app, move |s| {
                 let agent = token.admit(s)?;
-                let task = crate::tasks::open(s, &crate::auth::Caller::Agent(agent), id, title, trigger)?;
+                let task = crate::tasks::open(s, &crate::auth::Caller::Agent(agent), id, title, trigger, Vec::new())?;
                 Ok(serde_json::to_value(task).unwrap_or_default())
             })
             .await

@@ -115,7 +115,8 @@ async fn a_rollback_really_reverts_the_lab_once() {
 
     // Enrichment is irreversible: 422 with the reason.
     let bot = h.svid(ENRICH);
-    let body = json!({"task": "INC-7", "action": "alert.enrich", "target": "alert:ALRT-1001", "confidence": 0.9,
+    task(&h, &bot, "INC-8").await;
+    let body = json!({"task": "INC-8", "action": "alert.enrich", "target": "alert:ALRT-1001", "confidence": 0.9,
         "params": {"sources": ["threat-intel"]}});
     let (_, enriched) = h.call("POST", "/v1/actions", Some(&bot), Some(body)).await;
     assert_eq!(enriched["state"], "succeeded", "{enriched}");

@@ -18,6 +18,7 @@ mod model;
 mod openapi;
 mod reload;
 mod slack;
+mod stranger;
 mod tls;
 
 use std::path::Path;
