@@ -62,7 +62,7 @@ PY
 checks="${CHECKS:-all}"
 phases="${PHASES:-examples,coverage,fuzzing,stateful}"
 run() { # who token seed
-  "$st" run "$base/openapi.json" \
+  "$st" --config-file tests/api/schemathesis.toml run "$base/openapi.json" \
     --checks "$checks" \
     --header "Authorization: Bearer $2" \
     --max-examples "$examples" \

@@ -159,6 +159,9 @@ pub struct ActionClass {
     pub owner: String,
     pub lease_ttl: Duration,
     pub params: Vec<ParamSpec>,
+    /// For an `ip` action: whether its target may be a range (`ip:10.0.0.0/8`), not only one
+    /// address. Off by default: a range is not a target unless the catalog says so.
+    pub target_ranges: bool,
 }
 
 impl ActionClass {
@@ -233,6 +236,8 @@ struct RawAction {
     lease_ttl: Option<Duration>,
     #[serde(default)]
     params: Vec<Spanned<ParamSpec>>,
+    #[serde(default)]
+    target_ranges: bool,
 }
 
 /// `host.isolate`: dot-separated lowercase words.
@@ -329,6 +334,7 @@ impl Catalog {
                     owner: a.owner.into_inner(),
                     lease_ttl: a.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
                     params: a.params.into_iter().map(Spanned::into_inner).collect(),
+                    target_ranges: a.target_ranges,
                 },
             );
         }

@@ -531,7 +531,9 @@ fn check_request(g: &Guardrail, action: &crate::catalog::ActionClass, input: &De
     if req.target.kind != action.target_kind {
         return Err(format!("action `{}` targets `{}`, not `{}`", action.id, action.target_kind, req.target.kind));
     }
-    crate::inventory::check_ip(&req.target.kind, &req.target.id)?;
+    if !(action.target_ranges && crate::inventory::is_cidr(&req.target.id)) {
+        crate::inventory::check_ip(&req.target.kind, &req.target.id)?;
+    }
     if !(0.0..=1.0).contains(&req.confidence) {
         return Err(format!("confidence must be between 0 and 1, not {}", req.confidence));
     }

@@ -180,9 +180,27 @@ pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
 /// decision denies such a request (`invalid_request`); the inventory refuses such an asset.
 pub fn check_ip(kind: &str, id: &str) -> Result<(), String> {
     if kind == "ip" && id.parse::<std::net::IpAddr>().is_err() {
-        return Err(format!("target `ip:{id}` must be one IPv4 or IPv6 address (a range is not a target)"));
+        return Err(format!(
+            "target `ip:{id}` must be one IPv4 or IPv6 address (a range only for an action whose catalog entry \
+             says `target_ranges = true`)"
+        ));
     }
     Ok(())
+}
+
+/// Whether `id` is a CIDR range in its normal form (`10.0.0.0/8`, `2001:db8::/32`): the
+/// address is the network's first (no host bits set) and the prefix fits the family.
+pub fn is_cidr(id: &str) -> bool {
+    let Some((addr, len)) = id.split_once('/') else { return false };
+    let (Ok(addr), Ok(len)) = (addr.parse::<std::net::IpAddr>(), len.parse::<u8>()) else { return false };
+    match addr {
+        std::net::IpAddr::V4(a) => {
+            len <= 32 && (len == 32 || u32::from(a) & (u32::MAX >> len) == 0) && id == format!("{a}/{len}")
+        }
+        std::net::IpAddr::V6(a) => {
+            len <= 128 && (len == 128 || u128::from(a) & (u128::MAX >> len) == 0) && id == format!("{a}/{len}")
+        }
+    }
 }
 
 /// One character an id may hold (not `/` or `\\`, which separate segments): no control,
@@ -418,6 +436,22 @@ impl Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_are_cidr_in_normal_form_only() {
+        for (id, ok) in [
+            ("10.0.0.0/8", true),
+            ("10.0.0.1/8", false),
+            ("10.0.0.0/33", false),
+            ("2001:db8::/32", true),
+            ("2001:DB8::/32", false),
+            ("10.0.0.0", false),
+            ("10.0.0.0/08", false),
+            ("0.0.0.0/0", true),
+        ] {
+            assert_eq!(is_cidr(id), ok, "{id}");
+        }
+    }
 
     #[test]
     fn target_refs_parse_kind_and_id() {

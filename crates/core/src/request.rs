@@ -104,8 +104,11 @@ pub const MAX_EXACT_INTEGER: u64 = (1 << 53) - 1;
 pub fn exact_numbers(v: &serde_json::Value) -> Result<(), String> {
     match v {
         serde_json::Value::Number(n) => {
+            // An integral value beyond the bound, however it was written (`2^64` or `1e300`
+            // arrive as floats): JSON Schema calls it an integer too.
             let too_big = n.as_u64().is_some_and(|u| u > MAX_EXACT_INTEGER)
-                || n.as_i64().is_some_and(|i| i.unsigned_abs() > MAX_EXACT_INTEGER);
+                || n.as_i64().is_some_and(|i| i.unsigned_abs() > MAX_EXACT_INTEGER)
+                || (n.is_f64() && n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() > MAX_EXACT_INTEGER as f64));
             if too_big { Err(n.to_string()) } else { Ok(()) }
         }
         serde_json::Value::Array(items) => items.iter().try_for_each(exact_numbers),

@@ -138,6 +138,7 @@ fn add_links(doc: &mut OpenApi) {
 /// OpenAPI names them in camelCase, so they are renamed here.
 pub fn to_json(doc: &OpenApi) -> serde_json::Value {
     let mut json = serde_json::to_value(doc).expect("the document serializes");
+    param_values(&mut json);
     let Some(paths) = json.get_mut("paths").and_then(|p| p.as_object_mut()) else { return json };
     for item in paths.values_mut().filter_map(|i| i.as_object_mut()) {
         for op in item.values_mut() {
@@ -159,6 +160,36 @@ pub fn to_json(doc: &OpenApi) -> serde_json::Value {
         }
     }
     json
+}
+
+/// States what a request's `params` may hold, which utoipa cannot: any JSON value, but an
+/// integral number only within ±(2^53−1) — what `ActionRequest::validate` refuses beyond it
+/// (it could not be digested and logged exactly). Recursive, as params nest.
+fn param_values(json: &mut serde_json::Value) {
+    let max = warden_core::request::MAX_EXACT_INTEGER;
+    let value = serde_json::json!({"$ref": "#/components/schemas/ParamValue"});
+    let Some(schemas) = json.pointer_mut("/components/schemas").and_then(|s| s.as_object_mut()) else { return };
+    for schema in schemas.values_mut() {
+        if let Some(params) = schema.pointer_mut("/properties/params").and_then(|p| p.as_object_mut())
+            && params.get("type").and_then(|t| t.as_str()) == Some("object")
+            && !params.contains_key("properties")
+        {
+            params.insert("additionalProperties".into(), value.clone());
+        }
+    }
+    schemas.insert(
+        "ParamValue".into(),
+        serde_json::json!({
+            "description": "A param's value: any JSON value, but an integral number only within ±(2^53−1).",
+            "anyOf": [
+                {"type": ["string", "boolean", "null"]},
+                {"type": "integer", "minimum": -(max as i64), "maximum": max},
+                {"type": "number", "not": {"type": "integer"}},
+                {"type": "array", "items": value},
+                {"type": "object", "additionalProperties": value}
+            ]
+        }),
+    );
 }
 
 /// Adds to every operation the answers the router's shared layers can give.

@@ -35,14 +35,12 @@ pub fn open(
     agents: Vec<String>,
 ) -> Result<Task, ApiError> {
     // An agent's own task is its alone; a person names the agents that may act in theirs.
+    for a in &agents {
+        crate::admin::check_spiffe_id(a)?;
+    }
     let agents = match caller {
         Caller::Agent(a) => vec![a.id.clone()],
-        Caller::Human(_) => {
-            for a in &agents {
-                crate::admin::check_spiffe_id(a)?;
-            }
-            agents
-        }
+        Caller::Human(_) => agents,
     };
     let id = match id {
         Some(id) => {
