@@ -55,7 +55,7 @@ fn validate_locates_each_kind_of_problem() {
             "actions.toml",
             "compensation = \"host.release\"",
             "compensation = \"host.relase\"",
-            "actions.toml:132: compensation of `host.isolate` names a missing action `host.relase`",
+            "actions.toml:133: compensation of `host.isolate` names a missing action `host.relase`",
         ),
         (
             "mcp.toml",

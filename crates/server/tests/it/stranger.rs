@@ -197,9 +197,9 @@ async fn mcp(h: &Harness, token: &str, session: Option<&str>, body: Value) -> (S
     let v = serde_json::from_str(&text).unwrap_or_else(|_| {
         // An SSE answer: the last `data:` line.
         text.lines()
+            .rev()
             .filter_map(|l| l.strip_prefix("data:"))
-            .filter_map(|d| serde_json::from_str(d.trim()).ok())
-            .last()
+            .find_map(|d| serde_json::from_str(d.trim()).ok())
             .unwrap_or(Value::String(text.clone()))
     });
     (status, sid, v)
