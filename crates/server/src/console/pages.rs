@@ -43,6 +43,8 @@ pub(super) fn chrome(s: &AppState, who: &Analyst, nav: &'static str, notice: Opt
         nav,
         notice: notice.and_then(notice_text).map(str::to_string),
         admin: user.has_role("admin"),
+        // Offered exactly when the one authority check would let this person halt.
+        halter: crate::authority::check_human(s, user, crate::authority::Power::Halt).is_ok(),
     })
 }
 

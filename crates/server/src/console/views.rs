@@ -27,6 +27,8 @@ pub struct Chrome {
     pub nav: &'static str,
     pub notice: Option<String>,
     pub admin: bool,
+    /// Whether this person holds a halting role (the Halt buttons and the emergency stop).
+    pub halter: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -569,3 +569,25 @@ async fn the_action_page_rolls_back_for_those_allowed() {
     let page = get(&h, &format!("/console/actions/{request}?done=rolled_back"), Some(&ana)).await.body;
     assert!(page.contains("Rolled back.") && page.contains("rolled_back"));
 }
+
+/// The Halt buttons and the emergency stop are offered exactly to those the one authority
+/// check lets halt; a `tool` credential signed in sees neither, and is refused anyway.
+#[tokio::test]
+async fn halting_is_offered_only_to_halting_roles() {
+    let (h, _) = clocked();
+    let tool = h.user("edr-tool", &["tool"]);
+    let ana = h.user("ana", &["soc-analyst"]);
+    for (token, offered) in [(&tool, false), (&ana, true)] {
+        let cookie = sign_in(&h, token).await;
+        let page = get(&h, "/console/agents", Some(&cookie)).await.body;
+        assert_eq!(page.contains("id=\"estop-form\""), offered, "the emergency stop");
+        assert_eq!(page.contains("value=\"halt\""), offered, "the agents' Halt button");
+        if !offered {
+            let form =
+                [("csrf", csrf(&page)), ("scope", "all".into()), ("reason", "x".into()), ("confirm", "yes".into())];
+            let fields: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let p = post(&h, "/console/halt", Some(&cookie), &fields).await;
+            assert_eq!(p.status, StatusCode::FORBIDDEN, "refused anyway");
+        }
+    }
+}
