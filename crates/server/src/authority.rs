@@ -101,10 +101,25 @@ fn registered_owner(s: &AppState, agent: &str) -> String {
         .unwrap_or_default()
 }
 
+/// How many of `votes` still count toward what the bundle in force asks: cast in a role it
+/// names (`roles`), by a voter who is not — under separation of duties — the agent's owner as
+/// the bundle names it now. Used when an approved action or undo starts, so neither a reload
+/// nor an ownership change lets an old vote carry more than it may.
+pub fn votes_that_count(
+    s: &AppState,
+    agent: &str,
+    votes: &[crate::model::Vote],
+    roles: &[String],
+    separation_of_duties: bool,
+) -> u32 {
+    votes.iter().filter(|v| roles.contains(&v.role) && (!separation_of_duties || vote_counts(s, agent, v))).count()
+        as u32
+}
+
 /// Whether `vote` still counts under separation of duties: its voter is not the agent's
 /// owner as the bundle in force names it (a reload may have made them the owner since).
 /// Voters are read again from the store; an OIDC voter not stored is known by id alone.
-pub fn vote_counts(s: &AppState, agent: &str, vote: &crate::model::Vote) -> bool {
+fn vote_counts(s: &AppState, agent: &str, vote: &crate::model::Vote) -> bool {
     let Some(owner) = owner_in_bundle(s, agent) else { return true };
     let user = s
         .ledger()

@@ -755,14 +755,8 @@ fn undo_still_authorized(s: &AppState, a: &Approval, exec: &Execution, compensat
         return Err(ApiError::new(Code::NotApproved, format!("approval `{}` is {}", a.id, a.state.as_str())));
     }
     let need = undo_requirement(s, exec)?;
-    let voters_hold = a
-        .votes
-        .iter()
-        .filter(|v| {
-            need.roles.contains(&v.role)
-                && (!need.separation_of_duties || crate::authority::vote_counts(s, &exec.agent, v))
-        })
-        .count() as u32;
+    let voters_hold =
+        crate::authority::votes_that_count(s, &exec.agent, &a.votes, &need.roles, need.separation_of_duties);
     if voters_hold < need.quorum.max(1) {
         return Err(ApiError::new(
             Code::PolicyChanged,

@@ -44,18 +44,7 @@ pub fn facts(
 ) -> Result<Facts, ApiError> {
     let store = s.ledger().store();
     let (task, task_version) = match store.get(Table::Tasks, &req.task)? {
-        Some(r) => {
-            let t = Task::from_record(&r)?;
-            let info = TaskInfo {
-                id: t.id,
-                state: t.state,
-                severity: t.trigger.severity,
-                source: t.trigger.source,
-                verified: t.verified,
-                agents: t.agents,
-            };
-            (Some(info), r.version)
-        }
+        Some(r) => (Some(task_info(Task::from_record(&r)?)), r.version),
         None if require_task => {
             return Err(ApiError::new(
                 Code::UnknownTask,
@@ -101,6 +90,18 @@ pub fn decide_with(
     decide(bundle, &input)
 }
 
+/// What a decision reads of a task.
+fn task_info(t: Task) -> TaskInfo {
+    TaskInfo {
+        id: t.id,
+        state: t.state,
+        severity: t.trigger.severity,
+        source: t.trigger.source,
+        verified: t.verified,
+        agents: t.agents,
+    }
+}
+
 /// What the re-decision at the start of an execution concluded.
 #[derive(Debug)]
 pub struct Redecided {
@@ -136,20 +137,7 @@ pub fn redecide(
         idempotency_key: None,
     };
     let store = s.ledger().store();
-    let task = match store.get(Table::Tasks, &r.task)? {
-        Some(rec) => {
-            let t = Task::from_record(&rec)?;
-            Some(TaskInfo {
-                id: t.id,
-                state: t.state,
-                severity: t.trigger.severity,
-                source: t.trigger.source,
-                verified: t.verified,
-                agents: t.agents,
-            })
-        }
-        None => None,
-    };
+    let task = store.get(Table::Tasks, &r.task)?.map(|rec| Task::from_record(&rec).map(task_info)).transpose()?;
     let budget = BudgetUsage::default();
     let input = DecisionInput {
         agent: &r.agent,
@@ -165,16 +153,8 @@ pub fn redecide(
     let refused = match (d.outcome, approval, &d.approval) {
         (warden_core::Outcome::Execute, _, _) => None,
         (warden_core::Outcome::RequireApproval, Some(a), Some(need)) => {
-            // A vote counts if its role is still one the bundle asks for, and its voter has not
-            // become the agent's owner meanwhile (separation of duties, from the bundle now).
-            let held = a
-                .votes
-                .iter()
-                .filter(|v| {
-                    need.roles.contains(&v.role)
-                        && (!need.separation_of_duties || crate::authority::vote_counts(s, &r.agent, v))
-                })
-                .count() as u32;
+            let held =
+                crate::authority::votes_that_count(s, &r.agent, &a.votes, &need.roles, need.separation_of_duties);
             (held < need.quorum.max(1)).then(|| {
                 format!(
                     "the bundle in force ({}) now needs {} approval(s) from {}; {} of the votes given hold such a role",
