@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -103,7 +104,20 @@ def sign_out(d):
 
 
 def wait_text(d, css, needle, timeout=15):
-    WebDriverWait(d, timeout).until(lambda d: any(needle in e.text for e in d.find_elements(By.CSS_SELECTOR, css)))
+    # A live region the page swaps while it is read leaves a stale element: read again.
+    WebDriverWait(d, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: any(needle in e.text for e in d.find_elements(By.CSS_SELECTOR, css))
+    )
+
+
+def stable_text(d, element_id, tries=50):
+    """The text of an element a live refresh may be swapping out: read again if it went stale."""
+    for _ in range(tries):
+        try:
+            return d.find_element(By.ID, element_id).text
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    return d.find_element(By.ID, element_id).text
 
 
 def console_errors(d):
@@ -156,12 +170,14 @@ try:
     request, approval = ask(EDR, "INC-UI-1", "host.isolate", "host:lt-cfo", {"reason": "C2 beacon"})
     WebDriverWait(a1, 15).until(EC.presence_of_element_located((By.ID, approval)))
     check(a1.execute_script("return performance.timeOrigin") == before, "the approval appeared without a reload")
-    card = a1.find_element(By.ID, approval)
-    check("lt-cfo" in card.text and "tier1" in card.text and "team:workplace" in card.text, "the card shows the target with its inventory facts")
-    check("<script>alert(1)</script>" in card.text and "<img src=x onerror=alert(2)>" in card.text,
+    text = stable_text(a1, approval)
+    check("lt-cfo" in text and "tier1" in text and "team:workplace" in text, "the card shows the target with its inventory facts")
+    check("<script>alert(1)</script>" in text and "<img src=x onerror=alert(2)>" in text,
           "what the agent wrote is shown as text")
+    card = a1.find_element(By.ID, approval)
     check(not card.find_elements(By.CSS_SELECTOR, "script, img"), "and nothing of it became markup")
-    check("agent/edr-responder/host.isolate" in card.text and "team:endpoint-response" in card.text,
+    text = stable_text(a1, approval)
+    check("agent/edr-responder/host.isolate" in text and "team:endpoint-response" in text,
           "the policy that decided and its owner are shown")
     a1.save_screenshot(f"{shots}/inbox.png")
     # Every form field has a label.
@@ -219,7 +235,7 @@ try:
     wait_text(a1, ".notice", "Your approval is recorded.")
     wait_text(a2, f"[data-quorum='{approval2}']", "1 of 2")
     check(a2.execute_script("return performance.timeOrigin") == before, "the second owner sees 1 of 2 without a reload")
-    check("You cannot approve" in a1.find_element(By.ID, approval2).text, "the first owner is not offered a second vote")
+    check("You cannot approve" in stable_text(a1, approval2), "the first owner is not offered a second vote")
     a2.find_element(By.ID, f"approve-reason-{approval2}").send_keys("agreed")
     a2.find_element(By.CSS_SELECTOR, f"form[action='/console/approvals/{approval2}/approve'] button").click()
     wait_text(a2, ".notice", "Approved: the action ran.")
