@@ -161,7 +161,7 @@ pub fn canonical_id(kind: &str, id: &str) -> String {
 /// (invisible: `breakglass-01` with a zero-width space in it looks the same and is another
 /// string), `.`/`..` path segments, and for kind `ip` anything but one address (a range is not
 /// a target).
-pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
+pub fn check_id(id: &str) -> Result<(), String> {
     if let Some(c) = id.chars().find(|c| c.is_whitespace() || is_format_char(*c)) {
         return Err(format!(
             "target id `{}` holds U+{:04X}, a space or an invisible format character: an id has one spelling",
@@ -172,7 +172,6 @@ pub fn check_id(kind: &str, id: &str) -> Result<(), String> {
     if id.split(['/', '\\']).any(|seg| seg == "." || seg == "..") {
         return Err(format!("target id `{id}` holds a `.` or `..` path segment"));
     }
-    let _ = kind;
     Ok(())
 }
 
@@ -224,7 +223,7 @@ pub fn target_pattern() -> String {
 impl TargetRef {
     /// [`check_id`] of this target: whether it is one an action may name.
     pub fn check(&self) -> Result<(), String> {
-        check_id(&self.kind, &self.id)
+        check_id(&self.id)
     }
 }
 
@@ -379,7 +378,7 @@ impl Inventory {
             return Err(format!("asset of kind `{}` has an empty or unprintable id", asset.kind));
         }
         let mut asset = asset;
-        check_id(&asset.kind, &asset.id)
+        check_id(&asset.id)
             .and_then(|()| check_ip(&asset.kind, &asset.id))
             .map_err(|e| format!("asset `{}:{}`: {e}", asset.kind, asset.id))?;
         asset.id = canonical_id(&asset.kind, &asset.id);
@@ -389,7 +388,7 @@ impl Inventory {
         }
         let mut aliases = Vec::new();
         for alias in &asset.aliases {
-            check_id(&asset.kind, alias).map_err(|e| format!("alias of `{key}`: {e}"))?;
+            check_id(alias).map_err(|e| format!("alias of `{key}`: {e}"))?;
             let id = canonical_id(&asset.kind, alias);
             let alias = TargetRef::new(asset.kind.clone(), id);
             if alias == key || self.assets.contains_key(&alias) || self.aliases.contains_key(&alias) {

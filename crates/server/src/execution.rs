@@ -794,9 +794,7 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
                 },
             )?;
             if granted.quorum > 1 && exec.state == ExecutionState::Succeeded && exec.rolling_back.is_none() {
-                let Caller::Human(user) = caller else {
-                    return Err(ApiError::new(Code::AgentsNotAllowed, "agents may not roll back"));
-                };
+                // (The authority check above has refused agents already.)
                 if matches!(by, RollbackBy::Halt(_)) {
                     return Err(ApiError::new(
                         Code::UndoNeedsApproval,
@@ -808,7 +806,6 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
                     ));
                 }
                 if exec.compensation.is_some() {
-                    let _ = user;
                     return Ok(Undone::NeedsVotes { exec: Box::new(exec), compensation: compensation_name, granted });
                 }
             }

@@ -170,16 +170,9 @@ fn the_version_is_a_hash_of_the_policy_content_only() {
     assert_ne!(Bundle::load(&edited).unwrap().version(), a.version());
 }
 
-/// `mcp.toml` is checked with the bundle: mapped actions exist and fit, and an advise-only
-/// action is granted as advice only.
-#[test]
-fn mcp_mappings_are_checked_against_the_catalog_and_the_grants() {
-    let path = "mcp.toml";
-    let problems = broken(path, |t| t.replace("action = \"process.kill\"", "action = \"process.kil\""));
-    assert_eq!(problems[0].file, path);
-    assert!(problems[0].message.contains("action `process.kil` is not in actions.toml"), "{}", problems[0]);
-
-    // Unmapped tools as advice, under an action some agent is granted at level 2: refused.
+/// The example bundle with the lab EDR upstream advise-only: its unmapped tools are advice,
+/// recorded as `mcp.call` (an action the catalog gains).
+fn advise_only_upstream() -> Vec<warden_core::SourceFile> {
     let mut files = example_files();
     for f in files.iter_mut() {
         if f.path == "actions.toml" {
@@ -192,6 +185,22 @@ fn mcp_mappings_are_checked_against_the_catalog_and_the_grants() {
         if f.path == "mcp.toml" {
             f.text = f.text.replace("unmapped = \"hidden\"", "unmapped = \"advise\"\nadvise_as = \"mcp.call\"");
         }
+    }
+    files
+}
+
+/// `mcp.toml` is checked with the bundle: mapped actions exist and fit, and an advise-only
+/// action is granted as advice only.
+#[test]
+fn mcp_mappings_are_checked_against_the_catalog_and_the_grants() {
+    let path = "mcp.toml";
+    let problems = broken(path, |t| t.replace("action = \"process.kill\"", "action = \"process.kil\""));
+    assert_eq!(problems[0].file, path);
+    assert!(problems[0].message.contains("action `process.kil` is not in actions.toml"), "{}", problems[0]);
+
+    // Unmapped tools as advice, under an action some agent is granted at level 2: refused.
+    let mut files = advise_only_upstream();
+    for f in files.iter_mut() {
         if f.path == "agents/enrichment-bot.toml" {
             f.text = f.text.replace("tools = [\"siem\"]", "tools = [\"siem\", \"mcp\"]");
             f.text.push_str("\n[[action]]\naction = \"mcp.call\"\nlevel = 2\n");
@@ -215,18 +224,8 @@ fn mcp_mappings_are_checked_against_the_catalog_and_the_grants() {
 /// refused as a guardrail grant is (issue 23): the permit's file and line are named.
 #[test]
 fn a_cedar_permit_cannot_lift_advice_above_level_one() {
-    let mut files = example_files();
+    let mut files = advise_only_upstream();
     for f in files.iter_mut() {
-        if f.path == "actions.toml" {
-            f.text.push_str(
-                "\n[[action]]\nid = \"mcp.call\"\ndescription = \"An unmapped upstream tool\"\ncategory = \"enrichment\"\n\
-                 risk = \"medium\"\nreversible = false\ntarget = \"mcp_tool\"\ntool = \"mcp\"\nowner = \"team:soc\"\n\
-                 params = [{ name = \"arguments\", type = \"string\" }]\n",
-            );
-        }
-        if f.path == "mcp.toml" {
-            f.text = f.text.replace("unmapped = \"hidden\"", "unmapped = \"advise\"\nadvise_as = \"mcp.call\"");
-        }
         if f.path == "cedar/network.cedar" {
             f.text.push_str(
                 "\n@id(\"lift-advice\")\n@owner(\"team:x\")\n@level(\"3\")\npermit (principal, action == Warden::Action::\"mcp.call\", resource);\n",
