@@ -77,7 +77,17 @@ pub struct Escalation {
     pub incident_commander: String,
     /// The agent's owner may not approve its requests.
     pub separation_of_duties: bool,
+    /// Requests of this agent that may wait for a human at once; beyond, a request that needs
+    /// one is refused (`approval_backlog`): human attention is a budget.
+    pub max_pending: u32,
+    /// The same, per action of this agent.
+    pub max_pending_per_action: u32,
 }
+
+/// Default `[escalation] max_pending`: more than a shift can read, fewer than a flood.
+pub const DEFAULT_MAX_PENDING: u32 = 50;
+/// Default `[escalation] max_pending_per_action`.
+pub const DEFAULT_MAX_PENDING_PER_ACTION: u32 = 20;
 
 /// What the audit trail must hold for this agent's requests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -222,6 +232,8 @@ struct RawEscalation {
     notify: Vec<String>,
     incident_commander: Option<Spanned<String>>,
     separation_of_duties: Option<bool>,
+    max_pending: Option<Spanned<i64>>,
+    max_pending_per_action: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -388,6 +400,10 @@ impl Guardrail {
             notify: esc.notify,
             incident_commander,
             separation_of_duties: esc.separation_of_duties.unwrap_or(true),
+            max_pending: c.count(esc.max_pending, "max_pending", 1).unwrap_or(DEFAULT_MAX_PENDING),
+            max_pending_per_action: c
+                .count(esc.max_pending_per_action, "max_pending_per_action", 1)
+                .unwrap_or(DEFAULT_MAX_PENDING_PER_ACTION),
         };
         let audit = AuditRules {
             require_rationale: raw.audit.require_rationale.unwrap_or(true),

@@ -152,6 +152,54 @@ pub fn page(store: &dyn Store, f: &Filter) -> Result<crate::model::Page<Approval
     }
 }
 
+/// One agent's pending approvals for one action: how an inbox shows a backlog, so one
+/// request cannot hide among hundreds of another agent's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backlog {
+    pub agent: String,
+    pub action: String,
+    pub pending: usize,
+    /// The distinct targets, oldest request's first (at most [`BACKLOG_TARGETS`]).
+    pub targets: Vec<String>,
+    /// How many distinct targets in all.
+    pub distinct_targets: usize,
+    /// The agent's pending approvals over every action.
+    pub agent_pending: usize,
+}
+
+/// Targets a [`Backlog`] names before it says "and N more".
+pub const BACKLOG_TARGETS: usize = 3;
+
+/// The pending approvals as backlogs by agent × action (those `for_user` holds a role of, or
+/// all), largest first. Bounded: every agent's pending approvals are capped by policy.
+pub fn backlogs(store: &dyn Store, for_user: Option<&User>) -> Result<Vec<Backlog>, ApiError> {
+    let mut groups: std::collections::BTreeMap<(String, String), (usize, Vec<String>)> = Default::default();
+    let mut per_agent: std::collections::HashMap<String, usize> = Default::default();
+    let mut all = all_in(store, ApprovalState::Pending)?;
+    all.sort_by(|a, b| a.created_ms.cmp(&b.created_ms).then_with(|| a.id.cmp(&b.id)));
+    for a in all {
+        *per_agent.entry(a.agent.clone()).or_default() += 1;
+        if for_user.is_some_and(|u| !a.roles.iter().any(|role| u.has_role(role))) {
+            continue;
+        }
+        let g = groups.entry((a.agent, a.action)).or_default();
+        g.0 += 1;
+        if !g.1.contains(&a.target) {
+            g.1.push(a.target);
+        }
+    }
+    let mut out: Vec<Backlog> = groups
+        .into_iter()
+        .map(|((agent, action), (pending, mut targets))| {
+            let distinct_targets = targets.len();
+            targets.truncate(BACKLOG_TARGETS);
+            Backlog { agent_pending: per_agent.get(&agent).copied().unwrap_or(0), agent, action, pending, targets, distinct_targets }
+        })
+        .collect();
+    out.sort_by(|a, b| b.pending.cmp(&a.pending).then_with(|| (&a.agent, &a.action).cmp(&(&b.agent, &b.action))));
+    Ok(out)
+}
+
 /// The changes that end `v` in `to`: the approval itself (version-checked) and each request it
 /// covers; the caller adds them, with an event, to one batch.
 pub fn end(

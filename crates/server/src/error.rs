@@ -106,6 +106,7 @@ codes! {
     UndoNeedsApproval = "undo_needs_approval", 409, "undoing the action needs more than one person: ask for it on its own (it becomes an approval)";
     PolicyChanged = "policy_changed", 409, "the bundle in force no longer allows what was approved; nothing was done";
     BreakerClosed = "breaker_closed", 409, "the breaker is not tripped";
+    RequestTimeout = "request_timeout", 408, "the client took too long to send its request; the connection is closed";
     BodyTooLarge = "body_too_large", 413, "the body exceeds 64 KiB";
     UnsupportedMediaType = "unsupported_media_type", 415, "send `Content-Type: application/json`";
     InvalidRequest = "invalid_request", 422, "a field is missing, empty, out of range or not allowed";
@@ -125,6 +126,10 @@ codes! {
     InvalidSince = "invalid_since", 422, "`since` is not a duration such as `15m`";
     InvalidCursor = "invalid_cursor", 422, "`after` is not a cursor the list gave (its `Link: rel=\"next\"`)";
     RateLimited = "rate_limited", 429, "the agent exceeds its requests per second";
+    ApprovalBacklog = "approval_backlog", 429, "the agent has as many requests waiting for a human as policy allows (`[escalation] max_pending`); nothing was queued";
+    TooManySessions = "too_many_sessions", 429, "the agent has as many MCP sessions open as allowed, none of them idle; close one (`DELETE /mcp`)";
+    TooManyStreams = "too_many_streams", 429, "as many event streams are open for this session or user as allowed; close one";
+    TooManyAttempts = "too_many_attempts", 429, "too many sign-in attempts from this address; wait a minute";
     RollbackFailed = "rollback_failed", 502, "the tool refused the compensation";
     StoreUnavailable = "store_unavailable", 503, "the store is unavailable; nothing was done";
     PolicyUnavailable = "policy_unavailable", 503, "no policy can be evaluated; nothing was done";

@@ -51,6 +51,11 @@ pub struct Metrics {
     pub audit_append_latency: Histogram,
     pub breaker_trips: AtomicU64,
     executions: Mutex<BTreeMap<String, u64>>,
+    /// Requests, connections and streams refused by a bound, by bound.
+    refusals: Mutex<BTreeMap<String, u64>>,
+    open_connections: std::sync::atomic::AtomicI64,
+    /// Sessions and streams open, by front door (`mcp`, `console_events`, …).
+    sessions: Mutex<BTreeMap<&'static str, i64>>,
 }
 
 /// Label values are action ids and outcomes; escape anyway.
@@ -71,8 +76,51 @@ impl Metrics {
         }
     }
 
+    /// Something was refused because a bound was reached (`cap` names the bound).
+    pub fn refused(&self, cap: &str) {
+        if let Ok(mut m) = self.refusals.lock() {
+            *m.entry(cap.to_string()).or_default() += 1;
+        }
+    }
+
+    /// How many times `cap` refused (tests and the soak read it).
+    pub fn refusals(&self, cap: &str) -> u64 {
+        self.refusals.lock().ok().and_then(|m| m.get(cap).copied()).unwrap_or(0)
+    }
+
+    pub fn connection_opened(&self) {
+        self.open_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_closed(&self) {
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> i64 {
+        self.open_connections.load(Ordering::Relaxed)
+    }
+
+    /// One more (`+1`) or one fewer (`-1`) session or stream open at `door`.
+    pub fn session(&self, door: &'static str, delta: i64) {
+        if let Ok(mut m) = self.sessions.lock() {
+            *m.entry(door).or_default() += delta;
+        }
+    }
+
+    /// Sessions or streams open at `door` now.
+    pub fn sessions(&self, door: &str) -> i64 {
+        self.sessions.lock().ok().and_then(|m| m.get(door).copied()).unwrap_or(0)
+    }
+
     /// The text exposition format; `gauges` are read from the store by the caller.
-    pub fn render(&self, pending_approvals: u64, active_leases: u64, groups: warden_store::GroupStats) -> String {
+    pub fn render(
+        &self,
+        pending_approvals: u64,
+        active_leases: u64,
+        groups: warden_store::GroupStats,
+        pending_by_agent: &[(String, u64)],
+    ) -> String {
         let mut out = String::new();
         out.push_str("# HELP warden_decisions_total Decisions recorded, by outcome and action class.\n");
         out.push_str("# TYPE warden_decisions_total counter\n");
@@ -119,9 +167,39 @@ impl Metrics {
             out,
             "# HELP warden_pending_approvals Requests waiting for a human.\n# TYPE warden_pending_approvals gauge\nwarden_pending_approvals {pending_approvals}"
         );
+        out.push_str("# HELP warden_pending_approvals_by_agent Requests waiting for a human, by agent (capped by `[escalation] max_pending`).\n");
+        out.push_str("# TYPE warden_pending_approvals_by_agent gauge\n");
+        for (agent, n) in pending_by_agent {
+            let _ = writeln!(out, "warden_pending_approvals_by_agent{{agent=\"{}\"}} {n}", label(agent));
+        }
         let _ = writeln!(
             out,
             "# HELP warden_active_leases Unexpired, unrevoked leases.\n# TYPE warden_active_leases gauge\nwarden_active_leases {active_leases}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP warden_open_connections Connections open now.\n# TYPE warden_open_connections gauge\nwarden_open_connections {}",
+            self.open_connections()
+        );
+        out.push_str("# HELP warden_sessions Sessions and event streams open now, by front door.\n");
+        out.push_str("# TYPE warden_sessions gauge\n");
+        if let Ok(m) = self.sessions.lock() {
+            for (door, n) in m.iter() {
+                let _ = writeln!(out, "warden_sessions{{door=\"{}\"}} {n}", label(door));
+            }
+        }
+        out.push_str("# HELP warden_refusals_total Connections, sessions and requests refused by a bound, by bound.\n");
+        out.push_str("# TYPE warden_refusals_total counter\n");
+        if let Ok(m) = self.refusals.lock() {
+            for (cap, n) in m.iter() {
+                let _ = writeln!(out, "warden_refusals_total{{cap=\"{}\"}} {n}", label(cap));
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP warden_store_write_failures_total Commits the store refused (disk full, I/O error); each failed closed, nothing applied.\n# TYPE warden_store_write_failures_total counter\nwarden_store_write_failures_total {}\n# HELP warden_store_failing 1 while the store's last commit failed; the next that succeeds clears it.\n# TYPE warden_store_failing gauge\nwarden_store_failing {}",
+            groups.failed,
+            u8::from(groups.failing)
         );
         out
     }
@@ -140,7 +218,7 @@ mod tests {
         m.decided("execute", "host.isolate");
         m.decided("execute", "host.isolate");
         let text =
-            m.render(3, 0, warden_store::GroupStats { groups: 2, batches: 7, busy: Duration::from_millis(1500) });
+            m.render(3, 0, warden_store::GroupStats { groups: 2, batches: 7, busy: Duration::from_millis(1500), failed: 1, failing: true }, &[("spiffe://a".into(), 3)]);
         assert!(text.contains("warden_decision_seconds_bucket{le=\"0.00005\"} 1\n"), "{text}");
         assert!(text.contains("warden_decision_seconds_bucket{le=\"0.0025\"} 2\n"));
         assert!(text.contains("warden_decision_seconds_bucket{le=\"+Inf\"} 3\n"));
@@ -150,5 +228,17 @@ mod tests {
         assert!(text.contains("warden_audit_commit_groups_total 2\n"), "{text}");
         assert!(text.contains("warden_audit_commits_total 7\n"), "{text}");
         assert!(text.contains("warden_audit_commit_busy_seconds_total 1.5\n"), "{text}");
+        assert!(text.contains("warden_store_write_failures_total 1\n"), "{text}");
+        assert!(text.contains("warden_store_failing 1\n"), "{text}");
+        assert!(text.contains("warden_pending_approvals_by_agent{agent=\"spiffe://a\"} 3\n"), "{text}");
+        m.refused("connections");
+        m.refused("connections");
+        m.session("mcp", 2);
+        m.connection_opened();
+        let text = m.render(0, 0, warden_store::GroupStats::default(), &[]);
+        assert!(text.contains("warden_refusals_total{cap=\"connections\"} 2\n"), "{text}");
+        assert!(text.contains("warden_sessions{door=\"mcp\"} 2\n"), "{text}");
+        assert!(text.contains("warden_open_connections 1\n"), "{text}");
+        assert!(text.contains("warden_store_failing 0\n"), "{text}");
     }
 }

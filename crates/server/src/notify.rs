@@ -239,25 +239,38 @@ fn breaker_json(b: &BreakerTrip, public_url: &str) -> Value {
     json!({
         "event": Kind::BreakerTripped.as_str(),
         "breaker": {"agent": b.agent, "action": b.action, "task": b.task, "request": b.request, "caps": b.caps},
-        "links": {"request": format!("{base}/v1/actions/{}", b.request), "task": format!("{base}/v1/tasks/{}", b.task)},
+        "links": if b.request.is_empty() {
+            json!({"task": format!("{base}/v1/tasks/{}", b.task), "inbox": format!("{base}/console/inbox")})
+        } else {
+            json!({"request": format!("{base}/v1/actions/{}", b.request), "task": format!("{base}/v1/tasks/{}", b.task)})
+        },
     })
+}
+
+/// A breaker tripped by the approval backlog, not by a budget (the first cap says which).
+fn by_backlog(b: &BreakerTrip) -> bool {
+    b.caps.get(0).and_then(|c| c.get("code")).and_then(Value::as_str) == Some("approval_backlog")
 }
 
 fn breaker_slack(b: &BreakerTrip, public_url: &str) -> Value {
     let base = public_url.trim_end_matches('/');
+    let title = if by_backlog(b) { "Approval backlog: breaker tripped" } else { "Budget breaker tripped" };
+    let context = if b.request.is_empty() {
+        let reason = b.caps.get(0).and_then(|c| c.get("reason")).and_then(Value::as_str).unwrap_or_default();
+        format!("{} — <{}/console/inbox|the inbox>", slack_escape(reason), slack_escape(base))
+    } else {
+        format!("<{}/v1/actions/{}|request {}>", slack_escape(base), slack_escape(&b.request), slack_escape(&b.request))
+    };
     json!({
-        "text": format!("Budget breaker tripped: {} × {}", slack_escape(&b.agent), slack_escape(&b.action)),
+        "text": format!("{title}: {} × {}", slack_escape(&b.agent), slack_escape(&b.action)),
         "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": "Budget breaker tripped"}},
+            {"type": "header", "text": {"type": "plain_text", "text": title}},
             {"type": "section", "fields": [
                 {"type": "mrkdwn", "text": format!("*Agent*\n{}", slack_escape(&b.agent))},
                 {"type": "mrkdwn", "text": format!("*Action*\n{}", slack_escape(&b.action))},
                 {"type": "mrkdwn", "text": "*Now*\nevery request goes to a human until `warden breaker reset`"},
             ]},
-            {"type": "context", "elements": [
-                {"type": "mrkdwn", "text": format!("<{}/v1/actions/{}|request {}>",
-                    slack_escape(base), slack_escape(&b.request), slack_escape(&b.request))},
-            ]},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
         ],
     })
 }

@@ -298,6 +298,121 @@ fn approval_for(
     Ok((Some(opens), batch))
 }
 
+/// Which cap of `[escalation]` a new approval would pass, and how many already wait.
+#[derive(Debug)]
+struct Backlog {
+    /// `max_pending` or `max_pending_per_action`.
+    cap: &'static str,
+    max: u32,
+    pending: u64,
+}
+
+/// The pending-approval caps of the agent of `a`, as store preconditions.
+fn over_caps(bundle: &Bundle, a: &Approval) -> Vec<Change> {
+    let (all, per_action) = pending_caps(bundle, &a.agent);
+    let (agent, action) = pending_queries(a);
+    vec![
+        Change::ExpectFewer { table: Table::Approvals, query: agent, max: u64::from(all) },
+        Change::ExpectFewer { table: Table::Approvals, query: action, max: u64::from(per_action) },
+    ]
+}
+
+fn pending_caps(bundle: &Bundle, agent: &str) -> (u32, u32) {
+    use warden_core::guardrail::{DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_ACTION};
+    bundle.agent(agent).map_or((DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_ACTION), |g| {
+        (g.escalation.max_pending, g.escalation.max_pending_per_action)
+    })
+}
+
+/// The agent's pending approvals, and those of the same action.
+fn pending_queries(a: &Approval) -> (Query, Query) {
+    let agent = Query { agent: Some(a.agent.clone()), state: Some("pending".into()), ..Query::default() };
+    let action = Query { kind: Some(a.action.clone()), ..agent.clone() };
+    (agent, action)
+}
+
+/// The cap the new approval `a` would pass, if any.
+fn backlog(store: &dyn Store, bundle: &Bundle, a: &Approval) -> Result<Option<Backlog>, ApiError> {
+    let (all, per_action) = pending_caps(bundle, &a.agent);
+    let (agent, action) = pending_queries(a);
+    let on_action = store.count(Table::Approvals, &action)?;
+    if on_action >= u64::from(per_action) {
+        return Ok(Some(Backlog { cap: "max_pending_per_action", max: per_action, pending: on_action }));
+    }
+    let on_agent = store.count(Table::Approvals, &agent)?;
+    if on_agent >= u64::from(all) {
+        return Ok(Some(Backlog { cap: "max_pending", max: all, pending: on_agent }));
+    }
+    Ok(None)
+}
+
+/// Refuses a request that would open one approval too many: recorded (`approval.refused`),
+/// counted, and — the first time since the breaker was last reset — the agent × action
+/// breaker trips (its autonomy drops to level 2) and the owners hear of it once. Nothing is
+/// queued, so a flood never reaches the inbox.
+fn refuse_backlog(
+    s: &AppState,
+    f: &crate::facts::Facts,
+    a: &Approval,
+    over: &Backlog,
+    now: time::OffsetDateTime,
+) -> ApiError {
+    s.metrics.refused("approval_backlog");
+    let reason = format!(
+        "agent `{}` has {} requests waiting for a human{} (`[escalation] {}` = {})",
+        a.agent,
+        over.pending,
+        if over.cap == "max_pending" { String::new() } else { format!(" on `{}`", a.action) },
+        over.cap,
+        over.max
+    );
+    let refused = Event::new(EventType::ApprovalRefused, Actor::agent(&a.agent))
+        .task(&a.task)
+        .action(&a.action)
+        .data(json!({"agent": a.agent, "target": a.target, "digest": a.digest, "cap": over.cap,
+                     "max": over.max, "pending": over.pending}));
+    let key = breaker_key(&a.agent, &a.action);
+    let mut tripped = false;
+    if !f.budget.breaker_open {
+        // Trips only if the breaker is still as read (a reset since then is a human's word).
+        let seen = s.ledger().store().meta(&key).map_err(ApiError::from);
+        let seen = match seen {
+            Ok(v) => v,
+            Err(e) => return e,
+        };
+        let batch = Batch::new()
+            .change(Change::ExpectMeta { key: key.clone(), value: seen })
+            .change(Change::SetMeta { key, value: format!("open {}", rfc3339(now)) })
+            .event(refused.clone())
+            .event(
+                Event::new(EventType::BreakerTripped, Actor::system("approvals"))
+                    .task(&a.task)
+                    .action(&a.action)
+                    .data(json!({"agent": a.agent, "caps": [{"code": "approval_backlog", "reason": reason}]})),
+            );
+        match s.ledger().commit(batch) {
+            Ok(_) => tripped = true,
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return e.into(),
+        }
+    }
+    if tripped {
+        s.metrics.breaker_trips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.notifier.breaker(crate::notify::BreakerTrip {
+            agent: a.agent.clone(),
+            action: a.action.clone(),
+            task: a.task.clone(),
+            request: String::new(),
+            caps: json!([{"code": "approval_backlog", "reason": reason}]),
+        });
+    } else if let Err(e) = s.ledger().commit(Batch::new().event(refused)) {
+        // Not recorded: still refused (nothing was queued); the store's failure says why.
+        return e.into();
+    }
+    ApiError::new(Code::ApprovalBacklog, format!("{reason}; nothing was queued — wait for humans to answer"))
+        .details(json!({"cap": over.cap, "max": over.max, "pending": over.pending}))
+}
+
 /// One try at deciding and recording; `None` when its commit met a concurrent change and the
 /// request must be decided again on fresh facts.
 fn attempt(
@@ -323,6 +438,14 @@ fn attempt(
     let id = new_id("act")?;
     let target = req.target.to_string();
     let (joins, mut batch) = approval_for(s, bundle, agent, req, &digests.action, &id, &decision, now)?;
+    if let Some(Joins::Opens(a)) = &joins {
+        // Human attention is a budget: a new approval opens only below the agent's caps, and
+        // the caps are checked again in the commit, so racing requests cannot pass together.
+        match backlog(store, bundle, a)? {
+            Some(over) => return Err(refuse_backlog(s, &f, a, &over, now)),
+            None => batch.changes.extend(over_caps(bundle, a)),
+        }
+    }
     let approval = match &joins {
         Some(Joins::Opens(a) | Joins::Folds(a, _)) => Some(a.clone()),
         None => None,

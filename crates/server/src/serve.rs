@@ -1,28 +1,74 @@
 //! Serving the router on a socket until `shutdown` resolves: stop accepting, finish in-flight
 //! requests, then sign the log's tail.
+//!
+//! Connections are served by hyper directly (not `axum::serve`, which sets no timer), so the
+//! bounds of [`crate::limits::Connections`] hold below HTTP: at most `max_open` sockets (and
+//! `max_per_peer` from one address) — beyond, `503 overloaded` and the socket is closed —, a
+//! header read within `header_timeout` (which is also the keep-alive idle timeout), a body
+//! read within `body_timeout` (`408 request_timeout`, then the socket is closed).
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use tokio::io::AsyncWriteExt as _;
 
 use crate::state::App;
 
 /// Serves `app` on `listener` (plain TCP, or [`crate::tls::TlsListener`]) until `shutdown`
 /// completes.
-pub async fn serve<L>(listener: L, app: App, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()>
+pub async fn serve<L>(mut listener: L, app: App, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()>
 where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L: axum::serve::Listener<Addr = SocketAddr>,
     L::Io: crate::tls::NoDelay,
 {
-    use axum::serve::ListenerExt as _;
     let router = crate::router(app.clone());
-    let listener = listener.tap_io(|io| crate::tls::NoDelay::no_delay(io));
-    let stopping = app.clone();
-    let shutdown = async move {
-        shutdown.await;
-        // Streams that would never end on their own (the console's events) end now.
-        stopping.stopping.send_replace(true);
-    };
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+    let bounds = app.limits.connections;
+    let open = Arc::new(tokio::sync::Semaphore::new(bounds.max_open));
+    let peers = Arc::new(crate::limits::Peers::default());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(bounds.header_timeout).keep_alive(true);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            conn = listener.accept() => conn,
+            () = &mut shutdown => break,
+        };
+        crate::tls::NoDelay::no_delay(&io);
+        let admitted = open.clone().try_acquire_owned().ok().zip(peers.take(peer.ip(), bounds.max_per_peer));
+        let Some((permit, slot)) = admitted else {
+            let cap = if open.available_permits() == 0 { "connections" } else { "connections_per_peer" };
+            app.metrics.refused(cap);
+            tokio::spawn(refuse(io));
+            continue;
+        };
+        let (state, routes) = (app.clone(), router.clone());
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let (state, routes) = (state.clone(), routes.clone());
+            async move { Ok::<_, std::convert::Infallible>(answer(&state, routes, peer, req).await) }
+        });
+        let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(io), service));
+        let state = app.clone();
+        state.metrics.connection_opened();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection closed");
+            }
+            state.metrics.connection_closed();
+            drop((permit, slot));
+        });
+    }
+    // Streams that would never end on their own (the console's events) end now.
+    app.stopping.send_replace(true);
+    drop(listener);
+    graceful.shutdown().await;
     // Everything answered is committed; sign whatever the last groups left unsigned.
     let tail = tokio::task::spawn_blocking(move || app.ledger().checkpoint()).await;
     match tail {
@@ -30,6 +76,83 @@ where
         Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
         Err(e) => Err(std::io::Error::other(e.to_string())),
     }
+}
+
+/// One request: the peer's address in its extensions (`ConnectInfo`), its body under the
+/// body deadline; a body the client did not finish in time is answered `408` whatever the
+/// handler made of the cut-off body, and the connection closes.
+async fn answer(app: &App, router: axum::Router, peer: SocketAddr, req: hyper::Request<Incoming>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    use tower::ServiceExt as _;
+    let fired = Arc::new(AtomicBool::new(false));
+    let mut req = if req.body().is_end_stream() {
+        req.map(axum::body::Body::new)
+    } else {
+        let deadline = Box::pin(tokio::time::sleep(app.limits.connections.body_timeout));
+        req.map(|inner| axum::body::Body::new(Deadline { inner, deadline, fired: fired.clone() }))
+    };
+    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+    let res = match router.oneshot(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    };
+    if fired.load(Ordering::Relaxed) {
+        app.metrics.refused("body_timeout");
+        let mut res = crate::error::ApiError::new(
+            crate::error::Code::RequestTimeout,
+            format!("the request body did not arrive within {} s", app.limits.connections.body_timeout.as_secs()),
+        )
+        .into_response();
+        res.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        return res;
+    }
+    res
+}
+
+/// A request body that fails once its deadline passes, however the bytes trickle in.
+struct Deadline {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    fired: Arc<AtomicBool>,
+}
+
+impl hyper::body::Body for Deadline {
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.fired.store(true, Ordering::Relaxed);
+            return Poll::Ready(Some(Err("the request body did not arrive in time".into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The answer to a connection beyond a cap: one `503 overloaded`, then the socket closes.
+async fn refuse<Io: tokio::io::AsyncWrite + Unpin>(mut io: Io) {
+    const BODY: &str = r#"{"error":{"code":"overloaded","message":"too many connections open; retry shortly"}}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let write = async {
+        io.write_all(head.as_bytes()).await?;
+        io.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 /// Re-reads the policy directory every `every` and swaps in a changed, valid bundle (each

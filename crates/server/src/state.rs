@@ -103,6 +103,12 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// Slack interactive approvals, when configured.
     pub slack: Option<crate::notify::SlackApp>,
+    /// The console's live event streams open, by session and by user.
+    pub console_streams: Arc<crate::limits::Slots>,
+    /// Console sign-in attempts by address.
+    pub sign_ins: crate::limits::Attempts,
+    /// Slack button presses being acted on.
+    pub slack_jobs: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {

@@ -1,7 +1,8 @@
 //! TLS for `warden serve --tls-cert --tls-key` (rustls, TLS 1.2 and 1.3, ring provider).
 //!
-//! Handshakes run concurrently in their own tasks (at most 256 at once, 10 s each), so a slow
-//! or silent client never holds up the others; finished connections queue in a bounded
+//! Handshakes run concurrently in their own tasks (by default at most 256 at once, 10 s each:
+//! [`crate::limits::Connections`]), so a slow or silent client never holds up the others;
+//! beyond the cap a new connection is closed at once. Finished connections queue in a bounded
 //! channel for the server to take.
 
 use std::net::SocketAddr;
@@ -17,8 +18,6 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 
-const HANDSHAKES: usize = 256;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -60,12 +59,23 @@ pub struct TlsListener {
 }
 
 impl TlsListener {
-    /// Starts accepting on `tcp` (call inside a tokio runtime).
+    /// Starts accepting on `tcp` with the default bounds (call inside a tokio runtime).
     pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
+        Self::with_bounds(tcp, acceptor, &crate::limits::Connections::default())
+    }
+
+    /// Starts accepting on `tcp`: at most `bounds.tls_handshakes` handshakes at once, each
+    /// within `bounds.tls_handshake_timeout`.
+    pub fn with_bounds(
+        tcp: TcpListener,
+        acceptor: TlsAcceptor,
+        bounds: &crate::limits::Connections,
+    ) -> std::io::Result<Self> {
+        let (handshakes, handshake_timeout) = (bounds.tls_handshakes, bounds.tls_handshake_timeout);
         let addr = tcp.local_addr()?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
-            let slots = Arc::new(Semaphore::new(HANDSHAKES));
+            let slots = Arc::new(Semaphore::new(handshakes));
             loop {
                 let (stream, peer) = match tcp.accept().await {
                     Ok(x) => x,
@@ -85,7 +95,7 @@ impl TlsListener {
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     let _slot = slot;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
                         }

@@ -31,6 +31,7 @@ pub fn run_all(fresh: &dyn Fn() -> Arc<dyn Store>) {
     budget_usage_counts_hits_and_distinct_targets(&*fresh());
     a_conflicting_batch_leaves_nothing_and_spares_its_group(&*fresh());
     preconditions_hold_or_the_batch_conflicts(&*fresh());
+    a_cap_holds_under_concurrent_commits(fresh());
     a_budget_check_holds_under_concurrent_commits(fresh());
     ledger_commits_concurrent_batches_in_one_signed_order(fresh());
     ledger_time_never_goes_backwards(fresh());
@@ -372,6 +373,40 @@ pub fn preconditions_hold_or_the_batch_conflicts(store: &dyn Store) {
     commit(store, Batch::new().change(meta(Some("e1")))).unwrap();
     assert!(commit(store, Batch::new().change(meta(None))).is_err());
     assert!(commit(store, Batch::new().change(meta(Some("e0")))).is_err());
+}
+
+/// A cap on matching records (`ExpectFewer`) checked in the writer's transaction: writers
+/// racing to insert past it get exactly `max` in, and records that do not match do not count.
+pub fn a_cap_holds_under_concurrent_commits(store: Arc<dyn Store>) {
+    let q = Query { agent: Some("a".into()), state: Some("pending".into()), ..Query::default() };
+    let cap = |max| Change::ExpectFewer { table: Table::Approvals, query: q.clone(), max };
+    let rec = |id: String, agent: &str, state: &str| {
+        Change::Insert(Record::new(Table::Approvals, &id, json!({})).agent(agent).state(state))
+    };
+    // Records of another agent or state never count.
+    commit(&*store, Batch::new().change(rec("other".into(), "b", "pending"))).unwrap();
+    commit(&*store, Batch::new().change(rec("done".into(), "a", "approved"))).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            let cap = cap(5);
+            std::thread::spawn(move || {
+                (0..4)
+                    .filter(|i| {
+                        let batch = Batch::new().change(cap.clone()).change(rec(format!("p{t}-{i}"), "a", "pending"));
+                        commit(&*store, batch).is_ok()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let admitted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(admitted, 5, "exactly the cap got in");
+    assert_eq!(store.count(Table::Approvals, &q).unwrap(), 5);
+    let r = commit(&*store, Batch::new().change(cap(5)).change(rec("late".into(), "a", "pending")));
+    assert!(matches!(r, Err(StoreError::Conflict { .. })), "{r:?}");
+    assert!(store.get(Table::Approvals, "late").unwrap().is_none(), "a refused batch applies nothing");
+    commit(&*store, Batch::new().change(cap(6)).change(rec("sixth".into(), "a", "pending"))).unwrap();
 }
 
 /// Budget check and hit as one step: many writers racing for a budget of `max` get exactly

@@ -94,6 +94,10 @@ pub struct GroupStats {
     pub batches: u64,
     /// Time spent inside the store's group transactions (writes, fsync, signing).
     pub busy: Duration,
+    /// Groups the store refused as a whole (disk full, I/O error): nothing of them applied.
+    pub failed: u64,
+    /// Whether the last group failed so; the next that commits clears it.
+    pub failing: bool,
 }
 
 /// The store's single writer.
@@ -192,12 +196,17 @@ impl Ledger {
                     st.stats.groups += 1;
                     st.stats.busy += started.elapsed();
                     st.stats.batches += results.len() as u64;
+                    st.stats.failing = false;
                     st.done.extend(tickets.into_iter().zip(results));
                     if signed {
                         st.last_signed = Some(Instant::now());
                     }
                 }
-                Err(e) => st.done.extend(tickets.into_iter().map(|t| (t, Err(e.clone())))),
+                Err(e) => {
+                    st.stats.failed += 1;
+                    st.stats.failing = true;
+                    st.done.extend(tickets.into_iter().map(|t| (t, Err(e.clone()))));
+                }
             }
             st.leader = false;
             self.turn.notify_all();

@@ -163,7 +163,8 @@ impl Batch {
                 | Change::SetMeta { .. }
                 | Change::Expect { .. }
                 | Change::ExpectMeta { .. }
-                | Change::BudgetCheck { .. } => None,
+                | Change::BudgetCheck { .. }
+                | Change::ExpectFewer { .. } => None,
             })
             .collect();
         if let Ok(entries) = self.events.iter().map(Event::template).collect::<Result<Vec<_>, _>>() {

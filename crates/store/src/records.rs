@@ -140,6 +140,10 @@ pub enum Change {
         max_hits: Option<u64>,
         max_distinct_targets: Option<u64>,
     },
+    /// A precondition that makes a cap's check and what it guards one step: the batch
+    /// conflicts when `max` or more records of `table` match `query` (its column filters;
+    /// time bounds, order and paging are ignored). Put it before the insert it guards.
+    ExpectFewer { table: Table, query: Query, max: u64 },
 }
 
 /// A filter over one table; unset fields match everything.

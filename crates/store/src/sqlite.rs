@@ -342,6 +342,28 @@ fn apply(tx: &Transaction<'_>, change: &Change, body: Option<&str>) -> Result<()
                 })
             }
         }
+        Change::ExpectFewer { table, query, max } => {
+            let columns = Query {
+                agent: query.agent.clone(),
+                task: query.task.clone(),
+                state: query.state.clone(),
+                key: query.key.clone(),
+                kind: query.kind.clone(),
+                ..Query::default()
+            };
+            let (filter, args) = filter(&columns);
+            let sql = format!("SELECT count(*) FROM {} WHERE {filter}", table.name());
+            let n: i64 = tx.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(args), |r| r.get(0))?;
+            if to_u64(n) < *max {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict {
+                    table: table.name(),
+                    id: format!("{} matching", to_u64(n)),
+                    reason: "a precondition failed: as many records match as the cap allows",
+                })
+            }
+        }
         Change::BudgetCheck { agent, action, target, since_ms, max_hits, max_distinct_targets } => {
             let up_to =
                 UsageLimits { hits: max_hits.unwrap_or(0), distinct_targets: max_distinct_targets.unwrap_or(0) };

@@ -122,6 +122,7 @@ fn mcp_options(a: &ServeArgs, scheme: &'static str) -> Result<warden_server::lim
         allowed_hosts: hosts,
         allowed_origins: a.mcp_origins.clone(),
         scheme,
+        sessions: defaults.sessions,
     })
 }
 
@@ -145,6 +146,76 @@ struct ConfigFile {
     #[serde(default)]
     mcp: McpSection,
     slack: Option<SlackSection>,
+    #[serde(default)]
+    limits: LimitsSection,
+}
+
+/// `[limits]`: the bounds that keep a client from exhausting the server (docs/operations.md
+/// lists each with its default and metric). Unset: the default.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    max_connections: Option<usize>,
+    max_connections_per_peer: Option<usize>,
+    header_timeout: Option<warden_core::duration::Duration>,
+    body_timeout: Option<warden_core::duration::Duration>,
+    tls_handshakes: Option<usize>,
+    tls_handshake_timeout: Option<warden_core::duration::Duration>,
+    mcp_sessions_per_agent: Option<usize>,
+    mcp_session_idle: Option<warden_core::duration::Duration>,
+    mcp_streams_per_session: Option<usize>,
+    console_streams_per_session: Option<usize>,
+    console_streams_per_user: Option<usize>,
+    slack_in_flight: Option<usize>,
+}
+
+impl LimitsSection {
+    /// The bounds, each set or default; a zero is refused (it would refuse everything).
+    fn apply(
+        &self,
+        limits: &mut Limits,
+        mcp: &mut warden_server::limits::McpSessions,
+        path: &std::path::Path,
+    ) -> Result<(), Failure> {
+        let zero = |name: &str| {
+            Failure::Invalid(format!("error: `{}`: `[limits] {name}` must be at least 1", path.display()))
+        };
+        let count = |v: Option<usize>, name: &str, into: &mut usize| -> Result<(), Failure> {
+            match v {
+                Some(0) => Err(zero(name)),
+                Some(n) => {
+                    *into = n;
+                    Ok(())
+                }
+                None => Ok(()),
+            }
+        };
+        let secs = |v: Option<warden_core::duration::Duration>, name: &str, into: &mut std::time::Duration| {
+            match v.map(|d| d.as_secs()) {
+                Some(0) => Err(zero(name)),
+                Some(n) => {
+                    *into = std::time::Duration::from_secs(n);
+                    Ok(())
+                }
+                None => Ok(()),
+            }
+        };
+        let c = &mut limits.connections;
+        count(self.max_connections, "max_connections", &mut c.max_open)?;
+        count(self.max_connections_per_peer, "max_connections_per_peer", &mut c.max_per_peer)?;
+        secs(self.header_timeout, "header_timeout", &mut c.header_timeout)?;
+        secs(self.body_timeout, "body_timeout", &mut c.body_timeout)?;
+        count(self.tls_handshakes, "tls_handshakes", &mut c.tls_handshakes)?;
+        secs(self.tls_handshake_timeout, "tls_handshake_timeout", &mut c.tls_handshake_timeout)?;
+        count(self.mcp_sessions_per_agent, "mcp_sessions_per_agent", &mut mcp.per_agent)?;
+        secs(self.mcp_session_idle, "mcp_session_idle", &mut mcp.idle)?;
+        count(self.mcp_streams_per_session, "mcp_streams_per_session", &mut mcp.streams_per_session)?;
+        let k = &mut limits.console;
+        count(self.console_streams_per_session, "console_streams_per_session", &mut k.streams_per_session)?;
+        count(self.console_streams_per_user, "console_streams_per_user", &mut k.streams_per_user)?;
+        count(self.slack_in_flight, "slack_in_flight", &mut k.slack_in_flight)?;
+        Ok(())
+    }
 }
 
 /// `[slack]`: a Slack app whose notices carry Approve / Reject buttons.
@@ -186,6 +257,7 @@ struct NotifySection {
 /// What `--config` holds.
 #[derive(Debug, Default)]
 struct Config {
+    limits: LimitsSection,
     issuers: Vec<ExternalIssuer>,
     notify: NotifySection,
     upstreams: Vec<warden_connectors::mcp::UpstreamConfig>,
@@ -245,7 +317,7 @@ fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
             path.display()
         )));
     }
-    Ok(Config { issuers, notify: cfg.notify, upstreams: cfg.mcp.upstreams, slack: cfg.slack })
+    Ok(Config { limits: cfg.limits, issuers, notify: cfg.notify, upstreams: cfg.mcp.upstreams, slack: cfg.slack })
 }
 
 /// The Slack app of `[slack]`, its signing secret resolved.
@@ -337,16 +409,21 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
     if a.agent_rate <= 0.0 || a.agent_burst < 1.0 || a.max_in_flight == 0 || timeout.as_secs() == 0 {
         return Err(Failure::Invalid("error: limits must be positive".into()));
     }
-    let limits = Limits {
+    let mut limits = Limits {
         agent_rate: a.agent_rate,
         agent_burst: a.agent_burst,
         in_flight: a.max_in_flight,
         timeout: std::time::Duration::from_secs(timeout.as_secs()),
+        ..Limits::default()
     };
     let config = match &a.config {
         Some(path) => load_config(path)?,
         None => Config::default(),
     };
+    let mut mcp_sessions = warden_server::limits::McpSessions::default();
+    if let Some(path) = &a.config {
+        config.limits.apply(&mut limits, &mut mcp_sessions, path)?;
+    }
     let scheme = if a.tls_cert.is_some() { "https" } else { "http" };
     let defaults = NotifyOptions::default();
     let notify = NotifyOptions {
@@ -372,7 +449,7 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         notify,
         connector,
         shadow: a.shadow,
-        mcp: mcp_options(&a, scheme)?,
+        mcp: warden_server::limits::McpOptions { sessions: mcp_sessions, ..mcp_options(&a, scheme)? },
         upstreams,
         sessions: Default::default(),
         secure_cookies: a.tls_cert.is_some(),
@@ -401,7 +478,8 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         let stop = warden_server::serve::signals();
         match tls {
             Some(acceptor) => {
-                let listener = warden_server::tls::TlsListener::new(listener, acceptor).context("starting TLS")?;
+                let listener = warden_server::tls::TlsListener::with_bounds(listener, acceptor, &app.limits.connections)
+                    .context("starting TLS")?;
                 warden_server::serve::serve(listener, app, stop).await.context("serving")?;
             }
             None => warden_server::serve::serve(listener, app, stop).await.context("serving")?,

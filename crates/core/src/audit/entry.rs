@@ -56,6 +56,9 @@ pub enum EventType {
     /// A pending approval reached its escalation point; its escalation notice went out.
     #[serde(rename = "approval.escalated")]
     ApprovalEscalated,
+    /// A request that needed a human was refused: its agent has as many waiting as policy allows.
+    #[serde(rename = "approval.refused")]
+    ApprovalRefused,
     #[serde(rename = "lease.issued")]
     LeaseIssued,
     #[serde(rename = "lease.revoked")]
@@ -88,7 +91,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every event type, in declaration order.
-    pub const ALL: [EventType; 31] = [
+    pub const ALL: [EventType; 32] = [
         EventType::StoreInitialized,
         EventType::PolicyLoaded,
         EventType::AgentAdded,
@@ -106,6 +109,7 @@ impl EventType {
         EventType::ApprovalExpired,
         EventType::ApprovalCancelled,
         EventType::ApprovalEscalated,
+        EventType::ApprovalRefused,
         EventType::LeaseIssued,
         EventType::LeaseRevoked,
         EventType::ExecutionStarted,
@@ -142,6 +146,7 @@ impl EventType {
             EventType::ApprovalExpired => "approval.expired",
             EventType::ApprovalCancelled => "approval.cancelled",
             EventType::ApprovalEscalated => "approval.escalated",
+            EventType::ApprovalRefused => "approval.refused",
             EventType::LeaseIssued => "lease.issued",
             EventType::LeaseRevoked => "lease.revoked",
             EventType::ExecutionStarted => "execution.started",

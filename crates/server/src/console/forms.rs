@@ -50,7 +50,19 @@ fn cookie(app: &App, value: &str, max_age: u64) -> String {
 }
 
 /// A token becomes a session cookie; the token itself is not kept. Agents are refused.
-pub async fn sign_in(State(app): State<App>, axum::Form(f): axum::Form<SignInForm>) -> Response {
+pub async fn sign_in(State(app): State<App>, peer: super::Peer, axum::Form(f): axum::Form<SignInForm>) -> Response {
+    // Attempts are counted per address before the token is looked at: guessing is slow.
+    if let Some(ip) = peer.0
+        && !app.sign_ins.allow(ip)
+    {
+        app.metrics.refused("sign_in_attempts");
+        tracing::warn!(%ip, "console sign-in refused: too many attempts from this address");
+        let problem = "Too many sign-in attempts from this address; wait a minute and try again.";
+        let mut res = (StatusCode::TOO_MANY_REQUESTS, html(&views::SignInPage { problem: Some(problem.into()) }))
+            .into_response();
+        res.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("60"));
+        return res;
+    }
     let signed = blocking(&app, move |s| crate::auth::console_sign_in(s, &f.token)).await;
     match signed {
         Ok((secret, user)) => {

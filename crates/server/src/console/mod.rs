@@ -168,6 +168,20 @@ fn session_secret(parts: &Parts) -> Option<String> {
     )
 }
 
+/// The client's address, as the connection gave it (absent when served without one, as in
+/// in-process tests).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let addr = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>();
+        Ok(Peer(addr.map(|c| c.0.ip())))
+    }
+}
+
 /// A signed-in human: the console's only way in. Not an `Authorization` header — a bearer
 /// token is not a session.
 #[derive(Debug, Clone)]

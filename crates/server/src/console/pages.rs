@@ -78,6 +78,37 @@ pub struct InboxQuery {
     after: Option<String>,
     all: Option<String>,
     done: Option<String>,
+    /// Only this agent's approvals for `action` (a backlog line's link).
+    agent: Option<String>,
+    action: Option<String>,
+}
+
+/// When an agent × action's pending approvals say the agent may be flooding the inbox: half
+/// its `[escalation] max_pending_per_action` (or of `max_pending` over every action), and
+/// never fewer than 3.
+fn flooding(bundle: &warden_core::Bundle, b: &approvals::Backlog) -> bool {
+    use warden_core::guardrail::{DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_ACTION};
+    let (all, per_action) = bundle.agent(&b.agent).map_or((DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_ACTION), |g| {
+        (g.escalation.max_pending, g.escalation.max_pending_per_action)
+    });
+    let half = |n: u32| usize::try_from(n / 2).unwrap_or(usize::MAX).max(3);
+    b.pending >= half(per_action) || b.agent_pending >= half(all)
+}
+
+fn backlog_line(bundle: &warden_core::Bundle, b: &approvals::Backlog, all: bool) -> views::BacklogLine {
+    let mut targets = b.targets.join(", ");
+    if b.distinct_targets > b.targets.len() {
+        targets.push_str(&format!(" and {} more", b.distinct_targets - b.targets.len()));
+    }
+    let query = serde_urlencoded::to_string([("agent", &b.agent), ("action", &b.action)]).unwrap_or_default();
+    views::BacklogLine {
+        agent: b.agent.clone(),
+        action: b.action.clone(),
+        pending: b.pending,
+        targets,
+        link: format!("/console/inbox?{query}{}", if all { "&all=1" } else { "" }),
+        flooding: flooding(bundle, b),
+    }
 }
 
 /// How long until `ms`, as `4m 10s left` (the page's script keeps it counting).
@@ -106,6 +137,7 @@ fn card(s: &AppState, user: &crate::model::User, a: Approval, tracks: &mut Track
     let no_approve =
         no_reject.clone().or_else(|| approvals::may_approve(&a, user).err().map(|e| e.message.to_string()));
     Ok(views::Card {
+        flooding: None,
         id: a.id.clone(),
         agent: a.agent.clone(),
         action: a.action.clone(),
@@ -157,21 +189,51 @@ fn card(s: &AppState, user: &crate::model::User, a: Approval, tracks: &mut Track
 pub async fn inbox(State(app): State<App>, who: Analyst, Query(q): Query<InboxQuery>) -> PageResult {
     let after = q.after.as_deref().map(|a| crate::input::cursor(a, Order::Id)).transpose()?;
     let all = q.all.is_some();
+    let only = q.agent.clone().zip(q.action.clone()).filter(|(a, b)| !a.is_empty() && !b.is_empty());
     let page = blocking(&app, move |s| {
+        let store = s.ledger().store();
         let filter = approvals::Filter {
             state: ApprovalState::Pending,
-            agent: None,
-            action: None,
+            agent: only.as_ref().map(|o| o.0.clone()),
+            action: only.as_ref().map(|o| o.1.clone()),
             for_user: (!all).then(|| who.user().clone()),
             after,
             limit: 25,
         };
-        let page = approvals::page(s.ledger().store().as_ref(), &filter)?;
+        let page = approvals::page(store.as_ref(), &filter)?;
+        let bundle = s.bundle()?;
+        let backlogs = approvals::backlogs(store.as_ref(), filter.for_user.as_ref())?;
         let mut tracks = Tracks::new();
-        let cards =
+        let mut cards =
             page.items.into_iter().map(|a| card(s, who.user(), a, &mut tracks)).collect::<Result<Vec<_>, _>>()?;
+        for c in &mut cards {
+            if let Some(b) = backlogs.iter().find(|b| b.agent == c.agent && b.action == c.action)
+                && flooding(&bundle, b)
+            {
+                c.flooding = Some(format!(
+                    "{} has {} requests waiting for a human ({} of them `{}`): it may be flooding the inbox. \
+                     Read this one against its backlog above before you approve.",
+                    b.agent, b.agent_pending, b.pending, b.action
+                ));
+            }
+        }
         let next = page.next.map(|c| crate::input::cursor_text(&c, Order::Id));
-        Ok(views::InboxPage { chrome: chrome(s, &who, "inbox", q.done.as_deref())?, cards, next, all })
+        let backlog = backlogs.iter().map(|b| backlog_line(&bundle, b, all)).collect();
+        let only_query = only
+            .as_ref()
+            .map(|(agent, action)| {
+                format!("&{}", serde_urlencoded::to_string([("agent", agent), ("action", action)]).unwrap_or_default())
+            })
+            .unwrap_or_default();
+        Ok(views::InboxPage {
+            chrome: chrome(s, &who, "inbox", q.done.as_deref())?,
+            cards,
+            next,
+            all,
+            backlog,
+            only,
+            only_query,
+        })
     })
     .await?;
     Ok(html(&page).into_response())
@@ -533,18 +595,49 @@ pub async fn policy(State(app): State<App>, who: Analyst) -> PageResult {
     Ok(html(&page).into_response())
 }
 
+/// One open event stream: its slot under the bounds, and the gauge, until it ends.
+struct Open {
+    app: App,
+    _slot: crate::limits::Slot,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.app.metrics.session("console_events", -1);
+    }
+}
+
 /// Server-sent events: `change` whenever something was recorded (the audit log grew) or an
 /// approval moved; the page's script refreshes its live regions. A comment every 15 s keeps
 /// proxies from closing the stream.
 pub async fn events(
     State(app): State<App>,
-    _: Analyst,
+    who: Analyst,
 ) -> Result<Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>>, Failure> {
+    let bounds = app.limits.console;
+    let keys = [
+        (format!("session:{}", who.csrf), bounds.streams_per_session),
+        (format!("user:{}", who.user().id), bounds.streams_per_user),
+    ];
+    let Some(slot) = app.console_streams.take(&keys) else {
+        app.metrics.refused("console_streams");
+        return Err(Failure(ApiError::new(
+            crate::error::Code::TooManyStreams,
+            format!(
+                "`{}` has as many live streams open as allowed ({} per sign-in, {} per person); close a tab",
+                who.user().id,
+                bounds.streams_per_session,
+                bounds.streams_per_user
+            ),
+        )));
+    };
     let size = blocking(&app, |s| Ok(s.ledger().store().size()?)).await?;
     let changes = app.subscribe();
     let stopping = app.stopping.subscribe();
-    let state = (app, changes, stopping, size);
-    let stream = futures_util::stream::unfold(state, |(app, mut changes, mut stopping, last)| async move {
+    app.metrics.session("console_events", 1);
+    let open = Open { app: app.clone(), _slot: slot };
+    let state = (app, changes, stopping, size, open);
+    let stream = futures_util::stream::unfold(state, |(app, mut changes, mut stopping, last, open)| async move {
         loop {
             if *stopping.borrow() {
                 return None;
@@ -561,7 +654,7 @@ pub async fn events(
             };
             if now != last || woke {
                 let ev = Event::default().event("change").data(now.to_string());
-                return Some((Ok(ev), (app, changes, stopping, now)));
+                return Some((Ok(ev), (app, changes, stopping, now, open)));
             }
         }
     });

@@ -92,6 +92,8 @@ pub fn pairs(v: &Value) -> Vec<Pair> {
 
 #[derive(Debug, Clone)]
 pub struct Card {
+    /// Set when the agent has so many requests waiting that it may be flooding the inbox.
+    pub flooding: Option<String>,
     pub id: String,
     pub agent: String,
     pub action: String,
@@ -128,6 +130,24 @@ pub struct InboxPage {
     pub cards: Vec<Card>,
     pub next: Option<String>,
     pub all: bool,
+    /// Pending approvals by agent × action, largest first.
+    pub backlog: Vec<BacklogLine>,
+    /// The agent × action the cards are narrowed to, if any (and the query that keeps it).
+    pub only: Option<(String, String)>,
+    pub only_query: String,
+}
+
+/// One agent × action's pending approvals, as one line of the inbox.
+#[derive(Debug, Clone)]
+pub struct BacklogLine {
+    pub agent: String,
+    pub action: String,
+    pub pending: usize,
+    /// `host:web-42, host:web-43 and 35 more`.
+    pub targets: String,
+    /// The inbox narrowed to this agent × action.
+    pub link: String,
+    pub flooding: bool,
 }
 
 #[derive(Debug, Clone)]

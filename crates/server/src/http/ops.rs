@@ -52,18 +52,23 @@ pub async fn jwks(State(app): State<App>) -> Json<Value> {
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(app): State<App>) -> ApiResult<impl axum::response::IntoResponse> {
-    let (pending, leases) = blocking(&app, |s| {
+    let (pending, leases, by_agent) = blocking(&app, |s| {
         let store = s.ledger().store();
         let q = warden_store::Query { state: Some("pending".into()), ..warden_store::Query::default() };
         let pending = store.count(warden_store::Table::Approvals, &q)?;
+        // Bounded: each agent's pending approvals are capped by policy.
+        let mut by_agent = std::collections::BTreeMap::<String, u64>::new();
+        for r in store.find(warden_store::Table::Approvals, &q)? {
+            *by_agent.entry(r.agent.unwrap_or_default()).or_default() += 1;
+        }
         let q = warden_store::Query {
             state: Some("active".into()),
             at_from: Some(crate::model::millis(s.now())),
             ..warden_store::Query::default()
         };
-        Ok((pending, store.count(warden_store::Table::Leases, &q)?))
+        Ok((pending, store.count(warden_store::Table::Leases, &q)?, by_agent.into_iter().collect::<Vec<_>>()))
     })
     .await?;
-    let text = app.metrics.render(pending, leases, app.ledger().group_stats());
+    let text = app.metrics.render(pending, leases, app.ledger().group_stats(), &by_agent);
     Ok(([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

@@ -40,6 +40,7 @@ pub struct SlackForm {
         (status = 403, description = "`unknown_slack_user`, `user_disabled`", body = ErrorBody),
         (status = 404, description = "`slack_not_configured`", body = ErrorBody),
         (status = 422, description = "`invalid_request`: not a Warden button press", body = ErrorBody),
+        (status = 503, description = "`overloaded`: too many presses being acted on at once; retry", body = ErrorBody),
     ))]
 pub async fn interactions(State(app): State<App>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<Value>> {
     let Some(cfg) = app.slack.clone() else {
@@ -55,6 +56,11 @@ pub async fn interactions(State(app): State<App>, headers: HeaderMap, body: Byte
     )
     .map_err(|e| ApiError::new(Code::BadSlackSignature, e.to_string()))?;
     let press = slack::press(&body)?;
+    // Each press is a vote and an outbound message update: a bounded number at once.
+    let Ok(job) = app.slack_jobs.clone().try_acquire_owned() else {
+        app.metrics.refused("slack_in_flight");
+        return Err(ApiError::new(Code::Overloaded, "too many Slack button presses are being acted on; retry shortly"));
+    };
     let who = press.slack_user.clone();
     let user = blocking(&app, move |s| slack::user_of(s, &cfg, &who)).await;
     let user = match user {
@@ -62,13 +68,19 @@ pub async fn interactions(State(app): State<App>, headers: HeaderMap, body: Byte
         Err(e) => {
             if let Some(url) = press.response_url.clone() {
                 let (app, message) = (app.clone(), slack::refusal(&e));
-                tokio::spawn(async move { slack::respond(&app, url, message).await });
+                tokio::spawn(async move {
+                    slack::respond(&app, url, message).await;
+                    drop(job);
+                });
             }
             return Err(e);
         }
     };
     tracing::info!(approval = %press.approval, user = %user.id, approve = press.approve, "a Slack button was pressed");
     let approval = press.approval.clone();
-    tokio::spawn(slack::act(app, press, user));
+    tokio::spawn(async move {
+        slack::act(app, press, user).await;
+        drop(job);
+    });
     Ok(Json(json!({"taken": approval})))
 }

@@ -8,6 +8,7 @@
 //! every front door uses. Nothing is decided here.
 
 pub mod call;
+pub mod sessions;
 pub mod tools;
 
 use std::sync::Arc;
@@ -370,17 +371,15 @@ impl Door {
     }
 }
 
-/// Which agent opened each MCP session: a session answers only that agent.
-type Owners = Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
-
 const SESSION_HEADER: &str = "mcp-session-id";
 
 /// Authenticates every `/mcp` HTTP request as an agent, as `/v1` does; the token rides in the
 /// request's extensions to the handler. A session answers only the agent that opened it: a
 /// request naming another agent's session id is refused (403 `not_your_agent`) before the
-/// session sees it, so no agent reads another's held calls, notifications or tasks.
+/// session sees it, so no agent reads another's held calls, notifications or tasks. The
+/// session bounds ([`sessions`]) are kept here too.
 async fn authenticate(
-    State((app, owners)): State<(App, Owners)>,
+    State((app, registry)): State<(App, Arc<sessions::Registry>)>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -390,30 +389,52 @@ async fn authenticate(
         Err(e) => return challenge(&app, &parts, e),
     };
     let session = parts.headers.get(SESSION_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
-    if let Some(id) = &session {
-        let owner = owners.lock().ok().and_then(|o| o.get(id).cloned());
-        if owner.is_some_and(|o| o != token.subject()) {
-            return ApiError::new(crate::error::Code::NotYourAgent, "this MCP session belongs to another agent")
-                .into_response();
-        }
-    }
-    let subject = token.subject().to_string();
+    let stream = parts.method == axum::http::Method::GET;
     let closing = parts.method == axum::http::Method::DELETE;
+    // Only a POST without a session opens one (`initialize`); the SDK refuses anything else.
+    let admitted = if session.is_none() && parts.method != axum::http::Method::POST {
+        None
+    } else {
+        match registry.admit(token.subject(), session.as_deref(), stream).await {
+            Ok(a) => Some(a),
+            Err(sessions::Refused::NotYours) => {
+                return ApiError::new(crate::error::Code::NotYourAgent, "this MCP session belongs to another agent")
+                    .into_response();
+            }
+            Err(sessions::Refused::Sessions(cap)) => {
+                return ApiError::new(
+                    crate::error::Code::TooManySessions,
+                    format!(
+                        "agent `{}` holds {cap} MCP sessions (the cap), each busy; close one (`DELETE /mcp`) or wait for one to finish",
+                        token.subject()
+                    ),
+                )
+                .details(json!({"cap": cap}))
+                .into_response();
+            }
+            Err(sessions::Refused::Streams(cap)) => {
+                return ApiError::new(
+                    crate::error::Code::TooManyStreams,
+                    format!("this MCP session has {cap} event streams open (the cap); close one"),
+                )
+                .details(json!({"cap": cap}))
+                .into_response();
+            }
+        }
+    };
     parts.extensions.insert(token);
     let res = next.run(Request::from_parts(parts, body)).await;
-    if let Ok(mut o) = owners.lock() {
-        match (&session, res.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok())) {
-            // A session just opened: it is this agent's.
-            (None, Some(opened)) => {
-                o.insert(opened.to_string(), subject);
-            }
-            (Some(id), _) if closing && res.status().is_success() => {
-                o.remove(id);
-            }
-            _ => {}
-        }
-    }
-    res
+    let Some(mut admitted) = admitted else { return res };
+    let opened = if session.is_none() { res.headers().get(SESSION_HEADER).and_then(|v| v.to_str().ok()) } else { None };
+    admitted.answered(opened, closing && res.status().is_success());
+    // The request counts as busy until its answer has been sent (or the client left).
+    res.map(|body| {
+        use futures_util::StreamExt as _;
+        axum::body::Body::from_stream(body.into_data_stream().map(move |chunk| {
+            let _ = &admitted;
+            chunk
+        }))
+    })
 }
 
 /// The resource's base URL as the client reached it.
@@ -474,8 +495,15 @@ pub fn router(app: App) -> Router {
     if !options.allowed_origins.is_empty() {
         config = config.enforce_origin_validation();
     }
+    let mut manager = LocalSessionManager::default();
+    // The SDK's own idle timeout is a safety net behind the registry's (which sees HTTP
+    // requests, not only messages).
+    manager.session_config.keep_alive = Some(options.sessions.idle.saturating_mul(2));
+    let manager = Arc::new(manager);
+    let registry = sessions::Registry::new(manager.clone(), options.sessions, app.clone());
+    registry.spawn_expiry();
     let service: StreamableHttpService<Door, LocalSessionManager> =
-        StreamableHttpService::new(move || Ok(door.clone()), Arc::default(), config);
+        StreamableHttpService::new(move || Ok(door.clone()), manager, config);
     // Its own admission limit, as large as the API's: calls held for a human (and SSE streams)
     // never take the permits `/v1` needs.
     let permits = Arc::new(tokio::sync::Semaphore::new(app.limits.in_flight));
@@ -485,10 +513,9 @@ pub fn router(app: App) -> Router {
                 .into_response()
         })
     };
-    let owners: Owners = Arc::default();
     let mcp = Router::new()
         .nest_service("/mcp", service)
-        .layer(axum::middleware::from_fn_with_state((app.clone(), owners), authenticate))
+        .layer(axum::middleware::from_fn_with_state((app.clone(), registry), authenticate))
         .layer(axum::middleware::from_fn(admit));
     let meta = Router::new().route(METADATA_PATH, axum::routing::get(metadata)).with_state(app);
     mcp.merge(meta)
