@@ -83,6 +83,7 @@ codes! {
     NoProof = "no_proof", 404, "no such proof: the entry is not in that tree, or the old size is above the new";
     SlackNotConfigured = "slack_not_configured", 404, "no Slack app is configured (`[slack]` in `--config`)";
     NoCheckpoint = "no_checkpoint", 404, "no signed checkpoint yet (or none at that size)";
+    RequestTimeout = "request_timeout", 408, "the client took too long to send its request; the connection is closed";
     TaskExists = "task_exists", 409, "a task with that id already exists";
     TaskClosed = "task_closed", 409, "the task is closed";
     IdempotencyConflict = "idempotency_conflict", 409, "the idempotency key was used for a different request";
@@ -106,7 +107,6 @@ codes! {
     UndoNeedsApproval = "undo_needs_approval", 409, "undoing the action needs more than one person: ask for it on its own (it becomes an approval)";
     PolicyChanged = "policy_changed", 409, "the bundle in force no longer allows what was approved; nothing was done";
     BreakerClosed = "breaker_closed", 409, "the breaker is not tripped";
-    RequestTimeout = "request_timeout", 408, "the client took too long to send its request; the connection is closed";
     BodyTooLarge = "body_too_large", 413, "the body exceeds 64 KiB";
     UnsupportedMediaType = "unsupported_media_type", 415, "send `Content-Type: application/json`";
     InvalidRequest = "invalid_request", 422, "a field is missing, empty, out of range or not allowed";

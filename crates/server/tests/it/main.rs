@@ -6,6 +6,7 @@ mod api;
 mod approvals;
 mod authority;
 mod authority_table;
+mod bounds;
 mod console;
 mod errors;
 mod escapes;

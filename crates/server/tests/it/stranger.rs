@@ -178,7 +178,12 @@ async fn csrf_of(h: &Harness, cookie: &str) -> String {
 
 // mcp ----------------------------------------------------------------------------------------
 
-async fn mcp(h: &Harness, token: &str, session: Option<&str>, body: Value) -> (StatusCode, Option<String>, Value) {
+pub(crate) async fn mcp(
+    h: &Harness,
+    token: &str,
+    session: Option<&str>,
+    body: Value,
+) -> (StatusCode, Option<String>, Value) {
     let mut req = Request::builder()
         .method("POST")
         .uri("/mcp")
@@ -206,7 +211,7 @@ async fn mcp(h: &Harness, token: &str, session: Option<&str>, body: Value) -> (S
 }
 
 /// An initialized MCP session for `token`: its id.
-async fn mcp_session(h: &Harness, token: &str) -> String {
+pub(crate) async fn mcp_session(h: &Harness, token: &str) -> String {
     let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "stranger", "version": "1"}}});
     let (status, sid, v) = mcp(h, token, None, init).await;
