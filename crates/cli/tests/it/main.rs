@@ -5,6 +5,7 @@ pub mod procs;
 
 mod audit;
 mod demo;
+mod disk;
 mod kill;
 mod policy;
 mod respond;
