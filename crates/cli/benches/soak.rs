@@ -14,9 +14,19 @@
 //! Latencies are measured from when each request was *due*, so a server that falls behind
 //! shows it (no coordinated omission). Exit 1 if any request failed,
 //! the log does not verify, or memory grew more than 20 % over the second half.
+//!
+//! `--abuse CALM` (minutes) runs A B A instead: the load alone for CALM minutes, then for
+//! `--minutes` with three attackers beside it (a slowloris of 1,000 connections from
+//! 127.0.0.2, an agent opening MCP sessions it never closes, an agent asking for approvals
+//! with ever-new targets — each flood at `--flood-rate` requests per second), then alone
+//! again. It exits 1 when the legitimate rate or p99 under attack is more than 1.5× off the
+//! calm phases', or RSS grows more than 20 % over the attack's second half.
 
 #[path = "../tests/support/procs.rs"]
 mod procs;
+
+#[path = "../tests/support/abuse.rs"]
+mod abuse;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -31,6 +41,9 @@ use serde_json::{Value, json};
 const WARDEN: &str = env!("CARGO_BIN_EXE_warden");
 const EDR: &str = "spiffe://acme.example/soc/edr-responder";
 const ENRICH: &str = "spiffe://acme.example/soc/enrichment-bot";
+/// The attackers of `--abuse`: one floods approvals, the other MCP sessions.
+const IAM: &str = "spiffe://acme.example/soc/identity-responder";
+const PHISH: &str = "spiffe://acme.example/soc/phish-triage";
 
 struct Args {
     minutes: f64,
@@ -40,11 +53,24 @@ struct Args {
     max_secs: u64,
     dir: Option<PathBuf>,
     rate: Option<f64>,
+    /// Minutes of each calm phase around the attack (`--abuse`).
+    abuse: Option<f64>,
+    flood_rate: f64,
 }
 
 fn args() -> Args {
     let mut a =
-        Args { minutes: 10.0, fraction: 0.5, connections: 32, interval: 10, max_secs: 20, dir: None, rate: None };
+        Args {
+        minutes: 10.0,
+        fraction: 0.5,
+        connections: 32,
+        interval: 10,
+        max_secs: 20,
+        dir: None,
+        rate: None,
+        abuse: None,
+        flood_rate: 50.0,
+    };
     let argv: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let mut it = argv.iter();
     while let Some(flag) = it.next() {
@@ -58,6 +84,8 @@ fn args() -> Args {
             "--max-secs" => a.max_secs = number() as u64,
             "--dir" => a.dir = Some(PathBuf::from(value)),
             "--rate" => a.rate = Some(number()),
+            "--abuse" => a.abuse = Some(number()),
+            "--flood-rate" => a.flood_rate = number(),
             _ => panic!("unknown flag `{flag}`"),
         }
     }
@@ -78,7 +106,13 @@ fn soak_bundle(to: &Path) {
     for (file, old, new) in [
         ("agents/edr-responder.toml", "max_per_hour = 10\n", "max_per_hour = 10000000\n"),
         ("agents/enrichment-bot.toml", "max_per_hour = 5000\n", "max_per_hour = 10000000\n"),
-        ("agents/edr-responder.toml", "approval_expiry = \"10m\"\n", "approval_expiry = \"2m\"\n"),
+        // ~2,000 approvals stay pending by design of the mix: the caps on a human's inbox are
+        // the attack's to meet, not the soak's.
+        (
+            "agents/edr-responder.toml",
+            "approval_expiry = \"10m\"\n",
+            "approval_expiry = \"2m\"\nmax_pending = 1000000\nmax_pending_per_action = 1000000\n",
+        ),
     ] {
         let path = to.join(file);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -265,7 +299,7 @@ fn phase(
     rate: Option<f64>,
     secs: f64,
     interval: u64,
-) -> (Vec<(f64, Duration, u64)>, u64) {
+) -> (Vec<(f64, Duration, u64)>, u64, Vec<Duration>) {
     let Server { addr, tokens, pid, data } = server;
     let (addr, pid) = (addr.as_str(), *pid);
     let shared = Arc::new(Shared {
@@ -286,6 +320,7 @@ fn phase(
         })
         .collect();
     let mut windows = Vec::new();
+    let mut all = Vec::new();
     let mut at = Duration::ZERO;
     while at.as_secs_f64() < secs {
         let step = Duration::from_secs(interval).min(Duration::from_secs_f64(secs) - at);
@@ -312,17 +347,66 @@ fn phase(
             outcomes.join(", ")
         );
         windows.push((rps, percentile(&l, 0.99), rss));
+        all.extend(l);
     }
     shared.stop.store(true, Ordering::Relaxed);
     for c in clients {
         let _ = c.join();
     }
-    (windows, shared.failures.load(Ordering::Relaxed))
+    all.sort();
+    (windows, shared.failures.load(Ordering::Relaxed), all)
 }
 
 fn header() {
     println!("| t (s) | req/s | p50 | p99 | max | RSS (MiB) | threads | db + WAL (MiB) | answers |");
     println!("|---|---|---|---|---|---|---|---|---|");
+}
+
+/// A B A: the load alone, the load beside the attackers, the load alone again. Returns the
+/// attack phase's windows, the failures of all three, and whether the legitimate load held
+/// within 1.5× of the calm phases (rate and p99).
+fn abuse_phases(target: &Server, a: &Args, rate: f64, calm: f64, data: &str) -> (Vec<(f64, Duration, u64)>, u64, bool) {
+    let run = |title: &str, minutes: f64| {
+        println!("### {title}\n");
+        header();
+        let r = phase(target, a.connections, Some(rate), minutes * 60.0, a.interval);
+        println!();
+        r
+    };
+    let (calm1, f1, l1) = run("A: the load alone", calm);
+    let ttl = format!("{}m", (a.minutes + 2.0 * calm) as u64 + 30);
+    let mcp = warden(&["agent", "token", PHISH, "--ttl", &ttl, "--data", data]).trim().to_string();
+    let flood = warden(&["agent", "token", IAM, "--ttl", &ttl, "--data", data]).trim().to_string();
+    let task = json!({"id": "INC-F", "title": "flood", "trigger": {"source": "idp", "severity": "high"}}).to_string();
+    let (status, _) = Conn::open(&target.addr).unwrap().post("/v1/tasks", &flood, &task).unwrap();
+    assert_eq!(status, 201);
+    fn flood_body(n: u64) -> String {
+        json!({"task": "INC-F", "action": "account.disable", "target": format!("account:flood-{n}"), "confidence": 0.8,
+               "params": {"reason": format!("takeover {n}")}, "rationale": "flood",
+               "evidence": [{"kind": "idp", "ref": "risk:1"}, {"kind": "idp", "ref": "signin:1"}]})
+        .to_string()
+    }
+    let attack = abuse::Attack::start(&target.addr, 1000, a.flood_rate, mcp, flood, flood_body);
+    let (attacked, f2, l2) = run("B: the load beside a slowloris, an MCP session flood and an approval flood", a.minutes);
+    let counts = attack.stop();
+    println!("attackers: {counts:?}\n");
+    let (calm2, f3, l3) = run("A: the load alone again", calm);
+    let mean = |w: &[(f64, Duration, u64)]| w.iter().map(|w| w.0).sum::<f64>() / w.len().max(1) as f64;
+    let calm_rate = (mean(&calm1) + mean(&calm2)) / 2.0;
+    let mut calm_lat = [l1, l3].concat();
+    calm_lat.sort();
+    let (p99_calm, p99_attack) = (percentile(&calm_lat, 0.99), percentile(&l2, 0.99));
+    let rate_ratio = calm_rate / mean(&attacked).max(f64::MIN_POSITIVE);
+    let p99_ratio = p99_attack.as_secs_f64() / p99_calm.as_secs_f64().max(1e-9);
+    let rss_max = attacked.iter().map(|w| w.2).max().unwrap_or(0);
+    println!(
+        "abuse: legitimate rate calm {calm_rate:.0}/s vs attacked {:.0}/s ({rate_ratio:.2}×); p99 calm {p99_calm:.2?} vs \
+         attacked {p99_attack:.2?} ({p99_ratio:.2}×); RSS under attack at most {:.1} MiB",
+        mean(&attacked),
+        rss_max as f64 / 1024.0
+    );
+    let held = rate_ratio <= 1.5 && p99_ratio <= 1.5;
+    (attacked, f1 + f2 + f3, held)
 }
 
 fn main() -> ExitCode {
@@ -341,6 +425,8 @@ fn main() -> ExitCode {
     warden(&["init", "--data", d]);
     warden(&["agent", "add", EDR, "--owner", "team:endpoint-response", "--data", d]);
     warden(&["agent", "add", ENRICH, "--owner", "team:soc-engineering", "--data", d]);
+    warden(&["agent", "add", IAM, "--owner", "team:iam", "--data", d]);
+    warden(&["agent", "add", PHISH, "--owner", "team:email-security", "--data", d]);
     let ttl = format!("{}m", (a.minutes as u64) + 30);
     let tokens = Arc::new((
         warden(&["agent", "token", EDR, "--ttl", &ttl, "--data", d]).trim().to_string(),
@@ -387,7 +473,7 @@ fn main() -> ExitCode {
         None => {
             println!("### Maximum ({} s closed loop)\n", a.max_secs);
             header();
-            let (max, failures) = phase(&target, a.connections, None, a.max_secs as f64, a.interval);
+            let (max, failures, _) = phase(&target, a.connections, None, a.max_secs as f64, a.interval);
             let max_rate = max.iter().map(|w| w.0).sum::<f64>() / max.len().max(1) as f64;
             let rate = max_rate * a.fraction;
             println!(
@@ -398,9 +484,15 @@ fn main() -> ExitCode {
             (rate, failures)
         }
     };
-    println!("### Soak\n");
-    header();
-    let (soak, failures) = phase(&target, a.connections, Some(rate), a.minutes * 60.0, a.interval);
+    let (soak, failures, held) = match a.abuse {
+        None => {
+            println!("### Soak\n");
+            header();
+            let (soak, failures, _) = phase(&target, a.connections, Some(rate), a.minutes * 60.0, a.interval);
+            (soak, failures, true)
+        }
+        Some(calm) => abuse_phases(&target, &a, rate, calm, d),
+    };
 
     // Stop as an operator would, then verify the whole log.
     let stopped = Command::new("kill").args(["-TERM", &pid.to_string()]).status().map(|s| s.success()).unwrap_or(false);
@@ -423,7 +515,7 @@ fn main() -> ExitCode {
         failures,
         max_failures
     );
-    if failures + max_failures > 0 || !verify.status.success() || growth > 1.2 {
+    if failures + max_failures > 0 || !verify.status.success() || growth > 1.2 || !held {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

@@ -129,7 +129,6 @@ codes! {
     ApprovalBacklog = "approval_backlog", 429, "the agent has as many requests waiting for a human as policy allows (`[escalation] max_pending`); nothing was queued";
     TooManySessions = "too_many_sessions", 429, "the agent has as many MCP sessions open as allowed, none of them idle; close one (`DELETE /mcp`)";
     TooManyStreams = "too_many_streams", 429, "as many event streams are open for this session or user as allowed; close one";
-    TooManyAttempts = "too_many_attempts", 429, "too many sign-in attempts from this address; wait a minute";
     RollbackFailed = "rollback_failed", 502, "the tool refused the compensation";
     StoreUnavailable = "store_unavailable", 503, "the store is unavailable; nothing was done";
     PolicyUnavailable = "policy_unavailable", 503, "no policy can be evaluated; nothing was done";
