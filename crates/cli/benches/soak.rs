@@ -59,8 +59,7 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a =
-        Args {
+    let mut a = Args {
         minutes: 10.0,
         fraction: 0.5,
         connections: 32,
@@ -387,7 +386,8 @@ fn abuse_phases(target: &Server, a: &Args, rate: f64, calm: f64, data: &str) -> 
         .to_string()
     }
     let attack = abuse::Attack::start(&target.addr, 1000, a.flood_rate, mcp, flood, flood_body);
-    let (attacked, f2, l2) = run("B: the load beside a slowloris, an MCP session flood and an approval flood", a.minutes);
+    let (attacked, f2, l2) =
+        run("B: the load beside a slowloris, an MCP session flood and an approval flood", a.minutes);
     let counts = attack.stop();
     println!("attackers: {counts:?}\n");
     let (calm2, f3, l3) = run("A: the load alone again", calm);

@@ -193,7 +193,14 @@ pub fn backlogs(store: &dyn Store, for_user: Option<&User>) -> Result<Vec<Backlo
         .map(|((agent, action), (pending, mut targets))| {
             let distinct_targets = targets.len();
             targets.truncate(BACKLOG_TARGETS);
-            Backlog { agent_pending: per_agent.get(&agent).copied().unwrap_or(0), agent, action, pending, targets, distinct_targets }
+            Backlog {
+                agent_pending: per_agent.get(&agent).copied().unwrap_or(0),
+                agent,
+                action,
+                pending,
+                targets,
+                distinct_targets,
+            }
         })
         .collect();
     out.sort_by(|a, b| b.pending.cmp(&a.pending).then_with(|| (&a.agent, &a.action).cmp(&(&b.agent, &b.action))));

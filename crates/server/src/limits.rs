@@ -280,7 +280,9 @@ impl Attempts {
                 o[8..].fill(0);
                 std::net::IpAddr::V6(std::net::Ipv6Addr::from(o))
             }
-            std::net::IpAddr::V6(v6) => std::net::IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED)),
+            std::net::IpAddr::V6(v6) => {
+                std::net::IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED))
+            }
             v4 => v4,
         };
         let Ok(mut buckets) = self.buckets.lock() else { return false };

@@ -217,8 +217,18 @@ mod tests {
         m.decision_latency.observe(Duration::from_secs(2));
         m.decided("execute", "host.isolate");
         m.decided("execute", "host.isolate");
-        let text =
-            m.render(3, 0, warden_store::GroupStats { groups: 2, batches: 7, busy: Duration::from_millis(1500), failed: 1, failing: true }, &[("spiffe://a".into(), 3)]);
+        let text = m.render(
+            3,
+            0,
+            warden_store::GroupStats {
+                groups: 2,
+                batches: 7,
+                busy: Duration::from_millis(1500),
+                failed: 1,
+                failing: true,
+            },
+            &[("spiffe://a".into(), 3)],
+        );
         assert!(text.contains("warden_decision_seconds_bucket{le=\"0.00005\"} 1\n"), "{text}");
         assert!(text.contains("warden_decision_seconds_bucket{le=\"0.0025\"} 2\n"));
         assert!(text.contains("warden_decision_seconds_bucket{le=\"+Inf\"} 3\n"));

@@ -23,7 +23,11 @@ use crate::state::App;
 
 /// Serves `app` on `listener` (plain TCP, or [`crate::tls::TlsListener`]) until `shutdown`
 /// completes.
-pub async fn serve<L>(mut listener: L, app: App, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()>
+pub async fn serve<L>(
+    mut listener: L,
+    app: App,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
     L::Io: crate::tls::NoDelay,
@@ -81,7 +85,12 @@ where
 /// One request: the peer's address in its extensions (`ConnectInfo`), its body under the
 /// body deadline; a body the client did not finish in time is answered `408` whatever the
 /// handler made of the cut-off body, and the connection closes.
-async fn answer(app: &App, router: axum::Router, peer: SocketAddr, req: hyper::Request<Incoming>) -> axum::response::Response {
+async fn answer(
+    app: &App,
+    router: axum::Router,
+    peer: SocketAddr,
+    req: hyper::Request<Incoming>,
+) -> axum::response::Response {
     use axum::response::IntoResponse as _;
     use tower::ServiceExt as _;
     let fired = Arc::new(AtomicBool::new(false));

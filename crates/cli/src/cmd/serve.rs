@@ -177,9 +177,8 @@ impl LimitsSection {
         mcp: &mut warden_server::limits::McpSessions,
         path: &std::path::Path,
     ) -> Result<(), Failure> {
-        let zero = |name: &str| {
-            Failure::Invalid(format!("error: `{}`: `[limits] {name}` must be at least 1", path.display()))
-        };
+        let zero =
+            |name: &str| Failure::Invalid(format!("error: `{}`: `[limits] {name}` must be at least 1", path.display()));
         let count = |v: Option<usize>, name: &str, into: &mut usize| -> Result<(), Failure> {
             match v {
                 Some(0) => Err(zero(name)),
@@ -190,15 +189,15 @@ impl LimitsSection {
                 None => Ok(()),
             }
         };
-        let secs = |v: Option<warden_core::duration::Duration>, name: &str, into: &mut std::time::Duration| {
-            match v.map(|d| d.as_secs()) {
-                Some(0) => Err(zero(name)),
-                Some(n) => {
-                    *into = std::time::Duration::from_secs(n);
-                    Ok(())
-                }
-                None => Ok(()),
+        let secs = |v: Option<warden_core::duration::Duration>, name: &str, into: &mut std::time::Duration| match v
+            .map(|d| d.as_secs())
+        {
+            Some(0) => Err(zero(name)),
+            Some(n) => {
+                *into = std::time::Duration::from_secs(n);
+                Ok(())
             }
+            None => Ok(()),
         };
         let c = &mut limits.connections;
         count(self.max_connections, "max_connections", &mut c.max_open)?;
@@ -478,8 +477,9 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         let stop = warden_server::serve::signals();
         match tls {
             Some(acceptor) => {
-                let listener = warden_server::tls::TlsListener::with_bounds(listener, acceptor, &app.limits.connections)
-                    .context("starting TLS")?;
+                let listener =
+                    warden_server::tls::TlsListener::with_bounds(listener, acceptor, &app.limits.connections)
+                        .context("starting TLS")?;
                 warden_server::serve::serve(listener, app, stop).await.context("serving")?;
             }
             None => warden_server::serve::serve(listener, app, stop).await.context("serving")?,

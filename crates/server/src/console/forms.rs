@@ -58,8 +58,8 @@ pub async fn sign_in(State(app): State<App>, peer: super::Peer, axum::Form(f): a
         app.metrics.refused("sign_in_attempts");
         tracing::warn!(%ip, "console sign-in refused: too many attempts from this address");
         let problem = "Too many sign-in attempts from this address; wait a minute and try again.";
-        let mut res = (StatusCode::TOO_MANY_REQUESTS, html(&views::SignInPage { problem: Some(problem.into()) }))
-            .into_response();
+        let mut res =
+            (StatusCode::TOO_MANY_REQUESTS, html(&views::SignInPage { problem: Some(problem.into()) })).into_response();
         res.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("60"));
         return res;
     }

@@ -106,10 +106,7 @@ impl Registry {
                     // Unknown (closed, expired, or never opened): the SDK answers 404.
                     None => {}
                 }
-                return Ok(Admitted {
-                    registry: Arc::downgrade(self),
-                    kind: Kind::On { id: id.to_string(), stream },
-                });
+                return Ok(Admitted { registry: Arc::downgrade(self), kind: Kind::On { id: id.to_string(), stream } });
             }
             let held = t.sessions.values().filter(|s| s.agent == agent).count();
             let opening = t.opening.get(agent).copied().unwrap_or(0);

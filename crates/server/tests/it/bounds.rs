@@ -129,7 +129,9 @@ async fn a_trickled_body_gets_408_and_a_prompt_one_is_served() {
     let (status, _) = h.call("GET", "/v1/tasks/INC-1", Some(&token), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // The same request sent at once is served.
-    let head = format!("POST /v1/tasks HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\n");
+    let head = format!(
+        "POST /v1/tasks HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\n"
+    );
     let (status, answer) = request(addr, &head, &body).await;
     assert_eq!(status, 201, "{answer}");
 }
@@ -363,7 +365,10 @@ async fn the_inbox_groups_a_flood_so_one_request_cannot_hide_in_it() {
 
 fn mcp_harness(sessions: warden_server::limits::McpSessions) -> Harness {
     let mcp = warden_server::limits::McpOptions { sessions, ..Default::default() };
-    harness_options(Arc::new(SystemClock), ServerOptions { mcp, limits: quick(Connections::default()), ..Default::default() })
+    harness_options(
+        Arc::new(SystemClock),
+        ServerOptions { mcp, limits: quick(Connections::default()), ..Default::default() },
+    )
 }
 
 async fn list_tools(h: &Harness, token: &str, sid: &str) -> StatusCode {
@@ -488,19 +493,32 @@ async fn the_inbox_shows_a_flood_as_one_line_and_warns_on_its_cards() {
     let cookie = crate::console::sign_in(&h, &h.user("ana", &["soc-analyst"])).await;
     let page = crate::console::get(&h, "/console/inbox", Some(&cookie)).await;
     assert_eq!(page.status, StatusCode::OK);
-    let line = format!("<code>{EDR}</code>: 12 pending <code>process.kill</code> on host:web-42</a> — <strong>may be flooding</strong>");
+    let line = format!(
+        "<code>{EDR}</code>: 12 pending <code>process.kill</code> on host:web-42</a> — <strong>may be flooding</strong>"
+    );
     assert!(page.body.contains(&line), "{}", page.body);
-    assert!(page.body.contains(&format!("<code>{EDR}</code>: 1 pending <code>host.isolate</code> on host:db-payments-01</a></li>")), "the lone request has its own line");
+    assert!(
+        page.body.contains(&format!(
+            "<code>{EDR}</code>: 1 pending <code>host.isolate</code> on host:db-payments-01</a></li>"
+        )),
+        "the lone request has its own line"
+    );
     assert!(page.body.contains("it may be flooding the inbox"), "a card of the flood says so");
     // The line's link narrows the inbox to that agent × action.
-    let narrowed = crate::console::get(&h, "/console/inbox?agent=spiffe%3A%2F%2Facme.example%2Fsoc%2Fedr-responder&action=host.isolate", Some(&cookie)).await;
+    let narrowed = crate::console::get(
+        &h,
+        "/console/inbox?agent=spiffe%3A%2F%2Facme.example%2Fsoc%2Fedr-responder&action=host.isolate",
+        Some(&cookie),
+    )
+    .await;
     assert_eq!(narrowed.body.matches("class=\"card\"").count(), 1, "{}", narrowed.body);
     assert!(narrowed.body.contains("host:db-payments-01"));
 }
 
 #[tokio::test]
 async fn event_streams_are_capped_per_sign_in_and_per_person() {
-    let bounds = warden_server::limits::ConsoleBounds { streams_per_session: 2, streams_per_user: 3, ..Default::default() };
+    let bounds =
+        warden_server::limits::ConsoleBounds { streams_per_session: 2, streams_per_user: 3, ..Default::default() };
     let h = harness_options(
         Arc::new(SystemClock),
         ServerOptions { limits: Limits { console: bounds, ..quick(Connections::default()) }, ..Default::default() },
