@@ -45,7 +45,30 @@ pub use error::{ApiError, ApiResult, Code};
 pub use http::{BODY_LIMIT, openapi_document, sweep_approvals};
 
 /// The application: the `/v1` API, the MCP front door and the console, over one state.
+///
+/// A request's body is read in full (at most [`BODY_LIMIT`], under the connection's body
+/// timeout) *before* any front door admits it: a client that announces a body and sends it
+/// slowly holds a socket, never one of the permits every other client needs.
 pub fn router(app: App) -> axum::Router {
-    http::router(app.clone()).merge(mcp::router(app.clone())).merge(console::router(app))
+    http::router(app.clone())
+        .merge(mcp::router(app.clone()))
+        .merge(console::router(app))
+        .layer(axum::middleware::from_fn(read_body_first))
+}
+
+async fn read_body_first(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let (parts, body) = req.into_parts();
+    use http_body_util::BodyExt as _;
+    let bytes = match http_body_util::Limited::new(body, BODY_LIMIT).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::new(Code::BodyTooLarge, format!("the body exceeds {BODY_LIMIT} bytes")).into_response();
+        }
+        Err(_) => {
+            return ApiError::new(Code::RequestTimeout, "the request body did not arrive in full").into_response();
+        }
+    };
+    next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))).await
 }
 pub use state::{App, AppState};

@@ -54,6 +54,10 @@ pub struct Connections {
     pub header_timeout: Duration,
     /// The longest a client may take to send a request's whole body, however it trickles.
     pub body_timeout: Duration,
+    /// The longest an answer may wait for the client to read it: a write that makes no
+    /// progress for this long closes the connection (a client that asks and never reads holds
+    /// no socket, buffer or worker for longer).
+    pub write_timeout: Duration,
     /// TLS handshakes in progress at once; beyond, a new connection is closed at once.
     pub tls_handshakes: usize,
     /// The longest a TLS handshake may take.
@@ -67,13 +71,30 @@ impl Default for Connections {
             max_per_peer: 512,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             tls_handshakes: 256,
             tls_handshake_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// Open connections by peer address, each released when its [`PeerSlot`] drops.
+/// The client an address stands for: an IPv4 address (also when IPv4-mapped), or an IPv6
+/// address's /64 — the block one client usually holds, so rotating through it gains nothing.
+pub fn client_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let mut o = v6.octets();
+                o[8..].fill(0);
+                std::net::IpAddr::V6(std::net::Ipv6Addr::from(o))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// Open connections by client ([`client_of`]), each released when its [`PeerSlot`] drops.
 #[derive(Debug, Default)]
 pub struct Peers {
     open: Mutex<HashMap<std::net::IpAddr, usize>>,
@@ -89,6 +110,7 @@ pub struct PeerSlot {
 impl Peers {
     /// A slot for one more connection from `ip`, unless it has `max` open already.
     pub fn take(self: &std::sync::Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let ip = client_of(ip);
         let mut open = self.open.lock().ok()?;
         let n = open.entry(ip).or_default();
         if *n >= max {
@@ -197,10 +219,19 @@ mod tests {
         let _second = peers.take(a, 2).unwrap();
         assert!(peers.take(a, 2).is_none(), "a third from the same address is refused");
         assert!(peers.take(b, 2).is_some(), "slots are per address");
+        let v6 = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let _x = peers.take(v6("2001:db8::1"), 2).unwrap();
+        let _y = peers.take(v6("2001:db8::2"), 2).unwrap();
+        assert!(peers.take(v6("2001:db8::ffff:1"), 2).is_none(), "one /64 is one client");
+        assert!(peers.take(v6("::ffff:10.0.0.1"), 2).is_none(), "an IPv4-mapped address is that IPv4 client");
         drop(first);
         assert!(peers.take(a, 2).is_some(), "a closed connection frees its slot");
     }
 }
+
+/// Long polls (`GET /v1/actions/{id}?wait=`) one caller may have waiting at once; beyond, the
+/// answer is the state now.
+pub const LONG_POLLS_PER_CALLER: usize = 16;
 
 /// Counters by key with a cap each: what is open at once per session, per user. A
 /// [`Slot`] holds one unit of every key it was taken for, until it drops.
@@ -274,17 +305,7 @@ impl Default for Attempts {
 impl Attempts {
     /// Counts one attempt from `ip`; `false` when its bucket is empty.
     pub fn allow(&self, ip: std::net::IpAddr) -> bool {
-        let key = match ip {
-            std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-                let mut o = v6.octets();
-                o[8..].fill(0);
-                std::net::IpAddr::V6(std::net::Ipv6Addr::from(o))
-            }
-            std::net::IpAddr::V6(v6) => {
-                std::net::IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED))
-            }
-            v4 => v4,
-        };
+        let key = client_of(ip);
         let Ok(mut buckets) = self.buckets.lock() else { return false };
         let now = Instant::now();
         if buckets.len() >= ATTEMPT_ADDRESSES && !buckets.contains_key(&key) {

@@ -346,7 +346,11 @@ fn backlog(store: &dyn Store, bundle: &Bundle, a: &Approval) -> Result<Option<Ba
     Ok(None)
 }
 
-/// Refuses a request that would open one approval too many: recorded (`approval.refused`),
+/// How often, at most, refusals of one agent × action are written to the log.
+const REFUSALS_LOGGED_EVERY_MS: i64 = 60_000;
+
+/// Refuses a request that would open one approval too many: recorded (`approval.refused`,
+/// coalesced: see above),
 /// counted, and — the first time since the breaker was last reset — the agent × action
 /// breaker trips (its autonomy drops to level 2) and the owners hear of it once. Nothing is
 /// queued, so a flood never reaches the inbox.
@@ -366,11 +370,29 @@ fn refuse_backlog(
         over.cap,
         over.max
     );
+    // A flood's refusals are recorded, but not one entry each: the first, then at most one a
+    // minute per agent × action standing for all refused since (`count`), so refusing costs
+    // the log nothing a flood can grow.
+    let now_ms = millis(now);
+    let count = {
+        let Ok(mut log) = s.refusals_logged.lock() else {
+            return ApiError::new(Code::Internal, "the refusal record is unavailable");
+        };
+        let entry = log.entry((a.agent.clone(), a.action.clone())).or_insert((i64::MIN, 0));
+        entry.1 += 1;
+        if !f.budget.breaker_open || now_ms.saturating_sub(entry.0) >= REFUSALS_LOGGED_EVERY_MS {
+            let count = entry.1;
+            *entry = (now_ms, 0);
+            Some(count)
+        } else {
+            None
+        }
+    };
     let refused = Event::new(EventType::ApprovalRefused, Actor::agent(&a.agent))
         .task(&a.task)
         .action(&a.action)
         .data(json!({"agent": a.agent, "target": a.target, "digest": a.digest, "cap": over.cap,
-                     "max": over.max, "pending": over.pending}));
+                     "max": over.max, "pending": over.pending, "count": count.unwrap_or(1)}));
     let key = breaker_key(&a.agent, &a.action);
     let mut tripped = false;
     if !f.budget.breaker_open {
@@ -405,7 +427,9 @@ fn refuse_backlog(
             request: String::new(),
             caps: json!([{"code": "approval_backlog", "reason": reason}]),
         });
-    } else if let Err(e) = s.ledger().commit(Batch::new().event(refused)) {
+    } else if count.is_some()
+        && let Err(e) = s.ledger().commit(Batch::new().event(refused))
+    {
         // Not recorded: still refused (nothing was queued); the store's failure says why.
         return e.into();
     }

@@ -5,7 +5,8 @@
 //! bounds of [`crate::limits::Connections`] hold below HTTP: at most `max_open` sockets (and
 //! `max_per_peer` from one address) — beyond, `503 overloaded` and the socket is closed —, a
 //! header read within `header_timeout` (which is also the keep-alive idle timeout), a body
-//! read within `body_timeout` (`408 request_timeout`, then the socket is closed).
+//! read within `body_timeout` (`408 request_timeout`, then the socket is closed), and an
+//! answer the client does not read for `write_timeout` ends the connection ([`WriteDeadline`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -58,6 +59,7 @@ where
             let (state, routes) = (state.clone(), routes.clone());
             async move { Ok::<_, std::convert::Infallible>(answer(&state, routes, peer, req).await) }
         });
+        let io = WriteDeadline::new(io, bounds.write_timeout);
         let conn = graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(io), service));
         let state = app.clone();
         state.metrics.connection_opened();
@@ -147,6 +149,96 @@ impl hyper::body::Body for Deadline {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A connection whose writes must make progress: a write (or flush) that stays blocked — the
+/// client does not read, its window stays shut — for `limit` fails with `TimedOut`, and the
+/// connection ends. A stream with nothing to send (an idle SSE) writes nothing and is not
+/// affected.
+struct WriteDeadline<Io> {
+    io: Io,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<Io> WriteDeadline<Io> {
+    fn new(io: Io, limit: Duration) -> Self {
+        WriteDeadline { io, limit, stalled: None }
+    }
+
+    /// After a write that could not proceed: the clock runs (started at the first such
+    /// write); once past the limit, the error that ends the connection.
+    fn blocked(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        let limit = self.limit;
+        let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                Poll::Ready(std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading its answer"))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<Io: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteDeadline<Io> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<Io: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<Io> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write(cx, buf) {
+            Poll::Pending => this.blocked(cx).map(Err),
+            done => {
+                this.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.blocked(cx).map(Err),
+            done => {
+                this.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Pending => this.blocked(cx).map(Err),
+            done => {
+                this.stalled = None;
+                done
+            }
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_shutdown(cx) {
+            Poll::Pending => this.blocked(cx).map(Err),
+            done => done,
+        }
     }
 }
 

@@ -65,9 +65,10 @@ impl AppState {
             stopping: tokio::sync::watch::Sender::new(false),
             secure_cookies: options.secure_cookies,
             slack: options.slack,
-            console_streams: Arc::default(),
+            held: Arc::default(),
             sign_ins: crate::limits::Attempts::default(),
             slack_jobs: Arc::new(tokio::sync::Semaphore::new(limits.console.slack_in_flight)),
+            refusals_logged: Default::default(),
         });
         let unknown = crate::execution::reconcile_after_restart(&app)?;
         if !unknown.is_empty() {

@@ -103,12 +103,16 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// Slack interactive approvals, when configured.
     pub slack: Option<crate::notify::SlackApp>,
-    /// The console's live event streams open, by session and by user.
-    pub console_streams: Arc<crate::limits::Slots>,
+    /// What callers hold open, by key (`session:…`, `user:…`, `longpoll:…`, `export:…`):
+    /// console event streams, long polls, audit downloads — each capped per holder.
+    pub held: Arc<crate::limits::Slots>,
     /// Console sign-in attempts by address.
     pub sign_ins: crate::limits::Attempts,
     /// Slack button presses being acted on.
     pub slack_jobs: Arc<tokio::sync::Semaphore>,
+    /// Approval-backlog refusals by agent × action: when one was last written to the log, and
+    /// how many since.
+    pub(crate) refusals_logged: std::sync::Mutex<std::collections::HashMap<(String, String), (i64, u64)>>,
 }
 
 impl AppState {

@@ -159,6 +159,7 @@ struct LimitsSection {
     max_connections_per_peer: Option<usize>,
     header_timeout: Option<warden_core::duration::Duration>,
     body_timeout: Option<warden_core::duration::Duration>,
+    write_timeout: Option<warden_core::duration::Duration>,
     tls_handshakes: Option<usize>,
     tls_handshake_timeout: Option<warden_core::duration::Duration>,
     mcp_sessions_per_agent: Option<usize>,
@@ -204,6 +205,7 @@ impl LimitsSection {
         count(self.max_connections_per_peer, "max_connections_per_peer", &mut c.max_per_peer)?;
         secs(self.header_timeout, "header_timeout", &mut c.header_timeout)?;
         secs(self.body_timeout, "body_timeout", &mut c.body_timeout)?;
+        secs(self.write_timeout, "write_timeout", &mut c.write_timeout)?;
         count(self.tls_handshakes, "tls_handshakes", &mut c.tls_handshakes)?;
         secs(self.tls_handshake_timeout, "tls_handshake_timeout", &mut c.tls_handshake_timeout)?;
         count(self.mcp_sessions_per_agent, "mcp_sessions_per_agent", &mut mcp.per_agent)?;

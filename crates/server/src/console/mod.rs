@@ -37,12 +37,14 @@ use crate::state::{App, blocking};
 /// stream, which lasts as long as the page.
 pub fn router(app: App) -> Router {
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(CONSOLE_IN_FLIGHT));
+    let state = app.clone();
     let admit = move |req: Request, next: axum::middleware::Next| {
-        let permits = permits.clone();
+        let (permits, state) = (permits.clone(), state.clone());
         async move {
             match permits.try_acquire_owned() {
                 Ok(_permit) => next.run(req).await,
                 Err(_) => {
+                    state.metrics.refused("in_flight_console");
                     Failure(ApiError::new(Code::Overloaded, "the console is busy; reload in a moment")).into_response()
                 }
             }

@@ -498,40 +498,48 @@ pub async fn audit(State(app): State<App>, who: Analyst) -> PageResult {
 
 /// The whole log as OCSF 1.8 events, one per line (entries OCSF has no class for are left
 /// out), streamed a thousand entries at a time: a log of millions is never held in memory.
-pub async fn ocsf(State(app): State<App>, _: Analyst) -> PageResult {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(4);
-    tokio::task::spawn_blocking(move || {
-        let store = app.ledger().store();
-        let product = warden_core::audit::ocsf::Product { version: env!("CARGO_PKG_VERSION").to_string() };
-        let mut from = 0;
-        loop {
-            let page = match store.entries(from, 1000) {
-                Ok(p) => p,
-                Err(e) => {
-                    // The download ends short, visibly: the body is cut with an error.
-                    let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
-                    return;
-                }
-            };
+pub async fn ocsf(State(app): State<App>, who: Analyst) -> PageResult {
+    // Each download holds a connection for as long as the browser reads: a few per person,
+    // a few more in all.
+    let keys = [(format!("export:{}", who.user().id), EXPORTS_PER_USER), ("export:all".to_string(), EXPORTS)];
+    let Some(slot) = app.held.take(&keys) else {
+        app.metrics.refused("exports");
+        return Err(Failure(ApiError::new(
+            crate::error::Code::TooManyStreams,
+            format!(
+                "as many downloads are running as allowed ({EXPORTS_PER_USER} per person, {EXPORTS} in all); wait for one to finish"
+            ),
+        )));
+    };
+    // A chunk is read and rendered on the blocking pool only when the browser asks for it: an
+    // unread download holds no worker thread (and ends at the connection's write timeout).
+    let product = warden_core::audit::ocsf::Product { version: env!("CARGO_PKG_VERSION").to_string() };
+    let state = Some((app, 0u64, product, slot));
+    let stream = futures_util::stream::unfold(state, |state| async move {
+        let (app, from, product, slot) = state?;
+        let render = product.clone();
+        let page = blocking(&app, move |s| {
+            let page = s.ledger().store().entries(from, 1000)?;
             let mut chunk = String::new();
             for e in &page {
                 if let Ok(entry) = serde_json::from_slice::<Entry>(&e.bytes)
-                    && let Some(ev) = warden_core::audit::ocsf::event(&entry, &product)
+                    && let Some(ev) = warden_core::audit::ocsf::event(&entry, &render)
                 {
                     chunk.push_str(&ev.to_string());
                     chunk.push('\n');
                 }
             }
-            if tx.blocking_send(Ok(chunk)).is_err() {
-                return; // the browser went away
-            }
-            match page.last() {
-                Some(last) if page.len() == 1000 => from = last.seq + 1,
-                _ => return,
-            }
+            let next = page.last().filter(|_| page.len() == 1000).map(|last| last.seq + 1);
+            Ok((chunk, next))
+        })
+        .await;
+        match page {
+            Ok((chunk, Some(next))) => Some((Ok(chunk), Some((app, next, product, slot)))),
+            Ok((chunk, None)) => Some((Ok(chunk), None)),
+            // The download ends short, visibly: the body is cut with an error.
+            Err(e) => Some((Err(std::io::Error::other(e.message.to_string())), None)),
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),
@@ -595,6 +603,10 @@ pub async fn policy(State(app): State<App>, who: Analyst) -> PageResult {
     Ok(html(&page).into_response())
 }
 
+/// Audit downloads one person may have running at once, and all people together.
+const EXPORTS_PER_USER: usize = 2;
+const EXPORTS: usize = 8;
+
 /// One open event stream: its slot under the bounds, and the gauge, until it ends.
 struct Open {
     app: App,
@@ -619,7 +631,7 @@ pub async fn events(
         (format!("session:{}", who.csrf), bounds.streams_per_session),
         (format!("user:{}", who.user().id), bounds.streams_per_user),
     ];
-    let Some(slot) = app.console_streams.take(&keys) else {
+    let Some(slot) = app.held.take(&keys) else {
         app.metrics.refused("console_streams");
         return Err(Failure(ApiError::new(
             crate::error::Code::TooManyStreams,

@@ -194,7 +194,23 @@ pub async fn get(
     };
     // Never longer than the request timeout allows: the answer comes with the current state
     // rather than as a 408.
-    let wait = std::time::Duration::from_secs(wait).min(super::extract::answer_within(&app));
+    let mut wait = std::time::Duration::from_secs(wait).min(super::extract::answer_within(&app));
+    // A long poll holds a permit while it waits: a caller may hold a few, all callers together
+    // half the permits; beyond, the answer is the state now (polling again later is the same).
+    let keys = [
+        (format!("longpoll:{}", caller.actor().id), crate::limits::LONG_POLLS_PER_CALLER),
+        ("longpoll:all".to_string(), app.limits.in_flight / 2),
+    ];
+    let _slot = if wait.is_zero() {
+        None
+    } else {
+        let slot = app.held.take(&keys);
+        if slot.is_none() {
+            app.metrics.refused("long_polls");
+            wait = std::time::Duration::ZERO;
+        }
+        slot
+    };
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribed before the first look, so no change between the look and the wait is missed.
     let mut changes = app.subscribe();

@@ -111,7 +111,10 @@ async fn admit(
             drop(permit);
             res
         }
-        Err(_) => ApiError::new(Code::Overloaded, "too many requests in flight; retry shortly").into_response(),
+        Err(_) => {
+            app.metrics.refused("in_flight_v1");
+            ApiError::new(Code::Overloaded, "too many requests in flight; retry shortly").into_response()
+        }
     }
 }
 

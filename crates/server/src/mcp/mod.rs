@@ -507,8 +507,11 @@ pub fn router(app: App) -> Router {
     // Its own admission limit, as large as the API's: calls held for a human (and SSE streams)
     // never take the permits `/v1` needs.
     let permits = Arc::new(tokio::sync::Semaphore::new(app.limits.in_flight));
+    let state = app.clone();
     let admit = move |req: Request, next: axum::middleware::Next| {
-        crate::limits::admit_or(permits.clone(), req, next, || {
+        let state = state.clone();
+        crate::limits::admit_or(permits.clone(), req, next, move || {
+            state.metrics.refused("in_flight_mcp");
             ApiError::new(crate::error::Code::Overloaded, "too many MCP requests in flight; retry shortly")
                 .into_response()
         })

@@ -211,9 +211,13 @@ fn copy(from: &std::path::Path, to: &std::path::Path) {
 }
 
 fn capped_harness(per_action: u32, all: u32) -> (Harness, tempfile::TempDir) {
+    capped_harness_at(per_action, all, Arc::new(SystemClock))
+}
+
+fn capped_harness_at(per_action: u32, all: u32, clock: Arc<dyn warden_store::Clock>) -> (Harness, tempfile::TempDir) {
     let dir = capped(per_action, all);
     let h = harness_options(
-        Arc::new(SystemClock),
+        clock,
         ServerOptions {
             policy_dir: Some(dir.path().to_path_buf()),
             limits: quick(Connections::default()),
@@ -251,7 +255,8 @@ fn log_types(h: &Harness) -> Vec<String> {
 
 #[tokio::test]
 async fn the_approval_cap_refuses_the_request_after_it_and_nothing_before_it() {
-    let (h, _dir) = capped_harness(3, 50);
+    let clock = Arc::new(warden_store::ManualClock::new(time::OffsetDateTime::now_utc()));
+    let (h, _dir) = capped_harness_at(3, 50, clock.clone());
     let token = h.svid(EDR);
     open_task(&h, &token, "INC-9").await;
     for pid in 1..=3 {
@@ -276,9 +281,26 @@ async fn the_approval_cap_refuses_the_request_after_it_and_nothing_before_it() {
         assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("approval_backlog")));
     }
     let types = log_types(&h);
-    assert_eq!(types.iter().filter(|t| *t == "approval.refused").count(), 6);
     assert_eq!(types.iter().filter(|t| *t == "breaker.tripped").count(), 1, "notified once, not per request");
+    // Every refusal is counted; the log takes the first, then one a minute standing for the
+    // rest (`count`), so the flood cannot grow it.
+    assert_eq!(types.iter().filter(|t| *t == "approval.refused").count(), 1);
     assert_eq!(h.app.metrics.refusals("approval_backlog"), 6);
+    clock.advance(time::Duration::seconds(61));
+    let (status, _) = h.call("POST", "/v1/actions", Some(&token), Some(kill(11))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let refused: Vec<Value> = h
+        .app
+        .ledger()
+        .store()
+        .entries(0, 100_000)
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_slice::<Value>(&e.bytes).unwrap())
+        .filter(|e| e["type"] == "approval.refused")
+        .collect();
+    assert_eq!(refused.len(), 2);
+    assert_eq!((refused[0]["data"]["count"].as_u64(), refused[1]["data"]["count"].as_u64()), (Some(1), Some(6)));
     // The same action again (same digest) folds into its approval: never refused.
     let (status, answer) = h.call("POST", "/v1/actions", Some(&token), Some(kill(2))).await;
     assert_eq!((status, answer["state"].as_str()), (StatusCode::OK, Some("pending_approval")), "{answer}");
@@ -571,4 +593,148 @@ async fn sign_in_attempts_are_limited_per_address() {
     assert_eq!(attempt("wdn_guess10".into()).await, 429);
     assert_eq!(attempt(good).await, 429);
     assert!(h.app.metrics.refusals("sign_in_attempts") >= 2);
+}
+
+// ---- what the independent attack found (issue 24) ----------------------------------------------
+
+/// A connection that announces a body and sends none: it holds a socket until the body
+/// timeout, never one of the permits everyone else needs.
+async fn stalled_body(addr: std::net::SocketAddr, path: &str, extra: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\norigin: http://127.0.0.1\r\n{extra}content-length: 1000\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn stalled_bodies_hold_no_permit_on_any_door() {
+    let limits = Limits { in_flight: 4, ..quick(Connections::default()) };
+    let (h, addr) = served(limits, ServerOptions::default()).await;
+    let token = h.svid(EDR);
+    let mut held = Vec::new();
+    // No credentials needed for the first two; the third is an agent's own session.
+    for _ in 0..8 {
+        held.push(
+            stalled_body(
+                addr,
+                "/v1/integrations/slack/interactions",
+                "content-type: application/x-www-form-urlencoded\r\n",
+            )
+            .await,
+        );
+    }
+    for _ in 0..70 {
+        held.push(stalled_body(addr, "/console/sign-in", "content-type: application/x-www-form-urlencoded\r\n").await);
+    }
+    let mcp = format!(
+        "authorization: Bearer {token}\r\naccept: application/json, text/event-stream\r\ncontent-type: application/json\r\n"
+    );
+    for _ in 0..8 {
+        held.push(stalled_body(addr, "/mcp", &mcp).await);
+    }
+    crate::eventually(|| (h.app.metrics.open_connections() >= 86).then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every door still answers someone else.
+    let body = json!({"id": "INC-1", "title": "t", "trigger": {"source": "edr", "severity": "high"}}).to_string();
+    let head = format!(
+        "POST /v1/tasks HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\n"
+    );
+    assert_eq!(request(addr, &head, &body).await.0, 201);
+    assert_eq!(request(addr, "GET /readyz HTTP/1.1\r\nhost: x\r\n", "").await.0, 200);
+    assert_eq!(request(addr, "GET /console/sign-in HTTP/1.1\r\nhost: x\r\n", "").await.0, 200);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    .to_string();
+    let head = format!("POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\n{mcp}");
+    assert_eq!(request(addr, &head, &init).await.0, 200);
+    assert_eq!(h.app.metrics.refusals("in_flight_v1") + h.app.metrics.refusals("in_flight_mcp"), 0);
+    assert_eq!(h.app.metrics.refusals("in_flight_console"), 0);
+    drop(held);
+}
+
+#[tokio::test]
+async fn an_answer_nobody_reads_ends_its_connection_at_the_write_timeout() {
+    let bounds = Connections { write_timeout: Duration::from_secs(1), ..Connections::default() };
+    let (h, addr) = served(quick(bounds), ServerOptions::default()).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    // Ask for the 100 KB document 400 times over, pipelined, and read nothing.
+    let ask = "GET /openapi.json HTTP/1.1\r\nhost: x\r\n\r\n".repeat(400);
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.write_all(ask.as_bytes())).await;
+    crate::eventually(|| (h.app.metrics.open_connections() == 0).then_some(())).await;
+    drop(s);
+}
+
+#[tokio::test]
+async fn long_polls_are_capped_per_caller_and_in_all_and_the_rest_answer_at_once() {
+    let limits = Limits { in_flight: 8, ..quick(Connections::default()) };
+    let (h, _dir) = {
+        let dir = capped(20, 50);
+        let h = harness_options(
+            Arc::new(SystemClock),
+            ServerOptions { policy_dir: Some(dir.path().to_path_buf()), limits, ..Default::default() },
+        );
+        (Arc::new(h), dir)
+    };
+    let token = h.svid(EDR);
+    open_task(&h, &token, "INC-9").await;
+    let (_, pending) = h.call("POST", "/v1/actions", Some(&token), Some(kill(1))).await;
+    let id = pending["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/actions/{id}?wait=60s");
+    // Half the permits (4) may wait; they do.
+    let waiting: Vec<_> = (0..4)
+        .map(|_| {
+            let (h, token, path) = (h.clone(), token.clone(), path.clone());
+            tokio::spawn(async move { h.call("GET", &path, Some(&token), None).await })
+        })
+        .collect();
+    crate::eventually(|| (h.app.held.held("longpoll:all") == 4).then_some(())).await;
+    // The fifth answers at once with the state now.
+    let started = Instant::now();
+    let (status, answer) = h.call("GET", &path, Some(&token), None).await;
+    assert_eq!((status, answer["state"].as_str()), (StatusCode::OK, Some("pending_approval")));
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert_eq!(h.app.metrics.refusals("long_polls"), 1);
+    // And the permits left serve everyone else.
+    let (status, _) = h.call("GET", "/v1/tasks/INC-9", Some(&token), None).await;
+    assert_eq!(status, StatusCode::OK);
+    for w in waiting {
+        w.abort();
+    }
+}
+
+#[tokio::test]
+async fn audit_downloads_are_capped_per_person() {
+    let (h, _dir) = capped_harness(20, 50);
+    let token = h.svid(EDR);
+    open_task(&h, &token, "INC-9").await;
+    h.call("POST", "/v1/actions", Some(&token), Some(kill(1))).await;
+    let cookie = crate::console::sign_in(&h, &h.user("ana", &["soc-analyst"])).await;
+    let open = || {
+        let (router, cookie) = (h.router.clone(), cookie.clone());
+        async move {
+            use tower::ServiceExt as _;
+            let req = axum::http::Request::builder()
+                .uri("/console/audit/ocsf.jsonl")
+                .header("host", "warden.test")
+                .header("cookie", cookie)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            router.oneshot(req).await.unwrap()
+        }
+    };
+    let (a, b) = (open().await, open().await);
+    assert_eq!((a.status(), b.status()), (StatusCode::OK, StatusCode::OK));
+    let c = open().await;
+    assert_eq!(c.status(), StatusCode::TOO_MANY_REQUESTS, "a third download of one person while two run");
+    drop((a, b));
+    let d = open().await;
+    assert_eq!(d.status(), StatusCode::OK, "a finished (or abandoned) download frees its place");
+    use http_body_util::BodyExt as _;
+    let text = String::from_utf8(d.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(text.lines().count() >= 2, "the request and its decision: {text}");
+    assert!(text.lines().all(|l| serde_json::from_str::<Value>(l).is_ok()), "{text}");
 }
