@@ -37,6 +37,9 @@ where
     let bounds = app.limits.connections;
     let open = Arc::new(tokio::sync::Semaphore::new(bounds.max_open));
     let peers = Arc::new(crate::limits::Peers::default());
+    // Refusals being written (each at most a second): a flood of refused connections is
+    // dropped unanswered beyond these, rather than holding sockets to be told no.
+    let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSALS_AT_ONCE));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(bounds.header_timeout).keep_alive(true);
@@ -51,7 +54,12 @@ where
         let Some((permit, slot)) = admitted else {
             let cap = if open.available_permits() == 0 { "connections" } else { "connections_per_peer" };
             app.metrics.refused(cap);
-            tokio::spawn(refuse(io));
+            if let Ok(permit) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(io).await;
+                    drop(permit);
+                });
+            }
             continue;
         };
         let (state, routes) = (app.clone(), router.clone());
@@ -241,6 +249,9 @@ impl<Io: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteDeadline<
         }
     }
 }
+
+/// Refused connections being told so at once; beyond, they are closed unanswered.
+const REFUSALS_AT_ONCE: usize = 64;
 
 /// The answer to a connection beyond a cap: one `503 overloaded`, then the socket closes.
 async fn refuse<Io: tokio::io::AsyncWrite + Unpin>(mut io: Io) {

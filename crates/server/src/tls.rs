@@ -75,6 +75,10 @@ impl TlsListener {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let slots = Arc::new(Semaphore::new(handshakes));
+            // One client may hold a quarter of the handshake slots: a slow one from one
+            // address cannot keep everyone else from starting TLS.
+            let peers = Arc::new(crate::limits::Peers::default());
+            let per_peer = (handshakes / 4).max(1);
             loop {
                 let (stream, peer) = match tcp.accept().await {
                     Ok(x) => x,
@@ -87,13 +91,17 @@ impl TlsListener {
                 if tx.is_closed() {
                     break;
                 }
+                let Some(mine) = peers.take(peer.ip(), per_peer) else {
+                    tracing::debug!(%peer, "too many TLS handshakes from this client; connection dropped");
+                    continue;
+                };
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
                     tracing::warn!(%peer, "too many TLS handshakes in progress; connection dropped");
                     continue;
                 };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let _slot = slot;
+                    let _slots = (slot, mine);
                     match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
