@@ -33,7 +33,7 @@ pub use records::{Change, Cursor, Order, Query, Record, Table};
 pub use sqlite::SqliteStore;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Why the store could not do what was asked. Nothing was changed when an error is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -101,6 +101,10 @@ fn paging() -> String {
     sql
 }
 
+/// An agent's requests waiting for a human, counted on every approval it opens (the caps of
+/// `[escalation] max_pending`): one range of pending rows, not the agent's whole history.
+const PENDING_BY_AGENT: &str = "CREATE INDEX approvals_by_agent_state ON approvals (agent, state, kind);";
+
 /// Milliseconds per budget summary bucket.
 const MINUTE_MS: i64 = 60_000;
 
@@ -111,6 +115,7 @@ fn migration(i: u32) -> Option<String> {
         1 => Some(state_tables()),
         2 => Some(BUDGET_SUMMARIES.to_string()),
         3 => Some(paging()),
+        4 => Some(PENDING_BY_AGENT.to_string()),
         _ => None,
     }
 }
@@ -749,5 +754,33 @@ impl Store for SqliteStore {
 
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.read(|c| Ok(c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan SQLite makes for counting `q`'s matches in `table`.
+    fn plan(store: &SqliteStore, table: Table, q: &Query) -> String {
+        let (filter, args) = filter(q);
+        let sql = format!("EXPLAIN QUERY PLAN SELECT count(*) FROM {} WHERE {filter}", table.name());
+        let w = store.writer().unwrap();
+        let mut stmt = w.conn.prepare(&sql).unwrap();
+        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3)).unwrap();
+        rows.collect::<Result<Vec<_>, _>>().unwrap().join("; ")
+    }
+
+    /// The approval caps are counted on every approval opened, inside the writer's
+    /// transaction: over the agent's pending rows, never its whole history.
+    #[test]
+    fn pending_approvals_are_counted_by_index() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let agent = Query { agent: Some("a".into()), state: Some("pending".into()), ..Query::default() };
+        let action = Query { kind: Some("host.isolate".into()), ..agent.clone() };
+        for q in [&agent, &action] {
+            let p = plan(&store, Table::Approvals, q);
+            assert!(p.contains("USING COVERING INDEX approvals_by_agent_state"), "{p}");
+        }
     }
 }
