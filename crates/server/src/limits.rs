@@ -153,10 +153,17 @@ impl RateLimiter {
         let Ok(mut buckets) = self.buckets.lock() else { return false };
         let now = Instant::now();
         let b = buckets.entry(agent.to_string()).or_insert(Bucket { tokens: limits.agent_burst, at: now });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * limits.agent_rate).min(limits.agent_burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        b.take(now, limits.agent_rate, limits.agent_burst)
+    }
+}
+
+impl Bucket {
+    /// Refills at `rate` per second up to `burst`, then takes one token if there is one.
+    fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
             true
         } else {
             false
@@ -320,14 +327,7 @@ impl Attempts {
             }
         }
         let b = buckets.entry(key).or_insert(Bucket { tokens: self.burst, at: now });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.rate).min(self.burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        b.take(now, self.rate, self.burst)
     }
 }
 
