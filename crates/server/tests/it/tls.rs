@@ -13,15 +13,9 @@ fn fixture(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name)
 }
 
-#[tokio::test]
-async fn the_gateway_speaks_tls_with_the_configured_certificate() {
+/// A TLS client that trusts the fixtures' CA.
+fn client() -> tokio_rustls::TlsConnector {
     use rustls_pki_types::pem::PemObject as _;
-    let h = harness();
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let listener = TlsListener::new(tcp, acceptor(&fixture("cert.pem"), &fixture("key.pem")).unwrap()).unwrap();
-    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
-    tokio::spawn(warden_server::serve::serve(listener, h.app.clone(), std::future::pending()));
-
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls_pki_types::CertificateDer::from_pem_file(fixture("ca.pem")).unwrap()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -29,7 +23,18 @@ async fn the_gateway_speaks_tls_with_the_configured_certificate() {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn the_gateway_speaks_tls_with_the_configured_certificate() {
+    let h = harness();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = TlsListener::new(tcp, acceptor(&fixture("cert.pem"), &fixture("key.pem")).unwrap()).unwrap();
+    let addr = axum::serve::Listener::local_addr(&listener).unwrap();
+    tokio::spawn(warden_server::serve::serve(listener, h.app.clone(), std::future::pending()));
+
+    let connector = client();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, tcp).await.unwrap();
@@ -52,7 +57,6 @@ async fn the_gateway_speaks_tls_with_the_configured_certificate() {
 /// goes through meanwhile.
 #[tokio::test]
 async fn silent_handshakes_are_bounded_per_client_and_in_time() {
-    use rustls_pki_types::pem::PemObject as _;
     let h = harness();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bounds = warden_server::limits::Connections {
@@ -85,14 +89,7 @@ async fn silent_handshakes_are_bounded_per_client_and_in_time() {
     }
     assert_eq!(closed_at_once, 4, "two may wait, the rest are dropped");
     // Another client completes its handshake while two wait.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls_pki_types::CertificateDer::from_pem_file(fixture("ca.pem")).unwrap()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = client();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let mut tls = connector.connect(name, from("127.0.0.2").await).await.unwrap();
     tls.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").await.unwrap();
