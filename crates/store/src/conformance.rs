@@ -1,6 +1,6 @@
 //! The behaviour every [`Store`] backend must show. Each check takes a fresh, empty store and
-//! panics with a readable message on the first difference; backends run [`run_all`] in their
-//! tests (SQLite today; PostgreSQL runs the same suite when it arrives).
+//! panics with a readable message on the first difference; backends run [`run_all`] and
+//! [`run_shared`] (two handles on one database) in their tests: SQLite and PostgreSQL.
 
 use std::sync::Arc;
 
@@ -35,6 +35,92 @@ pub fn run_all(fresh: &dyn Fn() -> Arc<dyn Store>) {
     a_budget_check_holds_under_concurrent_commits(fresh());
     ledger_commits_concurrent_batches_in_one_signed_order(fresh());
     ledger_time_never_goes_backwards(fresh());
+}
+
+/// Runs the checks of two handles on one database (two nodes, or a server and an admin
+/// command beside it); `pair` makes a fresh database and opens it twice.
+pub fn run_shared(pair: &dyn Fn() -> (Arc<dyn Store>, Arc<dyn Store>)) {
+    let (a, b) = pair();
+    two_writers_share_one_log_and_its_preconditions(a, b);
+}
+
+/// Two ledgers, each with its own writer, on one database: every entry lands once in one
+/// total order, every checkpoint either signs is consistent with that order, and a cap and a
+/// budget checked by both hold exactly.
+pub fn two_writers_share_one_log_and_its_preconditions(a: Arc<dyn Store>, b: Arc<dyn Store>) {
+    let signer = || NoteSigner::new("conformance.test/audit", &[7u8; 32]).unwrap();
+    let verifier = NoteVerifier::parse(&signer().verifier_key()).unwrap();
+    let open = |s: &Arc<dyn Store>| {
+        Ledger::open(s.clone(), signer(), Arc::new(crate::SystemClock), LedgerOptions::default()).unwrap()
+    };
+    let ledgers = [open(&a), open(&b)];
+    let cap = Change::ExpectFewer {
+        table: Table::Approvals,
+        query: Query { agent: Some("a".into()), state: Some("pending".into()), ..Query::default() },
+        max: 6,
+    };
+    let budget = |target: String| Change::BudgetCheck {
+        agent: "a".into(),
+        action: "x".into(),
+        target,
+        since_ms: 0,
+        max_hits: Some(9),
+        max_distinct_targets: None,
+    };
+    let (admitted, spent) = (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0));
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let (ledger, cap, budget, admitted, spent) = (&ledgers[t % 2], &cap, &budget, &admitted, &spent);
+            scope.spawn(move || {
+                for i in 0..12 {
+                    let id = format!("n{t}-{i}");
+                    let r = Record::new(Table::Tasks, &id, json!({})).task(&id).state("open");
+                    let got = ledger
+                        .commit(Batch::new().change(Change::Insert(r)).event(ev(EventType::TaskOpened).task(&id)))
+                        .unwrap();
+                    assert_eq!(store_entry(ledger.store().as_ref(), got.start).event.task.as_deref(), Some(&*id));
+                    let pending = Record::new(Table::Approvals, &id, json!({})).agent("a").state("pending");
+                    match ledger.commit(
+                        Batch::new()
+                            .change(cap.clone())
+                            .change(Change::Insert(pending))
+                            .event(ev(EventType::DecisionMade)),
+                    ) {
+                        Ok(_) => _ = admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        Err(StoreError::Conflict { .. }) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                    let hit = Change::BudgetHit { agent: "a".into(), action: "x".into(), target: id.clone(), at: 5 };
+                    match ledger.commit(Batch::new().change(budget(id)).change(hit).event(ev(EventType::DecisionMade)))
+                    {
+                        Ok(_) => _ = spent.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        Err(StoreError::Conflict { .. }) => {}
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(admitted.into_inner(), 6, "the cap held across both writers");
+    assert_eq!(spent.into_inner(), 9, "the budget held across both writers");
+    let size = 8 * 12 + 6 + 9;
+    for s in [&a, &b] {
+        assert_eq!(s.size().unwrap(), size, "both see the whole log");
+        assert_eq!(s.find(Table::Tasks, &Query::default()).unwrap().len(), 96);
+    }
+    let seqs: Vec<u64> = a.entries(0, 1_000).unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (0..size).collect::<Vec<_>>(), "one total order, no gap, no repeat");
+    let mut mem = MemoryTree::new();
+    for e in a.entries(0, 1_000).unwrap() {
+        mem.push_entry(&e.bytes);
+    }
+    assert_eq!(b.root(size).unwrap(), mem.root(), "the stored tree is the tree of the entries");
+    let checkpoints = b.checkpoints(0, 10_000).unwrap();
+    assert!(checkpoints.iter().any(|(s, _)| *s == size), "the last group was sealed");
+    for (s, note) in checkpoints {
+        let cp = Checkpoint::open(&note, &verifier).unwrap();
+        assert_eq!(cp.root, warden_core::audit::merkle::root(&mem, s).unwrap(), "checkpoint {s} fits the one log");
+    }
 }
 
 pub fn appends_number_entries_from_zero(log: &dyn AuditLog) {

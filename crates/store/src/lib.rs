@@ -16,6 +16,7 @@
 pub mod conformance;
 pub mod data_dir;
 mod ledger;
+mod postgres;
 pub mod proofs;
 mod records;
 mod sqlite;
@@ -29,6 +30,7 @@ use warden_core::audit::merkle::{Hash, TreeReader};
 
 pub use data_dir::{DataDir, DataDirError};
 pub use ledger::{Clock, GroupStats, Ledger, LedgerOptions, ManualClock, SystemClock};
+pub use postgres::{PgStore, PgTarget, redact_url};
 pub use records::{Change, Cursor, Order, Query, Record, Table};
 pub use sqlite::SqliteStore;
 

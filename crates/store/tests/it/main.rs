@@ -1,7 +1,9 @@
-//! The SQLite store: the conformance suite, plus what only a file on disk can show.
+//! The stores: the conformance suite on SQLite and PostgreSQL, plus what only a file on disk
+//! (or a database server) can show.
 
 mod crash;
 mod data_dir;
+mod postgres;
 mod verify;
 
 use std::sync::Arc;
@@ -20,6 +22,19 @@ fn sqlite_on_disk_passes_the_conformance_suite() {
     conformance::run_all(&|| {
         n.set(n.get() + 1);
         Arc::new(SqliteStore::open(&dir.path().join(format!("warden-{}.db", n.get()))).unwrap())
+    });
+}
+
+#[test]
+fn two_handles_on_one_sqlite_file_share_one_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = std::cell::Cell::new(0);
+    conformance::run_shared(&|| {
+        n.set(n.get() + 1);
+        let path = dir.path().join(format!("shared-{}.db", n.get()));
+        let a: Arc<dyn warden_store::Store> = Arc::new(SqliteStore::open(&path).unwrap());
+        let b: Arc<dyn warden_store::Store> = Arc::new(SqliteStore::open(&path).unwrap());
+        (a, b)
     });
 }
 

@@ -1,0 +1,1069 @@
+//! PostgreSQL: one database shared by any number of `warden serve` nodes.
+//!
+//! The state tables and the audit log have the same shape as on SQLite. What differs is who
+//! else writes: other nodes. So every commit starts by locking the one row of `audit_head`
+//! (`SELECT … FOR UPDATE`), which holds the log's size and last time. That lock is the fence:
+//! while a node holds it, no other node can commit, so the preconditions it checks (record
+//! versions, halts epoch, budgets, caps) are exact, the entries it appends get the next sequence
+//! numbers, and the checkpoint it signs for the new size is stored in the same transaction —
+//! two inconsistent checkpoints cannot both commit. The lock goes with the transaction: a node
+//! killed mid-commit loses its connection, the database rolls the transaction back and the
+//! next node takes the lock. Durable means sequenced: when a commit returns, its entries have
+//! their numbers and are in the tree (the merge delay is zero).
+//!
+//! The driver is `tokio-postgres`, run on a small runtime of the store's own: the store's
+//! methods are synchronous (as on SQLite) and work from any thread, because the connections'
+//! I/O runs on that runtime and the callers only wait for answers.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
+use warden_core::audit::merkle::{Frontier, Hash, TreeReader, leaf_hash};
+
+use crate::{
+    AuditLog, Batch, Change, EntryBuilder, Order, Query, Record, SCHEMA_VERSION, Seal, Store, StoreError, StoredEntry,
+    Table, Usage, UsageLimits,
+};
+
+/// Reader connections per node.
+const READERS: usize = 4;
+
+/// Milliseconds per budget summary bucket (as on SQLite).
+const MINUTE_MS: i64 = 60_000;
+
+/// The advisory lock two nodes starting at once take around migrations.
+const MIGRATION_LOCK: i64 = 0x5741_5244_454e_0001;
+
+/// The schema, in the order it is created: the PostgreSQL store starts at the version the
+/// SQLite one has reached, so one number names both.
+fn schema() -> String {
+    let mut sql = String::from(
+        "CREATE TABLE audit_entries (seq BIGINT PRIMARY KEY, bytes BYTEA NOT NULL, leaf_hash BYTEA NOT NULL);
+         CREATE TABLE audit_subtrees (level INTEGER NOT NULL, start BIGINT NOT NULL, hash BYTEA NOT NULL,
+                                      PRIMARY KEY (level, start));
+         CREATE TABLE audit_checkpoints (size BIGINT PRIMARY KEY, note TEXT NOT NULL);
+         CREATE TABLE audit_head (one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one), size BIGINT NOT NULL,
+                                  time_ns BIGINT NOT NULL);
+         INSERT INTO audit_head (one, size, time_ns) VALUES (TRUE, 0, 0);
+         CREATE TABLE meta (key TEXT COLLATE \"C\" PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE budget_hits (agent TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
+                                   at BIGINT NOT NULL);
+         CREATE INDEX budget_hits_by_pair ON budget_hits (agent, action, at);
+         CREATE TABLE budget_minutes (agent TEXT NOT NULL, action TEXT NOT NULL, minute BIGINT NOT NULL,
+                                      hits BIGINT NOT NULL, PRIMARY KEY (agent, action, minute));
+         CREATE TABLE budget_targets (agent TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
+                                      last_at BIGINT NOT NULL, PRIMARY KEY (agent, action, target));
+         CREATE INDEX budget_targets_by_time ON budget_targets (agent, action, last_at);",
+    );
+    // Ids and keys compare byte by byte (`C`), as on SQLite, whatever the cluster's locale;
+    // `at` sorts NULLs first ascending, as on SQLite, so the indexes say so too.
+    for t in Table::ALL {
+        let n = t.name();
+        sql.push_str(&format!(
+            "CREATE TABLE {n} (id TEXT COLLATE \"C\" PRIMARY KEY, version BIGINT NOT NULL, agent TEXT COLLATE \"C\",
+                               task TEXT COLLATE \"C\", state TEXT COLLATE \"C\", key TEXT COLLATE \"C\" UNIQUE,
+                               at BIGINT, kind TEXT COLLATE \"C\", body TEXT NOT NULL);
+             CREATE INDEX {n}_by_agent ON {n} (agent, at NULLS FIRST, id);
+             CREATE INDEX {n}_by_task ON {n} (task, at NULLS FIRST, id);
+             CREATE INDEX {n}_by_state ON {n} (state, at NULLS FIRST, id);"
+        ));
+    }
+    for t in [Table::Requests, Table::Approvals] {
+        let n = t.name();
+        sql.push_str(&format!(
+            "CREATE INDEX {n}_by_at ON {n} (at NULLS FIRST, id);
+             CREATE INDEX {n}_by_kind ON {n} (kind, at NULLS FIRST, id);
+             CREATE INDEX {n}_by_state_id ON {n} (state, id);
+             CREATE INDEX {n}_by_agent_kind ON {n} (agent, kind, state, at NULLS FIRST, id);"
+        ));
+    }
+    sql.push_str("CREATE INDEX approvals_by_agent_state ON approvals (agent, state, kind);");
+    sql
+}
+
+/// Where the database is and how to reach it: a `postgres://` URL as libpq reads it, with
+/// `sslmode` (`disable`, `prefer`, `require`) and `sslrootcert` (a PEM file of the CAs to trust
+/// instead of the public roots). With TLS the server's certificate and name are always checked.
+#[derive(Clone)]
+pub struct PgTarget {
+    config: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    /// The URL with any password replaced, for messages.
+    shown: String,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl std::fmt::Display for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// `url` with the password (between `:` and `@` of the authority, or a `password=` parameter)
+/// replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@') {
+            let userinfo = &out[rest..rest + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest + colon + 1..rest + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let parts: Vec<String> = query
+            .split('&')
+            .map(|p| if p.starts_with("password=") { "password=***".to_string() } else { p.to_string() })
+            .collect();
+        out = format!("{head}{}", parts.join("&"));
+    }
+    out
+}
+
+impl PgTarget {
+    /// Reads a `postgres://` (or `postgresql://`) URL.
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        let shown = redact_url(url);
+        let bad = |why: String| StoreError::Database(format!("`{shown}` is not a usable PostgreSQL URL: {why}"));
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(bad("it must begin with `postgres://`".into()));
+        }
+        // `sslrootcert` is libpq's; the driver does not know it, so it is taken out here.
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut kept = Vec::new();
+        let mut root_file = None;
+        for p in query.split('&').filter(|p| !p.is_empty()) {
+            match p.split_once('=') {
+                Some(("sslrootcert", v)) => root_file = Some(v.to_string()),
+                _ => kept.push(p),
+            }
+        }
+        let url = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| bad(e.to_string()))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.keepalives_idle(Duration::from_secs(10));
+        if config.get_application_name().is_none() {
+            config.application_name("warden");
+        }
+        // A node cut off mid-transaction must not hold the log's lock for long; a statement
+        // stuck behind something unforeseen fails (and the request with it) instead of hanging.
+        let ours = "-c idle_in_transaction_session_timeout=10000 -c statement_timeout=30000";
+        let options = match config.get_options() {
+            Some(theirs) => format!("{theirs} {ours}"),
+            None => ours.to_string(),
+        };
+        config.options(options);
+
+        let mut roots = rustls::RootCertStore::empty();
+        match &root_file {
+            Some(path) => {
+                use rustls_pki_types::pem::PemObject as _;
+                let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                    .map_err(|e| bad(format!("sslrootcert `{path}`: {e}")))?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| bad(format!("sslrootcert `{path}`: {e}")))?;
+                    roots.add(cert).map_err(|e| bad(format!("sslrootcert `{path}`: {e}")))?;
+                }
+                if roots.is_empty() {
+                    return Err(bad(format!("sslrootcert `{path}` holds no certificate")));
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(PgTarget { config, tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls), shown })
+    }
+}
+
+/// One connection and the statements prepared on it.
+struct Conn {
+    client: Client,
+    statements: HashMap<String, Statement>,
+}
+
+/// Waits for a driver future on the calling thread; its I/O runs on the store's runtime.
+fn wait<F: Future>(f: F) -> F::Output {
+    futures_executor::block_on(f)
+}
+
+fn db(e: tokio_postgres::Error) -> StoreError {
+    // The driver's text names the server's message, never the URL or its password.
+    StoreError::Database(chain(&e))
+}
+
+/// An error and its causes, `: `-separated (the driver puts the useful part in the causes).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+impl Conn {
+    fn query(&mut self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let s = match self.statements.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = wait(self.client.prepare(sql))?;
+                self.statements.insert(sql.to_string(), s.clone());
+                s
+            }
+        };
+        wait(self.client.query(&s, params))
+    }
+
+    fn rows(&mut self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, StoreError> {
+        self.query(sql, params).map_err(db)
+    }
+
+    fn opt(&mut self, sql: &str, params: &Params<'_>) -> Result<Option<Row>, StoreError> {
+        Ok(self.rows(sql, params)?.into_iter().next())
+    }
+
+    fn one(&mut self, sql: &str, params: &Params<'_>) -> Result<Row, StoreError> {
+        self.opt(sql, params)?.ok_or_else(|| StoreError::Database(format!("no row from `{sql}`")))
+    }
+
+    fn execute(&mut self, sql: &str, params: &Params<'_>) -> Result<u64, tokio_postgres::Error> {
+        let s = match self.statements.get(sql) {
+            Some(s) => s.clone(),
+            None => {
+                let s = wait(self.client.prepare(sql))?;
+                self.statements.insert(sql.to_string(), s.clone());
+                s
+            }
+        };
+        wait(self.client.execute(&s, params))
+    }
+
+    fn exec(&mut self, sql: &str, params: &Params<'_>) -> Result<u64, StoreError> {
+        self.execute(sql, params).map_err(db)
+    }
+
+    fn simple(&mut self, sql: &str) -> Result<(), StoreError> {
+        wait(self.client.batch_execute(sql)).map_err(db)
+    }
+}
+
+/// The writer connection and the tree's right edge as this node last committed it.
+struct Writer {
+    conn: Option<Conn>,
+    frontier: Option<Frontier>,
+}
+
+/// The store in a PostgreSQL database.
+pub struct PgStore {
+    runtime: Option<tokio::runtime::Runtime>,
+    target: PgTarget,
+    writer: Mutex<Writer>,
+    readers: Vec<Mutex<Option<Conn>>>,
+    next_reader: AtomicUsize,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("target", &self.target).finish()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Dropped from anywhere, an async task included: the runtime's threads are let go
+        // without waiting for them.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn bound(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_i64(v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Database(format!("value {v} is too large for the database")))
+}
+
+fn hash_of(bytes: Vec<u8>) -> Result<Hash, StoreError> {
+    bytes.try_into().map_err(|_| StoreError::Database("a stored hash is not 32 bytes".into()))
+}
+
+fn conflict(table: Table, id: &str, reason: &'static str) -> StoreError {
+    StoreError::Conflict { table: table.name(), id: id.to_string(), reason }
+}
+
+fn is_unique(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// Failures that belong to one batch (the others in its group go on).
+fn batch_level(e: &StoreError) -> bool {
+    matches!(e, StoreError::Conflict { .. } | StoreError::Entry { .. })
+}
+
+fn time_ns(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The perfect subtrees on the right edge of a tree of `size` leaves: (level, start).
+fn edge(size: u64) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for level in (0..64u32).rev() {
+        if size & (1 << level) != 0 {
+            out.push((level, start));
+            start += 1 << level;
+        }
+    }
+    out
+}
+
+/// Hashes already read, as a tree reader.
+struct Known(HashMap<(u32, u64), Hash>);
+
+impl TreeReader for Known {
+    type Error = StoreError;
+    fn perfect_subtree(&self, start: u64, level: u32) -> Result<Hash, StoreError> {
+        self.0.get(&(level, start)).copied().ok_or(StoreError::MissingSubtree { start, end: start + (1u64 << level) })
+    }
+}
+
+/// The right edge of the tree of `size` leaves, in two reads.
+fn load_frontier(c: &mut Conn, size: u64) -> Result<Frontier, StoreError> {
+    let positions = edge(size);
+    let mut known = HashMap::new();
+    let leaves: Vec<i64> = positions.iter().filter(|(l, _)| *l == 0).map(|(_, s)| bound(*s)).collect();
+    if !leaves.is_empty() {
+        for r in c.rows("SELECT seq, leaf_hash FROM audit_entries WHERE seq = ANY($1)", &[&leaves])? {
+            known.insert((0, to_u64(r.get(0))), hash_of(r.get(1))?);
+        }
+    }
+    let (levels, starts): (Vec<i32>, Vec<i64>) = positions
+        .iter()
+        .filter(|(l, _)| *l > 0)
+        .map(|(l, s)| (i32::try_from(*l).unwrap_or(i32::MAX), bound(*s)))
+        .unzip();
+    if !levels.is_empty() {
+        for r in c.rows(
+            "SELECT level, start, hash FROM audit_subtrees
+             WHERE (level, start) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))",
+            &[&levels, &starts],
+        )? {
+            let level: i32 = r.get(0);
+            known.insert((u32::try_from(level).unwrap_or(0), to_u64(r.get(1))), hash_of(r.get(2))?);
+        }
+    }
+    Frontier::load(&Known(known), size)
+}
+
+/// Appends `count` entries built by `build`, pushing their leaves onto `frontier` (which is
+/// left as it was when this fails).
+fn append_in(
+    c: &mut Conn,
+    frontier: &mut Frontier,
+    count: usize,
+    build: &mut EntryBuilder<'_>,
+) -> Result<Range<u64>, StoreError> {
+    let first = frontier.size();
+    if count == 0 {
+        return Ok(first..first);
+    }
+    let mut attempt = frontier.clone();
+    let (mut seqs, mut bytes, mut leaves) = (Vec::with_capacity(count), Vec::with_capacity(count), Vec::new());
+    let (mut levels, mut starts, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
+    for seq in first..first + count as u64 {
+        let b = build(seq).map_err(|reason| StoreError::Entry { seq, reason })?;
+        let leaf = leaf_hash(&b);
+        seqs.push(to_i64(seq)?);
+        bytes.push(b);
+        leaves.push(leaf.to_vec());
+        for done in attempt.push(leaf).into_iter().filter(|d| d.level > 0) {
+            levels.push(i32::try_from(done.level).unwrap_or(i32::MAX));
+            starts.push(to_i64(done.start)?);
+            hashes.push(done.hash.to_vec());
+        }
+    }
+    c.exec(
+        "INSERT INTO audit_entries (seq, bytes, leaf_hash)
+         SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])",
+        &[&seqs, &bytes, &leaves],
+    )?;
+    if !levels.is_empty() {
+        c.exec(
+            "INSERT INTO audit_subtrees (level, start, hash)
+             SELECT * FROM unnest($1::integer[], $2::bigint[], $3::bytea[])",
+            &[&levels, &starts, &hashes],
+        )?;
+    }
+    *frontier = attempt;
+    Ok(first..first + count as u64)
+}
+
+fn body_text(r: &Record, prepared: Option<&str>) -> Result<String, StoreError> {
+    match prepared {
+        Some(text) => Ok(text.to_string()),
+        None => serde_json::to_string(&r.body).map_err(|e| StoreError::Database(format!("record `{}`: {e}", r.id))),
+    }
+}
+
+/// One bound value of a dynamic filter.
+#[derive(Debug)]
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+impl Arg {
+    fn as_sql(&self) -> &(dyn ToSql + Sync) {
+        match self {
+            Arg::Text(s) => s,
+            Arg::Int(i) => i,
+        }
+    }
+}
+
+/// The `WHERE` clause of `q`'s filters and its arguments (the same meaning as on SQLite).
+fn filter(q: &Query) -> (String, Vec<Arg>) {
+    let mut sql = String::from("TRUE");
+    let mut args = Vec::new();
+    for (column, value) in
+        [("agent", &q.agent), ("task", &q.task), ("state", &q.state), ("key", &q.key), ("kind", &q.kind)]
+    {
+        if let Some(v) = value {
+            args.push(Arg::Text(v.clone()));
+            sql.push_str(&format!(" AND {column} = ${}", args.len()));
+        }
+    }
+    if let Some(from) = q.at_from {
+        args.push(Arg::Int(from));
+        sql.push_str(&format!(" AND at >= ${}", args.len()));
+    }
+    if let Some(to) = q.at_to {
+        args.push(Arg::Int(to));
+        sql.push_str(&format!(" AND at < ${}", args.len()));
+    }
+    if let Some(after) = &q.after {
+        let cmp = if q.descending { "<" } else { ">" };
+        args.push(Arg::Text(after.id.clone()));
+        let id = args.len();
+        match (q.order, after.at) {
+            (Order::Id, _) => sql.push_str(&format!(" AND id {cmp} ${id}")),
+            (Order::At, Some(at)) => {
+                args.push(Arg::Int(at));
+                sql.push_str(&format!(" AND (at, id) {cmp} (${}, ${id})", args.len()));
+            }
+            (Order::At, None) if q.descending => sql.push_str(&format!(" AND at IS NULL AND id < ${id}")),
+            (Order::At, None) => sql.push_str(&format!(" AND (at IS NOT NULL OR id > ${id})")),
+        }
+    }
+    (sql, args)
+}
+
+fn refs(args: &[Arg]) -> Vec<&(dyn ToSql + Sync)> {
+    args.iter().map(Arg::as_sql).collect()
+}
+
+const COLUMNS: &str = "id, version, agent, task, state, key, at, body, kind";
+
+fn read_record(table: Table, r: &Row) -> Result<Record, StoreError> {
+    let body: String = r.get(7);
+    Ok(Record {
+        table,
+        id: r.get(0),
+        version: to_u64(r.get(1)),
+        agent: r.get(2),
+        task: r.get(3),
+        state: r.get(4),
+        key: r.get(5),
+        at: r.get(6),
+        kind: r.get(8),
+        body: serde_json::from_str(&body)
+            .map_err(|e| StoreError::Database(format!("record `{}` does not parse: {e}", r.get::<_, String>(0))))?,
+    })
+}
+
+/// Budget use in one statement (one round trip, one snapshot).
+const USAGE: &str = "SELECT
+    (SELECT count(*) FROM (SELECT 1 FROM budget_hits WHERE agent = $1 AND action = $2 AND at >= $3 AND at < $4
+                           LIMIT $6) AS p),
+    (SELECT coalesce(sum(hits), 0)::bigint FROM budget_minutes WHERE agent = $1 AND action = $2 AND minute >= $5),
+    (SELECT count(*) FROM (SELECT 1 FROM budget_targets WHERE agent = $1 AND action = $2 AND last_at >= $3
+                           LIMIT $7) AS t),
+    EXISTS (SELECT 1 FROM budget_targets WHERE agent = $1 AND action = $2 AND target = $8 AND last_at >= $3)";
+
+fn usage_in(
+    c: &mut Conn,
+    agent: &str,
+    action: &str,
+    since_ms: i64,
+    target: &str,
+    up_to: UsageLimits,
+) -> Result<Usage, StoreError> {
+    let first_whole = since_ms.div_euclid(MINUTE_MS) + i64::from(since_ms.rem_euclid(MINUTE_MS) != 0);
+    let r = c.one(
+        USAGE,
+        &[
+            &agent,
+            &action,
+            &since_ms,
+            &first_whole.saturating_mul(MINUTE_MS),
+            &first_whole,
+            &bound(up_to.hits),
+            &bound(up_to.distinct_targets),
+            &target,
+        ],
+    )?;
+    let hits = to_u64(r.get::<_, i64>(0)).saturating_add(to_u64(r.get::<_, i64>(1))).min(up_to.hits);
+    Ok(Usage { hits, distinct_targets: to_u64(r.get::<_, i64>(2)).min(up_to.distinct_targets), target_seen: r.get(3) })
+}
+
+/// Applies `change` inside the writer's transaction (under the log's lock, so every check is
+/// exact); `body` is its record's JSON text when already encoded.
+fn apply(c: &mut Conn, change: &Change, body: Option<&str>) -> Result<(), StoreError> {
+    match change {
+        Change::Insert(r) => {
+            let sql = format!(
+                "INSERT INTO {} (id, version, agent, task, state, key, at, body, kind)
+                 VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8)",
+                r.table.name()
+            );
+            let body = body_text(r, body)?;
+            match c.execute(&sql, &[&r.id, &r.agent, &r.task, &r.state, &r.key, &r.at, &body, &r.kind]) {
+                Ok(_) => Ok(()),
+                Err(e) if is_unique(&e) => Err(conflict(r.table, &r.id, "the id or key is already taken")),
+                Err(e) => Err(db(e)),
+            }
+        }
+        Change::Update(r) => {
+            let sql = format!(
+                "UPDATE {} SET version = version + 1, agent = $3, task = $4, state = $5, key = $6, at = $7,
+                               body = $8, kind = $9
+                 WHERE id = $1 AND version = $2",
+                r.table.name()
+            );
+            let body = body_text(r, body)?;
+            let version = to_i64(r.version)?;
+            match c.execute(&sql, &[&r.id, &version, &r.agent, &r.task, &r.state, &r.key, &r.at, &body, &r.kind]) {
+                Ok(1) => Ok(()),
+                Ok(_) => Err(conflict(r.table, &r.id, "the record changed since it was read, or is gone")),
+                Err(e) if is_unique(&e) => Err(conflict(r.table, &r.id, "the key is already taken")),
+                Err(e) => Err(db(e)),
+            }
+        }
+        Change::BudgetHit { agent, action, target, at } => {
+            let hit: [&(dyn ToSql + Sync); 4] = [agent, action, target, at];
+            c.exec("INSERT INTO budget_hits (agent, action, target, at) VALUES ($1, $2, $3, $4)", &hit)?;
+            c.exec(
+                "INSERT INTO budget_minutes (agent, action, minute, hits) VALUES ($1, $2, $3, 1)
+                 ON CONFLICT (agent, action, minute) DO UPDATE SET hits = budget_minutes.hits + 1",
+                &[agent as &(dyn ToSql + Sync), action, &at.div_euclid(MINUTE_MS)],
+            )?;
+            c.exec(
+                "INSERT INTO budget_targets (agent, action, target, last_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (agent, action, target)
+                 DO UPDATE SET last_at = greatest(budget_targets.last_at, EXCLUDED.last_at)",
+                &hit,
+            )?;
+            Ok(())
+        }
+        Change::SetMeta { key, value } => {
+            c.exec(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[key as &(dyn ToSql + Sync), value],
+            )?;
+            Ok(())
+        }
+        Change::Expect { table, id, version } => {
+            let sql = format!("SELECT version FROM {} WHERE id = $1", table.name());
+            let found = c.opt(&sql, &[id])?.map(|r| to_u64(r.get(0)));
+            if found.unwrap_or(0) == *version {
+                Ok(())
+            } else {
+                Err(conflict(*table, id, "a precondition failed: the record changed since it was read"))
+            }
+        }
+        Change::ExpectMeta { key, value } => {
+            let found: Option<String> = c.opt("SELECT value FROM meta WHERE key = $1", &[key])?.map(|r| r.get(0));
+            if found == *value {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict {
+                    table: "meta",
+                    id: key.clone(),
+                    reason: "a precondition failed: the setting changed since it was read",
+                })
+            }
+        }
+        Change::ExpectFewer { table, query, max } => {
+            let columns = Query {
+                agent: query.agent.clone(),
+                task: query.task.clone(),
+                state: query.state.clone(),
+                key: query.key.clone(),
+                kind: query.kind.clone(),
+                ..Query::default()
+            };
+            let (filter, args) = filter(&columns);
+            let sql = format!("SELECT count(*) FROM {} WHERE {filter}", table.name());
+            let n = to_u64(c.one(&sql, &refs(&args))?.get::<_, i64>(0));
+            if n < *max {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict {
+                    table: table.name(),
+                    id: format!("{n} matching"),
+                    reason: "a precondition failed: as many records match as the cap allows",
+                })
+            }
+        }
+        Change::BudgetCheck { agent, action, target, since_ms, max_hits, max_distinct_targets } => {
+            let up_to =
+                UsageLimits { hits: max_hits.unwrap_or(0), distinct_targets: max_distinct_targets.unwrap_or(0) };
+            let u = usage_in(c, agent, action, *since_ms, target, up_to)?;
+            let over_hits = max_hits.is_some_and(|m| u.hits >= m);
+            let over_targets = max_distinct_targets.is_some_and(|m| !u.target_seen && u.distinct_targets >= m);
+            if over_hits || over_targets {
+                Err(StoreError::Conflict {
+                    table: "budget_hits",
+                    id: format!("{agent} {action}"),
+                    reason: "the budget was used up since it was read",
+                })
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What one locked transaction of the writer does, given the tree as it stands.
+type Work<'a, T> = dyn FnMut(&mut Conn, &mut Frontier, &mut OffsetDateTime) -> Result<T, StoreError> + 'a;
+
+impl PgStore {
+    /// Connects to the database at `target`, creating the schema in an empty database and
+    /// refusing one written by a newer build.
+    pub fn open(target: PgTarget) -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("warden-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Database(format!("cannot start the database runtime: {e}")))?;
+        let store = PgStore {
+            runtime: Some(runtime),
+            target,
+            writer: Mutex::new(Writer { conn: None, frontier: None }),
+            readers: (0..READERS).map(|_| Mutex::new(None)).collect(),
+            next_reader: AtomicUsize::new(0),
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Connects to `url` (see [`PgTarget`]).
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::open(PgTarget::parse(url)?)
+    }
+
+    /// The database, as shown in messages (no password).
+    pub fn target(&self) -> &PgTarget {
+        &self.target
+    }
+
+    fn dial(&self) -> Result<Conn, StoreError> {
+        let rt = self.runtime.as_ref().ok_or(StoreError::Closed)?;
+        let config = self.target.config.clone();
+        let tls = self.target.tls.clone();
+        let task = rt.spawn(async move {
+            let (client, connection) = config.connect(tls).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Ok::<_, tokio_postgres::Error>(client)
+        });
+        let shown = &self.target.shown;
+        let client = wait(task)
+            .map_err(|_| StoreError::Database("the database connection task failed".into()))?
+            .map_err(|e| StoreError::Database(format!("cannot connect to `{shown}`: {}", chain(&e))))?;
+        Ok(Conn { client, statements: HashMap::new() })
+    }
+
+    /// Runs `f` on `slot`'s connection (made first if there is none); a connection found
+    /// broken afterwards is let go, so the next use makes a new one.
+    fn on<T>(
+        &self,
+        slot: &mut Option<Conn>,
+        f: impl FnOnce(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *slot = Some(self.dial()?);
+        }
+        let conn = slot.as_mut().ok_or(StoreError::Closed)?;
+        let result = f(conn);
+        if conn.client.is_closed() {
+            *slot = None;
+        }
+        result
+    }
+
+    fn lock<'a, T>(m: &'a Mutex<T>) -> Result<MutexGuard<'a, T>, StoreError> {
+        m.lock().map_err(|_| StoreError::Database("the store lock is poisoned".into()))
+    }
+
+    /// Runs `f` on a reader connection.
+    fn read<T>(&self, f: impl FnOnce(&mut Conn) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        for r in &self.readers {
+            if let Ok(mut slot) = r.try_lock() {
+                return self.on(&mut slot, f);
+            }
+        }
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        let mut slot = Self::lock(&self.readers[i])?;
+        self.on(&mut slot, f)
+    }
+
+    /// Runs `work` in one transaction holding the log's lock: the tree as it stands (this
+    /// node's cached edge, or read again when another node appended), the time the log last
+    /// moved to (raised to at least `time`). Commits when `work` succeeds; on any error rolls
+    /// back and forgets the cached edge.
+    fn locked<T>(&self, time: OffsetDateTime, work: &mut Work<'_, T>) -> Result<T, StoreError> {
+        let mut guard = Self::lock(&self.writer)?;
+        let w = &mut *guard;
+        let cached = w.frontier.take();
+        let mut frontier_out = None;
+        let result = self.on(&mut w.conn, |c| {
+            c.simple("BEGIN")?;
+            let outcome = (|| {
+                let head = c.one("SELECT size, time_ns FROM audit_head FOR UPDATE", &[])?;
+                let size = to_u64(head.get(0));
+                let last = OffsetDateTime::from_unix_timestamp_nanos(i128::from(head.get::<_, i64>(1)))
+                    .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+                let mut frontier = match cached {
+                    Some(f) if f.size() == size => f,
+                    _ => load_frontier(c, size)?,
+                };
+                let mut time = time.max(last);
+                let value = work(c, &mut frontier, &mut time)?;
+                if frontier.size() != size {
+                    c.exec(
+                        "UPDATE audit_head SET size = $1, time_ns = $2",
+                        &[&to_i64(frontier.size())?, &time_ns(time)],
+                    )?;
+                }
+                Ok((value, frontier))
+            })();
+            match outcome {
+                Ok((value, frontier)) => {
+                    // An error here leaves the outcome unknown to this node (the commit may
+                    // have reached the disk): it reports failure, and the edge is read again.
+                    c.simple("COMMIT")?;
+                    frontier_out = Some(frontier);
+                    Ok(value)
+                }
+                Err(e) => {
+                    if !c.client.is_closed() {
+                        let _ = c.simple("ROLLBACK");
+                    }
+                    Err(e)
+                }
+            }
+        });
+        w.frontier = frontier_out;
+        result
+    }
+}
+
+impl TreeReader for PgStore {
+    type Error = StoreError;
+    fn perfect_subtree(&self, start: u64, level: u32) -> Result<Hash, StoreError> {
+        let found = self.read(|c| {
+            Ok(if level == 0 {
+                c.opt("SELECT leaf_hash FROM audit_entries WHERE seq = $1", &[&to_i64(start)?])?
+            } else {
+                let l = i32::try_from(level).unwrap_or(i32::MAX);
+                c.opt("SELECT hash FROM audit_subtrees WHERE level = $1 AND start = $2", &[&l, &to_i64(start)?])?
+            })
+        })?;
+        match found {
+            Some(r) => hash_of(r.get(0)),
+            None => Err(StoreError::MissingSubtree { start, end: start + (1u64 << level) }),
+        }
+    }
+}
+
+impl AuditLog for PgStore {
+    fn append(&self, count: usize, build: &mut EntryBuilder<'_>) -> Result<Range<u64>, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        self.locked(now, &mut |c, frontier, _| append_in(c, frontier, count, build))
+    }
+
+    fn size(&self) -> Result<u64, StoreError> {
+        self.read(|c| Ok(to_u64(c.one("SELECT size FROM audit_head", &[])?.get(0))))
+    }
+
+    fn entries(&self, from: u64, limit: usize) -> Result<Vec<StoredEntry>, StoreError> {
+        self.read(|c| {
+            c.rows(
+                "SELECT seq, bytes, leaf_hash FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                &[&bound(from), &bound(limit as u64)],
+            )?
+            .into_iter()
+            .map(|r| Ok(StoredEntry { seq: to_u64(r.get(0)), bytes: r.get(1), leaf_hash: hash_of(r.get(2))? }))
+            .collect()
+        })
+    }
+
+    fn subtrees(&self, level: u32, starts: Range<u64>) -> Result<Vec<(u64, Hash)>, StoreError> {
+        let l = i32::try_from(level).unwrap_or(i32::MAX);
+        self.read(|c| {
+            c.rows(
+                "SELECT start, hash FROM audit_subtrees WHERE level = $1 AND start >= $2 AND start < $3 ORDER BY start",
+                &[&l, &bound(starts.start), &bound(starts.end)],
+            )?
+            .into_iter()
+            .map(|r| Ok((to_u64(r.get(0)), hash_of(r.get(1))?)))
+            .collect()
+        })
+    }
+
+    fn put_checkpoint(&self, size: u64, note: &str) -> Result<(), StoreError> {
+        let size = to_i64(size)?;
+        let mut guard = Self::lock(&self.writer)?;
+        self.on(&mut guard.conn, |c| {
+            c.exec(
+                "INSERT INTO audit_checkpoints (size, note) VALUES ($1, $2) ON CONFLICT (size) DO NOTHING",
+                &[&size, &note],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn latest_checkpoint(&self) -> Result<Option<(u64, String)>, StoreError> {
+        self.read(|c| {
+            Ok(c.opt("SELECT size, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1", &[])?
+                .map(|r| (to_u64(r.get(0)), r.get(1))))
+        })
+    }
+
+    fn checkpoint_at(&self, size: u64) -> Result<Option<String>, StoreError> {
+        self.read(|c| {
+            Ok(c.opt("SELECT note FROM audit_checkpoints WHERE size = $1", &[&bound(size)])?.map(|r| r.get(0)))
+        })
+    }
+
+    fn checkpoints(&self, from_size: u64, limit: usize) -> Result<Vec<(u64, String)>, StoreError> {
+        self.read(|c| {
+            Ok(c.rows(
+                "SELECT size, note FROM audit_checkpoints WHERE size >= $1 ORDER BY size LIMIT $2",
+                &[&bound(from_size), &bound(limit as u64)],
+            )?
+            .into_iter()
+            .map(|r| (to_u64(r.get(0)), r.get(1)))
+            .collect())
+        })
+    }
+}
+
+impl Store for PgStore {
+    fn commit_group(
+        &self,
+        time: OffsetDateTime,
+        batches: &[Batch],
+        seal: &mut Seal<'_>,
+    ) -> Result<Vec<Result<Range<u64>, StoreError>>, StoreError> {
+        self.locked(time, &mut |c, frontier, time| {
+            let time = *time;
+            let start = frontier.size();
+            let mut results = Vec::with_capacity(batches.len());
+            for batch in batches {
+                c.simple("SAVEPOINT batch")?;
+                let mut attempt = frontier.clone();
+                let outcome =
+                    batch.changes.iter().enumerate().try_for_each(|(i, ch)| apply(c, ch, batch.body(i))).and_then(
+                        |()| {
+                            let mut events = batch.events.iter().enumerate();
+                            append_in(c, &mut attempt, batch.events.len(), &mut |seq| {
+                                let (i, ev) = events.next().ok_or("fewer events than entries")?;
+                                match batch.template(i) {
+                                    Some(t) => t.render(seq, time),
+                                    None => ev.to_entry_bytes(seq, time),
+                                }
+                                .map_err(|e| e.to_string())
+                            })
+                        },
+                    );
+                match outcome {
+                    Ok(range) => {
+                        c.simple("RELEASE SAVEPOINT batch")?;
+                        *frontier = attempt;
+                        results.push(Ok(range));
+                    }
+                    Err(e) if batch_level(&e) => {
+                        c.simple("ROLLBACK TO SAVEPOINT batch; RELEASE SAVEPOINT batch")?;
+                        results.push(Err(e));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if frontier.size() > start
+                && let Some(note) = seal(frontier.size(), &frontier.root()).map_err(StoreError::Checkpoint)?
+            {
+                c.exec(
+                    "INSERT INTO audit_checkpoints (size, note) VALUES ($1, $2)",
+                    &[&to_i64(frontier.size())?, &note],
+                )?;
+            }
+            Ok(results)
+        })
+    }
+
+    fn get(&self, table: Table, id: &str) -> Result<Option<Record>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM {} WHERE id = $1", table.name());
+        self.read(|c| c.opt(&sql, &[&id])?.map(|r| read_record(table, &r)).transpose())
+    }
+
+    fn find(&self, table: Table, q: &Query) -> Result<Vec<Record>, StoreError> {
+        let (filter, mut args) = filter(q);
+        let mut sql = format!("SELECT {COLUMNS} FROM {} WHERE {filter}", table.name());
+        match (q.order, q.descending) {
+            (Order::At, false) => sql.push_str(" ORDER BY at ASC NULLS FIRST, id ASC"),
+            (Order::At, true) => sql.push_str(" ORDER BY at DESC NULLS LAST, id DESC"),
+            (Order::Id, false) => sql.push_str(" ORDER BY id ASC"),
+            (Order::Id, true) => sql.push_str(" ORDER BY id DESC"),
+        }
+        if q.limit > 0 {
+            args.push(Arg::Int(bound(q.limit as u64)));
+            sql.push_str(&format!(" LIMIT ${}", args.len()));
+        }
+        self.read(|c| c.rows(&sql, &refs(&args))?.iter().map(|r| read_record(table, r)).collect())
+    }
+
+    fn count(&self, table: Table, q: &Query) -> Result<u64, StoreError> {
+        let (filter, args) = filter(q);
+        let sql = format!("SELECT count(*) FROM {} WHERE {filter}", table.name());
+        self.read(|c| Ok(to_u64(c.one(&sql, &refs(&args))?.get(0))))
+    }
+
+    fn budget_usage(
+        &self,
+        agent: &str,
+        action: &str,
+        since_ms: i64,
+        target: &str,
+        up_to: UsageLimits,
+    ) -> Result<Usage, StoreError> {
+        self.read(|c| usage_in(c, agent, action, since_ms, target, up_to))
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.read(|c| Ok(c.opt("SELECT value FROM meta WHERE key = $1", &[&key])?.map(|r| r.get(0))))
+    }
+}
+
+impl PgStore {
+    /// Creates the schema in an empty database, or checks the version of an existing one.
+    /// Two nodes starting at once take turns (an advisory lock).
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut guard = Self::lock(&self.writer)?;
+        self.on(&mut guard.conn, |c| {
+            c.exec("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+            let result = (|| {
+                c.simple("CREATE TABLE IF NOT EXISTS warden_schema (version INTEGER NOT NULL)")?;
+                let found = c.opt("SELECT version FROM warden_schema", &[])?.map(|r| r.get::<_, i32>(0));
+                let found = u32::try_from(found.unwrap_or(0)).unwrap_or(0);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::SchemaVersion { found });
+                }
+                if found == 0 {
+                    c.simple("BEGIN")?;
+                    let created = c
+                        .simple(&schema())
+                        .and_then(|()| {
+                            c.exec("INSERT INTO warden_schema (version) VALUES ($1)", &[&(SCHEMA_VERSION as i32)])
+                        })
+                        .and_then(|_| c.simple("COMMIT"));
+                    if created.is_err() && !c.client.is_closed() {
+                        let _ = c.simple("ROLLBACK");
+                    }
+                    created?;
+                } else if found < SCHEMA_VERSION {
+                    // Versions below the first PostgreSQL schema never existed on PostgreSQL.
+                    return Err(StoreError::SchemaVersion { found });
+                }
+                Ok(())
+            })();
+            let _ = c.exec("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact_url("postgres://warden:s3cret@db:5432/w"), "postgres://warden:***@db:5432/w");
+        assert_eq!(
+            redact_url("postgres://db/w?user=a&password=s3cret&sslmode=require"),
+            "postgres://db/w?user=a&password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://warden@db/w"), "postgres://warden@db/w");
+        let err = PgTarget::parse("postgres://u:s3cret@db/w?nonsense=1").unwrap_err().to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(err.contains("u:***@db"), "{err}");
+    }
+
+    #[test]
+    fn the_edge_covers_the_tree() {
+        assert_eq!(edge(0), vec![]);
+        assert_eq!(edge(1), vec![(0, 0)]);
+        assert_eq!(edge(6), vec![(2, 0), (1, 4)]);
+        assert_eq!(edge(7), vec![(2, 0), (1, 4), (0, 6)]);
+    }
+
+    #[test]
+    fn only_postgres_urls_are_taken() {
+        let err = PgTarget::parse("mysql://db/w").unwrap_err().to_string();
+        assert!(err.contains("postgres://"), "{err}");
+        let err = PgTarget::parse("postgres://db/w?sslrootcert=/nonexistent.pem").unwrap_err().to_string();
+        assert!(err.contains("/nonexistent.pem"), "{err}");
+    }
+}

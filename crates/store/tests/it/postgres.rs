@@ -1,0 +1,109 @@
+//! The PostgreSQL store, on a real server (a throwaway cluster): the conformance suite, two
+//! nodes on one database, TLS, and what happens when the database goes away.
+
+use std::sync::Arc;
+
+use warden_store::{AuditLog, Batch, PgStore, SCHEMA_VERSION, Store, StoreError, conformance};
+
+fn fresh(pg: &warden_testpg::Cluster) -> Arc<dyn Store> {
+    Arc::new(PgStore::connect(&pg.fresh_database()).unwrap())
+}
+
+#[test]
+fn postgres_passes_the_conformance_suite() {
+    let Some(pg) = warden_testpg::shared() else { return };
+    conformance::run_all(&|| fresh(pg));
+}
+
+#[test]
+fn two_nodes_on_one_postgres_database_share_one_log() {
+    let Some(pg) = warden_testpg::shared() else { return };
+    conformance::run_shared(&|| {
+        let url = pg.fresh_database();
+        let a: Arc<dyn Store> = Arc::new(PgStore::connect(&url).unwrap());
+        let b: Arc<dyn Store> = Arc::new(PgStore::connect(&url).unwrap());
+        (a, b)
+    });
+}
+
+#[test]
+fn postgres_over_tls_checks_the_server_certificate() {
+    let Some(pg) = warden_testpg::shared() else { return };
+    let db = pg.fresh_name();
+    let store = PgStore::connect(&pg.tls_url(&db)).unwrap();
+    store.append(2, &mut |s| Ok(format!("e{s}").into_bytes())).unwrap();
+    let over_tls = pg.psql(&db, "SELECT count(*) FROM pg_stat_ssl WHERE ssl").unwrap();
+    assert!(over_tls.trim().parse::<u32>().unwrap() >= 1, "the store's connections use TLS");
+    // A certificate nobody vouches for is refused: with no `sslrootcert`, the public roots.
+    let url = format!("postgres://postgres@localhost:{}/{db}?sslmode=require", pg.port());
+    let err = PgStore::connect(&url).unwrap_err().to_string();
+    assert!(err.contains("cannot connect") && err.to_lowercase().contains("certificate"), "{err}");
+}
+
+#[test]
+fn a_database_from_a_newer_schema_is_refused() {
+    let Some(pg) = warden_testpg::shared() else { return };
+    let db = pg.fresh_name();
+    drop(PgStore::connect(&pg.url(&db)).unwrap());
+    pg.psql(&db, "UPDATE warden_schema SET version = version + 1").unwrap();
+    match PgStore::connect(&pg.url(&db)) {
+        Err(StoreError::SchemaVersion { found }) => assert_eq!(found, SCHEMA_VERSION + 1),
+        other => panic!("expected a schema version error, got {other:?}"),
+    }
+}
+
+#[test]
+fn nodes_starting_together_create_the_schema_once() {
+    let Some(pg) = warden_testpg::shared() else { return };
+    let url = pg.fresh_database();
+    let opened: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || PgStore::connect(&url).map(|_| ()))
+        })
+        .collect();
+    for t in opened {
+        t.join().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn a_password_never_reaches_an_error() {
+    let Some(pg) = warden_testpg::shared() else { return };
+    let url = format!("postgres://nobody:hunter2@127.0.0.1:{}/none?sslmode=disable", pg.port());
+    let err = PgStore::connect(&url).unwrap_err().to_string();
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.contains("nobody:***@127.0.0.1"), "{err}");
+}
+
+/// With the database gone every call fails (nothing is reported done), and the same store
+/// carries on once the database is back: no restart of the node.
+#[test]
+fn the_store_fails_closed_while_the_database_is_down_and_recovers() {
+    let Some(_) = warden_testpg::shared() else { return };
+    let pg = warden_testpg::Cluster::start().unwrap();
+    let store = PgStore::connect(&pg.fresh_database()).unwrap();
+    let mut entry = |s: u64| Ok(format!("e{s}").into_bytes());
+    store.append(3, &mut entry).unwrap();
+    pg.stop();
+    assert!(matches!(store.append(1, &mut entry), Err(StoreError::Database(_))));
+    assert!(store.size().is_err());
+    let commit = store.commit_group(time::OffsetDateTime::now_utc(), &[Batch::new()], &mut |_, _| Ok(None));
+    assert!(commit.is_err());
+    pg.start_again().unwrap();
+    let mut back = None;
+    for _ in 0..50 {
+        match store.append(1, &mut entry) {
+            Ok(r) => {
+                back = Some(r);
+                break;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+    assert_eq!(back, Some(3..4), "nothing that failed was appended; the log continues");
+    assert_eq!(store.size().unwrap(), 4);
+    let mut mem = warden_core::audit::merkle::MemoryTree::new();
+    (0..4).for_each(|s| mem.push_entry(format!("e{s}").as_bytes()));
+    assert_eq!(store.root(4).unwrap(), mem.root());
+}
