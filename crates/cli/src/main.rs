@@ -82,6 +82,21 @@ pub enum Failure {
     Other(anyhow::Error),
 }
 
+/// Reads `--store` (see [`warden_store::StoreAt::parse`]); a bad URL is invalid input.
+pub fn store_at(store: Option<&str>) -> Result<warden_store::StoreAt, Failure> {
+    warden_store::StoreAt::parse(store).map_err(|e| Failure::Invalid(format!("error: {e}")))
+}
+
+/// A data directory that cannot be opened: not initialised (or an empty database) is the
+/// user's to fix; anything else is a failure.
+pub fn data_dir_failure(e: warden_store::DataDirError) -> Failure {
+    use warden_store::DataDirError as E;
+    match e {
+        e @ (E::NotInitialized(_) | E::StoreEmpty(_)) => Failure::Invalid(format!("error: {e}")),
+        e => Failure::Other(e.into()),
+    }
+}
+
 impl From<anyhow::Error> for Failure {
     fn from(e: anyhow::Error) -> Self {
         Failure::Other(e)

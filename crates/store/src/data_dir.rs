@@ -8,6 +8,9 @@
 //!   token.key       the Ed25519 key of the local token issuer (base64 seed), mode 0600
 //! ```
 //!
+//! With PostgreSQL (`StoreAt::Postgres`), the database holds what `warden.db` holds and the
+//! directory only the two keys: every node of a cluster has a copy of the same directory.
+//!
 //! `init` writes entry 0 of the audit log, `store.initialized`, with the verifier key: from
 //! then on the log itself says which key must have signed its checkpoints, so swapping
 //! `signing.key` is caught by `audit verify`.
@@ -23,7 +26,10 @@ use sha2::{Digest, Sha256};
 use warden_core::audit::entry::{Actor, Entry, Event, EventType};
 use warden_core::audit::note::{NoteSigner, NoteVerifier};
 
-use crate::{AuditLog, Batch, Change, Clock, Ledger, LedgerOptions, Record, SqliteStore, StoreError, Table};
+use crate::{
+    AuditLog, Batch, Change, Clock, Ledger, LedgerOptions, PgStore, PgTarget, Record, SqliteStore, Store, StoreError,
+    Table,
+};
 
 pub const DB_FILE: &str = "warden.db";
 pub const KEY_FILE: &str = "signing.key";
@@ -39,6 +45,10 @@ pub enum DataDirError {
     AlreadyInitialized(PathBuf),
     #[error("`{0}` is not a Warden data directory (run `warden init --data {0}`)")]
     NotInitialized(PathBuf),
+    #[error("the database `{0}` already holds a Warden audit log")]
+    StoreInUse(String),
+    #[error("the database `{0}` holds no Warden audit log (run `warden init --store {0}`)")]
+    StoreEmpty(String),
     #[error("`{path}`: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("`{0}` can be read by other users; it must have mode 0600")]
@@ -78,6 +88,35 @@ pub fn token_hash(token: &str) -> String {
     format!("sha256:{hex}")
 }
 
+/// Where a data directory's store is.
+#[derive(Debug, Clone, Default)]
+pub enum StoreAt {
+    /// `warden.db` in the data directory: the embedded default.
+    #[default]
+    File,
+    /// A PostgreSQL database shared by any number of nodes; the directory keeps the keys.
+    Postgres(PgTarget),
+}
+
+impl StoreAt {
+    /// Reads `--store`: unset or `sqlite` is the file in the data directory, a `postgres://`
+    /// URL is PostgreSQL.
+    pub fn parse(value: Option<&str>) -> Result<StoreAt, StoreError> {
+        match value.map(str::trim) {
+            None | Some("") | Some("sqlite") => Ok(StoreAt::File),
+            Some(url) => PgTarget::parse(url).map(StoreAt::Postgres),
+        }
+    }
+
+    /// How it is named in messages (no password).
+    pub fn describe(&self, data: &Path) -> String {
+        match self {
+            StoreAt::File => data.join(DB_FILE).display().to_string(),
+            StoreAt::Postgres(t) => t.to_string(),
+        }
+    }
+}
+
 /// An open data directory.
 #[derive(Debug)]
 pub struct DataDir {
@@ -101,6 +140,17 @@ impl DataDir {
     /// signing key, the database, entry 0 and the `admin` user. Returns the admin token, which
     /// is stored only as a hash. Nothing is left behind on failure.
     pub fn init(path: &Path, origin: &str, clock: Arc<dyn Clock>) -> Result<(DataDir, String), DataDirError> {
+        Self::init_at(path, &StoreAt::File, origin, clock)
+    }
+
+    /// [`DataDir::init`] with the store at `at`. For PostgreSQL the database must hold no log
+    /// yet; the directory gets the keys (copy it to every other node).
+    pub fn init_at(
+        path: &Path,
+        at: &StoreAt,
+        origin: &str,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(DataDir, String), DataDirError> {
         if path.join(DB_FILE).exists() || path.join(KEY_FILE).exists() {
             return Err(DataDirError::AlreadyInitialized(path.to_path_buf()));
         }
@@ -112,7 +162,7 @@ impl DataDir {
             use std::os::unix::fs::PermissionsExt as _;
             fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io(path))?;
         }
-        let result = Self::init_in(path, signer, clock);
+        let result = Self::init_in(path, at, signer, clock);
         if result.is_err() {
             for f in [KEY_FILE, TOKEN_KEY_FILE, DB_FILE, "warden.db-wal", "warden.db-shm"] {
                 let _ = fs::remove_file(path.join(f));
@@ -124,11 +174,25 @@ impl DataDir {
         result
     }
 
-    fn init_in(path: &Path, signer: NoteSigner, clock: Arc<dyn Clock>) -> Result<(DataDir, String), DataDirError> {
+    fn init_in(
+        path: &Path,
+        at: &StoreAt,
+        signer: NoteSigner,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(DataDir, String), DataDirError> {
+        let store: Arc<dyn Store> = match at {
+            StoreAt::File => Arc::new(SqliteStore::open(&path.join(DB_FILE))?),
+            StoreAt::Postgres(t) => {
+                let store = PgStore::open(t.clone())?;
+                if store.size()? > 0 {
+                    return Err(DataDirError::StoreInUse(t.to_string()));
+                }
+                Arc::new(store)
+            }
+        };
         let key_path = path.join(KEY_FILE);
         write_private(&key_path, &format!("{}\n", signer.to_private_key()))?;
         let token_seed = token_seed(path)?;
-        let store = Arc::new(SqliteStore::open(&path.join(DB_FILE))?);
         let verifier_key = signer.verifier_key();
         let ledger = Ledger::open(store, signer, clock, LedgerOptions::default())?;
         let token = new_token()?;
@@ -157,8 +221,18 @@ impl DataDir {
 
     /// Opens an initialised data directory for writing.
     pub fn open(path: &Path, clock: Arc<dyn Clock>, options: LedgerOptions) -> Result<DataDir, DataDirError> {
-        let store = Arc::new(open_store(path)?);
+        Self::open_at(path, &StoreAt::File, clock, options)
+    }
+
+    /// [`DataDir::open`] with the store at `at`.
+    pub fn open_at(
+        path: &Path,
+        at: &StoreAt,
+        clock: Arc<dyn Clock>,
+        options: LedgerOptions,
+    ) -> Result<DataDir, DataDirError> {
         let signer = read_signer(path)?;
+        let store = open_store_at(path, at)?;
         // Refuse to sign for a log that names another key: it would look like a rewrite.
         let mine = NoteVerifier::parse(&signer.verifier_key()).ok();
         if let Some(recorded) = recorded_verifier(store.as_ref())?
@@ -226,6 +300,20 @@ pub fn open_store(path: &Path) -> Result<SqliteStore, DataDirError> {
         return Err(DataDirError::NotInitialized(path.to_path_buf()));
     }
     Ok(SqliteStore::open(&db)?)
+}
+
+/// Opens the store at `at` (for `File`, the one in `path`), refusing one that holds no log.
+pub fn open_store_at(path: &Path, at: &StoreAt) -> Result<Arc<dyn Store>, DataDirError> {
+    match at {
+        StoreAt::File => Ok(Arc::new(open_store(path)?)),
+        StoreAt::Postgres(t) => {
+            let store = PgStore::open(t.clone())?;
+            if store.size()? == 0 {
+                return Err(DataDirError::StoreEmpty(t.to_string()));
+            }
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 /// Reads the data directory's signing key, refusing one others can read.

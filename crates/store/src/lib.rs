@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 use warden_core::audit::entry::Event;
 use warden_core::audit::merkle::{Hash, TreeReader};
 
-pub use data_dir::{DataDir, DataDirError};
+pub use data_dir::{DataDir, DataDirError, StoreAt};
 pub use ledger::{Clock, GroupStats, Ledger, LedgerOptions, ManualClock, SystemClock};
 pub use postgres::{PgStore, PgTarget, redact_url};
 pub use records::{Change, Cursor, Order, Query, Record, Table};

@@ -28,6 +28,10 @@ pub struct Target {
     /// The data directory (when no `--server` is named).
     #[arg(long, env = "WARDEN_DATA", default_value = "./warden-data")]
     pub data: PathBuf,
+    /// Where the store is: unset (or `sqlite`) for `warden.db` in the data directory, or a
+    /// `postgres://` URL (`sslmode`, `sslrootcert` as libpq reads them) shared by many nodes.
+    #[arg(long, env = "WARDEN_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// A running Warden server to administer instead (`http://…` or `https://…`).
     #[arg(long, env = "WARDEN_SERVER")]
     pub server: Option<String>,
@@ -160,12 +164,10 @@ impl Admin {
         if let Some(server) = &t.server {
             return Client::new(server, t.token.as_deref(), t.ca_cert.as_deref()).map(Admin::Remote);
         }
-        DataDir::open(&t.data, Arc::new(SystemClock), LedgerOptions::default())
+        let at = crate::store_at(t.store.as_deref())?;
+        DataDir::open_at(&t.data, &at, Arc::new(SystemClock), LedgerOptions::default())
             .map(|d| Admin::Local(Box::new(d)))
-            .map_err(|e| match e {
-                e @ warden_store::DataDirError::NotInitialized(_) => Failure::Invalid(format!("error: {e}")),
-                e => Failure::Other(e.into()),
-            })
+            .map_err(crate::data_dir_failure)
     }
 
     fn add_agent(&self, id: &str, owner: &str, purpose: &str) -> Result<Agent, Failure> {

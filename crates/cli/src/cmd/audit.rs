@@ -12,10 +12,10 @@ use serde_json::json;
 use warden_core::audit::entry::Entry;
 use warden_core::audit::note::{Checkpoint, NoteSigner, NoteVerifier};
 use warden_core::audit::ocsf;
+use warden_store::Store;
 use warden_store::data_dir::{self, DataDirError, KEY_FILE};
 use warden_store::proofs::{self, ProofRequestError};
 use warden_store::verify::{VerifyFailure, verify};
-use warden_store::{AuditLog, SqliteStore};
 
 use crate::Failure;
 use crate::render::Output;
@@ -27,6 +27,10 @@ pub struct DataArg {
     /// The data directory.
     #[arg(long, env = "WARDEN_DATA", default_value = "./warden-data")]
     pub data: PathBuf,
+    /// Where the store is: unset (or `sqlite`) for `warden.db` in the data directory, or a
+    /// `postgres://` URL (`sslmode`, `sslrootcert` as libpq reads them) shared by many nodes.
+    #[arg(long, env = "WARDEN_STORE", hide_env_values = true)]
+    pub store: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,7 +108,8 @@ pub fn run(cmd: AuditCommand) -> Result<(), Failure> {
     match cmd {
         AuditCommand::Verify(a) => run_verify(a),
         AuditCommand::Checkpoint(a) => {
-            let log = open(&a)?;
+            let store = open(&a)?;
+            let log = store.as_ref();
             let (_, note) = log
                 .latest_checkpoint()
                 .map_err(other)?
@@ -113,11 +118,12 @@ pub fn run(cmd: AuditCommand) -> Result<(), Failure> {
             Ok(())
         }
         AuditCommand::Key(a) => {
-            let log = open(&a)?;
-            let key = data_dir::recorded_verifier(&log).map_err(other)?.ok_or_else(|| {
+            let store = open(&a)?;
+            let log = store.as_ref();
+            let key = data_dir::recorded_verifier(log).map_err(other)?.ok_or_else(|| {
                 Failure::Other(anyhow::anyhow!("the log does not record its verifier key in entry 0"))
             })?;
-            outln!("{}", key_text(&key, &log)?);
+            outln!("{}", key_text(&key, log)?);
             Ok(())
         }
         AuditCommand::Proof(a) => run_proof(a),
@@ -129,15 +135,13 @@ fn other(e: impl Into<anyhow::Error>) -> Failure {
     Failure::Other(e.into())
 }
 
-fn open(a: &DataArg) -> Result<SqliteStore, Failure> {
-    data_dir::open_store(&a.data).map_err(|e| match e {
-        e @ DataDirError::NotInitialized(_) => Failure::Invalid(format!("error: {e}")),
-        e => other(e),
-    })
+fn open(a: &DataArg) -> Result<std::sync::Arc<dyn Store>, Failure> {
+    let at = crate::store_at(a.store.as_deref())?;
+    data_dir::open_store_at(&a.data, &at).map_err(crate::data_dir_failure)
 }
 
 /// The verifier key as text: entry 0 records it as given, so print that.
-fn key_text(key: &NoteVerifier, log: &SqliteStore) -> Result<String, Failure> {
+fn key_text(key: &NoteVerifier, log: &dyn Store) -> Result<String, Failure> {
     let first = log.entries(0, 1).map_err(other)?;
     let entry = first.first().and_then(|e| Entry::parse(&e.bytes).ok());
     let text = entry.and_then(|e| e.event.data.get("verifier_key").and_then(|v| v.as_str()).map(str::to_string));
@@ -155,8 +159,9 @@ fn failed(output: Output, code: &str, message: &str, seq: Option<u64>) -> Failur
 }
 
 fn run_verify(a: VerifyArgs) -> Result<(), Failure> {
-    let log = open(&a.data)?;
-    let recorded = data_dir::recorded_verifier(&log).map_err(other)?;
+    let store = open(&a.data)?;
+    let log = store.as_ref();
+    let recorded = data_dir::recorded_verifier(log).map_err(other)?;
     let trusted = match &a.key {
         Some(k) => {
             let text = match k.strip_prefix('@') {
@@ -205,7 +210,7 @@ fn run_verify(a: VerifyArgs) -> Result<(), Failure> {
         }
     }
     let mut bar = Progress::new();
-    let result = verify(&log, &verifier, &mut |done, total| bar.update(done, total));
+    let result = verify(log, &verifier, &mut |done, total| bar.update(done, total));
     bar.finish();
     let report = match result {
         Ok(r) => r,
@@ -299,11 +304,12 @@ fn proof_failure(e: ProofRequestError) -> Failure {
 }
 
 fn run_proof(a: ProofArgs) -> Result<(), Failure> {
-    let log = open(&a.data)?;
+    let store = open(&a.data)?;
+    let log = store.as_ref();
     let value = if let Some(index) = a.index {
-        serde_json::to_value(proofs::inclusion(&log, index, a.size).map_err(proof_failure)?)
+        serde_json::to_value(proofs::inclusion(log, index, a.size).map_err(proof_failure)?)
     } else if let Some(old) = a.old {
-        serde_json::to_value(proofs::consistency(&log, old, a.new).map_err(proof_failure)?)
+        serde_json::to_value(proofs::consistency(log, old, a.new).map_err(proof_failure)?)
     } else {
         return Err(Failure::Invalid("error: pass --index I or --old M".into()));
     };
@@ -312,7 +318,8 @@ fn run_proof(a: ProofArgs) -> Result<(), Failure> {
 }
 
 fn run_export(a: ExportArgs) -> Result<(), Failure> {
-    let log = open(&a.data)?;
+    let store = open(&a.data)?;
+    let log = store.as_ref();
     let product = ocsf::Product { version: env!("CARGO_PKG_VERSION").to_string() };
     let stdout = std::io::stdout();
     let mut w = BufWriter::new(stdout.lock());

@@ -25,6 +25,10 @@ pub struct ExplainArgs {
     /// Without --server: the data directory to read.
     #[arg(long, env = "WARDEN_DATA", default_value = "./warden-data")]
     pub data: std::path::PathBuf,
+    /// Where the store is: unset (or `sqlite`) for `warden.db` in the data directory, or a
+    /// `postgres://` URL (`sslmode`, `sslrootcert` as libpq reads them) shared by many nodes.
+    #[arg(long, env = "WARDEN_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// Without --server: the policy bundle whose escalation rules apply (the built-in example
     /// bundle when omitted).
     #[arg(long)]
@@ -182,15 +186,14 @@ fn local(a: &ExplainArgs) -> Result<Value, Failure> {
                 .map_err(|e| anyhow::anyhow!("the built-in example bundle is invalid: {e}"))?
         }
     };
-    let dir = warden_store::DataDir::open(
+    let at = crate::store_at(a.store.as_deref())?;
+    let dir = warden_store::DataDir::open_at(
         &a.data,
+        &at,
         std::sync::Arc::new(warden_store::SystemClock),
         warden_store::LedgerOptions::default(),
     )
-    .map_err(|e| match e {
-        e @ warden_store::DataDirError::NotInitialized(_) => Failure::Invalid(format!("error: {e}")),
-        e => Failure::Other(e.into()),
-    })?;
+    .map_err(crate::data_dir_failure)?;
     let e = warden_server::explain::explain_in(dir.ledger().store().as_ref(), &bundle, &a.action_id)
         .map_err(|e| crate::client::failure_for(e.status().as_u16(), e.code.as_str(), &e.message))?;
     if e.decision["bundle_version"].as_str() != Some(bundle.version()) {

@@ -16,6 +16,10 @@ pub struct InitArgs {
     /// The data directory to create (it may exist, but must not hold a data directory).
     #[arg(long, env = "WARDEN_DATA", default_value = "./warden-data")]
     pub data: PathBuf,
+    /// Where the store is: unset (or `sqlite`) for `warden.db` in the data directory, or a
+    /// `postgres://` URL (`sslmode`, `sslrootcert` as libpq reads them) shared by many nodes.
+    #[arg(long, env = "WARDEN_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// The audit log's origin: the first line of every checkpoint and the signing key's name.
     #[arg(long, default_value = DEFAULT_ORIGIN)]
     pub origin: String,
@@ -24,9 +28,12 @@ pub struct InitArgs {
 }
 
 pub fn run(args: InitArgs) -> Result<(), Failure> {
-    let (dir, token) = match DataDir::init(&args.data, &args.origin, Arc::new(SystemClock)) {
+    let at = crate::store_at(args.store.as_deref())?;
+    let (dir, token) = match DataDir::init_at(&args.data, &at, &args.origin, Arc::new(SystemClock)) {
         Ok(done) => done,
-        Err(e @ DataDirError::BadOrigin(_)) => return Err(Failure::Invalid(format!("error: {e}"))),
+        Err(e @ (DataDirError::BadOrigin(_) | DataDirError::StoreInUse(_) | DataDirError::AlreadyInitialized(_))) => {
+            return Err(Failure::Invalid(format!("error: {e}")));
+        }
         Err(e) => return Err(Failure::Other(e.into())),
     };
     let key = dir.ledger().signer().verifier_key();

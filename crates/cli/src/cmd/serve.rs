@@ -28,6 +28,10 @@ pub struct ServeArgs {
     /// The data directory (`warden init` makes one).
     #[arg(long, env = "WARDEN_DATA", default_value = "./warden-data")]
     pub data: PathBuf,
+    /// Where the store is: unset (or `sqlite`) for `warden.db` in the data directory, or a
+    /// `postgres://` URL (`sslmode`, `sslrootcert` as libpq reads them) shared by many nodes.
+    #[arg(long, env = "WARDEN_STORE", hide_env_values = true)]
+    pub store: Option<String>,
     /// Address to listen on; port 0 picks a free one (the chosen address is printed).
     #[arg(long, env = "WARDEN_LISTEN", default_value = "127.0.0.1:8443")]
     pub listen: String,
@@ -403,8 +407,10 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
     let (_, bundle) = policy::load(&a.policy)?;
     let version = bundle.version().to_string();
     let clock = Arc::new(SystemClock);
-    let data = DataDir::open(&a.data, clock.clone(), LedgerOptions::default())
-        .with_context(|| format!("opening the data directory `{}`", a.data.display()))?;
+    let at = warden_store::StoreAt::parse(a.store.as_deref()).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    let data = DataDir::open_at(&a.data, &at, clock.clone(), LedgerOptions::default()).with_context(|| {
+        format!("opening the data directory `{}` (store {})", a.data.display(), at.describe(&a.data))
+    })?;
     let timeout = warden_core::duration::Duration::parse(&a.request_timeout)
         .map_err(|e| Failure::Invalid(format!("error: --request-timeout: {e}")))?;
     if a.agent_rate <= 0.0 || a.agent_burst < 1.0 || a.max_in_flight == 0 || timeout.as_secs() == 0 {
