@@ -247,6 +247,17 @@ pub fn records_insert_get_and_conflict(store: &dyn Store) {
         assert_eq!(store.get(table, "r2").unwrap(), None);
     }
     assert_eq!(store.get(Table::Agents, "nobody").unwrap(), None);
+    // Warden joins a key's parts with NUL (agent NUL idempotency key); bodies may hold one.
+    let key = "spiffe://a.test/x\u{0}k-1".to_string();
+    let r = Record::new(Table::Requests, "nul", json!({"s": "a\u{0}b"})).key(&key);
+    commit(store, Batch::new().change(Change::Insert(r))).unwrap();
+    let found = store.find(Table::Requests, &Query { key: Some(key.clone()), ..Query::default() }).unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!((found[0].key.as_deref(), &found[0].body), (Some(key.as_str()), &json!({"s": "a\u{0}b"})));
+    let twin = Record::new(Table::Requests, "nul2", json!({})).key(&key);
+    assert!(matches!(commit(store, Batch::new().change(Change::Insert(twin))), Err(StoreError::Conflict { .. })));
+    let other = Record::new(Table::Requests, "nul3", json!({})).key("spiffe://a.test/x\u{0}k-2");
+    commit(store, Batch::new().change(Change::Insert(other))).unwrap();
 }
 
 pub fn updates_are_optimistic(store: &dyn Store) {

@@ -63,13 +63,14 @@ fn schema() -> String {
                                       last_at BIGINT NOT NULL, PRIMARY KEY (agent, action, target));
          CREATE INDEX budget_targets_by_time ON budget_targets (agent, action, last_at);",
     );
-    // Ids and keys compare byte by byte (`C`), as on SQLite, whatever the cluster's locale;
+    // Ids compare byte by byte (`C`), as on SQLite, whatever the cluster's locale; keys are
+    // bytes, since Warden's join their parts with NUL, which PostgreSQL text cannot hold;
     // `at` sorts NULLs first ascending, as on SQLite, so the indexes say so too.
     for t in Table::ALL {
         let n = t.name();
         sql.push_str(&format!(
             "CREATE TABLE {n} (id TEXT COLLATE \"C\" PRIMARY KEY, version BIGINT NOT NULL, agent TEXT COLLATE \"C\",
-                               task TEXT COLLATE \"C\", state TEXT COLLATE \"C\", key TEXT COLLATE \"C\" UNIQUE,
+                               task TEXT COLLATE \"C\", state TEXT COLLATE \"C\", key BYTEA UNIQUE,
                                at BIGINT, kind TEXT COLLATE \"C\", body TEXT NOT NULL);
              CREATE INDEX {n}_by_agent ON {n} (agent, at NULLS FIRST, id);
              CREATE INDEX {n}_by_task ON {n} (task, at NULLS FIRST, id);
@@ -447,6 +448,7 @@ fn body_text(r: &Record, prepared: Option<&str>) -> Result<String, StoreError> {
 #[derive(Debug)]
 enum Arg {
     Text(String),
+    Bytes(Vec<u8>),
     Int(i64),
 }
 
@@ -454,22 +456,30 @@ impl Arg {
     fn as_sql(&self) -> &(dyn ToSql + Sync) {
         match self {
             Arg::Text(s) => s,
+            Arg::Bytes(b) => b,
             Arg::Int(i) => i,
         }
     }
+}
+
+/// A record's key as stored (bytes).
+fn key_bytes(key: &Option<String>) -> Option<&[u8]> {
+    key.as_deref().map(str::as_bytes)
 }
 
 /// The `WHERE` clause of `q`'s filters and its arguments (the same meaning as on SQLite).
 fn filter(q: &Query) -> (String, Vec<Arg>) {
     let mut sql = String::from("TRUE");
     let mut args = Vec::new();
-    for (column, value) in
-        [("agent", &q.agent), ("task", &q.task), ("state", &q.state), ("key", &q.key), ("kind", &q.kind)]
-    {
+    for (column, value) in [("agent", &q.agent), ("task", &q.task), ("state", &q.state), ("kind", &q.kind)] {
         if let Some(v) = value {
             args.push(Arg::Text(v.clone()));
             sql.push_str(&format!(" AND {column} = ${}", args.len()));
         }
+    }
+    if let Some(k) = &q.key {
+        args.push(Arg::Bytes(k.as_bytes().to_vec()));
+        sql.push_str(&format!(" AND key = ${}", args.len()));
     }
     if let Some(from) = q.at_from {
         args.push(Arg::Int(from));
@@ -511,7 +521,10 @@ fn read_record(table: Table, r: &Row) -> Result<Record, StoreError> {
         agent: r.get(2),
         task: r.get(3),
         state: r.get(4),
-        key: r.get(5),
+        key: r
+            .get::<_, Option<Vec<u8>>>(5)
+            .map(|k| String::from_utf8(k).map_err(|_| StoreError::Database("a stored key is not UTF-8".into())))
+            .transpose()?,
         at: r.get(6),
         kind: r.get(8),
         body: serde_json::from_str(&body)
@@ -565,7 +578,7 @@ fn apply(c: &mut Conn, change: &Change, body: Option<&str>) -> Result<(), StoreE
                 r.table.name()
             );
             let body = body_text(r, body)?;
-            match c.execute(&sql, &[&r.id, &r.agent, &r.task, &r.state, &r.key, &r.at, &body, &r.kind]) {
+            match c.execute(&sql, &[&r.id, &r.agent, &r.task, &r.state, &key_bytes(&r.key), &r.at, &body, &r.kind]) {
                 Ok(_) => Ok(()),
                 Err(e) if is_unique(&e) => Err(conflict(r.table, &r.id, "the id or key is already taken")),
                 Err(e) => Err(db(e)),
@@ -580,7 +593,8 @@ fn apply(c: &mut Conn, change: &Change, body: Option<&str>) -> Result<(), StoreE
             );
             let body = body_text(r, body)?;
             let version = to_i64(r.version)?;
-            match c.execute(&sql, &[&r.id, &version, &r.agent, &r.task, &r.state, &r.key, &r.at, &body, &r.kind]) {
+            let key = key_bytes(&r.key);
+            match c.execute(&sql, &[&r.id, &version, &r.agent, &r.task, &r.state, &key, &r.at, &body, &r.kind]) {
                 Ok(1) => Ok(()),
                 Ok(_) => Err(conflict(r.table, &r.id, "the record changed since it was read, or is gone")),
                 Err(e) if is_unique(&e) => Err(conflict(r.table, &r.id, "the key is already taken")),

@@ -154,11 +154,21 @@ pub fn harness_full(
     harness_options(clock, options)
 }
 
+/// Where the harness keeps its store: SQLite, or with `WARDEN_TEST_STORE=postgres` a fresh
+/// database on the test process's PostgreSQL cluster (so the whole suite runs on either).
+pub fn test_store() -> warden_store::StoreAt {
+    if std::env::var("WARDEN_TEST_STORE").is_ok_and(|v| v == "postgres") {
+        let pg = warden_testpg::shared().expect("WARDEN_TEST_STORE=postgres needs PostgreSQL");
+        return warden_store::StoreAt::parse(Some(&pg.fresh_database())).unwrap();
+    }
+    warden_store::StoreAt::File
+}
+
 /// A fresh data directory with the bundle's agents registered (the example's, or the one at
 /// `options.policy_dir`), and a server set up with `options`.
 pub fn harness_options(clock: Arc<dyn Clock>, options: ServerOptions) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let (data, admin_token) = DataDir::init(dir.path(), "warden.test/audit", clock.clone()).unwrap();
+    let (data, admin_token) = DataDir::init_at(dir.path(), &test_store(), "warden.test/audit", clock.clone()).unwrap();
     let files = read_bundle(options.policy_dir.as_deref().unwrap_or(&example_dir()));
     let bundle = Bundle::load(&files).unwrap();
     let now = clock.now();
