@@ -99,6 +99,10 @@ pub struct Execution {
     /// Said when the tool acted but its answer could not be fully read (a capture failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// The Warden node calling the tool now (the execution, or its compensation): when that
+    /// node stops answering, another marks the call `unknown` (see [`reconcile`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Model for Execution {
@@ -370,8 +374,11 @@ struct Started {
 pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Executed, ApiError> {
     let store = s.ledger().store();
     // The halt gate: no matching action starts once a halt has returned (see `crate::halt`).
-    // Held from the check to the end of the tool call.
-    let gate = s.halts.read().map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"))?;
+    // Held from the check to the end of the tool call; read afresh first, so a halt or resume
+    // on another node is seen before this one is refused or started.
+    crate::facts::sync(s)?;
+    let read_gate = || s.halts.read().map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"));
+    let mut gate = read_gate()?;
     let mut started = None;
     for _ in 0..START_ATTEMPTS {
         let (req, version) = versioned::<ActionRecord>(store.as_ref(), id)?
@@ -466,6 +473,7 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
             rollback: None,
             rolling_back: None,
             warning: None,
+            node: Some(s.node.clone()),
         };
         let mut started_req = req.clone();
         started_req.state = "executing".into();
@@ -513,8 +521,13 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
                 started = Some(Started { req, exec, lease, ttl, category, now });
                 break;
             }
-            // Something changed since the checks: check again from the start.
-            Err(StoreError::Conflict { .. }) => continue,
+            // Something changed since the checks (on this node or another): check again from
+            // the start, with the halts as the store has them now.
+            Err(StoreError::Conflict { .. }) => {
+                drop(gate);
+                crate::facts::sync(s)?;
+                gate = read_gate()?;
+            }
             Err(other) => return Err(other.into()),
         }
     }
@@ -635,8 +648,43 @@ fn finish(
 /// (when this server has connectors; without them, approved requests rest by design): they
 /// were decided on facts that may no longer hold, and the agent may ask again.
 pub fn reconcile_after_restart(s: &AppState) -> Result<Vec<String>, ApiError> {
+    reconcile(s, true)
+}
+
+/// Whether the node that stamped a call is gone: on a store of its own (SQLite), at a start
+/// every other call was this server's before it stopped; on a shared one, a node is gone when
+/// its heartbeat is older than [`crate::state::NODE_DEAD_AFTER_MS`] (or it said goodbye).
+fn owner_gone(s: &AppState, startup: bool, node: Option<&str>) -> Result<bool, ApiError> {
+    if node == Some(s.node.as_str()) {
+        return Ok(false);
+    }
+    if !s.shared_store {
+        return Ok(startup);
+    }
+    let Some(node) = node else { return Ok(true) };
+    let beat = s.ledger().store().meta(&crate::state::node_key(node))?;
+    let last = beat.and_then(|b| b.parse::<i64>().ok()).unwrap_or(0);
+    Ok(millis(s.now()) - last > crate::state::NODE_DEAD_AFTER_MS)
+}
+
+/// Commits `batch`, or lets it go when another node reconciled the same record first.
+fn commit_unless_taken(s: &AppState, batch: Batch) -> Result<bool, ApiError> {
+    match s.ledger().commit(batch) {
+        Ok(_) => Ok(true),
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What a stopped node left behind: tool calls it had started become `unknown` (the tool may
+/// or may not have acted; a human reconciles them), their leases revoked; rollbacks it was
+/// running released, with the doubt recorded; at the start of a server on a store of its own,
+/// approved requests it never started are cancelled. On a shared store only the calls of nodes
+/// whose heartbeat stopped are touched, never a live node's; every node runs this
+/// periodically, and the first to commit each change wins. The executions marked `unknown`.
+pub fn reconcile(s: &AppState, startup: bool) -> Result<Vec<String>, ApiError> {
     let store = s.ledger().store();
-    if s.connector.is_some() {
+    if startup && !s.shared_store && s.connector.is_some() {
         let q = Query { state: Some("approved".into()), ..Query::default() };
         for r in store.find(Table::Requests, &q)? {
             let req = ActionRecord::from_record(&r)?;
@@ -654,7 +702,11 @@ pub fn reconcile_after_restart(s: &AppState) -> Result<Vec<String>, ApiError> {
     let q_rb = Query { state: Some("rolling_back".into()), ..Query::default() };
     for r in store.find(Table::Executions, &q_rb)? {
         let mut exec = Execution::from_record(&r)?;
+        if !owner_gone(s, startup, exec.node.as_deref())? {
+            continue;
+        }
         let by = exec.rolling_back.take().unwrap_or_default();
+        exec.node = None;
         let mut er = exec.record();
         er.version = r.version;
         let why = "the server stopped during the compensation; it may or may not have run";
@@ -663,12 +715,16 @@ pub fn reconcile_after_restart(s: &AppState) -> Result<Vec<String>, ApiError> {
             .request(&exec.id)
             .action(&exec.action)
             .data(json!({"execution_id": exec.id, "target": exec.target, "started_by": by, "error": why}));
-        s.ledger().commit(Batch::new().change(Change::Update(er)).event(event))?;
-        tracing::warn!(execution = %exec.id, "a rollback interrupted by a stop: check the tool before pressing it again");
+        if commit_unless_taken(s, Batch::new().change(Change::Update(er)).event(event))? {
+            tracing::warn!(execution = %exec.id, "a rollback interrupted by a stop: check the tool before pressing it again");
+        }
     }
     let mut marked = Vec::new();
     for r in store.find(Table::Executions, &q)? {
         let mut exec = Execution::from_record(&r)?;
+        if !owner_gone(s, startup, exec.node.as_deref())? {
+            continue;
+        }
         exec.state = ExecutionState::Unknown;
         exec.error = Some("the server stopped during the call; the tool may or may not have acted".into());
         let mut er = exec.record();
@@ -691,10 +747,12 @@ pub fn reconcile_after_restart(s: &AppState) -> Result<Vec<String>, ApiError> {
                 .task(&exec.task)
                 .request(&exec.id)
                 .action(&exec.action)
-                .data(json!({"execution_id": exec.id, "target": exec.target, "reason": exec.error})),
+                .data(json!({"execution_id": exec.id, "target": exec.target, "reason": exec.error,
+                             "node": exec.node})),
         );
-        s.ledger().commit(batch)?;
-        marked.push(exec.id);
+        if commit_unless_taken(s, batch)? {
+            marked.push(exec.id);
+        }
     }
     Ok(marked)
 }
@@ -855,6 +913,7 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
     // this claim and calls the tool; the other conflicts and is told so.
     let mut claimed = exec.clone();
     claimed.rolling_back = Some(actor.id.clone());
+    claimed.node = Some(s.node.clone());
     let mut claim = claimed.record();
     claim.version = version;
     let started = Batch::new().change(Change::Update(claim)).event(

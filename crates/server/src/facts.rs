@@ -22,6 +22,26 @@ pub fn active_halts(s: &AppState) -> Result<crate::state::HaltGate, ApiError> {
     s.halts.read().map(|h| h.clone()).map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"))
 }
 
+/// The halts in force, read from the store, with their epoch.
+pub fn load_gate(store: &dyn warden_store::Store) -> Result<crate::state::HaltGate, ApiError> {
+    Ok(crate::state::HaltGate { epoch: store.meta(crate::state::HALTS_EPOCH_KEY)?, list: crate::model::active_halts(store)? })
+}
+
+/// Brings this node's mirror of the halts up to date when the store's epoch has moved (a
+/// halt, resume or expiry committed elsewhere): one read of the epoch, the list only when it
+/// moved. Whether it changed.
+pub fn sync(s: &AppState) -> Result<bool, ApiError> {
+    let store = s.ledger().store();
+    let epoch = store.meta(crate::state::HALTS_EPOCH_KEY)?;
+    let unavailable = || ApiError::new(Code::HaltUnavailable, "the halt state is unavailable");
+    if s.halts.read().map_err(|_| unavailable())?.epoch == epoch {
+        return Ok(false);
+    }
+    let mut gate = s.halts.write().map_err(|_| unavailable())?;
+    *gate = load_gate(store.as_ref())?;
+    Ok(true)
+}
+
 /// Everything a decision reads besides the bundle, with what a commit that relies on it
 /// must find unchanged.
 #[derive(Debug)]

@@ -3,13 +3,21 @@
 //! halt list for reading from their last check to the end of their tool call, and `set` takes
 //! it for writing before it answers. In the same commit, the matching leases are revoked, the
 //! matching pending approvals cancelled and a halted agent's status set to `halted`.
+//!
+//! With many nodes on one store the in-memory list is each node's mirror, and the store is the
+//! truth: every execution's start commit (and every executable decision's) expects the halts
+//! epoch it read, so a halt committed on another node makes it conflict, and the node reads
+//! the halts again ([`sync`]) before it checks once more. So once a halt call on any node has
+//! returned, no matching action starts on any node. A tool call already under way on another
+//! node when the halt commits is not waited for there (its lease is revoked in the halt's
+//! commit, so a tool that introspects it sees the stop).
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 use warden_core::audit::entry::{Actor, Event, EventType};
 use warden_core::request::{AgentStatus, Halt, HaltScope};
-use warden_store::{Batch, Change, Query, Record, Store, StoreError, Table};
+use warden_store::{Batch, Change, Query, StoreError, Table};
 
 use crate::approvals;
 use crate::auth::Caller;
@@ -18,40 +26,11 @@ use crate::execution::{self, Lease, LeaseState};
 use crate::model::{Agent, Model, rfc3339};
 use crate::state::AppState;
 
-/// A halt as stored: the halt itself and who set and lifted it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct HaltRecord {
-    /// `halt_…`
-    pub id: String,
-    #[schema(value_type = Object)]
-    pub halt: Halt,
-    pub set_by: String,
-    pub set_at: String,
-    pub active: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lifted_by: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lifted_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lifted_reason: Option<String>,
-}
-
-impl Model for HaltRecord {
-    const TABLE: Table = Table::Halts;
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn record(&self) -> Record {
-        self.bare_record().state(if self.active { "active" } else { "lifted" })
-    }
-}
+pub use crate::model::HaltRecord;
 
 pub use crate::state::{HALTS_EPOCH_KEY as EPOCH_KEY, HaltGate as Gate};
 
-/// The halts in force, read from the store, with their epoch.
-pub fn load_gate(store: &dyn Store) -> Result<Gate, ApiError> {
-    Ok(Gate { epoch: store.meta(EPOCH_KEY)?, list: active(store)? })
-}
+pub use crate::facts::{load_gate, sync};
 
 /// A fresh epoch for a halt or resume's commit.
 fn next_epoch() -> Result<(String, Change), ApiError> {
@@ -59,16 +38,7 @@ fn next_epoch() -> Result<(String, Change), ApiError> {
     Ok((epoch.clone(), Change::SetMeta { key: EPOCH_KEY.into(), value: epoch }))
 }
 
-/// The halts in force, from the store.
-pub fn active(store: &dyn Store) -> Result<Vec<Halt>, ApiError> {
-    Ok(records(store, true)?.into_iter().map(|(r, _)| r.halt).collect())
-}
-
-/// Halt records (active ones, or all), with their versions.
-pub fn records(store: &dyn Store, only_active: bool) -> Result<Vec<(HaltRecord, u64)>, ApiError> {
-    let q = Query { state: only_active.then(|| "active".to_string()), ..Query::default() };
-    store.find(Table::Halts, &q)?.iter().map(|r| Ok((HaltRecord::from_record(r)?, r.version))).collect()
-}
+pub use crate::model::{active_halts as active, halt_records as records};
 
 /// What a halt did.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -144,7 +114,7 @@ pub fn set(s: &AppState, halt: Halt, caller: &Caller, rollback: bool) -> Result<
     };
     // Re-read and retry on a conflict: an execution may finish (and revoke its lease) meanwhile.
     let mut outcome = None;
-    let (epoch, epoch_change) = next_epoch()?;
+    let (_, epoch_change) = next_epoch()?;
     for _ in 0..16 {
         let mut batch = Batch::new().change(Change::Insert(record.record())).change(epoch_change.clone()).event(
             Event::new(EventType::HaltSet, actor.clone()).data(json!({
@@ -209,8 +179,16 @@ pub fn set(s: &AppState, halt: Halt, caller: &Caller, rollback: bool) -> Result<
     let matching = |a: &approvals::Approval| a.undo.is_none() && halt.matches(&a.agent, &a.action, now);
     let reason = format!("halt: {}", halt.reason);
     cancelled_approvals.extend(approvals::cancel_where(store.as_ref(), &commit, &matching, actor, &reason, now)?);
-    gate.list.push(halt.clone());
-    gate.epoch = Some(epoch);
+    // The mirror becomes the store's list, not ours plus this one: a halt another node set
+    // since we last read stays in it. Should the read fail, the mirror keeps this halt and
+    // an epoch no commit can match, so every start conflicts and reads the halts again.
+    match load_gate(store.as_ref()) {
+        Ok(fresh) => *gate = fresh,
+        Err(_) => {
+            gate.list.push(halt.clone());
+            gate.epoch = None;
+        }
+    }
     drop(gate);
     s.changed();
     let mut halted = Halted {

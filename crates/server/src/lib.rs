@@ -27,6 +27,7 @@ pub mod input;
 pub mod limits;
 pub mod mcp;
 pub mod metrics;
+pub mod node;
 pub mod model;
 pub mod notify;
 pub mod openapi;

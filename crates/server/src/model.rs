@@ -427,3 +427,43 @@ impl Model for Approval {
         r
     }
 }
+
+/// A halt as stored: the halt itself and who set and lifted it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HaltRecord {
+    /// `halt_…`
+    pub id: String,
+    #[schema(value_type = Object)]
+    pub halt: warden_core::request::Halt,
+    pub set_by: String,
+    pub set_at: String,
+    pub active: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifted_reason: Option<String>,
+}
+
+impl Model for HaltRecord {
+    const TABLE: Table = Table::Halts;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn record(&self) -> Record {
+        self.bare_record().state(if self.active { "active" } else { "lifted" })
+    }
+}
+
+/// The halts in force, from the store.
+pub fn active_halts(store: &dyn warden_store::Store) -> Result<Vec<warden_core::request::Halt>, ApiError> {
+    Ok(halt_records(store, true)?.into_iter().map(|(r, _)| r.halt).collect())
+}
+
+/// Halt records (active ones, or all), with their versions.
+pub fn halt_records(store: &dyn warden_store::Store, only_active: bool) -> Result<Vec<(HaltRecord, u64)>, ApiError> {
+    let q = warden_store::Query { state: only_active.then(|| "active".to_string()), ..warden_store::Query::default() };
+    store.find(Table::Halts, &q)?.iter().map(|r| Ok((HaltRecord::from_record(r)?, r.version))).collect()
+}
+

@@ -200,6 +200,8 @@ pub fn submit(
         if let Some(answer) = attempt(s, bundle, admitted, &req, &digests, recorded)? {
             return Ok(answer);
         }
+        // A conflict: perhaps a halt or resume on another node moved the epoch it expected.
+        crate::facts::sync(s)?;
     }
     Err(ApiError::new(Code::Conflict, "the request kept conflicting with concurrent ones; try again"))
 }

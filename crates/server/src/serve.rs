@@ -83,8 +83,17 @@ where
     app.stopping.send_replace(true);
     drop(listener);
     graceful.shutdown().await;
-    // Everything answered is committed; sign whatever the last groups left unsigned.
-    let tail = tokio::task::spawn_blocking(move || app.ledger().checkpoint()).await;
+    // Everything answered is committed; sign whatever the last groups left unsigned, and tell
+    // the other nodes on a shared store not to wait for this one's heartbeat to age.
+    let tail = tokio::task::spawn_blocking(move || {
+        if app.shared_store
+            && let Err(e) = crate::node::goodbye(&app)
+        {
+            tracing::warn!(error = %e.message, "cannot record this node's stop; the others will see it in seconds");
+        }
+        app.ledger().checkpoint()
+    })
+    .await;
     match tail {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
@@ -290,6 +299,30 @@ pub async fn watch_policy(app: App, every: std::time::Duration) {
                 }
             }
             Err(e) => tracing::error!(error = %e, "policy watcher failed"),
+        }
+    }
+}
+
+/// Every `every`: keeps this node in step with the store ([`crate::node::tick`]).
+pub async fn keep_in_step(app: App, every: std::time::Duration) {
+    let watch = std::sync::Arc::new(std::sync::Mutex::new(crate::node::Watch::default()));
+    let mut last_error = String::new();
+    loop {
+        tokio::time::sleep(every).await;
+        let (state, watch) = (app.clone(), watch.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            let mut w = watch.lock().unwrap_or_else(|p| p.into_inner());
+            crate::node::tick(&state, &mut w, state.now())
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => last_error.clear(),
+            Ok(Err(e)) if e.message != last_error => {
+                tracing::warn!(error = %e.message, "cannot keep in step with the store; retrying");
+                last_error = e.message;
+            }
+            Ok(Err(_)) => {}
+            Err(e) => tracing::error!(error = %e, "the node's watch failed"),
         }
     }
 }

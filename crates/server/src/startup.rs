@@ -44,6 +44,8 @@ impl AppState {
         let notify = options.notify;
         let halts = crate::halt::load_gate(data.ledger().store().as_ref())?;
         let notifier = crate::notify::Notifier::start(notify, data.ledger_handle());
+        let node = crate::model::new_id("node")?;
+        let shared_store = data.is_shared();
         let app = Arc::new(AppState {
             data,
             bundle: RwLock::new(Arc::new(bundle)),
@@ -69,7 +71,12 @@ impl AppState {
             sign_ins: crate::limits::Attempts::default(),
             slack_jobs: Arc::new(tokio::sync::Semaphore::new(limits.console.slack_in_flight)),
             refusals_logged: Default::default(),
+            node,
+            shared_store,
         });
+        if app.shared_store {
+            crate::node::beat(&app)?;
+        }
         let unknown = crate::execution::reconcile_after_restart(&app)?;
         if !unknown.is_empty() {
             tracing::warn!(executions = ?unknown, "executions interrupted by a stop are now `unknown`: reconcile them");

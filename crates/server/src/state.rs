@@ -110,6 +110,12 @@ pub struct AppState {
     pub sign_ins: crate::limits::Attempts,
     /// Slack button presses being acted on.
     pub slack_jobs: Arc<tokio::sync::Semaphore>,
+    /// This node's id (`node_…`, new at every start): stamped on the tool calls it makes, and
+    /// the name of its heartbeat in a shared store.
+    pub node: String,
+    /// Whether other nodes share the store (PostgreSQL): then what a stopped node left behind
+    /// is reconciled by heartbeat, never at another node's start.
+    pub shared_store: bool,
     /// Approval-backlog refusals by agent × action: when one was last written to the log, and
     /// how many since.
     pub(crate) refusals_logged: std::sync::Mutex<std::collections::HashMap<(String, String), (i64, u64)>>,
@@ -175,6 +181,18 @@ pub async fn blocking<T: Send + 'static>(
         .await
         .map_err(|_| ApiError::new(Code::Internal, "a worker failed; look up what it recorded before retrying"))?
 }
+
+/// The store setting that holds node `id`'s heartbeat (Unix milliseconds; 0 after a clean stop).
+pub fn node_key(id: &str) -> String {
+    format!("node:{id}")
+}
+
+/// How often a node on a shared store writes its heartbeat.
+pub const NODE_HEARTBEAT_MS: i64 = 2_000;
+
+/// How long after its last heartbeat a node counts as gone, and the tool calls it had started
+/// become `unknown`.
+pub const NODE_DEAD_AFTER_MS: i64 = 10_000;
 
 /// The setting every halt, resume and halt expiry changes, in the same commit, to a value never
 /// used before: a commit that relied on the halts it read expects it unchanged.

@@ -123,6 +123,7 @@ pub struct DataDir {
     path: PathBuf,
     ledger: Arc<Ledger>,
     token_seed: TokenSeed,
+    shared: bool,
 }
 
 /// The token issuer's key seed; never printed.
@@ -216,7 +217,7 @@ impl DataDir {
                 })))
                 .event(Event::new(EventType::UserAdded, system).data(json!({"id": "admin", "roles": ["admin"]}))),
         )?;
-        Ok((DataDir { path: path.to_path_buf(), ledger: Arc::new(ledger), token_seed }, token))
+        Ok((DataDir { path: path.to_path_buf(), ledger: Arc::new(ledger), token_seed, shared: matches!(at, StoreAt::Postgres(_)) }, token))
     }
 
     /// Opens an initialised data directory for writing.
@@ -242,11 +243,16 @@ impl DataDir {
         }
         let ledger = Ledger::open(store, signer, clock, options)?;
         let token_seed = token_seed(path)?;
-        Ok(DataDir { path: path.to_path_buf(), ledger: Arc::new(ledger), token_seed })
+        Ok(DataDir { path: path.to_path_buf(), ledger: Arc::new(ledger), token_seed, shared: matches!(at, StoreAt::Postgres(_)) })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether other nodes may share the store (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     pub fn ledger(&self) -> &Ledger {

@@ -482,6 +482,7 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
             tokio::spawn(warden_server::serve::watch_policy(app.clone(), every));
         }
         tokio::spawn(warden_server::serve::sweep_approvals(app.clone(), std::time::Duration::from_secs(1)));
+        tokio::spawn(warden_server::serve::keep_in_step(app.clone(), std::time::Duration::from_millis(250)));
         let stop = warden_server::serve::signals();
         match tls {
             Some(acceptor) => {

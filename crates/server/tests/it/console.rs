@@ -386,10 +386,11 @@ async fn the_audit_page_verifies_and_exports() {
         .collect();
     assert_eq!(seqs, expected);
     // Tampering with a stored entry is found and named.
-    let path = h._dir.path().join("warden.db");
-    let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute("UPDATE audit_entries SET bytes = CAST('{}' AS BLOB) WHERE seq = 1", []).unwrap();
-    drop(conn);
+    crate::raw_sql(
+        &h,
+        "UPDATE audit_entries SET bytes = CAST('{}' AS BLOB) WHERE seq = 1",
+        "UPDATE audit_entries SET bytes = '{}'::bytea WHERE seq = 1",
+    );
     let p = post(&h, "/console/audit/verify", Some(&cookie), &[("csrf", &token)]).await;
     assert!(p.body.contains("does not verify") && p.body.contains("entry 1"), "{}", p.body);
 }

@@ -696,6 +696,7 @@ async fn a_rollback_interrupted_by_a_stop_is_released_and_recorded_on_restart() 
         rollback: None,
         rolling_back: Some("ana".into()),
         warning: None,
+        node: None,
     };
     let (_dir, app) = started_over(exec.record(), Default::default());
     let r = app.ledger().store().get(Table::Executions, "act_1").unwrap().unwrap();

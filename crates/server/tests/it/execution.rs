@@ -204,6 +204,7 @@ async fn an_execution_interrupted_by_a_stop_becomes_unknown_on_restart() {
         rollback: None,
         rolling_back: None,
         warning: None,
+        node: None,
     };
     data.ledger().commit(warden_store::Batch::new().change(warden_store::Change::Insert(exec.record()))).unwrap();
     let files = crate::read_bundle(&crate::example_dir());
@@ -315,8 +316,8 @@ async fn a_halt_survives_a_restart() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let data =
-        warden_store::DataDir::open(h._dir.path(), Arc::new(warden_store::SystemClock), Default::default()).unwrap();
+    let data = warden_store::DataDir::open_at(h._dir.path(), &h.at, Arc::new(warden_store::SystemClock), Default::default())
+        .unwrap();
     let files = crate::read_bundle(&crate::example_dir());
     let again = warden_server::AppState::with_options(
         data,

@@ -147,7 +147,13 @@ async fn a_runaway_agent_is_rate_limited_and_others_are_not() {
     let options = warden_server::state::ServerOptions { limits, ..Default::default() };
     let app =
         warden_server::AppState::with_options(data, bundle, Arc::new(warden_store::SystemClock), options).unwrap();
-    let h = crate::Harness { _dir: dir, router: warden_server::router(app.clone()), app, admin: String::new() };
+    let h = crate::Harness {
+        _dir: dir,
+        at: warden_store::StoreAt::File,
+        router: warden_server::router(app.clone()),
+        app,
+        admin: String::new(),
+    };
     let edr = h.svid(EDR);
     let mut codes = Vec::new();
     for _ in 0..5 {

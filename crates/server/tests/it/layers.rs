@@ -54,6 +54,7 @@ const SERVICES: &[&str] = &[
     "explain",
     "tasks",
     "sweeper",
+    "node",
     "admin",
     "policy_dir",
     "slack",

@@ -45,6 +45,8 @@ pub const PHISH: &str = "spiffe://acme.example/soc/phish-triage";
 #[allow(missing_debug_implementations)]
 pub struct Harness {
     pub _dir: tempfile::TempDir,
+    /// Where its store is (the data directory's file, or a PostgreSQL database).
+    pub at: warden_store::StoreAt,
     pub app: App,
     pub router: Router,
     pub admin: String,
@@ -164,11 +166,27 @@ pub fn test_store() -> warden_store::StoreAt {
     warden_store::StoreAt::File
 }
 
+/// Runs `sql` on the harness's database, behind the server's back (to tamper with it).
+pub fn raw_sql(h: &Harness, sqlite: &str, postgres: &str) {
+    match &h.at {
+        warden_store::StoreAt::File => {
+            let conn = rusqlite::Connection::open(h._dir.path().join("warden.db")).unwrap();
+            conn.execute_batch(sqlite).unwrap();
+        }
+        warden_store::StoreAt::Postgres(t) => {
+            let url = t.to_string();
+            let db = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+            warden_testpg::shared().unwrap().psql(db, postgres).unwrap();
+        }
+    }
+}
+
 /// A fresh data directory with the bundle's agents registered (the example's, or the one at
 /// `options.policy_dir`), and a server set up with `options`.
 pub fn harness_options(clock: Arc<dyn Clock>, options: ServerOptions) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let (data, admin_token) = DataDir::init_at(dir.path(), &test_store(), "warden.test/audit", clock.clone()).unwrap();
+    let at = test_store();
+    let (data, admin_token) = DataDir::init_at(dir.path(), &at, "warden.test/audit", clock.clone()).unwrap();
     let files = read_bundle(options.policy_dir.as_deref().unwrap_or(&example_dir()));
     let bundle = Bundle::load(&files).unwrap();
     let now = clock.now();
@@ -176,7 +194,7 @@ pub fn harness_options(clock: Arc<dyn Clock>, options: ServerOptions) -> Harness
         admin::add_agent(data.ledger(), &Actor::user("admin"), &g.id, &g.owner, &g.purpose, now).unwrap();
     }
     let app = AppState::with_options(data, bundle, clock, options).unwrap();
-    Harness { _dir: dir, router: router(app.clone()), app, admin: admin_token }
+    Harness { _dir: dir, at, router: router(app.clone()), app, admin: admin_token }
 }
 
 impl Harness {

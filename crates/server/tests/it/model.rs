@@ -160,7 +160,13 @@ impl World {
         };
         let app = AppState::with_options(data, bundle, Arc::new(SystemClock), options).unwrap();
         let placeholder = tempfile::tempdir().unwrap();
-        self.h = Some(Harness { _dir: placeholder, router: router(app.clone()), app, admin: self.admin.clone() });
+        self.h = Some(Harness {
+            _dir: placeholder,
+            at: warden_store::StoreAt::File,
+            router: router(app.clone()),
+            app,
+            admin: self.admin.clone(),
+        });
     }
 
     fn h(&self) -> &Harness {
