@@ -377,7 +377,8 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
     // Held from the check to the end of the tool call; read afresh first, so a halt or resume
     // on another node is seen before this one is refused or started.
     crate::facts::sync(s)?;
-    let read_gate = || s.halts.read().map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"));
+    let read_gate =
+        || s.halts.read().map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"));
     let mut gate = read_gate()?;
     let mut started = None;
     for _ in 0..START_ATTEMPTS {

@@ -24,7 +24,10 @@ pub fn active_halts(s: &AppState) -> Result<crate::state::HaltGate, ApiError> {
 
 /// The halts in force, read from the store, with their epoch.
 pub fn load_gate(store: &dyn warden_store::Store) -> Result<crate::state::HaltGate, ApiError> {
-    Ok(crate::state::HaltGate { epoch: store.meta(crate::state::HALTS_EPOCH_KEY)?, list: crate::model::active_halts(store)? })
+    Ok(crate::state::HaltGate {
+        epoch: store.meta(crate::state::HALTS_EPOCH_KEY)?,
+        list: crate::model::active_halts(store)?,
+    })
 }
 
 /// Brings this node's mirror of the halts up to date when the store's epoch has moved (a

@@ -466,4 +466,3 @@ pub fn halt_records(store: &dyn warden_store::Store, only_active: bool) -> Resul
     let q = warden_store::Query { state: only_active.then(|| "active".to_string()), ..warden_store::Query::default() };
     store.find(Table::Halts, &q)?.iter().map(|r| Ok((HaltRecord::from_record(r)?, r.version))).collect()
 }
-

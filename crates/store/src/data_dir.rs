@@ -217,7 +217,15 @@ impl DataDir {
                 })))
                 .event(Event::new(EventType::UserAdded, system).data(json!({"id": "admin", "roles": ["admin"]}))),
         )?;
-        Ok((DataDir { path: path.to_path_buf(), ledger: Arc::new(ledger), token_seed, shared: matches!(at, StoreAt::Postgres(_)) }, token))
+        Ok((
+            DataDir {
+                path: path.to_path_buf(),
+                ledger: Arc::new(ledger),
+                token_seed,
+                shared: matches!(at, StoreAt::Postgres(_)),
+            },
+            token,
+        ))
     }
 
     /// Opens an initialised data directory for writing.
@@ -243,7 +251,12 @@ impl DataDir {
         }
         let ledger = Ledger::open(store, signer, clock, options)?;
         let token_seed = token_seed(path)?;
-        Ok(DataDir { path: path.to_path_buf(), ledger: Arc::new(ledger), token_seed, shared: matches!(at, StoreAt::Postgres(_)) })
+        Ok(DataDir {
+            path: path.to_path_buf(),
+            ledger: Arc::new(ledger),
+            token_seed,
+            shared: matches!(at, StoreAt::Postgres(_)),
+        })
     }
 
     pub fn path(&self) -> &Path {

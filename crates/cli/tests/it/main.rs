@@ -7,6 +7,7 @@ mod audit;
 mod demo;
 mod disk;
 mod kill;
+mod nodes;
 mod policy;
 mod respond;
 mod serve;

@@ -316,8 +316,9 @@ async fn a_halt_survives_a_restart() {
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    let data = warden_store::DataDir::open_at(h._dir.path(), &h.at, Arc::new(warden_store::SystemClock), Default::default())
-        .unwrap();
+    let data =
+        warden_store::DataDir::open_at(h._dir.path(), &h.at, Arc::new(warden_store::SystemClock), Default::default())
+            .unwrap();
     let files = crate::read_bundle(&crate::example_dir());
     let again = warden_server::AppState::with_options(
         data,
