@@ -39,6 +39,8 @@ pub struct Bundle {
     mcp: McpMap,
     authority: Authority,
     pub(crate) policy: CompiledPolicy,
+    /// The files its version covers, as loaded: what another node loads to run the same bundle.
+    files: Vec<SourceFile>,
 }
 
 /// Files of a bundle that take part in decisions (and so in its version).
@@ -230,12 +232,18 @@ impl Bundle {
             problems.dedup();
             return Err(BundleError { problems });
         }
-        Ok(Self { version: bundle_version(files), catalog, inventory, agents, mcp, authority, policy })
+        let kept = files.iter().filter(|f| is_policy_file(&f.path)).cloned().collect();
+        Ok(Self { version: bundle_version(files), catalog, inventory, agents, mcp, authority, policy, files: kept })
     }
 
     /// `sha256:<hex>` of the bundle's canonical content; see [`bundle_version`].
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The files that make it (those its version covers): loading them gives the same bundle.
+    pub fn files(&self) -> &[SourceFile] {
+        &self.files
     }
 
     pub fn catalog(&self) -> &Catalog {

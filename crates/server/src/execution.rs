@@ -527,6 +527,7 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
             Err(StoreError::Conflict { .. }) => {
                 drop(gate);
                 crate::facts::sync(s)?;
+                s.follow_bundle()?;
                 gate = read_gate()?;
             }
             Err(other) => return Err(other.into()),

@@ -43,6 +43,7 @@ fn write_beat(s: &AppState, ms: i64) -> Result<(), ApiError> {
 /// One round; see the module's documentation.
 pub fn tick(s: &AppState, w: &mut Watch, now: OffsetDateTime) -> Result<(), ApiError> {
     crate::facts::sync(s)?;
+    s.follow_bundle()?;
     let size = s.ledger().store().size()?;
     if w.size.is_some_and(|seen| seen != size) {
         s.changed();

@@ -6,7 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use warden_core::audit::entry::{Actor, Event, EventType};
+use warden_core::audit::entry::{Actor, ActorKind, Event, EventType};
 use warden_core::{Bundle, SourceFile};
 use warden_store::Batch;
 
@@ -87,6 +87,9 @@ pub enum Reload {
     Unchanged(String),
     /// A new bundle is in force (and audited).
     Loaded(String),
+    /// The files hold a bundle that was in force before and was replaced: not loaded again
+    /// without a person asking.
+    Replaced(String),
 }
 
 /// Reads the policy directory again; a valid, different bundle replaces the one in force and
@@ -100,6 +103,15 @@ pub fn reload(state: &AppState, actor: Actor) -> Result<Reload, ApiError> {
     let version = warden_core::bundle::bundle_version(&files);
     if version == state.bundle()?.version() {
         return Ok(Reload::Unchanged(version));
+    }
+    // On a shared store, a bundle once in force and since replaced (on this node or another)
+    // comes back only when a person asks: the watcher of a node whose directory was left
+    // behind must not roll the policy back for every node.
+    if state.shared_store
+        && actor.kind == ActorKind::System
+        && state.ledger().store().meta(&crate::state::bundle_seen_key(&version))?.is_some()
+    {
+        return Ok(Reload::Replaced(version));
     }
     let bundle = Bundle::load(&files).map_err(|e| {
         let problems: Vec<String> = e.problems.iter().map(ToString::to_string).collect();

@@ -291,6 +291,17 @@ pub async fn watch_policy(app: App, every: std::time::Duration) {
                 last_error.clear();
             }
             Ok(Ok(crate::policy_dir::Reload::Unchanged(_))) => {}
+            Ok(Ok(crate::policy_dir::Reload::Replaced(v))) => {
+                let text = format!("replaced {v}");
+                if text != last_error {
+                    tracing::warn!(
+                        bundle = %v,
+                        "the policy directory holds a bundle that was in force before and was replaced; \
+                         not loaded again (reload it as an admin to roll back on purpose)"
+                    );
+                    last_error = text;
+                }
+            }
             Ok(Err(e)) => {
                 let text = format!("{}: {}", e.message, e.details.map(|d| d.to_string()).unwrap_or_default());
                 if text != last_error {

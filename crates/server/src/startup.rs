@@ -24,20 +24,39 @@ impl AppState {
         clock: Arc<dyn Clock>,
         options: ServerOptions,
     ) -> Result<App, ApiError> {
-        // The version in force, as executions' start commits expect it.
-        let mut batch = warden_store::Batch::new().change(warden_store::Change::SetMeta {
-            key: crate::state::BUNDLE_VERSION_KEY.into(),
-            value: bundle.version().to_string(),
-        });
-        if let Some(dir) = &options.policy_dir {
-            let event = crate::policy_dir::loaded_event(
-                &bundle,
-                warden_core::audit::entry::Actor::system("warden"),
-                &dir.display().to_string(),
-            );
-            batch = batch.event(event);
-        }
-        data.ledger().commit(batch)?;
+        // The version in force, as executions' start commits expect it. A node started on a
+        // shared store with a policy directory that holds a bundle once in force and since
+        // replaced (a node left behind by a deploy) runs the one in force instead: an old
+        // directory never rolls the policy back for every node.
+        let store = data.ledger().store().clone();
+        let in_force = store.meta(crate::state::BUNDLE_VERSION_KEY)?;
+        let stale = data.is_shared()
+            && options.policy_dir.is_some()
+            && in_force.as_deref().is_some_and(|v| v != bundle.version())
+            && store.meta(&crate::state::bundle_seen_key(bundle.version()))?.is_some();
+        let adopted = if stale { crate::state::stored_bundle(store.as_ref())? } else { None };
+        let bundle = match adopted {
+            Some(current) => {
+                tracing::warn!(
+                    directory = %bundle.version(), in_force = %current.version(),
+                    "the policy directory holds a bundle that was replaced; running the one in force"
+                );
+                current
+            }
+            None => {
+                let mut batch = warden_store::Batch::new().changes(crate::state::bundle_changes(&bundle));
+                if let Some(dir) = &options.policy_dir {
+                    let event = crate::policy_dir::loaded_event(
+                        &bundle,
+                        warden_core::audit::entry::Actor::system("warden"),
+                        &dir.display().to_string(),
+                    );
+                    batch = batch.event(event);
+                }
+                data.ledger().commit(batch)?;
+                bundle
+            }
+        };
         let local = LocalIssuer::new(LOCAL_ISSUER, &data.token_seed().0)?;
         let tokens = TokenVerifier::new(options.audience, local, options.issuers);
         let limits = options.limits;

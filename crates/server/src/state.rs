@@ -161,14 +161,72 @@ impl AppState {
             .bundle
             .write()
             .map_err(|_| ApiError::new(Code::PolicyUnavailable, "the policy bundle is unavailable"))?;
-        let batch = batch.change(warden_store::Change::SetMeta {
-            key: BUNDLE_VERSION_KEY.into(),
-            value: bundle.version().to_string(),
-        });
+        let batch = batch.changes(bundle_changes(&bundle));
         self.ledger().commit(batch)?;
         *slot = Arc::new(bundle);
         Ok(())
     }
+
+    /// Puts in force, on this node only, the bundle another node loaded (it is in the store,
+    /// audited by that node's load): when the store names a bundle other than this node's.
+    /// Whether it changed.
+    pub fn follow_bundle(&self) -> Result<bool, ApiError> {
+        let store = self.ledger().store();
+        let Some(version) = store.meta(BUNDLE_VERSION_KEY)? else { return Ok(false) };
+        if self.bundle()?.version() == version {
+            return Ok(false);
+        }
+        let Some(bundle) = stored_bundle(store.as_ref())? else { return Ok(false) };
+        let mut slot = self
+            .bundle
+            .write()
+            .map_err(|_| ApiError::new(Code::PolicyUnavailable, "the policy bundle is unavailable"))?;
+        if slot.version() != bundle.version() {
+            tracing::info!(bundle = %bundle.version(), "following the bundle another node put in force");
+            *slot = Arc::new(bundle);
+        }
+        Ok(true)
+    }
+}
+
+/// The store setting that holds the files of the bundle in force (JSON `[{path, text}]`), so
+/// that every node runs the bundle any one of them loaded.
+pub const BUNDLE_FILES_KEY: &str = "bundle_files";
+
+/// The store setting that says a bundle version was once in force.
+pub fn bundle_seen_key(version: &str) -> String {
+    format!("bundle_seen:{version}")
+}
+
+/// The changes that put `bundle` in force in the store: its version, its files, and the note
+/// that it has been in force.
+pub fn bundle_changes(bundle: &Bundle) -> Vec<warden_store::Change> {
+    let files: Vec<serde_json::Value> =
+        bundle.files().iter().map(|f| serde_json::json!({"path": f.path, "text": f.text})).collect();
+    vec![
+        warden_store::Change::SetMeta { key: BUNDLE_VERSION_KEY.into(), value: bundle.version().to_string() },
+        warden_store::Change::SetMeta {
+            key: BUNDLE_FILES_KEY.into(),
+            value: serde_json::Value::from(files).to_string(),
+        },
+        warden_store::Change::SetMeta { key: bundle_seen_key(bundle.version()), value: "1".into() },
+    ]
+}
+
+/// The bundle in force as the store holds it, when it holds its files.
+pub fn stored_bundle(store: &dyn warden_store::Store) -> Result<Option<Bundle>, ApiError> {
+    let Some(text) = store.meta(BUNDLE_FILES_KEY)? else { return Ok(None) };
+    let bad = |why: String| ApiError::new(Code::PolicyUnavailable, format!("the stored bundle cannot be read: {why}"));
+    let files: Vec<serde_json::Value> = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let files: Vec<warden_core::SourceFile> = files
+        .iter()
+        .map(|f| {
+            let path = f["path"].as_str().ok_or_else(|| bad("a file without a path".into()))?;
+            let text = f["text"].as_str().ok_or_else(|| bad("a file without text".into()))?;
+            Ok(warden_core::SourceFile::new(path, text))
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Bundle::load(&files).map(Some).map_err(|e| bad(e.to_string()))
 }
 
 /// Runs store work (SQLite, fsync) off the async workers.

@@ -126,9 +126,23 @@ pub struct DataDir {
     shared: bool,
 }
 
+/// The store setting naming the token key the log was created with ([`TokenSeed::id`]).
+const TOKEN_KEY_ID: &str = "token_key_id";
+
 /// The token issuer's key seed; never printed.
 #[derive(Clone)]
 pub struct TokenSeed(pub [u8; 32]);
+
+impl TokenSeed {
+    /// A name for the key that tells keys apart and reveals nothing of it: the first 16 bytes,
+    /// in hex, of SHA-256 over a label and the seed.
+    pub fn id(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(b"warden token key id\n");
+        h.update(self.0);
+        h.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
 
 impl std::fmt::Debug for TokenSeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -209,6 +223,7 @@ impl DataDir {
             Batch::new()
                 .change(Change::SetMeta { key: "origin".into(), value: ledger.origin().to_string() })
                 .change(Change::SetMeta { key: "verifier_key".into(), value: verifier_key.clone() })
+                .change(Change::SetMeta { key: TOKEN_KEY_ID.into(), value: token_seed.id() })
                 .change(Change::Insert(admin))
                 .event(Event::new(EventType::StoreInitialized, system.clone()).data(json!({
                     "origin": ledger.origin(),
@@ -249,8 +264,14 @@ impl DataDir {
         {
             return Err(DataDirError::KeyMismatch(path.join(KEY_FILE)));
         }
-        let ledger = Ledger::open(store, signer, clock, options)?;
         let token_seed = token_seed(path)?;
+        // Tokens one node issues are checked by the others: every node needs the same key.
+        if let Some(recorded) = store.meta(TOKEN_KEY_ID)?
+            && recorded != token_seed.id()
+        {
+            return Err(DataDirError::KeyMismatch(path.join(TOKEN_KEY_FILE)));
+        }
+        let ledger = Ledger::open(store, signer, clock, options)?;
         Ok(DataDir {
             path: path.to_path_buf(),
             ledger: Arc::new(ledger),

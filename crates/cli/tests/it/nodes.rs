@@ -171,3 +171,51 @@ fn a_long_poll_on_one_node_sees_a_decision_made_on_another() {
     assert!(waited < Duration::from_secs(10), "the wait on node 1 ended {waited:?} after it began: {r}");
     assert_ne!(r["state"], "pending_approval", "{r}");
 }
+
+fn bundle_of(addr: &str) -> String {
+    http(addr, "GET", "/readyz", "-", None).unwrap().1["bundle_version"].as_str().unwrap().to_string()
+}
+
+/// Waits up to `within` for `f` to hold.
+fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// A bundle loaded on one node is in force on all (the store holds it); a node restarted with
+/// a policy directory left behind at a replaced bundle runs the one in force and its watcher
+/// does not put the old one back; an admin can, on purpose.
+#[test]
+fn the_bundle_in_force_is_the_stores_and_a_left_behind_node_does_not_roll_it_back() {
+    let Some(c) = Cluster::new(2) else { return };
+    let (_lab, lab, keys) = start_lab(0);
+    let (dir_a, dir_b) = (crate::example_copy(), crate::example_copy());
+    let poll = ["--policy-poll", "1"];
+    let a = c.start(0, dir_a.path(), &lab, &keys, &poll);
+    let mut b = c.start(1, dir_b.path(), &lab, &keys, &poll);
+    let old = bundle_of(&a.1);
+    assert_eq!(bundle_of(&b.1), old);
+    // A deploy reaches node A's directory first: its watcher loads it, node B follows.
+    crate::edit(dir_a.path(), "agents/edr-responder.toml", "max_per_hour = 10", "max_per_hour = 11");
+    assert!(eventually(Duration::from_secs(10), || bundle_of(&a.1) != old), "node A did not load its new files");
+    let new = bundle_of(&a.1);
+    assert!(eventually(Duration::from_secs(5), || bundle_of(&b.1) == new), "node B did not follow node A's load");
+    // Node B restarts with its directory still at the old bundle: it runs the new one, and
+    // neither its start nor its watcher puts the old one back.
+    drop(b);
+    b = c.start(1, dir_b.path(), &lab, &keys, &poll);
+    assert_eq!(bundle_of(&b.1), new, "a left-behind node rolled the policy back at its start");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!((bundle_of(&a.1), bundle_of(&b.1)), (new.clone(), new.clone()), "a watcher rolled the policy back");
+    // An admin may roll back on purpose: the reload on node B puts its directory in force.
+    let (status, r) = http(&b.1, "POST", "/v1/policy/reload", &c.admin, None).unwrap();
+    assert_eq!((status, r["changed"].clone()), (200, json!(true)), "{r}");
+    assert!(eventually(Duration::from_secs(5), || bundle_of(&a.1) == old), "node A did not follow the rollback");
+    drop((a, b));
+}

@@ -31,7 +31,7 @@ pub async fn reload(State(app): State<App>, human: HumanCaller) -> ApiResult<Jso
     let actor = warden_core::audit::entry::Actor::user(&human.0.id);
     let outcome = blocking(&app, move |s| reload_dir(s, actor)).await?;
     Ok(Json(match outcome {
-        Reload::Unchanged(v) => ReloadAnswer { bundle_version: v, changed: false },
+        Reload::Unchanged(v) | Reload::Replaced(v) => ReloadAnswer { bundle_version: v, changed: false },
         Reload::Loaded(v) => ReloadAnswer { bundle_version: v, changed: true },
     }))
 }

@@ -71,3 +71,44 @@ fn a_bad_origin_leaves_nothing_behind() {
     assert!(matches!(err, DataDirError::BadOrigin(_)), "{err}");
     assert!(!path.exists());
 }
+
+/// Nodes check each other's tokens: a node whose token key is not the one the log was created
+/// with (a directory copied from elsewhere, a key regenerated) is refused, naming the file.
+#[test]
+fn a_token_key_other_than_the_logs_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("data");
+    drop(init(&path));
+    let other = tempfile::tempdir().unwrap();
+    drop(init(&other.path().join("data")));
+    std::fs::remove_file(path.join(data_dir::TOKEN_KEY_FILE)).unwrap();
+    std::fs::copy(other.path().join("data").join(data_dir::TOKEN_KEY_FILE), path.join(data_dir::TOKEN_KEY_FILE))
+        .unwrap();
+    match DataDir::open(&path, Arc::new(SystemClock), LedgerOptions::default()) {
+        Err(DataDirError::KeyMismatch(p)) => assert!(p.ends_with(data_dir::TOKEN_KEY_FILE), "{p:?}"),
+        other => panic!("expected a key mismatch, got {other:?}"),
+    }
+}
+
+/// On PostgreSQL the database holds the log and the directory the keys: a second `init`
+/// against the same database is refused and leaves no keys behind; a node opening a database
+/// with no log is told to run `init`.
+#[test]
+fn a_postgres_store_is_initialised_once_and_must_be() {
+    let Some(pg) = warden_testpg::shared() else { return };
+    let url = pg.fresh_database();
+    let at = warden_store::StoreAt::parse(Some(&url)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = DataDir::open_at(tmp.path(), &at, Arc::new(SystemClock), LedgerOptions::default());
+    assert!(matches!(empty, Err(DataDirError::NotInitialized(_))), "{empty:?}");
+    let (dir, _) = DataDir::init_at(&tmp.path().join("a"), &at, "warden.test/audit", Arc::new(SystemClock)).unwrap();
+    assert!(dir.is_shared());
+    assert!(!tmp.path().join("a").join(data_dir::DB_FILE).exists(), "no SQLite file beside a PostgreSQL store");
+    let again = DataDir::init_at(&tmp.path().join("b"), &at, "warden.test/audit", Arc::new(SystemClock));
+    assert!(matches!(again, Err(DataDirError::StoreInUse(_))), "{again:?}");
+    assert!(!tmp.path().join("b").exists(), "nothing left behind");
+    // Keys without a log: the database was emptied (or another named).
+    let other = warden_store::StoreAt::parse(Some(&pg.fresh_database())).unwrap();
+    let keys_only = DataDir::open_at(&tmp.path().join("a"), &other, Arc::new(SystemClock), LedgerOptions::default());
+    assert!(matches!(keys_only, Err(DataDirError::StoreEmpty(_))), "{keys_only:?}");
+}
