@@ -216,21 +216,21 @@ pub fn console_sign_in(s: &AppState, token: &str) -> Result<(String, User), ApiE
             }
         }
     };
-    let secret = s.sessions.start(&user, oidc, cap, now)?;
+    let secret = s.sessions.start(s.ledger(), &user, oidc, cap, now)?;
     Ok((secret, user))
 }
 
 /// The human whose live console session `secret` is: an API-token user re-read, so a disabled
 /// user is signed out at once and a changed role counts at once.
 pub fn console_session(s: &AppState, secret: &str) -> Result<Signed, ApiError> {
-    let live = s.sessions.check(secret, s.now())?;
+    let live = s.sessions.check(s.ledger(), secret, s.now())?;
     let user = match live.oidc {
         // Looked up again on every page: an identity mapped since sign-in is that user now
         // (one person, one voter; the Warden user's roles and status).
         Some(u) => match human_of_oidc(s, u.id.clone(), u.roles.clone()) {
             Ok(user) => user,
             Err(e) => {
-                s.sessions.end(secret);
+                s.sessions.end(s.ledger(), secret)?;
                 return Err(e);
             }
         },
@@ -242,7 +242,7 @@ pub fn console_session(s: &AppState, secret: &str) -> Result<Signed, ApiError> {
                 .transpose()?
                 .ok_or_else(|| ApiError::new(Code::UnknownToken, "not signed in: no such user"))?;
             if user.status != "active" {
-                s.sessions.end(secret);
+                s.sessions.end(s.ledger(), secret)?;
                 return Err(ApiError::new(Code::UserDisabled, format!("user `{}` is disabled", user.id)));
             }
             user

@@ -245,6 +245,11 @@ pub fn records_insert_get_and_conflict(store: &dyn Store) {
         let again = commit(store, Batch::new().change(Change::Insert(same_key)));
         assert!(matches!(again, Err(StoreError::Conflict { .. })), "duplicate key in {table:?}: {again:?}");
         assert_eq!(store.get(table, "r2").unwrap(), None);
+        // Deleting frees the id and the key; deleting what is gone is no error.
+        commit(store, Batch::new().change(Change::Delete { table, id: "r1".into() })).unwrap();
+        assert_eq!(store.get(table, "r1").unwrap(), None, "{table:?}");
+        commit(store, Batch::new().change(Change::Delete { table, id: "r1".into() })).unwrap();
+        commit(store, Batch::new().change(Change::Insert(r.clone()))).unwrap();
     }
     assert_eq!(store.get(Table::Agents, "nobody").unwrap(), None);
     // Warden joins a key's parts with NUL (agent NUL idempotency key); bodies may hold one.

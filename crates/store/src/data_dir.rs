@@ -95,7 +95,7 @@ pub enum StoreAt {
     #[default]
     File,
     /// A PostgreSQL database shared by any number of nodes; the directory keeps the keys.
-    Postgres(PgTarget),
+    Postgres(Box<PgTarget>),
 }
 
 impl StoreAt {
@@ -104,7 +104,7 @@ impl StoreAt {
     pub fn parse(value: Option<&str>) -> Result<StoreAt, StoreError> {
         match value.map(str::trim) {
             None | Some("") | Some("sqlite") => Ok(StoreAt::File),
-            Some(url) => PgTarget::parse(url).map(StoreAt::Postgres),
+            Some(url) => PgTarget::parse(url).map(|t| StoreAt::Postgres(Box::new(t))),
         }
     }
 
@@ -198,7 +198,7 @@ impl DataDir {
         let store: Arc<dyn Store> = match at {
             StoreAt::File => Arc::new(SqliteStore::open(&path.join(DB_FILE))?),
             StoreAt::Postgres(t) => {
-                let store = PgStore::open(t.clone())?;
+                let store = PgStore::open((**t).clone())?;
                 if store.size()? > 0 {
                     return Err(DataDirError::StoreInUse(t.to_string()));
                 }
@@ -347,7 +347,7 @@ pub fn open_store_at(path: &Path, at: &StoreAt) -> Result<Arc<dyn Store>, DataDi
     match at {
         StoreAt::File => Ok(Arc::new(open_store(path)?)),
         StoreAt::Postgres(t) => {
-            let store = PgStore::open(t.clone())?;
+            let store = PgStore::open((**t).clone())?;
             if store.size()? == 0 {
                 return Err(DataDirError::StoreEmpty(t.to_string()));
             }

@@ -35,7 +35,7 @@ pub use records::{Change, Cursor, Order, Query, Record, Table};
 pub use sqlite::SqliteStore;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Why the store could not do what was asked. Nothing was changed when an error is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -163,6 +163,7 @@ impl Batch {
                 Change::Insert(r) | Change::Update(r) => serde_json::to_string(&r.body).ok(),
                 Change::BudgetHit { .. }
                 | Change::SetMeta { .. }
+                | Change::Delete { .. }
                 | Change::Expect { .. }
                 | Change::ExpectMeta { .. }
                 | Change::BudgetCheck { .. }

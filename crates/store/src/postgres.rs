@@ -42,6 +42,14 @@ const MINUTE_MS: i64 = 60_000;
 /// The advisory lock two nodes starting at once take around migrations.
 const MIGRATION_LOCK: i64 = 0x5741_5244_454e_0001;
 
+/// The step from PostgreSQL schema `v` to `v + 1` (the first was 5).
+fn pg_migration(v: u32) -> Option<String> {
+    match v {
+        5 => Some(state_table(Table::Sessions)),
+        _ => None,
+    }
+}
+
 /// The schema, in the order it is created: the PostgreSQL store starts at the version the
 /// SQLite one has reached, so one number names both.
 fn schema() -> String {
@@ -63,19 +71,8 @@ fn schema() -> String {
                                       last_at BIGINT NOT NULL, PRIMARY KEY (agent, action, target));
          CREATE INDEX budget_targets_by_time ON budget_targets (agent, action, last_at);",
     );
-    // Ids compare byte by byte (`C`), as on SQLite, whatever the cluster's locale; keys are
-    // bytes, since Warden's join their parts with NUL, which PostgreSQL text cannot hold;
-    // `at` sorts NULLs first ascending, as on SQLite, so the indexes say so too.
     for t in Table::ALL {
-        let n = t.name();
-        sql.push_str(&format!(
-            "CREATE TABLE {n} (id TEXT COLLATE \"C\" PRIMARY KEY, version BIGINT NOT NULL, agent TEXT COLLATE \"C\",
-                               task TEXT COLLATE \"C\", state TEXT COLLATE \"C\", key BYTEA UNIQUE,
-                               at BIGINT, kind TEXT COLLATE \"C\", body TEXT NOT NULL);
-             CREATE INDEX {n}_by_agent ON {n} (agent, at NULLS FIRST, id);
-             CREATE INDEX {n}_by_task ON {n} (task, at NULLS FIRST, id);
-             CREATE INDEX {n}_by_state ON {n} (state, at NULLS FIRST, id);"
-        ));
+        sql.push_str(&state_table(t));
     }
     for t in [Table::Requests, Table::Approvals] {
         let n = t.name();
@@ -88,6 +85,22 @@ fn schema() -> String {
     }
     sql.push_str("CREATE INDEX approvals_by_agent_state ON approvals (agent, state, kind);");
     sql
+}
+
+/// One state table and its indexes. Ids compare byte by byte (`C`), as on SQLite, whatever
+/// the cluster's locale; keys are bytes, since Warden's join their parts with NUL, which
+/// PostgreSQL text cannot hold; `at` sorts NULLs first ascending, as on SQLite, so the
+/// indexes say so too.
+fn state_table(t: Table) -> String {
+    let n = t.name();
+    format!(
+        "CREATE TABLE {n} (id TEXT COLLATE \"C\" PRIMARY KEY, version BIGINT NOT NULL, agent TEXT COLLATE \"C\",
+                           task TEXT COLLATE \"C\", state TEXT COLLATE \"C\", key BYTEA UNIQUE,
+                           at BIGINT, kind TEXT COLLATE \"C\", body TEXT NOT NULL);
+         CREATE INDEX {n}_by_agent ON {n} (agent, at NULLS FIRST, id);
+         CREATE INDEX {n}_by_task ON {n} (task, at NULLS FIRST, id);
+         CREATE INDEX {n}_by_state ON {n} (state, at NULLS FIRST, id);"
+    )
 }
 
 /// Where the database is and how to reach it: a `postgres://` URL as libpq reads it, with
@@ -617,6 +630,10 @@ fn apply(c: &mut Conn, change: &Change, body: Option<&str>) -> Result<(), StoreE
             )?;
             Ok(())
         }
+        Change::Delete { table, id } => {
+            c.exec(&format!("DELETE FROM {} WHERE id = $1", table.name()), &[id])?;
+            Ok(())
+        }
         Change::SetMeta { key, value } => {
             c.exec(
                 "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
@@ -1037,8 +1054,21 @@ impl PgStore {
                     }
                     created?;
                 } else if found < SCHEMA_VERSION {
-                    // Versions below the first PostgreSQL schema never existed on PostgreSQL.
-                    return Err(StoreError::SchemaVersion { found });
+                    c.simple("BEGIN")?;
+                    let stepped = (found..SCHEMA_VERSION)
+                        .try_for_each(|v| match pg_migration(v) {
+                            // Versions below the first PostgreSQL schema never existed here.
+                            None => Err(StoreError::SchemaVersion { found }),
+                            Some(sql) => c.simple(&sql),
+                        })
+                        .and_then(|()| {
+                            c.exec("UPDATE warden_schema SET version = $1", &[&(SCHEMA_VERSION as i32)]).map(|_| ())
+                        })
+                        .and_then(|()| c.simple("COMMIT"));
+                    if stepped.is_err() && !c.client.is_closed() {
+                        let _ = c.simple("ROLLBACK");
+                    }
+                    stepped?;
                 }
                 Ok(())
             })();

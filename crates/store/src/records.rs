@@ -16,10 +16,26 @@ pub enum Table {
     Leases,
     Executions,
     Halts,
+    /// Console sign-in sessions (schema 6): credentials, not acts on the estate.
+    Sessions,
 }
 
 impl Table {
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 10] = [
+        Table::Agents,
+        Table::Users,
+        Table::Tasks,
+        Table::Requests,
+        Table::Decisions,
+        Table::Approvals,
+        Table::Leases,
+        Table::Executions,
+        Table::Halts,
+        Table::Sessions,
+    ];
+
+    /// The tables of schema versions 1 to 5 (what their migrations create and alter).
+    pub const FIRST: [Table; 9] = [
         Table::Agents,
         Table::Users,
         Table::Tasks,
@@ -43,6 +59,7 @@ impl Table {
             Table::Leases => "leases",
             Table::Executions => "executions",
             Table::Halts => "halts",
+            Table::Sessions => "sessions",
         }
     }
 }
@@ -123,6 +140,8 @@ pub enum Change {
     BudgetHit { agent: String, action: String, target: String, at: i64 },
     /// Sets one of the store's own settings.
     SetMeta { key: String, value: String },
+    /// Removes a record if there is one (what forgets an ended sign-in session).
+    Delete { table: Table, id: String },
     /// A precondition, checked in the writer's transaction: the record is still at `version`
     /// (0: there is no such record). Changes nothing; the batch conflicts when it fails.
     Expect { table: Table, id: String, version: u64 },

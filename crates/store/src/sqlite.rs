@@ -42,7 +42,7 @@ fn state_tables() -> String {
                                    at INTEGER NOT NULL);
          CREATE INDEX budget_hits_by_pair ON budget_hits (agent, action, at);",
     );
-    for t in Table::ALL {
+    for t in Table::FIRST {
         let n = t.name();
         sql.push_str(&format!(
             "CREATE TABLE {n} (id TEXT PRIMARY KEY, version INTEGER NOT NULL, agent TEXT, task TEXT,
@@ -76,7 +76,7 @@ const BUDGET_SUMMARIES: &str = "
 /// filter) is one range of `(agent, kind, state, at, id)`.
 fn paging() -> String {
     let mut sql = String::new();
-    for t in Table::ALL {
+    for t in Table::FIRST {
         let n = t.name();
         sql.push_str(&format!(
             "ALTER TABLE {n} ADD COLUMN kind TEXT;
@@ -105,6 +105,16 @@ fn paging() -> String {
 /// `[escalation] max_pending`): one range of pending rows, not the agent's whole history.
 const PENDING_BY_AGENT: &str = "CREATE INDEX approvals_by_agent_state ON approvals (agent, state, kind);";
 
+/// Console sessions in the store (so any node serves any signed-in human), shaped like every
+/// other table.
+const SESSIONS: &str = "
+    CREATE TABLE sessions (id TEXT PRIMARY KEY, version INTEGER NOT NULL, agent TEXT, task TEXT,
+                           state TEXT, key TEXT UNIQUE, at INTEGER, body TEXT NOT NULL, kind TEXT);
+    CREATE INDEX sessions_by_agent ON sessions (agent, at, id);
+    CREATE INDEX sessions_by_task ON sessions (task, at, id);
+    CREATE INDEX sessions_by_state ON sessions (state, at, id);
+";
+
 /// Milliseconds per budget summary bucket.
 const MINUTE_MS: i64 = 60_000;
 
@@ -116,6 +126,7 @@ fn migration(i: u32) -> Option<String> {
         2 => Some(BUDGET_SUMMARIES.to_string()),
         3 => Some(paging()),
         4 => Some(PENDING_BY_AGENT.to_string()),
+        5 => Some(SESSIONS.to_string()),
         _ => None,
     }
 }
@@ -314,6 +325,10 @@ fn apply(tx: &Transaction<'_>, change: &Change, body: Option<&str>) -> Result<()
                  ON CONFLICT (agent, action, target) DO UPDATE SET last_at = max(last_at, ?4)",
             )?
             .execute(params![agent, action, target, at])?;
+            Ok(())
+        }
+        Change::Delete { table, id } => {
+            tx.prepare_cached(&format!("DELETE FROM {} WHERE id = ?1", table.name()))?.execute([id])?;
             Ok(())
         }
         Change::SetMeta { key, value } => {

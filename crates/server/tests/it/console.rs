@@ -105,7 +105,7 @@ async fn a_token_becomes_a_strict_cookie_and_agents_cannot_sign_in() {
     }
     assert!(!set.contains("Secure"), "not over plain HTTP: {set}");
     assert!(!set.contains(&ana), "the cookie is not the token");
-    assert_eq!(h.app.sessions.count(), 1);
+    assert_eq!(h.app.sessions.count(h.app.ledger().store().as_ref()).unwrap(), 1);
     // An agent's JWT-SVID: refused, no cookie, no session.
     let p = post(&h, "/console/sign-in", None, &[("token", &h.svid(EDR))]).await;
     assert_eq!(p.status, StatusCode::FORBIDDEN);
@@ -115,7 +115,7 @@ async fn a_token_becomes_a_strict_cookie_and_agents_cannot_sign_in() {
         assert_eq!(p.status, StatusCode::UNAUTHORIZED, "{bad}");
         assert!(p.headers.get("set-cookie").is_none());
     }
-    assert_eq!(h.app.sessions.count(), 1);
+    assert_eq!(h.app.sessions.count(h.app.ledger().store().as_ref()).unwrap(), 1);
 }
 
 #[tokio::test]
