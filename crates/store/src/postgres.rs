@@ -45,7 +45,7 @@ const MIGRATION_LOCK: i64 = 0x5741_5244_454e_0001;
 /// The step from PostgreSQL schema `v` to `v + 1` (the first was 5).
 fn pg_migration(v: u32) -> Option<String> {
     match v {
-        5 => Some(state_table(Table::Sessions)),
+        5 => Some(state_table(Table::Sessions) + &state_table(Table::Holds)),
         _ => None,
     }
 }

@@ -18,10 +18,13 @@ pub enum Table {
     Halts,
     /// Console sign-in sessions (schema 6): credentials, not acts on the estate.
     Sessions,
+    /// Requests an MCP call left waiting for a human, by agent and action digest (schema 6):
+    /// the same call again, on any node, attaches to its request.
+    Holds,
 }
 
 impl Table {
-    pub const ALL: [Table; 10] = [
+    pub const ALL: [Table; 11] = [
         Table::Agents,
         Table::Users,
         Table::Tasks,
@@ -32,6 +35,7 @@ impl Table {
         Table::Executions,
         Table::Halts,
         Table::Sessions,
+        Table::Holds,
     ];
 
     /// The tables of schema versions 1 to 5 (what their migrations create and alter).
@@ -60,6 +64,7 @@ impl Table {
             Table::Executions => "executions",
             Table::Halts => "halts",
             Table::Sessions => "sessions",
+            Table::Holds => "holds",
         }
     }
 }

@@ -105,15 +105,23 @@ fn paging() -> String {
 /// `[escalation] max_pending`): one range of pending rows, not the agent's whole history.
 const PENDING_BY_AGENT: &str = "CREATE INDEX approvals_by_agent_state ON approvals (agent, state, kind);";
 
-/// Console sessions in the store (so any node serves any signed-in human), shaped like every
-/// other table.
-const SESSIONS: &str = "
-    CREATE TABLE sessions (id TEXT PRIMARY KEY, version INTEGER NOT NULL, agent TEXT, task TEXT,
-                           state TEXT, key TEXT UNIQUE, at INTEGER, body TEXT NOT NULL, kind TEXT);
-    CREATE INDEX sessions_by_agent ON sessions (agent, at, id);
-    CREATE INDEX sessions_by_task ON sessions (task, at, id);
-    CREATE INDEX sessions_by_state ON sessions (state, at, id);
-";
+/// The tables of schema 6, shaped like every other: console sessions and the requests MCP
+/// calls left waiting, in the store so any node serves any client.
+fn sessions_and_holds() -> String {
+    [Table::Sessions, Table::Holds]
+        .iter()
+        .map(|t| {
+            let n = t.name();
+            format!(
+                "CREATE TABLE {n} (id TEXT PRIMARY KEY, version INTEGER NOT NULL, agent TEXT, task TEXT,
+                                   state TEXT, key TEXT UNIQUE, at INTEGER, body TEXT NOT NULL, kind TEXT);
+                 CREATE INDEX {n}_by_agent ON {n} (agent, at, id);
+                 CREATE INDEX {n}_by_task ON {n} (task, at, id);
+                 CREATE INDEX {n}_by_state ON {n} (state, at, id);"
+            )
+        })
+        .collect()
+}
 
 /// Milliseconds per budget summary bucket.
 const MINUTE_MS: i64 = 60_000;
@@ -126,7 +134,7 @@ fn migration(i: u32) -> Option<String> {
         2 => Some(BUDGET_SUMMARIES.to_string()),
         3 => Some(paging()),
         4 => Some(PENDING_BY_AGENT.to_string()),
-        5 => Some(SESSIONS.to_string()),
+        5 => Some(sessions_and_holds()),
         _ => None,
     }
 }

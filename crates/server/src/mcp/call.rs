@@ -23,37 +23,76 @@ use crate::auth::AgentToken;
 use crate::error::{ApiError, Code};
 use crate::limits::HoldOptions;
 use crate::pipeline::{self, ActionAnswer, Admitted};
-use crate::state::{App, blocking};
+use crate::state::{App, AppState, blocking};
+use warden_store::{Batch, Change, Query, Record, StoreError, Table};
 
-/// The requests a held call left pending, by agent and action digest: the same call again
-/// attaches to its request, and collects its outcome once settled (then it is forgotten).
-/// Entries nobody came back for are dropped after a day; and how many calls each agent has
-/// held right now.
+/// The calls each agent has held right now, on this node (a held call is a connection this
+/// node keeps open). The requests held calls left pending are in the store ([`left`]), so the
+/// same call again attaches to its request on whichever node it lands.
 #[derive(Debug, Default)]
 pub struct Pending {
-    left: Mutex<HashMap<(String, String), (String, std::time::Instant)>>,
     held: Mutex<HashMap<String, usize>>,
 }
 
 /// How long a pending request is remembered for the agent to come back for.
-const REMEMBER: Duration = Duration::from_secs(86_400);
+const REMEMBER: time::Duration = time::Duration::days(1);
+
+/// At most this many forgotten holds are removed per hold remembered.
+const SWEEP: usize = 64;
+
+/// The id of the hold of `agent` × action `digest` (a hash: ids cannot hold the NUL between).
+fn hold_id(agent: &str, digest: &str) -> String {
+    warden_store::data_dir::token_hash(&format!("{agent}\u{0}{digest}"))
+}
+
+/// The request a held call of `agent` left for action `digest`, if it is remembered.
+pub fn left(s: &AppState, agent: &str, digest: &str) -> Result<Option<String>, ApiError> {
+    let Some(r) = s.ledger().store().get(Table::Holds, &hold_id(agent, digest))? else { return Ok(None) };
+    if r.at.is_some_and(|at| at < crate::model::millis(s.now() - REMEMBER)) {
+        return Ok(None);
+    }
+    Ok(r.body["request"].as_str().map(str::to_string))
+}
+
+/// Remembers that `agent`'s call for action `digest` left `request` pending (and forgets
+/// holds nobody came back for within a day).
+pub fn leave(s: &AppState, agent: &str, digest: &str, request: &str) -> Result<(), ApiError> {
+    let store = s.ledger().store();
+    let id = hold_id(agent, digest);
+    let now = crate::model::millis(s.now());
+    let mut record = Record::new(Table::Holds, &id, json!({"request": request})).agent(agent).state("left").at(now);
+    let change = match store.get(Table::Holds, &id)? {
+        Some(found) if found.body["request"] == json!(request) => return Ok(()),
+        Some(found) => {
+            record.version = found.version;
+            Change::Update(record)
+        }
+        None => Change::Insert(record),
+    };
+    let mut batch = Batch::new().change(change);
+    let old = Query {
+        state: Some("left".into()),
+        at_to: Some(crate::model::millis(s.now() - REMEMBER)),
+        limit: SWEEP,
+        ..Query::default()
+    };
+    for r in store.find(Table::Holds, &old)? {
+        batch = batch.change(Change::Delete { table: Table::Holds, id: r.id });
+    }
+    match s.ledger().commit(batch) {
+        // The same call on another node remembered it first: one is enough.
+        Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Forgets the hold of `agent` × action `digest` (its outcome was collected).
+pub fn forget(s: &AppState, agent: &str, digest: &str) -> Result<(), ApiError> {
+    s.ledger().commit(Batch::new().change(Change::Delete { table: Table::Holds, id: hold_id(agent, digest) }))?;
+    Ok(())
+}
 
 impl Pending {
-    fn get(&self, agent: &str, digest: &str) -> Option<String> {
-        self.left.lock().ok()?.get(&(agent.to_string(), digest.to_string())).map(|(id, _)| id.clone())
-    }
-    fn set(&self, agent: &str, digest: &str, request: &str) {
-        if let Ok(mut m) = self.left.lock() {
-            let now = std::time::Instant::now();
-            m.retain(|_, (_, at)| now.duration_since(*at) < REMEMBER);
-            m.insert((agent.to_string(), digest.to_string()), (request.to_string(), now));
-        }
-    }
-    fn forget(&self, agent: &str, digest: &str) {
-        if let Ok(mut m) = self.left.lock() {
-            m.remove(&(agent.to_string(), digest.to_string()));
-        }
-    }
     /// Counts a held call of `agent` if it has fewer than `max` held; the guard uncounts it.
     fn hold(self: &std::sync::Arc<Self>, agent: &str, max: usize) -> Option<HeldGuard> {
         let mut m = self.held.lock().ok()?;
@@ -153,25 +192,32 @@ pub async fn call(
     // request a held call left, or to the pending approval of the same action (a restart,
     // another session) — never a second request; otherwise the pipeline decides it.
     let answer = {
-        let (app2, known, digest) = (app.clone(), pending.get(&agent_id, &digest), digest.clone());
+        let (app2, agent_id, digest) = (app.clone(), agent_id.clone(), digest.clone());
         tokio::task::spawn_blocking(move || {
             let (agent, version) = token.admit_versioned(&app2)?;
-            if let Some(id) = known {
-                return pipeline::answer_of(&app2, &id);
+            if let Some(id) = left(&app2, &agent_id, &digest)? {
+                return Ok((pipeline::answer_of(&app2, &id)?, true));
             }
             let waiting = crate::approvals::pending_for(app2.ledger().store().as_ref(), &digest)?;
             if let Some(id) = waiting.as_ref().and_then(|v| v.approval.requests.first()) {
-                return pipeline::answer_of(&app2, id);
+                return Ok((pipeline::answer_of(&app2, id)?, false));
             }
             let recorded = std::sync::OnceLock::new();
-            pipeline::submit(&app2, &bundle, &Admitted { agent, version }, req, request_digest, via, &recorded)
+            let answer =
+                pipeline::submit(&app2, &bundle, &Admitted { agent, version }, req, request_digest, via, &recorded)?;
+            Ok::<_, ApiError>((answer, false))
         })
         .await
         .map_err(|_| ApiError::new(Code::Internal, "a worker failed; look up the request before retrying"))??
     };
+    let (answer, remembered) = answer;
+    let remember = |answer: &ActionAnswer| {
+        let (agent, digest, id) = (agent_id.clone(), digest.clone(), answer.id.clone());
+        blocking(app, move |s| leave(s, &agent, &digest, &id))
+    };
     let answer = match mode {
         Mode::Task if unsettled(&answer.state) => {
-            pending.set(&agent_id, &digest, &answer.id);
+            remember(&answer).await?;
             return Ok(Answered::Task(Box::new(answer)));
         }
         Mode::Task => answer,
@@ -182,10 +228,13 @@ pub async fn call(
         },
     };
     if unsettled(&answer.state) {
-        pending.set(&agent_id, &digest, &answer.id);
+        remember(&answer).await?;
         return Ok(Answered::Result(still_pending(&answer)));
     }
-    pending.forget(&agent_id, &digest);
+    if remembered {
+        let (agent, digest2) = (agent_id.clone(), digest.clone());
+        blocking(app, move |s| forget(s, &agent, &digest2)).await?;
+    }
     outcome(app, &answer).await.map(Answered::Result)
 }
 

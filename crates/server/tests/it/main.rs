@@ -166,6 +166,15 @@ pub fn test_store() -> warden_store::StoreAt {
     warden_store::StoreAt::File
 }
 
+/// A second node on the harness's store (a second handle on its SQLite file, or another
+/// connection pool on its PostgreSQL database), set up with `options`: its state and router.
+pub fn second_node(h: &Harness, options: ServerOptions) -> (App, Router) {
+    let data = DataDir::open_at(h._dir.path(), &h.at, Arc::new(SystemClock), Default::default()).unwrap();
+    let bundle = Bundle::load(&read_bundle(&example_dir())).unwrap();
+    let app = AppState::with_options(data, bundle, Arc::new(SystemClock), options).unwrap();
+    (app.clone(), router(app))
+}
+
 /// Runs `sql` on the harness's database, behind the server's back (to tamper with it).
 pub fn raw_sql(h: &Harness, sqlite: &str, postgres: &str) {
     match &h.at {

@@ -383,6 +383,45 @@ async fn a_retry_attaches_to_the_pending_request_and_collects_its_outcome() {
     client.cancel().await.unwrap();
 }
 
+/// A client that comes back on another node (a load balancer, a restart) collects the outcome
+/// of the request its first call left: the store, not the first node's memory, remembers it.
+#[tokio::test]
+async fn a_call_left_pending_on_one_node_is_collected_on_another() {
+    let hold = HoldOptions { budget: Duration::from_millis(300), ..HoldOptions::default() };
+    let (h, base_a, _) = serve_from(hold.clone(), None).await;
+    open_task(&h).await;
+    // Node A executes what is approved there; node B only answers.
+    let options = ServerOptions { mcp: McpOptions { hold, ..McpOptions::default() }, ..Default::default() };
+    let (_b, router_b) = crate::second_node(&h, options);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_b = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router_b).await.unwrap() });
+
+    let analyst = h.user("ana", &["soc-analyst"]);
+    let (a, _) = connect(&base_a, &h.svid(EDR)).await;
+    let args = isolate("host:db-payments-01", 0.95);
+    let first = a.call_tool(CallToolRequestParams::new("host.isolate").with_arguments(args.clone())).await.unwrap();
+    let meta = serde_json::to_value(first.meta.as_ref().unwrap()).unwrap();
+    assert_eq!(meta["warden/state"], "pending_approval", "{}", text(&first));
+    let (request, approval) = (meta["warden/request"].clone(), meta["warden/approval"].as_str().unwrap().to_string());
+    let (status, _) =
+        h.call("POST", &format!("/v1/approvals/{approval}/approve"), Some(&analyst), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK);
+    // The same call again, on node B, in a new MCP session.
+    let (b, _) = connect(&base_b, &h.svid(EDR)).await;
+    let settled = b.call_tool(CallToolRequestParams::new("host.isolate").with_arguments(args)).await.unwrap();
+    let settled_meta = serde_json::to_value(settled.meta.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        (settled_meta["warden/request"].clone(), settled_meta["warden/state"].clone()),
+        (request, json!("succeeded")),
+        "{}",
+        text(&settled)
+    );
+    let executions = h.app.ledger().store().find(warden_store::Table::Executions, &Default::default()).unwrap().len();
+    assert_eq!((requests(&h), approvals(&h), executions), (1, 1, 1), "one request, one approval, one execution");
+    let _ = (a.cancel().await, b.cancel().await);
+}
+
 /// A client that declared the MCP tasks extension (SEP-2663).
 #[derive(Clone, Default)]
 struct TaskClient;

@@ -127,7 +127,7 @@ fn a_version_3_database_gets_the_action_class_of_its_requests_and_approvals() {
 
 /// SQL that puts back the state tables as schema version 3 had them (empty).
 fn version_3_state_tables() -> String {
-    let mut sql = String::from("DROP TABLE sessions;");
+    let mut sql = String::from("DROP TABLE sessions; DROP TABLE holds;");
     for t in warden_store::Table::FIRST {
         let n = t.name();
         sql.push_str(&format!(

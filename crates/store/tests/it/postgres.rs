@@ -58,7 +58,7 @@ fn a_version_5_database_is_migrated() {
     let Some(pg) = warden_testpg::shared() else { return };
     let db = pg.fresh_name();
     drop(PgStore::connect(&pg.url(&db)).unwrap());
-    pg.psql(&db, "DROP TABLE sessions; UPDATE warden_schema SET version = 5").unwrap();
+    pg.psql(&db, "DROP TABLE sessions; DROP TABLE holds; UPDATE warden_schema SET version = 5").unwrap();
     let store = PgStore::connect(&pg.url(&db)).unwrap();
     assert_eq!(pg.psql(&db, "SELECT version FROM warden_schema").unwrap().trim(), SCHEMA_VERSION.to_string());
     assert_eq!(store.get(warden_store::Table::Sessions, "s").unwrap(), None);
