@@ -361,7 +361,16 @@ pub fn expire_due(s: &AppState) -> Result<Vec<HaltRecord>, ApiError> {
             }
         }
     }
-    s.ledger().commit(batch)?;
+    match s.ledger().commit(batch) {
+        Ok(_) => {}
+        // Another node expired them first (or something else moved): read the halts as they
+        // are now and let the next sweep look again.
+        Err(StoreError::Conflict { .. }) => {
+            *gate = load_gate(store.as_ref())?;
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e.into()),
+    }
     *gate = load_gate(store.as_ref())?;
     drop(gate);
     s.changed();

@@ -314,12 +314,26 @@ pub async fn watch_policy(app: App, every: std::time::Duration) {
     }
 }
 
-/// Every `every`: keeps this node in step with the store ([`crate::node::tick`]).
+/// Keeps this node in step with the store ([`crate::node::tick`]): at once when the store
+/// announces a commit (PostgreSQL's LISTEN/NOTIFY), and every `every` whatever it says.
 pub async fn keep_in_step(app: App, every: std::time::Duration) {
     let watch = std::sync::Arc::new(std::sync::Mutex::new(crate::node::Watch::default()));
     let mut last_error = String::new();
+    let mut announced = app.ledger().store().changes();
     loop {
-        tokio::time::sleep(every).await;
+        match announced.as_mut() {
+            Some(rx) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    changed = rx.changed() => match changed {
+                        // Commits come by the thousand a second: one look per 50 ms is enough.
+                        Ok(()) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                        Err(_) => announced = None,
+                    },
+                }
+            }
+            None => tokio::time::sleep(every).await,
+        }
         let (state, watch) = (app.clone(), watch.clone());
         let result = tokio::task::spawn_blocking(move || {
             let mut w = watch.lock().unwrap_or_else(|p| p.into_inner());

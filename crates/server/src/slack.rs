@@ -107,12 +107,14 @@ pub async fn act(app: App, press: Press, user: User) {
                     m
                 }
                 _ => {
-                    let state = a
-                        .requests
-                        .first()
-                        .and_then(|r| crate::pipeline::answer_of(app.as_ref(), r).ok())
-                        .map(|x| x.state)
-                        .unwrap_or_else(|| a.state.as_str().to_string());
+                    // Read off the async workers, as every store read is.
+                    let first = a.requests.first().cloned();
+                    let state = match first {
+                        Some(r) => crate::state::blocking(&app, move |s| crate::pipeline::answer_of(s, &r)).await.ok(),
+                        None => None,
+                    }
+                    .map(|x| x.state)
+                    .unwrap_or_else(|| a.state.as_str().to_string());
                     decided(&a, &user.id, &state)
                 }
             }

@@ -232,4 +232,10 @@ pub trait Store: AuditLog {
     ) -> Result<Usage, StoreError>;
     /// A value of the store's own settings (origin, verifier key…).
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Where a store shared with other writers says the log moved (PostgreSQL's
+    /// LISTEN/NOTIFY): the value changes soon after any writer's commit. `None` when the store
+    /// has no such signal; readers then look for themselves from time to time.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

@@ -298,9 +298,14 @@ struct Writer {
     frontier: Option<Frontier>,
 }
 
+/// The channel every commit that moves the log notifies.
+const CHANNEL: &str = "warden_log";
+
 /// The store in a PostgreSQL database.
 pub struct PgStore {
     runtime: Option<tokio::runtime::Runtime>,
+    /// Bumped when another writer's (or this one's) commit is announced.
+    changes: tokio::sync::watch::Sender<u64>,
     target: PgTarget,
     writer: Mutex<Writer>,
     readers: Vec<Mutex<Option<Conn>>>,
@@ -717,6 +722,7 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Database(format!("cannot start the database runtime: {e}")))?;
         let store = PgStore {
+            changes: tokio::sync::watch::Sender::new(0),
             runtime: Some(runtime),
             target,
             writer: Mutex::new(Writer { conn: None, frontier: None }),
@@ -724,7 +730,53 @@ impl PgStore {
             next_reader: AtomicUsize::new(0),
         };
         store.migrate()?;
+        store.listen();
         Ok(store)
+    }
+
+    /// Listens on [`CHANNEL`] on a connection of its own for as long as the store lives,
+    /// bumping [`Store::changes`] on every notice; reconnects a second after losing it (and
+    /// bumps then too: notices may have been missed meanwhile).
+    fn listen(&self) {
+        let Some(rt) = self.runtime.as_ref() else { return };
+        let (config, tls, tx) = (self.target.config.clone(), self.target.tls.clone(), self.changes.clone());
+        rt.spawn(async move {
+            loop {
+                if let Ok((client, mut connection)) = config.connect(tls.clone()).await {
+                    // The client must outlive the listening: it is handed back when LISTEN is done.
+                    let listening = async move {
+                        client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+                        Ok::<_, tokio_postgres::Error>(client)
+                    };
+                    // The connection must be driven for LISTEN to complete: both at once.
+                    let mut listening = std::pin::pin!(listening);
+                    let mut kept = None;
+                    loop {
+                        let msg = std::future::poll_fn(|cx| {
+                            if kept.is_none()
+                                && let std::task::Poll::Ready(r) = listening.as_mut().poll(cx)
+                            {
+                                match r {
+                                    Ok(client) => kept = Some(client),
+                                    Err(_) => return std::task::Poll::Ready(None),
+                                }
+                                tx.send_modify(|n| *n = n.wrapping_add(1));
+                            }
+                            connection.poll_message(cx)
+                        })
+                        .await;
+                        match msg {
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                                tx.send_modify(|n| *n = n.wrapping_add(1));
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => break,
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     /// Connects to `url` (see [`PgTarget`]).
@@ -812,10 +864,13 @@ impl PgStore {
                 let mut time = time.max(last);
                 let value = work(c, &mut frontier, &mut time)?;
                 if frontier.size() != size {
-                    c.exec(
-                        "UPDATE audit_head SET size = $1, time_ns = $2",
-                        &[&to_i64(frontier.size())?, &time_ns(time)],
-                    )?;
+                    // Numbers only, so one round trip carries both; the notice goes out at commit.
+                    c.simple(&format!(
+                        "UPDATE audit_head SET size = {}, time_ns = {}; NOTIFY {CHANNEL}, '{}'",
+                        to_i64(frontier.size())?,
+                        time_ns(time),
+                        frontier.size()
+                    ))?;
                 }
                 Ok((value, frontier))
             })();
@@ -1024,6 +1079,10 @@ impl Store for PgStore {
 
     fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.read(|c| Ok(c.opt("SELECT value FROM meta WHERE key = $1", &[&key])?.map(|r| r.get(0))))
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
     }
 }
 

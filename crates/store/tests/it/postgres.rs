@@ -119,3 +119,26 @@ fn the_store_fails_closed_while_the_database_is_down_and_recovers() {
     (0..4).for_each(|s| mem.push_entry(format!("e{s}").as_bytes()));
     assert_eq!(store.root(4).unwrap(), mem.root());
 }
+
+/// A commit on one node is announced to the others (LISTEN/NOTIFY) within moments, so they
+/// need not poll to see it.
+#[test]
+fn a_commit_on_one_node_is_announced_to_the_others() {
+    let Some(pg) = warden_testpg::shared() else { return };
+    let url = pg.fresh_database();
+    let (a, b) = (PgStore::connect(&url).unwrap(), PgStore::connect(&url).unwrap());
+    let mut rx = a.changes().expect("PostgreSQL announces commits");
+    // The listener is up once it has said so (its first bump).
+    let started = std::time::Instant::now();
+    while *rx.borrow_and_update() == 0 && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let before = *rx.borrow_and_update();
+    b.append(1, &mut |s| Ok(format!("e{s}").into_bytes())).unwrap();
+    let started = std::time::Instant::now();
+    while *rx.borrow() == before && started.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_ne!(*rx.borrow(), before, "no notice within {:?}", started.elapsed());
+    assert!(warden_store::SqliteStore::open_in_memory().unwrap().changes().is_none());
+}
