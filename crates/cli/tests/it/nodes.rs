@@ -2,8 +2,11 @@
 //! throwaway cluster, each node with its own copy of the data directory's keys. Requests are
 //! spread round-robin; what one node commits binds the others.
 
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -267,4 +270,211 @@ fn a_console_session_is_every_nodes() {
     let (status, head, _) = inbox(0, &cookie);
     assert_eq!(status, 303, "signed out on node 1, still in on node 0: {head}");
     assert!(head.contains("location: /console/sign-in"), "{head}");
+}
+
+/// An answer a client received: the request id, its state, and the tool path it ran on.
+#[derive(Debug, Clone)]
+struct Ack {
+    id: String,
+    state: String,
+    path: Option<String>,
+}
+
+/// One client of one node: a mix of the four outcomes until its node dies or `stop` is set.
+fn client(addr: &str, tokens: &(String, String), tag: &str, stop: &AtomicBool, acks: &Mutex<Vec<Ack>>) {
+    let (edr, enrich) = tokens;
+    for n in 0u64.. {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let ask = |action: &str, target: &str, confidence: f64| {
+            let params = if action == "alert.enrich" { json!({}) } else { json!({"reason": "beacon"}) };
+            let task = if action == "alert.enrich" { "INC-10" } else { "INC-9" };
+            json!({"task": task, "action": action, "target": target, "confidence": confidence,
+                   "params": params, "rationale": "kill test", "evidence": [{"kind": "edr", "ref": "d:1"}]})
+        };
+        let alert = format!("k-{tag}-{n}");
+        let (token, body, path) = match n % 4 {
+            0 => (edr, ask("host.isolate", "host:web-01", 0.3), None),
+            1 => (edr, ask("host.wipe", "host:web-01", 0.95), None),
+            2 => (edr, ask("host.isolate", &format!("host:unknown-{tag}-{n}"), 0.95), None),
+            _ => (
+                enrich,
+                ask("alert.enrich", &format!("alert:{alert}"), 0.95),
+                Some(format!("POST /siem/api/alerts/{alert}/enrich")),
+            ),
+        };
+        let Ok((status, answer)) = http(addr, "POST", "/v1/actions", token, Some(&body)) else { return };
+        if status == 0 || answer.get("id").is_none() {
+            return; // the node died mid-answer
+        }
+        assert_eq!(status, 200, "{answer}");
+        let state = answer["state"].as_str().unwrap().to_string();
+        acks.lock().unwrap().push(Ack { id: answer["id"].as_str().unwrap().to_string(), state, path });
+    }
+}
+
+/// `(request, type)` of every entry in the shared log.
+fn logged(c: &Cluster) -> HashSet<(String, String)> {
+    on_store(&c.url, &c.dir(0), &["audit", "export", "--format", "jsonl"])
+        .lines()
+        .filter_map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let e = &v["entry"];
+            Some((e["request"].as_str()?.to_string(), e["type"].as_str()?.to_string()))
+        })
+        .collect()
+}
+
+/// Three nodes under mixed load, one of them (any: every node signs its own commits, one at a
+/// time) killed with SIGKILL at 10 random moments and started again. The others carry on;
+/// after each kill the log verifies, every answer any client received is in it, and no tool
+/// call was made twice; at the end, the calls the killed nodes left are `unknown`, not
+/// executing, and nothing was retried.
+#[test]
+fn ten_kills_of_random_nodes_under_load_lose_nothing_and_run_nothing_twice() {
+    let Some(c) = Cluster::new(3) else { return };
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("nodes kill test seed {seed}");
+    let mut rng = seed;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // Tool calls take 100 ms: kills land in the middle of some.
+    let (_lab, lab, keys) = start_lab(100);
+    let policy = crate::example_copy();
+    crate::edit(policy.path(), "agents/edr-responder.toml", "max_per_hour = 10", "max_per_hour = 100000");
+    crate::edit(policy.path(), "agents/enrichment-bot.toml", "max_per_hour = 5000", "max_per_hour = 100000");
+    const ENRICH: &str = "spiffe://acme.example/soc/enrichment-bot";
+    on_store(&c.url, &c.dir(0), &["agent", "add", ENRICH, "--owner", "team:soc-engineering"]);
+    let enrich = on_store(&c.url, &c.dir(0), &["agent", "token", ENRICH, "--ttl", "1h"]).trim().to_string();
+    let tokens = Arc::new((c.edr.clone(), enrich));
+    let rate = ["--agent-rate", "100000", "--agent-burst", "100000"];
+    let mut nodes: Vec<(Running, String)> = (0..3).map(|i| c.start(i, policy.path(), &lab, &keys, &rate)).collect();
+    for (id, token) in [("INC-9", &tokens.0), ("INC-10", &tokens.1)] {
+        let task = json!({"id": id, "title": "kill test", "trigger": {"source": "edr", "severity": "high"}});
+        assert_eq!(http(&nodes[0].1, "POST", "/v1/tasks", token, Some(&task)).unwrap().0, 201);
+    }
+    let mut all: Vec<Ack> = Vec::new();
+    for round in 0..10u32 {
+        let victim = (next() % 3) as usize;
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let clients: Vec<_> = (0..6)
+            .map(|me| {
+                let (addr, tokens, acks, stop) = (nodes[me % 3].1.clone(), tokens.clone(), acks.clone(), stop.clone());
+                std::thread::spawn(move || client(&addr, &tokens, &format!("{round}-{me}"), &stop, &acks))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300 + next() % 900));
+        let (dead, _) = std::mem::replace(&mut nodes[victim], c.start(victim, policy.path(), &lab, &keys, &rate));
+        drop(dead); // SIGKILL (its replacement is already up: a node started beside it)
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, Ordering::Relaxed);
+        for t in clients {
+            t.join().expect("a client failed on an answer it received");
+        }
+        let acks = std::mem::take(&mut *acks.lock().unwrap());
+        assert!(!acks.is_empty(), "round {round}: no answers");
+        warden().args(["audit", "verify", "--data"]).arg(c.dir(0)).env("WARDEN_STORE", &c.url).assert().success();
+        let log = logged(&c);
+        for a in &acks {
+            assert!(log.contains(&(a.id.clone(), "decision.made".into())), "round {round}: {a:?} answered, not logged");
+            if a.state == "succeeded" || a.state == "failed" {
+                let ended = (a.id.clone(), format!("execution.{}", a.state));
+                assert!(log.contains(&ended), "round {round}: {a:?} finished, not logged");
+            }
+        }
+        all.extend(acks);
+        std::thread::sleep(Duration::from_millis(50));
+        let paths: BTreeMap<String, u64> = serde_json::from_value(lab_state(&lab)["calls"]["by_path"].clone()).unwrap();
+        if let Some((path, n)) = paths.iter().find(|(p, n)| !p.starts_with("GET ") && **n > 1) {
+            panic!("round {round}: `{path}` was called {n} times");
+        }
+        for a in all.iter().filter(|a| a.state == "succeeded") {
+            let path = a.path.as_ref().expect("only enrichments execute here");
+            assert_eq!(paths.get(path), Some(&1), "round {round}: {a:?} succeeded, the tool never saw it");
+        }
+    }
+    // The calls the killed nodes left become `unknown` once their heartbeats have aged; the
+    // live nodes do it, and retry nothing.
+    let calls = lab_state(&lab)["calls"]["total"].as_u64().unwrap();
+    let settled = eventually(Duration::from_secs(30), || {
+        http(&nodes[1].1, "GET", "/v1/actions?state=executing", &c.admin, None).unwrap().1 == json!([])
+    });
+    assert!(settled, "calls of killed nodes are still `executing`");
+    assert_eq!(lab_state(&lab)["calls"]["total"].as_u64().unwrap(), calls, "nothing was retried");
+    let unknown = http(&nodes[2].1, "GET", "/v1/actions?state=unknown", &c.admin, None).unwrap().1;
+    drop(nodes);
+    warden().args(["audit", "verify", "--data"]).arg(c.dir(0)).env("WARDEN_STORE", &c.url).assert().success();
+    let count = |s: &str| all.iter().filter(|a| a.state == s).count();
+    eprintln!(
+        "nodes kill test: {} answers over 10 kills: {} advised, {} denied, {} pending approval, {} succeeded; \
+         {} calls left by killed nodes now unknown",
+        all.len(),
+        count("advised"),
+        count("denied"),
+        count("pending_approval"),
+        count("succeeded"),
+        unknown.as_array().map_or(0, Vec::len),
+    );
+    for state in ["advised", "denied", "pending_approval", "succeeded"] {
+        assert!(count(state) > 0, "the mix reached `{state}`");
+    }
+}
+
+/// A node starting never touches another live node's tool call in progress (it used to mark
+/// every `executing` call `unknown` at its start); a call left by a killed node becomes
+/// `unknown` once its heartbeat has aged, on a live node, and is not retried.
+#[test]
+fn a_node_starting_leaves_live_calls_alone_and_a_killed_nodes_become_unknown() {
+    let Some(c) = Cluster::new(2) else { return };
+    const ENRICH: &str = "spiffe://acme.example/soc/enrichment-bot";
+    on_store(&c.url, &c.dir(0), &["agent", "add", ENRICH, "--owner", "team:soc-engineering"]);
+    let enrich = on_store(&c.url, &c.dir(0), &["agent", "token", ENRICH, "--ttl", "1h"]).trim().to_string();
+    // Every tool call takes 3 s.
+    let (_lab, lab, keys) = start_lab(3000);
+    let a = c.start(0, &example_dir(), &lab, &keys, &[]);
+    let task = json!({"id": "INC-3", "title": "nodes", "trigger": {"source": "siem", "severity": "high"}});
+    assert_eq!(http(&a.1, "POST", "/v1/tasks", &enrich, Some(&task)).unwrap().0, 201);
+    let ask = |alert: &str| {
+        json!({"task": "INC-3", "action": "alert.enrich", "target": format!("alert:{alert}"), "confidence": 0.95,
+               "params": {}, "rationale": "nodes", "evidence": [{"kind": "siem", "ref": "a:1"}]})
+    };
+    // A call under way on node A while node B starts: it finishes `succeeded`.
+    let running = {
+        let (addr, token, body) = (a.1.clone(), enrich.clone(), ask("live"));
+        std::thread::spawn(move || http(&addr, "POST", "/v1/actions", &token, Some(&body)).unwrap().1)
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let b = c.start(1, &example_dir(), &lab, &keys, &[]);
+    let done = running.join().unwrap();
+    assert_eq!(done["state"], "succeeded", "node B's start broke node A's call: {done}");
+
+    // A call under way on node A when A is killed: node B marks it `unknown` once A's
+    // heartbeat is 10 s old, and nobody calls the tool again.
+    let left = {
+        let (addr, token, body) = (a.1.clone(), enrich.clone(), ask("orphan"));
+        std::thread::spawn(move || http(&addr, "POST", "/v1/actions", &token, Some(&body)))
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let killed_at = Instant::now();
+    drop(a);
+    let _ = left.join();
+    let (_, executing) = http(&b.1, "GET", "/v1/actions?state=executing", &c.admin, None).unwrap();
+    assert_eq!(executing.as_array().map(Vec::len), Some(1), "the orphan is executing until A is known gone");
+    let id = executing[0]["id"].as_str().unwrap().to_string();
+    let became = eventually(Duration::from_secs(25), || {
+        http(&b.1, "GET", &format!("/v1/actions/{id}"), &c.admin, None).unwrap().1["state"] == "unknown"
+    });
+    assert!(became, "node B did not reconcile the killed node's call");
+    let after = killed_at.elapsed();
+    assert!(after >= Duration::from_secs(8), "reconciled while A's heartbeat was fresh ({after:?})");
+    std::thread::sleep(Duration::from_millis(3500));
+    let calls: BTreeMap<String, u64> = serde_json::from_value(lab_state(&lab)["calls"]["by_path"].clone()).unwrap();
+    assert_eq!(calls.get("POST /siem/api/alerts/orphan/enrich"), Some(&1), "{calls:?}");
+    drop(b);
 }
