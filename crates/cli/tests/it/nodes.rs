@@ -478,3 +478,73 @@ fn a_node_starting_leaves_live_calls_alone_and_a_killed_nodes_become_unknown() {
     assert_eq!(calls.get("POST /siem/api/alerts/orphan/enrich"), Some(&1), "{calls:?}");
     drop(b);
 }
+
+/// The database goes away under load: every node answers 503 `store_unavailable` (nothing is
+/// reported done that is not recorded), and all carry on when it is back, without a restart.
+#[test]
+fn every_node_fails_closed_while_the_database_is_down_and_recovers() {
+    let Some(_) = warden_testpg::shared() else { return };
+    let pg = warden_testpg::Cluster::start().unwrap();
+    let url = pg.fresh_database();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let init = on_store(&url, dirs[0].path(), &["init", "--output", "json"]);
+    let admin = serde_json::from_str::<Value>(&init).unwrap()["admin_token"].as_str().unwrap().to_string();
+    for key in ["signing.key", "token.key"] {
+        std::fs::copy(dirs[0].path().join(key), dirs[1].path().join(key)).unwrap();
+    }
+    on_store(&url, dirs[0].path(), &["agent", "add", EDR, "--owner", "team:endpoint-response"]);
+    let edr = on_store(&url, dirs[0].path(), &["agent", "token", EDR, "--ttl", "1h"]).trim().to_string();
+    let c = Cluster { url, dirs, admin, edr };
+    let (_lab, lab, keys) = start_lab(0);
+    let nodes: Vec<(Running, String)> = (0..2).map(|i| c.start(i, &example_dir(), &lab, &keys, &[])).collect();
+    let task = json!({"id": "INC-4", "title": "nodes", "trigger": {"source": "edr", "severity": "high"}});
+    assert_eq!(http(&nodes[0].1, "POST", "/v1/tasks", &c.edr, Some(&task)).unwrap().0, 201);
+    // Advice: recorded, never executed; low confidence on a known host.
+    let advise = json!({"task": "INC-4", "action": "host.isolate", "target": "host:web-01", "confidence": 0.3,
+                        "params": {"reason": "beacon"}, "rationale": "db test", "evidence": [{"kind": "edr", "ref": "d:1"}]});
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Vec::<(u16, Value)>::new()));
+    let load: Vec<_> = (0..4)
+        .map(|i| {
+            let (addr, token, body, stop, seen) =
+                (nodes[i % 2].1.clone(), c.edr.clone(), advise.clone(), stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(r) = http(&addr, "POST", "/v1/actions", &token, Some(&body)) {
+                        seen.lock().unwrap().push(r);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    pg.stop();
+    let down_from = seen.lock().unwrap().len();
+    std::thread::sleep(Duration::from_secs(2));
+    let down_to = seen.lock().unwrap().len();
+    pg.start_again().unwrap();
+    let back = eventually(Duration::from_secs(20), || {
+        (0..2).all(|i| http(&nodes[i].1, "POST", "/v1/actions", &c.edr, Some(&advise)).is_ok_and(|r| r.0 == 200))
+    });
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    assert!(back, "the nodes did not recover when the database came back");
+    let seen = seen.lock().unwrap();
+    // While it was down (a request in flight at the stop may have been either): only 503s.
+    let during = &seen[down_from + 4..down_to];
+    assert!(!during.is_empty(), "no request was made while the database was down");
+    for (status, body) in during {
+        assert_eq!((*status, &body["error"]["code"]), (503, &json!("store_unavailable")), "{body}");
+    }
+    // Every request answered 200 is in the log.
+    let log = logged(&c);
+    for (status, body) in seen.iter().filter(|(s, _)| *s == 200) {
+        let id = body["id"].as_str().unwrap().to_string();
+        assert!(log.contains(&(id, "decision.made".into())), "answered, not logged: {body}");
+    }
+    drop(nodes);
+    warden().args(["audit", "verify", "--data"]).arg(c.dir(0)).env("WARDEN_STORE", &c.url).assert().success();
+}
