@@ -69,6 +69,9 @@ enum Command {
     Breaker(cmd::respond::BreakerCommand),
     /// Who is accountable for an action: the whole chain, each audit entry proven.
     Explain(cmd::explain::ExplainArgs),
+    /// The store itself: move a data directory's SQLite store into PostgreSQL.
+    #[command(subcommand)]
+    Store(cmd::store::StoreCommand),
 }
 
 /// How a command ended, beyond plain success.
@@ -148,6 +151,7 @@ fn main() -> ExitCode {
         Command::Rollback(a) => cmd::respond::rollback(a),
         Command::Breaker(c) => cmd::respond::breaker(c),
         Command::Explain(a) => cmd::explain::run(a),
+        Command::Store(c) => cmd::store::run(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,6 +16,7 @@
 pub mod conformance;
 pub mod data_dir;
 mod ledger;
+pub mod migrate;
 mod postgres;
 pub mod proofs;
 mod records;

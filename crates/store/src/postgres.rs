@@ -214,7 +214,7 @@ impl PgTarget {
 }
 
 /// One connection and the statements prepared on it.
-struct Conn {
+pub(crate) struct Conn {
     client: Client,
     statements: HashMap<String, Statement>,
 }
@@ -283,7 +283,7 @@ impl Conn {
         wait(self.client.execute(&s, params))
     }
 
-    fn exec(&mut self, sql: &str, params: &Params<'_>) -> Result<u64, StoreError> {
+    pub(crate) fn exec(&mut self, sql: &str, params: &Params<'_>) -> Result<u64, StoreError> {
         self.execute(sql, params).map_err(db)
     }
 
@@ -782,6 +782,17 @@ impl PgStore {
     /// Connects to `url` (see [`PgTarget`]).
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         Self::open(PgTarget::parse(url)?)
+    }
+
+    /// Runs `f` in one transaction holding the log's lock (for a bulk copy into it).
+    pub(crate) fn with_transaction<T>(
+        &self,
+        f: &mut dyn FnMut(&mut Conn) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let value = self.locked(OffsetDateTime::UNIX_EPOCH, &mut |c, _, _| f(c))?;
+        // The copy moved the log behind the cached edge's back.
+        Self::lock(&self.writer)?.frontier = None;
+        Ok(value)
     }
 
     /// The database, as shown in messages (no password).

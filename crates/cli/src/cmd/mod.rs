@@ -10,3 +10,4 @@ pub mod mcp;
 pub mod policy;
 pub mod respond;
 pub mod serve;
+pub mod store;

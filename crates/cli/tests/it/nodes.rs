@@ -548,3 +548,65 @@ fn every_node_fails_closed_while_the_database_is_down_and_recovers() {
     drop(nodes);
     warden().args(["audit", "verify", "--data"]).arg(c.dir(0)).env("WARDEN_STORE", &c.url).assert().success();
 }
+
+/// `warden store migrate`: a SQLite data directory moves into PostgreSQL with the same log
+/// (same entries, same root; it verifies), its records and its keys' tokens still good; a
+/// database that already holds a log is refused.
+#[test]
+fn a_sqlite_data_directory_moves_into_postgres_with_the_same_log() {
+    let Some(pg) = warden_testpg::shared() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path();
+    let admin = crate::serve::init_admin(data);
+    crate::serve::stdout_of(data, &["agent", "add", EDR, "--owner", "team:endpoint-response"]);
+    let edr = crate::serve::stdout_of(data, &["agent", "token", EDR, "--ttl", "1h"]).trim().to_string();
+    let (_lab, lab, keys) = start_lab(0);
+    let serve_sqlite = |data: &Path| {
+        let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("warden"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data).arg("--policy").arg(example_dir());
+        for tool in ["edr", "idp", "firewall", "mail", "ticketing", "siem"] {
+            cmd.arg("--tool-url").arg(format!("{tool}=http://{lab}"));
+        }
+        cmd.envs(keys.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        crate::procs::spawn_server(&mut cmd)
+    };
+    let (server, addr) = serve_sqlite(data);
+    let task = json!({"id": "INC-5", "title": "move", "trigger": {"source": "edr", "severity": "high"}});
+    assert_eq!(http(&addr, "POST", "/v1/tasks", &edr, Some(&task)).unwrap().0, 201);
+    let (_, done) = http(&addr, "POST", "/v1/actions", &edr, Some(&isolate("INC-5", "web-01"))).unwrap();
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, waiting) = http(&addr, "POST", "/v1/actions", &edr, Some(&isolate("INC-5", "db-payments-01"))).unwrap();
+    assert_eq!(waiting["state"], "pending_approval", "{waiting}");
+    drop(server);
+    let before = crate::serve::stdout_of(data, &["audit", "verify"]);
+
+    let url = pg.fresh_database();
+    let out = warden().args(["store", "migrate", "--output", "json", "--from"]).arg(data).args(["--to", &url]).assert();
+    let moved: Value = serde_json::from_slice(&out.success().get_output().stdout).unwrap();
+    assert!(moved["entries"].as_u64().unwrap() > 5, "{moved}");
+    let after = on_store(&url, data, &["audit", "verify"]);
+    assert_eq!(after, before, "the same log: entries, checkpoints, root");
+    assert!(after.contains(moved["root"].as_str().unwrap()), "{after} vs {moved}");
+
+    // Served from PostgreSQL: the old token, the task, the pending approval, all there.
+    let c = Cluster { url: url.clone(), dirs: Vec::new(), admin: admin.clone(), edr: edr.clone() };
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("warden"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data"]).arg(data).arg("--policy").arg(example_dir());
+    cmd.env("WARDEN_STORE", &c.url);
+    let (node, addr) = crate::procs::spawn_server(&mut cmd);
+    let id = waiting["id"].as_str().unwrap();
+    let (status, again) = http(&addr, "GET", &format!("/v1/actions/{id}"), &edr, None).unwrap();
+    assert_eq!((status, again["state"].clone()), (200, json!("pending_approval")), "{again}");
+    let (status, more) = http(&addr, "POST", "/v1/actions", &edr, Some(&isolate("INC-5", "web-02"))).unwrap();
+    assert_eq!(status, 200, "{more}");
+    drop(node);
+    on_store(&url, data, &["audit", "verify"]);
+
+    // Into a database that holds a log: refused, and nothing changed there.
+    let size = |url: &str| on_store(url, data, &["audit", "checkpoint"]);
+    let kept = size(&url);
+    let refused = warden().args(["store", "migrate", "--from"]).arg(data).args(["--to", &url]).assert().failure();
+    let err = String::from_utf8_lossy(&refused.get_output().stderr).to_string();
+    assert!(err.contains("already holds a Warden log"), "{err}");
+    assert_eq!(size(&url), kept);
+}
