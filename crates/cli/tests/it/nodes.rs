@@ -541,7 +541,7 @@ fn every_node_fails_closed_while_the_database_is_down_and_recovers() {
     }
     // Every request answered 200 is in the log.
     let log = logged(&c);
-    for (status, body) in seen.iter().filter(|(s, _)| *s == 200) {
+    for (_, body) in seen.iter().filter(|(s, _)| *s == 200) {
         let id = body["id"].as_str().unwrap().to_string();
         assert!(log.contains(&(id, "decision.made".into())), "answered, not logged: {body}");
     }
