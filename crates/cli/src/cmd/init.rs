@@ -31,9 +31,7 @@ pub fn run(args: InitArgs) -> Result<(), Failure> {
     let at = crate::store_at(args.store.as_deref())?;
     let (dir, token) = match DataDir::init_at(&args.data, &at, &args.origin, Arc::new(SystemClock)) {
         Ok(done) => done,
-        Err(e @ (DataDirError::BadOrigin(_) | DataDirError::StoreInUse(_) | DataDirError::AlreadyInitialized(_))) => {
-            return Err(Failure::Invalid(format!("error: {e}")));
-        }
+        Err(e @ DataDirError::BadOrigin(_)) => return Err(Failure::Invalid(format!("error: {e}"))),
         Err(e) => return Err(Failure::Other(e.into())),
     };
     let key = dir.ledger().signer().verifier_key();

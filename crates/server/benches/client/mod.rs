@@ -105,6 +105,24 @@ pub async fn run(addr: std::net::SocketAddr, req: Arc<Vec<u8>>, secs: f64, conns
     run_each(addr, vec![req; conns], secs).await
 }
 
+/// `conns` connections sending `req` for `secs` seconds, spread round-robin over `addrs` (the
+/// nodes of a cluster).
+#[allow(dead_code)]
+pub async fn run_spread(addrs: &[std::net::SocketAddr], req: Arc<Vec<u8>>, secs: f64, conns: usize) -> Run {
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(secs);
+    let handles: Vec<_> =
+        (0..conns).map(|i| tokio::spawn(connection(addrs[i % addrs.len()], req.clone(), until))).collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.unwrap());
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    all.sort();
+    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    Run { rps: all.len() as f64 / elapsed, p50: at(0.5), p99: at(0.99) }
+}
+
 /// One connection per request in `reqs`, each sending its own for `secs` seconds (an MCP
 /// session per connection: requests in flight on one session need distinct ids).
 pub async fn run_each(addr: std::net::SocketAddr, reqs: Vec<Arc<Vec<u8>>>, secs: f64) -> Run {
