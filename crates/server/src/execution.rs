@@ -678,6 +678,39 @@ fn commit_unless_taken(s: &AppState, batch: Batch) -> Result<bool, ApiError> {
     }
 }
 
+/// How long after its approval an approved request may wait for its execution to start on a
+/// shared store before it counts as left behind by a node that stopped (a live node starts it
+/// within moments of the vote).
+const ORPHAN_AFTER: time::Duration = time::Duration::seconds(60);
+
+/// On a shared store: approved requests whose execution never started although their approval
+/// was decided a minute ago — the node that took the vote stopped in between — are cancelled,
+/// as a single server cancels them at its start; nothing was called. Should a live node start
+/// one meanwhile, its start commit finds the request changed and runs nothing.
+fn cancel_orphans(s: &AppState) -> Result<(), ApiError> {
+    let store = s.ledger().store();
+    let now = s.now();
+    let q = Query { state: Some("approved".into()), ..Query::default() };
+    for r in store.find(Table::Requests, &q)? {
+        let req = ActionRecord::from_record(&r)?;
+        if req.folded_into.is_some() || store.get(Table::Executions, &req.id)?.is_some() {
+            continue;
+        }
+        let decided = match req.approval.as_deref() {
+            Some(a) => versioned::<Approval>(store.as_ref(), a)?
+                .and_then(|(a, _)| a.decided_at)
+                .and_then(|t| OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()),
+            None => None,
+        };
+        if decided.is_some_and(|d| now - d > ORPHAN_AFTER) {
+            let why = "the node that took the approval stopped before the execution started; nothing was called";
+            refuse(s, &req, r.version, "cancelled", "interrupted", why)?;
+            tracing::warn!(request = %req.id, "an approved request left behind by a stopped node is now cancelled");
+        }
+    }
+    Ok(())
+}
+
 /// What a stopped node left behind: tool calls it had started become `unknown` (the tool may
 /// or may not have acted; a human reconciles them), their leases revoked; rollbacks it was
 /// running released, with the doubt recorded; at the start of a server on a store of its own,
@@ -697,6 +730,9 @@ pub fn reconcile(s: &AppState, startup: bool) -> Result<Vec<String>, ApiError> {
             refuse(s, &req, r.version, "cancelled", "interrupted", why)?;
             tracing::warn!(request = %req.id, "an approved request interrupted before its execution is now cancelled");
         }
+    }
+    if s.shared_store && s.connector.is_some() {
+        cancel_orphans(s)?;
     }
     let q = Query { state: Some("executing".into()), ..Query::default() };
     // Rollbacks a stop interrupted: the compensation may or may not have run. The claim is
