@@ -136,12 +136,8 @@ fn main() {
         let addrs = listen(&apps).await;
         let task = json!({"id": "INC-7", "title": "bench", "trigger": {"source": "edr", "severity": "high"}});
         assert!(call(addrs[0], "POST", "/v1/tasks", &auth, Some(&task)).await.starts_with("HTTP/1.1 201"));
-        let load = tokio::spawn(run_spread(
-            &addrs.clone(),
-            request("POST", "/v1/actions", &auth, Some(&ask(0.3))),
-            (halts as f64) * 0.35,
-            conns / 2,
-        ));
+        let (spread, req) = (addrs.clone(), request("POST", "/v1/actions", &auth, Some(&ask(0.3))));
+        let load = tokio::spawn(async move { run_spread(&spread, req, (halts as f64) * 0.35, conns / 2).await });
         let halt = json!({"scope": "action", "id": "host.isolate", "reason": "bench"});
         let resume = json!({"scope": "action", "id": "host.isolate", "reason": "bench over"});
         for _ in 0..halts {

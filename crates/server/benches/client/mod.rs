@@ -101,6 +101,7 @@ pub struct Run {
 }
 
 /// `conns` connections sending `req` for `secs` seconds.
+#[allow(dead_code)]
 pub async fn run(addr: std::net::SocketAddr, req: Arc<Vec<u8>>, secs: f64, conns: usize) -> Run {
     run_each(addr, vec![req; conns], secs).await
 }
@@ -125,6 +126,7 @@ pub async fn run_spread(addrs: &[std::net::SocketAddr], req: Arc<Vec<u8>>, secs:
 
 /// One connection per request in `reqs`, each sending its own for `secs` seconds (an MCP
 /// session per connection: requests in flight on one session need distinct ids).
+#[allow(dead_code)]
 pub async fn run_each(addr: std::net::SocketAddr, reqs: Vec<Arc<Vec<u8>>>, secs: f64) -> Run {
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(secs);
