@@ -43,9 +43,10 @@ pub struct Bundle {
     files: Vec<SourceFile>,
 }
 
-/// Files of a bundle that take part in decisions (and so in its version).
+/// Files of a bundle that take part in decisions (and so in its version). `connectors.toml`
+/// is one: it says which calls carry their target, which caps what may be granted.
 pub fn is_policy_file(path: &str) -> bool {
-    matches!(path, "actions.toml" | "assets.toml" | "assets.csv" | "mcp.toml" | "authority.toml")
+    matches!(path, "actions.toml" | "assets.toml" | "assets.csv" | "mcp.toml" | "authority.toml" | "connectors.toml")
         || (path.starts_with("agents/") && path.ends_with(".toml") && path.matches('/').count() == 1)
         || (path.starts_with("cedar/") && path.ends_with(".cedar") && path.matches('/').count() == 1)
 }

@@ -133,6 +133,7 @@ codes! {
     StoreUnavailable = "store_unavailable", 503, "the store is unavailable; nothing was done";
     PolicyUnavailable = "policy_unavailable", 503, "no policy can be evaluated; nothing was done";
     HaltUnavailable = "halt_unavailable", 503, "the halt state cannot be read or recorded; nothing was done";
+    ConnectorsStale = "connectors_stale", 503, "this node calls tools through a `connectors.toml` other than the bundle in force's; restart it with the bundle's files; nothing was called";
     Overloaded = "overloaded", 503, "too many requests in flight; retry shortly";
     RandomUnavailable = "random_unavailable", 503, "the system's random source failed; nothing was done";
     IssuerUnavailable = "issuer_unavailable", 503, "the token issuer cannot sign; nothing was done";
@@ -219,6 +220,14 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict { .. } => ApiError::new(Code::Conflict, e.to_string()),
+            // Nothing secret in it, and the operator must see it to fix it.
+            StoreError::ClockSkew { .. } => {
+                tracing::error!(error = %e, "commit refused");
+                ApiError::new(
+                    Code::StoreUnavailable,
+                    format!("the store refused this node's commit: {e}; nothing was done"),
+                )
+            }
             // The store's own words may name files or SQL; keep them in the log, not the answer.
             other => {
                 tracing::error!(error = %other, "store failure");

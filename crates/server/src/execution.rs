@@ -353,6 +353,28 @@ fn refuse(s: &AppState, req: &ActionRecord, version: u64, state: &str, code: &st
     }
 }
 
+/// Tools are called through the connectors of the bundle in force only: a node whose
+/// `connectors.toml` (read at its start, with its tool URLs and secrets) is not the bundle's —
+/// another node loaded a bundle that changed it, or it was reloaded here — refuses until it is
+/// restarted with the bundle's files. Nothing is called through an old mapping.
+pub fn connectors_current(s: &AppState, bundle: &warden_core::Bundle) -> Result<(), ApiError> {
+    let Some(source) = s.connectors_source.as_deref() else { return Ok(()) };
+    let norm = |t: &str| t.replace("\r\n", "\n");
+    let in_force = bundle.files().iter().find(|f| f.path == "connectors.toml").map(|f| norm(&f.text));
+    if in_force.as_deref() == Some(norm(source).as_str()) {
+        return Ok(());
+    }
+    tracing::error!(bundle = %bundle.version(), "this node's connectors.toml is not the bundle in force's: restart it");
+    Err(ApiError::new(
+        Code::ConnectorsStale,
+        format!(
+            "this node calls tools through a `connectors.toml` other than bundle {}'s; restart it with the bundle's \
+             files; nothing was called",
+            bundle.version()
+        ),
+    ))
+}
+
 /// How many times the start of an execution is checked again when something it relied on
 /// changed before its commit (a suspend, a task close).
 const START_ATTEMPTS: usize = 8;
@@ -400,6 +422,10 @@ pub fn execute(s: &AppState, connector: &dyn Connector, id: &str) -> Result<Exec
         };
         // Exactly what was decided and approved, or nothing.
         let bundle = s.bundle()?;
+        if let Err(e) = connectors_current(s, &bundle) {
+            refuse(s, &req, version, "failed", "connectors_stale", &e.message)?;
+            return Err(e);
+        }
         let computed = req.computed_digest(&bundle)?;
         let approved_digest = approval.as_ref().map(|a| a.digest.as_str()).filter(|d| !d.is_empty());
         let recorded = Some(req.digest.as_str()).filter(|d| !d.is_empty());
@@ -655,7 +681,9 @@ pub fn reconcile_after_restart(s: &AppState) -> Result<Vec<String>, ApiError> {
 
 /// Whether the node that stamped a call is gone: on a store of its own (SQLite), at a start
 /// every other call was this server's before it stopped; on a shared one, a node is gone when
-/// its heartbeat is older than [`crate::state::NODE_DEAD_AFTER_MS`] (or it said goodbye).
+/// it said goodbye, or when its heartbeat has not changed for
+/// [`crate::state::NODE_DEAD_AFTER_MS`] as this node's own clock counts — never by comparing
+/// one node's clock with another's.
 fn owner_gone(s: &AppState, startup: bool, node: Option<&str>) -> Result<bool, ApiError> {
     if node == Some(s.node.as_str()) {
         return Ok(false);
@@ -664,9 +692,22 @@ fn owner_gone(s: &AppState, startup: bool, node: Option<&str>) -> Result<bool, A
         return Ok(startup);
     }
     let Some(node) = node else { return Ok(true) };
-    let beat = s.ledger().store().meta(&crate::state::node_key(node))?;
-    let last = beat.and_then(|b| b.parse::<i64>().ok()).unwrap_or(0);
-    Ok(millis(s.now()) - last > crate::state::NODE_DEAD_AFTER_MS)
+    let beat = s.ledger().store().meta(&crate::state::node_key(node))?.unwrap_or_default();
+    if beat == "0" {
+        return Ok(true);
+    }
+    let now = std::time::Instant::now();
+    let mut seen = s.beats.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    match seen.get(node) {
+        Some((last, since)) if *last == beat => {
+            let quiet = now.duration_since(*since).as_millis();
+            Ok(quiet >= u128::try_from(crate::state::NODE_DEAD_AFTER_MS).unwrap_or(u128::MAX))
+        }
+        _ => {
+            seen.insert(node.to_string(), (beat, now));
+            Ok(false)
+        }
+    }
 }
 
 /// Commits `batch`, or lets it go when another node reconciled the same record first.
@@ -874,6 +915,7 @@ fn undo_still_authorized(s: &AppState, a: &Approval, exec: &Execution, compensat
 /// call it once; the second is told it is under way. Idempotent: an execution already rolled
 /// back is answered as it is.
 pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackBy<'_>) -> Result<Undone, ApiError> {
+    connectors_current(s, s.bundle()?.as_ref())?;
     let store = s.ledger().store();
     let (exec, version) = versioned::<Execution>(store.as_ref(), id)?
         .ok_or_else(|| ApiError::new(Code::NoExecution, format!("request `{id}` was not executed")))?;

@@ -253,8 +253,12 @@ pub fn resume(
     let mut gate =
         s.halts.write().map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"))?;
     let now = s.now();
+    // The halts as of an epoch, and that epoch expected unchanged: a halt set meanwhile (on
+    // any node) makes this commit conflict rather than flip an agent it names back to active.
+    let read_at = store.meta(EPOCH_KEY)?;
     let (_, epoch_change) = next_epoch()?;
-    let mut batch = Batch::new().change(epoch_change);
+    let mut batch =
+        Batch::new().change(Change::ExpectMeta { key: EPOCH_KEY.into(), value: read_at }).change(epoch_change);
     let mut lifted = Vec::new();
     for (mut h, v) in records(store.as_ref(), true)? {
         if h.halt.scope != scope || h.halt.id.as_deref() != id {
@@ -314,9 +318,11 @@ pub fn expire_due(s: &AppState) -> Result<Vec<HaltRecord>, ApiError> {
     }
     let mut gate =
         s.halts.write().map_err(|_| ApiError::new(Code::HaltUnavailable, "the halt state is unavailable"))?;
+    let read_at = store.meta(EPOCH_KEY)?;
     let all = records(store.as_ref(), true)?;
     let (_, epoch_change) = next_epoch()?;
-    let mut batch = Batch::new().change(epoch_change);
+    let mut batch =
+        Batch::new().change(Change::ExpectMeta { key: EPOCH_KEY.into(), value: read_at }).change(epoch_change);
     let mut lifted = Vec::new();
     for (mut h, v) in all.iter().filter(|&(h, _)| expired(&h.halt)).cloned() {
         h.active = false;

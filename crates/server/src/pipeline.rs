@@ -200,8 +200,17 @@ pub fn submit(
         if let Some(answer) = attempt(s, bundle, admitted, &req, &digests, recorded)? {
             return Ok(answer);
         }
-        // A conflict: perhaps a halt or resume on another node moved the epoch it expected.
+        // A conflict: perhaps a halt or resume on another node moved the epoch it expected,
+        // or a bundle was loaded (here or on another node) since this one was read.
         crate::facts::sync(s)?;
+        s.follow_bundle()?;
+        if s.bundle()?.version() != bundle.version() {
+            return Err(ApiError::new(
+                Code::PolicyChanged,
+                "the policy bundle in force changed while this request was decided; nothing was recorded: \
+                 send it again",
+            ));
+        }
     }
     Err(ApiError::new(Code::Conflict, "the request kept conflicting with concurrent ones; try again"))
 }
@@ -537,10 +546,16 @@ fn attempt(
     // still open, no halt set or lifted since the halts were read.
     let outcome = drec.decision.outcome;
     if matches!(outcome, Outcome::Execute | Outcome::RequireApproval) {
+        // …and the bundle it was decided under still the one in force: a load on any node
+        // between this decision and its commit makes it decide again under the new one.
         batch = batch
             .change(Change::Expect { table: Table::Agents, id: agent.id.clone(), version: admitted.version })
             .change(Change::Expect { table: Table::Tasks, id: req.task.clone(), version: f.task_version })
-            .change(f.halts.unchanged());
+            .change(f.halts.unchanged())
+            .change(Change::ExpectMeta {
+                key: crate::state::BUNDLE_VERSION_KEY.into(),
+                value: Some(bundle.version().to_string()),
+            });
     }
     batch = batch
         .change(Change::Insert(record.record()))

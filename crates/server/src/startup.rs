@@ -79,6 +79,7 @@ impl AppState {
             notifier,
             changes: tokio::sync::watch::Sender::new(0),
             connector: options.connector,
+            connectors_source: options.connectors_source,
             halts: std::sync::RwLock::new(halts),
             mcp: options.mcp,
             upstreams: options.upstreams,
@@ -92,6 +93,7 @@ impl AppState {
             refusals_logged: Default::default(),
             node,
             shared_store,
+            beats: Default::default(),
         });
         if app.shared_store {
             crate::node::beat(&app)?;

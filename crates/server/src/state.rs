@@ -28,6 +28,9 @@ pub struct ServerOptions {
     pub notify: crate::notify::NotifyOptions,
     /// How approved actions reach the tools; without one, they rest in `approved`.
     pub connector: Option<Arc<dyn warden_connectors::Connector>>,
+    /// The `connectors.toml` text `connector` was built from: a tool is called only while it
+    /// is the bundle in force's (a load on another node may have changed it).
+    pub connectors_source: Option<String>,
     /// Global shadow mode (`warden serve --shadow`): every request is decided and recorded,
     /// nothing is executed or queued for approval.
     pub shadow: bool,
@@ -53,6 +56,7 @@ impl Default for ServerOptions {
             policy_dir: None,
             notify: crate::notify::NotifyOptions::default(),
             connector: None,
+            connectors_source: None,
             shadow: false,
             mcp: crate::limits::McpOptions::default(),
             upstreams: None,
@@ -86,6 +90,8 @@ pub struct AppState {
     /// Bumped after every approval transition: long polls wake up and look again.
     pub(crate) changes: tokio::sync::watch::Sender<u64>,
     pub connector: Option<Arc<dyn warden_connectors::Connector>>,
+    /// The `connectors.toml` text `connector` was built from (see [`ServerOptions`]).
+    pub connectors_source: Option<String>,
     /// The halts in force, mirrored from the store. Executions hold it for reading from their
     /// last check to the end of the tool call; a halt takes it for writing, so once a halt
     /// returns no matching action starts.
@@ -116,6 +122,9 @@ pub struct AppState {
     /// Whether other nodes share the store (PostgreSQL): then what a stopped node left behind
     /// is reconciled by heartbeat, never at another node's start.
     pub shared_store: bool,
+    /// Other nodes' heartbeats as this node last saw them change: (value, when, on this
+    /// node's monotonic clock).
+    pub(crate) beats: std::sync::Mutex<std::collections::HashMap<String, (String, std::time::Instant)>>,
     /// Approval-backlog refusals by agent × action: when one was last written to the log, and
     /// how many since.
     pub(crate) refusals_logged: std::sync::Mutex<std::collections::HashMap<(String, String), (i64, u64)>>,
@@ -248,8 +257,8 @@ pub fn node_key(id: &str) -> String {
 /// How often a node on a shared store writes its heartbeat.
 pub const NODE_HEARTBEAT_MS: i64 = 2_000;
 
-/// How long after its last heartbeat a node counts as gone, and the tool calls it had started
-/// become `unknown`.
+/// How long a node's heartbeat may stay unchanged (as another node's clock counts) before
+/// the node counts as gone, and the tool calls it had started become `unknown`.
 pub const NODE_DEAD_AFTER_MS: i64 = 10_000;
 
 /// The setting every halt, resume and halt expiry changes, in the same commit, to a value never

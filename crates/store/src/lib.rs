@@ -31,7 +31,7 @@ use warden_core::audit::merkle::{Hash, TreeReader};
 
 pub use data_dir::{DataDir, DataDirError, StoreAt};
 pub use ledger::{Clock, GroupStats, Ledger, LedgerOptions, ManualClock, SystemClock};
-pub use postgres::{PgStore, PgTarget, redact_url};
+pub use postgres::{MAX_SKEW_MS, PgStore, PgTarget, redact_url};
 pub use records::{Change, Cursor, Order, Query, Record, Table};
 pub use sqlite::SqliteStore;
 
@@ -56,6 +56,10 @@ pub enum StoreError {
     Checkpoint(String),
     #[error("the store is closed")]
     Closed,
+    /// A shared store refuses commits from a node whose clock is too far from the database's:
+    /// across nodes, windows, expiries and heartbeats are compared by time.
+    #[error("this node's clock is {skew_ms} ms off the database's (at most {max_ms} ms is allowed): fix its time")]
+    ClockSkew { skew_ms: i64, max_ms: i64 },
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -112,6 +112,9 @@ pub struct PgTarget {
     tls: tokio_postgres_rustls::MakeRustlsConnect,
     /// The URL with any password replaced, for messages.
     shown: String,
+    /// How far a committing node's clock may be from the database's ([`MAX_SKEW_MS`]);
+    /// `None` checks nothing (tests that run on a made-up clock).
+    max_skew_ms: Option<i64>,
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -209,7 +212,19 @@ impl PgTarget {
             .map_err(|e| bad(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        Ok(PgTarget { config, tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls), shown })
+        Ok(PgTarget {
+            config,
+            tls: tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+            shown,
+            max_skew_ms: Some(MAX_SKEW_MS),
+        })
+    }
+
+    /// Commits stamped with any time are taken: for tests whose clock is made up. A real node
+    /// keeps the check.
+    pub fn without_clock_check(mut self) -> Self {
+        self.max_skew_ms = None;
+        self
     }
 }
 
@@ -297,6 +312,9 @@ struct Writer {
     conn: Option<Conn>,
     frontier: Option<Frontier>,
 }
+
+/// How far a node's clock may be from the database's before its commits are refused.
+pub const MAX_SKEW_MS: i64 = 2_000;
 
 /// The channel every commit that moves the log notifies.
 const CHANNEL: &str = "warden_log";
@@ -864,8 +882,23 @@ impl PgStore {
         let result = self.on(&mut w.conn, |c| {
             c.simple("BEGIN")?;
             let outcome = (|| {
-                let head = c.one("SELECT size, time_ns FROM audit_head FOR UPDATE", &[])?;
+                let head = c.one(
+                    "SELECT size, time_ns, (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                     FROM audit_head FOR UPDATE",
+                    &[],
+                )?;
                 let size = to_u64(head.get(0));
+                // Nodes compare times (budget windows, expiries, heartbeats): one whose clock
+                // is off the database's by more than MAX_SKEW writes nothing.
+                if let Some(max_ms) = self.target.max_skew_ms
+                    && time != OffsetDateTime::UNIX_EPOCH
+                {
+                    let node_ms = i64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
+                    let skew_ms = node_ms - head.get::<_, i64>(2);
+                    if skew_ms.abs() > max_ms {
+                        return Err(StoreError::ClockSkew { skew_ms, max_ms });
+                    }
+                }
                 let last = OffsetDateTime::from_unix_timestamp_nanos(i128::from(head.get::<_, i64>(1)))
                     .unwrap_or(OffsetDateTime::UNIX_EPOCH);
                 let mut frontier = match cached {

@@ -344,7 +344,7 @@ fn slack_app(a: &ServeArgs, cfg: Option<SlackSection>) -> Result<Option<warden_s
 
 /// The bundle's `connectors.toml`, if it has one: without it, approved actions rest in
 /// `approved` (nothing reaches a tool).
-fn load_connectors(a: &ServeArgs) -> Result<Option<Arc<dyn warden_connectors::Connector>>, Failure> {
+fn load_connectors(a: &ServeArgs) -> Result<Option<(Arc<dyn warden_connectors::Connector>, String)>, Failure> {
     let mut urls = std::collections::BTreeMap::new();
     for t in &a.tool_urls {
         let (name, url) =
@@ -368,7 +368,7 @@ fn load_connectors(a: &ServeArgs) -> Result<Option<Arc<dyn warden_connectors::Co
             tracing::warn!(%tool, error = %e, "a tool does not answer");
         }
     }
-    Ok(Some(Arc::new(c)))
+    Ok(Some((Arc::new(c), text)))
 }
 
 /// Opens a session to each `[[mcp.upstreams]]` (in the background; one that does not answer
@@ -442,7 +442,10 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         ..defaults
     };
     let slack = slack_app(&a, config.slack)?;
-    let mut connector = load_connectors(&a)?;
+    let (mut connector, connectors_source) = match load_connectors(&a)? {
+        Some((c, text)) => (Some(c), Some(text)),
+        None => (None, None),
+    };
     let upstreams = start_upstreams(&a, &bundle, config.upstreams)?;
     if let Some(mcp) = &upstreams {
         // Mapped upstream tools run through their upstream; everything else as before.
@@ -455,6 +458,7 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         policy_dir: Some(a.policy.clone()),
         notify,
         connector,
+        connectors_source,
         shadow: a.shadow,
         mcp: warden_server::limits::McpOptions { sessions: mcp_sessions, ..mcp_options(&a, scheme)? },
         upstreams,

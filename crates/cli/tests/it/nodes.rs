@@ -610,3 +610,28 @@ fn a_sqlite_data_directory_moves_into_postgres_with_the_same_log() {
     assert!(err.contains("already holds a Warden log"), "{err}");
     assert_eq!(size(&url), kept);
 }
+
+/// A node whose `connectors.toml` is not the bundle in force's (a deploy reached another node
+/// first; the attack made an unbound path call a domain controller this way) calls no tool:
+/// the request fails `connectors_stale`, audited, and the lab sees nothing; a node with the
+/// bundle's files executes as ever.
+#[test]
+fn a_node_whose_connectors_are_not_the_bundles_calls_no_tool() {
+    let Some(c) = Cluster::new(2) else { return };
+    let (_lab, lab, keys) = start_lab(0);
+    let (old, new) = (crate::example_copy(), crate::example_copy());
+    // The old deploy's connectors.toml: the contain call elsewhere (a mapping since replaced).
+    crate::edit(old.path(), "connectors.toml", "/contain", "/contain-v0");
+    let p = c.start(0, old.path(), &lab, &keys, &[]);
+    let q = c.start(1, new.path(), &lab, &keys, &[]);
+    assert!(eventually(Duration::from_secs(5), || bundle_of(&p.1) == bundle_of(&q.1)), "node P follows Q's load");
+    let task = json!({"id": "INC-6", "title": "nodes", "trigger": {"source": "edr", "severity": "high"}});
+    assert_eq!(http(&p.1, "POST", "/v1/tasks", &c.edr, Some(&task)).unwrap().0, 201);
+    let (status, a) = http(&p.1, "POST", "/v1/actions", &c.edr, Some(&isolate("INC-6", "web-01"))).unwrap();
+    assert_ne!(a["state"], "succeeded", "{status} {a}");
+    assert!(a.to_string().contains("connectors_stale"), "{status} {a}");
+    assert_eq!(contained(&lab), 0, "no tool was called through the old mapping");
+    let (_, b) = http(&q.1, "POST", "/v1/actions", &c.edr, Some(&isolate("INC-6", "web-02"))).unwrap();
+    assert_eq!(b["state"], "succeeded", "{b}");
+    assert_eq!(contained(&lab), 1);
+}

@@ -146,11 +146,16 @@ pub fn harness_full(
     notify: NotifyOptions,
     connector: Option<Arc<dyn warden_connectors::Connector>>,
 ) -> Harness {
+    // The connectors' source is the bundle's (the example's, or the policy directory's).
+    let connectors_source = connector
+        .as_ref()
+        .and_then(|_| std::fs::read_to_string(policy_dir.unwrap_or(&example_dir()).join("connectors.toml")).ok());
     let options = ServerOptions {
         policy_dir: policy_dir.map(Path::to_path_buf),
         issuers: external_issuers(),
         notify,
         connector,
+        connectors_source,
         ..Default::default()
     };
     harness_options(clock, options)
@@ -161,7 +166,9 @@ pub fn harness_full(
 pub fn test_store() -> warden_store::StoreAt {
     if std::env::var("WARDEN_TEST_STORE").is_ok_and(|v| v == "postgres") {
         let pg = warden_testpg::shared().expect("WARDEN_TEST_STORE=postgres needs PostgreSQL");
-        return warden_store::StoreAt::parse(Some(&pg.fresh_database())).unwrap();
+        // Many tests move a made-up clock by hours: no clock check (the store tests keep one).
+        let target = warden_store::PgTarget::parse(&pg.fresh_database()).unwrap().without_clock_check();
+        return warden_store::StoreAt::Postgres(Box::new(target));
     }
     warden_store::StoreAt::File
 }

@@ -5,8 +5,13 @@ use std::sync::Arc;
 
 use warden_store::{AuditLog, Batch, PgStore, SCHEMA_VERSION, Store, StoreError, conformance};
 
+/// A fresh database; the suite stamps commits with made-up times, so no clock check.
 fn fresh(pg: &warden_testpg::Cluster) -> Arc<dyn Store> {
-    Arc::new(PgStore::connect(&pg.fresh_database()).unwrap())
+    open(&pg.fresh_database())
+}
+
+fn open(url: &str) -> Arc<dyn Store> {
+    Arc::new(PgStore::open(warden_store::PgTarget::parse(url).unwrap().without_clock_check()).unwrap())
 }
 
 #[test]
@@ -20,9 +25,7 @@ fn two_nodes_on_one_postgres_database_share_one_log() {
     let Some(pg) = warden_testpg::shared() else { return };
     conformance::run_shared(&|| {
         let url = pg.fresh_database();
-        let a: Arc<dyn Store> = Arc::new(PgStore::connect(&url).unwrap());
-        let b: Arc<dyn Store> = Arc::new(PgStore::connect(&url).unwrap());
-        (a, b)
+        (open(&url), open(&url))
     });
 }
 
@@ -141,4 +144,27 @@ fn a_commit_on_one_node_is_announced_to_the_others() {
     }
     assert_ne!(*rx.borrow(), before, "no notice within {:?}", started.elapsed());
     assert!(warden_store::SqliteStore::open_in_memory().unwrap().changes().is_none());
+}
+
+/// Nodes compare times (budget windows, expiries, heartbeats), so a node whose clock is off the
+/// database's by more than two seconds commits nothing — not even a heartbeat — until it is
+/// fixed; within the bound it commits as ever.
+#[test]
+fn a_node_with_a_skewed_clock_commits_nothing() {
+    let Some(pg) = warden_testpg::shared() else { return };
+    let store = PgStore::connect(&pg.fresh_database()).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let batch = || Batch::new().change(warden_store::Change::SetMeta { key: "k".into(), value: "v".into() });
+    for skew in [time::Duration::seconds(20), time::Duration::seconds(-20), time::Duration::hours(1)] {
+        match store.commit_group(now + skew, &[batch()], &mut |_, _| Ok(None)) {
+            Err(StoreError::ClockSkew { skew_ms, max_ms }) => {
+                assert_eq!(max_ms, warden_store::MAX_SKEW_MS);
+                assert!((skew_ms - skew.whole_milliseconds() as i64).abs() < 1_000, "{skew_ms} for {skew}");
+            }
+            other => panic!("a commit {skew} off the database's clock: {other:?}"),
+        }
+    }
+    assert_eq!(store.meta("k").unwrap(), None, "nothing of them was applied");
+    store.commit_group(now + time::Duration::milliseconds(500), &[batch()], &mut |_, _| Ok(None)).unwrap();
+    assert_eq!(store.meta("k").unwrap().as_deref(), Some("v"));
 }
