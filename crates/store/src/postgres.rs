@@ -274,6 +274,16 @@ impl Conn {
         wait(self.client.query(&s, params))
     }
 
+    /// The statement for `sql`, prepared once per connection.
+    fn prepared(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = wait(self.client.prepare(sql)).map_err(db)?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+
     fn rows(&mut self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, StoreError> {
         self.query(sql, params).map_err(db)
     }
@@ -603,88 +613,124 @@ fn usage_in(
     Ok(Usage { hits, distinct_targets: to_u64(r.get::<_, i64>(2)).min(up_to.distinct_targets), target_seen: r.get(3) })
 }
 
-/// Applies `change` inside the writer's transaction (under the log's lock, so every check is
-/// exact); `body` is its record's JSON text when already encoded.
-fn apply(c: &mut Conn, change: &Change, body: Option<&str>) -> Result<(), StoreError> {
+/// A bound value owned by a pipelined statement.
+type Owned = Box<dyn ToSql + Sync + Send>;
+
+/// What a pipelined statement's answer must show for its batch to stand.
+#[derive(Debug)]
+enum Check {
+    /// Nothing (budget counters, settings, deletes, the log's rows).
+    Any,
+    /// An insert: a unique violation is a conflict on the id or key.
+    Inserted(Table, String),
+    /// An update of exactly one row at the version read.
+    Updated(Table, String),
+    /// The record is at this version (0: absent).
+    Version(Table, String, u64),
+    /// The setting has this value.
+    Meta(String, Option<String>),
+    /// Fewer than `max` records match.
+    Fewer(Table, u64),
+    /// The budget is not met (see [`Change::BudgetCheck`]).
+    Budget { agent: String, action: String, max_hits: Option<u64>, max_distinct: Option<u64>, up_to: UsageLimits },
+}
+
+/// One statement of a batch's pipeline.
+struct Step {
+    sql: String,
+    params: Vec<Owned>,
+    check: Check,
+}
+
+fn step(sql: impl Into<String>, params: Vec<Owned>, check: Check) -> Step {
+    Step { sql: sql.into(), params, check }
+}
+
+/// The statements that apply `change` inside the writer's transaction (under the log's lock,
+/// so every check is exact), with what to check in their answers.
+fn steps_of(change: &Change, body: Option<&str>, out: &mut Vec<Step>) -> Result<(), StoreError> {
     match change {
-        Change::Insert(r) => {
-            let sql = format!(
+        Change::Insert(r) => out.push(step(
+            format!(
                 "INSERT INTO {} (id, version, agent, task, state, key, at, body, kind)
                  VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8)",
                 r.table.name()
-            );
-            let body = body_text(r, body)?;
-            match c.execute(&sql, &[&r.id, &r.agent, &r.task, &r.state, &key_bytes(&r.key), &r.at, &body, &r.kind]) {
-                Ok(_) => Ok(()),
-                Err(e) if is_unique(&e) => Err(conflict(r.table, &r.id, "the id or key is already taken")),
-                Err(e) => Err(db(e)),
-            }
-        }
-        Change::Update(r) => {
-            let sql = format!(
+            ),
+            vec![
+                Box::new(r.id.clone()),
+                Box::new(r.agent.clone()),
+                Box::new(r.task.clone()),
+                Box::new(r.state.clone()),
+                Box::new(key_bytes(&r.key).map(<[u8]>::to_vec)),
+                Box::new(r.at),
+                Box::new(body_text(r, body)?),
+                Box::new(r.kind.clone()),
+            ],
+            Check::Inserted(r.table, r.id.clone()),
+        )),
+        Change::Update(r) => out.push(step(
+            format!(
                 "UPDATE {} SET version = version + 1, agent = $3, task = $4, state = $5, key = $6, at = $7,
                                body = $8, kind = $9
                  WHERE id = $1 AND version = $2",
                 r.table.name()
-            );
-            let body = body_text(r, body)?;
-            let version = to_i64(r.version)?;
-            let key = key_bytes(&r.key);
-            match c.execute(&sql, &[&r.id, &version, &r.agent, &r.task, &r.state, &key, &r.at, &body, &r.kind]) {
-                Ok(1) => Ok(()),
-                Ok(_) => Err(conflict(r.table, &r.id, "the record changed since it was read, or is gone")),
-                Err(e) if is_unique(&e) => Err(conflict(r.table, &r.id, "the key is already taken")),
-                Err(e) => Err(db(e)),
-            }
-        }
+            ),
+            vec![
+                Box::new(r.id.clone()),
+                Box::new(to_i64(r.version)?),
+                Box::new(r.agent.clone()),
+                Box::new(r.task.clone()),
+                Box::new(r.state.clone()),
+                Box::new(key_bytes(&r.key).map(<[u8]>::to_vec)),
+                Box::new(r.at),
+                Box::new(body_text(r, body)?),
+                Box::new(r.kind.clone()),
+            ],
+            Check::Updated(r.table, r.id.clone()),
+        )),
         Change::BudgetHit { agent, action, target, at } => {
-            let hit: [&(dyn ToSql + Sync); 4] = [agent, action, target, at];
-            c.exec("INSERT INTO budget_hits (agent, action, target, at) VALUES ($1, $2, $3, $4)", &hit)?;
-            c.exec(
+            let p = || -> Vec<Owned> {
+                vec![Box::new(agent.clone()), Box::new(action.clone()), Box::new(target.clone()), Box::new(*at)]
+            };
+            out.push(step(
+                "INSERT INTO budget_hits (agent, action, target, at) VALUES ($1, $2, $3, $4)",
+                p(),
+                Check::Any,
+            ));
+            out.push(step(
                 "INSERT INTO budget_minutes (agent, action, minute, hits) VALUES ($1, $2, $3, 1)
                  ON CONFLICT (agent, action, minute) DO UPDATE SET hits = budget_minutes.hits + 1",
-                &[agent as &(dyn ToSql + Sync), action, &at.div_euclid(MINUTE_MS)],
-            )?;
-            c.exec(
+                vec![Box::new(agent.clone()), Box::new(action.clone()), Box::new(at.div_euclid(MINUTE_MS))],
+                Check::Any,
+            ));
+            out.push(step(
                 "INSERT INTO budget_targets (agent, action, target, last_at) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (agent, action, target)
                  DO UPDATE SET last_at = greatest(budget_targets.last_at, EXCLUDED.last_at)",
-                &hit,
-            )?;
-            Ok(())
+                p(),
+                Check::Any,
+            ));
         }
-        Change::Delete { table, id } => {
-            c.exec(&format!("DELETE FROM {} WHERE id = $1", table.name()), &[id])?;
-            Ok(())
-        }
-        Change::SetMeta { key, value } => {
-            c.exec(
-                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                &[key as &(dyn ToSql + Sync), value],
-            )?;
-            Ok(())
-        }
-        Change::Expect { table, id, version } => {
-            let sql = format!("SELECT version FROM {} WHERE id = $1", table.name());
-            let found = c.opt(&sql, &[id])?.map(|r| to_u64(r.get(0)));
-            if found.unwrap_or(0) == *version {
-                Ok(())
-            } else {
-                Err(conflict(*table, id, "a precondition failed: the record changed since it was read"))
-            }
-        }
-        Change::ExpectMeta { key, value } => {
-            let found: Option<String> = c.opt("SELECT value FROM meta WHERE key = $1", &[key])?.map(|r| r.get(0));
-            if found == *value {
-                Ok(())
-            } else {
-                Err(StoreError::Conflict {
-                    table: "meta",
-                    id: key.clone(),
-                    reason: "a precondition failed: the setting changed since it was read",
-                })
-            }
-        }
+        Change::SetMeta { key, value } => out.push(step(
+            "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            vec![Box::new(key.clone()), Box::new(value.clone())],
+            Check::Any,
+        )),
+        Change::Delete { table, id } => out.push(step(
+            format!("DELETE FROM {} WHERE id = $1", table.name()),
+            vec![Box::new(id.clone())],
+            Check::Any,
+        )),
+        Change::Expect { table, id, version } => out.push(step(
+            format!("SELECT version FROM {} WHERE id = $1", table.name()),
+            vec![Box::new(id.clone())],
+            Check::Version(*table, id.clone(), *version),
+        )),
+        Change::ExpectMeta { key, value } => out.push(step(
+            "SELECT value FROM meta WHERE key = $1",
+            vec![Box::new(key.clone())],
+            Check::Meta(key.clone(), value.clone()),
+        )),
         Change::ExpectFewer { table, query, max } => {
             let columns = Query {
                 agent: query.agent.clone(),
@@ -695,24 +741,119 @@ fn apply(c: &mut Conn, change: &Change, body: Option<&str>) -> Result<(), StoreE
                 ..Query::default()
             };
             let (filter, args) = filter(&columns);
-            let sql = format!("SELECT count(*) FROM {} WHERE {filter}", table.name());
-            let n = to_u64(c.one(&sql, &refs(&args))?.get::<_, i64>(0));
+            let params = args
+                .into_iter()
+                .map(|a| -> Owned {
+                    match a {
+                        Arg::Text(t) => Box::new(t),
+                        Arg::Bytes(b) => Box::new(b),
+                        Arg::Int(i) => Box::new(i),
+                    }
+                })
+                .collect();
+            out.push(step(
+                format!("SELECT count(*) FROM {} WHERE {filter}", table.name()),
+                params,
+                Check::Fewer(*table, *max),
+            ));
+        }
+        Change::BudgetCheck { agent, action, target, since_ms, max_hits, max_distinct_targets } => {
+            let up_to =
+                UsageLimits { hits: max_hits.unwrap_or(0), distinct_targets: max_distinct_targets.unwrap_or(0) };
+            let first_whole = since_ms.div_euclid(MINUTE_MS) + i64::from(since_ms.rem_euclid(MINUTE_MS) != 0);
+            out.push(step(
+                USAGE,
+                vec![
+                    Box::new(agent.clone()),
+                    Box::new(action.clone()),
+                    Box::new(*since_ms),
+                    Box::new(first_whole.saturating_mul(MINUTE_MS)),
+                    Box::new(first_whole),
+                    Box::new(bound(up_to.hits)),
+                    Box::new(bound(up_to.distinct_targets)),
+                    Box::new(target.clone()),
+                ],
+                Check::Budget {
+                    agent: agent.clone(),
+                    action: action.clone(),
+                    max_hits: *max_hits,
+                    max_distinct: *max_distinct_targets,
+                    up_to,
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a pipelined statement answered.
+enum Answer {
+    Rows(Vec<Row>),
+    Count(u64),
+}
+
+/// Whether `answer` stands by its check: `Err` is the batch's conflict.
+fn judge(check: &Check, answer: Result<Answer, tokio_postgres::Error>) -> Result<(), StoreError> {
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) if is_unique(&e) => {
+            return Err(match check {
+                Check::Inserted(t, id) => conflict(*t, id, "the id or key is already taken"),
+                Check::Updated(t, id) => conflict(*t, id, "the key is already taken"),
+                _ => db(e),
+            });
+        }
+        Err(e) => return Err(db(e)),
+    };
+    let rows = |a: &Answer| match a {
+        Answer::Rows(r) => r.first().cloned(),
+        Answer::Count(_) => None,
+    };
+    match check {
+        Check::Any | Check::Inserted(..) => Ok(()),
+        Check::Updated(t, id) => match answer {
+            Answer::Count(1) => Ok(()),
+            _ => Err(conflict(*t, id, "the record changed since it was read, or is gone")),
+        },
+        Check::Version(t, id, version) => {
+            let found = rows(&answer).map_or(0, |r| to_u64(r.get(0)));
+            if found == *version {
+                Ok(())
+            } else {
+                Err(conflict(*t, id, "a precondition failed: the record changed since it was read"))
+            }
+        }
+        Check::Meta(key, value) => {
+            let found: Option<String> = rows(&answer).map(|r| r.get(0));
+            if found == *value {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict {
+                    table: "meta",
+                    id: key.clone(),
+                    reason: "a precondition failed: the setting changed since it was read",
+                })
+            }
+        }
+        Check::Fewer(t, max) => {
+            let n = rows(&answer).map_or(0, |r| to_u64(r.get::<_, i64>(0)));
             if n < *max {
                 Ok(())
             } else {
                 Err(StoreError::Conflict {
-                    table: table.name(),
+                    table: t.name(),
                     id: format!("{n} matching"),
                     reason: "a precondition failed: as many records match as the cap allows",
                 })
             }
         }
-        Change::BudgetCheck { agent, action, target, since_ms, max_hits, max_distinct_targets } => {
-            let up_to =
-                UsageLimits { hits: max_hits.unwrap_or(0), distinct_targets: max_distinct_targets.unwrap_or(0) };
-            let u = usage_in(c, agent, action, *since_ms, target, up_to)?;
-            let over_hits = max_hits.is_some_and(|m| u.hits >= m);
-            let over_targets = max_distinct_targets.is_some_and(|m| !u.target_seen && u.distinct_targets >= m);
+        Check::Budget { agent, action, max_hits, max_distinct, up_to } => {
+            let r = rows(&answer).ok_or_else(|| StoreError::Database("no budget row".into()))?;
+            let hits = to_u64(r.get::<_, i64>(0)).saturating_add(to_u64(r.get::<_, i64>(1))).min(up_to.hits);
+            let distinct = to_u64(r.get::<_, i64>(2)).min(up_to.distinct_targets);
+            let seen: bool = r.get(3);
+            let over_hits = max_hits.is_some_and(|m| hits >= m);
+            let over_targets = max_distinct.is_some_and(|m| !seen && distinct >= m);
             if over_hits || over_targets {
                 Err(StoreError::Conflict {
                     table: "budget_hits",
@@ -724,6 +865,119 @@ fn apply(c: &mut Conn, change: &Change, body: Option<&str>) -> Result<(), StoreE
             }
         }
     }
+}
+
+/// Sends `prefix` (simple statements, e.g. the previous batch's savepoint release) and then
+/// every step at once — one round trip — and answers each step in order.
+fn pipeline(
+    c: &mut Conn,
+    prefix: &str,
+    steps: &[Step],
+) -> Result<Vec<Result<Answer, tokio_postgres::Error>>, StoreError> {
+    let statements = steps.iter().map(|s| c.prepared(&s.sql)).collect::<Result<Vec<_>, _>>()?;
+    let client = &c.client;
+    type Fut<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Answer, tokio_postgres::Error>> + 'a>>;
+    let mut futures: Vec<Fut<'_>> = Vec::with_capacity(steps.len() + 1);
+    futures.push(Box::pin(async move { client.batch_execute(prefix).await.map(|()| Answer::Count(0)) }));
+    for (s, statement) in steps.iter().zip(&statements) {
+        let params: Vec<&(dyn ToSql + Sync)> = s.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        let rows = matches!(s.check, Check::Version(..) | Check::Meta(..) | Check::Fewer(..) | Check::Budget { .. });
+        futures.push(Box::pin(async move {
+            if rows {
+                client.query(statement, &params).await.map(Answer::Rows)
+            } else {
+                client.execute(statement, &params).await.map(Answer::Count)
+            }
+        }));
+    }
+    let mut answers: Vec<Option<Result<Answer, tokio_postgres::Error>>> = (0..futures.len()).map(|_| None).collect();
+    // Polled in order, so the requests go out in order, all before the first answer is read.
+    wait(std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futures.iter_mut().zip(answers.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *slot = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    }));
+    let mut answers = answers.into_iter().map(|a| a.expect("every future finished"));
+    match answers.next() {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => return Err(db(e)),
+        None => {}
+    }
+    Ok(answers.collect())
+}
+
+/// One batch in one round trip: its savepoint (after `prefix`), its changes and its entries.
+/// `Ok(Ok(range))` when it stands, `Ok(Err(conflict))` when it must be rolled back to its
+/// savepoint, `Err` when the group fails.
+fn pipelined_batch(
+    c: &mut Conn,
+    prefix: &str,
+    batch: &Batch,
+    attempt: &mut Frontier,
+    time: OffsetDateTime,
+) -> Result<Result<Range<u64>, StoreError>, StoreError> {
+    let mut steps = Vec::new();
+    for (i, change) in batch.changes.iter().enumerate() {
+        steps_of(change, batch.body(i), &mut steps)?;
+    }
+    // The entries, stamped with the sequence numbers they take if the batch stands.
+    let first = attempt.size();
+    let mut events = batch.events.iter().enumerate();
+    let (mut seqs, mut bytes, mut leaves) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut levels, mut starts, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
+    for seq in first..first + batch.events.len() as u64 {
+        let (i, ev) = events.next().ok_or(StoreError::Entry { seq, reason: "fewer events than entries".into() })?;
+        let b = match batch.template(i) {
+            Some(t) => t.render(seq, time),
+            None => ev.to_entry_bytes(seq, time),
+        };
+        let b = match b {
+            Ok(b) => b,
+            // Nothing was sent for it: the batch fails alone (its savepoint comes with the next).
+            Err(e) => return Ok(Err(StoreError::Entry { seq, reason: e.to_string() })),
+        };
+        let leaf = leaf_hash(&b);
+        seqs.push(to_i64(seq)?);
+        bytes.push(b);
+        leaves.push(leaf.to_vec());
+        for done in attempt.push(leaf).into_iter().filter(|d| d.level > 0) {
+            levels.push(i32::try_from(done.level).unwrap_or(i32::MAX));
+            starts.push(to_i64(done.start)?);
+            hashes.push(done.hash.to_vec());
+        }
+    }
+    if !seqs.is_empty() {
+        steps.push(step(
+            "INSERT INTO audit_entries (seq, bytes, leaf_hash) SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bytea[])",
+            vec![Box::new(seqs), Box::new(bytes), Box::new(leaves)],
+            Check::Any,
+        ));
+    }
+    if !levels.is_empty() {
+        steps.push(step(
+            "INSERT INTO audit_subtrees (level, start, hash) SELECT * FROM unnest($1::integer[], $2::bigint[], $3::bytea[])",
+            vec![Box::new(levels), Box::new(starts), Box::new(hashes)],
+            Check::Any,
+        ));
+    }
+    let prefix = format!("{prefix}SAVEPOINT batch");
+    let answers = pipeline(c, &prefix, &steps)?;
+    // The first statement that does not stand decides; those after it were refused with it.
+    for (s, answer) in steps.iter().zip(answers) {
+        match judge(&s.check, answer) {
+            Ok(()) => {}
+            Err(e) if batch_level(&e) => return Ok(Err(e)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Ok(first..first + batch.events.len() as u64))
 }
 
 /// What one locked transaction of the writer does, given the tree as it stands.
@@ -1041,35 +1295,32 @@ impl Store for PgStore {
             let time = *time;
             let start = frontier.size();
             let mut results = Vec::with_capacity(batches.len());
+            // Each batch is one round trip; the previous batch's savepoint is released (or
+            // rolled back to) in the same one.
+            let mut prefix = "";
             for batch in batches {
-                c.simple("SAVEPOINT batch")?;
                 let mut attempt = frontier.clone();
-                let outcome =
-                    batch.changes.iter().enumerate().try_for_each(|(i, ch)| apply(c, ch, batch.body(i))).and_then(
-                        |()| {
-                            let mut events = batch.events.iter().enumerate();
-                            append_in(c, &mut attempt, batch.events.len(), &mut |seq| {
-                                let (i, ev) = events.next().ok_or("fewer events than entries")?;
-                                match batch.template(i) {
-                                    Some(t) => t.render(seq, time),
-                                    None => ev.to_entry_bytes(seq, time),
-                                }
-                                .map_err(|e| e.to_string())
-                            })
-                        },
-                    );
-                match outcome {
+                match pipelined_batch(c, prefix, batch, &mut attempt, time)? {
                     Ok(range) => {
-                        c.simple("RELEASE SAVEPOINT batch")?;
                         *frontier = attempt;
                         results.push(Ok(range));
+                        prefix = "RELEASE SAVEPOINT batch; ";
                     }
-                    Err(e) if batch_level(&e) => {
-                        c.simple("ROLLBACK TO SAVEPOINT batch; RELEASE SAVEPOINT batch")?;
+                    Err(StoreError::Entry { seq, reason }) => {
+                        // Built before anything was sent: only the previous savepoint's fate
+                        // is pending, and this batch took no savepoint of its own.
+                        results.push(Err(StoreError::Entry { seq, reason }));
+                        c.simple(prefix)?;
+                        prefix = "";
+                    }
+                    Err(e) => {
                         results.push(Err(e));
+                        prefix = "ROLLBACK TO SAVEPOINT batch; RELEASE SAVEPOINT batch; ";
                     }
-                    Err(e) => return Err(e),
                 }
+            }
+            if !prefix.is_empty() {
+                c.simple(prefix)?;
             }
             if frontier.size() > start
                 && let Some(note) = seal(frontier.size(), &frontier.root()).map_err(StoreError::Checkpoint)?
