@@ -574,8 +574,11 @@ pub fn a_conflicting_batch_leaves_nothing_and_spares_its_group(store: &dyn Store
         .change(Change::Insert(agent("taken", "active")))
         .event(ev(EventType::AgentAdded))
         .event(ev(EventType::AgentAdded));
+    // A change of a kind no earlier batch made (a backend preparing statements on first use
+    // must not trip over the failed batch before it).
     let good2 = Batch::new()
         .change(Change::Insert(agent("b3", "active")))
+        .change(Change::SetMeta { key: "after_a_failure".into(), value: "set".into() })
         .event(ev(EventType::AgentAdded))
         .event(ev(EventType::TaskOpened));
     let mut sealed = Vec::new();
@@ -590,6 +593,7 @@ pub fn a_conflicting_batch_leaves_nothing_and_spares_its_group(store: &dyn Store
     assert_eq!(results[2], Ok(2..4), "the next batch takes the seqs the failed one would have");
     assert_eq!(store.get(Table::Agents, "b2").unwrap(), None, "nothing of the failed batch");
     assert!(store.get(Table::Agents, "b3").unwrap().is_some());
+    assert_eq!(store.meta("after_a_failure").unwrap().as_deref(), Some("set"));
     assert_eq!(store.size().unwrap(), 4);
     assert_eq!(sealed, vec![(4, store.root(4).unwrap())], "one seal, for the group's final tree");
     assert_eq!(store.latest_checkpoint().unwrap(), Some((4, "note for 4\n".into())));

@@ -874,6 +874,13 @@ fn pipeline(
     prefix: &str,
     steps: &[Step],
 ) -> Result<Vec<Result<Answer, tokio_postgres::Error>>, StoreError> {
+    // A statement not yet prepared on this connection is prepared first — after the prefix,
+    // which may be what takes the transaction out of an aborted batch.
+    let mut prefix = prefix;
+    if !prefix.is_empty() && steps.iter().any(|s| !c.statements.contains_key(&s.sql)) {
+        c.simple(prefix)?;
+        prefix = "";
+    }
     let statements = steps.iter().map(|s| c.prepared(&s.sql)).collect::<Result<Vec<_>, _>>()?;
     let client = &c.client;
     type Fut<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Answer, tokio_postgres::Error>> + 'a>>;
