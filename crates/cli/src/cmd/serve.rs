@@ -344,7 +344,10 @@ fn slack_app(a: &ServeArgs, cfg: Option<SlackSection>) -> Result<Option<warden_s
 
 /// The bundle's `connectors.toml`, if it has one: without it, approved actions rest in
 /// `approved` (nothing reaches a tool).
-fn load_connectors(a: &ServeArgs) -> Result<Option<(Arc<dyn warden_connectors::Connector>, String)>, Failure> {
+/// The connector and the `connectors.toml` text it was built from.
+type Loaded = (Arc<dyn warden_connectors::Connector>, String);
+
+fn load_connectors(a: &ServeArgs) -> Result<Option<Loaded>, Failure> {
     let mut urls = std::collections::BTreeMap::new();
     for t in &a.tool_urls {
         let (name, url) =
