@@ -38,6 +38,15 @@ fn main() {
     let base = std::env::var_os("WARDEN_BENCH_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::tempdir_in(base).unwrap();
     let (data, _) = DataDir::init(tmp.path(), "bench.local/audit", Arc::new(SystemClock)).unwrap();
+    // An experiment: `WARDEN_BENCH_DROP_INDEXES="requests_by_at requests_by_kind …"` measures
+    // what those indexes cost every insert.
+    if let Ok(names) = std::env::var("WARDEN_BENCH_DROP_INDEXES") {
+        let conn = rusqlite::Connection::open(tmp.path().join("warden.db")).unwrap();
+        for name in names.split_whitespace() {
+            conn.execute_batch(&format!("DROP INDEX {name}")).unwrap();
+        }
+        println!("dropped indexes: {names}");
+    }
     let bundle = Bundle::load(
         &warden_server::policy_dir::read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy")).unwrap(),
     )
