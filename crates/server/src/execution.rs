@@ -1064,7 +1064,15 @@ pub fn rollback(s: &AppState, connector: &dyn Connector, id: &str, by: RollbackB
         batch = batch.change(Change::Update(rr));
     }
     s.ledger().commit(batch).map_err(|e| match e {
-        StoreError::Conflict { .. } => ApiError::new(Code::Conflict, format!("execution `{id}` changed meanwhile")),
+        // The tool was called: say so, lest a retry call it again.
+        StoreError::Conflict { .. } => ApiError::new(
+            Code::Conflict,
+            format!(
+                "the compensation of `{id}` was called ({}), but the execution changed meanwhile (another node \
+                 reconciled it) and the result was not recorded: look at the tool before pressing rollback again",
+                if ok { "the tool answered success" } else { "the tool answered an error" }
+            ),
+        ),
         other => other.into(),
     })?;
     match result {
