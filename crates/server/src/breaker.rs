@@ -42,15 +42,19 @@ pub fn reset(
     if crate::input::is_blank(reason) {
         return Err(ApiError::new(Code::ReasonRequired, "a reset needs a `reason`"));
     }
-    if !breaker(s.ledger().store().as_ref(), agent, action)?.open {
+    let key = breaker_key(agent, action);
+    let seen = s.ledger().store().meta(&key)?;
+    if !seen.as_deref().is_some_and(|v| v.starts_with("open")) {
         return Err(ApiError::new(
             Code::BreakerClosed,
             format!("the breaker of `{agent}` × `{action}` is not tripped"),
         ));
     }
     let now = s.now();
+    // The trip it closes, and no other: a trip or reset since (on any node) makes this conflict.
     let batch = Batch::new()
-        .change(Change::SetMeta { key: breaker_key(agent, action), value: format!("closed {}", millis(now)) })
+        .change(Change::ExpectMeta { key: key.clone(), value: seen })
+        .change(Change::SetMeta { key, value: format!("closed {}", millis(now)) })
         .event(
             Event::new(EventType::BreakerReset, by.clone())
                 .action(action)

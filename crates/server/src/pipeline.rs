@@ -587,10 +587,13 @@ fn attempt(
         None => {}
     }
     if drec.decision.trip_breaker && !f.budget.breaker_open {
-        batch = batch.change(Change::SetMeta {
-            key: breaker_key(&agent.id, &req.action),
-            value: format!("open {}", rfc3339(now)),
-        });
+        // Trips only if the breaker is still as read: two requests (on two nodes) tripping it
+        // together make one trip and one notice; a reset since is a human's word.
+        let key = breaker_key(&agent.id, &req.action);
+        let seen = store.meta(&key)?;
+        batch = batch
+            .change(Change::ExpectMeta { key: key.clone(), value: seen })
+            .change(Change::SetMeta { key, value: format!("open {}", rfc3339(now)) });
         batch = batch.event(
             Event::new(EventType::BreakerTripped, Actor::system("budget"))
                 .task(&req.task)

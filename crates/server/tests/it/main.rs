@@ -16,6 +16,7 @@ mod identity;
 mod layers;
 mod mcp;
 mod model;
+mod nodes;
 mod openapi;
 mod reload;
 mod slack;
