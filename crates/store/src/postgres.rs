@@ -263,25 +263,22 @@ type Params<'a> = [&'a (dyn ToSql + Sync)];
 
 impl Conn {
     fn query(&mut self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, tokio_postgres::Error> {
-        let s = match self.statements.get(sql) {
-            Some(s) => s.clone(),
-            None => {
-                let s = wait(self.client.prepare(sql))?;
-                self.statements.insert(sql.to_string(), s.clone());
-                s
-            }
-        };
+        let s = self.prepared_raw(sql)?;
         wait(self.client.query(&s, params))
+    }
+
+    fn prepared_raw(&mut self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = wait(self.client.prepare(sql))?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
     }
 
     /// The statement for `sql`, prepared once per connection.
     fn prepared(&mut self, sql: &str) -> Result<Statement, StoreError> {
-        if let Some(s) = self.statements.get(sql) {
-            return Ok(s.clone());
-        }
-        let s = wait(self.client.prepare(sql)).map_err(db)?;
-        self.statements.insert(sql.to_string(), s.clone());
-        Ok(s)
+        self.prepared_raw(sql).map_err(db)
     }
 
     fn rows(&mut self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, StoreError> {
@@ -297,14 +294,7 @@ impl Conn {
     }
 
     fn execute(&mut self, sql: &str, params: &Params<'_>) -> Result<u64, tokio_postgres::Error> {
-        let s = match self.statements.get(sql) {
-            Some(s) => s.clone(),
-            None => {
-                let s = wait(self.client.prepare(sql))?;
-                self.statements.insert(sql.to_string(), s.clone());
-                s
-            }
-        };
+        let s = self.prepared_raw(sql)?;
         wait(self.client.execute(&s, params))
     }
 

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,16 +32,20 @@ fn start_server(data: &Path, policy: &Path, lab: &str, keys: &[(String, String)]
 
 /// An answer a client received: the request id, its state, and the tool path it ran on.
 #[derive(Debug, Clone)]
-struct Ack {
-    id: String,
-    state: String,
-    path: Option<String>,
+pub struct Ack {
+    pub id: String,
+    pub state: String,
+    pub path: Option<String>,
 }
 
-/// One client: a mix of the four outcomes until its server dies.
-fn client(addr: &str, tokens: &(String, String), round: u32, me: usize, acks: &Mutex<Vec<Ack>>) {
+/// One client (`tag` names its alerts and hosts): a mix of the four outcomes until its server
+/// dies or `stop` is set. Shared with the kill test over many nodes.
+pub fn client(addr: &str, tokens: &(String, String), tag: &str, stop: &AtomicBool, acks: &Mutex<Vec<Ack>>) {
     let (edr, enrich) = tokens;
     for n in 0u64.. {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
         let ask = |action: &str, target: &str, confidence: f64| {
             let params = if action == "alert.enrich" { json!({}) } else { json!({"reason": "beacon"}) };
             // Each agent works in its own task (an agent's task is its alone).
@@ -48,11 +53,11 @@ fn client(addr: &str, tokens: &(String, String), round: u32, me: usize, acks: &M
             json!({"task": task, "action": action, "target": target, "confidence": confidence,
                    "params": params, "rationale": "kill test", "evidence": [{"kind": "edr", "ref": "d:1"}]})
         };
-        let alert = format!("k-{round}-{me}-{n}");
+        let alert = format!("k-{tag}-{n}");
         let (token, body, path) = match n % 4 {
             0 => (edr, ask("host.isolate", "host:web-01", 0.3), None), // advise
             1 => (edr, ask("host.wipe", "host:web-01", 0.95), None),   // deny
-            2 => (edr, ask("host.isolate", &format!("host:unknown-{round}-{me}"), 0.95), None), // approval
+            2 => (edr, ask("host.isolate", &format!("host:unknown-{tag}"), 0.95), None), // approval
             _ => (
                 enrich,
                 ask("alert.enrich", &format!("alert:{alert}"), 0.95),
@@ -69,9 +74,14 @@ fn client(addr: &str, tokens: &(String, String), round: u32, me: usize, acks: &M
     }
 }
 
-/// `(request, type)` of every entry in the log.
-fn logged(data: &Path) -> HashSet<(String, String)> {
-    let out = warden().args(["audit", "export", "--format", "jsonl", "--data"]).arg(data).assert().success();
+/// `(request, type)` of every entry in the log of `data` (on the store `store`, if given).
+pub fn logged(data: &Path, store: Option<&str>) -> HashSet<(String, String)> {
+    let mut cmd = warden();
+    cmd.args(["audit", "export", "--format", "jsonl", "--data"]).arg(data);
+    if let Some(url) = store {
+        cmd.env("WARDEN_STORE", url);
+    }
+    let out = cmd.assert().success();
     String::from_utf8(out.get_output().stdout.clone())
         .unwrap()
         .lines()
@@ -81,6 +91,30 @@ fn logged(data: &Path) -> HashSet<(String, String)> {
             Some((e["request"].as_str()?.to_string(), e["type"].as_str()?.to_string()))
         })
         .collect()
+}
+
+/// After a kill: every answer `acks` received is in `log` (its decision and, for a finished
+/// execution, its result); no tool path was called twice; every success reached the tool.
+pub fn check_round(round: u32, log: &HashSet<(String, String)>, acks: Vec<Ack>, all: &mut Vec<Ack>, lab: &str) {
+    for a in &acks {
+        assert!(log.contains(&(a.id.clone(), "decision.made".into())), "round {round}: {a:?} answered, not logged");
+        if a.state == "succeeded" || a.state == "failed" {
+            let ended = (a.id.clone(), format!("execution.{}", a.state));
+            assert!(log.contains(&ended), "round {round}: {a:?} finished, not logged");
+        }
+    }
+    all.extend(acks);
+    // Let the lab finish the calls it received before looking at its counters.
+    std::thread::sleep(Duration::from_millis(50));
+    let paths: BTreeMap<String, u64> = serde_json::from_value(lab_state(lab)["calls"]["by_path"].clone()).unwrap();
+    // (`GET /` is the connectors' health check at start.)
+    if let Some((path, n)) = paths.iter().find(|(p, n)| !p.starts_with("GET ") && **n > 1) {
+        panic!("round {round}: `{path}` was called {n} times");
+    }
+    for a in all.iter().filter(|a| a.state == "succeeded") {
+        let path = a.path.as_ref().expect("only enrichments execute here");
+        assert_eq!(paths.get(path), Some(&1), "round {round}: {a:?} succeeded, the tool never saw it");
+    }
 }
 
 #[test]
@@ -122,7 +156,8 @@ fn twenty_kills_under_mixed_load_lose_nothing_and_run_nothing_twice() {
         let clients: Vec<_> = (0..6)
             .map(|me| {
                 let (addr, tokens, acks) = (addr.clone(), tokens.clone(), acks.clone());
-                std::thread::spawn(move || client(&addr, &tokens, round, me, &acks))
+                let never = AtomicBool::new(false);
+                std::thread::spawn(move || client(&addr, &tokens, &format!("{round}-{me}"), &never, &acks))
             })
             .collect();
         let alive = Duration::from_millis(300 + next() % 900);
@@ -136,26 +171,7 @@ fn twenty_kills_under_mixed_load_lose_nothing_and_run_nothing_twice() {
         assert!(!acks.is_empty() || round > 0, "no answer in the first {:?}", started.elapsed());
 
         warden().args(["audit", "verify", "--data"]).arg(data).assert().success();
-        let log = logged(data);
-        for a in &acks {
-            assert!(log.contains(&(a.id.clone(), "decision.made".into())), "round {round}: {a:?} answered, not logged");
-            if a.state == "succeeded" || a.state == "failed" {
-                let ended = (a.id.clone(), format!("execution.{}", a.state));
-                assert!(log.contains(&ended), "round {round}: {a:?} finished, not logged");
-            }
-        }
-        all.extend(acks);
-        // Let the lab finish the calls it received before looking at its counters.
-        std::thread::sleep(Duration::from_millis(50));
-        let paths: BTreeMap<String, u64> = serde_json::from_value(lab_state(&lab)["calls"]["by_path"].clone()).unwrap();
-        // (`GET /` is the connectors' health check at start.)
-        if let Some((path, n)) = paths.iter().find(|(p, n)| !p.starts_with("GET ") && **n > 1) {
-            panic!("round {round}: `{path}` was called {n} times");
-        }
-        for a in all.iter().filter(|a| a.state == "succeeded") {
-            let path = a.path.as_ref().expect("only enrichments execute here");
-            assert_eq!(paths.get(path), Some(&1), "round {round}: {a:?} succeeded, the tool never saw it");
-        }
+        check_round(round, &logged(data, None), acks, &mut all, &lab);
     }
 
     // A last restart: nothing is left executing, interrupted executions are `unknown`, and

@@ -2,7 +2,7 @@
 //! throwaway cluster, each node with its own copy of the data directory's keys. Requests are
 //! spread round-robin; what one node commits binds the others.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::kill::{Ack, check_round, client, logged};
 use crate::procs::Running;
 use crate::respond::{lab_state, start_lab};
 use crate::serve::http;
@@ -272,60 +273,6 @@ fn a_console_session_is_every_nodes() {
     assert!(head.contains("location: /console/sign-in"), "{head}");
 }
 
-/// An answer a client received: the request id, its state, and the tool path it ran on.
-#[derive(Debug, Clone)]
-struct Ack {
-    id: String,
-    state: String,
-    path: Option<String>,
-}
-
-/// One client of one node: a mix of the four outcomes until its node dies or `stop` is set.
-fn client(addr: &str, tokens: &(String, String), tag: &str, stop: &AtomicBool, acks: &Mutex<Vec<Ack>>) {
-    let (edr, enrich) = tokens;
-    for n in 0u64.. {
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let ask = |action: &str, target: &str, confidence: f64| {
-            let params = if action == "alert.enrich" { json!({}) } else { json!({"reason": "beacon"}) };
-            let task = if action == "alert.enrich" { "INC-10" } else { "INC-9" };
-            json!({"task": task, "action": action, "target": target, "confidence": confidence,
-                   "params": params, "rationale": "kill test", "evidence": [{"kind": "edr", "ref": "d:1"}]})
-        };
-        let alert = format!("k-{tag}-{n}");
-        let (token, body, path) = match n % 4 {
-            0 => (edr, ask("host.isolate", "host:web-01", 0.3), None),
-            1 => (edr, ask("host.wipe", "host:web-01", 0.95), None),
-            2 => (edr, ask("host.isolate", &format!("host:unknown-{tag}-{n}"), 0.95), None),
-            _ => (
-                enrich,
-                ask("alert.enrich", &format!("alert:{alert}"), 0.95),
-                Some(format!("POST /siem/api/alerts/{alert}/enrich")),
-            ),
-        };
-        let Ok((status, answer)) = http(addr, "POST", "/v1/actions", token, Some(&body)) else { return };
-        if status == 0 || answer.get("id").is_none() {
-            return; // the node died mid-answer
-        }
-        assert_eq!(status, 200, "{answer}");
-        let state = answer["state"].as_str().unwrap().to_string();
-        acks.lock().unwrap().push(Ack { id: answer["id"].as_str().unwrap().to_string(), state, path });
-    }
-}
-
-/// `(request, type)` of every entry in the shared log.
-fn logged(c: &Cluster) -> HashSet<(String, String)> {
-    on_store(&c.url, &c.dir(0), &["audit", "export", "--format", "jsonl"])
-        .lines()
-        .filter_map(|l| {
-            let v: Value = serde_json::from_str(l).unwrap();
-            let e = &v["entry"];
-            Some((e["request"].as_str()?.to_string(), e["type"].as_str()?.to_string()))
-        })
-        .collect()
-}
-
 /// Three nodes under mixed load, one of them (any: every node signs its own commits, one at a
 /// time) killed with SIGKILL at 10 random moments and started again. The others carry on;
 /// after each kill the log verifies, every answer any client received is in it, and no tool
@@ -380,24 +327,7 @@ fn ten_kills_of_random_nodes_under_load_lose_nothing_and_run_nothing_twice() {
         let acks = std::mem::take(&mut *acks.lock().unwrap());
         assert!(!acks.is_empty(), "round {round}: no answers");
         warden().args(["audit", "verify", "--data"]).arg(c.dir(0)).env("WARDEN_STORE", &c.url).assert().success();
-        let log = logged(&c);
-        for a in &acks {
-            assert!(log.contains(&(a.id.clone(), "decision.made".into())), "round {round}: {a:?} answered, not logged");
-            if a.state == "succeeded" || a.state == "failed" {
-                let ended = (a.id.clone(), format!("execution.{}", a.state));
-                assert!(log.contains(&ended), "round {round}: {a:?} finished, not logged");
-            }
-        }
-        all.extend(acks);
-        std::thread::sleep(Duration::from_millis(50));
-        let paths: BTreeMap<String, u64> = serde_json::from_value(lab_state(&lab)["calls"]["by_path"].clone()).unwrap();
-        if let Some((path, n)) = paths.iter().find(|(p, n)| !p.starts_with("GET ") && **n > 1) {
-            panic!("round {round}: `{path}` was called {n} times");
-        }
-        for a in all.iter().filter(|a| a.state == "succeeded") {
-            let path = a.path.as_ref().expect("only enrichments execute here");
-            assert_eq!(paths.get(path), Some(&1), "round {round}: {a:?} succeeded, the tool never saw it");
-        }
+        check_round(round, &logged(&c.dir(0), Some(&c.url)), acks, &mut all, &lab);
     }
     // The calls the killed nodes left become `unknown` once their heartbeats have aged; the
     // live nodes do it, and retry nothing.
@@ -540,7 +470,7 @@ fn every_node_fails_closed_while_the_database_is_down_and_recovers() {
         assert_eq!((*status, &body["error"]["code"]), (503, &json!("store_unavailable")), "{body}");
     }
     // Every request answered 200 is in the log.
-    let log = logged(&c);
+    let log = logged(&c.dir(0), Some(&c.url));
     for (_, body) in seen.iter().filter(|(s, _)| *s == 200) {
         let id = body["id"].as_str().unwrap().to_string();
         assert!(log.contains(&(id, "decision.made".into())), "answered, not logged: {body}");

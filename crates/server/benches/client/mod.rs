@@ -110,10 +110,15 @@ pub async fn run(addr: std::net::SocketAddr, req: Arc<Vec<u8>>, secs: f64, conns
 /// nodes of a cluster).
 #[allow(dead_code)]
 pub async fn run_spread(addrs: &[std::net::SocketAddr], req: Arc<Vec<u8>>, secs: f64, conns: usize) -> Run {
+    timed((0..conns).map(|i| (addrs[i % addrs.len()], req.clone())).collect(), secs).await
+}
+
+/// Each connection (address, request) sending its request for `secs` seconds: the rate and
+/// latencies of all of them.
+async fn timed(conns: Vec<(std::net::SocketAddr, Arc<Vec<u8>>)>, secs: f64) -> Run {
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(secs);
-    let handles: Vec<_> =
-        (0..conns).map(|i| tokio::spawn(connection(addrs[i % addrs.len()], req.clone(), until))).collect();
+    let handles: Vec<_> = conns.into_iter().map(|(addr, req)| tokio::spawn(connection(addr, req, until))).collect();
     let mut all = Vec::new();
     for h in handles {
         all.extend(h.await.unwrap());
@@ -128,15 +133,5 @@ pub async fn run_spread(addrs: &[std::net::SocketAddr], req: Arc<Vec<u8>>, secs:
 /// session per connection: requests in flight on one session need distinct ids).
 #[allow(dead_code)]
 pub async fn run_each(addr: std::net::SocketAddr, reqs: Vec<Arc<Vec<u8>>>, secs: f64) -> Run {
-    let start = Instant::now();
-    let until = start + Duration::from_secs_f64(secs);
-    let handles: Vec<_> = reqs.into_iter().map(|req| tokio::spawn(connection(addr, req, until))).collect();
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(h.await.unwrap());
-    }
-    let elapsed = start.elapsed().as_secs_f64();
-    all.sort();
-    let at = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
-    Run { rps: all.len() as f64 / elapsed, p50: at(0.5), p99: at(0.99) }
+    timed(reqs.into_iter().map(|req| (addr, req)).collect(), secs).await
 }
