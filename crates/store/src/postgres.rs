@@ -505,40 +505,15 @@ fn key_bytes(key: &Option<String>) -> Option<&[u8]> {
 
 /// The `WHERE` clause of `q`'s filters and its arguments (the same meaning as on SQLite).
 fn filter(q: &Query) -> (String, Vec<Arg>) {
-    let mut sql = String::from("TRUE");
-    let mut args = Vec::new();
-    for (column, value) in [("agent", &q.agent), ("task", &q.task), ("state", &q.state), ("kind", &q.kind)] {
-        if let Some(v) = value {
-            args.push(Arg::Text(v.clone()));
-            sql.push_str(&format!(" AND {column} = ${}", args.len()));
-        }
-    }
-    if let Some(k) = &q.key {
-        args.push(Arg::Bytes(k.as_bytes().to_vec()));
-        sql.push_str(&format!(" AND key = ${}", args.len()));
-    }
-    if let Some(from) = q.at_from {
-        args.push(Arg::Int(from));
-        sql.push_str(&format!(" AND at >= ${}", args.len()));
-    }
-    if let Some(to) = q.at_to {
-        args.push(Arg::Int(to));
-        sql.push_str(&format!(" AND at < ${}", args.len()));
-    }
-    if let Some(after) = &q.after {
-        let cmp = if q.descending { "<" } else { ">" };
-        args.push(Arg::Text(after.id.clone()));
-        let id = args.len();
-        match (q.order, after.at) {
-            (Order::Id, _) => sql.push_str(&format!(" AND id {cmp} ${id}")),
-            (Order::At, Some(at)) => {
-                args.push(Arg::Int(at));
-                sql.push_str(&format!(" AND (at, id) {cmp} (${}, ${id})", args.len()));
-            }
-            (Order::At, None) if q.descending => sql.push_str(&format!(" AND at IS NULL AND id < ${id}")),
-            (Order::At, None) => sql.push_str(&format!(" AND (at IS NOT NULL OR id > ${id})")),
-        }
-    }
+    let (sql, args) = crate::records::filter_sql(q, |i| format!("${i}"));
+    let args = args
+        .into_iter()
+        .map(|b| match b {
+            crate::records::Bound::Text(t) => Arg::Text(t),
+            crate::records::Bound::Key(k) => Arg::Bytes(k.into_bytes()),
+            crate::records::Bound::Int(i) => Arg::Int(i),
+        })
+        .collect();
     (sql, args)
 }
 

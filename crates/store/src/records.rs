@@ -217,3 +217,57 @@ impl Cursor {
         Cursor { at: r.at, id: r.id.clone() }
     }
 }
+
+/// A value bound into a filter's SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Bound {
+    Text(String),
+    /// A record's unique key (text on SQLite, bytes on PostgreSQL).
+    Key(String),
+    Int(i64),
+}
+
+/// The `WHERE` clause of `q`'s filters, its placeholders written by `ph` (1-based), and the
+/// values to bind: one meaning for every backend.
+pub(crate) fn filter_sql(q: &Query, ph: fn(usize) -> String) -> (String, Vec<Bound>) {
+    let mut sql = String::from("1 = 1");
+    let mut args = Vec::new();
+    let bind = |args: &mut Vec<Bound>, b: Bound| {
+        args.push(b);
+        ph(args.len())
+    };
+    for (column, value) in [("agent", &q.agent), ("task", &q.task), ("state", &q.state), ("kind", &q.kind)] {
+        if let Some(v) = value {
+            let p = bind(&mut args, Bound::Text(v.clone()));
+            sql.push_str(&format!(" AND {column} = {p}"));
+        }
+    }
+    if let Some(k) = &q.key {
+        let p = bind(&mut args, Bound::Key(k.clone()));
+        sql.push_str(&format!(" AND key = {p}"));
+    }
+    if let Some(from) = q.at_from {
+        let p = bind(&mut args, Bound::Int(from));
+        sql.push_str(&format!(" AND at >= {p}"));
+    }
+    if let Some(to) = q.at_to {
+        let p = bind(&mut args, Bound::Int(to));
+        sql.push_str(&format!(" AND at < {p}"));
+    }
+    if let Some(after) = &q.after {
+        let cmp = if q.descending { "<" } else { ">" };
+        let id = bind(&mut args, Bound::Text(after.id.clone()));
+        match (q.order, after.at) {
+            (Order::Id, _) => sql.push_str(&format!(" AND id {cmp} {id}")),
+            // A row value, so the index's (at, id) range is sought, not scanned. Rows without
+            // `at` (first ascending, last descending) are not paged past.
+            (Order::At, Some(at)) => {
+                let at = bind(&mut args, Bound::Int(at));
+                sql.push_str(&format!(" AND (at, id) {cmp} ({at}, {id})"));
+            }
+            (Order::At, None) if q.descending => sql.push_str(&format!(" AND at IS NULL AND id < {id}")),
+            (Order::At, None) => sql.push_str(&format!(" AND (at IS NOT NULL OR id > {id})")),
+        }
+    }
+    (sql, args)
+}

@@ -459,40 +459,14 @@ fn batch_level(e: &StoreError) -> bool {
 
 /// The `WHERE` clause of `q`'s filters and its arguments.
 fn filter(q: &Query) -> (String, Vec<rusqlite::types::Value>) {
-    let mut sql = String::from("1 = 1");
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    for (column, value) in
-        [("agent", &q.agent), ("task", &q.task), ("state", &q.state), ("key", &q.key), ("kind", &q.kind)]
-    {
-        if let Some(v) = value {
-            args.push(v.clone().into());
-            sql.push_str(&format!(" AND {column} = ?{}", args.len()));
-        }
-    }
-    if let Some(from) = q.at_from {
-        args.push(from.into());
-        sql.push_str(&format!(" AND at >= ?{}", args.len()));
-    }
-    if let Some(to) = q.at_to {
-        args.push(to.into());
-        sql.push_str(&format!(" AND at < ?{}", args.len()));
-    }
-    if let Some(after) = &q.after {
-        let cmp = if q.descending { "<" } else { ">" };
-        args.push(after.id.clone().into());
-        let id = args.len();
-        match (q.order, after.at) {
-            (Order::Id, _) => sql.push_str(&format!(" AND id {cmp} ?{id}")),
-            // A row value, so the index's (at, id) range is sought, not scanned. Rows without
-            // `at` (first ascending, last descending) are not paged past.
-            (Order::At, Some(at)) => {
-                args.push(at.into());
-                sql.push_str(&format!(" AND (at, id) {cmp} (?{}, ?{id})", args.len()));
-            }
-            (Order::At, None) if q.descending => sql.push_str(&format!(" AND at IS NULL AND id < ?{id}")),
-            (Order::At, None) => sql.push_str(&format!(" AND (at IS NOT NULL OR id > ?{id})")),
-        }
-    }
+    let (sql, args) = crate::records::filter_sql(q, |i| format!("?{i}"));
+    let args = args
+        .into_iter()
+        .map(|b| match b {
+            crate::records::Bound::Text(t) | crate::records::Bound::Key(t) => t.into(),
+            crate::records::Bound::Int(i) => i.into(),
+        })
+        .collect();
     (sql, args)
 }
 

@@ -280,7 +280,11 @@ async fn nothing_starts_after_a_halt_returns() {
             }
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Executions flowing (at least 20 calls, however fast the store is), then the halt.
+    let flowing = std::time::Instant::now();
+    while lab_state(&url)["calls"]["total"].as_u64().unwrap() < 20 && flowing.elapsed().as_secs() < 20 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let (status, halted) =
         h.call("POST", "/v1/halt", Some(&h.admin), Some(json!({"scope": "all", "reason": "stop everything"}))).await;
     assert_eq!(status, StatusCode::OK, "{halted}");
