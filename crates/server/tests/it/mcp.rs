@@ -422,6 +422,50 @@ async fn a_call_left_pending_on_one_node_is_collected_on_another() {
     let _ = (a.cancel().await, b.cancel().await);
 }
 
+/// An MCP task made on node A is followed on node B by a client that reconnected there: the
+/// task is the request, in the store; its outcome reaches B once A has executed it.
+#[tokio::test]
+async fn a_task_made_on_one_node_is_followed_on_another() {
+    use rmcp::model::{CallToolResponse, GetTaskParams, TaskPayload, TaskStatus};
+    let (h, base_a) = serve(HoldOptions::default()).await;
+    open_task(&h).await;
+    let (_b, router_b) = crate::second_node(&h, Default::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_b = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router_b).await.unwrap() });
+    let analyst = h.user("ana", &["soc-analyst"]);
+    let on = |base: &str| StreamableHttpClientTransportConfig::with_uri(format!("{base}/mcp")).auth_header(h.svid(EDR));
+    let a = TaskClient.serve(StreamableHttpClientTransport::from_config(on(&base_a))).await.unwrap();
+    let args = isolate("host:db-payments-01", 0.95);
+    let CallToolResponse::Task(created) =
+        a.call_tool_once(CallToolRequestParams::new("host.isolate").with_arguments(args)).await.unwrap()
+    else {
+        panic!("a task")
+    };
+    let id = created.task.task_id.clone();
+    let approval =
+        serde_json::to_value(created.meta.as_ref().unwrap()).unwrap()["warden/approval"].as_str().unwrap().to_string();
+    let _ = a.cancel().await;
+    // The client comes back on node B, in a new session.
+    let b = TaskClient.serve(StreamableHttpClientTransport::from_config(on(&base_b))).await.unwrap();
+    assert_eq!(b.get_task(GetTaskParams::new(id.clone())).await.unwrap().task.status(), TaskStatus::Working);
+    let (status, _) =
+        h.call("POST", &format!("/v1/approvals/{approval}/approve"), Some(&analyst), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut completed = false;
+    for _ in 0..200 {
+        if let TaskPayload::Completed { .. } = b.get_task(GetTaskParams::new(id.clone())).await.unwrap().task.payload {
+            completed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(completed, "node B saw the task complete");
+    let executions = h.app.ledger().store().find(warden_store::Table::Executions, &Default::default()).unwrap().len();
+    assert_eq!((requests(&h), approvals(&h), executions), (1, 1, 1));
+    let _ = b.cancel().await;
+}
+
 /// A client that declared the MCP tasks extension (SEP-2663).
 #[derive(Clone, Default)]
 struct TaskClient;
