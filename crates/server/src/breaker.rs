@@ -17,17 +17,19 @@ pub fn breaker_key(agent: &str, action: &str) -> String {
 
 /// A breaker's state: `open <time>` from its trip until `warden breaker reset` writes
 /// `closed <ms>`; budgets then count only what happened after the reset.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Breaker {
     pub open: bool,
     pub reset_ms: Option<i64>,
+    /// The setting as read: what a trip expects unchanged.
+    pub seen: Option<String>,
 }
 
 pub fn breaker(store: &dyn Store, agent: &str, action: &str) -> Result<Breaker, ApiError> {
     let v = store.meta(&breaker_key(agent, action))?;
     let open = v.as_deref().is_some_and(|v| v.starts_with("open"));
     let reset_ms = v.as_deref().and_then(|v| v.strip_prefix("closed ")).and_then(|ms| ms.parse().ok());
-    Ok(Breaker { open, reset_ms })
+    Ok(Breaker { open, reset_ms, seen: v })
 }
 
 /// Closes the tripped breaker of `agent` × `action` (audited with `by` and `reason`); refused

@@ -56,6 +56,9 @@ pub struct Facts {
     pub budget: BudgetUsage,
     /// Where the budget window starts (an hour ago, or the breaker's reset if later).
     pub budget_since_ms: i64,
+    /// The breaker's setting as read with the budget: a trip expects it unchanged, so two
+    /// requests (on two nodes) tripping together make one trip.
+    pub breaker_seen: Option<String>,
 }
 
 pub fn facts(
@@ -89,7 +92,7 @@ pub fn facts(
         target_seen: usage.target_seen,
         breaker_open: b.open,
     };
-    Ok(Facts { task, task_version, halts: active_halts(s)?, budget, budget_since_ms: since })
+    Ok(Facts { task, task_version, halts: active_halts(s)?, budget, budget_since_ms: since, breaker_seen: b.seen })
 }
 
 pub fn decide_with(

@@ -407,14 +407,10 @@ fn refuse_backlog(
     let key = breaker_key(&a.agent, &a.action);
     let mut tripped = false;
     if !f.budget.breaker_open {
-        // Trips only if the breaker is still as read (a reset since then is a human's word).
-        let seen = s.ledger().store().meta(&key).map_err(ApiError::from);
-        let seen = match seen {
-            Ok(v) => v,
-            Err(e) => return e,
-        };
+        // Trips only if the breaker is still as read with the facts (a trip or a reset since
+        // then, on any node, wins).
         let batch = Batch::new()
-            .change(Change::ExpectMeta { key: key.clone(), value: seen })
+            .change(Change::ExpectMeta { key: key.clone(), value: f.breaker_seen.clone() })
             .change(Change::SetMeta { key, value: format!("open {}", rfc3339(now)) })
             .event(refused.clone())
             .event(
@@ -590,9 +586,8 @@ fn attempt(
         // Trips only if the breaker is still as read: two requests (on two nodes) tripping it
         // together make one trip and one notice; a reset since is a human's word.
         let key = breaker_key(&agent.id, &req.action);
-        let seen = store.meta(&key)?;
         batch = batch
-            .change(Change::ExpectMeta { key: key.clone(), value: seen })
+            .change(Change::ExpectMeta { key: key.clone(), value: f.breaker_seen.clone() })
             .change(Change::SetMeta { key, value: format!("open {}", rfc3339(now)) });
         batch = batch.event(
             Event::new(EventType::BreakerTripped, Actor::system("budget"))

@@ -22,9 +22,9 @@ async fn post(router: &axum::Router, token: &str, body: &Value) -> (StatusCode, 
 }
 
 /// Requests racing on two nodes past an hourly budget meet it exactly and trip its breaker
-/// once: one `breaker.tripped` entry, one notice. (The trip also expects the breaker as it was
-/// read; this run does not make two trips race without that — the property is checked, the
-/// race is not forced.)
+/// once: one `breaker.tripped` entry, one notice. A trip expects the breaker as the request's
+/// facts read it; with `WARDEN_TEST_STORE=postgres` this run tripped it twice before (the
+/// budget's trip and a backlog refusal's, each from facts read before the other committed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_budget_met_on_two_nodes_at_once_trips_its_breaker_once() {
     let h = harness();
