@@ -44,6 +44,11 @@ async fn a_budget_met_on_two_nodes_at_once_trips_its_breaker_once() {
     let mut executed = 0;
     for c in calls {
         let (status, a) = c.await.unwrap();
+        // Under this much contention for one approval (every request past the budget folds
+        // into it) a request may give up with 409 `conflict`, recording nothing: allowed.
+        if status == StatusCode::CONFLICT && a["error"]["code"] == "conflict" {
+            continue;
+        }
         assert_eq!(status, StatusCode::OK, "{a}");
         executed += usize::from(a["decision"]["outcome"] == "execute");
     }
