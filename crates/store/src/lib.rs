@@ -126,6 +126,29 @@ pub struct UsageLimits {
     pub distinct_targets: u64,
 }
 
+/// The verdict of a [`Change::BudgetCheck`] on the usage read in the writer's transaction:
+/// a conflict when `max_hits` are used, or when the target is new and `max_distinct_targets`
+/// are reached. One rule for every backend.
+pub(crate) fn budget_verdict(
+    u: &Usage,
+    agent: &str,
+    action: &str,
+    max_hits: Option<u64>,
+    max_distinct_targets: Option<u64>,
+) -> Result<(), StoreError> {
+    let over_hits = max_hits.is_some_and(|m| u.hits >= m);
+    let over_targets = max_distinct_targets.is_some_and(|m| !u.target_seen && u.distinct_targets >= m);
+    if over_hits || over_targets {
+        Err(StoreError::Conflict {
+            table: "budget_hits",
+            id: format!("{agent} {action}"),
+            reason: "the budget was used up since it was read",
+        })
+    } else {
+        Ok(())
+    }
+}
+
 impl UsageLimits {
     /// Count everything.
     pub const ALL: UsageLimits = UsageLimits { hits: u64::MAX, distinct_targets: u64::MAX };

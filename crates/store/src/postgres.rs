@@ -560,22 +560,30 @@ fn usage_in(
     target: &str,
     up_to: UsageLimits,
 ) -> Result<Usage, StoreError> {
-    let first_whole = since_ms.div_euclid(MINUTE_MS) + i64::from(since_ms.rem_euclid(MINUTE_MS) != 0);
-    let r = c.one(
-        USAGE,
-        &[
-            &agent,
-            &action,
-            &since_ms,
-            &first_whole.saturating_mul(MINUTE_MS),
-            &first_whole,
-            &bound(up_to.hits),
-            &bound(up_to.distinct_targets),
-            &target,
-        ],
-    )?;
+    let params = usage_params(agent, action, since_ms, target, up_to);
+    let r = c.one(USAGE, &params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect::<Vec<_>>())?;
+    Ok(usage_of(&r, up_to))
+}
+
+/// The usage a [`USAGE`] row says, each count capped at its limit.
+fn usage_of(r: &Row, up_to: UsageLimits) -> Usage {
     let hits = to_u64(r.get::<_, i64>(0)).saturating_add(to_u64(r.get::<_, i64>(1))).min(up_to.hits);
-    Ok(Usage { hits, distinct_targets: to_u64(r.get::<_, i64>(2)).min(up_to.distinct_targets), target_seen: r.get(3) })
+    Usage { hits, distinct_targets: to_u64(r.get::<_, i64>(2)).min(up_to.distinct_targets), target_seen: r.get(3) }
+}
+
+/// The bindings of [`USAGE`].
+fn usage_params(agent: &str, action: &str, since_ms: i64, target: &str, up_to: UsageLimits) -> Vec<Owned> {
+    let first_whole = since_ms.div_euclid(MINUTE_MS) + i64::from(since_ms.rem_euclid(MINUTE_MS) != 0);
+    vec![
+        Box::new(agent.to_string()),
+        Box::new(action.to_string()),
+        Box::new(since_ms),
+        Box::new(first_whole.saturating_mul(MINUTE_MS)),
+        Box::new(first_whole),
+        Box::new(bound(up_to.hits)),
+        Box::new(bound(up_to.distinct_targets)),
+        Box::new(target.to_string()),
+    ]
 }
 
 /// A bound value owned by a pipelined statement.
@@ -611,6 +619,21 @@ fn step(sql: impl Into<String>, params: Vec<Owned>, check: Check) -> Step {
     Step { sql: sql.into(), params, check }
 }
 
+/// `lead` (a record's id, and for an update its version) followed by the record's columns:
+/// agent, task, state, key, at, body, kind.
+fn record_params(mut lead: Vec<Owned>, r: &Record, body: Option<&str>) -> Result<Vec<Owned>, StoreError> {
+    lead.extend::<[Owned; 7]>([
+        Box::new(r.agent.clone()),
+        Box::new(r.task.clone()),
+        Box::new(r.state.clone()),
+        Box::new(key_bytes(&r.key).map(<[u8]>::to_vec)),
+        Box::new(r.at),
+        Box::new(body_text(r, body)?),
+        Box::new(r.kind.clone()),
+    ]);
+    Ok(lead)
+}
+
 /// The statements that apply `change` inside the writer's transaction (under the log's lock,
 /// so every check is exact), with what to check in their answers.
 fn steps_of(change: &Change, body: Option<&str>, out: &mut Vec<Step>) -> Result<(), StoreError> {
@@ -621,16 +644,7 @@ fn steps_of(change: &Change, body: Option<&str>, out: &mut Vec<Step>) -> Result<
                  VALUES ($1, 1, $2, $3, $4, $5, $6, $7, $8)",
                 r.table.name()
             ),
-            vec![
-                Box::new(r.id.clone()),
-                Box::new(r.agent.clone()),
-                Box::new(r.task.clone()),
-                Box::new(r.state.clone()),
-                Box::new(key_bytes(&r.key).map(<[u8]>::to_vec)),
-                Box::new(r.at),
-                Box::new(body_text(r, body)?),
-                Box::new(r.kind.clone()),
-            ],
+            record_params(vec![Box::new(r.id.clone())], r, body)?,
             Check::Inserted(r.table, r.id.clone()),
         )),
         Change::Update(r) => out.push(step(
@@ -640,17 +654,7 @@ fn steps_of(change: &Change, body: Option<&str>, out: &mut Vec<Step>) -> Result<
                  WHERE id = $1 AND version = $2",
                 r.table.name()
             ),
-            vec![
-                Box::new(r.id.clone()),
-                Box::new(to_i64(r.version)?),
-                Box::new(r.agent.clone()),
-                Box::new(r.task.clone()),
-                Box::new(r.state.clone()),
-                Box::new(key_bytes(&r.key).map(<[u8]>::to_vec)),
-                Box::new(r.at),
-                Box::new(body_text(r, body)?),
-                Box::new(r.kind.clone()),
-            ],
+            record_params(vec![Box::new(r.id.clone()), Box::new(to_i64(r.version)?)], r, body)?,
             Check::Updated(r.table, r.id.clone()),
         )),
         Change::BudgetHit { agent, action, target, at } => {
@@ -725,19 +729,9 @@ fn steps_of(change: &Change, body: Option<&str>, out: &mut Vec<Step>) -> Result<
         Change::BudgetCheck { agent, action, target, since_ms, max_hits, max_distinct_targets } => {
             let up_to =
                 UsageLimits { hits: max_hits.unwrap_or(0), distinct_targets: max_distinct_targets.unwrap_or(0) };
-            let first_whole = since_ms.div_euclid(MINUTE_MS) + i64::from(since_ms.rem_euclid(MINUTE_MS) != 0);
             out.push(step(
                 USAGE,
-                vec![
-                    Box::new(agent.clone()),
-                    Box::new(action.clone()),
-                    Box::new(*since_ms),
-                    Box::new(first_whole.saturating_mul(MINUTE_MS)),
-                    Box::new(first_whole),
-                    Box::new(bound(up_to.hits)),
-                    Box::new(bound(up_to.distinct_targets)),
-                    Box::new(target.clone()),
-                ],
+                usage_params(agent, action, *since_ms, target, up_to),
                 Check::Budget {
                     agent: agent.clone(),
                     action: action.clone(),
@@ -814,20 +808,7 @@ fn judge(check: &Check, answer: Result<Answer, tokio_postgres::Error>) -> Result
         }
         Check::Budget { agent, action, max_hits, max_distinct, up_to } => {
             let r = rows(&answer).ok_or_else(|| StoreError::Database("no budget row".into()))?;
-            let hits = to_u64(r.get::<_, i64>(0)).saturating_add(to_u64(r.get::<_, i64>(1))).min(up_to.hits);
-            let distinct = to_u64(r.get::<_, i64>(2)).min(up_to.distinct_targets);
-            let seen: bool = r.get(3);
-            let over_hits = max_hits.is_some_and(|m| hits >= m);
-            let over_targets = max_distinct.is_some_and(|m| !seen && distinct >= m);
-            if over_hits || over_targets {
-                Err(StoreError::Conflict {
-                    table: "budget_hits",
-                    id: format!("{agent} {action}"),
-                    reason: "the budget was used up since it was read",
-                })
-            } else {
-                Ok(())
-            }
+            crate::budget_verdict(&usage_of(&r, *up_to), agent, action, *max_hits, *max_distinct)
         }
     }
 }

@@ -396,17 +396,7 @@ fn apply(tx: &Transaction<'_>, change: &Change, body: Option<&str>) -> Result<()
             let up_to =
                 UsageLimits { hits: max_hits.unwrap_or(0), distinct_targets: max_distinct_targets.unwrap_or(0) };
             let u = usage_in(tx, agent, action, *since_ms, target, up_to)?;
-            let over_hits = max_hits.is_some_and(|m| u.hits >= m);
-            let over_targets = max_distinct_targets.is_some_and(|m| !u.target_seen && u.distinct_targets >= m);
-            if over_hits || over_targets {
-                Err(StoreError::Conflict {
-                    table: "budget_hits",
-                    id: format!("{agent} {action}"),
-                    reason: "the budget was used up since it was read",
-                })
-            } else {
-                Ok(())
-            }
+            crate::budget_verdict(&u, agent, action, *max_hits, *max_distinct_targets)
         }
     }
 }

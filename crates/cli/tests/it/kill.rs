@@ -93,6 +93,19 @@ pub fn logged(data: &Path, store: Option<&str>) -> HashSet<(String, String)> {
         .collect()
 }
 
+/// A xorshift generator seeded from the clock (the seed printed, to replay a failure).
+pub fn seeded(what: &str) -> impl FnMut() -> u64 {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("{what} seed {seed}");
+    let mut rng = seed;
+    move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    }
+}
+
 /// After a kill: every answer `acks` received is in `log` (its decision and, for a finished
 /// execution, its result); no tool path was called twice; every success reached the tool.
 pub fn check_round(round: u32, log: &HashSet<(String, String)>, acks: Vec<Ack>, all: &mut Vec<Ack>, lab: &str) {
@@ -119,15 +132,7 @@ pub fn check_round(round: u32, log: &HashSet<(String, String)>, acks: Vec<Ack>, 
 
 #[test]
 fn twenty_kills_under_mixed_load_lose_nothing_and_run_nothing_twice() {
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    eprintln!("kill test seed {seed}");
-    let mut rng = seed;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = seeded("kill test");
     let (_lab, lab, keys) = start_lab(5);
     // The example bundle with the responders' hourly budgets raised: executions keep running.
     let policy = example_copy();

@@ -281,15 +281,7 @@ fn a_console_session_is_every_nodes() {
 #[test]
 fn ten_kills_of_random_nodes_under_load_lose_nothing_and_run_nothing_twice() {
     let Some(c) = Cluster::new(3) else { return };
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    eprintln!("nodes kill test seed {seed}");
-    let mut rng = seed;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = crate::kill::seeded("nodes kill test");
     // Tool calls take 100 ms: kills land in the middle of some.
     let (_lab, lab, keys) = start_lab(100);
     let policy = crate::example_copy();
