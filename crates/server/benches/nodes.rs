@@ -83,6 +83,25 @@ fn ask(confidence: f64) -> serde_json::Value {
            "params": {"reason": "beacon"}, "rationale": "bench", "evidence": [{"kind": "edr", "ref": "d:1"}]})
 }
 
+/// CPU time so far, in clock ticks (1/100 s): the whole machine's busy time, and this
+/// process's (the client and the nodes; the rest is the database, mostly).
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let machine = stat.lines().next().map_or(0, |l| {
+        let f: Vec<u64> = l.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal: all but idle and iowait.
+        f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum()
+    });
+    let own = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let own = own.rsplit_once(')').map_or(0, |(_, rest)| {
+        // After the name: state, ppid, … cmajflt, then utime and stime (proc(5) fields 14, 15).
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let at = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        at(11) + at(12)
+    });
+    (machine, own)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let secs: f64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5.0);
@@ -91,8 +110,10 @@ fn main() {
     let pg = warden_testpg::Cluster::start().expect("PostgreSQL binaries for the bench");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     println!("nodes: {secs} s per run, {conns} keep-alive connections spread over the nodes, all in-process");
-    println!("| store | nodes | durable advise decisions/s | p50 | p99 | ratio to one PostgreSQL node |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| store | nodes | durable advise decisions/s | p50 | p99 | ratio to one PostgreSQL node | commits per transaction | cores busy | CPU per decision: all, of it the bench process |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     // SQLite first and last: the machine's drift over the run shows in the two.
     let mut results = Vec::new();
     for (name, n) in [("SQLite", 1), ("PostgreSQL", 1), ("PostgreSQL", 2), ("PostgreSQL", 3), ("SQLite", 1)] {
@@ -101,24 +122,41 @@ fn main() {
         let apps = nodes(keys.path(), &at, n);
         let token = apps[0].tokens.local.mint(EDR, "warden", time::OffsetDateTime::now_utc(), 3600);
         let auth = format!("authorization: Bearer {token}");
-        let r = rt.block_on(async {
+        let (r, cpu) = rt.block_on(async {
             let addrs = listen(&apps).await;
             let task = json!({"id": "INC-7", "title": "bench", "trigger": {"source": "edr", "severity": "high"}});
             assert!(call(addrs[0], "POST", "/v1/tasks", &auth, Some(&task)).await.starts_with("HTTP/1.1 201"));
-            run_spread(&addrs, request("POST", "/v1/actions", &auth, Some(&ask(0.3))), secs, conns).await
+            let (before, at) = (cpu_ticks(), Instant::now());
+            let r = run_spread(&addrs, request("POST", "/v1/actions", &auth, Some(&ask(0.3))), secs, conns).await;
+            let (after, took) = (cpu_ticks(), at.elapsed().as_secs_f64());
+            // Busy cores, and CPU seconds per decision (all, and the bench process's part).
+            let (all, own) = ((after.0 - before.0) as f64 / 100.0, (after.1 - before.1) as f64 / 100.0);
+            let decisions = r.rps * took;
+            (r, (all / took, all / decisions, own / decisions))
         });
         let stats: Vec<_> = apps.iter().map(|a| a.ledger().group_stats()).collect();
         let (batches, groups) = stats.iter().fold((0, 0), |(b, g), s| (b + s.batches, g + s.groups));
-        results.push((name, n, r, batches as f64 / groups.max(1) as f64));
+        results.push((name, n, r, batches as f64 / groups.max(1) as f64, cpu));
     }
-    let base = results.iter().find(|(name, n, _, _)| *name == "PostgreSQL" && *n == 1).map(|r| r.2.rps).unwrap();
-    for (name, n, r, per_group) in &results {
+    let base = results.iter().find(|(name, n, ..)| *name == "PostgreSQL" && *n == 1).map(|r| r.2.rps).unwrap();
+    for (name, n, r, per_group, (busy, per, own)) in &results {
         println!(
-            "| {name} | {n} | {:.0} | {:?} | {:?} | {:.2} | ({per_group:.1} commits per transaction)",
+            "| {name} | {n} | {:.0} | {:?} | {:?} | {:.2} | {per_group:.1} | {busy:.2} | {:.0} µs, {:.0} µs |",
             r.rps,
             r.p50,
             r.p99,
-            r.rps / base
+            r.rps / base,
+            per * 1e6,
+            own * 1e6
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    if let Some((.., (_, per, _))) = results.iter().find(|(name, n, ..)| *name == "PostgreSQL" && *n == 1) {
+        println!(
+            "this machine's ceiling at one PostgreSQL node's CPU per decision: {cores} cores / {:.0} µs = {:.0} decisions/s ({:.2}× one node)",
+            per * 1e6,
+            cores / per,
+            cores / per / base
         );
     }
 

@@ -30,6 +30,7 @@ pub fn run_all(fresh: &dyn Fn() -> Arc<dyn Store>) {
     pages_follow_a_cursor_through_inserts(&*fresh());
     budget_usage_counts_hits_and_distinct_targets(&*fresh());
     a_conflicting_batch_leaves_nothing_and_spares_its_group(&*fresh());
+    a_group_stands_batch_by_batch_as_if_committed_alone(&*fresh());
     preconditions_hold_or_the_batch_conflicts(&*fresh());
     a_cap_holds_under_concurrent_commits(fresh());
     a_budget_check_holds_under_concurrent_commits(fresh());
@@ -611,6 +612,84 @@ pub fn a_conflicting_batch_leaves_nothing_and_spares_its_group(store: &dyn Store
         })
         .unwrap();
     assert!(results[0].is_err());
+}
+
+/// One group with batches that fail anywhere (first, middle, last, several in a row), by a
+/// precondition judged from an answer or by the database refusing a statement, and batches
+/// that depend on earlier ones in the group: each batch ends as it would committed alone after
+/// those before it, and a failed batch's changes are seen by none after it.
+pub fn a_group_stands_batch_by_batch_as_if_committed_alone(store: &dyn Store) {
+    let expect = |id: &str, version| Change::Expect { table: Table::Agents, id: id.into(), version };
+    let insert = |id: &str| Change::Insert(agent(id, "active"));
+    let hit = || Change::BudgetHit { agent: "a".into(), action: "x".into(), target: "h".into(), at: 1_000 };
+    let batches = [
+        // 0: fails first: what it expects does not exist.
+        Batch::new().change(expect("missing", 1)).change(insert("f0")).event(ev(EventType::AgentAdded)),
+        // 1: stands.
+        Batch::new().change(insert("g1")).event(ev(EventType::AgentAdded)),
+        // 2: stands on 1's insert.
+        Batch::new().change(expect("g1", 1)).change(insert("g2")).event(ev(EventType::AgentAdded)),
+        // 3: fails on 0's insert, which was undone.
+        Batch::new().change(expect("f0", 1)).event(ev(EventType::AgentAdded)),
+        // 4: the database refuses it (1 took the id); right after another failure.
+        Batch::new().change(insert("g1")).event(ev(EventType::AgentAdded)),
+        // 5, 6: a setting, then a batch that expects it.
+        Batch::new().change(Change::SetMeta { key: "k".into(), value: "v".into() }).event(ev(EventType::TaskOpened)),
+        Batch::new()
+            .change(Change::ExpectMeta { key: "k".into(), value: Some("v".into()) })
+            .change(insert("g6"))
+            .event(ev(EventType::AgentAdded)),
+        // 7: a budget hit; 8: its check, which 7 used up.
+        Batch::new().change(hit()).event(ev(EventType::DecisionMade)),
+        Batch::new()
+            .change(Change::BudgetCheck {
+                agent: "a".into(),
+                action: "x".into(),
+                target: "h".into(),
+                since_ms: 0,
+                max_hits: Some(1),
+                max_distinct_targets: None,
+            })
+            .change(hit())
+            .event(ev(EventType::DecisionMade)),
+        // 9: fails last: g1, g2 and g6 are active, the cap is three.
+        Batch::new()
+            .change(Change::ExpectFewer {
+                table: Table::Agents,
+                query: Query { state: Some("active".into()), ..Query::default() },
+                max: 3,
+            })
+            .change(insert("f9"))
+            .event(ev(EventType::AgentAdded)),
+    ];
+    let results = store.commit_group(T0, &batches, &mut |size, _| Ok(Some(format!("note for {size}\n")))).unwrap();
+    let stood: Vec<_> = results.iter().map(|r| r.as_ref().ok().cloned()).collect();
+    assert_eq!(
+        stood,
+        [None, Some(0..1), Some(1..2), None, None, Some(2..3), Some(3..4), Some(4..5), None, None],
+        "{results:?}"
+    );
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(matches!(r, StoreError::Conflict { .. }), "{r:?}");
+    }
+    for (id, kept) in [("f0", false), ("g1", true), ("g2", true), ("g6", true), ("f9", false)] {
+        assert_eq!(store.get(Table::Agents, id).unwrap().is_some(), kept, "{id}");
+    }
+    assert_eq!(store.get(Table::Agents, "g1").unwrap().unwrap().version, 1, "4 changed nothing");
+    assert_eq!(store.meta("k").unwrap().as_deref(), Some("v"));
+    assert_eq!(store.budget_usage("a", "x", 0, "h", crate::UsageLimits::ALL).unwrap().hits, 1);
+    // The log holds the standing batches' entries, numbered in order, under one checkpoint.
+    assert_eq!(store.size().unwrap(), 5);
+    let mut mem = MemoryTree::new();
+    for (i, e) in store.entries(0, 10).unwrap().iter().enumerate() {
+        assert_eq!(Entry::parse(&e.bytes).unwrap().seq, i as u64);
+        mem.push_entry(&e.bytes);
+    }
+    assert_eq!(store.root(5).unwrap(), mem.root());
+    assert_eq!(store.latest_checkpoint().unwrap(), Some((5, "note for 5\n".into())));
+    // And the writer carries on from there.
+    commit(store, Batch::new().change(expect("g2", 1)).event(ev(EventType::AgentAdded))).unwrap();
+    assert_eq!(store.size().unwrap(), 6);
 }
 
 pub fn ledger_commits_concurrent_batches_in_one_signed_order(store: Arc<dyn Store>) {

@@ -606,6 +606,10 @@ enum Check {
     Fewer(Table, u64),
     /// The budget is not met (see [`Change::BudgetCheck`]).
     Budget { agent: String, action: String, max_hits: Option<u64>, max_distinct: Option<u64>, up_to: UsageLimits },
+    /// A read whose rows the caller wants.
+    Read,
+    /// Transaction control (`BEGIN`, savepoints, `COMMIT`), sent as a simple query.
+    Control,
 }
 
 /// One statement of a batch's pipeline.
@@ -617,6 +621,11 @@ struct Step {
 
 fn step(sql: impl Into<String>, params: Vec<Owned>, check: Check) -> Step {
     Step { sql: sql.into(), params, check }
+}
+
+/// A transaction control statement (or several, `;`-separated) in a pipeline.
+fn control(sql: impl Into<String>) -> Step {
+    step(sql, Vec::new(), Check::Control)
 }
 
 /// `lead` (a record's id, and for an update its version) followed by the record's columns:
@@ -769,7 +778,7 @@ fn judge(check: &Check, answer: Result<Answer, tokio_postgres::Error>) -> Result
         Answer::Count(_) => None,
     };
     match check {
-        Check::Any | Check::Inserted(..) => Ok(()),
+        Check::Any | Check::Inserted(..) | Check::Read | Check::Control => Ok(()),
         Check::Updated(t, id) => match answer {
             Answer::Count(1) => Ok(()),
             _ => Err(conflict(*t, id, "the record changed since it was read, or is gone")),
@@ -813,35 +822,48 @@ fn judge(check: &Check, answer: Result<Answer, tokio_postgres::Error>) -> Result
     }
 }
 
-/// Sends `prefix` (simple statements, e.g. the previous batch's savepoint release) and then
-/// every step at once — one round trip — and answers each step in order.
-fn pipeline(
-    c: &mut Conn,
-    prefix: &str,
-    steps: &[Step],
-) -> Result<Vec<Result<Answer, tokio_postgres::Error>>, StoreError> {
-    // A statement not yet prepared on this connection is prepared first — after the prefix,
-    // which may be what takes the transaction out of an aborted batch.
-    let mut prefix = prefix;
-    if !prefix.is_empty() && steps.iter().any(|s| !c.statements.contains_key(&s.sql)) {
-        c.simple(prefix)?;
-        prefix = "";
+/// Sends every step at once — one round trip — and answers each in order. A step after one
+/// that failed in the database is refused with it (the transaction is aborted), so callers
+/// read the answers up to the first that does not stand.
+fn pipeline(c: &mut Conn, steps: &[Step]) -> Result<Vec<Result<Answer, tokio_postgres::Error>>, StoreError> {
+    // A statement not yet prepared on this connection is prepared first — after the control
+    // statements that lead (they may be what takes the transaction out of an aborted batch).
+    let mut steps = steps;
+    let mut early = Vec::new();
+    if steps.iter().any(|s| !matches!(s.check, Check::Control) && !c.statements.contains_key(&s.sql)) {
+        while let Some((first, rest)) = steps.split_first()
+            && matches!(first.check, Check::Control)
+        {
+            early.push(wait(c.client.batch_execute(&first.sql)).map(|()| Answer::Count(0)));
+            if early.last().is_some_and(Result::is_err) {
+                return Ok(early);
+            }
+            steps = rest;
+        }
     }
-    let statements = steps.iter().map(|s| c.prepared(&s.sql)).collect::<Result<Vec<_>, _>>()?;
+    let statements = steps
+        .iter()
+        .map(|s| match s.check {
+            Check::Control => Ok(None),
+            _ => c.prepared(&s.sql).map(Some),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let client = &c.client;
     type Fut<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Answer, tokio_postgres::Error>> + 'a>>;
-    let mut futures: Vec<Fut<'_>> = Vec::with_capacity(steps.len() + 1);
-    futures.push(Box::pin(async move { client.batch_execute(prefix).await.map(|()| Answer::Count(0)) }));
+    let mut futures: Vec<Fut<'_>> = Vec::with_capacity(steps.len());
     for (s, statement) in steps.iter().zip(&statements) {
         let params: Vec<&(dyn ToSql + Sync)> = s.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-        let rows = matches!(s.check, Check::Version(..) | Check::Meta(..) | Check::Fewer(..) | Check::Budget { .. });
-        futures.push(Box::pin(async move {
-            if rows {
-                client.query(statement, &params).await.map(Answer::Rows)
-            } else {
-                client.execute(statement, &params).await.map(Answer::Count)
+        let rows = matches!(
+            s.check,
+            Check::Version(..) | Check::Meta(..) | Check::Fewer(..) | Check::Budget { .. } | Check::Read
+        );
+        futures.push(match statement {
+            None => Box::pin(async move { client.batch_execute(&s.sql).await.map(|()| Answer::Count(0)) }),
+            Some(statement) if rows => {
+                Box::pin(async move { client.query(statement, &params).await.map(Answer::Rows) })
             }
-        }));
+            Some(statement) => Box::pin(async move { client.execute(statement, &params).await.map(Answer::Count) }),
+        });
     }
     let mut answers: Vec<Option<Result<Answer, tokio_postgres::Error>>> = (0..futures.len()).map(|_| None).collect();
     // Polled in order, so the requests go out in order, all before the first answer is read.
@@ -857,31 +879,28 @@ fn pipeline(
         }
         if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
     }));
-    let mut answers = answers.into_iter().map(|a| a.expect("every future finished"));
-    match answers.next() {
-        Some(Ok(_)) => {}
-        Some(Err(e)) => return Err(db(e)),
-        None => {}
-    }
-    Ok(answers.collect())
+    early.extend(answers.into_iter().map(|a| a.expect("every future finished")));
+    Ok(early)
 }
 
-/// One batch in one round trip: its savepoint (after `prefix`), its changes and its entries.
-/// `Ok(Ok(range))` when it stands, `Ok(Err(conflict))` when it must be rolled back to its
-/// savepoint, `Err` when the group fails.
-fn pipelined_batch(
-    c: &mut Conn,
-    prefix: &str,
+/// Batch `index`'s statements, appended to `out`: its savepoint (`b<index>`, nested in the
+/// previous batch's, so rolling back to it undoes this batch and every one sent after it), its
+/// changes and its entries, stamped with the sequence numbers they take if every batch before
+/// it stands (pushed onto `attempt`). `Ok(Err(…))` when an entry cannot be built: nothing of
+/// the batch is appended and it fails alone.
+fn batch_steps(
     batch: &Batch,
+    index: usize,
     attempt: &mut Frontier,
     time: OffsetDateTime,
+    out: &mut Vec<Step>,
 ) -> Result<Result<Range<u64>, StoreError>, StoreError> {
-    let mut steps = Vec::new();
+    let mut steps = vec![control(format!("SAVEPOINT b{index}"))];
     for (i, change) in batch.changes.iter().enumerate() {
         steps_of(change, batch.body(i), &mut steps)?;
     }
-    // The entries, stamped with the sequence numbers they take if the batch stands.
-    let first = attempt.size();
+    let mut grown = attempt.clone();
+    let first = grown.size();
     let mut events = batch.events.iter().enumerate();
     let (mut seqs, mut bytes, mut leaves) = (Vec::new(), Vec::new(), Vec::new());
     let (mut levels, mut starts, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
@@ -893,14 +912,13 @@ fn pipelined_batch(
         };
         let b = match b {
             Ok(b) => b,
-            // Nothing was sent for it: the batch fails alone (its savepoint comes with the next).
             Err(e) => return Ok(Err(StoreError::Entry { seq, reason: e.to_string() })),
         };
         let leaf = leaf_hash(&b);
         seqs.push(to_i64(seq)?);
         bytes.push(b);
         leaves.push(leaf.to_vec());
-        for done in attempt.push(leaf).into_iter().filter(|d| d.level > 0) {
+        for done in grown.push(leaf).into_iter().filter(|d| d.level > 0) {
             levels.push(i32::try_from(done.level).unwrap_or(i32::MAX));
             starts.push(to_i64(done.start)?);
             hashes.push(done.hash.to_vec());
@@ -920,21 +938,43 @@ fn pipelined_batch(
             Check::Any,
         ));
     }
-    let prefix = format!("{prefix}SAVEPOINT batch");
-    let answers = pipeline(c, &prefix, &steps)?;
-    // The first statement that does not stand decides; those after it were refused with it.
-    for (s, answer) in steps.iter().zip(answers) {
-        match judge(&s.check, answer) {
-            Ok(()) => {}
-            Err(e) if batch_level(&e) => return Ok(Err(e)),
-            Err(e) => return Err(e),
-        }
-    }
+    out.extend(steps);
+    *attempt = grown;
     Ok(Ok(first..first + batch.events.len() as u64))
 }
 
-/// What one locked transaction of the writer does, given the tree as it stands.
-type Work<'a, T> = dyn FnMut(&mut Conn, &mut Frontier, &mut OffsetDateTime) -> Result<T, StoreError> + 'a;
+/// What one locked transaction of the writer does, given the tree as it stands; the steps it
+/// leaves in the last argument go out with the commit, in its round trip.
+type Work<'a, T> =
+    dyn FnMut(&mut Conn, &mut Frontier, &mut OffsetDateTime, &mut Vec<Step>) -> Result<T, StoreError> + 'a;
+
+/// The log's head, locked: its size, its last time and the database's clock.
+const HEAD: &str = "SELECT size, time_ns, (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                    FROM audit_head FOR UPDATE";
+
+/// Leaves from a cached edge to the head, read in the head's round trip; more than this many
+/// and the edge is read whole instead.
+const CATCH_UP: i64 = 4096;
+
+/// The next answer of a pipeline, which must stand by `check`.
+fn next_answer(
+    answers: &mut impl Iterator<Item = Result<Answer, tokio_postgres::Error>>,
+    check: &Check,
+) -> Result<Answer, StoreError> {
+    match answers.next() {
+        Some(Ok(a)) => Ok(a),
+        Some(Err(e)) => judge(check, Err(e)).map(|()| Answer::Count(0)),
+        None => Err(StoreError::Database("a pipelined statement got no answer".into())),
+    }
+}
+
+/// The rows of a read's answer.
+fn rows_of(a: Answer) -> Vec<Row> {
+    match a {
+        Answer::Rows(r) => r,
+        Answer::Count(_) => Vec::new(),
+    }
+}
 
 impl PgStore {
     /// Connects to the database at `target`, creating the schema in an empty database and
@@ -1014,7 +1054,7 @@ impl PgStore {
         &self,
         f: &mut dyn FnMut(&mut Conn) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let value = self.locked(OffsetDateTime::UNIX_EPOCH, &mut |c, _, _| f(c))?;
+        let value = self.locked(OffsetDateTime::UNIX_EPOCH, &mut |c, _, _, _| f(c))?;
         // The copy moved the log behind the cached edge's back.
         Self::lock(&self.writer)?.frontier = None;
         Ok(value)
@@ -1087,13 +1127,27 @@ impl PgStore {
         let cached = w.frontier.take();
         let mut frontier_out = None;
         let result = self.on(&mut w.conn, |c| {
-            c.simple("BEGIN")?;
             let outcome = (|| {
-                let head = c.one(
-                    "SELECT size, time_ns, (extract(epoch FROM clock_timestamp()) * 1000)::bigint
-                     FROM audit_head FOR UPDATE",
-                    &[],
-                )?;
+                // One round trip: the transaction, the lock, and the leaves other nodes
+                // appended since this one's cached edge (read once the lock is held).
+                let mut first = vec![control("BEGIN"), step(HEAD, Vec::new(), Check::Read)];
+                if let Some(f) = &cached {
+                    first.push(step(
+                        "SELECT seq, leaf_hash FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                        vec![Box::new(to_i64(f.size())?), Box::new(CATCH_UP + 1)],
+                        Check::Read,
+                    ));
+                }
+                let mut answers = pipeline(c, &first)?.into_iter();
+                next_answer(&mut answers, &Check::Control)?;
+                let head = rows_of(next_answer(&mut answers, &Check::Read)?)
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| StoreError::Database("the log's head is missing".into()))?;
+                let appended = match &cached {
+                    Some(_) => Some(rows_of(next_answer(&mut answers, &Check::Read)?)),
+                    None => None,
+                };
                 let size = to_u64(head.get(0));
                 // Nodes compare times (budget windows, expiries, heartbeats): one whose clock
                 // is off the database's by more than MAX_SKEW writes nothing.
@@ -1108,28 +1162,38 @@ impl PgStore {
                 }
                 let last = OffsetDateTime::from_unix_timestamp_nanos(i128::from(head.get::<_, i64>(1)))
                     .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-                let mut frontier = match cached {
-                    Some(f) if f.size() == size => f,
+                let mut frontier = match (cached, appended) {
+                    (Some(f), Some(rows)) if f.size() <= size && rows.len() as u64 == size - f.size() => {
+                        catch_up(f, &rows)?
+                    }
                     _ => load_frontier(c, size)?,
                 };
                 let mut time = time.max(last);
-                let value = work(c, &mut frontier, &mut time)?;
+                let mut tail = Vec::new();
+                let value = work(c, &mut frontier, &mut time, &mut tail)?;
+                // The head moves and the transaction commits in the work's last round trip.
+                let mut end = String::new();
                 if frontier.size() != size {
-                    // Numbers only, so one round trip carries both; the notice goes out at commit.
-                    c.simple(&format!(
-                        "UPDATE audit_head SET size = {}, time_ns = {}; NOTIFY {CHANNEL}, '{}'",
+                    // Numbers only; the notice goes out at commit.
+                    end = format!(
+                        "UPDATE audit_head SET size = {}, time_ns = {}; NOTIFY {CHANNEL}, '{}'; ",
                         to_i64(frontier.size())?,
                         time_ns(time),
                         frontier.size()
-                    ))?;
+                    );
+                }
+                end.push_str("COMMIT");
+                tail.push(control(end));
+                // An error in the commit leaves the outcome unknown to this node (it may have
+                // reached the disk): it reports failure, and the edge is read again.
+                let mut answers = pipeline(c, &tail)?.into_iter();
+                for s in &tail {
+                    next_answer(&mut answers, &s.check)?;
                 }
                 Ok((value, frontier))
             })();
             match outcome {
                 Ok((value, frontier)) => {
-                    // An error here leaves the outcome unknown to this node (the commit may
-                    // have reached the disk): it reports failure, and the edge is read again.
-                    c.simple("COMMIT")?;
                     frontier_out = Some(frontier);
                     Ok(value)
                 }
@@ -1144,6 +1208,18 @@ impl PgStore {
         w.frontier = frontier_out;
         result
     }
+}
+
+/// `cached` moved on by the leaves appended after it (`rows`: seq, leaf hash, in order).
+fn catch_up(mut cached: Frontier, rows: &[Row]) -> Result<Frontier, StoreError> {
+    for r in rows {
+        let seq = to_u64(r.get(0));
+        if seq != cached.size() {
+            return Err(StoreError::Entry { seq, reason: format!("expected entry {} next", cached.size()) });
+        }
+        cached.push(hash_of(r.get(1))?);
+    }
+    Ok(cached)
 }
 
 impl TreeReader for PgStore {
@@ -1167,7 +1243,7 @@ impl TreeReader for PgStore {
 impl AuditLog for PgStore {
     fn append(&self, count: usize, build: &mut EntryBuilder<'_>) -> Result<Range<u64>, StoreError> {
         let now = OffsetDateTime::now_utc();
-        self.locked(now, &mut |c, frontier, _| append_in(c, frontier, count, build))
+        self.locked(now, &mut |c, frontier, _, _| append_in(c, frontier, count, build))
     }
 
     fn size(&self) -> Result<u64, StoreError> {
@@ -1244,46 +1320,82 @@ impl Store for PgStore {
         batches: &[Batch],
         seal: &mut Seal<'_>,
     ) -> Result<Vec<Result<Range<u64>, StoreError>>, StoreError> {
-        self.locked(time, &mut |c, frontier, time| {
+        self.locked(time, &mut |c, frontier, time, tail| {
             let time = *time;
             let start = frontier.size();
-            let mut results = Vec::with_capacity(batches.len());
-            // Each batch is one round trip; the previous batch's savepoint is released (or
-            // rolled back to) in the same one.
-            let mut prefix = "";
-            for batch in batches {
+            let mut results: Vec<Option<Result<Range<u64>, StoreError>>> = batches.iter().map(|_| None).collect();
+            // Every batch goes out in one round trip, each in a savepoint nested in the one
+            // before, as if all stood. When one does not, the transaction goes back to its
+            // savepoint (undoing it and all sent after it) and those after it go out again.
+            let mut lead = None;
+            let mut from = 0;
+            while from < batches.len() {
+                let mut steps: Vec<Step> = lead.take().into_iter().collect();
+                let led = steps.len();
                 let mut attempt = frontier.clone();
-                match pipelined_batch(c, prefix, batch, &mut attempt, time)? {
-                    Ok(range) => {
-                        *frontier = attempt;
-                        results.push(Ok(range));
-                        prefix = "RELEASE SAVEPOINT batch; ";
+                let mut sent = Vec::new();
+                for (i, batch) in batches.iter().enumerate().skip(from) {
+                    let at = steps.len();
+                    match batch_steps(batch, i, &mut attempt, time, &mut steps)? {
+                        Ok(range) => sent.push((i, at..steps.len(), range, attempt.clone())),
+                        Err(e) => results[i] = Some(Err(e)),
                     }
-                    Err(StoreError::Entry { seq, reason }) => {
-                        // Built before anything was sent: only the previous savepoint's fate
-                        // is pending, and this batch took no savepoint of its own.
-                        results.push(Err(StoreError::Entry { seq, reason }));
-                        c.simple(prefix)?;
-                        prefix = "";
+                }
+                from = batches.len();
+                if sent.is_empty() {
+                    lead = steps.into_iter().next();
+                    break;
+                }
+                let mut answers = pipeline(c, &steps)?.into_iter();
+                for s in &steps[..led] {
+                    next_answer(&mut answers, &s.check)?;
+                }
+                for (i, span, range, after) in sent {
+                    let mut failed = None;
+                    for s in &steps[span] {
+                        let answer = answers
+                            .next()
+                            .ok_or_else(|| StoreError::Database("a pipelined statement got no answer".into()))?;
+                        match judge(&s.check, answer) {
+                            Ok(()) => {}
+                            Err(e) if batch_level(&e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
-                    Err(e) => {
-                        results.push(Err(e));
-                        prefix = "ROLLBACK TO SAVEPOINT batch; RELEASE SAVEPOINT batch; ";
+                    match failed {
+                        None => {
+                            *frontier = after;
+                            results[i] = Some(Ok(range));
+                        }
+                        Some(e) => {
+                            results[i] = Some(Err(e));
+                            for later in &mut results[i + 1..] {
+                                *later = None;
+                            }
+                            lead = Some(control(format!("ROLLBACK TO SAVEPOINT b{i}")));
+                            from = i + 1;
+                            break;
+                        }
                     }
                 }
             }
-            if !prefix.is_empty() {
-                c.simple(prefix)?;
-            }
+            tail.extend(lead);
             if frontier.size() > start
                 && let Some(note) = seal(frontier.size(), &frontier.root()).map_err(StoreError::Checkpoint)?
             {
-                c.exec(
+                tail.push(step(
                     "INSERT INTO audit_checkpoints (size, note) VALUES ($1, $2)",
-                    &[&to_i64(frontier.size())?, &note],
-                )?;
+                    vec![Box::new(to_i64(frontier.size())?), Box::new(note)],
+                    Check::Any,
+                ));
             }
-            Ok(results)
+            results
+                .into_iter()
+                .map(|r| r.ok_or_else(|| StoreError::Database("a batch was left undecided".into())))
+                .collect()
         })
     }
 
