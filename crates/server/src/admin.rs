@@ -3,7 +3,7 @@
 
 use serde_json::json;
 use time::OffsetDateTime;
-use warden_core::audit::entry::{Actor, Event, EventType};
+use warden_core::audit::entry::{Actor, ActorKind, Event, EventType};
 use warden_core::request::AgentStatus;
 use warden_store::data_dir::{new_token, token_hash};
 use warden_store::{Batch, Change, Ledger, Query, StoreError, Table};
@@ -231,6 +231,33 @@ pub fn add_user(
         .commit(Batch::new().change(Change::Insert(user.record())).event(event))
         .map_err(|e| conflict_or(e, Code::UserExists, format!("user `{id}` already exists")))?;
     Ok((user, token))
+}
+
+/// Disables (or reactivates) a user; `reason` goes to the log. Every way in is refused from
+/// the commit on, on every node (API token, OIDC sign-in, console sessions: the user is read
+/// on each request); votes the user already cast stay as cast. A user cannot disable
+/// themselves (an admin locking out the last admin by accident).
+pub fn set_user_status(ledger: &Ledger, actor: &Actor, id: &str, active: bool, reason: &str) -> Result<User, ApiError> {
+    if !active && actor.kind == ActorKind::User && actor.id == id {
+        return Err(ApiError::new(Code::InvalidRequest, format!("user `{id}` cannot disable themselves")));
+    }
+    let store = ledger.store();
+    for _ in 0..16 {
+        let record =
+            store.get(User::TABLE, id)?.ok_or_else(|| ApiError::new(Code::UnknownUser, format!("no user `{id}`")))?;
+        let mut user = User::from_record(&record)?;
+        let from = std::mem::replace(&mut user.status, if active { "active" } else { "disabled" }.into());
+        let mut updated = user.record();
+        updated.version = record.version;
+        let event = Event::new(EventType::UserChanged, actor.clone())
+            .data(json!({"id": id, "from": from, "to": user.status, "reason": reason}));
+        match ledger.commit(Batch::new().change(Change::Update(updated)).event(event)) {
+            Ok(_) => return Ok(user),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(Code::Conflict, format!("user `{id}` kept changing; try again")))
 }
 
 /// Every user, by id (token hashes included: callers must not print them).

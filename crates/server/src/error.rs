@@ -76,6 +76,7 @@ codes! {
     UnknownTask = "unknown_task", 404, "no task with that id";
     UnknownAction = "unknown_action", 404, "no action request with that id";
     UnknownAgent = "unknown_agent", 404, "no registered agent with that id";
+    UnknownUser = "unknown_user", 404, "no user with that id";
     UnknownApproval = "unknown_approval", 404, "no approval with that id";
     UnknownLease = "unknown_lease", 404, "no lease with that id";
     NoExecution = "no_execution", 404, "the action request has no execution";

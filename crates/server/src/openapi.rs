@@ -106,6 +106,8 @@ const LINKS: &[(&str, &str, &str, &str, &str, &str, &str)] = &[
     ("post", "/v1/agents", "201", "post", "/v1/agents/{id}/suspend", "id", "$response.body#/id"),
     ("post", "/v1/agents", "201", "post", "/v1/agents/{id}/resume", "id", "$response.body#/id"),
     ("post", "/v1/agents", "201", "post", "/v1/agents/{id}/token", "id", "$response.body#/id"),
+    ("post", "/v1/users", "201", "post", "/v1/users/{id}/disable", "id", "$response.body#/id"),
+    ("post", "/v1/users", "201", "post", "/v1/users/{id}/enable", "id", "$response.body#/id"),
     ("get", "/v1/leases/{id}", "200", "post", "/v1/leases/{id}/revoke", "id", "$response.body#/id"),
     ("post", "/v1/leases/{id}/revoke", "200", "get", "/v1/leases/{id}", "id", "$response.body#/id"),
 ];

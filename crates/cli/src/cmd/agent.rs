@@ -119,6 +119,23 @@ pub enum UserCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Disable a user: their API token, OIDC sign-in and console sessions are refused at
+    /// once, on every node (votes already cast stay).
+    Disable {
+        name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Reactivate a disabled user.
+    Enable {
+        name: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// A user as shown: never the token hash.
@@ -230,6 +247,18 @@ impl Admin {
         }
     }
 
+    fn set_user_status(&self, name: &str, active: bool, reason: &str) -> Result<UserRow, Failure> {
+        match self {
+            Admin::Local(d) => admin::set_user_status(d.ledger(), &operator(), name, active, reason)
+                .map(|u| UserRow { id: u.id, roles: u.roles, status: u.status })
+                .map_err(api),
+            Admin::Remote(c) => {
+                let verb = if active { "enable" } else { "disable" };
+                c.post(&format!("/v1/users/{}/{verb}", segment(name)), &json!({"reason": reason}))
+            }
+        }
+    }
+
     fn list_users(&self) -> Result<Vec<UserRow>, Failure> {
         match self {
             Admin::Local(d) => Ok(admin::list_users(d.ledger())
@@ -309,6 +338,14 @@ pub fn run_user(c: UserCommand) -> Result<(), Failure> {
                     }
                 }
             }
+        }
+        UserCommand::Disable { name, reason, target } => {
+            let u = Admin::open(&target)?.set_user_status(&name, false, &reason)?;
+            outln!("disabled {} ({})", u.id, u.roles.join(", "));
+        }
+        UserCommand::Enable { name, reason, target } => {
+            let u = Admin::open(&target)?.set_user_status(&name, true, &reason)?;
+            outln!("enabled {} ({})", u.id, u.roles.join(", "));
         }
     }
     Ok(())

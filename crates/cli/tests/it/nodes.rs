@@ -271,6 +271,16 @@ fn a_console_session_is_every_nodes() {
     let (status, head, _) = inbox(0, &cookie);
     assert_eq!(status, 303, "signed out on node 1, still in on node 0: {head}");
     assert!(head.contains("location: /console/sign-in"), "{head}");
+
+    // A user disabled beside the nodes (`warden user disable` on the store) is out of both.
+    let ben = add("ben");
+    let cookie = sign_in(0, &ben);
+    assert_eq!(inbox(1, &cookie).0, 200);
+    on_store(&c.url, &c.dir(0), &["user", "disable", "ben", "--reason", "left"]);
+    for node in 0..2 {
+        let (status, head, _) = inbox(node, &cookie);
+        assert_ne!(status, 200, "ben disabled, still in on node {node}: {head}");
+    }
 }
 
 /// Three nodes under mixed load, one of them (any: every node signs its own commits, one at a

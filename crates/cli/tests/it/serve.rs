@@ -150,6 +150,11 @@ fn agent_and_user_administration_on_a_data_directory() {
     assert!(user["token"].as_str().unwrap().starts_with("wdn_"));
     let users = stdout_of(data, &["user", "list"]);
     assert!(users.contains("alice  active  soc-analyst") && !users.contains("sha256"), "{users}");
+    stdout_of(data, &["user", "disable", "alice", "--reason", "left the team"]);
+    assert!(stdout_of(data, &["user", "list"]).contains("alice  disabled  soc-analyst"));
+    stdout_of(data, &["user", "enable", "alice"]);
+    assert!(stdout_of(data, &["user", "list"]).contains("alice  active  soc-analyst"));
+    warden().args(["user", "disable", "nobody", "--data"]).arg(data).assert().code(3);
 
     // Every change is in the log, with the operator as actor, and the log verifies.
     let export = stdout_of(data, &["audit", "export", "--format", "jsonl"]);
@@ -166,7 +171,9 @@ fn agent_and_user_administration_on_a_data_directory() {
             "agent.changed",
             "agent.changed",
             "agent.token_issued",
-            "user.added"
+            "user.added",
+            "user.changed",
+            "user.changed"
         ]
     );
     assert!(!export.contains("wdn_"), "no token in the log");

@@ -321,3 +321,57 @@ pub async fn add_user(
     })
     .await
 }
+
+async fn set_user_status(
+    app: App,
+    human: HumanCaller,
+    id: String,
+    active: bool,
+    body: StatusChange,
+) -> ApiResult<Json<UserView>> {
+    crate::authority::check_human(&app, &human.0, crate::authority::Power::Admin("changing a user's status"))?;
+    let actor = actor(&human);
+    blocking(&app, move |s| {
+        let u = admin::set_user_status(s.ledger(), &actor, &id, active, &body.reason)?;
+        Ok(Json(UserView { id: u.id, roles: u.roles, status: u.status, oidc: u.oidc }))
+    })
+    .await
+}
+
+/// Disable a user (role `admin`): their API token, OIDC sign-in and console sessions are
+/// refused from the answer on, on every node; votes already cast stay. Not oneself.
+#[utoipa::path(post, path = "/v1/users/{id}/disable", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the user's id")),
+    request_body = StatusChange,
+    responses(
+        (status = 200, body = UserView),
+        (status = 404, description = "`unknown_user`", body = ErrorBody),
+        (status = 409, description = "`conflict`", body = ErrorBody),
+        (status = 422, description = "`invalid_request` (oneself)", body = ErrorBody),
+    ))]
+pub async fn disable_user(
+    State(app): State<App>,
+    human: HumanCaller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<StatusChange>,
+) -> ApiResult<Json<UserView>> {
+    set_user_status(app, human, id, false, body).await
+}
+
+/// Reactivate a user (role `admin`).
+#[utoipa::path(post, path = "/v1/users/{id}/enable", tag = "admin", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the user's id")),
+    request_body = StatusChange,
+    responses(
+        (status = 200, body = UserView),
+        (status = 404, description = "`unknown_user`", body = ErrorBody),
+        (status = 409, description = "`conflict`", body = ErrorBody),
+    ))]
+pub async fn enable_user(
+    State(app): State<App>,
+    human: HumanCaller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<StatusChange>,
+) -> ApiResult<Json<UserView>> {
+    set_user_status(app, human, id, true, body).await
+}

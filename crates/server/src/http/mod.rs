@@ -59,6 +59,8 @@ fn documented() -> OpenApiRouter<App> {
         .routes(routes!(admin::resume_agent))
         .routes(routes!(admin::agent_token))
         .routes(routes!(admin::list_users, admin::add_user))
+        .routes(routes!(admin::disable_user))
+        .routes(routes!(admin::enable_user))
         .routes(routes!(approvals::list))
         .routes(routes!(approvals::show))
         .routes(routes!(approvals::approve))

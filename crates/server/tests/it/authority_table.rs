@@ -94,6 +94,8 @@ const API: &[Row] = &[
     row("POST", "/v1/agents/{id}/token", ADMIN),
     row("GET", "/v1/users", HUMANS),
     row("POST", "/v1/users", ADMIN),
+    row("POST", "/v1/users/{id}/disable", ADMIN),
+    row("POST", "/v1/users/{id}/enable", ADMIN),
     row("GET", "/v1/audit/checkpoint", HUMANS),
     row("GET", "/v1/audit/entries", HUMANS),
     row("GET", "/v1/audit/proof/inclusion", HUMANS),
@@ -223,6 +225,13 @@ impl Ctx {
             (_, "/v1/agents/{id}/token") => (row.path.replace("{id}", &enc(NETWORK)), Some(json!({}))),
             ("POST", "/v1/users") => {
                 (row.path.into(), Some(json!({"id": format!("new{}", self.next()), "roles": ["soc-analyst"]})))
+            }
+            (_, "/v1/users/{id}/disable" | "/v1/users/{id}/enable") => {
+                let id = format!("someone{}", self.next());
+                let body = json!({"id": id, "roles": ["soc-analyst"]});
+                let (s, _) = self.h.call("POST", "/v1/users", Some(&self.h.admin), Some(body)).await;
+                assert_eq!(s, StatusCode::CREATED);
+                (row.path.replace("{id}", &id), Some(reason))
             }
             (_, "/v1/audit/proof/inclusion") => (format!("{}?index=0&size=1", row.path), None),
             (_, "/v1/audit/proof/consistency") => (format!("{}?old=1&new=1", row.path), None),

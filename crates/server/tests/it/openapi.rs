@@ -47,6 +47,8 @@ const EXPECTED: &[(&str, &str)] = &[
     ("POST", "/v1/tasks"),
     ("POST", "/v1/tasks/{id}/close"),
     ("POST", "/v1/users"),
+    ("POST", "/v1/users/{id}/disable"),
+    ("POST", "/v1/users/{id}/enable"),
 ];
 
 fn operations(doc: &Value) -> Vec<(String, String)> {

@@ -132,8 +132,8 @@ fn oidc(sub: &str, groups: Value) -> String {
 
 // console ------------------------------------------------------------------------------------
 
-struct Page {
-    status: StatusCode,
+pub(crate) struct Page {
+    pub(crate) status: StatusCode,
     headers: HeaderMap,
     body: String,
 }
@@ -145,7 +145,7 @@ async fn send(h: &Harness, req: Request<Body>) -> Page {
     Page { status, headers, body: String::from_utf8_lossy(&bytes).into() }
 }
 
-async fn get_page(h: &Harness, path: &str, cookie: &str) -> Page {
+pub(crate) async fn get_page(h: &Harness, path: &str, cookie: &str) -> Page {
     let req = Request::builder().uri(path).header("host", "warden.test").header("cookie", cookie);
     send(h, req.body(Body::empty()).unwrap()).await
 }
@@ -163,7 +163,7 @@ async fn post_form(h: &Harness, path: &str, cookie: Option<&str>, form: &[(&str,
     send(h, req.body(Body::from(serde_urlencoded::to_string(form).unwrap())).unwrap()).await
 }
 
-async fn sign_in(h: &Harness, token: &str) -> String {
+pub(crate) async fn sign_in(h: &Harness, token: &str) -> String {
     let p = post_form(h, "/console/sign-in", None, &[("token", token)]).await;
     assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
     p.headers["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string()
