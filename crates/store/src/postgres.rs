@@ -402,32 +402,47 @@ impl TreeReader for Known {
     }
 }
 
-/// The right edge of the tree of `size` leaves, in two reads.
-fn load_frontier(c: &mut Conn, size: u64) -> Result<Frontier, StoreError> {
+/// The reads of the right edge of the tree of `size` leaves: the leaves and the subtrees on
+/// it (two statements, for one pipeline).
+fn edge_reads(size: u64) -> Vec<Step> {
     let positions = edge(size);
-    let mut known = HashMap::new();
     let leaves: Vec<i64> = positions.iter().filter(|(l, _)| *l == 0).map(|(_, s)| bound(*s)).collect();
-    if !leaves.is_empty() {
-        for r in c.rows("SELECT seq, leaf_hash FROM audit_entries WHERE seq = ANY($1)", &[&leaves])? {
-            known.insert((0, to_u64(r.get(0))), hash_of(r.get(1))?);
-        }
-    }
     let (levels, starts): (Vec<i32>, Vec<i64>) = positions
         .iter()
         .filter(|(l, _)| *l > 0)
         .map(|(l, s)| (i32::try_from(*l).unwrap_or(i32::MAX), bound(*s)))
         .unzip();
-    if !levels.is_empty() {
-        for r in c.rows(
+    vec![
+        step("SELECT 0, seq, leaf_hash FROM audit_entries WHERE seq = ANY($1)", vec![Box::new(leaves)], Check::Read),
+        step(
             "SELECT level, start, hash FROM audit_subtrees
              WHERE (level, start) IN (SELECT * FROM unnest($1::integer[], $2::bigint[]))",
-            &[&levels, &starts],
-        )? {
-            let level: i32 = r.get(0);
-            known.insert((u32::try_from(level).unwrap_or(0), to_u64(r.get(1))), hash_of(r.get(2))?);
-        }
+            vec![Box::new(levels), Box::new(starts)],
+            Check::Read,
+        ),
+    ]
+}
+
+/// The right edge of the tree of `size` leaves from the rows [`edge_reads`] answered (level,
+/// start, hash); an error when one is missing.
+fn edge_from(size: u64, rows: impl IntoIterator<Item = Row>) -> Result<Frontier, StoreError> {
+    let mut known = HashMap::new();
+    for r in rows {
+        let level: i32 = r.get(0);
+        known.insert((u32::try_from(level).unwrap_or(0), to_u64(r.get(1))), hash_of(r.get(2))?);
     }
     Frontier::load(&Known(known), size)
+}
+
+/// The right edge of the tree of `size` leaves, in one round trip.
+fn load_frontier(c: &mut Conn, size: u64) -> Result<Frontier, StoreError> {
+    let reads = edge_reads(size);
+    let mut answers = pipeline(c, &reads)?.into_iter();
+    let mut rows = Vec::new();
+    for s in &reads {
+        rows.extend(rows_of(next_answer(&mut answers, &s.check)?));
+    }
+    edge_from(size, rows)
 }
 
 /// Appends `count` entries built by `build`, pushing their leaves onto `frontier` (which is
@@ -1130,8 +1145,13 @@ impl PgStore {
             let outcome = (|| {
                 // One round trip: the transaction, the lock, and the leaves other nodes
                 // appended since this one's cached edge (read once the lock is held).
+                // The cached edge is checked against the stored hashes at its own size too:
+                // a log rewound behind this node's back (a restore, a failover to a replica
+                // that lagged) and grown again must not be extended from a prefix it no longer
+                // has.
                 let mut first = vec![control("BEGIN"), step(HEAD, Vec::new(), Check::Read)];
                 if let Some(f) = &cached {
+                    first.extend(edge_reads(f.size()));
                     first.push(step(
                         "SELECT seq, leaf_hash FROM audit_entries WHERE seq >= $1 ORDER BY seq LIMIT $2",
                         vec![Box::new(to_i64(f.size())?), Box::new(CATCH_UP + 1)],
@@ -1145,7 +1165,12 @@ impl PgStore {
                     .next()
                     .ok_or_else(|| StoreError::Database("the log's head is missing".into()))?;
                 let appended = match &cached {
-                    Some(_) => Some(rows_of(next_answer(&mut answers, &Check::Read)?)),
+                    Some(f) => {
+                        let mut stored = rows_of(next_answer(&mut answers, &Check::Read)?);
+                        stored.extend(rows_of(next_answer(&mut answers, &Check::Read)?));
+                        let appended = rows_of(next_answer(&mut answers, &Check::Read)?);
+                        edge_from(f.size(), stored).is_ok_and(|e| e == *f).then_some(appended)
+                    }
                     None => None,
                 };
                 let size = to_u64(head.get(0));
@@ -1324,24 +1349,41 @@ impl Store for PgStore {
             let time = *time;
             let start = frontier.size();
             let mut results: Vec<Option<Result<Range<u64>, StoreError>>> = batches.iter().map(|_| None).collect();
-            // Every batch goes out in one round trip, each in a savepoint nested in the one
-            // before, as if all stood. When one does not, the transaction goes back to its
-            // savepoint (undoing it and all sent after it) and those after it go out again.
+            // The batches go out together, in one round trip, each in a savepoint nested in
+            // the one before, as if all stood. When one does not, the transaction goes back to
+            // its savepoint (undoing it and all sent after it) and those after it go out
+            // again. So that a group in which many fail (batches decided on the same facts,
+            // racing for one record) does not resend the rest once per failure, a failure
+            // halves how many go out together next, and a round in which all stood doubles it:
+            // at worst about a round trip per batch, as one at a time.
             let mut lead = None;
             let mut from = 0;
+            let mut window = batches.len();
+            // The first savepoint taken: released (with all inside it) before the head moves,
+            // so the head's update is the transaction's own and not a savepoint's (which
+            // PostgreSQL would record as a MultiXact on the row it locked, at every commit).
+            let mut outer = None;
             while from < batches.len() {
                 let mut steps: Vec<Step> = lead.take().into_iter().collect();
                 let led = steps.len();
                 let mut attempt = frontier.clone();
                 let mut sent = Vec::new();
+                let mut next = batches.len();
                 for (i, batch) in batches.iter().enumerate().skip(from) {
+                    if sent.len() == window {
+                        next = i;
+                        break;
+                    }
                     let at = steps.len();
                     match batch_steps(batch, i, &mut attempt, time, &mut steps)? {
-                        Ok(range) => sent.push((i, at..steps.len(), range, attempt.clone())),
+                        Ok(range) => {
+                            outer.get_or_insert(i);
+                            sent.push((i, at..steps.len(), range, attempt.clone()));
+                        }
                         Err(e) => results[i] = Some(Err(e)),
                     }
                 }
-                from = batches.len();
+                from = next;
                 if sent.is_empty() {
                     lead = steps.into_iter().next();
                     break;
@@ -1377,12 +1419,20 @@ impl Store for PgStore {
                             }
                             lead = Some(control(format!("ROLLBACK TO SAVEPOINT b{i}")));
                             from = i + 1;
+                            window = (window / 2).max(1);
                             break;
                         }
                     }
                 }
+                if lead.is_none() {
+                    window = window.saturating_mul(2);
+                }
             }
-            tail.extend(lead);
+            let ending: Vec<String> =
+                lead.map(|l| l.sql).into_iter().chain(outer.map(|o| format!("RELEASE SAVEPOINT b{o}"))).collect();
+            if !ending.is_empty() {
+                tail.push(control(ending.join("; ")));
+            }
             if frontier.size() > start
                 && let Some(note) = seal(frontier.size(), &frontier.root()).map_err(StoreError::Checkpoint)?
             {

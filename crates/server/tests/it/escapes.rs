@@ -209,7 +209,9 @@ async fn sixty_concurrent_requests_through_the_real_server_get_exactly_the_budge
     assert!(same.iter().all(|a| a["id"].is_string()), "every request was answered");
 
     // At once on the 10 hosts the agent may isolate on its own (tier2 or lower), 6 times
-    // each, on a fresh server: the budget of 5 distinct targets binds, then the hourly 10.
+    // each, on a fresh server: at most 5 distinct targets and 10 executions. Which budget
+    // stops them first depends on the order the requests commit in (10 executions may land
+    // on 4 hosts, and then the first to exceed trips the breaker on the hourly budget).
     let hosts = [
         "web-01",
         "web-02",
@@ -231,10 +233,12 @@ async fn sixty_concurrent_requests_through_the_real_server_get_exactly_the_budge
     assert!(targets.len() <= 5, "at most 5 distinct targets an hour: {targets:?}");
     assert!(executed.len() <= 10, "at most 10 an hour: {}", executed.len());
     assert_eq!(calls(&url, "edr contain"), executed.len() as u64);
-    assert!(
-        spread.iter().any(|a| a["decision"]["caps"].to_string().contains("distinct_targets_exceeded")),
-        "the distinct-targets budget was met"
-    );
+    let said = |code: &str| spread.iter().any(|a| a["decision"]["caps"].to_string().contains(code));
+    assert!(said("budget_exceeded") || said("distinct_targets_exceeded"), "a budget was met, and a decision says so");
+    if executed.len() < 10 {
+        assert_eq!(targets.len(), 5, "fewer than 10 ran: the distinct targets stopped them");
+        assert!(said("distinct_targets_exceeded"), "and a decision says so");
+    }
 }
 
 /// A fresh lab and server (on a loopback port, with the EDR agent's task open): `bodies` sent
