@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use warden_core::audit::entry::{Actor, ActorKind, Event, EventType};
 use warden_core::request::AgentStatus;
 use warden_store::data_dir::{new_token, token_hash};
-use warden_store::{Batch, Change, Ledger, Query, StoreError, Table};
+use warden_store::{Batch, Change, Ledger, Query, StoreError, Table, USER_DISABLED};
 
 use crate::error::{ApiError, Code};
 use crate::model::{Agent, Model, User, rfc3339};
@@ -239,19 +239,27 @@ pub fn add_user(
 /// themselves (an admin locking out the last admin by accident).
 pub fn set_user_status(ledger: &Ledger, actor: &Actor, id: &str, active: bool, reason: &str) -> Result<User, ApiError> {
     if !active && actor.kind == ActorKind::User && actor.id == id {
-        return Err(ApiError::new(Code::InvalidRequest, format!("user `{id}` cannot disable themselves")));
+        return Err(ApiError::new(Code::SelfDisable, format!("user `{id}` cannot disable themselves")));
     }
     let store = ledger.store();
     for _ in 0..16 {
         let record =
             store.get(User::TABLE, id)?.ok_or_else(|| ApiError::new(Code::UnknownUser, format!("no user `{id}`")))?;
         let mut user = User::from_record(&record)?;
-        let from = std::mem::replace(&mut user.status, if active { "active" } else { "disabled" }.into());
+        let from = std::mem::replace(&mut user.status, if active { "active" } else { USER_DISABLED }.into());
         let mut updated = user.record();
         updated.version = record.version;
         let event = Event::new(EventType::UserChanged, actor.clone())
             .data(json!({"id": id, "from": from, "to": user.status, "reason": reason}));
-        match ledger.commit(Batch::new().change(Change::Update(updated)).event(event)) {
+        let mut batch = Batch::new().change(Change::Update(updated)).event(event);
+        if !active {
+            // Their sessions end with the disable: enabling them again brings none back.
+            let q = Query { agent: Some(id.to_string()), ..Query::default() };
+            for s in store.find(Table::Sessions, &q)? {
+                batch.changes.push(Change::Delete { table: Table::Sessions, id: s.id });
+            }
+        }
+        match ledger.commit(batch) {
             Ok(_) => return Ok(user),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),

@@ -68,6 +68,7 @@ codes! {
     NotYourAgent = "not_your_agent", 403, "an agent acts only for itself";
     NotYourTask = "not_your_task", 403, "an agent may close only a task it opened";
     UserDisabled = "user_disabled", 403, "the calling user is disabled";
+    SelfDisable = "self_disable", 403, "a user cannot disable themselves";
     CsrfRejected = "csrf_rejected", 403, "the console form's CSRF token is missing or not the session's";
     CrossSite = "cross_site", 403, "a console form was sent from another site";
     UnknownSlackUser = "unknown_slack_user", 403, "the Slack user is not mapped to a Warden user (`[slack.users]`)";
@@ -221,6 +222,11 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict { .. } => ApiError::new(Code::Conflict, e.to_string()),
+            // The ledger's check that no commit names a disabled user.
+            StoreError::Refused { table: "users", id, .. } => {
+                ApiError::new(Code::UserDisabled, format!("user `{id}` is disabled; nothing was done"))
+            }
+            StoreError::Refused { .. } => ApiError::new(Code::Conflict, e.to_string()),
             // Nothing secret in it, and the operator must see it to fix it.
             StoreError::ClockSkew { .. } => {
                 tracing::error!(error = %e, "commit refused");

@@ -476,6 +476,18 @@ pub fn preconditions_hold_or_the_batch_conflicts(store: &dyn Store) {
     commit(store, Batch::new().change(meta(Some("e1")))).unwrap();
     assert!(commit(store, Batch::new().change(meta(None))).is_err());
     assert!(commit(store, Batch::new().change(meta(Some("e0")))).is_err());
+    // A record not in a state: absent or in another state passes; in it, the batch is refused.
+    let not = |id: &str| Change::ExpectNotState { table: Table::Agents, id: id.into(), state: "disabled".into() };
+    commit(store, Batch::new().change(not("p")).change(not("nobody"))).unwrap();
+    commit(store, Batch::new().change(Change::Insert(agent("d", "disabled")))).unwrap();
+    let size = store.size().unwrap();
+    let r = commit(store, Batch::new().change(not("d")).change(task("t3")).event(ev(EventType::TaskOpened)));
+    assert!(
+        matches!(&r, Err(StoreError::Refused { table: "agents", id, state }) if id == "d" && state == "disabled"),
+        "{r:?}"
+    );
+    assert!(store.get(Table::Tasks, "t3").unwrap().is_none(), "a refused batch applies nothing");
+    assert_eq!(store.size().unwrap(), size);
 }
 
 /// A cap on matching records (`ExpectFewer`) checked in the writer's transaction: writers

@@ -16,7 +16,12 @@ use time::OffsetDateTime;
 use warden_core::audit::merkle::Hash;
 use warden_core::audit::note::{Checkpoint, NoteSigner};
 
-use crate::{Batch, Store, StoreError};
+use warden_core::audit::entry::ActorKind;
+
+use crate::{Batch, Change, Store, StoreError, Table};
+
+/// The state of a disabled user's record: no commit names them as actor.
+pub const USER_DISABLED: &str = "disabled";
 
 /// Where the time comes from (a fake in tests).
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -155,6 +160,18 @@ impl Ledger {
     /// Commits `batch`: its changes and events are durable when this returns `Ok`, with the
     /// events at the returned sequence numbers. On error nothing of the batch was applied.
     pub fn commit(&self, mut batch: Batch) -> Result<Receipt, StoreError> {
+        // Nothing commits in the name of a disabled user: a request of theirs that was
+        // admitted before the disable committed is refused at its commit, whatever path it
+        // took (a vote, a halt, an admin change), on any node.
+        let mut users: Vec<&str> =
+            batch.events.iter().filter(|e| e.actor.kind == ActorKind::User).map(|e| e.actor.id.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
+        let checks: Vec<Change> = users
+            .into_iter()
+            .map(|id| Change::ExpectNotState { table: Table::Users, id: id.to_string(), state: USER_DISABLED.into() })
+            .collect();
+        batch.changes.extend(checks);
         // Encode before queueing: the writer's turn is the one thing commits wait for.
         batch.prepare();
         let mut st = self.lock()?;

@@ -30,7 +30,7 @@ use warden_core::audit::entry::Event;
 use warden_core::audit::merkle::{Hash, TreeReader};
 
 pub use data_dir::{DataDir, DataDirError, StoreAt};
-pub use ledger::{Clock, GroupStats, Ledger, LedgerOptions, ManualClock, SystemClock};
+pub use ledger::{Clock, GroupStats, Ledger, LedgerOptions, ManualClock, SystemClock, USER_DISABLED};
 pub use postgres::{MAX_SKEW_MS, PgStore, PgTarget, redact_url};
 pub use records::{Change, Cursor, Order, Query, Record, Table};
 pub use sqlite::SqliteStore;
@@ -52,6 +52,9 @@ pub enum StoreError {
     /// An insert met an existing id or key, or an update met a newer version.
     #[error("conflict in `{table}` on `{id}`: {reason}")]
     Conflict { table: &'static str, id: String, reason: &'static str },
+    /// A batch's [`Change::ExpectNotState`] failed: the record is in the state it must not be.
+    #[error("`{id}` in `{table}` is {state}")]
+    Refused { table: &'static str, id: String, state: String },
     #[error("cannot sign the checkpoint: {0}")]
     Checkpoint(String),
     #[error("the store is closed")]
@@ -194,6 +197,7 @@ impl Batch {
                 | Change::Delete { .. }
                 | Change::Expect { .. }
                 | Change::ExpectMeta { .. }
+                | Change::ExpectNotState { .. }
                 | Change::BudgetCheck { .. }
                 | Change::ExpectFewer { .. } => None,
             })

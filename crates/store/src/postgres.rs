@@ -372,7 +372,7 @@ fn is_unique(e: &tokio_postgres::Error) -> bool {
 
 /// Failures that belong to one batch (the others in its group go on).
 fn batch_level(e: &StoreError) -> bool {
-    matches!(e, StoreError::Conflict { .. } | StoreError::Entry { .. })
+    matches!(e, StoreError::Conflict { .. } | StoreError::Entry { .. } | StoreError::Refused { .. })
 }
 
 fn time_ns(t: OffsetDateTime) -> i64 {
@@ -617,6 +617,8 @@ enum Check {
     Version(Table, String, u64),
     /// The setting has this value.
     Meta(String, Option<String>),
+    /// The record, if any, is not in this state.
+    NotState(Table, String, String),
     /// Fewer than `max` records match.
     Fewer(Table, u64),
     /// The budget is not met (see [`Change::BudgetCheck`]).
@@ -719,6 +721,11 @@ fn steps_of(change: &Change, body: Option<&str>, out: &mut Vec<Step>) -> Result<
             vec![Box::new(id.clone())],
             Check::Version(*table, id.clone(), *version),
         )),
+        Change::ExpectNotState { table, id, state } => out.push(step(
+            format!("SELECT state FROM {} WHERE id = $1", table.name()),
+            vec![Box::new(id.clone())],
+            Check::NotState(*table, id.clone(), state.clone()),
+        )),
         Change::ExpectMeta { key, value } => out.push(step(
             "SELECT value FROM meta WHERE key = $1",
             vec![Box::new(key.clone())],
@@ -818,6 +825,14 @@ fn judge(check: &Check, answer: Result<Answer, tokio_postgres::Error>) -> Result
                 })
             }
         }
+        Check::NotState(t, id, state) => {
+            let found: Option<String> = rows(&answer).and_then(|r| r.get(0));
+            if found.as_deref() == Some(state.as_str()) {
+                Err(StoreError::Refused { table: t.name(), id: id.clone(), state: state.clone() })
+            } else {
+                Ok(())
+            }
+        }
         Check::Fewer(t, max) => {
             let n = rows(&answer).map_or(0, |r| to_u64(r.get::<_, i64>(0)));
             if n < *max {
@@ -870,7 +885,12 @@ fn pipeline(c: &mut Conn, steps: &[Step]) -> Result<Vec<Result<Answer, tokio_pos
         let params: Vec<&(dyn ToSql + Sync)> = s.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
         let rows = matches!(
             s.check,
-            Check::Version(..) | Check::Meta(..) | Check::Fewer(..) | Check::Budget { .. } | Check::Read
+            Check::Version(..)
+                | Check::Meta(..)
+                | Check::NotState(..)
+                | Check::Fewer(..)
+                | Check::Budget { .. }
+                | Check::Read
         );
         futures.push(match statement {
             None => Box::pin(async move { client.batch_execute(&s.sql).await.map(|()| Answer::Count(0)) }),

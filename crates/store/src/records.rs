@@ -152,6 +152,11 @@ pub enum Change {
     Expect { table: Table, id: String, version: u64 },
     /// A precondition: the setting still has `value` (`None`: it is unset).
     ExpectMeta { key: String, value: Option<String> },
+    /// A precondition: the record, if there is one, is not in `state` (what keeps a disabled
+    /// user's requests in flight from committing: [`crate::Ledger`] adds it for every user a
+    /// batch's entries name as actor). The batch is refused ([`StoreError::Refused`]) when it
+    /// fails.
+    ExpectNotState { table: Table, id: String, state: String },
     /// A precondition that makes a budget's check and its hit one step: the batch conflicts
     /// when `agent` × `action` already has `max_hits` hits at or after `since_ms`, or when
     /// `target` is new among them and `max_distinct_targets` are already reached. Put it

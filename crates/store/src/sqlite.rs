@@ -355,6 +355,15 @@ fn apply(tx: &Transaction<'_>, change: &Change, body: Option<&str>) -> Result<()
                 Err(conflict(*table, id, "a precondition failed: the record changed since it was read"))
             }
         }
+        Change::ExpectNotState { table, id, state } => {
+            let sql = format!("SELECT state FROM {} WHERE id = ?1", table.name());
+            let found: Option<Option<String>> = tx.prepare_cached(&sql)?.query_row([id], |r| r.get(0)).optional()?;
+            if found.flatten().as_deref() == Some(state.as_str()) {
+                Err(StoreError::Refused { table: table.name(), id: id.clone(), state: state.clone() })
+            } else {
+                Ok(())
+            }
+        }
         Change::ExpectMeta { key, value } => {
             let found: Option<String> = tx
                 .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
@@ -444,7 +453,7 @@ fn usage_in(
 
 /// Failures that belong to one batch (the others in its group go on).
 fn batch_level(e: &StoreError) -> bool {
-    matches!(e, StoreError::Conflict { .. } | StoreError::Entry { .. })
+    matches!(e, StoreError::Conflict { .. } | StoreError::Entry { .. } | StoreError::Refused { .. })
 }
 
 /// The `WHERE` clause of `q`'s filters and its arguments.

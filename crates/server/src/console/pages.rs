@@ -648,27 +648,35 @@ pub async fn events(
     let stopping = app.stopping.subscribe();
     app.metrics.session("console_events", 1);
     let open = Open { app: app.clone(), _slot: slot };
-    let state = (app, changes, stopping, size, open);
-    let stream = futures_util::stream::unfold(state, |(app, mut changes, mut stopping, last, open)| async move {
-        loop {
-            if *stopping.borrow() {
-                return None;
+    let secret = std::sync::Arc::new(who.secret.clone());
+    let state = (app, changes, stopping, size, open, secret);
+    let stream =
+        futures_util::stream::unfold(state, |(app, mut changes, mut stopping, last, open, secret)| async move {
+            loop {
+                if *stopping.borrow() {
+                    return None;
+                }
+                // Wake on an approval change at once, else look at the log every half second; end
+                // when the server stops.
+                let woke = tokio::select! {
+                    r = tokio::time::timeout(Duration::from_millis(500), changes.changed()) => matches!(r, Ok(Ok(()))),
+                    _ = stopping.changed() => return None,
+                };
+                let now = match blocking(&app, |s| Ok(s.ledger().store().size()?)).await {
+                    Ok(n) => n,
+                    Err(_) => return None,
+                };
+                if now != last || woke {
+                    // The session is checked again before anything is sent: a user disabled (or
+                    // signed out) meanwhile gets nothing more, and the stream ends.
+                    let s = secret.clone();
+                    if blocking(&app, move |st| crate::auth::console_session(st, &s)).await.is_err() {
+                        return None;
+                    }
+                    let ev = Event::default().event("change").data(now.to_string());
+                    return Some((Ok(ev), (app, changes, stopping, now, open, secret)));
+                }
             }
-            // Wake on an approval change at once, else look at the log every half second; end
-            // when the server stops.
-            let woke = tokio::select! {
-                r = tokio::time::timeout(Duration::from_millis(500), changes.changed()) => matches!(r, Ok(Ok(()))),
-                _ = stopping.changed() => return None,
-            };
-            let now = match blocking(&app, |s| Ok(s.ledger().store().size()?)).await {
-                Ok(n) => n,
-                Err(_) => return None,
-            };
-            if now != last || woke {
-                let ev = Event::default().event("change").data(now.to_string());
-                return Some((Ok(ev), (app, changes, stopping, now, open)));
-            }
-        }
-    });
+        });
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }

@@ -347,7 +347,7 @@ async fn set_user_status(
         (status = 200, body = UserView),
         (status = 404, description = "`unknown_user`", body = ErrorBody),
         (status = 409, description = "`conflict`", body = ErrorBody),
-        (status = 422, description = "`invalid_request` (oneself)", body = ErrorBody),
+        (status = 403, description = "`self_disable`", body = ErrorBody),
     ))]
 pub async fn disable_user(
     State(app): State<App>,

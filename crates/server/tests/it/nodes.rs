@@ -110,7 +110,7 @@ async fn a_user_disabled_on_one_node_is_refused_on_the_other_at_once() {
 
     // Nobody disables themselves; an unknown user is 404.
     let (s, v) = h.call("POST", "/v1/users/admin/disable", Some(&h.admin), Some(why.clone())).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_request")), "{v}");
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("self_disable")), "{v}");
     let (s, v) = h.call("POST", "/v1/users/nobody/disable", Some(&h.admin), Some(why.clone())).await;
     assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("unknown_user")), "{v}");
 
