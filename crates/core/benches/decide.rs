@@ -99,6 +99,7 @@ fn input<'a>(agent: &'a str, req: &'a ActionRequest) -> DecisionInput<'a> {
         halts: &[],
         now: datetime!(2026-01-07 03:00:00 UTC),
         shadow: false,
+        via: None,
     }
 }
 

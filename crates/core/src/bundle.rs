@@ -41,6 +41,54 @@ pub struct Bundle {
     pub(crate) policy: CompiledPolicy,
     /// The files its version covers, as loaded: what another node loads to run the same bundle.
     files: Vec<SourceFile>,
+    /// What loads but cannot be what its author meant (grants no request can use).
+    warnings: Vec<Problem>,
+}
+
+/// Grants that can never be used because their action (or an upstream MCP tool mapped to it)
+/// reads a data class the agent's `[data] allowed` does not list: every such request is denied
+/// `data_not_allowed`.
+fn unusable_grants(agents: &BTreeMap<String, Guardrail>, catalog: &Catalog, mcp: &McpMap) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for g in agents.values() {
+        for grant in g.grants.iter().filter(|gr| gr.level > 0) {
+            let Some(class) = catalog.get(&grant.action) else { continue };
+            let missing = |reads: &[String]| -> Vec<String> {
+                reads.iter().filter(|c| !g.allowed_data.contains(c)).map(|c| format!("`{c}`")).collect()
+            };
+            let never = missing(&class.reads);
+            if !never.is_empty() {
+                out.push(Problem {
+                    file: g.file.clone(),
+                    line: Some(grant.line),
+                    message: format!(
+                        "the grant of `{}` can never be used: it reads {}, which `[data] allowed` does not list",
+                        grant.action,
+                        never.join(", ")
+                    ),
+                });
+                continue;
+            }
+            for tool in mcp.tools().iter().filter(|t| t.action == grant.action) {
+                let more = missing(&tool.reads);
+                if !more.is_empty() {
+                    out.push(Problem {
+                        file: g.file.clone(),
+                        line: Some(grant.line),
+                        message: format!(
+                            "the grant of `{}` can never be used through upstream tool `{}` (mcp.toml:{}): it reads {}, \
+                             which `[data] allowed` does not list",
+                            grant.action,
+                            tool.name,
+                            tool.line,
+                            more.join(", ")
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Files of a bundle that take part in decisions (and so in its version). `connectors.toml`
@@ -234,7 +282,23 @@ impl Bundle {
             return Err(BundleError { problems });
         }
         let kept = files.iter().filter(|f| is_policy_file(&f.path)).cloned().collect();
-        Ok(Self { version: bundle_version(files), catalog, inventory, agents, mcp, authority, policy, files: kept })
+        let warnings = unusable_grants(&agents, &catalog, &mcp);
+        Ok(Self {
+            version: bundle_version(files),
+            catalog,
+            inventory,
+            agents,
+            mcp,
+            authority,
+            policy,
+            files: kept,
+            warnings,
+        })
+    }
+
+    /// Grants no request can use, and why (`warden policy validate` prints them).
+    pub fn warnings(&self) -> &[Problem] {
+        &self.warnings
     }
 
     /// `sha256:<hex>` of the bundle's canonical content; see [`bundle_version`].

@@ -75,6 +75,81 @@ impl Risk {
     }
 }
 
+/// Whether data can be taken at its word (DESIGN.md §14): what an outsider could have written
+/// — an email body, an attachment, a web page, a ticket comment, threat-intel free text — is
+/// `untrusted`. Ordered: joining two labels keeps the less trusted.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Integrity {
+    #[default]
+    Trusted,
+    Untrusted,
+}
+
+impl Integrity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Integrity::Trusted => "trusted",
+            Integrity::Untrusted => "untrusted",
+        }
+    }
+}
+
+/// Who may see data. Ordered: joining two labels keeps the more confidential.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Confidentiality {
+    Public,
+    #[default]
+    Internal,
+    Confidential,
+}
+
+impl Confidentiality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Confidentiality::Public => "public",
+            Confidentiality::Internal => "internal",
+            Confidentiality::Confidential => "confidential",
+        }
+    }
+}
+
+/// The label of data: its integrity and its confidentiality (default: trusted, internal).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Label {
+    #[serde(default)]
+    pub integrity: Integrity,
+    #[serde(default)]
+    pub confidentiality: Confidentiality,
+}
+
+impl Label {
+    /// The label of data made of both: the less trusted, the more confidential.
+    pub fn join(self, other: Label) -> Label {
+        Label {
+            integrity: self.integrity.max(other.integrity),
+            confidentiality: self.confidentiality.max(other.confidentiality),
+        }
+    }
+}
+
+/// A data class (`email.body`, `threat-intel`): dot-separated words of lowercase letters,
+/// digits, `_` and `-`, each starting with a letter.
+pub fn is_data_class(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.split('.').all(|w| {
+            let mut chars = w.chars();
+            matches!(chars.next(), Some('a'..='z'))
+                && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+        })
+}
+
 /// The type of one action parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -162,6 +237,12 @@ pub struct ActionClass {
     /// For an `ip` action: whether its target may be a range (`ip:10.0.0.0/8`), not only one
     /// address. Off by default: a range is not a target unless the catalog says so.
     pub target_ranges: bool,
+    /// The data classes it reads (`[data] allowed` of the agent must list every one).
+    pub reads: Vec<String>,
+    /// The label of what it returns to the agent.
+    pub result: Label,
+    /// It sends data outside the organisation (mail out, a ticket in a customer's system).
+    pub egress: bool,
 }
 
 impl ActionClass {
@@ -238,6 +319,34 @@ struct RawAction {
     params: Vec<Spanned<ParamSpec>>,
     #[serde(default)]
     target_ranges: bool,
+    #[serde(default)]
+    reads: Vec<Spanned<String>>,
+    #[serde(default)]
+    result: Label,
+    #[serde(default)]
+    egress: bool,
+}
+
+/// Checks a list of data classes: each well-formed, none twice. The problems, with spans.
+pub(crate) fn check_data_classes(
+    file: &SourceFile,
+    classes: &[Spanned<String>],
+    what: &str,
+    problems: &mut Vec<Problem>,
+) {
+    let mut seen: Vec<&str> = Vec::new();
+    for c in classes {
+        let name = c.get_ref().as_str();
+        if !is_data_class(name) {
+            problems.push(file.problem_at(
+                Some(c.span()),
+                format!("{what}: data class `{name}` must be dot-separated lowercase words, like `email.body`"),
+            ));
+        } else if seen.contains(&name) {
+            problems.push(file.problem_at(Some(c.span()), format!("{what}: data class `{name}` is listed twice")));
+        }
+        seen.push(name);
+    }
 }
 
 /// `host.isolate`: dot-separated lowercase words.
@@ -306,6 +415,7 @@ impl Catalog {
                 }
                 seen.push(name.clone());
             }
+            check_data_classes(file, &a.reads, &format!("action `{id}` `reads`"), &mut problems);
             match (*a.reversible.get_ref(), &a.compensation) {
                 (true, None) => problems.push(file.problem_at(
                     Some(a.reversible.span()),
@@ -335,6 +445,9 @@ impl Catalog {
                     lease_ttl: a.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL),
                     params: a.params.into_iter().map(Spanned::into_inner).collect(),
                     target_ranges: a.target_ranges,
+                    reads: a.reads.into_iter().map(Spanned::into_inner).collect(),
+                    result: a.result,
+                    egress: a.egress,
                 },
             );
         }

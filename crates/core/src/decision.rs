@@ -96,6 +96,7 @@ pub enum CapCode {
     Halted,
     TaskClosed,
     OutOfScope,
+    DataNotAllowed,
     EvaluationError,
     Forbidden,
     NoGrant,
@@ -121,6 +122,7 @@ impl CapCode {
             CapCode::Halted => "halted",
             CapCode::TaskClosed => "task_closed",
             CapCode::OutOfScope => "out_of_scope",
+            CapCode::DataNotAllowed => "data_not_allowed",
             CapCode::EvaluationError => "evaluation_error",
             CapCode::Forbidden => "forbidden",
             CapCode::NoGrant => "no_grant",
@@ -482,6 +484,25 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
             req.task
         );
         stops.push(Cap { code: CapCode::OutOfScope, reason });
+    }
+    // Data boundaries (DESIGN §14): an action reading a data class the agent's `[data]
+    // allowed` does not list is denied (after a grant: without one, `no_grant` says more).
+    let reads = match input.via.and_then(|v| v.split_once('/')) {
+        Some((upstream, tool)) => {
+            bundle.mcp().route(upstream, tool).filter(|m| m.action == action.id).map_or(&action.reads, |m| &m.reads)
+        }
+        None => &action.reads,
+    };
+    let refused: Vec<String> = reads.iter().filter(|c| !g.allowed_data.contains(c)).map(|c| format!("`{c}`")).collect();
+    if granted > 0 && !refused.is_empty() {
+        let whose = if g.allowed_data_line == 0 {
+            format!("{}, which has no `[data] allowed`", g.file)
+        } else {
+            format!("`[data] allowed` at {}:{}", g.file, g.allowed_data_line)
+        };
+        let via = input.via.map(|v| format!(" through `{v}`")).unwrap_or_default();
+        let reason = format!("`{}`{via} reads {}, which the agent may not: {whose}", action.id, refused.join(", "));
+        stops.push(Cap { code: CapCode::DataNotAllowed, reason });
     }
     if granted == 0 && stops.is_empty() {
         let reason = format!("no policy grants `{}` on `{}` to this agent", action.id, req.target);

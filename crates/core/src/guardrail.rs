@@ -122,7 +122,11 @@ pub struct Guardrail {
     pub mode: Mode,
     pub task_sources: Vec<String>,
     pub environments: Option<Vec<Environment>>,
+    /// `[data] allowed`: the data classes the agent may read (an action reading any other is
+    /// denied, `data_not_allowed`).
     pub allowed_data: Vec<String>,
+    /// The line of `[data] allowed` (0: the file has none, so nothing is allowed).
+    pub allowed_data_line: usize,
     pub tools: Vec<String>,
     pub grants: Vec<Grant>,
     pub thresholds: Thresholds,
@@ -191,8 +195,7 @@ struct RawScope {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawData {
-    #[serde(default)]
-    allowed: Vec<String>,
+    allowed: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     tools: Vec<String>,
 }
@@ -468,6 +471,9 @@ impl Guardrail {
                 c.problems.push(Problem::in_file(&file.path, "`task_sources` must not hold empty names"));
             }
         }
+        if let Some(allowed) = &raw.data.allowed {
+            crate::catalog::check_data_classes(file, allowed.get_ref(), "`[data] allowed`", &mut c.problems);
+        }
         for tool in &raw.data.tools {
             if !is_ident(tool) {
                 c.problems.push(Problem::in_file(&file.path, format!("tool `{tool}` must be a lowercase word")));
@@ -486,7 +492,12 @@ impl Guardrail {
             mode: raw.agent.mode,
             task_sources: raw.scope.task_sources,
             environments: raw.scope.environments,
-            allowed_data: raw.data.allowed,
+            allowed_data_line: raw.data.allowed.as_ref().map_or(0, |a| file.line_at(a.span().start)),
+            allowed_data: raw
+                .data
+                .allowed
+                .map(|a| a.into_inner().into_iter().map(Spanned::into_inner).collect())
+                .unwrap_or_default(),
             tools: raw.data.tools,
             grants,
             thresholds,

@@ -69,6 +69,12 @@ struct ToolShape {
     capture: BTreeMap<String, String>,
     #[serde(default)]
     captured: BTreeMap<String, String>,
+    /// Data classes the tool reads beyond its action class's.
+    #[serde(default)]
+    reads: Vec<String>,
+    /// The label of what it returns, joined with its action class's.
+    #[serde(default)]
+    result: Option<crate::catalog::Label>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +112,10 @@ pub struct MappedTool {
     pub capture: BTreeMap<String, String>,
     /// Captured field (of the action this one compensates) → argument pointer.
     pub captured: BTreeMap<String, String>,
+    /// The data classes a call reads: its action class's and those `mcp.toml` adds.
+    pub reads: Vec<String>,
+    /// The label of what it returns: its action class's joined with what `mcp.toml` says.
+    pub result: crate::catalog::Label,
     /// Where it is defined in `mcp.toml`.
     pub line: usize,
 }
@@ -333,9 +343,18 @@ impl McpMap {
                 problems
                     .push(at(format!("`{}` of `{}` is mapped twice (also at line {})", t.tool, t.upstream, prev.line)));
             }
+            for c in &t.reads {
+                if !crate::catalog::is_data_class(c) {
+                    problems
+                        .push(at(format!("data class `{c}` must be dot-separated lowercase words, like `email.body`")));
+                }
+            }
+            let (mut reads, mut result) = (Vec::new(), t.result.unwrap_or_default());
             match catalog.get(&t.action) {
                 None => problems.push(at(format!("action `{}` is not in actions.toml", t.action))),
                 Some(a) => {
+                    reads.clone_from(&a.reads);
+                    result = result.join(a.result);
                     if a.target_kind != t.target.kind {
                         problems
                             .push(at(format!("`{}` targets `{}`, not `{}`", t.action, a.target_kind, t.target.kind)));
@@ -392,6 +411,15 @@ impl McpMap {
                 params: t.params,
                 capture: t.capture,
                 captured: t.captured,
+                reads: {
+                    for c in t.reads {
+                        if !reads.contains(&c) {
+                            reads.push(c);
+                        }
+                    }
+                    reads
+                },
+                result,
                 line,
             });
         }

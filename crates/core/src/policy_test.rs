@@ -128,6 +128,7 @@ impl Scenario {
             halts: &self.halts,
             now: self.now.unwrap_or(DEFAULT_NOW),
             shadow: self.shadow,
+            via: None,
         };
         decide(bundle, &input)
     }

@@ -246,6 +246,9 @@ pub struct DecisionInput<'a> {
     pub now: OffsetDateTime,
     /// Global shadow mode: decide and record, never execute.
     pub shadow: bool,
+    /// The upstream MCP tool (`UPSTREAM/TOOL`) the request came through, if any: its labels
+    /// (`mcp.toml`) count with the action class's.
+    pub via: Option<&'a str>,
 }
 
 #[cfg(test)]

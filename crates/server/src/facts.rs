@@ -101,6 +101,7 @@ pub fn decide_with(
     agent: &str,
     status: AgentStatus,
     req: &ActionRequest,
+    via: Option<&str>,
     f: &Facts,
 ) -> Decision {
     let input = DecisionInput {
@@ -112,6 +113,7 @@ pub fn decide_with(
         halts: &f.halts.list,
         now: s.now(),
         shadow: s.shadow,
+        via,
     };
     decide(bundle, &input)
 }
@@ -174,6 +176,7 @@ pub fn redecide(
         halts,
         now: s.now(),
         shadow: false,
+        via: r.via.as_deref(),
     };
     let d = decide(bundle, &input);
     let refused = match (d.outcome, approval, &d.approval) {

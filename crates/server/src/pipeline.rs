@@ -463,7 +463,7 @@ fn attempt(
     }
     let f = facts(s, bundle, &agent.id, req, true)?;
     let started = std::time::Instant::now();
-    let mut decision = decide_with(s, bundle, &agent.id, agent.status, req, &f);
+    let mut decision = decide_with(s, bundle, &agent.id, agent.status, req, digests.via.as_deref(), &f);
     s.metrics.decision_latency.observe(started.elapsed());
     let now = s.now();
     let id = new_id("act")?;
@@ -743,6 +743,6 @@ pub fn dry_run(s: &AppState, bundle: &Bundle, agent: &str, req: &ActionRequest) 
         .transpose()?
         .unwrap_or(AgentStatus::Active);
     let f = facts(s, bundle, agent, req, false)?;
-    let decision = decide_with(s, bundle, agent, status, req, &f);
+    let decision = decide_with(s, bundle, agent, status, req, None, &f);
     Ok(DryRunAnswer { agent: agent.to_string(), decision, recorded: false })
 }

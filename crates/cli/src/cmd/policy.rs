@@ -112,13 +112,16 @@ fn validate(a: &BundleArgs) -> Result<(), Failure> {
                 b.agents().count(),
                 b.policy_count()
             );
+            for w in b.warnings() {
+                outln!("warning: {w}");
+            }
             Ok(())
         }
         (Output::Text, Err(e)) => Err(Failure::Invalid(problems_text(&e.problems))),
         (Output::Json, Ok(b)) => {
             let out = json!({"valid": true, "bundle_version": b.version(), "actions": b.catalog().len(),
                 "assets": b.inventory().len(), "agents": b.agents().count(), "policies": b.policy_count(),
-                "mcp_tools": b.mcp().tools().len()});
+                "mcp_tools": b.mcp().tools().len(), "warnings": b.warnings()});
             outln!("{}", serde_json::to_string_pretty(&out).map_err(anyhow::Error::from)?);
             Ok(())
         }

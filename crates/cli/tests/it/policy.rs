@@ -55,7 +55,7 @@ fn validate_locates_each_kind_of_problem() {
             "actions.toml",
             "compensation = \"host.release\"",
             "compensation = \"host.relase\"",
-            "actions.toml:133: compensation of `host.isolate` names a missing action `host.relase`",
+            "actions.toml:143: compensation of `host.isolate` names a missing action `host.relase`",
         ),
         (
             "mcp.toml",
@@ -272,4 +272,28 @@ fn test_json_reports_each_case_with_its_decision() {
     let cases = v["cases"].as_array().unwrap();
     assert_eq!(cases.len() as u64, v["passed"].as_u64().unwrap());
     assert!(cases.iter().all(|c| c["passed"] == true && c["decision"]["outcome"].is_string()));
+}
+
+/// A grant no request can use (its action reads data the agent may not) loads, and `policy
+/// validate` says so, in text and in JSON.
+#[test]
+fn validate_warns_of_grants_that_data_boundaries_make_unusable() {
+    let dir = example_copy();
+    edit(dir.path(), "agents/network-guard.toml", "allowed = [\"netflow\", ", "allowed = [");
+    let out = warden().args(["policy", "validate"]).arg(dir.path()).assert().success().get_output().stdout.clone();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.starts_with("ok: "), "{text}");
+    let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 3, "{text}");
+    assert!(warnings.iter().all(|w| w.contains("agents/network-guard.toml:") && w.contains("`netflow`")), "{text}");
+    let out = warden()
+        .args(["policy", "validate", "--output", "json"])
+        .arg(dir.path())
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!((v["valid"].as_bool(), v["warnings"].as_array().map(Vec::len)), (Some(true), Some(3)), "{v}");
 }

@@ -287,3 +287,30 @@ fn inventory_ids_are_canonical_and_aliases_name_the_asset() {
     assert_eq!(by_alias.id, "breakglass-01", "stored in its canonical form");
     assert!(bundle.inventory().get(&"account:BREAKGLASS-01".parse().unwrap()).is_some());
 }
+
+#[test]
+fn data_classes_and_labels_are_checked() {
+    let path = "actions.toml";
+    let problems = broken(path, |t| {
+        t.replacen("reads = [\"email.headers\"]", "reads = [\"Email Headers\", \"netflow\", \"netflow\"]", 1)
+    });
+    let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
+    assert!(messages.iter().any(|m| m.contains("`Email Headers` must be dot-separated")), "{messages:?}");
+    assert!(messages.iter().any(|m| m.contains("`netflow` is listed twice")), "{messages:?}");
+    assert_eq!(problems[0].line, Some(line_of(&original(path), "reads = [\"email.headers\"]")));
+    let problems = broken(path, |t| {
+        t.replacen("result = { integrity = \"untrusted\" }", "result = { integrity = \"dubious\" }", 1)
+    });
+    assert!(problems[0].message.contains("dubious"), "{}", problems[0]);
+    let problems =
+        broken(path, |t| t.replacen("result = { integrity = \"untrusted\" }", "result = { trust = \"low\" }", 1));
+    assert!(problems[0].message.contains("trust"), "{}", problems[0]);
+    let path = "agents/phish-triage.toml";
+    let problems = broken(path, |t| t.replace("\"email.body\"", "\"email body\""));
+    assert!(problems[0].message.contains("`[data] allowed`: data class `email body`"), "{}", problems[0]);
+    assert_eq!(problems[0].file, path);
+    let path = "mcp.toml";
+    let problems =
+        broken(path, |t| t.replacen("action = \"host.isolate\"", "action = \"host.isolate\"\nreads = [\"EDR\"]", 1));
+    assert!(problems[0].message.contains("data class `EDR`"), "{}", problems[0]);
+}

@@ -168,3 +168,101 @@ fn a_halt_that_names_nothing_is_refused_in_a_fixture() {
     let problems = parse_cases(&warden_core::SourceFile::new("tests/x.toml", text)).unwrap_err();
     assert!(problems[0].message.contains("between 0 and 1"), "{problems:?}");
 }
+
+/// `[data] allowed` is enforced: with a grant, an action reading a class the agent may not read
+/// is denied (`data_not_allowed`, naming the class and where `[data] allowed` is); the grant is
+/// reported as one no request can use; without a grant, `no_grant` still says why.
+#[test]
+fn an_action_reading_data_the_agent_may_not_read_is_denied() {
+    let quarantine = scenario(
+        r#"agent = "spiffe://acme.example/soc/phish-triage"
+        action = "email.quarantine"
+        target = "mailbox:jdoe@acme.example"
+        confidence = 0.95
+        params = { message_id = "<a1@evil.example>" }
+        evidence = [{ kind = "email", ref = "msg:a1" }]
+        task = { id = "INC-1", severity = "high", source = "phish-report", verified = true }"#,
+    );
+    assert_eq!(quarantine.decide(example_bundle()).outcome.as_str(), "execute");
+    let bundle = edited("agents/phish-triage.toml", |t| t.replace("\"email.headers\", ", ""));
+    let d = quarantine.decide(&bundle);
+    assert_eq!((d.outcome.as_str(), d.effective_level, d.granted_level), ("deny", 0, 3), "{d:?}");
+    assert_eq!(d.caps.len(), 1, "{d:?}");
+    assert_eq!(d.caps[0].code.as_str(), "data_not_allowed");
+    assert!(
+        d.caps[0].reason.contains("`email.headers`") && d.caps[0].reason.contains("agents/phish-triage.toml:13"),
+        "{}",
+        d.caps[0].reason
+    );
+    let warned: Vec<String> = bundle.warnings().iter().map(ToString::to_string).collect();
+    assert_eq!(warned.len(), 2, "{warned:?}");
+    assert!(warned.iter().all(|w| w.contains("can never be used") && w.contains("`email.headers`")), "{warned:?}");
+    assert!(
+        warned.iter().any(|w| w.contains("email.quarantine")) && warned.iter().any(|w| w.contains("email.release"))
+    );
+    assert!(example_bundle().warnings().is_empty(), "{:?}", example_bundle().warnings());
+    // No `[data] allowed` at all: nothing may be read.
+    let bundle = edited("agents/phish-triage.toml", |t| {
+        t.replace("allowed = [\"email.headers\", \"email.body\", \"url.reputation\", \"attachment.hash\"]", "")
+    });
+    let d = quarantine.decide(&bundle);
+    assert!(d.caps[0].reason.contains("which has no `[data] allowed`"), "{d:?}");
+    // Without a grant, the missing grant (or what forbids it) is what is said.
+    let block = scenario(
+        r#"agent = "spiffe://acme.example/soc/phish-triage"
+        action = "ip.block"
+        target = "ip:203.0.113.9"
+        confidence = 0.95
+        params = { reason = "c2" }
+        evidence = [{ kind = "email", ref = "msg:a1" }]"#,
+    );
+    let d = block.decide(example_bundle());
+    assert_eq!(d.granted_level, 0, "{d:?}");
+    assert!(!d.caps.iter().any(|c| c.code.as_str() == "data_not_allowed"), "{d:?}");
+}
+
+/// An upstream MCP tool's own `reads` count for calls through it, not for the same action
+/// asked through `/v1`; its result label joins its action class's.
+#[test]
+fn an_upstream_tools_labels_count_for_calls_through_it() {
+    let bundle = edited("mcp.toml", |t| {
+        t.replacen(
+            "action = \"host.isolate\"",
+            "action = \"host.isolate\"\nreads = [\"edr.telemetry\"]\nresult = { confidentiality = \"confidential\" }",
+            1,
+        )
+    });
+    let tool = bundle.mcp().by_name("lab-edr.isolate_host").unwrap();
+    assert_eq!(tool.reads, ["edr.telemetry"]);
+    assert_eq!(tool.result.confidentiality, warden_core::catalog::Confidentiality::Confidential);
+    let enrich = bundle.catalog().get("alert.enrich").unwrap();
+    assert_eq!(enrich.result.integrity, warden_core::catalog::Integrity::Untrusted);
+    // phish-triage may isolate (level 2) but not read EDR telemetry: through the tool, denied.
+    let isolate = scenario(
+        r#"agent = "spiffe://acme.example/soc/phish-triage"
+        action = "host.isolate"
+        target = "host:web-42"
+        confidence = 0.95
+        params = { reason = "beacon" }
+        evidence = [{ kind = "email", ref = "msg:a1" }]
+        task = { id = "INC-1", severity = "high", source = "phish-report", verified = true }"#,
+    );
+    let direct = isolate.decide(&bundle);
+    assert_eq!(direct.outcome.as_str(), "require_approval", "{direct:?}");
+    let request = isolate.request();
+    let input = warden_core::request::DecisionInput {
+        agent: &isolate.agent,
+        agent_status: warden_core::request::AgentStatus::Active,
+        request: &request,
+        task: isolate.task.as_ref(),
+        budget: Default::default(),
+        halts: &[],
+        now: time::macros::datetime!(2026-01-07 10:00 UTC),
+        shadow: false,
+        via: Some("lab-edr/isolate_host"),
+    };
+    let through = warden_core::decide(&bundle, &input);
+    assert_eq!(through.outcome.as_str(), "deny", "{through:?}");
+    assert!(through.caps[0].reason.contains("through `lab-edr/isolate_host` reads `edr.telemetry`"), "{through:?}");
+    assert!(bundle.warnings().iter().any(|w| w.message.contains("through upstream tool `lab-edr.isolate_host`")));
+}

@@ -189,6 +189,7 @@ fn run(bundle: &Bundle, d: &Drawn) -> warden_core::Decision {
             halts: &d.halts,
             now: d.now,
             shadow: d.shadow,
+            via: None,
         },
     )
 }
