@@ -8,6 +8,7 @@ mod authority;
 mod authority_table;
 mod bounds;
 mod console;
+mod data;
 mod disable;
 mod errors;
 mod escapes;

@@ -1096,6 +1096,36 @@ mod upstream {
         edr.cancel().await.unwrap();
     }
 
+    /// Data boundaries through the MCP door (issue 26): an upstream tool that reads a data
+    /// class the agent may not (`mcp.toml` `reads`) is denied `data_not_allowed`, and the
+    /// upstream is never called; the same action asked through `/v1` reads only what its class
+    /// does, and runs.
+    #[tokio::test]
+    async fn an_upstream_tool_reading_data_the_agent_may_not_is_denied() {
+        let policy = tempfile::tempdir().unwrap();
+        crate::reload::copy_dir(&crate::example_dir(), policy.path());
+        let mcp_toml = policy.path().join("mcp.toml");
+        let toml = std::fs::read_to_string(&mcp_toml).unwrap();
+        let toml = toml.replacen("tool = \"isolate_host\"\n", "tool = \"isolate_host\"\nreads = [\"netflow\"]\n", 1);
+        std::fs::write(&mcp_toml, toml).unwrap();
+        let u = serve_upstream(Some(policy.path())).await;
+        let h = &u.h;
+        open_task(h).await;
+        let (edr, _) = connect(&u.base, &h.svid(EDR)).await;
+        let r = edr
+            .call_tool(CallToolRequestParams::new("lab-edr.isolate_host").with_arguments(isolate_args("web-42")))
+            .await
+            .unwrap();
+        assert_eq!(r.is_error, Some(true), "{}", text(&r));
+        assert!(text(&r).contains("data_not_allowed") && text(&r).contains("`netflow`"), "{}", text(&r));
+        assert_eq!(lab_calls(&u.lab, "edr mcp.isolate_host"), 0, "a denied call never reaches the upstream");
+        let body = json!({"task": "INC-7", "action": "host.isolate", "target": "host:web-42", "confidence": 0.95,
+                          "params": {"reason": "beacon"}, "rationale": "C2", "evidence": [{"kind": "edr", "ref": "d:1"}]});
+        let (status, a) = h.call("POST", "/v1/actions", Some(&h.svid(EDR)), Some(body)).await;
+        assert_eq!((status, a["state"].as_str()), (StatusCode::OK, Some("succeeded")), "{a}");
+        edr.cancel().await.unwrap();
+    }
+
     /// The upstream adds a tool and says so: Warden lists again, and tells the agents whose
     /// tools changed.
     #[tokio::test]
