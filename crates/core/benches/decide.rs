@@ -86,6 +86,7 @@ fn request(target: &str) -> ActionRequest {
         rationale: "C2 beacon".into(),
         evidence: vec![Evidence { kind: "edr".into(), reference: "det:1".into(), summary: None }],
         idempotency_key: None,
+        inputs: Vec::new(),
     }
 }
 

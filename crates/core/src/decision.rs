@@ -14,7 +14,7 @@ use crate::bundle::Bundle;
 use crate::guardrail::{Grant, Guardrail, Mode, Thresholds};
 use crate::inventory::Asset;
 use crate::policy::RequestFacts;
-use crate::request::{AgentStatus, BudgetUsage, DecisionInput, HaltScope, TaskState};
+use crate::request::{AgentStatus, BudgetUsage, DecisionInput, HaltScope, Taint, TaintLabel, TaskState};
 
 /// What Warden does with a request. Ordered from least to most permissive.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -109,6 +109,8 @@ pub enum CapCode {
     BreakerOpen,
     BudgetExceeded,
     DistinctTargetsExceeded,
+    UntrustedInput,
+    ConfidentialEgress,
     ShadowMode,
 }
 
@@ -135,6 +137,8 @@ impl CapCode {
             CapCode::BreakerOpen => "breaker_open",
             CapCode::BudgetExceeded => "budget_exceeded",
             CapCode::DistinctTargetsExceeded => "distinct_targets_exceeded",
+            CapCode::UntrustedInput => "untrusted_input",
+            CapCode::ConfidentialEgress => "confidential_egress",
             CapCode::ShadowMode => "shadow_mode",
         }
     }
@@ -245,6 +249,11 @@ pub struct LadderFacts {
     pub max_per_hour: Option<u32>,
     pub max_distinct_targets: Option<u32>,
     pub shadow: bool,
+    /// The task holds untrusted input and `[data] after_untrusted` covers this action: at
+    /// most this level (DESIGN §14).
+    pub untrusted_max: Option<u8>,
+    /// The task holds confidential data and this action sends data outside (`egress`).
+    pub confidential_egress: bool,
 }
 
 /// Where the ladder ends.
@@ -319,6 +328,19 @@ pub fn climb(f: &LadderFacts) -> Climb {
     if f.granted == 4 && f.require_reversible_for_autonomy && side_effects && !f.reversible {
         let reason = "the agent's rollback rules allow autonomy only for reversible actions".into();
         cap(&mut c, 2, CapCode::Irreversible, reason);
+    }
+
+    // What the task took in (DESIGN §14): it only ever lowers the level. Before the budgets, so
+    // a request that goes to a human because of it does not count against them.
+    if let Some(max) = f.untrusted_max
+        && f.granted > max
+    {
+        let reason = format!("the task holds untrusted input: at most level {max} (`[data] after_untrusted`)");
+        cap(&mut c, max, CapCode::UntrustedInput, reason);
+    }
+    if f.confidential_egress && f.granted > 2 && side_effects {
+        let reason = "the task holds confidential data and this action sends data outside: a human decides".into();
+        cap(&mut c, 2, CapCode::ConfidentialEgress, reason);
     }
 
     // Budgets and the breaker matter only if the request would otherwise execute.
@@ -401,6 +423,17 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
     };
     let (severity, source) = input.task.map_or(("unknown", "unknown"), |t| (t.severity.as_str(), t.source.as_str()));
     let task_verified = input.task.is_some_and(|t| t.verified);
+    // The task's marks and what this request declares it took in: both count for it.
+    let mut taint: Vec<Taint> = input.task.map(|t| t.taint.clone()).unwrap_or_default();
+    taint.extend(req.inputs.iter().map(|i| Taint {
+        label: i.label,
+        source: i.source.clone(),
+        request: None,
+        by: "agent".into(),
+    }));
+    let mut labels: Vec<&str> = taint.iter().map(|t| t.label.as_str()).collect();
+    labels.sort_unstable();
+    labels.dedup();
     let (hour, weekday) = (input.now.hour(), input.now.weekday().number_days_from_monday());
     let facts = RequestFacts {
         agent: &g.id,
@@ -412,6 +445,7 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
         severity,
         source,
         task_verified,
+        taint: &labels,
         hour,
         weekday,
     };
@@ -531,8 +565,29 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
         max_per_hour: grant.and_then(|gr| gr.max_per_hour).or(g.rollback.max_per_hour),
         max_distinct_targets: g.rollback.max_distinct_targets,
         shadow: input.shadow || g.mode == Mode::Shadow,
+        untrusted_max: g
+            .data_after_untrusted(action.category)
+            .filter(|_| taint.iter().any(|t| t.label == TaintLabel::Untrusted)),
+        confidential_egress: action.egress && taint.iter().any(|t| t.label == TaintLabel::Confidential),
     };
-    let c = climb(&facts);
+    let mut c = climb(&facts);
+    // The approval card says which input lowered the level, and where it came from.
+    for cap in c.caps.iter_mut() {
+        let label = match cap.code {
+            CapCode::UntrustedInput => TaintLabel::Untrusted,
+            CapCode::ConfidentialEgress => TaintLabel::Confidential,
+            _ => continue,
+        };
+        let sources: Vec<String> = taint
+            .iter()
+            .filter(|t| t.label == label)
+            .map(|t| match &t.request {
+                Some(r) => format!("{} ({}, {r})", t.source, t.by),
+                None => format!("{} ({})", t.source, t.by),
+            })
+            .collect();
+        cap.reason = format!("{}; taken in: {}", cap.reason, sources.join("; "));
+    }
     d.budget_limits = (facts.max_per_hour, facts.max_distinct_targets);
     d.effective_level = c.effective;
     d.outcome = Outcome::for_level(c.effective);
@@ -546,6 +601,8 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
     }
     d
 }
+
+pub use crate::request::MAX_INPUTS;
 
 fn check_request(g: &Guardrail, action: &crate::catalog::ActionClass, input: &DecisionInput<'_>) -> Result<(), String> {
     let req = input.request;
@@ -562,6 +619,7 @@ fn check_request(g: &Guardrail, action: &crate::catalog::ActionClass, input: &De
     if g.audit.require_rationale && req.rationale.trim().is_empty() {
         return Err("the agent's audit rules require a rationale".into());
     }
+    req.check_inputs()?;
     if (req.evidence.len() as u64) < u64::from(g.audit.min_evidence) {
         return Err(format!("the agent's audit rules require at least {} evidence items", g.audit.min_evidence));
     }
@@ -621,7 +679,27 @@ mod tests {
             max_per_hour: Some(10),
             max_distinct_targets: Some(5),
             shadow: false,
+            untrusted_max: None,
+            confidential_egress: false,
         }
+    }
+
+    #[test]
+    fn taint_caps_the_level_before_budgets_and_only_lowers_it() {
+        let tainted = LadderFacts { untrusted_max: Some(2), ..base() };
+        let c = climb(&tainted);
+        assert_eq!((c.effective, codes(&c)), (2, vec![CapCode::UntrustedInput]));
+        // A budget already met does not trip the breaker for a request a human will decide.
+        let spent = LadderFacts { budget: BudgetUsage { executions: 10, ..BudgetUsage::default() }, ..tainted };
+        assert!(!climb(&spent).trip_breaker);
+        // A grant at or under the cap is untouched.
+        let low = LadderFacts { granted: 2, ..tainted };
+        assert_eq!(climb(&low).caps, vec![]);
+        let egress = LadderFacts { confidential_egress: true, ..base() };
+        let c = climb(&egress);
+        assert_eq!((c.effective, codes(&c)), (2, vec![CapCode::ConfidentialEgress]));
+        let denied = LadderFacts { untrusted_max: Some(0), ..base() };
+        assert_eq!(climb(&denied).effective, 0);
     }
 
     fn codes(c: &Climb) -> Vec<CapCode> {

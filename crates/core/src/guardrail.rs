@@ -127,6 +127,7 @@ pub struct Guardrail {
     pub allowed_data: Vec<String>,
     /// The line of `[data] allowed` (0: the file has none, so nothing is allowed).
     pub allowed_data_line: usize,
+    pub after_untrusted: Option<AfterUntrusted>,
     pub tools: Vec<String>,
     pub grants: Vec<Grant>,
     pub thresholds: Thresholds,
@@ -140,6 +141,14 @@ pub struct Guardrail {
 }
 
 impl Guardrail {
+    /// The level `[data] after_untrusted` caps `category` at, if it covers it.
+    pub fn data_after_untrusted(&self, category: crate::catalog::Category) -> Option<u8> {
+        self.after_untrusted
+            .as_ref()
+            .filter(|a| a.categories.is_empty() || a.categories.contains(&category))
+            .map(|a| a.max_level)
+    }
+
     /// The largest budgets any decision on `action` can apply: per-hour executions (the
     /// largest per-action override, or the rollback rule) and distinct targets. A store need
     /// count no further than these to decide; `None`: unlimited, nothing to count.
@@ -198,6 +207,24 @@ struct RawData {
     allowed: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     tools: Vec<String>,
+    after_untrusted: Option<Spanned<RawAfterUntrusted>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAfterUntrusted {
+    max_level: u8,
+    #[serde(default)]
+    categories: Vec<crate::catalog::Category>,
+}
+
+/// `[data] after_untrusted`: once the task holds untrusted input, actions of these categories
+/// (all, when none is named) are capped at `max_level` (`untrusted_input`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AfterUntrusted {
+    pub max_level: u8,
+    pub categories: Vec<crate::catalog::Category>,
+    pub line: usize,
 }
 
 #[derive(Deserialize, Default)]
@@ -471,6 +498,14 @@ impl Guardrail {
                 c.problems.push(Problem::in_file(&file.path, "`task_sources` must not hold empty names"));
             }
         }
+        if let Some(a) = &raw.data.after_untrusted
+            && a.get_ref().max_level > 3
+        {
+            c.problems.push(file.problem_at(
+                Some(a.span()),
+                format!("`[data] after_untrusted` `max_level` must be 0 to 3, not {}", a.get_ref().max_level),
+            ));
+        }
         if let Some(allowed) = &raw.data.allowed {
             crate::catalog::check_data_classes(file, allowed.get_ref(), "`[data] allowed`", &mut c.problems);
         }
@@ -493,6 +528,11 @@ impl Guardrail {
             task_sources: raw.scope.task_sources,
             environments: raw.scope.environments,
             allowed_data_line: raw.data.allowed.as_ref().map_or(0, |a| file.line_at(a.span().start)),
+            after_untrusted: raw.data.after_untrusted.map(|a| {
+                let line = file.line_at(a.span().start);
+                let a = a.into_inner();
+                AfterUntrusted { max_level: a.max_level, categories: a.categories, line }
+            }),
             allowed_data: raw
                 .data
                 .allowed

@@ -31,7 +31,7 @@ use crate::catalog::{Catalog, ParamType};
 use crate::source::{Problem, SourceFile, toml_problem};
 
 /// The argument names a mapped tool adds for governance; an upstream argument may not use them.
-pub const GOVERNANCE: &[&str] = &["task", "confidence", "rationale", "evidence"];
+pub const GOVERNANCE: &[&str] = &["task", "confidence", "rationale", "evidence", "inputs"];
 
 /// The target kind of an advise-only action for unmapped tools (`mcp_tool:UPSTREAM.TOOL`).
 pub const UNMAPPED_KIND: &str = "mcp_tool";

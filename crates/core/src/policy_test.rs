@@ -21,7 +21,7 @@ use toml::Spanned;
 use crate::bundle::Bundle;
 use crate::decision::{Band, CapCode, Decision, Outcome, decide};
 use crate::inventory::TargetRef;
-use crate::request::{ActionRequest, AgentStatus, BudgetUsage, DecisionInput, Evidence, Halt, TaskInfo};
+use crate::request::{ActionRequest, AgentStatus, BudgetUsage, DecisionInput, Evidence, Halt, Input, TaskInfo};
 use crate::source::{Problem, SourceFile, toml_problem};
 
 /// When a fixture does not say: a Wednesday, 03:00 UTC (outside business hours).
@@ -43,7 +43,11 @@ pub struct Scenario {
     pub rationale: String,
     #[serde(default)]
     pub evidence: Vec<Evidence>,
-    /// The task; absent means an unknown trigger (severity and source `unknown`).
+    /// Content the request declares it took in (`inputs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<Input>,
+    /// The task; absent means an unknown trigger (severity and source `unknown`); its
+    /// `taint` and `history` are what earlier requests left.
     #[serde(default)]
     pub task: Option<TaskInfo>,
     #[serde(default, with = "time::serde::rfc3339::option")]
@@ -95,6 +99,7 @@ impl Scenario {
             rationale: self.rationale.clone(),
             evidence: self.evidence.clone(),
             idempotency_key: None,
+            inputs: self.inputs.clone(),
         }
     }
 

@@ -59,6 +59,10 @@ pub struct ActionRequest {
     pub evidence: Vec<Evidence>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Content the agent took in outside Warden (DESIGN §14): it taints the task, for this
+    /// request and every later one, until a human clears it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<Input>,
 }
 
 /// `KIND:ID` with an id of one spelling: the pattern [`crate::inventory::target_pattern`].
@@ -83,6 +87,7 @@ impl ActionRequest {
             return Err(format!("`confidence` must be a number between 0 and 1, not `{}`", self.confidence));
         }
         self.target.check()?;
+        self.check_inputs()?;
         for (name, v) in &self.params {
             exact_numbers(v).map_err(|n| {
                 format!(
@@ -92,6 +97,28 @@ impl ActionRequest {
             })?;
         }
         Ok(())
+    }
+}
+
+/// How many inputs one request may declare.
+pub const MAX_INPUTS: usize = 16;
+
+impl ActionRequest {
+    /// At most [`MAX_INPUTS`] inputs, each with a source of 1 to 512 characters and no control
+    /// character (a source is shown to approvers as it was sent).
+    pub fn check_inputs(&self) -> Result<(), String> {
+        if self.inputs.len() > MAX_INPUTS {
+            return Err(format!("at most {MAX_INPUTS} `inputs` per request, not {}", self.inputs.len()));
+        }
+        match self.inputs.iter().find(|i| {
+            i.source.trim().is_empty() || i.source.chars().count() > 512 || i.source.chars().any(char::is_control)
+        }) {
+            Some(i) => Err(format!(
+                "an input's `source` must be 1 to 512 characters without control characters, not `{}`",
+                i.source.chars().take(64).collect::<String>()
+            )),
+            None => Ok(()),
+        }
     }
 }
 
@@ -150,6 +177,57 @@ pub struct TaskInfo {
     /// (`out_of_scope`): no agent borrows a task — and its verified facts — it was not given.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<String>,
+    /// What the task's agents have taken in (DESIGN §14): every mark stays until a human
+    /// clears it. Policy reads the labels as `context.task.taint`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taint: Vec<Taint>,
+}
+
+/// A label a task carries: what its agents took in that lowers what they may do on their own.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaintLabel {
+    /// Content an outsider could have written (an email body, a web page, a ticket comment).
+    Untrusted,
+    /// Confidential data: what sends data outside needs a human after it.
+    Confidential,
+}
+
+impl TaintLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaintLabel::Untrusted => "untrusted",
+            TaintLabel::Confidential => "confidential",
+        }
+    }
+}
+
+/// One mark of taint on a task: the label, and where it came from.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Taint {
+    pub label: TaintLabel,
+    /// What was taken in, in words (`the result of email.fetch on mailbox:cfo@…`, or what the
+    /// agent declared).
+    pub source: String,
+    /// The request whose result it was, or that declared it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// Who said so: `warden` (a result it handed back) or `agent` (declared).
+    pub by: String,
+}
+
+/// Content an agent declares it took in outside Warden (`inputs` on a request): a label and
+/// where it came from. Declaring only adds taint; nothing an agent says removes it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    pub label: TaintLabel,
+    /// Where it came from (a URL, a message id, a ticket): at most 512 characters.
+    pub source: String,
 }
 
 fn unknown() -> String {

@@ -194,9 +194,7 @@ fn merge(into: &mut Batch, other: Batch) {
     into.events.extend(other.events);
 }
 
-fn versioned<T: Model>(store: &dyn Store, id: &str) -> Result<Option<(T, u64)>, ApiError> {
-    store.get(T::TABLE, id)?.map(|r| Ok((T::from_record(&r)?, r.version))).transpose()
-}
+use crate::model::versioned;
 
 fn call_for(req: &ActionRecord, lease: &str, token: &str, captured: Map<String, Value>) -> Call {
     let (kind, id) = req.target.split_once(':').unwrap_or(("", &req.target));
@@ -621,8 +619,36 @@ fn revoked(mut lease: Lease, reason: &str, now: OffsetDateTime) -> Lease {
     lease
 }
 
-/// Records an execution's result: the execution, its request, the lease revoked. Retried on a
-/// conflict (a halt revoking the lease meanwhile), never dropped: the tool has acted.
+/// The taint a succeeded execution's result leaves on its task (DESIGN §14): its label — its
+/// action class's, joined with the upstream tool's it came through — when untrusted or
+/// confidential. Labels of the bundle in force (a result is handed back now).
+fn result_taint(s: &AppState, req: &ActionRecord) -> Vec<warden_core::request::Taint> {
+    use warden_core::catalog::{Confidentiality, Integrity};
+    use warden_core::request::{Taint, TaintLabel};
+    let Ok(bundle) = s.bundle() else { return Vec::new() };
+    let Some(class) = bundle.catalog().get(&req.action) else { return Vec::new() };
+    let via = req.via.as_deref().and_then(|v| v.split_once('/'));
+    let label = via
+        .and_then(|(upstream, tool)| bundle.mcp().route(upstream, tool).filter(|m| m.action == req.action))
+        .map_or(class.result, |m| m.result);
+    let source = match &req.via {
+        Some(v) => format!("the result of `{}` on `{}` through `{v}`", req.action, req.target),
+        None => format!("the result of `{}` on `{}`", req.action, req.target),
+    };
+    let mark = |label| Taint { label, source: source.clone(), request: Some(req.id.clone()), by: "warden".into() };
+    let mut marks = Vec::new();
+    if label.integrity == Integrity::Untrusted {
+        marks.push(mark(TaintLabel::Untrusted));
+    }
+    if label.confidentiality == Confidentiality::Confidential {
+        marks.push(mark(TaintLabel::Confidential));
+    }
+    marks
+}
+
+/// Records an execution's result: the execution, its request, the lease revoked, and the
+/// taint its result leaves on the task. Retried on a conflict (a halt revoking the lease
+/// meanwhile, another result tainting the task), never dropped: the tool has acted.
 fn finish(
     s: &AppState,
     req: &ActionRecord,
@@ -633,9 +659,18 @@ fn finish(
     category: Option<&str>,
 ) -> Result<(), ApiError> {
     let store = s.ledger().store();
-    for _ in 0..8 {
+    let taint = if kind == EventType::ExecutionSucceeded { result_taint(s, req) } else { Vec::new() };
+    for _ in 0..32 {
         let now = s.now();
         let mut batch = Batch::new();
+        if !taint.is_empty()
+            && let Some((mut task, v)) = versioned::<crate::model::Task>(store.as_ref(), &req.task)?
+            && task.taint_with(taint.iter().cloned())
+        {
+            let mut r = task.record();
+            r.version = v;
+            batch = batch.change(Change::Update(r));
+        }
         let (_, ev) = versioned::<Execution>(store.as_ref(), &exec.id)?
             .ok_or_else(|| ApiError::new(Code::StoreUnavailable, format!("execution `{}` vanished", exec.id)))?;
         let mut r = exec.record();

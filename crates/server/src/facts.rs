@@ -127,6 +127,7 @@ fn task_info(t: Task) -> TaskInfo {
         source: t.trigger.source,
         verified: t.verified,
         agents: t.agents,
+        taint: t.taint,
     }
 }
 
@@ -163,6 +164,8 @@ pub fn redecide(
         rationale: r.rationale.clone(),
         evidence: r.evidence.clone(),
         idempotency_key: None,
+        // What it declared is on the task now, and the task is read below.
+        inputs: Vec::new(),
     };
     let store = s.ledger().store();
     let task = store.get(Table::Tasks, &r.task)?.map(|rec| Task::from_record(&rec).map(task_info)).transpose()?;

@@ -170,6 +170,30 @@ pub struct Task {
     pub closed_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_by: Option<String>,
+    /// What its agents took in (DESIGN §14): results Warden handed back labelled untrusted or
+    /// confidential, and what agents declared (`inputs`). Only ever added to by agents and
+    /// Warden.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taint: Vec<warden_core::request::Taint>,
+}
+
+/// The record `id` as a `T`, and the version it was read at.
+pub fn versioned<T: Model>(store: &dyn warden_store::Store, id: &str) -> Result<Option<(T, u64)>, ApiError> {
+    store.get(T::TABLE, id)?.map(|r| Ok((T::from_record(&r)?, r.version))).transpose()
+}
+
+impl Task {
+    /// Adds the marks not on it yet (the same label from the same source is one mark); whether
+    /// any was new.
+    pub fn taint_with(&mut self, marks: impl IntoIterator<Item = warden_core::request::Taint>) -> bool {
+        let before = self.taint.len();
+        for m in marks {
+            if !self.taint.iter().any(|t| t.label == m.label && t.source == m.source) {
+                self.taint.push(m);
+            }
+        }
+        self.taint.len() > before
+    }
 }
 
 impl Model for Task {

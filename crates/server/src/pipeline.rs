@@ -526,6 +526,7 @@ fn attempt(
                 "confidence": req.confidence,
                 "rationale": req.rationale,
                 "evidence": req.evidence,
+                "inputs": req.inputs,
                 "idempotency_key": req.idempotency_key,
                 "request_digest": digests.request,
                 "digest": digests.action,
@@ -558,6 +559,26 @@ fn attempt(
         .change(Change::Insert(drec.record()))
         .event(requested)
         .event(decided);
+    // What the agent declares it took in taints the task, whatever the outcome (after the
+    // task's precondition: the update moves its version).
+    if !req.inputs.is_empty()
+        && let Some((mut task, version)) = crate::model::versioned::<crate::model::Task>(store, &req.task)?
+    {
+        if version != f.task_version {
+            return Ok(None);
+        }
+        let marks = req.inputs.iter().map(|i| warden_core::request::Taint {
+            label: i.label,
+            source: i.source.clone(),
+            request: Some(id.clone()),
+            by: "agent".into(),
+        });
+        if task.taint_with(marks) {
+            let mut r = task.record();
+            r.version = version;
+            batch = batch.change(Change::Update(r));
+        }
+    }
     match &joins {
         Some(Joins::Opens(a)) => {
             batch = batch.change(Change::Insert(a.record())).event(

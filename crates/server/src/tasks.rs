@@ -67,6 +67,7 @@ pub fn open(
         opened_at: rfc3339(s.now()),
         closed_at: None,
         closed_by: None,
+        taint: Vec::new(),
     };
     let event = Event::new(EventType::TaskOpened, caller.actor())
         .task(&id)

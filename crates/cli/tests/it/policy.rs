@@ -31,7 +31,7 @@ fn validate_locates_each_kind_of_problem() {
             "agents/phish-triage.toml",
             "action = \"email.release\"",
             "action = \"email.relaese\"",
-            "agents/phish-triage.toml:46: unknown action `email.relaese` (not in actions.toml)",
+            "agents/phish-triage.toml:49: unknown action `email.relaese` (not in actions.toml)",
         ),
         (
             "agents/edr-responder.toml",
@@ -43,7 +43,7 @@ fn validate_locates_each_kind_of_problem() {
             "agents/phish-triage.toml",
             "autonomous = 0.90",
             "autonomous = 1.5",
-            "agents/phish-triage.toml:17: threshold `autonomous` must be between 0 and 1, not 1.5",
+            "agents/phish-triage.toml:20: threshold `autonomous` must be between 0 and 1, not 1.5",
         ),
         (
             "agents/network-guard.toml",
@@ -55,7 +55,7 @@ fn validate_locates_each_kind_of_problem() {
             "actions.toml",
             "compensation = \"host.release\"",
             "compensation = \"host.relase\"",
-            "actions.toml:143: compensation of `host.isolate` names a missing action `host.relase`",
+            "actions.toml:142: compensation of `host.isolate` names a missing action `host.relase`",
         ),
         (
             "mcp.toml",

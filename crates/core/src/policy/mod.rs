@@ -80,6 +80,8 @@ pub(crate) struct RequestFacts<'a> {
     pub severity: &'a str,
     pub source: &'a str,
     pub task_verified: bool,
+    /// The task's taint labels (`untrusted`, `confidential`), each once.
+    pub taint: &'a [&'a str],
     pub hour: u8,
     pub weekday: u8,
 }
@@ -270,6 +272,7 @@ mod tests {
                         severity: "critical",
                         source: "edr",
                         task_verified: true,
+                        taint: &[],
                         hour,
                         weekday: 2,
                     };

@@ -49,7 +49,8 @@ pub(crate) fn generate_schema(catalog: &Catalog, inventory: &Inventory) -> Strin
             s,
             "  action {} in [{}] appliesTo {{ principal: [Agent], resource: [{}], context: {{ \
              \"confidence\": __cedar::decimal, \"hour\": Long, \"weekday\": Long, \
-             \"task\": {{ \"severity\": String, \"source\": String, \"verified\": Bool }}, \"params\": {{ {params} }} }} }};",
+             \"task\": {{ \"severity\": String, \"source\": String, \"verified\": Bool, \"taint\": Set<String> }}, \
+             \"params\": {{ {params} }} }} }};",
             lit(&a.id),
             lit(a.category.as_str()),
             entity_type_name(&a.target_kind)

@@ -298,12 +298,12 @@ fn data_classes_and_labels_are_checked() {
     assert!(messages.iter().any(|m| m.contains("`Email Headers` must be dot-separated")), "{messages:?}");
     assert!(messages.iter().any(|m| m.contains("`netflow` is listed twice")), "{messages:?}");
     assert_eq!(problems[0].line, Some(line_of(&original(path), "reads = [\"email.headers\"]")));
-    let problems = broken(path, |t| {
-        t.replacen("result = { integrity = \"untrusted\" }", "result = { integrity = \"dubious\" }", 1)
-    });
+    let with_result = |result: &'static str| {
+        move |t: &str| t.replacen("reads = [\"netflow\"]", &format!("reads = [\"netflow\"]\nresult = {result}"), 1)
+    };
+    let problems = broken(path, with_result("{ integrity = \"dubious\" }"));
     assert!(problems[0].message.contains("dubious"), "{}", problems[0]);
-    let problems =
-        broken(path, |t| t.replacen("result = { integrity = \"untrusted\" }", "result = { trust = \"low\" }", 1));
+    let problems = broken(path, with_result("{ trust = \"low\" }"));
     assert!(problems[0].message.contains("trust"), "{}", problems[0]);
     let path = "agents/phish-triage.toml";
     let problems = broken(path, |t| t.replace("\"email.body\"", "\"email body\""));

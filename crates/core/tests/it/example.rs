@@ -236,7 +236,7 @@ fn an_upstream_tools_labels_count_for_calls_through_it() {
     assert_eq!(tool.reads, ["edr.telemetry"]);
     assert_eq!(tool.result.confidentiality, warden_core::catalog::Confidentiality::Confidential);
     let enrich = bundle.catalog().get("alert.enrich").unwrap();
-    assert_eq!(enrich.result.integrity, warden_core::catalog::Integrity::Untrusted);
+    assert_eq!(enrich.result.integrity, warden_core::catalog::Integrity::Trusted, "the default");
     // phish-triage may isolate (level 2) but not read EDR telemetry: through the tool, denied.
     let isolate = scenario(
         r#"agent = "spiffe://acme.example/soc/phish-triage"
@@ -265,4 +265,62 @@ fn an_upstream_tools_labels_count_for_calls_through_it() {
     assert_eq!(through.outcome.as_str(), "deny", "{through:?}");
     assert!(through.caps[0].reason.contains("through `lab-edr/isolate_host` reads `edr.telemetry`"), "{through:?}");
     assert!(bundle.warnings().iter().any(|w| w.message.contains("through upstream tool `lab-edr.isolate_host`")));
+}
+
+/// Taint (DESIGN §14): after untrusted input, phish-triage's containment goes to a human
+/// (`[data] after_untrusted`), and the cap says what was taken in; a task without taint
+/// decides as before; ticketing (not covered) is untouched. After confidential data, an
+/// `egress` action needs a human.
+#[test]
+fn taint_lowers_autonomy_and_says_why() {
+    let quarantine = |task_extra: &str, inputs: &str| {
+        scenario(&format!(
+            r#"agent = "spiffe://acme.example/soc/phish-triage"
+            action = "email.quarantine"
+            target = "mailbox:jdoe@acme.example"
+            confidence = 0.95
+            params = {{ message_id = "<a1@evil.example>" }}
+            evidence = [{{ kind = "email", ref = "msg:a1" }}]
+            {inputs}
+            task = {{ id = "INC-1", severity = "high", source = "phish-report", verified = true {task_extra} }}"#
+        ))
+        .decide(example_bundle())
+    };
+    let clean = quarantine("", "");
+    assert_eq!(clean.outcome.as_str(), "execute", "{clean:?}");
+    let mark =
+        r#", taint = [{ label = "untrusted", source = "the body of message m-77", request = "act_1", by = "warden" }]"#;
+    let tainted = quarantine(mark, "");
+    assert_eq!((tainted.outcome.as_str(), tainted.effective_level), ("require_approval", 2), "{tainted:?}");
+    let cap = tainted.caps.iter().find(|c| c.code.as_str() == "untrusted_input").expect("the cap");
+    assert!(cap.reason.contains("the body of message m-77 (warden, act_1)"), "{}", cap.reason);
+    // Declared by the request itself: the same.
+    let declared = quarantine("", r#"inputs = [{ label = "untrusted", source = "https://evil.example/login" }]"#);
+    assert_eq!(declared.outcome.as_str(), "require_approval", "{declared:?}");
+    assert!(declared.caps.iter().any(|c| c.reason.contains("https://evil.example/login (agent)")), "{declared:?}");
+    // Confidential data is not untrusted input: containment stays autonomous.
+    let confidential = quarantine(&mark.replace("untrusted", "confidential"), "");
+    assert_eq!(confidential.outcome.as_str(), "execute", "{confidential:?}");
+
+    // An action that sends data outside, after confidential data: a human decides.
+    let bundle =
+        edited("actions.toml", |t| t.replacen("tool = \"ticketing\"\n", "tool = \"ticketing\"\negress = true\n", 1));
+    let ticket = |extra: &str| {
+        scenario(&format!(
+            r#"agent = "spiffe://acme.example/soc/phish-triage"
+            action = "ticket.create"
+            target = "ticket:CASE-7"
+            confidence = 0.95
+            params = {{ title = "wave" }}
+            evidence = [{{ kind = "email", ref = "msg:a1" }}]
+            task = {{ id = "INC-2", severity = "high", source = "siem", verified = true {extra} }}"#
+        ))
+        .decide(&bundle)
+    };
+    assert_eq!(ticket("").outcome.as_str(), "execute");
+    // Untrusted input alone: ticketing is not in `after_untrusted`'s categories.
+    assert_eq!(ticket(mark).outcome.as_str(), "execute");
+    let d = ticket(&mark.replace("untrusted", "confidential"));
+    assert_eq!(d.outcome.as_str(), "require_approval", "{d:?}");
+    assert!(d.caps.iter().any(|c| c.code.as_str() == "confidential_egress"), "{d:?}");
 }

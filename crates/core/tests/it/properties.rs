@@ -30,15 +30,16 @@ fn budget() -> impl Strategy<Value = BudgetUsage> {
 prop_compose! {
     fn facts()(
         granted in 0u8..=4, confidence in 0.0f64..=1.0, thresholds in thresholds(),
-        flags in prop::collection::vec(any::<bool>(), 11), budget in budget(),
+        flags in prop::collection::vec(any::<bool>(), 12), budget in budget(),
         max_per_hour in prop::option::of(1u32..25), max_distinct_targets in prop::option::of(1u32..8),
+        untrusted_max in prop::option::of(0u8..=3),
     ) -> LadderFacts {
         LadderFacts {
             granted, confidence, thresholds, budget, max_per_hour, max_distinct_targets,
             read_only: flags[0], reversible: flags[1], high_impact: flags[2], step_up_category: flags[3],
             tier0: flags[4], privileged: flags[5], known_target: flags[6],
             require_reversible_for_autonomy: flags[7], review_autonomous: flags[8], shadow: flags[9],
-            allow_privileged: flags[10],
+            allow_privileged: flags[10], untrusted_max, confidential_egress: flags[11],
         }
     }
 }
@@ -66,6 +67,21 @@ proptest! {
     fn raising_confidence_never_lowers_the_outcome(f in facts(), raise in 0.0f64..=1.0) {
         let higher = LadderFacts { confidence: (f.confidence + raise).min(1.0), ..f };
         prop_assert!(climb(&higher).effective >= climb(&f).effective);
+    }
+
+    #[test]
+    fn taint_never_raises_the_outcome_and_without_it_nothing_changes(f in facts(), max in 0u8..=3) {
+        let clean = LadderFacts { untrusted_max: None, confidential_egress: false, ..f };
+        let untrusted = LadderFacts { untrusted_max: Some(max), ..clean };
+        let egress = LadderFacts { confidential_egress: true, ..clean };
+        let both = LadderFacts { untrusted_max: Some(max), confidential_egress: true, ..clean };
+        let base = climb(&clean).effective;
+        for t in [&untrusted, &egress, &both] {
+            prop_assert!(climb(t).effective <= base, "{t:?}");
+        }
+        prop_assert!(climb(&untrusted).effective <= max, "{untrusted:?}");
+        // More taint never raises it either.
+        prop_assert!(climb(&both).effective <= climb(&untrusted).effective.min(climb(&egress).effective));
     }
 
     #[test]
@@ -166,6 +182,7 @@ fn drawn(bundle: &'static Bundle) -> impl Strategy<Value = Drawn> {
                     rationale: "why".into(),
                     evidence,
                     idempotency_key: None,
+                    inputs: Vec::new(),
                 },
                 agent,
                 halts,

@@ -56,3 +56,79 @@ async fn an_action_reading_data_the_agent_may_not_is_denied_and_nothing_runs() {
     let decided = entries["entries"].as_array().unwrap().iter().rev().find(|e| e["entry"]["type"] == "decision.made");
     assert!(decided.unwrap().to_string().contains("data_not_allowed"), "{decided:?}");
 }
+
+/// Taint follows the task (issue 26): what phish-triage declares it read (`inputs`) taints the
+/// task for this request and every later one — its containment goes to a human whose card says
+/// what was read — and nothing an agent sends removes it; a result Warden hands back labelled
+/// untrusted (`alert.enrich`'s threat intel) taints the task too, in the commit that records it.
+#[tokio::test]
+async fn taint_follows_the_task_and_only_grows() {
+    let (url, keys) = crate::lab();
+    // The enrichment's threat intel taken as untrusted free text.
+    let policy = bundle_with(
+        "actions.toml",
+        "reads = [\"asset.inventory\", \"threat-intel\"]\n",
+        "reads = [\"asset.inventory\", \"threat-intel\"]\nresult = { integrity = \"untrusted\" }\n",
+    );
+    let h = harness_full(
+        Some(policy.path()),
+        Arc::new(warden_store::SystemClock),
+        Default::default(),
+        Some(connector(&url, &keys)),
+    );
+    let ana = h.user("ana", &["soc-analyst"]);
+    let task = json!({"id": "INC-T1", "title": "t", "trigger": {"source": "email-gateway", "severity": "high"}});
+    assert_eq!(h.call("POST", "/v1/tasks", Some(&ana), Some(task)).await.0, StatusCode::CREATED);
+    let phish = h.svid(PHISH);
+    let quarantine = |message: &str, inputs: serde_json::Value| {
+        json!({"task": "INC-T1", "action": "email.quarantine", "target": "mailbox:jdoe@acme.example",
+               "params": {"message_id": message}, "confidence": 0.95, "rationale": "phish",
+               "evidence": [{"kind": "email", "ref": "m"}], "inputs": inputs})
+    };
+    let (_, first) = h.call("POST", "/v1/actions", Some(&phish), Some(quarantine("wave-2041-a1", json!([])))).await;
+    assert_eq!(first["state"], "succeeded", "clean, it runs on its own: {first}");
+    let read = json!([{"label": "untrusted", "source": "the body of message m-77 from an external sender"}]);
+    let (status, a) = h.call("POST", "/v1/actions", Some(&phish), Some(quarantine("wave-2041-a2", read))).await;
+    assert_eq!((status, a["decision"]["outcome"].as_str()), (StatusCode::OK, Some("require_approval")), "{a}");
+    let cap = a["decision"]["caps"].as_array().unwrap().iter().find(|c| c["code"] == "untrusted_input").unwrap();
+    assert!(
+        cap["reason"].as_str().unwrap().contains("the body of message m-77 from an external sender (agent)"),
+        "{cap}"
+    );
+    // The card the approver sees carries the decision and its caps.
+    let approval = a["decision"]["approval"]["id"].as_str().unwrap();
+    let (_, card) = h.call("GET", &format!("/v1/approvals/{approval}"), Some(&ana), None).await;
+    assert!(card.to_string().contains("the body of message m-77"), "{card}");
+    // A later request that declares nothing is still capped: the mark is the task's.
+    let (_, later) = h.call("POST", "/v1/actions", Some(&phish), Some(quarantine("wave-2041-a3", json!([])))).await;
+    assert_eq!(later["decision"]["outcome"], "require_approval", "{later}");
+    let (_, t) = h.call("GET", "/v1/tasks/INC-T1", Some(&ana), None).await;
+    assert_eq!(t["taint"].as_array().map(Vec::len), Some(1), "{t}");
+    assert_eq!((t["taint"][0]["label"].as_str(), t["taint"][0]["by"].as_str()), (Some("untrusted"), Some("agent")));
+    // Bad inputs are refused whole, nothing recorded.
+    for bad in [
+        json!([{"label": "trusted", "source": "x"}]),
+        json!([{"label": "untrusted", "source": ""}]),
+        json!([{"label": "untrusted", "source": "x", "clear": true}]),
+    ] {
+        let (status, e) = h.call("POST", "/v1/actions", Some(&phish), Some(quarantine("wave-2041-a4", bad))).await;
+        assert!(status.is_client_error(), "{status} {e}");
+    }
+    let (_, t) = h.call("GET", "/v1/tasks/INC-T1", Some(&ana), None).await;
+    assert_eq!(t["taint"].as_array().map(Vec::len), Some(1), "{t}");
+
+    // Warden's own result: the enrichment bot's threat intel is untrusted.
+    let enrich_task = json!({"id": "INC-T2", "title": "t", "trigger": {"source": "siem", "severity": "high"}});
+    assert_eq!(h.call("POST", "/v1/tasks", Some(&ana), Some(enrich_task)).await.0, StatusCode::CREATED);
+    let bot = h.svid("spiffe://acme.example/soc/enrichment-bot");
+    let enrich = json!({"task": "INC-T2", "action": "alert.enrich", "target": "alert:ALRT-1", "confidence": 0.9,
+                        "params": {}, "rationale": "r", "evidence": [{"kind": "siem", "ref": "a"}]});
+    let (_, e) = h.call("POST", "/v1/actions", Some(&bot), Some(enrich)).await;
+    assert_eq!(e["state"], "succeeded", "{e}");
+    let (_, t) = h.call("GET", "/v1/tasks/INC-T2", Some(&ana), None).await;
+    let marks = t["taint"].as_array().unwrap();
+    assert_eq!(marks.len(), 1, "{t}");
+    assert_eq!((marks[0]["label"].as_str(), marks[0]["by"].as_str()), (Some("untrusted"), Some("warden")));
+    assert_eq!(marks[0]["request"], e["id"]);
+    assert!(marks[0]["source"].as_str().unwrap().contains("the result of `alert.enrich` on `alert:ALRT-1`"));
+}

@@ -967,7 +967,7 @@ mod upstream {
         let schema = serde_json::to_value(&isolate.input_schema).unwrap();
         let mut props: Vec<&String> = schema["properties"].as_object().unwrap().keys().collect();
         props.sort();
-        assert_eq!(props, ["comment", "confidence", "evidence", "hostname", "rationale", "task"], "{schema}");
+        assert_eq!(props, ["comment", "confidence", "evidence", "hostname", "inputs", "rationale", "task"], "{schema}");
         assert_eq!(schema["additionalProperties"], false);
         assert!(isolate.description.as_deref().unwrap().contains("host.isolate"));
         // The phishing agent may only ask for a host isolation (level 2), nothing else of the EDR's.
