@@ -338,7 +338,8 @@ pub fn climb(f: &LadderFacts) -> Climb {
         let reason = format!("the task holds untrusted input: at most level {max} (`[data] after_untrusted`)");
         cap(&mut c, max, CapCode::UntrustedInput, reason);
     }
-    if f.confidential_egress && f.granted > 2 && side_effects {
+    // Read-only or not: a lookup that sends data outside is egress too.
+    if f.confidential_egress && f.granted > 2 {
         let reason = "the task holds confidential data and this action sends data outside: a human decides".into();
         cap(&mut c, 2, CapCode::ConfidentialEgress, reason);
     }
@@ -578,14 +579,19 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
             CapCode::ConfidentialEgress => TaintLabel::Confidential,
             _ => continue,
         };
-        let sources: Vec<String> = taint
+        // The first few, and how many more: a reason stays short however much was taken in.
+        let of_label: Vec<&Taint> = taint.iter().filter(|t| t.label == label).collect();
+        let mut sources: Vec<String> = of_label
             .iter()
-            .filter(|t| t.label == label)
+            .take(SOURCES_SHOWN)
             .map(|t| match &t.request {
                 Some(r) => format!("{} ({}, {r})", t.source, t.by),
                 None => format!("{} ({})", t.source, t.by),
             })
             .collect();
+        if of_label.len() > SOURCES_SHOWN {
+            sources.push(format!("and {} more", of_label.len() - SOURCES_SHOWN));
+        }
         cap.reason = format!("{}; taken in: {}", cap.reason, sources.join("; "));
     }
     d.budget_limits = (facts.max_per_hour, facts.max_distinct_targets);
@@ -603,6 +609,9 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
 }
 
 pub use crate::request::MAX_INPUTS;
+
+/// How many sources of taint a cap's reason names (then how many more).
+const SOURCES_SHOWN: usize = 5;
 
 fn check_request(g: &Guardrail, action: &crate::catalog::ActionClass, input: &DecisionInput<'_>) -> Result<(), String> {
     let req = input.request;

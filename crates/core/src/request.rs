@@ -62,6 +62,7 @@ pub struct ActionRequest {
     /// Content the agent took in outside Warden (DESIGN §14): it taints the task, for this
     /// request and every later one, until a human clears it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 16))]
     pub inputs: Vec<Input>,
 }
 
@@ -111,11 +112,12 @@ impl ActionRequest {
             return Err(format!("at most {MAX_INPUTS} `inputs` per request, not {}", self.inputs.len()));
         }
         match self.inputs.iter().find(|i| {
-            i.source.trim().is_empty() || i.source.chars().count() > 512 || i.source.chars().any(char::is_control)
+            i.source.chars().all(|c| c == ' ') || i.source.chars().count() > 512 || i.source.chars().any(invisible)
         }) {
             Some(i) => Err(format!(
-                "an input's `source` must be 1 to 512 characters without control characters, not `{}`",
-                i.source.chars().take(64).collect::<String>()
+                "an input's `source` must be 1 to 512 characters, not blank, without control or invisible format \
+                 characters, not `{}`",
+                i.source.chars().filter(|c| !invisible(*c)).take(64).collect::<String>()
             )),
             None => Ok(()),
         }
@@ -226,8 +228,39 @@ pub struct Taint {
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub label: TaintLabel,
-    /// Where it came from (a URL, a message id, a ticket): at most 512 characters.
+    /// Where it came from (a URL, a message id, a ticket): 1 to 512 characters, not blank,
+    /// no control or invisible format character ([`INPUT_SOURCE`]).
+    #[cfg_attr(feature = "openapi", schema(schema_with = input_source_schema))]
     pub source: String,
+}
+
+/// The characters an input's source may not hold: C0 and C1 controls, and the invisible format
+/// characters that could make an approval card read otherwise (soft hyphen, zero-width and
+/// direction marks, embeddings, overrides and isolates, word joiners, the BOM).
+const INVISIBLE: &str =
+    "\\u0000-\\u001F\\u007F-\\u009F\\u00AD\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u206F\\uFEFF";
+
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{0}'..='\u{1F}' | '\u{7F}'..='\u{9F}' | '\u{AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
+}
+
+/// An input's source as the OpenAPI document states it: no [`INVISIBLE`] character, and one
+/// that is not a space.
+pub fn input_source_pattern() -> String {
+    format!("^[^{INVISIBLE}]*[^{INVISIBLE} ][^{INVISIBLE}]*$")
+}
+
+#[cfg(feature = "openapi")]
+fn input_source_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(Some(1))
+        .max_length(Some(512))
+        .pattern(Some(input_source_pattern()))
+        .description(Some("Where it came from: 1–512 characters, not blank, no control or invisible format character"))
+        .examples([serde_json::json!("the body of message m-77 from an external sender")])
+        .build()
 }
 
 fn unknown() -> String {

@@ -625,12 +625,21 @@ fn revoked(mut lease: Lease, reason: &str, now: OffsetDateTime) -> Lease {
 fn result_taint(s: &AppState, req: &ActionRecord) -> Vec<warden_core::request::Taint> {
     use warden_core::catalog::{Confidentiality, Integrity};
     use warden_core::request::{Taint, TaintLabel};
-    let Ok(bundle) = s.bundle() else { return Vec::new() };
-    let Some(class) = bundle.catalog().get(&req.action) else { return Vec::new() };
-    let via = req.via.as_deref().and_then(|v| v.split_once('/'));
-    let label = via
-        .and_then(|(upstream, tool)| bundle.mcp().route(upstream, tool).filter(|m| m.action == req.action))
-        .map_or(class.result, |m| m.result);
+    // A label that cannot be read (no bundle, or a reload took the action away meanwhile) is
+    // taken as untrusted: fail closed.
+    let unknown = warden_core::catalog::Label { integrity: Integrity::Untrusted, ..Default::default() };
+    let label = match s.bundle() {
+        Err(_) => unknown,
+        Ok(bundle) => match bundle.catalog().get(&req.action) {
+            None => unknown,
+            Some(class) => req
+                .via
+                .as_deref()
+                .and_then(|v| v.split_once('/'))
+                .and_then(|(upstream, tool)| bundle.mcp().route(upstream, tool).filter(|m| m.action == req.action))
+                .map_or(class.result, |m| m.result),
+        },
+    };
     let source = match &req.via {
         Some(v) => format!("the result of `{}` on `{}` through `{v}`", req.action, req.target),
         None => format!("the result of `{}` on `{}`", req.action, req.target),
@@ -659,7 +668,9 @@ fn finish(
     category: Option<&str>,
 ) -> Result<(), ApiError> {
     let store = s.ledger().store();
-    let taint = if kind == EventType::ExecutionSucceeded { result_taint(s, req) } else { Vec::new() };
+    // Whatever the outcome: a failed or unknown call's record holds the tool's own words too
+    // (its error answer), which the agent reads.
+    let taint = result_taint(s, req);
     for _ in 0..32 {
         let now = s.now();
         let mut batch = Batch::new();

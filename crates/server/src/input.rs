@@ -310,6 +310,40 @@ mod tests {
     }
 
     #[test]
+    fn an_inputs_source_pattern_agrees_with_its_check() {
+        let re = Regex::new(&warden_core::request::input_source_pattern()).unwrap();
+        let accepted = |s: &str| {
+            let mut req: warden_core::request::ActionRequest = serde_json::from_value(serde_json::json!({
+                "task": "T", "action": "a.b", "target": "host:h", "confidence": 0.5,
+                "inputs": [{"label": "untrusted", "source": s}]}))
+            .unwrap();
+            req.params.clear();
+            req.check_inputs().is_ok()
+        };
+        for s in [
+            "the body of message m-77",
+            " x ",
+            "é",
+            "",
+            " ",
+            "   ",
+            "a\tb",
+            "a\nb",
+            "a\u{7}b",
+            "a\u{85}b",
+            "a\u{ad}b",
+            "\u{202e}gnp.exe",
+            "a\u{200b}",
+            "\u{feff}x",
+            "a\u{2066}b",
+            "\u{a0}",
+            "\u{3000}",
+        ] {
+            assert_eq!(re.is_match(s), accepted(s), "{s:?}");
+        }
+    }
+
+    #[test]
     fn named_patterns_agree_with_their_checks() {
         let spiffe = Regex::new(SPIFFE_ID).unwrap();
         // `admin::check_spiffe_id` is held to the same list in its own tests.

@@ -177,18 +177,25 @@ pub struct Task {
     pub taint: Vec<warden_core::request::Taint>,
 }
 
+/// The most marks of taint a task keeps (see [`Task::taint_with`]).
+pub const MAX_TAINT: usize = 64;
+
 /// The record `id` as a `T`, and the version it was read at.
 pub fn versioned<T: Model>(store: &dyn warden_store::Store, id: &str) -> Result<Option<(T, u64)>, ApiError> {
     store.get(T::TABLE, id)?.map(|r| Ok((T::from_record(&r)?, r.version))).transpose()
 }
 
 impl Task {
-    /// Adds the marks not on it yet (the same label from the same source is one mark); whether
-    /// any was new.
+    /// Adds the marks not on it yet (the same label from the same source said by the same party
+    /// is one mark: an agent cannot pre-empt Warden's); whether any was new. A task keeps at
+    /// most [`MAX_TAINT`] marks: past that, a mark is kept only if it brings a label the task
+    /// does not hold yet, so the labels — what policy reads — stay exact.
     pub fn taint_with(&mut self, marks: impl IntoIterator<Item = warden_core::request::Taint>) -> bool {
         let before = self.taint.len();
         for m in marks {
-            if !self.taint.iter().any(|t| t.label == m.label && t.source == m.source) {
+            let known = self.taint.iter().any(|t| t.label == m.label && t.source == m.source && t.by == m.by);
+            let full = self.taint.len() >= MAX_TAINT && self.taint.iter().any(|t| t.label == m.label);
+            if !known && !full {
                 self.taint.push(m);
             }
         }

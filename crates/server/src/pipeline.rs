@@ -20,6 +20,7 @@ use utoipa::ToSchema;
 use warden_core::Bundle;
 use warden_core::audit::canonical;
 use warden_core::audit::entry::{Actor, Event, EventType};
+use warden_core::decision::CapCode;
 use warden_core::decision::{Decision, Outcome};
 use warden_core::request::{ActionRequest, AgentStatus};
 use warden_store::{Batch, Change, Query, Store, StoreError, Table};
@@ -365,6 +366,48 @@ const REFUSALS_LOGGED_EVERY_MS: i64 = 60_000;
 /// counted, and — the first time since the breaker was last reset — the agent × action
 /// breaker trips (its autonomy drops to level 2) and the owners hear of it once. Nothing is
 /// queued, so a flood never reaches the inbox.
+/// Adds what an agent declares it took in to a task, in a commit of its own (`task.tainted`):
+/// for declarations that reach no decision's commit — a call that attached to a request it
+/// made before (MCP), a request refused before it was recorded. Retried on a concurrent change;
+/// nothing when the task is unknown or every mark is on it already.
+pub fn declare_inputs(
+    s: &AppState,
+    agent: &str,
+    task: &str,
+    inputs: &[warden_core::request::Input],
+    request: Option<&str>,
+) -> Result<(), ApiError> {
+    let store = s.ledger().store();
+    for _ in 0..16 {
+        let Some((mut t, version)) = crate::model::versioned::<crate::model::Task>(store.as_ref(), task)? else {
+            return Ok(());
+        };
+        let marks: Vec<warden_core::request::Taint> = inputs
+            .iter()
+            .map(|i| warden_core::request::Taint {
+                label: i.label,
+                source: i.source.clone(),
+                request: request.map(str::to_string),
+                by: "agent".into(),
+            })
+            .collect();
+        if !t.taint_with(marks) {
+            return Ok(());
+        }
+        let mut r = t.record();
+        r.version = version;
+        let event = Event::new(EventType::TaskTainted, Actor::agent(agent))
+            .task(task)
+            .data(json!({"inputs": inputs, "request": request}));
+        match s.ledger().commit(Batch::new().change(Change::Update(r)).event(event)) {
+            Ok(_) => return Ok(()),
+            Err(warden_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(Code::Conflict, format!("task `{task}` kept changing; declare the inputs again")))
+}
+
 fn refuse_backlog(
     s: &AppState,
     f: &crate::facts::Facts,
@@ -473,7 +516,13 @@ fn attempt(
         // Human attention is a budget: a new approval opens only below the agent's caps, and
         // the caps are checked again in the commit, so racing requests cannot pass together.
         match backlog(store, bundle, a)? {
-            Some(over) => return Err(refuse_backlog(s, &f, a, &over, now)),
+            Some(over) => {
+                // Refused, but what the agent declares it read still taints the task.
+                if !req.inputs.is_empty() {
+                    declare_inputs(s, &agent.id, &req.task, &req.inputs, None)?;
+                }
+                return Err(refuse_backlog(s, &f, a, &over, now));
+            }
             None => batch.changes.extend(over_caps(bundle, a)),
         }
     }
@@ -559,9 +608,22 @@ fn attempt(
         .change(Change::Insert(drec.record()))
         .event(requested)
         .event(decided);
-    // What the agent declares it took in taints the task, whatever the outcome (after the
-    // task's precondition: the update moves its version).
+    // What the agent declares it took in taints the task, whatever the outcome — unless the
+    // agent may not act in the task at all (after the task's precondition: the update moves
+    // its version).
+    let outsider = drec.decision.caps.iter().any(|c| {
+        matches!(
+            c.code,
+            CapCode::OutOfScope
+                | CapCode::TaskClosed
+                | CapCode::AgentInactive
+                | CapCode::UnknownAgent
+                | CapCode::UnknownAction
+                | CapCode::InvalidRequest
+        )
+    });
     if !req.inputs.is_empty()
+        && !outsider
         && let Some((mut task, version)) = crate::model::versioned::<crate::model::Task>(store, &req.task)?
     {
         if version != f.task_version {

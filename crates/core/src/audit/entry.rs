@@ -39,6 +39,10 @@ pub enum EventType {
     TaskOpened,
     #[serde(rename = "task.closed")]
     TaskClosed,
+    /// Marks of taint added to a task outside a decision's or an execution's own commit (a
+    /// repeated MCP call's declared inputs, a refused request's).
+    #[serde(rename = "task.tainted")]
+    TaskTainted,
     #[serde(rename = "action.requested")]
     ActionRequested,
     #[serde(rename = "decision.made")]
@@ -91,7 +95,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every event type, in declaration order.
-    pub const ALL: [EventType; 32] = [
+    pub const ALL: [EventType; 33] = [
         EventType::StoreInitialized,
         EventType::PolicyLoaded,
         EventType::AgentAdded,
@@ -101,6 +105,7 @@ impl EventType {
         EventType::UserChanged,
         EventType::TaskOpened,
         EventType::TaskClosed,
+        EventType::TaskTainted,
         EventType::ActionRequested,
         EventType::DecisionMade,
         EventType::ApprovalRequested,
@@ -138,6 +143,7 @@ impl EventType {
             EventType::UserChanged => "user.changed",
             EventType::TaskOpened => "task.opened",
             EventType::TaskClosed => "task.closed",
+            EventType::TaskTainted => "task.tainted",
             EventType::ActionRequested => "action.requested",
             EventType::DecisionMade => "decision.made",
             EventType::ApprovalRequested => "approval.requested",

@@ -195,11 +195,19 @@ pub async fn call(
         let (app2, agent_id, digest) = (app.clone(), agent_id.clone(), digest.clone());
         tokio::task::spawn_blocking(move || {
             let (agent, version) = token.admit_versioned(&app2)?;
+            // Attaching, the call's declared inputs still taint the task (they reach no
+            // decision of their own).
+            let declare = |id: &str| match req.inputs.is_empty() {
+                true => Ok(()),
+                false => pipeline::declare_inputs(&app2, &agent_id, &req.task, &req.inputs, Some(id)),
+            };
             if let Some(id) = left(&app2, &agent_id, &digest)? {
+                declare(&id)?;
                 return Ok((pipeline::answer_of(&app2, &id)?, true));
             }
             let waiting = crate::approvals::pending_for(app2.ledger().store().as_ref(), &digest)?;
             if let Some(id) = waiting.as_ref().and_then(|v| v.approval.requests.first()) {
+                declare(id)?;
                 return Ok((pipeline::answer_of(&app2, id)?, false));
             }
             let recorded = std::sync::OnceLock::new();

@@ -83,6 +83,12 @@ fn openapi_constraints_are_the_servers_rules() {
     let schemas = &doc["components"]["schemas"];
     let prop = |schema: &str, name: &str| schemas[schema]["properties"][name].clone();
     assert_eq!(prop("ActionRequest", "target")["pattern"], input::target_pattern());
+    assert_eq!(prop("ActionRequest", "inputs")["maxItems"], warden_core::request::MAX_INPUTS);
+    assert_eq!(prop("Input", "source")["pattern"], warden_core::request::input_source_pattern());
+    assert_eq!(
+        (prop("Input", "source")["minLength"].as_u64(), prop("Input", "source")["maxLength"].as_u64()),
+        (Some(1), Some(512))
+    );
     assert_eq!(prop("OpenTask", "id")["pattern"], input::TASK_ID);
     assert_eq!(prop("OpenTask", "title")["pattern"], input::NOT_BLANK);
     assert_eq!(prop("Trigger", "source")["pattern"], input::NOT_BLANK);

@@ -23,6 +23,7 @@ mod openapi;
 mod reload;
 mod slack;
 mod stranger;
+mod taint;
 mod tls;
 
 use std::path::Path;
