@@ -36,7 +36,8 @@ pub struct Explanation {
     /// The request: id, state, action class, target, when.
     #[schema(value_type = Object)]
     pub action: Value,
-    /// What started it: the task and its trigger.
+    /// What started it: the task and its trigger, and the taint the task carries now (each
+    /// mark: label, source, the request it came with, who said so).
     #[schema(value_type = Object)]
     pub trigger: Value,
     /// Who asked: SPIFFE ID, owner, purpose.
@@ -184,7 +185,7 @@ pub fn explain_in(
             Some(t) => {
                 json!({"task": t.id, "title": t.title, "source": t.trigger.source, "alert_id": t.trigger.alert_id,
                 "severity": t.trigger.severity, "summary": t.trigger.summary, "opened_by": t.opened_by, "state": t.state,
-                "verified": t.verified})
+                "verified": t.verified, "taint": t.taint})
             }
             None => json!({"task": a.task}),
         },

@@ -71,6 +71,15 @@ pub fn text(e: &Value) -> String {
             format!("asserted by {}, unverified", s(&t["opened_by"]))
         }
     ));
+    for m in t["taint"].as_array().into_iter().flatten() {
+        out.push(format!(
+            "taint      {}: {} (by {}{})",
+            s(&m["label"]),
+            s(&m["source"]),
+            s(&m["by"]),
+            m["request"].as_str().map(|r| format!(", {r}")).unwrap_or_default()
+        ));
+    }
     let g = &e["agent"];
     out.push(format!("agent      {} owner {} — {}", s(&g["id"]), s(&g["owner"]), s(&g["purpose"])));
     let r = &e["request"];

@@ -105,6 +105,10 @@ async fn taint_follows_the_task_and_only_grows() {
     let (_, t) = h.call("GET", "/v1/tasks/INC-T1", Some(&ana), None).await;
     assert_eq!(t["taint"].as_array().map(Vec::len), Some(1), "{t}");
     assert_eq!((t["taint"][0]["label"].as_str(), t["taint"][0]["by"].as_str()), (Some("untrusted"), Some("agent")));
+    // `warden explain` shows it, and where it came from.
+    let (_, x) = h.call("GET", &format!("/v1/explain/{}", later["id"].as_str().unwrap()), Some(&ana), None).await;
+    assert_eq!(x["trigger"]["taint"][0]["source"], "the body of message m-77 from an external sender", "{x}");
+    assert_eq!(x["trigger"]["taint"][0]["request"], a["id"]);
     // Bad inputs are refused whole, nothing recorded.
     for bad in [
         json!([{"label": "trusted", "source": "x"}]),
