@@ -255,7 +255,7 @@ async def upstream_proxied():
         tools = {t.name: t for t in (await s.list_tools()).tools}
         assert "lab-edr.run_script" not in tools and "lab-edr.get_host" not in tools, list(tools)
         schema = tools["lab-edr.isolate_host"].input_schema
-        assert set(schema["properties"]) == {"hostname", "comment", "task", "confidence", "rationale", "evidence"}, schema
+        assert set(schema["properties"]) == {"hostname", "comment", "task", "confidence", "rationale", "evidence", "inputs"}, schema
         before = lab_calls("edr mcp.isolate_host")
         args = {"hostname": "build-07", "comment": "beacon", "task": "INC-7", "confidence": 0.95,
                 "rationale": "C2 beacon seen", "evidence": [{"kind": "edr", "ref": "det:9"}]}
