@@ -38,6 +38,9 @@ pub enum Power<'a> {
     Undo { agent: &'a str, compensation: &'a str, target: &'a str },
     /// Close a task `opened_by` (`agent:<id>` or `user:<id>`) opened.
     CloseTask { opened_by: &'a str },
+    /// Clear a task's taint (it raises its agents' autonomy again): a human holding a role
+    /// that may close others' tasks; never an agent.
+    ClearTaint,
     /// Approve or reject an approval.
     Vote { approval: &'a Approval },
     /// Lift halts, suspend or resume agents, reset breakers, reload policy, manage agents and
@@ -179,6 +182,15 @@ pub fn check(s: &AppState, caller: &Caller, power: Power<'_>) -> Result<Granted,
                 separation_of_duties: need.separation_of_duties,
                 owner: Some(need.owner),
             })
+        }
+        Power::ClearTaint => {
+            let u = human(caller, "clear a task's taint")?;
+            let bundle = s.bundle()?;
+            let authority = bundle.authority();
+            match authority.may_close_others(&u.roles) {
+                Some(role) => Ok(Granted::one(role)),
+                None => Err(missing("clearing a task's taint", &authority.close_tasks)),
+            }
         }
         Power::CloseTask { opened_by } => match caller {
             Caller::Agent(a) => {

@@ -93,6 +93,7 @@ fn local(description: &str) -> RefOr<Response> {
 const LINKS: &[(&str, &str, &str, &str, &str, &str, &str)] = &[
     ("post", "/v1/tasks", "201", "get", "/v1/tasks/{id}", "id", "$response.body#/id"),
     ("post", "/v1/tasks", "201", "post", "/v1/tasks/{id}/close", "id", "$response.body#/id"),
+    ("post", "/v1/tasks", "201", "post", "/v1/tasks/{id}/taint/clear", "id", "$response.body#/id"),
     ("post", "/v1/actions", "200", "get", "/v1/actions/{id}", "id", "$response.body#/id"),
     ("post", "/v1/actions", "200", "get", "/v1/explain/{id}", "id", "$response.body#/id"),
     ("post", "/v1/actions", "200", "post", "/v1/actions/{id}/rollback", "id", "$response.body#/id"),

@@ -94,6 +94,42 @@ pub fn get(s: &AppState, id: &str) -> Result<Task, ApiError> {
 /// same commit — and approvals opened by requests that committed between this read and that
 /// commit are cancelled right after it (none can be opened later: their commit expects the
 /// task's old version).
+/// Clears task `id`'s marks of taint (those of `label`, or all), with `reason`: a human's
+/// word, audited (`task.taint_cleared`, naming every mark cleared). Agents never clear.
+pub fn clear_taint(
+    s: &AppState,
+    caller: &Caller,
+    id: &str,
+    label: Option<warden_core::request::TaintLabel>,
+    reason: &str,
+) -> Result<Task, ApiError> {
+    crate::authority::check(s, caller, crate::authority::Power::ClearTaint)?;
+    if crate::input::is_blank(reason) {
+        return Err(ApiError::new(Code::InvalidRequest, "clearing taint needs a `reason`"));
+    }
+    for _ in 0..16 {
+        let r = stored(s, id)?;
+        let mut task = Task::from_record(&r)?;
+        let (cleared, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut task.taint).into_iter().partition(|m| label.is_none_or(|l| m.label == l));
+        task.taint = kept;
+        if cleared.is_empty() {
+            return Ok(task);
+        }
+        let mut updated = task.record();
+        updated.version = r.version;
+        let event = Event::new(EventType::TaskTaintCleared, caller.actor())
+            .task(id)
+            .data(json!({"cleared": cleared, "reason": reason}));
+        match s.ledger().commit(Batch::new().change(Change::Update(updated)).event(event)) {
+            Ok(_) => return Ok(task),
+            Err(warden_store::StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(Code::Conflict, format!("task `{id}` kept changing; try again")))
+}
+
 pub fn close(s: &AppState, caller: &Caller, id: &str) -> Result<Task, ApiError> {
     let r = stored(s, id)?;
     let mut task = Task::from_record(&r)?;

@@ -43,6 +43,9 @@ pub enum EventType {
     /// repeated MCP call's declared inputs, a refused request's).
     #[serde(rename = "task.tainted")]
     TaskTainted,
+    /// A human cleared marks of taint from a task, with a reason.
+    #[serde(rename = "task.taint_cleared")]
+    TaskTaintCleared,
     #[serde(rename = "action.requested")]
     ActionRequested,
     #[serde(rename = "decision.made")]
@@ -95,7 +98,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every event type, in declaration order.
-    pub const ALL: [EventType; 33] = [
+    pub const ALL: [EventType; 34] = [
         EventType::StoreInitialized,
         EventType::PolicyLoaded,
         EventType::AgentAdded,
@@ -106,6 +109,7 @@ impl EventType {
         EventType::TaskOpened,
         EventType::TaskClosed,
         EventType::TaskTainted,
+        EventType::TaskTaintCleared,
         EventType::ActionRequested,
         EventType::DecisionMade,
         EventType::ApprovalRequested,
@@ -144,6 +148,7 @@ impl EventType {
             EventType::TaskOpened => "task.opened",
             EventType::TaskClosed => "task.closed",
             EventType::TaskTainted => "task.tainted",
+            EventType::TaskTaintCleared => "task.taint_cleared",
             EventType::ActionRequested => "action.requested",
             EventType::DecisionMade => "decision.made",
             EventType::ApprovalRequested => "approval.requested",

@@ -45,6 +45,7 @@ fn documented() -> OpenApiRouter<App> {
         .routes(routes!(tasks::open))
         .routes(routes!(tasks::get))
         .routes(routes!(tasks::close))
+        .routes(routes!(tasks::clear_taint))
         .routes(routes!(actions::submit, actions::list))
         .routes(routes!(actions::get))
         .routes(routes!(actions::dry_run))

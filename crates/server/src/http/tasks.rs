@@ -100,3 +100,35 @@ pub async fn close(
 ) -> ApiResult<Json<Task>> {
     blocking(&app, move |s| crate::tasks::close(s, &caller, &id).map(Json)).await
 }
+
+/// What clearing taint needs: why, and which label (all when absent).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClearTaint {
+    /// Required: why (not blank); recorded in the audit log.
+    #[schema(schema_with = crate::input::reason_schema)]
+    pub reason: String,
+    /// Only the marks of this label.
+    #[serde(default)]
+    pub label: Option<warden_core::request::TaintLabel>,
+}
+
+/// Clear a task's taint (a human holding a role that may close others' tasks, `authority.toml
+/// [powers] close_tasks`; never an agent): its agents' autonomy is no longer lowered by what
+/// they took in. Audited as `task.taint_cleared`, naming every mark cleared.
+#[utoipa::path(post, path = "/v1/tasks/{id}/taint/clear", tag = "tasks", security(("bearer" = [])),
+    params(("id" = String, Path, description = "the task id")),
+    request_body = ClearTaint,
+    responses(
+        (status = 200, description = "the task, its remaining marks", body = Task),
+        (status = 404, description = "`unknown_task`", body = crate::error::ErrorBody),
+        (status = 409, description = "`conflict`", body = crate::error::ErrorBody),
+    ))]
+pub async fn clear_taint(
+    State(app): State<App>,
+    AnyCaller(caller): AnyCaller,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<ClearTaint>,
+) -> ApiResult<Json<Task>> {
+    blocking(&app, move |s| crate::tasks::clear_taint(s, &caller, &id, body.label, &body.reason).map(Json)).await
+}

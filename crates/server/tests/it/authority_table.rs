@@ -64,6 +64,8 @@ const API: &[Row] = &[
     row("GET", "/v1/tasks/{id}", EVERYONE),
     // The task was opened by the agent: it, or a human with a close role.
     row("POST", "/v1/tasks/{id}/close", &[Agent, Approver, Commander, Admin]),
+    // `[powers] close_tasks` of the example's authority.toml, and admin; never an agent.
+    row("POST", "/v1/tasks/{id}/taint/clear", &[Approver, Commander, Admin]),
     row("POST", "/v1/actions", AGENTS),
     row("GET", "/v1/actions", HUMANS),
     // The agent's own request: it, and humans.
@@ -163,6 +165,15 @@ impl Ctx {
             ),
             (_, "/v1/tasks/{id}") => (format!("/v1/tasks/{}", self.task().await), None),
             (_, "/v1/tasks/{id}/close") => (format!("/v1/tasks/{}/close", self.task().await), None),
+            (_, "/v1/tasks/{id}/taint/clear") => {
+                // A tainted task: the agent declared what it read.
+                let task = self.task().await;
+                let body = json!({"task": task, "action": "alert.enrich", "target": "alert:ALRT-1", "confidence": 0.9,
+                    "params": {}, "rationale": "r", "evidence": [{"kind": "siem", "ref": "a"}],
+                    "inputs": [{"label": "untrusted", "source": "a pasted chat log"}]});
+                self.h.call("POST", "/v1/actions", Some(&self.h.svid(EDR)), Some(body)).await;
+                (format!("/v1/tasks/{task}/taint/clear"), Some(json!({"reason": "table"})))
+            }
             ("POST", "/v1/actions") => {
                 let task = self.task().await;
                 let body = json!({"task": task, "action": "alert.enrich", "target": "alert:ALRT-1", "confidence": 0.9,

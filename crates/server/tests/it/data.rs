@@ -121,6 +121,24 @@ async fn taint_follows_the_task_and_only_grows() {
     let (_, t) = h.call("GET", "/v1/tasks/INC-T1", Some(&ana), None).await;
     assert_eq!(t["taint"].as_array().map(Vec::len), Some(1), "{t}");
 
+    // No agent clears it; a human who may close others' tasks does, with a reason, audited; the
+    // agent's containment runs on its own again.
+    let (status, e) = h.call("POST", "/v1/tasks/INC-T1/taint/clear", Some(&phish), Some(json!({"reason": "x"}))).await;
+    assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("agents_not_allowed")), "{e}");
+    let (status, e) = h.call("POST", "/v1/tasks/INC-T1/taint/clear", Some(&ana), Some(json!({"reason": " "}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    assert_eq!(h.call("GET", "/v1/tasks/INC-T1", Some(&ana), None).await.1["taint"].as_array().map(Vec::len), Some(1));
+    let why = json!({"reason": "the message was our own newsletter", "label": "untrusted"});
+    let (status, t) = h.call("POST", "/v1/tasks/INC-T1/taint/clear", Some(&ana), Some(why)).await;
+    assert_eq!((status, t.get("taint")), (StatusCode::OK, None), "{t}");
+    let (_, entries) = h.call("GET", "/v1/audit/entries?limit=1000", Some(&h.admin), None).await;
+    let cleared = entries["entries"].as_array().unwrap().iter().find(|e| e["entry"]["type"] == "task.taint_cleared");
+    let cleared = cleared.expect("audited");
+    assert_eq!(cleared["entry"]["actor"]["id"], "ana");
+    assert_eq!(cleared["entry"]["data"]["cleared"][0]["source"], "the body of message m-77 from an external sender");
+    let (_, again) = h.call("POST", "/v1/actions", Some(&phish), Some(quarantine("wave-2041-a5", json!([])))).await;
+    assert_eq!(again["state"], "succeeded", "{again}");
+
     // Warden's own result: the enrichment bot's threat intel is untrusted.
     let enrich_task = json!({"id": "INC-T2", "title": "t", "trigger": {"source": "siem", "severity": "high"}});
     assert_eq!(h.call("POST", "/v1/tasks", Some(&ana), Some(enrich_task)).await.0, StatusCode::CREATED);

@@ -46,6 +46,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("POST", "/v1/resume"),
     ("POST", "/v1/tasks"),
     ("POST", "/v1/tasks/{id}/close"),
+    ("POST", "/v1/tasks/{id}/taint/clear"),
     ("POST", "/v1/users"),
     ("POST", "/v1/users/{id}/disable"),
     ("POST", "/v1/users/{id}/enable"),
