@@ -90,31 +90,38 @@ pub fn get(s: &AppState, id: &str) -> Result<Task, ApiError> {
     Task::from_record(&stored(s, id)?)
 }
 
-/// Closes task `id`: its pending approvals are cancelled and its active leases revoked in the
-/// same commit — and approvals opened by requests that committed between this read and that
-/// commit are cancelled right after it (none can be opened later: their commit expects the
-/// task's old version).
-/// Clears task `id`'s marks of taint (those of `label`, or all), with `reason`: a human's
-/// word, audited (`task.taint_cleared`, naming every mark cleared). Agents never clear.
+/// Clears from task `id` exactly the marks named (label, source, who said so: what the human
+/// reviewed), with `reason`: a human's word, audited (`task.taint_cleared`, naming every mark
+/// cleared). A mark added since the human read the task is never swept with them, even when
+/// the clear retries on a concurrent change. Agents never clear; a closed task is left as it
+/// closed. The task and the marks cleared.
 pub fn clear_taint(
     s: &AppState,
     caller: &Caller,
     id: &str,
-    label: Option<warden_core::request::TaintLabel>,
+    marks: &[(warden_core::request::TaintLabel, String, String)],
     reason: &str,
-) -> Result<Task, ApiError> {
+) -> Result<(Task, Vec<warden_core::request::Taint>), ApiError> {
     crate::authority::check(s, caller, crate::authority::Power::ClearTaint)?;
-    if crate::input::is_blank(reason) {
+    if is_blank(reason) {
         return Err(ApiError::new(Code::InvalidRequest, "clearing taint needs a `reason`"));
+    }
+    if marks.is_empty() {
+        return Err(ApiError::new(Code::InvalidRequest, "name the `marks` to clear, as read from the task"));
     }
     for _ in 0..16 {
         let r = stored(s, id)?;
         let mut task = Task::from_record(&r)?;
-        let (cleared, kept): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut task.taint).into_iter().partition(|m| label.is_none_or(|l| m.label == l));
+        if task.state == TaskState::Closed {
+            return Err(ApiError::new(Code::TaskClosed, format!("task `{id}` is closed; its taint stays as it was")));
+        }
+        let named = |m: &warden_core::request::Taint| {
+            marks.iter().any(|(label, source, by)| m.label == *label && &m.source == source && &m.by == by)
+        };
+        let (cleared, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut task.taint).into_iter().partition(named);
         task.taint = kept;
         if cleared.is_empty() {
-            return Ok(task);
+            return Ok((task, cleared));
         }
         let mut updated = task.record();
         updated.version = r.version;
@@ -122,7 +129,7 @@ pub fn clear_taint(
             .task(id)
             .data(json!({"cleared": cleared, "reason": reason}));
         match s.ledger().commit(Batch::new().change(Change::Update(updated)).event(event)) {
-            Ok(_) => return Ok(task),
+            Ok(_) => return Ok((task, cleared)),
             Err(warden_store::StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
@@ -130,6 +137,10 @@ pub fn clear_taint(
     Err(ApiError::new(Code::Conflict, format!("task `{id}` kept changing; try again")))
 }
 
+/// Closes task `id`: its pending approvals are cancelled and its active leases revoked in the
+/// same commit — and approvals opened by requests that committed between this read and that
+/// commit are cancelled right after it (none can be opened later: their commit expects the
+/// task's old version).
 pub fn close(s: &AppState, caller: &Caller, id: &str) -> Result<Task, ApiError> {
     let r = stored(s, id)?;
     let mut task = Task::from_record(&r)?;

@@ -101,34 +101,58 @@ pub async fn close(
     blocking(&app, move |s| crate::tasks::close(s, &caller, &id).map(Json)).await
 }
 
-/// What clearing taint needs: why, and which label (all when absent).
+/// One mark, as the human saw it on the task (`GET /v1/tasks/{id}`).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MarkSeen {
+    pub label: warden_core::request::TaintLabel,
+    pub source: String,
+    pub by: String,
+}
+
+/// What clearing taint needs: why, and exactly the marks the human reviewed — a mark added
+/// since is never swept with them.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClearTaint {
     /// Required: why (not blank); recorded in the audit log.
     #[schema(schema_with = crate::input::reason_schema)]
     pub reason: String,
-    /// Only the marks of this label.
-    #[serde(default)]
-    pub label: Option<warden_core::request::TaintLabel>,
+    /// The marks to clear, as read from the task.
+    #[schema(min_items = 1, max_items = 64)]
+    pub marks: Vec<MarkSeen>,
 }
 
-/// Clear a task's taint (a human holding a role that may close others' tasks, `authority.toml
-/// [powers] close_tasks`; never an agent): its agents' autonomy is no longer lowered by what
-/// they took in. Audited as `task.taint_cleared`, naming every mark cleared.
+/// The task after a clear, and the marks cleared.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Cleared {
+    pub task: Task,
+    pub cleared: Vec<warden_core::request::Taint>,
+}
+
+/// Clear marks of a task's taint — exactly those named, as the human read them — (a human
+/// holding a role that may close others' tasks, `authority.toml [powers] close_tasks`, or
+/// admin; never an agent): its agents' autonomy is no longer lowered by them. Audited as
+/// `task.taint_cleared`, naming every mark cleared.
 #[utoipa::path(post, path = "/v1/tasks/{id}/taint/clear", tag = "tasks", security(("bearer" = [])),
     params(("id" = String, Path, description = "the task id")),
     request_body = ClearTaint,
     responses(
-        (status = 200, description = "the task, its remaining marks", body = Task),
+        (status = 200, description = "the task, its remaining marks, and those cleared", body = Cleared),
         (status = 404, description = "`unknown_task`", body = crate::error::ErrorBody),
-        (status = 409, description = "`conflict`", body = crate::error::ErrorBody),
+        (status = 409, description = "`task_closed`, `conflict`", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_request` (a blank reason, no marks)", body = crate::error::ErrorBody),
     ))]
 pub async fn clear_taint(
     State(app): State<App>,
     AnyCaller(caller): AnyCaller,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<ClearTaint>,
-) -> ApiResult<Json<Task>> {
-    blocking(&app, move |s| crate::tasks::clear_taint(s, &caller, &id, body.label, &body.reason).map(Json)).await
+) -> ApiResult<Json<Cleared>> {
+    let marks: Vec<_> = body.marks.into_iter().map(|m| (m.label, m.source, m.by)).collect();
+    blocking(&app, move |s| {
+        let (task, cleared) = crate::tasks::clear_taint(s, &caller, &id, &marks, &body.reason)?;
+        Ok(Json(Cleared { task, cleared }))
+    })
+    .await
 }

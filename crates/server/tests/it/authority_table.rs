@@ -172,7 +172,8 @@ impl Ctx {
                     "params": {}, "rationale": "r", "evidence": [{"kind": "siem", "ref": "a"}],
                     "inputs": [{"label": "untrusted", "source": "a pasted chat log"}]});
                 self.h.call("POST", "/v1/actions", Some(&self.h.svid(EDR)), Some(body)).await;
-                (format!("/v1/tasks/{task}/taint/clear"), Some(json!({"reason": "table"})))
+                let marks = json!([{"label": "untrusted", "source": "a pasted chat log", "by": "agent"}]);
+                (format!("/v1/tasks/{task}/taint/clear"), Some(json!({"reason": "table", "marks": marks})))
             }
             ("POST", "/v1/actions") => {
                 let task = self.task().await;

@@ -123,14 +123,34 @@ async fn taint_follows_the_task_and_only_grows() {
 
     // No agent clears it; a human who may close others' tasks does, with a reason, audited; the
     // agent's containment runs on its own again.
-    let (status, e) = h.call("POST", "/v1/tasks/INC-T1/taint/clear", Some(&phish), Some(json!({"reason": "x"}))).await;
+    let (_, seen) = h.call("GET", "/v1/tasks/INC-T1", Some(&ana), None).await;
+    let reviewed = json!([{"label": "untrusted", "source": seen["taint"][0]["source"], "by": "agent"}]);
+    let body = json!({"reason": "x", "marks": reviewed});
+    let (status, e) = h.call("POST", "/v1/tasks/INC-T1/taint/clear", Some(&phish), Some(body)).await;
     assert_eq!((status, e["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("agents_not_allowed")), "{e}");
-    let (status, e) = h.call("POST", "/v1/tasks/INC-T1/taint/clear", Some(&ana), Some(json!({"reason": " "}))).await;
+    let body = json!({"reason": " ", "marks": reviewed});
+    let (status, e) = h.call("POST", "/v1/tasks/INC-T1/taint/clear", Some(&ana), Some(body)).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
     assert_eq!(h.call("GET", "/v1/tasks/INC-T1", Some(&ana), None).await.1["taint"].as_array().map(Vec::len), Some(1));
-    let why = json!({"reason": "the message was our own newsletter", "label": "untrusted"});
+    // A mark added after the human read the task is not swept with the one reviewed.
+    let (_, _) = h
+        .call(
+            "POST",
+            "/v1/actions",
+            Some(&phish),
+            Some(quarantine("wave-2041-a6", json!([{"label": "untrusted", "source": "a second message"}]))),
+        )
+        .await;
+    let why = json!({"reason": "the message was our own newsletter", "marks": reviewed});
     let (status, t) = h.call("POST", "/v1/tasks/INC-T1/taint/clear", Some(&ana), Some(why)).await;
-    assert_eq!((status, t.get("taint")), (StatusCode::OK, None), "{t}");
+    assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(t["cleared"].as_array().map(Vec::len), Some(1), "{t}");
+    assert_eq!(t["task"]["taint"][0]["source"], "a second message", "{t}");
+    let rest = json!([{"label": "untrusted", "source": "a second message", "by": "agent"}]);
+    let (status, t) = h
+        .call("POST", "/v1/tasks/INC-T1/taint/clear", Some(&ana), Some(json!({"reason": "also ours", "marks": rest})))
+        .await;
+    assert_eq!((status, t["task"].get("taint")), (StatusCode::OK, None), "{t}");
     let (_, entries) = h.call("GET", "/v1/audit/entries?limit=1000", Some(&h.admin), None).await;
     let cleared = entries["entries"].as_array().unwrap().iter().find(|e| e["entry"]["type"] == "task.taint_cleared");
     let cleared = cleared.expect("audited");

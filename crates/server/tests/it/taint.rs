@@ -359,3 +359,62 @@ async fn a_racing_declaration_is_never_missed_by_an_execute() {
         }
     }
 }
+
+fn oidc(sub: &str, groups: Value) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let key = EncodingKey::from_ec_pem(&std::fs::read(crate::fixture("ec.pem")).unwrap()).unwrap();
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("idp-ec".into());
+    let claims = json!({"sub": sub, "aud": "warden", "exp": now + 600, "iss": crate::IDP, "groups": groups});
+    encode(&header, &claims, &key).unwrap()
+}
+
+/// A task EDR opened, tainted by what EDR declares it read; the clear body for that mark.
+async fn tainted_by_edr(h: &crate::Harness, task: &str, source: &str) -> Value {
+    let t = json!({"id": task, "title": "t", "trigger": {"source": "edr", "severity": "high"}});
+    assert_eq!(h.call("POST", "/v1/tasks", Some(&h.svid(EDR)), Some(t)).await.0, StatusCode::CREATED);
+    let ask = json!({"task": task, "action": "host.isolate", "target": "host:db-payments-01", "confidence": 0.95,
+                     "params": {"reason": "beacon"}, "rationale": "r", "evidence": [{"kind": "edr", "ref": "d:1"}],
+                     "inputs": [{"label": "untrusted", "source": source}]});
+    h.call("POST", "/v1/actions", Some(&h.svid(EDR)), Some(ask)).await;
+    json!({"reason": "reviewed", "marks": [{"label": "untrusted", "source": source, "by": "agent"}]})
+}
+
+/// Clearing taint is refused to everyone without a close role — agents (the task's own too),
+/// tool and integration credentials, people without the role, a mapped person whose IdP claims
+/// it, near-miss spellings, disabled users — and to nobody's benefit on a closed task.
+#[tokio::test]
+async fn clearing_taint_is_refused_without_the_power_and_on_a_closed_task() {
+    let h = crate::harness();
+    let body = tainted_by_edr(&h, "INC-C1", "m-1").await;
+    let mut callers: Vec<(String, String)> = ["tool", "integration-siem", "auditor", "iam-owner", "network-engineer"]
+        .iter()
+        .map(|r| (r.to_string(), h.user(&format!("x-{r}"), &[r])))
+        .collect();
+    callers.push(("own agent".into(), h.svid(EDR)));
+    callers.push(("other agent".into(), h.svid(PHISH)));
+    let mapped = json!({"id": "mapped", "roles": ["auditor"], "oidc": [format!("{}#sub-mapped", crate::IDP)]});
+    assert_eq!(h.call("POST", "/v1/users", Some(&h.admin), Some(mapped)).await.0, StatusCode::CREATED);
+    callers.push(("oidc mapped".into(), oidc("sub-mapped", json!(["incident-commander", "soc-analyst", "admin"]))));
+    callers.push(("oidc near misses".into(), oidc("m", json!(["Soc-Analyst", "admin ", "team:admin"]))));
+    let dis = h.user("dis", &["incident-commander"]);
+    assert_eq!(
+        h.call("POST", "/v1/users/dis/disable", Some(&h.admin), Some(json!({"reason": "x"}))).await.0,
+        StatusCode::OK
+    );
+    callers.push(("disabled".into(), dis));
+    for (who, token) in &callers {
+        let (s, v) = h.call("POST", "/v1/tasks/INC-C1/taint/clear", Some(token), Some(body.clone())).await;
+        assert!(s == StatusCode::FORBIDDEN || s == StatusCode::UNAUTHORIZED, "{who}: {s} {v}");
+    }
+    assert_eq!(taint(&h, "INC-C1").await.len(), 1);
+    // A closed task keeps the taint it closed with.
+    let ic = h.user("ic", &["incident-commander"]);
+    assert_eq!(h.call("POST", "/v1/tasks/INC-C1/close", Some(&ic), None).await.0, StatusCode::OK);
+    let (s, v) = h.call("POST", "/v1/tasks/INC-C1/taint/clear", Some(&ic), Some(body)).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("task_closed")), "{v}");
+    assert_eq!(taint(&h, "INC-C1").await.len(), 1);
+    let (_, e) = h.call("GET", "/v1/audit/entries?limit=1000", Some(&h.admin), None).await;
+    assert!(!e["entries"].as_array().unwrap().iter().any(|e| e["entry"]["type"] == "task.taint_cleared"));
+}
