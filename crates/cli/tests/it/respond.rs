@@ -134,7 +134,16 @@ fn a_killed_server_leaves_unknown_executions_and_calls_nothing_twice() {
             std::thread::spawn(move || http(&addr, "POST", "/v1/actions", &agent, Some(&body)))
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(250));
+    // Killed once a call is under way (the lab holds each for 500 ms), however slow the
+    // machine is to get there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let executing = http(&addr, "GET", "/v1/actions?state=executing", &admin, None);
+        if executing.is_ok_and(|(s, v)| s == 200 && v.as_array().is_some_and(|a| !a.is_empty())) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     drop(server); // SIGKILL, mid-call
     for t in threads {
         let _ = t.join(); // their connections died with the server
