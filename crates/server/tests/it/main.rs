@@ -179,6 +179,31 @@ pub fn test_store() -> warden_store::StoreAt {
 
 /// A second node on the harness's store (a second handle on its SQLite file, or another
 /// connection pool on its PostgreSQL database), set up with `options`: its state and router.
+/// One request to `router` (any node's), as [`Harness::call`] sends it: the status and the
+/// answer as JSON (or its text, as a JSON string).
+pub async fn call_router(
+    router: &Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())).unwrap(),
+        None => req.body(Body::empty()).unwrap(),
+    };
+    let res = router.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, value)
+}
+
 pub fn second_node(h: &Harness, options: ServerOptions) -> (App, Router) {
     let data = DataDir::open_at(h._dir.path(), &h.at, Arc::new(SystemClock), Default::default()).unwrap();
     let bundle = Bundle::load(&read_bundle(&example_dir())).unwrap();
@@ -230,20 +255,7 @@ impl Harness {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let req = match body {
-            Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())).unwrap(),
-            None => req.body(Body::empty()).unwrap(),
-        };
-        let res = self.router.clone().oneshot(req).await.unwrap();
-        let status = res.status();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        let value =
-            serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, value)
+        call_router(&self.router, method, path, token, body).await
     }
 
     /// A GET with the answer's headers too.

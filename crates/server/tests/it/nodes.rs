@@ -6,19 +6,7 @@ use serde_json::{Value, json};
 use crate::harness;
 
 async fn post(router: &axum::Router, token: &str, body: &Value) -> (StatusCode, Value) {
-    use http_body_util::BodyExt as _;
-    use tower::ServiceExt as _;
-    let req = axum::http::Request::builder()
-        .method("POST")
-        .uri("/v1/actions")
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(body.to_string()))
-        .unwrap();
-    let res = router.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    crate::call_router(router, "POST", "/v1/actions", Some(token), Some(body.clone())).await
 }
 
 /// Requests racing on two nodes past an hourly budget meet it exactly and trip its breaker
@@ -60,19 +48,7 @@ async fn a_budget_met_on_two_nodes_at_once_trips_its_breaker_once() {
 }
 
 async fn call_on(router: &axum::Router, method: &str, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-    use http_body_util::BodyExt as _;
-    use tower::ServiceExt as _;
-    let req = axum::http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(body.to_string()))
-        .unwrap();
-    let res = router.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    crate::call_router(router, method, path, Some(token), Some(body).filter(|b| !b.is_null())).await
 }
 
 /// A user disabled on node B is refused on node A from the answer on: their API token, their

@@ -310,19 +310,7 @@ async fn an_input_source_renders_inert_in_the_console() {
 }
 
 async fn call_on(router: &axum::Router, method: &str, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-    use http_body_util::BodyExt as _;
-    use tower::ServiceExt as _;
-    let req = axum::http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(body.to_string()))
-        .unwrap();
-    let res = router.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    crate::call_router(router, method, path, Some(token), Some(body)).await
 }
 
 /// A declaration on node B racing an autonomous decision on node A in the same task: an
