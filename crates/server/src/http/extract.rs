@@ -42,8 +42,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         use axum::extract::rejection::JsonRejection;
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+        // Every body of the API is a JSON object: serde would also read a struct from an array
+        // (`[]` as a body with only optional fields), which the schema does not allow.
+        match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) if !v.is_object() => {
+                Err(ApiError::new(Code::MalformedRequest, "the body must be a JSON object"))
+            }
+            Ok(axum::Json(v)) => serde_json::from_value::<T>(v).map(ApiJson).map_err(|e| {
+                ApiError::new(
+                    Code::MalformedRequest,
+                    format!("Failed to deserialize the JSON body into the target type: {e}"),
+                )
+            }),
             Err(JsonRejection::MissingJsonContentType(_)) => {
                 Err(ApiError::new(Code::UnsupportedMediaType, "send `Content-Type: application/json`"))
             }
