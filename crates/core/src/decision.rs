@@ -426,12 +426,7 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
     let task_verified = input.task.is_some_and(|t| t.verified);
     // The task's marks and what this request declares it took in: both count for it.
     let mut taint: Vec<Taint> = input.task.map(|t| t.taint.clone()).unwrap_or_default();
-    taint.extend(req.inputs.iter().map(|i| Taint {
-        label: i.label,
-        source: i.source.clone(),
-        request: None,
-        by: "agent".into(),
-    }));
+    taint.extend(req.inputs.iter().map(|i| i.mark(None)));
     let mut labels: Vec<&str> = taint.iter().map(|t| t.label.as_str()).collect();
     labels.sort_unstable();
     labels.dedup();

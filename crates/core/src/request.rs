@@ -101,6 +101,18 @@ impl ActionRequest {
     }
 }
 
+impl Input {
+    /// The mark it leaves on a task: the agent's word, with the request that carried it.
+    pub fn mark(&self, request: Option<&str>) -> Taint {
+        Taint {
+            label: self.label,
+            source: self.source.clone(),
+            request: request.map(str::to_string),
+            by: "agent".into(),
+        }
+    }
+}
+
 /// How many inputs one request may declare.
 pub const MAX_INPUTS: usize = 16;
 

@@ -382,16 +382,7 @@ pub fn declare_inputs(
         let Some((mut t, version)) = crate::model::versioned::<crate::model::Task>(store.as_ref(), task)? else {
             return Ok(());
         };
-        let marks: Vec<warden_core::request::Taint> = inputs
-            .iter()
-            .map(|i| warden_core::request::Taint {
-                label: i.label,
-                source: i.source.clone(),
-                request: request.map(str::to_string),
-                by: "agent".into(),
-            })
-            .collect();
-        if !t.taint_with(marks) {
+        if !t.taint_with(inputs.iter().map(|i| i.mark(request))) {
             return Ok(());
         }
         let mut r = t.record();
@@ -629,13 +620,7 @@ fn attempt(
         if version != f.task_version {
             return Ok(None);
         }
-        let marks = req.inputs.iter().map(|i| warden_core::request::Taint {
-            label: i.label,
-            source: i.source.clone(),
-            request: Some(id.clone()),
-            by: "agent".into(),
-        });
-        if task.taint_with(marks) {
+        if task.taint_with(req.inputs.iter().map(|i| i.mark(Some(&id)))) {
             let mut r = task.record();
             r.version = version;
             batch = batch.change(Change::Update(r));

@@ -8,15 +8,9 @@ use serde_json::json;
 
 use crate::{PHISH, connector, harness_full};
 
-/// A copy of the example bundle in a temporary directory, with `file`'s `from` made `to`.
+/// A copy of the example bundle with `file`'s `from` made `to`.
 fn bundle_with(file: &str, from: &str, to: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    crate::reload::copy_dir(&crate::example_dir(), dir.path());
-    let path = dir.path().join(file);
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.contains(from), "`{from}` not in {file}");
-    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
-    dir
+    crate::taint::bundle_edits(&[(file, from, to)])
 }
 
 /// phish-triage may quarantine mail at level 3, but not once its `[data] allowed` stops listing

@@ -27,16 +27,6 @@ fn code(v: &Value) -> String {
     v["error"]["code"].as_str().unwrap_or("").to_string()
 }
 
-fn oidc(sub: &str, groups: Value) -> String {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let key = EncodingKey::from_ec_pem(&std::fs::read(crate::fixture("ec.pem")).unwrap()).unwrap();
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some("idp-ec".into());
-    let claims = json!({"sub": sub, "aud": "warden", "exp": now + 600, "iss": crate::IDP, "groups": groups});
-    encode(&header, &claims, &key).unwrap()
-}
-
 async fn status_of(h: &Harness, id: &str) -> String {
     let (_, users) = h.call("GET", "/v1/users", Some(&h.admin), None).await;
     users.as_array().unwrap().iter().find(|u| u["id"] == id).map(|u| u["status"].as_str().unwrap().to_string()).unwrap()
@@ -72,7 +62,10 @@ async fn nobody_but_an_admin_disables_or_enables() {
             .map(|r| (r.to_string(), h.user(&format!("x-{r}"), &[r])))
             .collect();
     callers.push(("svid".into(), h.svid(EDR)));
-    callers.push(("oidc-unmapped".into(), oidc("mallory", json!(["soc-analyst", "team:admin", "Admin", "admin "]))));
+    callers.push((
+        "oidc-unmapped".into(),
+        crate::stranger::oidc("mallory", json!(["soc-analyst", "team:admin", "Admin", "admin "])),
+    ));
     for (who, token) in &callers {
         for path in [
             "/v1/users/victim/disable",
@@ -115,7 +108,7 @@ async fn an_admin_cannot_disable_themselves_by_another_spelling() {
     let sub = "00u1boss";
     let body = json!({"id": "boss", "roles": ["admin"], "oidc": [format!("{}#{sub}", crate::IDP)]});
     assert_eq!(h.call("POST", "/v1/users", Some(&h.admin), Some(body)).await.0, StatusCode::CREATED);
-    let boss = oidc(sub, json!([]));
+    let boss = crate::stranger::oidc(sub, json!([]));
     let (s, v) = h.call("POST", "/v1/users/boss/disable", Some(&boss), Some(json!({"reason": "x"}))).await;
     assert_eq!((s, code(&v).as_str()), (StatusCode::FORBIDDEN, "self_disable"), "{v}");
     assert_eq!(status_of(&h, "boss").await, "active");
@@ -192,7 +185,7 @@ async fn a_disabled_user_is_refused_at_every_door() {
     let body = json!({"id": "anna", "roles": ["soc-analyst"], "oidc": [format!("{}#{sub}", crate::IDP)]});
     let (_, v) = h.call("POST", "/v1/users", Some(&h.admin), Some(body)).await;
     let anna_token = v["token"].as_str().unwrap().to_string();
-    let anna_oidc = oidc(sub, json!(["soc-analyst", "admin"]));
+    let anna_oidc = crate::stranger::oidc(sub, json!(["soc-analyst", "admin"]));
     let ana_cookie = crate::stranger::sign_in(&h, &ana).await;
     let anna_cookie = crate::stranger::sign_in(&h, &anna_oidc).await;
     let apr = pending_isolate(&h, "INC-D1").await;
@@ -236,7 +229,7 @@ async fn a_disabled_user_is_refused_at_every_door() {
 #[tokio::test]
 async fn an_unmapped_oidc_admin_can_only_be_shut_out_by_mapping_then_disabling() {
     let h = harness();
-    let mallory = oidc("mallory", json!(["admin"]));
+    let mallory = crate::stranger::oidc("mallory", json!(["admin"]));
     let cookie = crate::stranger::sign_in(&h, &mallory).await;
     let id = format!("{}#mallory", crate::IDP);
     let enc: String = id.bytes().map(|b| format!("%{b:02X}")).collect();

@@ -120,7 +120,7 @@ fn harness_dir_lab(dir: &Path) -> (Harness, String) {
     (h, url)
 }
 
-fn oidc(sub: &str, groups: Value) -> String {
+pub(crate) fn oidc(sub: &str, groups: Value) -> String {
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let key = EncodingKey::from_ec_pem(&std::fs::read(crate::fixture("ec.pem")).unwrap()).unwrap();

@@ -19,7 +19,7 @@ use crate::{EDR, PHISH, connector, harness_full};
 const BOT: &str = "spiffe://acme.example/soc/enrichment-bot";
 
 /// A copy of the example bundle with each `(file, from, to)` edit applied.
-fn bundle_edits(edits: &[(&str, &str, &str)]) -> tempfile::TempDir {
+pub(crate) fn bundle_edits(edits: &[(&str, &str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     crate::reload::copy_dir(&crate::example_dir(), dir.path());
     for (file, from, to) in edits {
@@ -348,16 +348,6 @@ async fn a_racing_declaration_is_never_missed_by_an_execute() {
     }
 }
 
-fn oidc(sub: &str, groups: Value) -> String {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let key = EncodingKey::from_ec_pem(&std::fs::read(crate::fixture("ec.pem")).unwrap()).unwrap();
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some("idp-ec".into());
-    let claims = json!({"sub": sub, "aud": "warden", "exp": now + 600, "iss": crate::IDP, "groups": groups});
-    encode(&header, &claims, &key).unwrap()
-}
-
 /// A task EDR opened, tainted by what EDR declares it read; the clear body for that mark.
 async fn tainted_by_edr(h: &crate::Harness, task: &str, source: &str) -> Value {
     let t = json!({"id": task, "title": "t", "trigger": {"source": "edr", "severity": "high"}});
@@ -384,8 +374,12 @@ async fn clearing_taint_is_refused_without_the_power_and_on_a_closed_task() {
     callers.push(("other agent".into(), h.svid(PHISH)));
     let mapped = json!({"id": "mapped", "roles": ["auditor"], "oidc": [format!("{}#sub-mapped", crate::IDP)]});
     assert_eq!(h.call("POST", "/v1/users", Some(&h.admin), Some(mapped)).await.0, StatusCode::CREATED);
-    callers.push(("oidc mapped".into(), oidc("sub-mapped", json!(["incident-commander", "soc-analyst", "admin"]))));
-    callers.push(("oidc near misses".into(), oidc("m", json!(["Soc-Analyst", "admin ", "team:admin"]))));
+    callers.push((
+        "oidc mapped".into(),
+        crate::stranger::oidc("sub-mapped", json!(["incident-commander", "soc-analyst", "admin"])),
+    ));
+    callers
+        .push(("oidc near misses".into(), crate::stranger::oidc("m", json!(["Soc-Analyst", "admin ", "team:admin"]))));
     let dis = h.user("dis", &["incident-commander"]);
     assert_eq!(
         h.call("POST", "/v1/users/dis/disable", Some(&h.admin), Some(json!({"reason": "x"}))).await.0,
