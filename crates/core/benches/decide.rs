@@ -217,9 +217,88 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
+    data_boundaries(c);
+
     let mut g = c.benchmark_group("bundle");
     g.sample_size(10);
     g.bench_function("load_50_agents", |b| b.iter(|| Bundle::load(black_box(&files)).unwrap()));
+    g.finish();
+}
+
+/// The example bundle's files, as a front end would hand them over.
+fn example_files() -> Vec<SourceFile> {
+    fn walk(dir: &std::path::Path, prefix: &str, out: &mut Vec<SourceFile>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let rel = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            if entry.file_type().unwrap().is_dir() {
+                walk(&entry.path(), &format!("{rel}/"), out);
+            } else if warden_core::bundle::is_policy_file(&rel) {
+                out.push(SourceFile::new(rel, std::fs::read_to_string(entry.path()).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy"), "", &mut out);
+    out
+}
+
+/// DESIGN §14: a decision in a task that has done 1,000 actions (spread over every class of
+/// the catalog) and carries 10 marks of taint, against the same request in a task that has
+/// done one action and holds no taint (it executes), and one that holds one mark (it goes to a
+/// human, as the heavy one does) — on the example bundle, where the request (phish-triage's
+/// `account.disable`) is decided by a sequence rule over `context.task.history` and
+/// `[data] after_untrusted`.
+fn data_boundaries(c: &mut Criterion) {
+    use warden_core::request::{TaintLabel, TaskInfo};
+    let bundle = Bundle::load(&example_files()).unwrap();
+    let agent = "spiffe://acme.example/soc/phish-triage";
+    let req = ActionRequest {
+        action: "account.disable".into(),
+        target: "account:cfo".parse().unwrap(),
+        evidence: vec![Evidence { kind: "email".into(), reference: "m-77".into(), summary: None }],
+        ..request("host:web-42")
+    };
+    let task = |history: std::collections::BTreeMap<String, u32>, taint: Vec<warden_core::request::Taint>| TaskInfo {
+        id: "INC-1".into(),
+        state: Default::default(),
+        severity: "high".into(),
+        source: "email-gateway".into(),
+        verified: true,
+        agents: Vec::new(),
+        taint,
+        history,
+    };
+    let light = task([("alert.enrich".to_string(), 1)].into(), Vec::new());
+    let classes: Vec<String> = bundle.catalog().iter().map(|a| a.id.clone()).collect();
+    let mut history = std::collections::BTreeMap::new();
+    for i in 0..1000 {
+        *history.entry(classes[i % classes.len()].clone()).or_insert(0) += 1;
+    }
+    let marks = (0..10)
+        .map(|i| warden_core::request::Taint {
+            label: if i % 2 == 0 { TaintLabel::Untrusted } else { TaintLabel::Confidential },
+            source: format!("the result of `email.fetch` on `mailbox:user-{i}@acme.example` (message_id=`m-{i}`)"),
+            request: Some(format!("act_{i:028}")),
+            by: "warden".into(),
+        })
+        .collect();
+    let heavy = task(history, marks);
+    assert_eq!(heavy.history.values().sum::<u32>(), 1000);
+    let decide_in = |t: &TaskInfo| decide(&bundle, &DecisionInput { task: Some(t), ..input(agent, &req) });
+    assert_eq!(decide_in(&light).outcome, Outcome::Execute);
+    let tainted = decide_in(&heavy);
+    assert_eq!(tainted.outcome, Outcome::RequireApproval, "{tainted:?}");
+
+    // The same outcome (require_approval) with one mark and a one-action history: what the
+    // size of the task's record costs, apart from what the taint decides.
+    let one_mark = TaskInfo { taint: heavy.taint[..1].to_vec(), ..light.clone() };
+    assert_eq!(decide_in(&one_mark).outcome, Outcome::RequireApproval);
+
+    let mut g = c.benchmark_group("data_boundaries");
+    g.bench_function("decide_history_1_no_taint", |b| b.iter(|| decide_in(black_box(&light))));
+    g.bench_function("decide_history_1_taint_1", |b| b.iter(|| decide_in(black_box(&one_mark))));
+    g.bench_function("decide_history_1000_taint_10", |b| b.iter(|| decide_in(black_box(&heavy))));
     g.finish();
 }
 

@@ -425,11 +425,13 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
     let (severity, source) = input.task.map_or(("unknown", "unknown"), |t| (t.severity.as_str(), t.source.as_str()));
     let task_verified = input.task.is_some_and(|t| t.verified);
     // The task's marks and what this request declares it took in: both count for it.
-    let mut taint: Vec<Taint> = input.task.map(|t| t.taint.clone()).unwrap_or_default();
-    taint.extend(req.inputs.iter().map(|i| i.mark(None)));
+    let declared: Vec<Taint> = req.inputs.iter().map(|i| i.mark(None)).collect();
+    let taint: Vec<&Taint> = input.task.map_or(&[][..], |t| &t.taint[..]).iter().chain(&declared).collect();
     let mut labels: Vec<&str> = taint.iter().map(|t| t.label.as_str()).collect();
     labels.sort_unstable();
     labels.dedup();
+    let history: Vec<(&str, u32)> =
+        input.task.map(|t| bundle.policy.history_shown(&t.history, bundle.catalog())).unwrap_or_default();
     let (hour, weekday) = (input.now.hour(), input.now.weekday().number_days_from_monday());
     let facts = RequestFacts {
         agent: &g.id,
@@ -442,6 +444,7 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
         source,
         task_verified,
         taint: &labels,
+        history: &history,
         hour,
         weekday,
     };
@@ -575,7 +578,7 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
             _ => continue,
         };
         // The first few, and how many more: a reason stays short however much was taken in.
-        let of_label: Vec<&Taint> = taint.iter().filter(|t| t.label == label).collect();
+        let of_label: Vec<&Taint> = taint.iter().copied().filter(|t| t.label == label).collect();
         let mut sources: Vec<String> = of_label
             .iter()
             .take(SOURCES_SHOWN)

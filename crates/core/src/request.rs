@@ -195,6 +195,12 @@ pub struct TaskInfo {
     /// clears it. Policy reads the labels as `context.task.taint`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taint: Vec<Taint>,
+    /// What has been done in the task (DESIGN §14): each action class that executed and
+    /// succeeded here, by any of its agents, with how many times. Rolled-back executions still
+    /// count (they were done); failed and unknown ones do not. Policy reads it as
+    /// `context.task.history`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub history: std::collections::BTreeMap<String, u32>,
 }
 
 /// A label a task carries: what its agents took in that lowers what they may do on their own.
@@ -251,6 +257,17 @@ pub struct Input {
 /// direction marks, embeddings, overrides and isolates, word joiners, the BOM).
 const INVISIBLE: &str =
     "\\u0000-\\u001F\\u007F-\\u009F\\u00AD\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u206F\\uFEFF";
+
+/// `text` as it may be shown to an approver: no control or invisible format character, and at
+/// most `max` characters (then `…`).
+pub fn inert(text: &str, max: usize) -> String {
+    let mut kept = text.chars().filter(|c| !invisible(*c));
+    let mut out: String = kept.by_ref().take(max).collect();
+    if kept.next().is_some() {
+        out.push('…');
+    }
+    out
+}
 
 fn invisible(c: char) -> bool {
     matches!(c, '\u{0}'..='\u{1F}' | '\u{7F}'..='\u{9F}' | '\u{AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'

@@ -375,7 +375,7 @@ pub fn connectors_current(s: &AppState, bundle: &warden_core::Bundle) -> Result<
 
 /// How many times the start of an execution is checked again when something it relied on
 /// changed before its commit (a suspend, a task close).
-const START_ATTEMPTS: usize = 8;
+const START_ATTEMPTS: usize = 32;
 
 /// What an execution that has started carries to its end.
 struct Started {
@@ -624,7 +624,7 @@ fn revoked(mut lease: Lease, reason: &str, now: OffsetDateTime) -> Lease {
 /// confidential. Labels of the bundle in force (a result is handed back now).
 fn result_taint(s: &AppState, req: &ActionRecord) -> Vec<warden_core::request::Taint> {
     use warden_core::catalog::{Confidentiality, Integrity};
-    use warden_core::request::{Taint, TaintLabel};
+    use warden_core::request::{Taint, TaintLabel, inert};
     // A label that cannot be read (no bundle, or a reload took the action away meanwhile) is
     // taken as untrusted: fail closed.
     let unknown = warden_core::catalog::Label { integrity: Integrity::Untrusted, ..Default::default() };
@@ -640,10 +640,27 @@ fn result_taint(s: &AppState, req: &ActionRecord) -> Vec<warden_core::request::T
                 .map_or(class.result, |m| m.result),
         },
     };
-    let source = match &req.via {
-        Some(v) => format!("the result of `{}` on `{}` through `{v}`", req.action, req.target),
-        None => format!("the result of `{}` on `{}`", req.action, req.target),
+    // What was read, as an approver needs it: the action, its target, its params as shown
+    // (secrets replaced by their commitment), and the tool it came through.
+    let shown = match s.bundle() {
+        Ok(b) => b.shown_params(&req.action, &req.params),
+        Err(_) => Map::new(),
     };
+    let params: Vec<String> = shown
+        .iter()
+        .map(|(k, v)| {
+            let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            format!("{}=`{}`", inert(k, 32), inert(&v, 64))
+        })
+        .collect();
+    let mut source = format!("the result of `{}` on `{}`", req.action, req.target);
+    if !params.is_empty() {
+        source.push_str(&format!(" ({})", params.join(", ")));
+    }
+    if let Some(v) = &req.via {
+        source.push_str(&format!(" through `{v}`"));
+    }
+    let source = inert(&source, 400);
     let mark = |label| Taint { label, source: source.clone(), request: Some(req.id.clone()), by: "warden".into() };
     let mut marks = Vec::new();
     if label.integrity == Integrity::Untrusted {
@@ -655,8 +672,8 @@ fn result_taint(s: &AppState, req: &ActionRecord) -> Vec<warden_core::request::T
     marks
 }
 
-/// Records an execution's result: the execution, its request, the lease revoked, and the
-/// taint its result leaves on the task. Retried on a conflict (a halt revoking the lease
+/// Records an execution's result: the execution, its request, the lease revoked, and on the
+/// task the taint its result leaves and, when it succeeded, one more in its history. Retried on a conflict (a halt revoking the lease
 /// meanwhile, another result tainting the task), never dropped: the tool has acted.
 fn finish(
     s: &AppState,
@@ -674,13 +691,21 @@ fn finish(
     for _ in 0..32 {
         let now = s.now();
         let mut batch = Batch::new();
-        if !taint.is_empty()
+        // The task's record: the taint the result leaves, and — when the tool did it — one
+        // more of its class in the task's history.
+        let succeeded = exec.state == ExecutionState::Succeeded;
+        if (succeeded || !taint.is_empty())
             && let Some((mut task, v)) = versioned::<crate::model::Task>(store.as_ref(), &req.task)?
-            && task.taint_with(taint.iter().cloned())
         {
-            let mut r = task.record();
-            r.version = v;
-            batch = batch.change(Change::Update(r));
+            let tainted = task.taint_with(taint.iter().cloned());
+            if succeeded {
+                task.done(&req.action);
+            }
+            if tainted || succeeded {
+                let mut r = task.record();
+                r.version = v;
+                batch = batch.change(Change::Update(r));
+            }
         }
         let (_, ev) = versioned::<Execution>(store.as_ref(), &exec.id)?
             .ok_or_else(|| ApiError::new(Code::StoreUnavailable, format!("execution `{}` vanished", exec.id)))?;

@@ -36,8 +36,9 @@ pub struct Explanation {
     /// The request: id, state, action class, target, when.
     #[schema(value_type = Object)]
     pub action: Value,
-    /// What started it: the task and its trigger, and the taint the task carries now (each
-    /// mark: label, source, the request it came with, who said so).
+    /// What started it: the task and its trigger, the taint the task carries now (each mark:
+    /// label, source, the request it came with, who said so), and its history now (action
+    /// class → executions that succeeded in it).
     #[schema(value_type = Object)]
     pub trigger: Value,
     /// Who asked: SPIFFE ID, owner, purpose.
@@ -185,7 +186,7 @@ pub fn explain_in(
             Some(t) => {
                 json!({"task": t.id, "title": t.title, "source": t.trigger.source, "alert_id": t.trigger.alert_id,
                 "severity": t.trigger.severity, "summary": t.trigger.summary, "opened_by": t.opened_by, "state": t.state,
-                "verified": t.verified, "taint": t.taint})
+                "verified": t.verified, "taint": t.taint, "history": t.history})
             }
             None => json!({"task": a.task}),
         },

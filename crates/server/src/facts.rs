@@ -128,6 +128,7 @@ fn task_info(t: Task) -> TaskInfo {
         verified: t.verified,
         agents: t.agents,
         taint: t.taint,
+        history: t.history,
     }
 }
 

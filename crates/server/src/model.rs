@@ -175,6 +175,11 @@ pub struct Task {
     /// Warden.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taint: Vec<warden_core::request::Taint>,
+    /// What has been done in it (DESIGN §14): each action class that executed and succeeded
+    /// here, with how many times. Written in the commit that records the execution's result;
+    /// policy reads it as `context.task.history`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub history: std::collections::BTreeMap<String, u32>,
 }
 
 /// The most marks of taint a task keeps (see [`Task::taint_with`]).
@@ -200,6 +205,12 @@ impl Task {
             }
         }
         self.taint.len() > before
+    }
+
+    /// Counts one succeeded execution of `action` in the task's history.
+    pub fn done(&mut self, action: &str) {
+        let n = self.history.entry(action.to_string()).or_default();
+        *n = n.saturating_add(1);
     }
 }
 

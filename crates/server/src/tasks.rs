@@ -68,6 +68,7 @@ pub fn open(
         closed_at: None,
         closed_by: None,
         taint: Vec::new(),
+        history: std::collections::BTreeMap::new(),
     };
     let event = Event::new(EventType::TaskOpened, caller.actor())
         .task(&id)

@@ -80,6 +80,10 @@ pub fn text(e: &Value) -> String {
             m["request"].as_str().map(|r| format!(", {r}")).unwrap_or_default()
         ));
     }
+    if let Some(h) = t["history"].as_object().filter(|h| !h.is_empty()) {
+        let done: Vec<String> = h.iter().map(|(class, n)| format!("{class} ×{n}")).collect();
+        out.push(format!("history    done in the task: {}", done.join(", ")));
+    }
     let g = &e["agent"];
     out.push(format!("agent      {} owner {} — {}", s(&g["id"]), s(&g["owner"]), s(&g["purpose"])));
     let r = &e["request"];

@@ -31,7 +31,20 @@ fn the_demo_runs_the_whole_incident_as_narrated() {
         "✓ its pending approval is cancelled",
         "✓ its containments are lifted in the lab",
         "✓ the halted agent is refused",
-        "✓ its tools are the actions it is granted (no process.kill, no account.disable)",
+        "dry run: phish-triage → account.disable on account:cfo would execute at level 4 (phish-disable-on-verified-phishing)",
+        "phish-triage → email.fetch on mailbox:jdoe@acme.example (confidence 0.95)",
+        "✓ the read ran on its own, and its body is an instruction",
+        "cap untrusted_input: the task holds untrusted input: at most level 2 (`[data] after_untrusted`); taken in: \
+         the result of `email.fetch` on `mailbox:jdoe@acme.example` (message_id=`m-77`)",
+        "✓ after the untrusted read, the same disable goes to a human (incident-commander)",
+        "✓ the approval card names what was read",
+        "✓ the CFO's account was never touched in the lab",
+        "warden explain: taint      untrusted: the result of `email.fetch` on `mailbox:jdoe@acme.example`",
+        "warden explain: history    done in the task: alert.enrich ×1, email.fetch ×1",
+        "✓ the tool result carries the instruction",
+        "tools/call account.disable is held for a human: the task read untrusted input",
+        "✓ olga rejects it; the held call answers so, and nothing ran",
+        "✓ its tools are the actions it is granted (no process.kill, no session.revoke)",
         "tools/call email.quarantine → `email.quarantine` on `mailbox:jdoe@acme.example` executed",
         "✓ the same call, executed once approved",
         "Warden refused the call (agent_halted)",
@@ -59,6 +72,10 @@ fn the_demo_runs_the_whole_incident_as_narrated() {
         assert!(succeeded.contains(&action), "{action} executed: {succeeded:?}");
     }
     assert!(entries.iter().any(|e| e["type"] == "halt.set"));
+    // The poisoned message: the CFO's account was asked for twice, rejected twice, never run.
+    let on_cfo = |t: &str| entries.iter().filter(|e| e["type"] == t && e["data"]["target"] == "account:cfo").count();
+    assert_eq!((on_cfo("action.requested"), on_cfo("execution.started")), (2, 0));
+    assert_eq!(entries.iter().filter(|e| e["type"] == "approval.rejected").count(), 2);
     // An auditor explains an action from the data directory alone, no server running.
     let approved =
         entries.iter().find(|e| e["type"] == "approval.granted").unwrap()["request"].as_str().unwrap().to_string();

@@ -5,7 +5,7 @@ use crate::{edit, example_copy, example_dir, warden};
 #[test]
 fn validate_accepts_the_example_bundle() {
     warden().args(["policy", "validate"]).arg(example_dir()).assert().success().stdout(
-        predicate::str::is_match(r"^ok: sha256:[0-9a-f]{64} — 19 actions, 36 assets, 5 agents, 27 Cedar policies, 3 upstream MCP tools mapped\n$")
+        predicate::str::is_match(r"^ok: sha256:[0-9a-f]{64} — 20 actions, 36 assets, 5 agents, 31 Cedar policies, 3 upstream MCP tools mapped\n$")
             .unwrap(),
     );
 }
@@ -19,7 +19,7 @@ fn validate_locates_each_kind_of_problem() {
             "connectors.toml",
             "path = \"/edr/v1/hosts/{target.id}/contain\"",
             "path = \"/edr/v1/hosts/{params.reason}/contain\"",
-            "connectors.toml:90: action `host.isolate`'s call does not carry the decided target",
+            "connectors.toml:95: action `host.isolate`'s call does not carry the decided target",
         ),
         (
             "cedar/network.cedar",
@@ -55,7 +55,7 @@ fn validate_locates_each_kind_of_problem() {
             "actions.toml",
             "compensation = \"host.release\"",
             "compensation = \"host.relase\"",
-            "actions.toml:142: compensation of `host.isolate` names a missing action `host.relase`",
+            "actions.toml:157: compensation of `host.isolate` names a missing action `host.relase`",
         ),
         (
             "mcp.toml",

@@ -187,6 +187,51 @@ pub(super) fn json_reads_context(v: &serde_json::Value) -> bool {
     }
 }
 
+/// What a policy (JSON form) reads of `context.task.history`: the classes it names by `has` or
+/// by access, and whether it uses the record as a whole (compares it, puts it in a set…), which
+/// sees every class.
+pub(super) fn history_use(v: &serde_json::Value) -> (Vec<String>, bool) {
+    fn is_history(e: &serde_json::Value) -> bool {
+        let attr = |e: &serde_json::Value, name: &str| -> Option<serde_json::Value> {
+            let access = e.get(".")?;
+            (access.get("attr")?.as_str()? == name).then(|| access.get("left").cloned()).flatten()
+        };
+        attr(e, "history")
+            .and_then(|task| attr(&task, "task"))
+            .is_some_and(|ctx| ctx.get("Var").and_then(|v| v.as_str()) == Some("context"))
+    }
+    fn walk(v: &serde_json::Value, named: &mut Vec<String>, whole: &mut bool) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if is_history(v) {
+                    // Reached other than as the left of `has` or `.`: the record itself.
+                    *whole = true;
+                    return;
+                }
+                for (op, e) in m {
+                    if (op == "has" || op == ".")
+                        && let Some(left) = e.get("left")
+                        && is_history(left)
+                    {
+                        if let Some(a) = e.get("attr").and_then(|a| a.as_str()) {
+                            named.push(a.to_string());
+                        }
+                        continue;
+                    }
+                    walk(e, named, whole);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, named, whole)),
+            _ => {}
+        }
+    }
+    let (mut named, mut whole) = (Vec::new(), false);
+    walk(v, &mut named, &mut whole);
+    named.sort();
+    named.dedup();
+    (named, whole)
+}
+
 /// Whether a policy's condition mentions `context` (conservatively yes if it cannot be told).
 pub(super) fn reads_context(p: &Policy) -> bool {
     p.to_json().map_or(true, |v| v.get("conditions").is_none_or(json_reads_context))
@@ -247,6 +292,8 @@ impl CompiledPolicy {
         let mut own: HashMap<(String, String), Vec<Policy>> = HashMap::new();
         let mut handwritten: Vec<Policy> = Vec::new();
         let mut policy_text = String::new();
+        // What the policies read of the task's history (only hand-written ones read it).
+        let (mut history_named, mut history_whole) = (std::collections::BTreeSet::new(), false);
         let mut add = |policy: Policy, m: PolicyMeta, owner: Option<(&str, &str)>, problems: &mut Vec<Problem>| {
             match owner {
                 Some((agent, action)) => {
@@ -302,6 +349,27 @@ impl CompiledPolicy {
             policy_text.push_str(&format!("// from {}\n{}\n", file.path, file.text));
             for (policy, mut m) in parse_handwritten(file, &mut problems) {
                 m.actions = actions_named(&policy, catalog);
+                // The schema's history record is closed, so Cedar types `has` of a class it
+                // lacks as plain `false`: a misspelt class would silently never (or always)
+                // match. Every class a policy names in the history must be in the catalog.
+                let json = policy.to_json().ok();
+                let (named, whole) = json.as_ref().map_or((Vec::new(), true), history_use);
+                history_whole |= whole;
+                history_named.extend(named.iter().cloned());
+                {
+                    for class in named {
+                        if catalog.get(&class).is_none() {
+                            problems.push(Problem {
+                                file: m.file.clone(),
+                                line: Some(m.line),
+                                message: format!(
+                                    "policy `{}` reads `context.task.history` of `{class}`, which is not in the catalog",
+                                    m.id
+                                ),
+                            });
+                        }
+                    }
+                }
                 add(policy, m, None, &mut problems);
             }
         }
@@ -403,6 +471,7 @@ impl CompiledPolicy {
             meta_by_id,
             entities,
             authorizer,
+            history_read: if history_whole { None } else { Some(history_named) },
         })
     }
 }

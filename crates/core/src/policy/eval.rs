@@ -114,11 +114,16 @@ pub(super) fn context_of(f: &RequestFacts<'_>) -> Result<Context, String> {
         }
     }
     let taint = RestrictedExpression::new_set(f.taint.iter().map(|l| RestrictedExpression::new_string(l.to_string())));
+    let history = RestrictedExpression::new_record(
+        f.history.iter().map(|(class, n)| ((*class).to_string(), RestrictedExpression::new_long(i64::from(*n)))),
+    )
+    .map_err(|e| e.to_string())?;
     let task = RestrictedExpression::new_record([
         ("severity".to_string(), RestrictedExpression::new_string(f.severity.to_string())),
         ("source".to_string(), RestrictedExpression::new_string(f.source.to_string())),
         ("verified".to_string(), RestrictedExpression::new_bool(f.task_verified)),
         ("taint".to_string(), taint),
+        ("history".to_string(), history),
     ])
     .map_err(|e| e.to_string())?;
     let context = Context::from_pairs([

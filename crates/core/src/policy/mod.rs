@@ -82,6 +82,9 @@ pub(crate) struct RequestFacts<'a> {
     pub task_verified: bool,
     /// The task's taint labels (`untrusted`, `confidential`), each once.
     pub taint: &'a [&'a str],
+    /// The task's history: action class → executions that succeeded in it (classes of the
+    /// catalog only, each once).
+    pub history: &'a [(&'a str, u32)],
     pub hour: u8,
     pub weekday: u8,
 }
@@ -141,6 +144,10 @@ pub(crate) struct CompiledPolicy {
     meta_by_id: HashMap<String, usize>,
     entities: Entities,
     authorizer: Authorizer,
+    /// The classes some policy reads of `context.task.history` (`None`: some policy uses the
+    /// record whole, so every class). No policy can tell the others apart from absent, so
+    /// decisions leave them out of the context: a long history costs nothing it need not.
+    history_read: Option<std::collections::BTreeSet<String>>,
 }
 
 const NS: &str = "Warden";
@@ -185,6 +192,25 @@ fn type_name(name: &str) -> Result<EntityTypeName, String> {
 }
 
 impl CompiledPolicy {
+    /// What of a task's `history` Cedar is shown: the classes some policy reads (all of them,
+    /// when a policy uses the record whole) that the catalog has — the schema names no other,
+    /// and a reload may have taken one away since it was done. No policy can tell the rest
+    /// from absent.
+    pub(crate) fn history_shown<'h>(
+        &self,
+        history: &'h std::collections::BTreeMap<String, u32>,
+        catalog: &Catalog,
+    ) -> Vec<(&'h str, u32)> {
+        match &self.history_read {
+            // Named classes are checked against the catalog at load.
+            Some(read) => read
+                .iter()
+                .filter_map(|class| history.get_key_value(class.as_str()).map(|(c, n)| (c.as_str(), *n)))
+                .collect(),
+            None => history.iter().filter(|(c, _)| catalog.get(c).is_some()).map(|(c, n)| (c.as_str(), *n)).collect(),
+        }
+    }
+
     pub(crate) fn schema_text(&self) -> &str {
         &self.schema_text
     }
@@ -217,6 +243,27 @@ mod tests {
     use super::*;
     use crate::bundle::Bundle;
     use crate::policy_test::parse_cases;
+
+    /// What a policy reads of the history: classes by `has` and access, through any nesting;
+    /// the record used any other way counts as whole; `history` elsewhere (a param) is not it.
+    #[test]
+    fn history_use_finds_named_classes_and_whole_uses() {
+        let read = |cond: &str| {
+            let p = Policy::from_str(&format!("permit (principal, action, resource) when {{ {cond} }};")).unwrap();
+            history_use(&p.to_json().unwrap())
+        };
+        assert_eq!(read("context.task.history has \"a.b\""), (vec!["a.b".to_string()], false));
+        assert_eq!(
+            read("if context.task.history has c then context.task.history[\"d.e\"] > 1 else false"),
+            (vec!["c".to_string(), "d.e".to_string()], false)
+        );
+        assert_eq!(read("context.task.history == context.task.history"), (vec![], true));
+        assert_eq!(
+            read("[context.task.history].isEmpty() || context.task.history has x"),
+            (vec!["x".to_string()], true)
+        );
+        assert_eq!(read("context.params.history has \"a.b\" && context.history has y"), (vec![], false));
+    }
 
     fn example_files() -> Vec<SourceFile> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policy");
@@ -273,6 +320,7 @@ mod tests {
                         source: "edr",
                         task_verified: true,
                         taint: &[],
+                        history: &[],
                         hour,
                         weekday: 2,
                     };

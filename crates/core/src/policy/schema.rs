@@ -38,6 +38,12 @@ pub(crate) fn generate_schema(catalog: &Catalog, inventory: &Inventory) -> Strin
     for c in categories {
         let _ = writeln!(s, "  action {};", lit(c.as_str()));
     }
+    // The task's history: one optional attribute per action class (`has` it run; how often).
+    let mut history = String::new();
+    for (i, a) in catalog.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(history, "{sep}{}?: Long", lit(&a.id));
+    }
     for a in catalog.iter() {
         let mut params = String::new();
         for (i, p) in a.params.iter().enumerate() {
@@ -49,7 +55,7 @@ pub(crate) fn generate_schema(catalog: &Catalog, inventory: &Inventory) -> Strin
             s,
             "  action {} in [{}] appliesTo {{ principal: [Agent], resource: [{}], context: {{ \
              \"confidence\": __cedar::decimal, \"hour\": Long, \"weekday\": Long, \
-             \"task\": {{ \"severity\": String, \"source\": String, \"verified\": Bool, \"taint\": Set<String> }}, \
+             \"task\": {{ \"severity\": String, \"source\": String, \"verified\": Bool, \"taint\": Set<String>, \"history\": {{ {history} }} }}, \
              \"params\": {{ {params} }} }} }};",
             lit(&a.id),
             lit(a.category.as_str()),

@@ -55,6 +55,25 @@ fn cedar_typo_in_an_entity_type_or_action_is_a_validation_error() {
     assert!(problems.iter().any(|p| p.message.contains("Warden::Agnet")), "{problems:?}");
 }
 
+/// Cedar types `has` of an attribute a closed record lacks as `false`, so a misspelt class in
+/// a sequence rule would validate and silently never (or always) match: Warden refuses it,
+/// whether read by `has` or by access, at the policy's line.
+#[test]
+fn a_history_rule_naming_a_class_not_in_the_catalog_is_refused() {
+    let path = "cedar/containment.cedar";
+    for (typo, class) in [
+        ("context.task.history has \"alert.enrichh\"", "alert.enrichh"),
+        ("context.task.history has enrich", "enrich"),
+        ("(context.task.history has \"alert.enrich\" && context.task.history[\"alert.enrichd\"] > 0)", "alert.enrichd"),
+    ] {
+        let problems = broken(path, |t| t.replace("context.task.history has \"alert.enrich\"", typo));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].file, path);
+        assert_eq!(problems[0].line, Some(line_of(&original(path), "@id(\"phish-disable-after-enrichment\")")));
+        assert!(problems[0].message.contains(&format!("`{class}`, which is not in the catalog")), "{}", problems[0]);
+    }
+}
+
 #[test]
 fn handwritten_rules_must_name_owner_and_level() {
     let path = "cedar/network.cedar";

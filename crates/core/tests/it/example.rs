@@ -195,15 +195,18 @@ fn an_action_reading_data_the_agent_may_not_read_is_denied() {
         d.caps[0].reason
     );
     let warned: Vec<String> = bundle.warnings().iter().map(ToString::to_string).collect();
-    assert_eq!(warned.len(), 2, "{warned:?}");
+    assert_eq!(warned.len(), 3, "{warned:?}");
     assert!(warned.iter().all(|w| w.contains("can never be used") && w.contains("`email.headers`")), "{warned:?}");
-    assert!(
-        warned.iter().any(|w| w.contains("email.quarantine")) && warned.iter().any(|w| w.contains("email.release"))
-    );
+    for action in ["email.quarantine", "email.release", "email.fetch"] {
+        assert!(warned.iter().any(|w| w.contains(action)), "{action}: {warned:?}");
+    }
     assert!(example_bundle().warnings().is_empty(), "{:?}", example_bundle().warnings());
     // No `[data] allowed` at all: nothing may be read.
     let bundle = edited("agents/phish-triage.toml", |t| {
-        t.replace("allowed = [\"email.headers\", \"email.body\", \"url.reputation\", \"attachment.hash\"]", "")
+        t.replace(
+            "allowed = [\"email.headers\", \"email.body\", \"url.reputation\", \"attachment.hash\", \"idp.signin_logs\"]",
+            "",
+        )
     });
     let d = quarantine.decide(&bundle);
     assert!(d.caps[0].reason.contains("which has no `[data] allowed`"), "{d:?}");
@@ -323,4 +326,42 @@ fn taint_lowers_autonomy_and_says_why() {
     let d = ticket(&mark.replace("untrusted", "confidential"));
     assert_eq!(d.outcome.as_str(), "require_approval", "{d:?}");
     assert!(d.caps.iter().any(|c| c.code.as_str() == "confidential_egress"), "{d:?}");
+}
+
+/// `context.task.history` (DESIGN §14): the example's sequence rule forbids the phishing agent's
+/// account disable until an alert was enriched in the task, and counts are what Cedar reads. A
+/// class the catalog no longer has (a reload took it away) is left out, never an evaluation
+/// error; an empty history is an empty record, not a missing one.
+#[test]
+fn the_task_history_is_what_sequence_rules_read() {
+    let disable = |history: &str, bundle: &warden_core::Bundle| {
+        scenario(&format!(
+            r#"agent = "spiffe://acme.example/soc/phish-triage"
+            action = "account.disable"
+            target = "account:cfo"
+            confidence = 0.95
+            params = {{ reason = "credential phishing" }}
+            evidence = [{{ kind = "email", ref = "msg:m-77" }}]
+            task = {{ id = "INC-1", severity = "high", source = "email-gateway", verified = true, history = {{ {history} }} }}"#
+        ))
+        .decide(bundle)
+    };
+    let b = example_bundle();
+    let none = disable("", b);
+    assert_eq!((none.outcome.as_str(), none.caps[0].code.as_str()), ("deny", "forbidden"), "{none:?}");
+    assert!(none.caps[0].reason.contains("phish-disable-after-enrichment"), "{none:?}");
+    let done = disable(r#""alert.enrich" = 1"#, b);
+    assert_eq!(done.outcome.as_str(), "execute", "{done:?}");
+    // A class gone from the catalog is not shown to Cedar (the schema names no such attribute).
+    let gone = disable(r#""alert.enrich" = 1, "gone.class" = 4"#, b);
+    assert_eq!(gone, done);
+    // Counts: a rule may ask for more than one.
+    let bundle = edited("cedar/containment.cedar", |t| {
+        t.replace(
+            "unless { context.task.history has \"alert.enrich\" }",
+            "unless { context.task.history has \"alert.enrich\" && context.task.history[\"alert.enrich\"] >= 2 }",
+        )
+    });
+    assert_eq!(disable(r#""alert.enrich" = 1"#, &bundle).outcome.as_str(), "deny");
+    assert_eq!(disable(r#""alert.enrich" = 2"#, &bundle).outcome.as_str(), "execute");
 }

@@ -5,6 +5,7 @@ use time::OffsetDateTime;
 use warden_core::decision::{LadderFacts, climb};
 use warden_core::guardrail::Thresholds;
 use warden_core::inventory::TargetRef;
+use warden_core::request::TaintLabel;
 use warden_core::{
     ActionRequest, AgentStatus, BudgetUsage, Bundle, CapCode, DecisionInput, Halt, HaltScope, Outcome, SourceFile,
     decide,
@@ -211,6 +212,45 @@ fn run(bundle: &Bundle, d: &Drawn) -> warden_core::Decision {
     )
 }
 
+/// [`run`] in a verified task from `source` with `history` and `taint`.
+fn run_in(
+    bundle: &Bundle,
+    d: &Drawn,
+    source: &str,
+    history: &std::collections::BTreeMap<String, u32>,
+    taint: &[warden_core::request::Taint],
+) -> warden_core::Decision {
+    let task = warden_core::request::TaskInfo {
+        id: "T-1".into(),
+        state: Default::default(),
+        severity: "high".into(),
+        source: source.into(),
+        verified: true,
+        agents: Vec::new(),
+        taint: taint.to_vec(),
+        history: history.clone(),
+    };
+    decide(
+        bundle,
+        &DecisionInput {
+            agent: &d.agent,
+            agent_status: d.status,
+            request: &d.request,
+            task: Some(&task),
+            budget: d.budget,
+            halts: &d.halts,
+            now: d.now,
+            shadow: d.shadow,
+            via: None,
+        },
+    )
+}
+
+fn history() -> impl Strategy<Value = std::collections::BTreeMap<String, u32>> {
+    let classes: Vec<String> = example_bundle().catalog().iter().map(|a| a.id.clone()).collect();
+    prop::collection::btree_map(prop::sample::select(classes), 1u32..50, 0..6)
+}
+
 /// The example bundle plus a blanket forbid on targets tagged `frozen`, and one rule that
 /// fails to evaluate on tier2 targets.
 fn hardened_bundle() -> &'static Bundle {
@@ -260,6 +300,29 @@ proptest! {
         if frozen && d.request.target.id.starts_with("frozen") {
             prop_assert_eq!(decision.outcome, Outcome::Deny, "{:?}", decision);
         }
+    }
+
+    /// Whole decisions on the example bundle (DESIGN §14): a mark of taint never raises the
+    /// outcome, whatever the task has done; and what the task has done of classes no policy
+    /// names never changes the decision.
+    #[test]
+    fn taint_never_raises_a_whole_decision_and_unread_history_changes_nothing(
+        d in drawn(example_bundle()),
+        source in prop::sample::select(vec!["email-gateway", "siem", "phish-report"]),
+        done in history(),
+        label in prop::sample::select(vec![TaintLabel::Untrusted, TaintLabel::Confidential]),
+        unread in 1u32..1000,
+    ) {
+        let b = example_bundle();
+        let clean = run_in(b, &d, source, &done, &[]);
+        let mark = warden_core::request::Taint { label, source: "m-1".into(), request: None, by: "warden".into() };
+        let tainted = run_in(b, &d, source, &done, &[mark]);
+        prop_assert!(tainted.outcome <= clean.outcome, "{:?} then {:?}", clean, tainted);
+        prop_assert!(tainted.effective_level <= clean.effective_level);
+        // `ticket.close` is named by no policy of the example bundle.
+        let mut more = done.clone();
+        *more.entry("ticket.close".into()).or_insert(0) += unread;
+        prop_assert_eq!(run_in(b, &d, source, &more, &[]), clean);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use warden_core::request::ActionRequest;
 
 use crate::auth::AgentToken;
@@ -382,7 +382,13 @@ fn settled(answer: &ActionAnswer, approval: Option<crate::model::Approval>) -> V
         "succeeded" => {
             let execution = answer.execution.as_ref().map(|e| serde_json::to_value(e).unwrap_or(Value::Null));
             let captured = answer.execution.as_ref().map(|e| json!(e.captured)).unwrap_or(json!({}));
-            let text = format!("`{}` on `{}` executed: {captured}", answer.action, answer.target);
+            let mut text = format!("`{}` on `{}` executed: {captured}", answer.action, answer.target);
+            // What the tool answered (redacted as recorded): a read's answer is its point.
+            if let Some(said) = answer.execution.as_ref().and_then(|e| e.answer.as_ref())
+                && !(said.is_null() || said.as_object().is_some_and(Map::is_empty))
+            {
+                text.push_str(&format!("; the tool answered: {said}"));
+            }
             text_result(text, false, Some(json!({"state": "succeeded", "execution": execution})), m)
         }
         "denied" => {

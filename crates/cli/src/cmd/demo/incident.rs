@@ -71,7 +71,7 @@ pub(super) struct Row {
     what: String,
     outcome: String,
     level: String,
-    state: String,
+    pub(super) state: String,
 }
 
 pub(super) struct Demo {
@@ -115,12 +115,12 @@ impl Demo {
         self.say(&format!("{}. {title}", self.step));
     }
 
-    fn lab_state(&self) -> anyhow::Result<Value> {
+    pub(super) fn lab_state(&self) -> anyhow::Result<Value> {
         let mut res = ureq::get(format!("{}/state", self.lab)).call().context("reading the lab's state")?;
         Ok(res.body_mut().read_json()?)
     }
 
-    /// An agent's request; narrates the decision (and the execution, when there is one).
+    /// An agent's request in the incident's task; narrates the decision (and the execution).
     fn request(
         &mut self,
         token: &str,
@@ -130,7 +130,22 @@ impl Demo {
         confidence: f64,
         params: Value,
     ) -> anyhow::Result<Value> {
-        let body = json!({"task": TASK, "action": action, "target": target, "confidence": confidence, "params": params,
+        self.request_in(TASK, token, agent, action, target, confidence, params)
+    }
+
+    /// An agent's request in `task`; narrates the decision (and the execution, when there is one).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn request_in(
+        &mut self,
+        task: &str,
+        token: &str,
+        agent: &str,
+        action: &str,
+        target: &str,
+        confidence: f64,
+        params: Value,
+    ) -> anyhow::Result<Value> {
+        let body = json!({"task": task, "action": action, "target": target, "confidence": confidence, "params": params,
             "rationale": format!("{} asks for {action}: indicators in the phishing wave point at {target}", short(agent)),
             "evidence": [{"kind": "email", "ref": "msg:wave-2041"}, {"kind": "siem", "ref": "ALRT-1001"}]});
         let a = self.http.ok("POST", "/v1/actions", token, Some(&body))?;
@@ -514,6 +529,7 @@ fn script(
     let (status, refused) = demo.http.call("POST", "/v1/actions", edr, Some(&json!({"task": TASK, "action": "host.isolate", "target": "host:web-42", "confidence": 0.95, "params": {"reason": "x"}, "rationale": "x", "evidence": [{"kind": "edr", "ref": "x"}]})))?;
     demo.expect("the halted agent is refused", status == 403 && refused["error"]["code"] == "agent_halted")?;
 
+    super::poison::act(demo, runtime, [phish, bot], users)?;
     super::mcp::act(demo, runtime, phish, users)?;
 
     demo.heading("The analyst closes the task");

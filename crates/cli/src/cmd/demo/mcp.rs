@@ -48,9 +48,9 @@ pub fn act(
     let names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
     demo.say(&format!("phish-triage sees {} tools: {}", names.len(), names.join(", ")));
     demo.expect(
-        "its tools are the actions it is granted (no process.kill, no account.disable)",
+        "its tools are the actions it is granted (no process.kill, no session.revoke)",
         names.iter().any(|n| n == "email.quarantine")
-            && !names.iter().any(|n| n == "process.kill" || n == "account.disable"),
+            && !names.iter().any(|n| n == "process.kill" || n == "session.revoke"),
     )?;
 
     let call = |name: &str, args: Map<String, Value>| {

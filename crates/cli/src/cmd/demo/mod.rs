@@ -4,6 +4,7 @@
 
 mod incident;
 mod mcp;
+mod poison;
 
 use clap::Args;
 use warden_core::policy_test::parse_cases;
