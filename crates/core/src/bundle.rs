@@ -372,6 +372,12 @@ impl Bundle {
         self.agents.values()
     }
 
+    /// The action classes whose counts in `context.task.history` a decision of `action` may
+    /// read: what a front end must count for it (and nothing else matters to it).
+    pub fn history_read(&self, action: &str) -> impl Iterator<Item = &str> {
+        self.policy.history_read(action)
+    }
+
     /// The generated Cedar schema (Cedar schema syntax).
     pub fn cedar_schema(&self) -> &str {
         self.policy.schema_text()

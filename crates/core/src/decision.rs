@@ -431,7 +431,7 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
     labels.sort_unstable();
     labels.dedup();
     let history: Vec<(&str, u32)> =
-        input.task.map(|t| bundle.policy.history_shown(&t.history, bundle.catalog())).unwrap_or_default();
+        input.task.map(|t| bundle.policy.history_shown(&req.action, &t.history)).unwrap_or_default();
     let (hour, weekday) = (input.now.hour(), input.now.weekday().number_days_from_monday());
     let facts = RequestFacts {
         agent: &g.id,
@@ -578,7 +578,11 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
             _ => continue,
         };
         // The first few, and how many more: a reason stays short however much was taken in.
-        let of_label: Vec<&Taint> = taint.iter().copied().filter(|t| t.label == label).collect();
+        // What Warden itself handed back first, then what agents declared, newest first within
+        // each: declarations an agent piles up never push a result Warden labelled off the card.
+        let mut of_label: Vec<&Taint> = taint.iter().copied().filter(|t| t.label == label).collect();
+        of_label.reverse();
+        of_label.sort_by_key(|t| t.by != "warden");
         let mut sources: Vec<String> = of_label
             .iter()
             .take(SOURCES_SHOWN)

@@ -123,9 +123,11 @@ impl ActionRequest {
         if self.inputs.len() > MAX_INPUTS {
             return Err(format!("at most {MAX_INPUTS} `inputs` per request, not {}", self.inputs.len()));
         }
-        match self.inputs.iter().find(|i| {
-            i.source.chars().all(|c| c == ' ') || i.source.chars().count() > 512 || i.source.chars().any(invisible)
-        }) {
+        match self
+            .inputs
+            .iter()
+            .find(|i| i.source.chars().all(blank) || i.source.chars().count() > 512 || i.source.chars().any(invisible))
+        {
             Some(i) => Err(format!(
                 "an input's `source` must be 1 to 512 characters, not blank, without control or invisible format \
                  characters, not `{}`",
@@ -253,10 +255,15 @@ pub struct Input {
 }
 
 /// The characters an input's source may not hold: C0 and C1 controls, and the invisible format
-/// characters that could make an approval card read otherwise (soft hyphen, zero-width and
-/// direction marks, embeddings, overrides and isolates, word joiners, the BOM).
-const INVISIBLE: &str =
-    "\\u0000-\\u001F\\u007F-\\u009F\\u00AD\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u206F\\uFEFF";
+/// characters that could make an approval card read otherwise (soft hyphen, the combining
+/// grapheme joiner, the Arabic letter mark, the Mongolian vowel separator, zero-width and
+/// direction marks, line and paragraph separators, embeddings, overrides and isolates, word
+/// joiners, variation selectors, the BOM, interlinear annotations; and, checked though no
+/// pattern of the OpenAPI document can say so, the tag characters U+E0000–U+E007F).
+const INVISIBLE: &str = "\\u0000-\\u001F\\u007F-\\u009F\\u00AD\\u034F\\u061C\\u180E\\u200B-\\u200F\\u2028-\\u202E\\u2060-\\u2064\\u2066-\\u206F\\uFE00-\\uFE0F\\uFEFF\\uFFF9-\\uFFFB";
+
+/// Characters that show as blank: a source made only of them (and invisible ones) is blank.
+const BLANK: &str = " \\u00A0\\u115F\\u1160\\u1680\\u2000-\\u200A\\u202F\\u205F\\u2800\\u3000\\u3164\\uFFA0";
 
 /// `text` as it may be shown to an approver: no control or invisible format character, and at
 /// most `max` characters (then `…`).
@@ -270,14 +277,19 @@ pub fn inert(text: &str, max: usize) -> String {
 }
 
 fn invisible(c: char) -> bool {
-    matches!(c, '\u{0}'..='\u{1F}' | '\u{7F}'..='\u{9F}' | '\u{AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
+    matches!(c, '\u{0}'..='\u{1F}' | '\u{7F}'..='\u{9F}' | '\u{AD}' | '\u{34F}' | '\u{61C}' | '\u{180E}'
+        | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+        | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
+}
+
+fn blank(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\u{115F}' | '\u{1160}' | '\u{2800}' | '\u{3164}' | '\u{FFA0}') || invisible(c)
 }
 
 /// An input's source as the OpenAPI document states it: no [`INVISIBLE`] character, and one
-/// that is not a space.
+/// that is not [`BLANK`].
 pub fn input_source_pattern() -> String {
-    format!("^[^{INVISIBLE}]*[^{INVISIBLE} ][^{INVISIBLE}]*$")
+    format!("^[^{INVISIBLE}]*[^{INVISIBLE}{BLANK}][^{INVISIBLE}]*$")
 }
 
 #[cfg(feature = "openapi")]

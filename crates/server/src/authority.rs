@@ -92,6 +92,12 @@ pub fn owner_in_bundle(s: &AppState, agent: &str) -> Option<String> {
     s.bundle().ok().and_then(|b| b.agent(agent).map(|g| g.owner.clone()))
 }
 
+/// Whether `user` owns `agent`: as the bundle names its owner (`owner`), or as it was
+/// registered.
+pub fn owns_agent(s: &AppState, user: &User, agent: &str, owner: &str) -> bool {
+    is_owner(user, owner) || is_owner(user, &registered_owner(s, agent))
+}
+
 /// The owner `agent` was registered with (empty when it is not registered).
 fn registered_owner(s: &AppState, agent: &str) -> String {
     s.ledger()

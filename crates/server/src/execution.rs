@@ -114,7 +114,8 @@ impl Model for Execution {
         // Indexed as `rolling_back` while a compensation is under way, so a restart finds the
         // ones it interrupted without reading every execution.
         let indexed = if self.rolling_back.is_some() { "rolling_back" } else { self.state.as_str() };
-        self.bare_record().agent(&self.agent).task(&self.task).state(indexed)
+        // Its action class as a column: a task's history is a grouped count of them.
+        self.bare_record().agent(&self.agent).task(&self.task).state(indexed).kind(&self.action)
     }
 }
 
@@ -375,7 +376,7 @@ pub fn connectors_current(s: &AppState, bundle: &warden_core::Bundle) -> Result<
 
 /// How many times the start of an execution is checked again when something it relied on
 /// changed before its commit (a suspend, a task close).
-const START_ATTEMPTS: usize = 32;
+const START_ATTEMPTS: usize = 8;
 
 /// What an execution that has started carries to its end.
 struct Started {
@@ -672,8 +673,8 @@ fn result_taint(s: &AppState, req: &ActionRecord) -> Vec<warden_core::request::T
     marks
 }
 
-/// Records an execution's result: the execution, its request, the lease revoked, and on the
-/// task the taint its result leaves and, when it succeeded, one more in its history. Retried on a conflict (a halt revoking the lease
+/// Records an execution's result: the execution, its request, the lease revoked, and the
+/// taint its result leaves on the task. Retried on a conflict (a halt revoking the lease
 /// meanwhile, another result tainting the task), never dropped: the tool has acted.
 fn finish(
     s: &AppState,
@@ -691,21 +692,13 @@ fn finish(
     for _ in 0..32 {
         let now = s.now();
         let mut batch = Batch::new();
-        // The task's record: the taint the result leaves, and — when the tool did it — one
-        // more of its class in the task's history.
-        let succeeded = exec.state == ExecutionState::Succeeded;
-        if (succeeded || !taint.is_empty())
+        if !taint.is_empty()
             && let Some((mut task, v)) = versioned::<crate::model::Task>(store.as_ref(), &req.task)?
+            && task.taint_with(taint.iter().cloned())
         {
-            let tainted = task.taint_with(taint.iter().cloned());
-            if succeeded {
-                task.done(&req.action);
-            }
-            if tainted || succeeded {
-                let mut r = task.record();
-                r.version = v;
-                batch = batch.change(Change::Update(r));
-            }
+            let mut r = task.record();
+            r.version = v;
+            batch = batch.change(Change::Update(r));
         }
         let (_, ev) = versioned::<Execution>(store.as_ref(), &exec.id)?
             .ok_or_else(|| ApiError::new(Code::StoreUnavailable, format!("execution `{}` vanished", exec.id)))?;

@@ -87,7 +87,10 @@ pub fn explain_in(
 ) -> Result<Explanation, ApiError> {
     let a = ActionRecord::from_record(&store.get(Table::Requests, id)?.ok_or_else(|| missing(id))?)?;
     let d = DecisionRecord::from_record(&store.get(Table::Decisions, id)?.ok_or_else(|| missing(id))?)?;
-    let task = store.get(Table::Tasks, &a.task)?.map(|r| Task::from_record(&r)).transpose()?;
+    let mut task = store.get(Table::Tasks, &a.task)?.map(|r| Task::from_record(&r)).transpose()?;
+    if let Some(t) = task.as_mut() {
+        t.history = crate::facts::task_history(store, &t.id, None)?.0;
+    }
     let agent = store.get(Table::Agents, &a.agent)?.map(|r| Agent::from_record(&r)).transpose()?;
     let class = bundle.catalog().get(&a.action);
     let guardrail = bundle.agent(&a.agent);

@@ -59,6 +59,59 @@ pub struct Facts {
     /// The breaker's setting as read with the budget: a trip expects it unchanged, so two
     /// requests (on two nodes) tripping together make one trip.
     pub breaker_seen: Option<String>,
+    /// Preconditions that the task's history the decision read still holds (empty when no
+    /// policy that may decide the action reads the history).
+    pub history_unchanged: Vec<warden_store::Change>,
+}
+
+/// The execution states in which an action counts as done in its task's history (DESIGN
+/// §14): succeeded, and rolled back (or being rolled back) since — it was done. Failed and
+/// `unknown` executions, and requests that never ran, do not count.
+pub const DONE: [&str; 3] = ["succeeded", "rolled_back", "rolling_back"];
+
+/// What task `task` has done: succeeded executions per action class, counted from the store —
+/// only of `classes` when given, with the preconditions that keep a commit to exactly those
+/// counts (it conflicts if any grew since they were read).
+pub fn task_history(
+    store: &dyn warden_store::Store,
+    task: &str,
+    classes: Option<&[&str]>,
+) -> Result<(std::collections::BTreeMap<String, u32>, Vec<warden_store::Change>), ApiError> {
+    let mut history = std::collections::BTreeMap::new();
+    let mut unchanged = Vec::new();
+    for state in DONE {
+        let q = warden_store::Query { task: Some(task.into()), state: Some(state.into()), ..Default::default() };
+        let counts = store.count_by_kind(Table::Executions, &q)?;
+        let wanted = |class: &str| classes.is_none_or(|c| c.contains(&class));
+        for (class, n) in counts.iter().filter(|(c, _)| wanted(c)) {
+            let total: &mut u32 = history.entry(class.clone()).or_default();
+            *total = total.saturating_add(u32::try_from(*n).unwrap_or(u32::MAX));
+        }
+        for class in classes.into_iter().flatten() {
+            let seen = counts.iter().find(|(c, _)| c == class).map_or(0, |(_, n)| *n);
+            unchanged.push(warden_store::Change::ExpectFewer {
+                table: Table::Executions,
+                query: warden_store::Query { kind: Some((*class).to_string()), ..q.clone() },
+                max: seen + 1,
+            });
+        }
+    }
+    Ok((history, unchanged))
+}
+
+/// The task's history a decision of `action` reads, and its preconditions: nothing (and no
+/// query) when no policy that may decide `action` reads it.
+fn history_for(
+    store: &dyn warden_store::Store,
+    bundle: &Bundle,
+    task: &mut Option<TaskInfo>,
+    action: &str,
+) -> Result<Vec<warden_store::Change>, ApiError> {
+    let classes: Vec<&str> = bundle.history_read(action).collect();
+    let Some(t) = task.as_mut().filter(|_| !classes.is_empty()) else { return Ok(Vec::new()) };
+    let (history, unchanged) = task_history(store, &t.id, Some(&classes))?;
+    t.history = history;
+    Ok(unchanged)
 }
 
 pub fn facts(
@@ -69,7 +122,7 @@ pub fn facts(
     require_task: bool,
 ) -> Result<Facts, ApiError> {
     let store = s.ledger().store();
-    let (task, task_version) = match store.get(Table::Tasks, &req.task)? {
+    let (mut task, task_version) = match store.get(Table::Tasks, &req.task)? {
         Some(r) => (Some(task_info(Task::from_record(&r)?)), r.version),
         None if require_task => {
             return Err(ApiError::new(
@@ -92,7 +145,16 @@ pub fn facts(
         target_seen: usage.target_seen,
         breaker_open: b.open,
     };
-    Ok(Facts { task, task_version, halts: active_halts(s)?, budget, budget_since_ms: since, breaker_seen: b.seen })
+    let history_unchanged = history_for(store.as_ref(), bundle, &mut task, &req.action)?;
+    Ok(Facts {
+        task,
+        task_version,
+        halts: active_halts(s)?,
+        budget,
+        budget_since_ms: since,
+        breaker_seen: b.seen,
+        history_unchanged,
+    })
 }
 
 pub fn decide_with(
@@ -137,7 +199,8 @@ fn task_info(t: Task) -> TaskInfo {
 pub struct Redecided {
     /// Why the request must not start, if it must not (`policy_changed`).
     pub refused: Option<String>,
-    /// Preconditions for the start commit: the bundle version it was decided under, unchanged.
+    /// Preconditions for the start commit: the bundle version it was decided under, and the
+    /// task's history it read, unchanged.
     pub preconditions: Vec<warden_store::Change>,
 }
 
@@ -169,7 +232,8 @@ pub fn redecide(
         inputs: Vec::new(),
     };
     let store = s.ledger().store();
-    let task = store.get(Table::Tasks, &r.task)?.map(|rec| Task::from_record(&rec).map(task_info)).transpose()?;
+    let mut task = store.get(Table::Tasks, &r.task)?.map(|rec| Task::from_record(&rec).map(task_info)).transpose()?;
+    let history_unchanged = history_for(store.as_ref(), bundle, &mut task, &r.action)?;
     let budget = BudgetUsage::default();
     let input = DecisionInput {
         agent: &r.agent,
@@ -200,13 +264,19 @@ pub fn redecide(
         }
         (outcome, _, _) => {
             let caps: Vec<String> = d.caps.iter().map(|c| c.reason.clone()).collect();
-            Some(format!("the bundle in force ({}) now decides `{outcome}`: {}", bundle.version(), caps.join("; ")))
+            Some(format!(
+                "decided again on the facts now (the task's taint and history among them), the bundle in force ({}) \
+                 decides `{outcome}`: {}",
+                bundle.version(),
+                caps.join("; ")
+            ))
         }
     };
-    let preconditions = vec![warden_store::Change::ExpectMeta {
+    let mut preconditions = vec![warden_store::Change::ExpectMeta {
         key: crate::state::BUNDLE_VERSION_KEY.into(),
         value: Some(bundle.version().to_string()),
     }];
+    preconditions.extend(history_unchanged);
     Ok(Redecided { refused, preconditions })
 }
 

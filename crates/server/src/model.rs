@@ -176,8 +176,9 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taint: Vec<warden_core::request::Taint>,
     /// What has been done in it (DESIGN §14): each action class that executed and succeeded
-    /// here, with how many times. Written in the commit that records the execution's result;
-    /// policy reads it as `context.task.history`.
+    /// here (rolled back since or not), with how many times. Counted from the executions when
+    /// the task is read through the API; never stored. Policy reads it as
+    /// `context.task.history`.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub history: std::collections::BTreeMap<String, u32>,
 }
@@ -191,26 +192,44 @@ pub fn versioned<T: Model>(store: &dyn warden_store::Store, id: &str) -> Result<
 }
 
 impl Task {
-    /// Adds the marks not on it yet (the same label from the same source said by the same party
-    /// is one mark: an agent cannot pre-empt Warden's); whether any was new. A task keeps at
-    /// most [`MAX_TAINT`] marks: past that, a mark is kept only if it brings a label the task
-    /// does not hold yet, so the labels — what policy reads — stay exact.
+    /// Adds the marks not on it yet: one per label, source and party — and, for Warden's own,
+    /// per request (two results are two marks however alike their words), so an agent can
+    /// neither pre-empt Warden's mark nor fold a second read into a first a human cleared.
+    /// Whether any was new. A task keeps at most [`MAX_TAINT`] marks: past that, the new mark
+    /// is kept and the oldest mark whose label another mark still holds goes — an agent's
+    /// declaration before any of Warden's — so the labels (what policy reads) stay exact and
+    /// the newest result Warden labelled is always on the task for a human to see.
     pub fn taint_with(&mut self, marks: impl IntoIterator<Item = warden_core::request::Taint>) -> bool {
-        let before = self.taint.len();
+        let mut added = false;
         for m in marks {
-            let known = self.taint.iter().any(|t| t.label == m.label && t.source == m.source && t.by == m.by);
-            let full = self.taint.len() >= MAX_TAINT && self.taint.iter().any(|t| t.label == m.label);
-            if !known && !full {
-                self.taint.push(m);
+            let known = self.taint.iter().any(|t| {
+                t.label == m.label
+                    && t.source == m.source
+                    && t.by == m.by
+                    && (m.by != "warden" || t.request == m.request)
+            });
+            if known {
+                continue;
             }
+            if self.taint.len() >= MAX_TAINT {
+                let held_twice = |i: usize| {
+                    let label = self.taint[i].label;
+                    label == m.label || self.taint.iter().filter(|t| t.label == label).count() > 1
+                };
+                let evict = (0..self.taint.len())
+                    .find(|&i| self.taint[i].by != "warden" && held_twice(i))
+                    .or_else(|| (0..self.taint.len()).find(|&i| held_twice(i)));
+                match evict {
+                    Some(i) => {
+                        self.taint.remove(i);
+                    }
+                    None => continue,
+                }
+            }
+            self.taint.push(m);
+            added = true;
         }
-        self.taint.len() > before
-    }
-
-    /// Counts one succeeded execution of `action` in the task's history.
-    pub fn done(&mut self, action: &str) {
-        let n = self.history.entry(action.to_string()).or_default();
-        *n = n.saturating_add(1);
+        added
     }
 }
 
@@ -221,7 +240,12 @@ impl Model for Task {
     }
     fn record(&self) -> Record {
         let state = if self.state == TaskState::Open { "open" } else { "closed" };
-        self.bare_record().task(&self.id).state(state)
+        // The history is counted from the executions, never stored with the task.
+        let mut r = self.bare_record().task(&self.id).state(state);
+        if let Some(body) = r.body.as_object_mut() {
+            body.remove("history");
+        }
+        r
     }
 }
 

@@ -171,6 +171,12 @@ pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str, buttons: bool) 
             .join("\n")
     };
     let agent_words = plain(&format!("Rationale: {}\nEvidence:\n{evidence}", a.rationale));
+    // The decision's caps: what lowered it — the input the task took in among them (DESIGN §14).
+    let why = if a.caps.is_empty() {
+        "its grant is below autonomy".to_string()
+    } else {
+        a.caps.iter().map(|c| format!("{}: {}", c.code.as_str(), c.reason)).collect::<Vec<_>>().join("\n")
+    };
     let mut message = json!({
         "text": text,
         "blocks": [
@@ -185,6 +191,8 @@ pub fn slack_payload(kind: Kind, a: &Approval, public_url: &str, buttons: bool) 
                 {"type": "mrkdwn", "text": format!("*Expires*\n{}", e(&a.expires_at))},
                 {"type": "mrkdwn", "text": format!("*Confidence (agent's claim)*\n{:.2}", a.confidence)},
             ]},
+            {"type": "section", "text": {"type": "mrkdwn", "text": "*Why a human decides*"}},
+            {"type": "section", "text": {"type": "plain_text", "text": plain(&why)}},
             {"type": "section", "text": {"type": "mrkdwn", "text": "*Params (what approving runs)*"}},
             {"type": "section", "text": {"type": "plain_text", "text": plain(&params)}},
             {"type": "context", "elements": [

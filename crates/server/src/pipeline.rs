@@ -588,6 +588,7 @@ fn attempt(
         batch = batch
             .change(Change::Expect { table: Table::Agents, id: agent.id.clone(), version: admitted.version })
             .change(Change::Expect { table: Table::Tasks, id: req.task.clone(), version: f.task_version })
+            .changes(f.history_unchanged.iter().cloned())
             .change(f.halts.unchanged())
             .change(Change::ExpectMeta {
                 key: crate::state::BUNDLE_VERSION_KEY.into(),

@@ -88,7 +88,36 @@ fn stored(s: &AppState, id: &str) -> Result<Record, ApiError> {
 
 /// Task `id`.
 pub fn get(s: &AppState, id: &str) -> Result<Task, ApiError> {
-    Task::from_record(&stored(s, id)?)
+    let mut task = Task::from_record(&stored(s, id)?)?;
+    task.history = crate::facts::task_history(s.ledger().store().as_ref(), id, None)?.0;
+    Ok(task)
+}
+
+/// Separation of duties for a clear: a person who owns an agent that acts (or may act) in the
+/// task — under a guardrail that keeps owners from approving its actions — may not clear the
+/// task's taint either, which would lift what sends that agent's actions to a human.
+fn owns_no_agent_in(s: &AppState, caller: &Caller, task: &Task) -> Result<(), ApiError> {
+    let Caller::Human(user) = caller else { return Ok(()) };
+    let bundle = s.bundle()?;
+    let query = warden_store::Query { task: Some(task.id.clone()), ..Default::default() };
+    let mut agents: Vec<String> =
+        s.ledger().store().find(warden_store::Table::Requests, &query)?.into_iter().filter_map(|r| r.agent).collect();
+    agents.extend(task.agents.iter().cloned());
+    agents.sort_unstable();
+    agents.dedup();
+    for agent in agents {
+        let Some(g) = bundle.agent(&agent) else { continue };
+        if g.escalation.separation_of_duties && crate::authority::owns_agent(s, user, &agent, &g.owner) {
+            return Err(ApiError::new(
+                Code::SeparationOfDuties,
+                format!(
+                    "`{}` owns agent `{agent}`, which acts in task `{}`: clearing its taint is not theirs to decide",
+                    user.id, task.id
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Clears from task `id` exactly the marks named (label, source, who said so: what the human
@@ -100,7 +129,7 @@ pub fn clear_taint(
     s: &AppState,
     caller: &Caller,
     id: &str,
-    marks: &[(warden_core::request::TaintLabel, String, String)],
+    marks: &[(warden_core::request::TaintLabel, String, String, Option<String>)],
     reason: &str,
 ) -> Result<(Task, Vec<warden_core::request::Taint>), ApiError> {
     crate::authority::check(s, caller, crate::authority::Power::ClearTaint)?;
@@ -116,8 +145,14 @@ pub fn clear_taint(
         if task.state == TaskState::Closed {
             return Err(ApiError::new(Code::TaskClosed, format!("task `{id}` is closed; its taint stays as it was")));
         }
+        owns_no_agent_in(s, caller, &task)?;
         let named = |m: &warden_core::request::Taint| {
-            marks.iter().any(|(label, source, by)| m.label == *label && &m.source == source && &m.by == by)
+            marks.iter().any(|(label, source, by, request)| {
+                m.label == *label
+                    && &m.source == source
+                    && &m.by == by
+                    && request.as_ref().is_none_or(|r| m.request.as_ref() == Some(r))
+            })
         };
         let (cleared, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut task.taint).into_iter().partition(named);
         task.taint = kept;

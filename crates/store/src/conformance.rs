@@ -27,6 +27,7 @@ pub fn run_all(fresh: &dyn Fn() -> Arc<dyn Store>) {
     records_insert_get_and_conflict(&*fresh());
     updates_are_optimistic(&*fresh());
     find_filters_and_orders(&*fresh());
+    counts_by_kind_group_what_count_counts(&*fresh());
     pages_follow_a_cursor_through_inserts(&*fresh());
     budget_usage_counts_hits_and_distinct_targets(&*fresh());
     a_conflicting_batch_leaves_nothing_and_spares_its_group(&*fresh());
@@ -314,6 +315,40 @@ pub fn find_filters_and_orders(store: &dyn Store) {
     assert_eq!(count(Query { at_from: Some(98), at_to: Some(100), ..Query::default() }), 2);
     assert_eq!(count(Query { agent: Some("a3".into()), ..Query::default() }), 0);
     assert_eq!(store.count(Table::Leases, &Query::default()).unwrap(), 0);
+}
+
+/// `count_by_kind`: the same filters as `count`, one figure per kind, in kind order; records
+/// without a kind are left out, and what matches nothing is not listed (a task's history,
+/// DESIGN §14).
+pub fn counts_by_kind_group_what_count_counts(store: &dyn Store) {
+    let mut batch = Batch::new();
+    for (i, (task, state, kind)) in [
+        ("t1", "succeeded", Some("host.isolate")),
+        ("t1", "succeeded", Some("alert.enrich")),
+        ("t1", "succeeded", Some("host.isolate")),
+        ("t1", "failed", Some("host.isolate")),
+        ("t2", "succeeded", Some("host.isolate")),
+        ("t1", "succeeded", None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut r = Record::new(Table::Executions, format!("ex{i}"), json!({})).task(task).state(state);
+        if let Some(k) = kind {
+            r = r.kind(k);
+        }
+        batch = batch.change(Change::Insert(r));
+    }
+    commit(store, batch).unwrap();
+    let by_kind = |task: &str, state: &str| {
+        let q = Query { task: Some(task.into()), state: Some(state.into()), ..Query::default() };
+        store.count_by_kind(Table::Executions, &q).unwrap()
+    };
+    assert_eq!(by_kind("t1", "succeeded"), [("alert.enrich".to_string(), 1), ("host.isolate".to_string(), 2)]);
+    assert_eq!(by_kind("t1", "failed"), [("host.isolate".to_string(), 1)]);
+    assert_eq!(by_kind("t2", "succeeded"), [("host.isolate".to_string(), 1)]);
+    assert!(by_kind("t3", "succeeded").is_empty());
+    assert!(store.count_by_kind(Table::Requests, &Query::default()).unwrap().is_empty(), "tables are separate");
 }
 
 /// Keyset pages: every record exactly once, in order, under both orders and directions, with

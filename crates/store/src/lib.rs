@@ -36,7 +36,7 @@ pub use records::{Change, Cursor, Order, Query, Record, Table};
 pub use sqlite::SqliteStore;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// Why the store could not do what was asked. Nothing was changed when an error is returned.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -251,6 +251,9 @@ pub trait Store: AuditLog {
     /// How many records match every filter of `query` (its order and limit aside), without
     /// reading them.
     fn count(&self, table: Table, query: &Query) -> Result<u64, StoreError>;
+    /// How many records match every filter of `query`, per `kind` (records without one are
+    /// left out), in `kind` order: one grouped count, without reading the records.
+    fn count_by_kind(&self, table: Table, query: &Query) -> Result<Vec<(String, u64)>, StoreError>;
     /// Budget hits of `agent` × `action` at or after `since_ms` (Unix milliseconds), their
     /// distinct targets, and whether `target` is among them. Each count stops at its limit in
     /// `up_to` (exact below it), so the cost is bounded by the budgets, not by the traffic.

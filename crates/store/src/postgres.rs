@@ -46,9 +46,17 @@ const MIGRATION_LOCK: i64 = 0x5741_5244_454e_0001;
 fn pg_migration(v: u32) -> Option<String> {
     match v {
         5 => Some(state_table(Table::Sessions) + &state_table(Table::Holds)),
+        6 => Some(EXECUTIONS_BY_KIND.to_string()),
         _ => None,
     }
 }
+
+/// Schema 7: an execution's action class as a column of its own, and the index that makes a
+/// task's history one grouped count (as on SQLite).
+const EXECUTIONS_BY_KIND: &str = "
+    UPDATE executions SET kind = body::jsonb ->> 'action' WHERE kind IS NULL;
+    CREATE INDEX executions_by_task_state_kind ON executions (task, state, kind);
+";
 
 /// The schema, in the order it is created: the PostgreSQL store starts at the version the
 /// SQLite one has reached, so one number names both.
@@ -84,6 +92,7 @@ fn schema() -> String {
         ));
     }
     sql.push_str("CREATE INDEX approvals_by_agent_state ON approvals (agent, state, kind);");
+    sql.push_str("CREATE INDEX executions_by_task_state_kind ON executions (task, state, kind);");
     sql
 }
 
@@ -1494,6 +1503,20 @@ impl Store for PgStore {
         let (filter, args) = filter(q);
         let sql = format!("SELECT count(*) FROM {} WHERE {filter}", table.name());
         self.read(|c| Ok(to_u64(c.one(&sql, &refs(&args))?.get(0))))
+    }
+
+    fn count_by_kind(&self, table: Table, q: &Query) -> Result<Vec<(String, u64)>, StoreError> {
+        let (filter, args) = filter(q);
+        let sql = format!(
+            "SELECT kind, count(*) FROM {} WHERE {filter} AND kind IS NOT NULL GROUP BY kind ORDER BY kind",
+            table.name()
+        );
+        self.read(|c| {
+            Ok(c.rows(&sql, &refs(&args))?
+                .iter()
+                .map(|r| (r.get::<_, String>(0), to_u64(r.get::<_, i64>(1))))
+                .collect())
+        })
     }
 
     fn budget_usage(

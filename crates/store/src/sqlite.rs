@@ -123,6 +123,14 @@ fn sessions_and_holds() -> String {
         .collect()
 }
 
+/// Schema 7: an execution's action class is a column of its own (`kind`, taken from the stored
+/// bodies), so what a task has done — its succeeded executions per class — is one grouped count
+/// of one index range (DESIGN §14, `context.task.history`).
+const EXECUTIONS_BY_KIND: &str = "
+    UPDATE executions SET kind = json_extract(body, '$.action');
+    CREATE INDEX executions_by_task_state_kind ON executions (task, state, kind);
+";
+
 /// Milliseconds per budget summary bucket.
 const MINUTE_MS: i64 = 60_000;
 
@@ -135,6 +143,7 @@ fn migration(i: u32) -> Option<String> {
         3 => Some(paging()),
         4 => Some(PENDING_BY_AGENT.to_string()),
         5 => Some(sessions_and_holds()),
+        6 => Some(EXECUTIONS_BY_KIND.to_string()),
         _ => None,
     }
 }
@@ -727,6 +736,21 @@ impl Store for SqliteStore {
         self.read(|c| {
             let n: i64 = c.prepare_cached(&sql)?.query_row(rusqlite::params_from_iter(args), |r| r.get(0))?;
             Ok(to_u64(n))
+        })
+    }
+
+    fn count_by_kind(&self, table: Table, q: &Query) -> Result<Vec<(String, u64)>, StoreError> {
+        let (filter, args) = filter(q);
+        let sql = format!(
+            "SELECT kind, count(*) FROM {} WHERE {filter} AND kind IS NOT NULL GROUP BY kind ORDER BY kind",
+            table.name()
+        );
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((r.get::<_, String>(0)?, to_u64(r.get::<_, i64>(1)?)))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 

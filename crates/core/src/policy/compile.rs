@@ -187,49 +187,68 @@ pub(super) fn json_reads_context(v: &serde_json::Value) -> bool {
     }
 }
 
-/// What a policy (JSON form) reads of `context.task.history`: the classes it names by `has` or
-/// by access, and whether it uses the record as a whole (compares it, puts it in a set…), which
-/// sees every class.
-pub(super) fn history_use(v: &serde_json::Value) -> (Vec<String>, bool) {
-    fn is_history(e: &serde_json::Value) -> bool {
-        let attr = |e: &serde_json::Value, name: &str| -> Option<serde_json::Value> {
-            let access = e.get(".")?;
-            (access.get("attr")?.as_str()? == name).then(|| access.get("left").cloned()).flatten()
-        };
-        attr(e, "history")
-            .and_then(|task| attr(&task, "task"))
-            .is_some_and(|ctx| ctx.get("Var").and_then(|v| v.as_str()) == Some("context"))
+/// What a policy (JSON form) reads of `context.task.history`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct HistoryUse {
+    /// The classes it names by `has` or by access.
+    pub named: Vec<String>,
+    /// Whether it uses the record as a whole (compares it, puts it in a set…), which sees
+    /// every class.
+    pub whole: bool,
+    /// Whether it uses `context` or `context.task` as a value (`if … then context.task else …`,
+    /// `{"t": context}`): what is then read of it cannot be told, so the policy is refused.
+    pub opaque: bool,
+}
+
+/// What a policy (JSON form) reads of `context.task.history`.
+pub(super) fn history_use(v: &serde_json::Value) -> HistoryUse {
+    fn access<'a>(e: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+        let a = e.get(".")?;
+        (a.get("attr")?.as_str()? == name).then(|| a.get("left")).flatten()
     }
-    fn walk(v: &serde_json::Value, named: &mut Vec<String>, whole: &mut bool) {
+    let is_context = |e: &serde_json::Value| e.get("Var").and_then(|v| v.as_str()) == Some("context");
+    let is_task = |e: &serde_json::Value| access(e, "task").is_some_and(is_context);
+    let is_history = |e: &serde_json::Value| access(e, "history").is_some_and(is_task);
+    fn walk(
+        v: &serde_json::Value,
+        left: bool,
+        u: &mut HistoryUse,
+        kinds: &dyn Fn(&serde_json::Value) -> (bool, bool, bool),
+    ) {
         match v {
             serde_json::Value::Object(m) => {
-                if is_history(v) {
-                    // Reached other than as the left of `has` or `.`: the record itself.
-                    *whole = true;
-                    return;
+                let (context, task, history) = kinds(v);
+                if !left && (context || task) {
+                    u.opaque = true;
+                }
+                if !left && history {
+                    u.whole = true;
                 }
                 for (op, e) in m {
-                    if (op == "has" || op == ".")
-                        && let Some(left) = e.get("left")
-                        && is_history(left)
-                    {
-                        if let Some(a) = e.get("attr").and_then(|a| a.as_str()) {
-                            named.push(a.to_string());
+                    if op == "has" || op == "." {
+                        if let Some(l) = e.get("left") {
+                            if kinds(l).2
+                                && let Some(a) = e.get("attr").and_then(|a| a.as_str())
+                            {
+                                u.named.push(a.to_string());
+                            }
+                            walk(l, true, u, kinds);
                         }
                         continue;
                     }
-                    walk(e, named, whole);
+                    walk(e, false, u, kinds);
                 }
             }
-            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, named, whole)),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, false, u, kinds)),
             _ => {}
         }
     }
-    let (mut named, mut whole) = (Vec::new(), false);
-    walk(v, &mut named, &mut whole);
-    named.sort();
-    named.dedup();
-    (named, whole)
+    let kinds = |e: &serde_json::Value| (is_context(e), is_task(e), is_history(e));
+    let mut u = HistoryUse::default();
+    walk(v, false, &mut u, &kinds);
+    u.named.sort();
+    u.named.dedup();
+    u
 }
 
 /// Whether a policy's condition mentions `context` (conservatively yes if it cannot be told).
@@ -292,8 +311,9 @@ impl CompiledPolicy {
         let mut own: HashMap<(String, String), Vec<Policy>> = HashMap::new();
         let mut handwritten: Vec<Policy> = Vec::new();
         let mut policy_text = String::new();
-        // What the policies read of the task's history (only hand-written ones read it).
-        let (mut history_named, mut history_whole) = (std::collections::BTreeSet::new(), false);
+        // What the policies read of the task's history, per action they may decide (only
+        // hand-written ones read it).
+        let mut history_read: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
         let mut add = |policy: Policy, m: PolicyMeta, owner: Option<(&str, &str)>, problems: &mut Vec<Problem>| {
             match owner {
                 Some((agent, action)) => {
@@ -352,21 +372,40 @@ impl CompiledPolicy {
                 // The schema's history record is closed, so Cedar types `has` of a class it
                 // lacks as plain `false`: a misspelt class would silently never (or always)
                 // match. Every class a policy names in the history must be in the catalog.
-                let json = policy.to_json().ok();
-                let (named, whole) = json.as_ref().map_or((Vec::new(), true), history_use);
-                history_whole |= whole;
-                history_named.extend(named.iter().cloned());
-                {
-                    for class in named {
-                        if catalog.get(&class).is_none() {
-                            problems.push(Problem {
-                                file: m.file.clone(),
-                                line: Some(m.line),
-                                message: format!(
-                                    "policy `{}` reads `context.task.history` of `{class}`, which is not in the catalog",
-                                    m.id
-                                ),
-                            });
+                let used =
+                    policy.to_json().map_or(HistoryUse { opaque: true, ..HistoryUse::default() }, |j| history_use(&j));
+                if used.opaque {
+                    problems.push(Problem {
+                        file: m.file.clone(),
+                        line: Some(m.line),
+                        message: format!(
+                            "policy `{}` uses `context` or `context.task` as a value; read their attributes directly \
+                             (`context.task.history has \"…\"`), so what it reads can be told",
+                            m.id
+                        ),
+                    });
+                }
+                let HistoryUse { named, whole, .. } = used;
+                for class in &named {
+                    if catalog.get(class).is_none() {
+                        problems.push(Problem {
+                            file: m.file.clone(),
+                            line: Some(m.line),
+                            message: format!(
+                                "policy `{}` reads `context.task.history` of `{class}`, which is not in the catalog",
+                                m.id
+                            ),
+                        });
+                    }
+                }
+                // What decisions of the actions its scope can match must be shown.
+                if whole || !named.is_empty() {
+                    for action in &m.actions {
+                        let read = history_read.entry(action.clone()).or_default();
+                        if whole {
+                            read.extend(catalog.iter().map(|a| a.id.clone()));
+                        } else {
+                            read.extend(named.iter().cloned());
                         }
                     }
                 }
@@ -471,7 +510,7 @@ impl CompiledPolicy {
             meta_by_id,
             entities,
             authorizer,
-            history_read: if history_whole { None } else { Some(history_named) },
+            history_read,
         })
     }
 }

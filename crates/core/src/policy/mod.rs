@@ -144,10 +144,10 @@ pub(crate) struct CompiledPolicy {
     meta_by_id: HashMap<String, usize>,
     entities: Entities,
     authorizer: Authorizer,
-    /// The classes some policy reads of `context.task.history` (`None`: some policy uses the
-    /// record whole, so every class). No policy can tell the others apart from absent, so
-    /// decisions leave them out of the context: a long history costs nothing it need not.
-    history_read: Option<std::collections::BTreeSet<String>>,
+    /// Per action, the classes of `context.task.history` some policy that may decide it reads
+    /// (every class, when one uses the record whole). No policy can tell the others apart from
+    /// absent, so decisions show Cedar only these, and the server counts only these.
+    history_read: HashMap<String, std::collections::BTreeSet<String>>,
 }
 
 const NS: &str = "Warden";
@@ -192,23 +192,22 @@ fn type_name(name: &str) -> Result<EntityTypeName, String> {
 }
 
 impl CompiledPolicy {
-    /// What of a task's `history` Cedar is shown: the classes some policy reads (all of them,
-    /// when a policy uses the record whole) that the catalog has — the schema names no other,
-    /// and a reload may have taken one away since it was done. No policy can tell the rest
-    /// from absent.
+    /// The classes of `context.task.history` a decision of `action` may read (none: no policy
+    /// that may decide it reads the history). Every one is in the catalog (checked at load).
+    pub(crate) fn history_read(&self, action: &str) -> impl Iterator<Item = &str> {
+        self.history_read.get(action).into_iter().flatten().map(String::as_str)
+    }
+
+    /// What of a task's `history` Cedar is shown for a decision of `action`: the classes
+    /// [`Self::history_read`] names.
     pub(crate) fn history_shown<'h>(
         &self,
+        action: &str,
         history: &'h std::collections::BTreeMap<String, u32>,
-        catalog: &Catalog,
     ) -> Vec<(&'h str, u32)> {
-        match &self.history_read {
-            // Named classes are checked against the catalog at load.
-            Some(read) => read
-                .iter()
-                .filter_map(|class| history.get_key_value(class.as_str()).map(|(c, n)| (c.as_str(), *n)))
-                .collect(),
-            None => history.iter().filter(|(c, _)| catalog.get(c).is_some()).map(|(c, n)| (c.as_str(), *n)).collect(),
-        }
+        self.history_read(action)
+            .filter_map(|class| history.get_key_value(class).map(|(c, n)| (c.as_str(), *n)))
+            .collect()
     }
 
     pub(crate) fn schema_text(&self) -> &str {
@@ -252,17 +251,24 @@ mod tests {
             let p = Policy::from_str(&format!("permit (principal, action, resource) when {{ {cond} }};")).unwrap();
             history_use(&p.to_json().unwrap())
         };
-        assert_eq!(read("context.task.history has \"a.b\""), (vec!["a.b".to_string()], false));
+        let u = |named: &[&str], whole, opaque| HistoryUse {
+            named: named.iter().map(|s| s.to_string()).collect(),
+            whole,
+            opaque,
+        };
+        assert_eq!(read("context.task.history has \"a.b\""), u(&["a.b"], false, false));
         assert_eq!(
             read("if context.task.history has c then context.task.history[\"d.e\"] > 1 else false"),
-            (vec!["c".to_string(), "d.e".to_string()], false)
+            u(&["c", "d.e"], false, false)
         );
-        assert_eq!(read("context.task.history == context.task.history"), (vec![], true));
-        assert_eq!(
-            read("[context.task.history].isEmpty() || context.task.history has x"),
-            (vec!["x".to_string()], true)
-        );
-        assert_eq!(read("context.params.history has \"a.b\" && context.history has y"), (vec![], false));
+        assert_eq!(read("context.task.history == context.task.history"), u(&[], true, false));
+        assert_eq!(read("[context.task.history].isEmpty() || context.task.history has x"), u(&["x"], true, false));
+        assert_eq!(read("context.params.history has \"a.b\" && context.history has y"), u(&[], false, false));
+        // `context` or `context.task` as a value: what is read of it cannot be told.
+        assert!(read("(if true then context.task else context.task).history has \"a.b\"").opaque);
+        assert!(read("{\"t\": context}.t.task.history has \"a.b\"").opaque);
+        assert!(read("context.task == context.task").opaque);
+        assert!(!read("context has task && context.task has history").opaque);
     }
 
     fn example_files() -> Vec<SourceFile> {

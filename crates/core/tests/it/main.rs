@@ -1,5 +1,6 @@
 //! Integration tests of the decision core against real bundles.
 
+mod attack26b;
 mod bad_bundles;
 mod canonical;
 mod example;

@@ -108,6 +108,10 @@ pub struct MarkSeen {
     pub label: warden_core::request::TaintLabel,
     pub source: String,
     pub by: String,
+    /// The request the mark came with, as read: when given, only that request's mark is
+    /// cleared (two results alike in words are two marks).
+    #[serde(default)]
+    pub request: Option<String>,
 }
 
 /// What clearing taint needs: why, and exactly the marks the human reviewed — a mark added
@@ -149,7 +153,7 @@ pub async fn clear_taint(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<ClearTaint>,
 ) -> ApiResult<Json<Cleared>> {
-    let marks: Vec<_> = body.marks.into_iter().map(|m| (m.label, m.source, m.by)).collect();
+    let marks: Vec<_> = body.marks.into_iter().map(|m| (m.label, m.source, m.by, m.request)).collect();
     blocking(&app, move |s| {
         let (task, cleared) = crate::tasks::clear_taint(s, &caller, &id, &marks, &body.reason)?;
         Ok(Json(Cleared { task, cleared }))

@@ -247,3 +247,37 @@ async fn a_poisoned_message_sends_the_disable_it_asks_for_to_a_human() {
     let state: serde_json::Value = ureq::get(&format!("{url}/state")).call().unwrap().body_mut().read_json().unwrap();
     assert_eq!(state["calls"]["by_endpoint"]["idp deactivate"].as_u64().unwrap_or(0), 0, "{state}");
 }
+
+/// The history a decision read holds in its commit (DESIGN §14): once an execution of a class
+/// it counted succeeds (or is rolled back) after the read, a commit carrying its preconditions
+/// conflicts, so the request is decided again; an execution of another class, or one that
+/// failed, does not disturb it.
+#[tokio::test]
+async fn a_decision_commits_only_on_the_history_it_read() {
+    use warden_store::{Batch, Change, Record, StoreError, Table};
+    let h = crate::harness();
+    let store = h.app.ledger().store();
+    let execution = |id: &str, class: &str, state: &str| {
+        Batch::new().change(Change::Insert(
+            Record::new(Table::Executions, id, json!({"action": class})).task("INC-H").state(state).kind(class),
+        ))
+    };
+    let (history, unchanged) =
+        warden_server::facts::task_history(store.as_ref(), "INC-H", Some(&["alert.enrich"])).unwrap();
+    assert!(history.is_empty());
+    let expect = |unchanged: &[Change]| Batch::new().changes(unchanged.iter().cloned());
+    h.app.ledger().commit(execution("ex1", "host.isolate", "succeeded")).unwrap();
+    h.app.ledger().commit(execution("ex2", "alert.enrich", "failed")).unwrap();
+    h.app.ledger().commit(expect(&unchanged)).expect("nothing it counted changed");
+    h.app.ledger().commit(execution("ex3", "alert.enrich", "succeeded")).unwrap();
+    assert!(matches!(h.app.ledger().commit(expect(&unchanged)), Err(StoreError::Conflict { .. })));
+    // Read again: it counts, and holds until a rolled-back one appears.
+    let (history, unchanged) =
+        warden_server::facts::task_history(store.as_ref(), "INC-H", Some(&["alert.enrich"])).unwrap();
+    assert_eq!(history, [("alert.enrich".to_string(), 1)].into());
+    h.app.ledger().commit(expect(&unchanged)).unwrap();
+    h.app.ledger().commit(execution("ex4", "alert.enrich", "rolled_back")).unwrap();
+    assert!(matches!(h.app.ledger().commit(expect(&unchanged)), Err(StoreError::Conflict { .. })));
+    let (all, _) = warden_server::facts::task_history(store.as_ref(), "INC-H", None).unwrap();
+    assert_eq!(all, [("alert.enrich".to_string(), 2), ("host.isolate".to_string(), 1)].into());
+}

@@ -4,6 +4,7 @@
 mod admin_api;
 mod api;
 mod approvals;
+mod attack26b;
 mod authority;
 mod authority_table;
 mod bounds;

@@ -125,6 +125,28 @@ fn a_version_3_database_gets_the_action_class_of_its_requests_and_approvals() {
     assert_eq!(store.get(Table::Requests, "act_1").unwrap().unwrap().kind.as_deref(), Some("edr.isolate"));
 }
 
+/// Schema 7: executions stored before it get their action class as a column, and count in
+/// their task's history.
+#[test]
+fn a_version_6_database_gets_the_action_class_of_its_executions() {
+    use warden_store::{Query, Store, Table};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warden.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        r#"DROP INDEX executions_by_task_state_kind;
+           INSERT INTO executions VALUES ('ex_1', 1, 'a', 't', 'succeeded', NULL, 5, '{"action":"host.isolate"}', NULL);
+           INSERT INTO executions VALUES ('ex_2', 1, 'a', 't', 'failed', NULL, 6, '{"action":"host.isolate"}', NULL);
+           PRAGMA user_version = 6;"#,
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).unwrap();
+    let q = Query { task: Some("t".into()), state: Some("succeeded".into()), ..Query::default() };
+    assert_eq!(store.count_by_kind(Table::Executions, &q).unwrap(), [("host.isolate".to_string(), 1)]);
+}
+
 /// SQL that puts back the state tables as schema version 3 had them (empty).
 fn version_3_state_tables() -> String {
     let mut sql = String::from("DROP TABLE sessions; DROP TABLE holds;");

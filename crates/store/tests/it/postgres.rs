@@ -55,16 +55,27 @@ fn a_database_from_a_newer_schema_is_refused() {
     }
 }
 
-/// A database made by the first PostgreSQL schema (5) gets the sessions table of 6.
+/// A database made by the first PostgreSQL schema (5) gets the sessions table of 6, and the
+/// executions' action classes as a column (7): an execution stored before counts in its task's
+/// history.
 #[test]
 fn a_version_5_database_is_migrated() {
     let Some(pg) = warden_testpg::shared() else { return };
     let db = pg.fresh_name();
     drop(PgStore::connect(&pg.url(&db)).unwrap());
-    pg.psql(&db, "DROP TABLE sessions; DROP TABLE holds; UPDATE warden_schema SET version = 5").unwrap();
+    pg.psql(
+        &db,
+        "DROP TABLE sessions; DROP TABLE holds; DROP INDEX executions_by_task_state_kind; \
+         INSERT INTO executions (id, version, task, state, body) \
+         VALUES ('ex1', 1, 't1', 'succeeded', '{\"action\": \"host.isolate\"}'); \
+         UPDATE warden_schema SET version = 5",
+    )
+    .unwrap();
     let store = PgStore::connect(&pg.url(&db)).unwrap();
     assert_eq!(pg.psql(&db, "SELECT version FROM warden_schema").unwrap().trim(), SCHEMA_VERSION.to_string());
     assert_eq!(store.get(warden_store::Table::Sessions, "s").unwrap(), None);
+    let q = warden_store::Query { task: Some("t1".into()), state: Some("succeeded".into()), ..Default::default() };
+    assert_eq!(store.count_by_kind(warden_store::Table::Executions, &q).unwrap(), [("host.isolate".to_string(), 1)]);
 }
 
 #[test]
