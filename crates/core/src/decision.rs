@@ -578,10 +578,10 @@ pub fn decide(bundle: &Bundle, input: &DecisionInput<'_>) -> Decision {
             _ => continue,
         };
         // The first few, and how many more: a reason stays short however much was taken in.
-        // What Warden itself handed back first, then what agents declared, newest first within
-        // each: declarations an agent piles up never push a result Warden labelled off the card.
+        // What Warden itself handed back first, then what agents declared, each in the order
+        // taken in: neither declarations an agent piles up nor reads a steered agent makes
+        // afterwards push the result that steered it off the card.
         let mut of_label: Vec<&Taint> = taint.iter().copied().filter(|t| t.label == label).collect();
-        of_label.reverse();
         of_label.sort_by_key(|t| t.by != "warden");
         let mut sources: Vec<String> = of_label
             .iter()

@@ -93,25 +93,22 @@ pub fn get(s: &AppState, id: &str) -> Result<Task, ApiError> {
     Ok(task)
 }
 
-/// Separation of duties for a clear: a person who owns an agent that acts (or may act) in the
-/// task — under a guardrail that keeps owners from approving its actions — may not clear the
-/// task's taint either, which would lift what sends that agent's actions to a human.
+/// Separation of duties for a clear: a person who owns an agent that may act in the task —
+/// those it names, or every agent of the bundle when it names none — under a guardrail that
+/// keeps owners from approving its actions, may not clear the task's taint either: that would
+/// lift what sends their agent's actions to a human.
 fn owns_no_agent_in(s: &AppState, caller: &Caller, task: &Task) -> Result<(), ApiError> {
     let Caller::Human(user) = caller else { return Ok(()) };
     let bundle = s.bundle()?;
-    let query = warden_store::Query { task: Some(task.id.clone()), ..Default::default() };
-    let mut agents: Vec<String> =
-        s.ledger().store().find(warden_store::Table::Requests, &query)?.into_iter().filter_map(|r| r.agent).collect();
-    agents.extend(task.agents.iter().cloned());
-    agents.sort_unstable();
-    agents.dedup();
-    for agent in agents {
+    let may_act: Vec<String> =
+        if task.agents.is_empty() { bundle.agents().map(|g| g.id.clone()).collect() } else { task.agents.clone() };
+    for agent in may_act {
         let Some(g) = bundle.agent(&agent) else { continue };
         if g.escalation.separation_of_duties && crate::authority::owns_agent(s, user, &agent, &g.owner) {
             return Err(ApiError::new(
                 Code::SeparationOfDuties,
                 format!(
-                    "`{}` owns agent `{agent}`, which acts in task `{}`: clearing its taint is not theirs to decide",
+                    "`{}` owns agent `{agent}`, which may act in task `{}`: clearing its taint is not theirs to decide",
                     user.id, task.id
                 ),
             ));
@@ -154,6 +151,20 @@ pub fn clear_taint(
                     && request.as_ref().is_none_or(|r| m.request.as_ref() == Some(r))
             })
         };
+        // A mark named without its request that matches several of Warden's (two results alike
+        // in words) is ambiguous: one of them may have been added after the human's review.
+        for (label, source, by, _) in marks.iter().filter(|m| m.3.is_none()) {
+            let alike = task.taint.iter().filter(|m| m.label == *label && &m.source == source && &m.by == by).count();
+            if alike > 1 {
+                return Err(ApiError::new(
+                    Code::InvalidRequest,
+                    format!(
+                        "{alike} marks read `{source}` (by `{by}`): name the `request` of each one reviewed; nothing \
+                         was cleared"
+                    ),
+                ));
+            }
+        }
         let (cleared, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut task.taint).into_iter().partition(named);
         task.taint = kept;
         if cleared.is_empty() {

@@ -1,6 +1,7 @@
 //! Integration tests of the decision core against real bundles.
 
 mod attack26b;
+mod attack26c;
 mod bad_bundles;
 mod canonical;
 mod example;

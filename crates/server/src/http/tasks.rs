@@ -143,9 +143,10 @@ pub struct Cleared {
     request_body = ClearTaint,
     responses(
         (status = 200, description = "the task, its remaining marks, and those cleared", body = Cleared),
+        (status = 403, description = "`missing_role`, `agents_not_allowed`, `user_disabled`, `separation_of_duties` (the caller owns an agent that may act in the task)", body = crate::error::ErrorBody),
         (status = 404, description = "`unknown_task`", body = crate::error::ErrorBody),
         (status = 409, description = "`task_closed`, `conflict`", body = crate::error::ErrorBody),
-        (status = 422, description = "`invalid_request` (a blank reason, no marks)", body = crate::error::ErrorBody),
+        (status = 422, description = "`invalid_request` (a blank reason, no marks, a mark named without its `request` that several marks match)", body = crate::error::ErrorBody),
     ))]
 pub async fn clear_taint(
     State(app): State<App>,

@@ -5,6 +5,7 @@ mod admin_api;
 mod api;
 mod approvals;
 mod attack26b;
+mod attack26c;
 mod authority;
 mod authority_table;
 mod bounds;
