@@ -69,6 +69,9 @@ enum Command {
     Breaker(cmd::respond::BreakerCommand),
     /// Who is accountable for an action: the whole chain, each audit entry proven.
     Explain(cmd::explain::ExplainArgs),
+    /// Tasks: open and close them on a running server; show and list them.
+    #[command(subcommand)]
+    Task(cmd::task::TaskCommand),
     /// The store itself: move a data directory's SQLite store into PostgreSQL.
     #[command(subcommand)]
     Store(cmd::store::StoreCommand),
@@ -151,6 +154,7 @@ fn main() -> ExitCode {
         Command::Rollback(a) => cmd::respond::rollback(a),
         Command::Breaker(c) => cmd::respond::breaker(c),
         Command::Explain(a) => cmd::explain::run(a),
+        Command::Task(c) => cmd::task::run(c),
         Command::Store(c) => cmd::store::run(c),
     };
     match result {

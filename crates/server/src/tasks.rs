@@ -86,10 +86,56 @@ fn stored(s: &AppState, id: &str) -> Result<Record, ApiError> {
     s.ledger().store().get(Task::TABLE, id)?.ok_or_else(|| ApiError::new(Code::UnknownTask, format!("no task `{id}`")))
 }
 
+/// Tasks, newest id first (`task_…` ids begin with their time; ids a trigger gave, such as
+/// `INC-2041`, sort as written): a page of at most `limit` (1–1000) after `after` (the last id
+/// of the previous page), only those in `state` when given. Without their history (one task
+/// at a time: [`get`]).
+pub fn list(
+    s: &AppState,
+    state: Option<TaskState>,
+    after: Option<String>,
+    limit: usize,
+) -> Result<crate::model::Page<Task>, ApiError> {
+    list_in(s.ledger().store().as_ref(), state, after, limit)
+}
+
+/// [`list`] on a store (what `warden task list --data` reads).
+pub fn list_in(
+    store: &dyn warden_store::Store,
+    state: Option<TaskState>,
+    after: Option<String>,
+    limit: usize,
+) -> Result<crate::model::Page<Task>, ApiError> {
+    if let Some(a) = &after {
+        check_task_id(a)
+            .map_err(|_| ApiError::new(Code::InvalidCursor, format!("`{a}` is not a cursor of this list")))?;
+    }
+    let limit = limit.clamp(1, 1000);
+    let query = warden_store::Query {
+        state: state.map(|st| if st == TaskState::Open { "open".to_string() } else { "closed".to_string() }),
+        order: warden_store::Order::Id,
+        descending: true,
+        after: after.map(|id| warden_store::Cursor { at: None, id }),
+        limit,
+        ..Default::default()
+    };
+    let records = store.find(Task::TABLE, &query)?;
+    let next = if records.len() == limit { records.last().map(warden_store::Cursor::after) } else { None };
+    let items = records.iter().map(Task::from_record).collect::<Result<Vec<_>, _>>()?;
+    Ok(crate::model::Page { items, next })
+}
+
 /// Task `id`.
 pub fn get(s: &AppState, id: &str) -> Result<Task, ApiError> {
-    let mut task = Task::from_record(&stored(s, id)?)?;
-    task.history = crate::facts::task_history(s.ledger().store().as_ref(), id, None)?.0;
+    get_in(s.ledger().store().as_ref(), id)
+}
+
+/// [`get`] on a store (what `warden task show --data` reads): the task, with its history.
+pub fn get_in(store: &dyn warden_store::Store, id: &str) -> Result<Task, ApiError> {
+    let record =
+        store.get(Task::TABLE, id)?.ok_or_else(|| ApiError::new(Code::UnknownTask, format!("no task `{id}`")))?;
+    let mut task = Task::from_record(&record)?;
+    task.history = crate::facts::task_history(store, id, None)?.0;
     Ok(task)
 }
 

@@ -71,19 +71,7 @@ pub fn text(e: &Value) -> String {
             format!("asserted by {}, unverified", s(&t["opened_by"]))
         }
     ));
-    for m in t["taint"].as_array().into_iter().flatten() {
-        out.push(format!(
-            "taint      {}: {} (by {}{})",
-            s(&m["label"]),
-            s(&m["source"]),
-            s(&m["by"]),
-            m["request"].as_str().map(|r| format!(", {r}")).unwrap_or_default()
-        ));
-    }
-    if let Some(h) = t["history"].as_object().filter(|h| !h.is_empty()) {
-        let done: Vec<String> = h.iter().map(|(class, n)| format!("{class} ×{n}")).collect();
-        out.push(format!("history    done in the task: {}", done.join(", ")));
-    }
+    out.extend(crate::cmd::task::taint_and_history(t));
     let g = &e["agent"];
     out.push(format!("agent      {} owner {} — {}", s(&g["id"]), s(&g["owner"]), s(&g["purpose"])));
     let r = &e["request"];

@@ -11,3 +11,4 @@ pub mod policy;
 pub mod respond;
 pub mod serve;
 pub mod store;
+pub mod task;

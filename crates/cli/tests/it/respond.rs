@@ -168,3 +168,84 @@ fn a_killed_server_leaves_unknown_executions_and_calls_nothing_twice() {
     drop(server);
     warden().args(["audit", "verify", "--data"]).arg(data).assert().success();
 }
+
+/// `warden task open|close|show|list` (DESIGN §8): opened and closed through a running server
+/// (the token's human is the actor: an analyst's word verifies the trigger), shown and listed
+/// from the server or, read only, from the data directory; history and state as the server has
+/// them; bad input exits 3.
+#[test]
+fn tasks_from_the_command_line() {
+    let (_lab, lab_addr, keys) = start_lab(0);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path();
+    crate::serve::init_admin(data);
+    stdout_of(data, &["agent", "add", EDR, "--owner", "team:endpoint-response"]);
+    let agent = stdout_of(data, &["agent", "token", EDR]).trim().to_string();
+    let added = stdout_of(data, &["user", "add", "ana", "--role", "soc-analyst", "--output", "json"]);
+    let ana = serde_json::from_str::<Value>(&added).unwrap()["token"].as_str().unwrap().to_string();
+    let (server, addr) = start_server(data, &lab_addr, &keys);
+    let url = format!("http://{addr}");
+    let run = |args: &[&str]| {
+        let mut cmd = warden();
+        cmd.args(args).args(["--server", &url]).env("WARDEN_TOKEN", &ana);
+        cmd.assert()
+    };
+    let text = |a: assert_cmd::assert::Assert| String::from_utf8_lossy(&a.get_output().stdout).to_string();
+
+    let opened = text(
+        run(&[
+            "task",
+            "open",
+            "--id",
+            "INC-8",
+            "--title",
+            "beacon",
+            "--source",
+            "siem",
+            "--severity",
+            "high",
+            "--agent",
+            EDR,
+        ])
+        .success(),
+    );
+    assert!(opened.contains("INC-8 — beacon (open)") && opened.contains("verified by soc-analyst"), "{opened}");
+    assert!(opened.contains(&format!("agents     {EDR}")), "{opened}");
+    let other =
+        text(run(&["task", "open", "--title", "phish", "--source", "email-gateway", "--output", "json"]).success());
+    let other: Value = serde_json::from_str(&other).unwrap();
+    assert!(other["id"].as_str().unwrap().starts_with("task_"), "{other}");
+
+    let isolate = json!({"task": "INC-8", "action": "host.isolate", "target": "host:web-42", "confidence": 0.95,
+        "params": {"reason": "beacon"}, "rationale": "C2", "evidence": [{"kind": "edr", "ref": "d:1"}]});
+    assert_eq!(http(&addr, "POST", "/v1/actions", &agent, Some(&isolate)).unwrap().1["state"], "succeeded");
+    let shown = text(run(&["task", "show", "INC-8"]).success());
+    assert!(shown.contains("history    done in the task: host.isolate ×1"), "{shown}");
+
+    let listed = text(run(&["task", "list"]).success());
+    assert!(listed.contains("INC-8") && listed.contains(other["id"].as_str().unwrap()), "{listed}");
+    let closed = text(run(&["task", "list", "--state", "closed", "--output", "json"]).success());
+    assert_eq!(closed.trim(), "[]");
+    let done = text(run(&["task", "close", "INC-8"]).success());
+    assert!(done.contains("INC-8 — beacon (closed)") && done.contains("closed     "), "{done}");
+    run(&["task", "close", "INC-8"]).code(3);
+    run(&["task", "show", "INC-404"]).code(3);
+    drop(server);
+
+    // Read only, from the data directory.
+    let shown = stdout_of(data, &["task", "show", "INC-8"]);
+    assert!(shown.contains("(closed)") && shown.contains("host.isolate ×1"), "{shown}");
+    let closed: Value =
+        serde_json::from_str(&stdout_of(data, &["task", "list", "--state", "closed", "--output", "json"])).unwrap();
+    assert_eq!(closed.as_array().unwrap().iter().map(|t| t["id"].clone()).collect::<Vec<_>>(), [json!("INC-8")]);
+    let all: Value =
+        serde_json::from_str(&stdout_of(data, &["task", "list", "--limit", "1", "--output", "json"])).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 1);
+    warden().args(["task", "show", "INC-404", "--data"]).arg(data).assert().code(3);
+    warden().args(["task", "list", "--limit", "0", "--data"]).arg(data).assert().code(3);
+    warden()
+        .args(["task", "open", "--title", "t", "--source", "siem", "--server", &url])
+        .env_remove("WARDEN_TOKEN")
+        .assert()
+        .code(3);
+}

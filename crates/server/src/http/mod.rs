@@ -42,7 +42,7 @@ fn documented() -> OpenApiRouter<App> {
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::jwks))
         .routes(routes!(openapi))
-        .routes(routes!(tasks::open))
+        .routes(routes!(tasks::open, tasks::list))
         .routes(routes!(tasks::get))
         .routes(routes!(tasks::close))
         .routes(routes!(tasks::clear_taint))

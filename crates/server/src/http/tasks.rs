@@ -10,6 +10,7 @@ use crate::auth::AnyCaller;
 use crate::error::ApiResult;
 use crate::model::{Task, Trigger};
 use crate::state::{App, blocking};
+use warden_core::request::TaskState;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +68,48 @@ pub async fn open(
     let task =
         blocking(&app, move |s| crate::tasks::open(s, &caller, body.id, body.title, body.trigger, body.agents)).await?;
     Ok((StatusCode::CREATED, Json(task)))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TaskListQuery {
+    /// Only open or only closed tasks.
+    pub state: Option<TaskState>,
+    /// The next page: the cursor from the previous page's `Link: rel="next"` (a task id).
+    #[param(schema_with = task_cursor_schema)]
+    pub after: Option<String>,
+    /// At most this many, newest id first (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u64>,
+}
+
+fn task_cursor_schema() -> utoipa::openapi::schema::Object {
+    crate::input::text(
+        crate::input::TASK_ID,
+        "The next page: the cursor from the previous page's `Link: rel=\"next\"`.",
+        "INC-4711",
+    )
+}
+
+/// Tasks, newest id first (humans), a page at a time (the next page's address is in
+/// `Link: <…>; rel="next"`); each with its taint, without its history (read one task for it).
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", security(("bearer" = [])), params(TaskListQuery),
+    responses(
+        (status = 200, body = Vec<Task>, headers(("Link" = String, description = "`<…>; rel=\"next\"`: the next page, when there is one"))),
+        (status = 422, description = "`invalid_cursor`, `invalid_request` (`limit` outside 1–1000)", body = crate::error::ErrorBody),
+    ))]
+pub async fn list(
+    State(app): State<App>,
+    _: crate::auth::HumanCaller,
+    super::extract::ApiQuery(q): super::extract::ApiQuery<TaskListQuery>,
+) -> ApiResult<(axum::http::HeaderMap, Json<Vec<Task>>)> {
+    let limit = crate::input::in_range("limit", q.limit.unwrap_or(100), 1, 1000)?;
+    let (state, after) = (q.state, q.after.clone());
+    let page = blocking(&app, move |s| crate::tasks::list(s, state, after, limit as usize)).await?;
+    let next = page.next.map(|c| c.id);
+    let state_text = q.state.map(|st| if st == TaskState::Open { "open".to_string() } else { "closed".to_string() });
+    let query = [("state", state_text), ("limit", Some(limit.to_string()))];
+    Ok((super::extract::next_link("/v1/tasks", &query, next), Json(page.items)))
 }
 
 /// Read a task.

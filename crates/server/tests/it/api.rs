@@ -44,6 +44,50 @@ async fn health_and_readiness() {
     assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")));
 }
 
+/// `GET /v1/tasks`: newest id first, a page at a time through `Link: rel="next"` (every task
+/// once, a task opened between pages never shifting one), by state; a bad cursor or limit is a
+/// clear 422; the history is on `GET /v1/tasks/{id}` only.
+#[tokio::test]
+async fn tasks_are_listed_newest_id_first_a_page_at_a_time() {
+    let h = harness();
+    for i in 0..5 {
+        open_task(&h, &h.admin, &format!("INC-{i}"), "siem").await;
+    }
+    let (status, _) = h.call("POST", "/v1/tasks/INC-1/close", Some(&h.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids =
+        |v: &Value| v.as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let (status, headers, first) = h.get_with_headers("/v1/tasks?limit=2", &h.admin).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(ids(&first), ["INC-4", "INC-3"]);
+    let link = headers.get("link").unwrap().to_str().unwrap().to_string();
+    assert!(link.contains("after=INC-3") && link.ends_with("rel=\"next\""), "{link}");
+    open_task(&h, &h.admin, "INC-9", "siem").await;
+    let next = link.trim_start_matches('<').split('>').next().unwrap().to_string();
+    let (_, _, second) = h.get_with_headers(&next, &h.admin).await;
+    assert_eq!(ids(&second), ["INC-2", "INC-1"], "a task opened meanwhile shifts no page");
+    let walked: Vec<String> =
+        h.walk("/v1/tasks?limit=2", &h.admin).await.iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(walked, ["INC-9", "INC-4", "INC-3", "INC-2", "INC-1", "INC-0"]);
+    let (_, closed) = h.call("GET", "/v1/tasks?state=closed", Some(&h.admin), None).await;
+    assert_eq!(ids(&closed), ["INC-1"]);
+    let (_, open) = h.call("GET", "/v1/tasks?state=open&limit=1000", Some(&h.admin), None).await;
+    assert_eq!(ids(&open).len(), 5);
+    assert!(open[0].get("history").is_none());
+    for (query, code) in
+        [("after=INC%201", "invalid_cursor"), ("limit=0", "invalid_request"), ("limit=1001", "invalid_request")]
+    {
+        let (status, e) = h.call("GET", &format!("/v1/tasks?{query}"), Some(&h.admin), None).await;
+        assert_eq!(
+            (status, e["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some(code)),
+            "{query}: {e}"
+        );
+    }
+    let (status, _) = h.call("GET", "/v1/tasks?state=ajar", Some(&h.admin), None).await;
+    assert!(status.is_client_error());
+}
+
 #[tokio::test]
 async fn tasks_open_read_and_close_once() {
     let h = harness();

@@ -61,6 +61,7 @@ const API: &[Row] = &[
     row("GET", "/.well-known/jwks.json", EVERYONE),
     row("GET", "/openapi.json", EVERYONE),
     row("POST", "/v1/tasks", EVERYONE),
+    row("GET", "/v1/tasks", HUMANS),
     row("GET", "/v1/tasks/{id}", EVERYONE),
     // The task was opened by the agent: it, or a human with a close role.
     row("POST", "/v1/tasks/{id}/close", &[Agent, Approver, Commander, Admin]),

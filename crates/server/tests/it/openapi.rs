@@ -26,6 +26,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("GET", "/v1/explain/{id}"),
     ("GET", "/v1/halts"),
     ("GET", "/v1/leases/{id}"),
+    ("GET", "/v1/tasks"),
     ("GET", "/v1/tasks/{id}"),
     ("GET", "/v1/users"),
     ("POST", "/v1/actions"),

@@ -1,0 +1,281 @@
+//! `warden task open|close|show|list` (DESIGN §8): the incidents agents work within.
+//!
+//! Opening and closing go through a running server (`--server URL --token T`: the token's
+//! human is the actor, and the server applies every rule — who vouches for the trigger, who may
+//! close, the leases a close revokes). Showing and listing read either a server or a data
+//! directory (`--data`, read only).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use warden_core::request::TaskState;
+use warden_store::{DataDir, LedgerOptions, SystemClock};
+
+use crate::Failure;
+use crate::client::{Client, failure_for, segment};
+use crate::render::Output;
+
+/// A running server to call.
+#[derive(Debug, Args)]
+pub struct Server {
+    /// A running Warden server (`http://…` or `https://…`).
+    #[arg(long, env = "WARDEN_SERVER")]
+    pub server: String,
+    /// An API token (a human's) to call `--server` with.
+    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM CA certificates to trust when the server's certificate comes from a private CA.
+    #[arg(long, env = "WARDEN_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// Where tasks are read: a running server, or a data directory.
+#[derive(Debug, Args)]
+pub struct Source {
+    /// A running Warden server to ask (else `--data` is read).
+    #[arg(long, env = "WARDEN_SERVER")]
+    pub server: Option<String>,
+    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, env = "WARDEN_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Without --server: the data directory to read.
+    #[arg(long, env = "WARDEN_DATA", default_value = "./warden-data")]
+    pub data: PathBuf,
+    /// Where the store is: unset (or `sqlite`) for `warden.db` in the data directory, or a
+    /// `postgres://` URL (`sslmode`, `sslrootcert` as libpq reads them) shared by many nodes.
+    #[arg(long, env = "WARDEN_STORE", hide_env_values = true)]
+    pub store: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateArg {
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Open a task (201 from the server; `verified` when your role vouches for its source).
+    Open {
+        /// What it is about.
+        #[arg(long)]
+        title: String,
+        /// What raised it (`siem`, `email-gateway`, `phish-report`, …).
+        #[arg(long)]
+        source: String,
+        #[arg(long, default_value = "unknown")]
+        severity: String,
+        #[arg(long)]
+        alert_id: Option<String>,
+        #[arg(long)]
+        summary: Option<String>,
+        /// Its id (`INC-4711`); default a fresh `task_…`.
+        #[arg(long)]
+        id: Option<String>,
+        /// An agent that may act in it (SPIFFE ID; repeat). None named: every agent.
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+        #[command(flatten)]
+        server: Server,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Close a task: its pending approvals are cancelled, its active leases revoked.
+    Close {
+        id: String,
+        #[command(flatten)]
+        server: Server,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// One task: its trigger, who may act, its taint and its history.
+    Show {
+        id: String,
+        #[command(flatten)]
+        source: Source,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Tasks, newest id first.
+    List {
+        /// Only open or only closed tasks.
+        #[arg(long, value_enum)]
+        state: Option<StateArg>,
+        /// At most this many (1–10000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        source: Source,
+        #[arg(long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+fn client(s: &Server) -> Result<Client, Failure> {
+    Client::new(&s.server, s.token.as_deref(), s.ca_cert.as_deref())
+}
+
+fn local(source: &Source) -> Result<DataDir, Failure> {
+    let at = crate::store_at(source.store.as_deref())?;
+    DataDir::open_at(&source.data, &at, Arc::new(SystemClock), LedgerOptions::default())
+        .map_err(crate::data_dir_failure)
+}
+
+fn api(e: warden_server::ApiError) -> Failure {
+    failure_for(e.status().as_u16(), e.code.as_str(), &e.message)
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("—")
+}
+
+/// A task as text, one fact per line.
+pub fn text(t: &Value) -> String {
+    let mut out = Vec::new();
+    let trigger = &t["trigger"];
+    out.push(format!("{} — {} ({})", s(&t["id"]), s(&t["title"]), s(&t["state"])));
+    out.push(format!(
+        "trigger    {} alert {} severity {} — {}",
+        s(&trigger["source"]),
+        s(&trigger["alert_id"]),
+        s(&trigger["severity"]),
+        if t["verified"] == true {
+            format!("verified by {}", s(&t["vouched_by"]))
+        } else {
+            format!("asserted by {}, unverified", s(&t["opened_by"]))
+        }
+    ));
+    out.push(format!("opened     {} by {}", s(&t["opened_at"]), s(&t["opened_by"])));
+    if t["closed_at"].is_string() {
+        out.push(format!("closed     {} by {}", s(&t["closed_at"]), s(&t["closed_by"])));
+    }
+    let agents: Vec<&str> = t["agents"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    out.push(format!("agents     {}", if agents.is_empty() { "every agent".to_string() } else { agents.join(", ") }));
+    out.extend(taint_and_history(t));
+    out.join("\n")
+}
+
+/// A task's marks of taint and its history, a line each (also in `warden explain`).
+pub fn taint_and_history(t: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in t["taint"].as_array().into_iter().flatten() {
+        out.push(format!(
+            "taint      {}: {} (by {}{})",
+            s(&m["label"]),
+            s(&m["source"]),
+            s(&m["by"]),
+            m["request"].as_str().map(|r| format!(", {r}")).unwrap_or_default()
+        ));
+    }
+    if let Some(h) = t["history"].as_object().filter(|h| !h.is_empty()) {
+        let done: Vec<String> = h.iter().map(|(class, n)| format!("{class} ×{n}")).collect();
+        out.push(format!("history    done in the task: {}", done.join(", ")));
+    }
+    out
+}
+
+fn print_one(t: &Value, output: Output) {
+    match output {
+        Output::Json => outln!("{t}"),
+        Output::Text => outln!("{}", text(t)),
+    }
+}
+
+pub fn run(c: TaskCommand) -> Result<(), Failure> {
+    match c {
+        TaskCommand::Open { title, source, severity, alert_id, summary, id, agents, server, output } => {
+            let mut body = json!({"title": title, "trigger": {"source": source, "severity": severity}});
+            if let Some(id) = id {
+                body["id"] = json!(id);
+            }
+            if let Some(a) = alert_id {
+                body["trigger"]["alert_id"] = json!(a);
+            }
+            if let Some(sm) = summary {
+                body["trigger"]["summary"] = json!(sm);
+            }
+            if !agents.is_empty() {
+                body["agents"] = json!(agents);
+            }
+            let t: Value = client(&server)?.post("/v1/tasks", &body)?;
+            print_one(&t, output);
+        }
+        TaskCommand::Close { id, server, output } => {
+            let t: Value = client(&server)?.post(&format!("/v1/tasks/{}/close", segment(&id)), &json!({}))?;
+            print_one(&t, output);
+        }
+        TaskCommand::Show { id, source, output } => {
+            let t: Value = match &source.server {
+                Some(url) => Client::new(url, source.token.as_deref(), source.ca_cert.as_deref())?
+                    .get(&format!("/v1/tasks/{}", segment(&id)))?,
+                None => {
+                    let dir = local(&source)?;
+                    let task = warden_server::tasks::get_in(dir.ledger().store().as_ref(), &id).map_err(api)?;
+                    serde_json::to_value(task).map_err(anyhow::Error::from)?
+                }
+            };
+            print_one(&t, output);
+        }
+        TaskCommand::List { state, limit, source, output } => {
+            if !(1..=10_000).contains(&limit) {
+                return Err(Failure::Invalid(format!("error: --limit must be 1 to 10000, not {limit}")));
+            }
+            let state_text = state.map(|st| if st == StateArg::Open { "open" } else { "closed" });
+            let tasks: Vec<Value> = match &source.server {
+                Some(url) => {
+                    let c = Client::new(url, source.token.as_deref(), source.ca_cert.as_deref())?;
+                    let page = limit.min(1000);
+                    let path = match state_text {
+                        Some(st) => format!("/v1/tasks?state={st}&limit={page}"),
+                        None => format!("/v1/tasks?limit={page}"),
+                    };
+                    let mut all = c.get_all(&path, limit.div_ceil(page))?;
+                    all.truncate(limit);
+                    all
+                }
+                None => {
+                    let dir = local(&source)?;
+                    let state = state.map(|st| if st == StateArg::Open { TaskState::Open } else { TaskState::Closed });
+                    let (mut all, mut after) = (Vec::new(), None);
+                    while all.len() < limit {
+                        let page = warden_server::tasks::list_in(
+                            dir.ledger().store().as_ref(),
+                            state,
+                            after.take(),
+                            (limit - all.len()).min(1000),
+                        )
+                        .map_err(api)?;
+                        all.extend(page.items.into_iter().map(|t| serde_json::to_value(t).unwrap_or(Value::Null)));
+                        match page.next {
+                            Some(c) => after = Some(c.id),
+                            None => break,
+                        }
+                    }
+                    all
+                }
+            };
+            match output {
+                Output::Json => outln!("{}", Value::Array(tasks)),
+                Output::Text => {
+                    outln!("{:<28} {:<7} {:<14} {:<9} {:<6} {}", "ID", "STATE", "SOURCE", "SEVERITY", "TAINT", "TITLE");
+                    for t in &tasks {
+                        let taint = t["taint"].as_array().map_or(0, Vec::len);
+                        outln!(
+                            "{:<28} {:<7} {:<14} {:<9} {:<6} {}",
+                            s(&t["id"]),
+                            s(&t["state"]),
+                            s(&t["trigger"]["source"]),
+                            s(&t["trigger"]["severity"]),
+                            taint,
+                            s(&t["title"])
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
