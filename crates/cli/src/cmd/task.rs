@@ -15,21 +15,8 @@ use warden_store::{DataDir, LedgerOptions, SystemClock};
 
 use crate::Failure;
 use crate::client::{Client, failure_for, segment};
+use crate::cmd::approvals::Remote;
 use crate::render::Output;
-
-/// A running server to call.
-#[derive(Debug, Args)]
-pub struct Server {
-    /// A running Warden server (`http://…` or `https://…`).
-    #[arg(long, env = "WARDEN_SERVER")]
-    pub server: String,
-    /// An API token (a human's) to call `--server` with.
-    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// PEM CA certificates to trust when the server's certificate comes from a private CA.
-    #[arg(long, env = "WARDEN_CA_CERT")]
-    pub ca_cert: Option<PathBuf>,
-}
 
 /// Where tasks are read: a running server, or a data directory.
 #[derive(Debug, Args)]
@@ -79,7 +66,7 @@ pub enum TaskCommand {
         #[arg(long = "agent")]
         agents: Vec<String>,
         #[command(flatten)]
-        server: Server,
+        server: Remote,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -87,7 +74,7 @@ pub enum TaskCommand {
     Close {
         id: String,
         #[command(flatten)]
-        server: Server,
+        server: Remote,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -112,10 +99,6 @@ pub enum TaskCommand {
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
-}
-
-fn client(s: &Server) -> Result<Client, Failure> {
-    Client::new(&s.server, s.token.as_deref(), s.ca_cert.as_deref())
 }
 
 fn local(source: &Source) -> Result<DataDir, Failure> {
@@ -200,11 +183,11 @@ pub fn run(c: TaskCommand) -> Result<(), Failure> {
             if !agents.is_empty() {
                 body["agents"] = json!(agents);
             }
-            let t: Value = client(&server)?.post("/v1/tasks", &body)?;
+            let t: Value = server.client()?.post("/v1/tasks", &body)?;
             print_one(&t, output);
         }
         TaskCommand::Close { id, server, output } => {
-            let t: Value = client(&server)?.post(&format!("/v1/tasks/{}/close", segment(&id)), &json!({}))?;
+            let t: Value = server.client()?.post(&format!("/v1/tasks/{}/close", segment(&id)), &json!({}))?;
             print_one(&t, output);
         }
         TaskCommand::Show { id, source, output } => {
