@@ -11,7 +11,7 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Map, Value, json};
 
-use super::incident::{Demo, PHISH, Row, TASK};
+use super::stage::{Demo, PHISH, Row, TASK};
 
 fn arguments(target: &str, params: Value) -> Map<String, Value> {
     let mut a = json!({"task": TASK, "target": target, "confidence": 0.95,

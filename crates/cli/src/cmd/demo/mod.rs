@@ -5,6 +5,7 @@
 mod incident;
 mod mcp;
 mod poison;
+mod stage;
 
 use clap::Args;
 use warden_core::policy_test::parse_cases;

@@ -13,9 +13,8 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 
-use super::incident::{Demo, PHISH, Row};
+use super::stage::{Demo, ENRICH, PHISH, Row};
 
-const ENRICH: &str = "spiffe://acme.example/soc/enrichment-bot";
 /// The task of the act over `/v1`, and of the act over MCP.
 const TASKS: [&str; 2] = ["INC-2042", "INC-2043"];
 
