@@ -69,6 +69,10 @@ enum Command {
     Breaker(cmd::respond::BreakerCommand),
     /// Who is accountable for an action: the whole chain, each audit entry proven.
     Explain(cmd::explain::ExplainArgs),
+    /// Reports from the audit log alone: `report autonomy` (track record, agreement,
+    /// calibration, promote/hold/demote proposals).
+    #[command(subcommand)]
+    Report(cmd::report::ReportCommand),
     /// Tasks: open and close them on a running server; show and list them.
     #[command(subcommand)]
     Task(cmd::task::TaskCommand),
@@ -155,6 +159,7 @@ fn main() -> ExitCode {
         Command::Breaker(c) => cmd::respond::breaker(c),
         Command::Explain(a) => cmd::explain::run(a),
         Command::Task(c) => cmd::task::run(c),
+        Command::Report(c) => cmd::report::run(c),
         Command::Store(c) => cmd::store::run(c),
     };
     match result {

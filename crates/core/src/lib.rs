@@ -17,6 +17,7 @@ pub mod inventory;
 pub mod mcp_map;
 mod policy;
 pub mod policy_test;
+pub mod report;
 pub mod request;
 pub mod source;
 

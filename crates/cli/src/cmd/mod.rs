@@ -8,6 +8,7 @@ pub mod init;
 pub mod lab;
 pub mod mcp;
 pub mod policy;
+pub mod report;
 pub mod respond;
 pub mod serve;
 pub mod store;

@@ -86,6 +86,33 @@ fn the_demo_runs_the_whole_incident_as_narrated() {
         "{text}"
     );
     assert!(entries.iter().any(|e| e["type"] == "breaker.tripped"));
+    // The demo's own track record: the runaway EDR agent is proposed a level lower (its
+    // isolations were rolled back and its breaker tripped), as a diff of its guardrail.
+    let out = warden()
+        .args(["report", "autonomy", "--since", "all", "--output", "json", "--data"])
+        .arg(&data)
+        .assert()
+        .success();
+    let report: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let edr = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["agent"] == "spiffe://acme.example/soc/edr-responder" && r["action"] == "host.isolate")
+        .unwrap();
+    assert_eq!((edr["rollbacks"].as_u64(), edr["breaker_trips"].as_u64()), (Some(10), Some(1)), "{edr}");
+    let rec = &edr["recommendation"];
+    assert_eq!(
+        (rec["verdict"].as_str(), rec["level"].as_u64(), rec["proposed_level"].as_u64()),
+        (Some("demote"), Some(3), Some(2)),
+        "{rec}"
+    );
+    assert!(rec["diff"].as_str().unwrap().contains("-level = 3\n+level = 2"), "{rec}");
+    let out = warden().args(["report", "autonomy", "--since", "all", "--data"]).arg(&data).assert().success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(text.contains("→ demote (level 3 → 2): in the window: 10 rolled back, 1 breaker trips"), "{text}");
+    assert!(text.contains("ivy") && text.contains("ian"), "both voters of the two-person disable: {text}");
+    warden().args(["report", "autonomy", "--since", "soon", "--data"]).arg(&data).assert().code(3);
     // A second run starts its own directory afresh; a foreign directory is refused.
     warden().args(["demo", "--data"]).arg(&data).assert().success();
     let foreign = tmp.path().join("foreign");

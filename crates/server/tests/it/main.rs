@@ -23,6 +23,7 @@ mod model;
 mod nodes;
 mod openapi;
 mod reload;
+mod report;
 mod slack;
 mod stranger;
 mod taint;

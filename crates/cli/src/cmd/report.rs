@@ -1,0 +1,276 @@
+//! `warden report autonomy`: an agent's track record per action, from the audit log alone
+//! (DESIGN §13; the figures are [`warden_core::report`]'s, so an auditor can recompute them).
+//! Reads a data directory's log (`--data`, `--store`); the recommendations are proposals,
+//! written as guardrail diffs, never applied.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use warden_core::audit::entry::Entry;
+use warden_core::report::{AutonomyReport, Calibration, Filter, Row, Rules, Window, level_diff};
+
+use crate::Failure;
+use crate::cmd::audit::DataArg;
+use crate::render::Output;
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Per agent × action: requests, executions, rollbacks, approvals, agreement, calibration,
+    /// and a recommendation (promote, hold, demote) with the evidence behind it.
+    Autonomy(AutonomyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AutonomyArgs {
+    /// How far back (`7d`, `30d`, `12h`); `all` for the whole log.
+    #[arg(long, default_value = "30d")]
+    pub since: String,
+    /// Only this agent (SPIFFE ID).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only this action class.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Decided approvals needed before agreement counts as evidence.
+    #[arg(long, default_value_t = Rules::default().min_decided)]
+    pub min_decided: u64,
+    /// Agreement at or above which a level-2 grant is proposed for level 3.
+    #[arg(long, default_value_t = Rules::default().promote_agreement)]
+    pub promote_agreement: f64,
+    /// Agreement whose 95 % upper bound below this proposes a level lower.
+    #[arg(long, default_value_t = Rules::default().demote_agreement)]
+    pub demote_agreement: f64,
+    /// The policy bundle whose guardrail files the diffs change (default: the bundle in force
+    /// recorded in the store).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    #[command(flatten)]
+    pub data: DataArg,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+pub fn run(c: ReportCommand) -> Result<(), Failure> {
+    match c {
+        ReportCommand::Autonomy(a) => autonomy(a),
+    }
+}
+
+/// The log's entries, read a batch at a time; the first one that cannot be read ends it.
+struct Entries<'s> {
+    store: &'s dyn warden_store::Store,
+    next: u64,
+    batch: std::vec::IntoIter<warden_store::StoredEntry>,
+    error: Option<String>,
+}
+
+impl Iterator for Entries<'_> {
+    type Item = Entry;
+    fn next(&mut self) -> Option<Entry> {
+        if self.error.is_some() {
+            return None;
+        }
+        let stored = match self.batch.next() {
+            Some(e) => e,
+            None => match self.store.entries(self.next, 4096) {
+                Ok(b) if b.is_empty() => return None,
+                Ok(b) => {
+                    self.batch = b.into_iter();
+                    self.batch.next()?
+                }
+                Err(e) => {
+                    self.error = Some(e.to_string());
+                    return None;
+                }
+            },
+        };
+        self.next = stored.seq + 1;
+        match Entry::parse(&stored.bytes) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.error = Some(format!("entry {}: {e} (run `warden audit verify`)", stored.seq));
+                None
+            }
+        }
+    }
+}
+
+fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
+    let from = match a.since.as_str() {
+        "all" => None,
+        text => {
+            let d = warden_core::duration::Duration::parse(text)
+                .map_err(|e| Failure::Invalid(format!("error: --since `{text}`: {e}")))?;
+            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            Some(time::OffsetDateTime::now_utc() - time::Duration::seconds(secs))
+        }
+    };
+    for (name, v) in [("--promote-agreement", a.promote_agreement), ("--demote-agreement", a.demote_agreement)] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(Failure::Invalid(format!("error: {name} must be 0 to 1, not {v}")));
+        }
+    }
+    let rules = Rules {
+        min_decided: a.min_decided,
+        promote_agreement: a.promote_agreement,
+        demote_agreement: a.demote_agreement,
+        ..Rules::default()
+    };
+    let at = crate::store_at(a.data.store.as_deref())?;
+    let store = warden_store::data_dir::open_store_at(&a.data.data, &at).map_err(crate::data_dir_failure)?;
+    let mut entries = Entries { store: store.as_ref(), next: 0, batch: Vec::new().into_iter(), error: None };
+    let filter = Filter { agent: a.agent.clone(), action: a.action.clone() };
+    let window = Window { from, to: from.map(|_| time::OffsetDateTime::now_utc()) };
+    let report = warden_core::report::autonomy(&mut entries, window, &filter, &rules);
+    if let Some(e) = entries.error {
+        return Err(Failure::Other(anyhow::anyhow!("the audit log cannot be read: {e}")));
+    }
+    let files: Vec<warden_core::SourceFile> = match &a.policy {
+        Some(dir) => crate::cmd::policy::load(dir)?.1.files().to_vec(),
+        None => warden_server::state::stored_bundle(store.as_ref())
+            .ok()
+            .flatten()
+            .map(|b| b.files().to_vec())
+            .unwrap_or_default(),
+    };
+    let diffs: Vec<Option<String>> = report.rows.iter().map(|r| diff(r, &files)).collect();
+    match a.output {
+        Output::Json => {
+            let mut v = serde_json::to_value(&report).map_err(anyhow::Error::from)?;
+            for (row, d) in v["rows"].as_array_mut().into_iter().flatten().zip(&diffs) {
+                row["recommendation"]["diff"] = serde_json::json!(d);
+            }
+            outln!("{v}");
+        }
+        Output::Text => outln!("{}", text(&report, &diffs, a.since.as_str())),
+    }
+    Ok(())
+}
+
+/// The guardrail diff a row's recommendation proposes, when its grant is a guardrail's.
+fn diff(r: &Row, files: &[warden_core::SourceFile]) -> Option<String> {
+    let rec = &r.recommendation;
+    let (from, to) = (rec.level?, rec.proposed_level?);
+    let (path, line) = rec.grant.as_deref()?.rsplit_once(':')?;
+    let file = files.iter().find(|f| f.path == path)?;
+    level_diff(path, &file.text, line.parse().ok()?, from, to)
+}
+
+fn counts(m: &std::collections::BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+}
+
+fn secs(s: Option<f64>) -> String {
+    s.map_or_else(|| "—".into(), |s| format!("{s:.1} s"))
+}
+
+fn calibration(c: &Calibration, min: u64) -> String {
+    match (c.ece, c.brier) {
+        (Some(ece), Some(brier)) if c.samples >= min => {
+            format!("{} samples, ECE {ece:.3}, Brier {brier:.3}", c.samples)
+        }
+        (Some(ece), Some(brier)) => {
+            format!("{} samples (not enough evidence; ECE {ece:.3}, Brier {brier:.3})", c.samples)
+        }
+        _ => "no samples".into(),
+    }
+}
+
+/// The report as text: a block per agent × action, then the approvers.
+pub fn text(r: &AutonomyReport, diffs: &[Option<String>], since: &str) -> String {
+    let mut out = Vec::new();
+    out.push(format!(
+        "autonomy report — since {since}: {} of {} log entries; rules: {} decided approvals for evidence, promote at \
+         ≥ {:.0} % agreement, demote below {:.0} %",
+        r.in_window,
+        r.entries,
+        r.rules.min_decided,
+        r.rules.promote_agreement * 100.0,
+        r.rules.demote_agreement * 100.0
+    ));
+    if r.rows.is_empty() {
+        out.push("no agent requests in the window".into());
+    }
+    for (row, diff) in r.rows.iter().zip(diffs) {
+        out.push(String::new());
+        out.push(format!("{} × {}", row.agent, row.action));
+        out.push(format!("  requests     {} · bands {}", counts(&row.requests), counts(&row.bands)));
+        if !row.shadow.is_empty() {
+            out.push(format!("  shadow       would have: {}", counts(&row.shadow)));
+        }
+        let x = &row.executions;
+        out.push(format!(
+            "  executions   succeeded {}, failed {}, unknown {} · rolled back {} · breaker trips {}",
+            x.succeeded, x.failed, x.unknown, row.rollbacks, row.breaker_trips
+        ));
+        let ap = &row.approvals;
+        out.push(format!(
+            "  approvals    approved {}, rejected {}, expired {}, cancelled {} · decided in {} median, {} p90 · by {}",
+            ap.approved,
+            ap.rejected,
+            ap.expired,
+            ap.cancelled,
+            secs(ap.median_secs),
+            secs(ap.p90_secs),
+            counts(&ap.deciders)
+        ));
+        out.push(match &row.agreement {
+            Some(g) => format!(
+                "  agreement    {} of {} ({:.1} %, 95 % interval {:.1}–{:.1} %){}",
+                ap.approved,
+                g.decided,
+                g.rate * 100.0,
+                g.low * 100.0,
+                g.high * 100.0,
+                if g.decided < r.rules.min_decided { " — not enough evidence" } else { "" }
+            ),
+            None => "  agreement    no decided approvals".into(),
+        });
+        out.push(format!(
+            "  calibration  verdicts: {} · outcomes: {}",
+            calibration(&row.calibration_verdicts, r.rules.min_decided),
+            calibration(&row.calibration_outcomes, r.rules.min_decided)
+        ));
+        let rec = &row.recommendation;
+        let levels = match (rec.level, rec.proposed_level) {
+            (Some(l), Some(p)) => format!(" (level {l} → {p})"),
+            (Some(l), None) => format!(" (level {l})"),
+            _ => String::new(),
+        };
+        out.push(format!("  → {}{levels}: {}", rec.verdict, rec.reasons.join("; ")));
+        if let Some(g) = &rec.grant {
+            out.push(format!("    grant      {g}"));
+        }
+        if !rec.evidence.is_empty() {
+            let ids: Vec<String> = rec.evidence.iter().map(u64::to_string).collect();
+            out.push(format!("    evidence   audit entries {} (warden audit proof --index N)", ids.join(", ")));
+        }
+        if let Some(d) = diff {
+            out.push("    proposed change (never applied by Warden):".into());
+            out.extend(d.lines().map(|l| format!("      {l}")));
+        }
+    }
+    if !r.approvers.is_empty() {
+        out.push(String::new());
+        out.push("approvers".into());
+        for l in &r.approvers {
+            out.push(format!(
+                "  {}  {} decisions ({} approved), {} · median {} · {} quick{}",
+                l.approver,
+                l.decisions,
+                l.approved,
+                l.per_hour.map_or_else(|| "—/h".into(), |h| format!("{h:.1}/h")),
+                secs(l.median_secs),
+                l.quick,
+                if l.flags.is_empty() { String::new() } else { format!(" · ⚠ {}", l.flags.join("; ")) }
+            ));
+        }
+    }
+    if !r.expired_by_role.is_empty() {
+        out.push(format!("expired approvals by role: {}", counts(&r.expired_by_role)));
+    }
+    out.join("\n")
+}
