@@ -118,13 +118,9 @@ fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
     };
     let at = crate::store_at(a.data.store.as_deref())?;
     let store = warden_store::data_dir::open_store_at(&a.data.data, &at).map_err(crate::data_dir_failure)?;
-    let mut entries = Entries { store: store.as_ref(), next: 0, batch: Vec::new().into_iter(), error: None };
     let filter = Filter { agent: a.agent.clone(), action: a.action.clone() };
     let window = Window { from, to: from.map(|_| time::OffsetDateTime::now_utc()) };
-    let report = warden_core::report::autonomy(&mut entries, window, &filter, &rules);
-    if let Some(e) = entries.error {
-        return Err(Failure::Other(anyhow::anyhow!("the audit log cannot be read: {e}")));
-    }
+    let report = of_store(store.as_ref(), window, &filter, &rules)?;
     let files: Vec<warden_core::SourceFile> = match &a.policy {
         Some(dir) => crate::cmd::policy::load(dir)?.1.files().to_vec(),
         None => warden_server::state::stored_bundle(store.as_ref())
@@ -133,7 +129,7 @@ fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
             .map(|b| b.files().to_vec())
             .unwrap_or_default(),
     };
-    let diffs: Vec<Option<String>> = report.rows.iter().map(|r| diff(r, &files)).collect();
+    let diffs = diffs(&report, &files);
     match a.output {
         Output::Json => {
             let mut v = serde_json::to_value(&report).map_err(anyhow::Error::from)?;
@@ -145,6 +141,26 @@ fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
         Output::Text => outln!("{}", text(&report, &diffs, a.since.as_str())),
     }
     Ok(())
+}
+
+/// The autonomy report of a store's whole log, read a batch at a time.
+pub fn of_store(
+    store: &dyn warden_store::Store,
+    window: Window,
+    filter: &Filter,
+    rules: &Rules,
+) -> Result<AutonomyReport, Failure> {
+    let mut entries = Entries { store, next: 0, batch: Vec::new().into_iter(), error: None };
+    let report = warden_core::report::autonomy(&mut entries, window, filter, rules);
+    match entries.error {
+        Some(e) => Err(Failure::Other(anyhow::anyhow!("the audit log cannot be read: {e}"))),
+        None => Ok(report),
+    }
+}
+
+/// Each row's proposed guardrail diff, from the bundle's `files`.
+pub fn diffs(report: &AutonomyReport, files: &[warden_core::SourceFile]) -> Vec<Option<String>> {
+    report.rows.iter().map(|r| diff(r, files)).collect()
 }
 
 /// The guardrail diff a row's recommendation proposes, when its grant is a guardrail's.

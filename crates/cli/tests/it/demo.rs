@@ -53,6 +53,8 @@ fn the_demo_runs_the_whole_incident_as_narrated() {
         "every leaf and signed checkpoint recomputed: ok",
         "approval.granted by user:ana ✓",
         "✓ every cited entry proves against the signed checkpoint",
+        "The run's own track record, from the audit log alone (warden report autonomy)",
+        "✓ the runaway EDR agent is proposed a level lower (never applied by Warden)",
         "| 5 | identity-responder | account.disable account:adm-jdoe | require_approval | 2 | succeeded (approved by ivy, ian) |",
     ] {
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");

@@ -343,5 +343,21 @@ fn script(
     }
     let proven = e["entries"].as_array().is_some_and(|c| !c.is_empty() && c.iter().all(|x| x["verified"] == true));
     demo.expect("every cited entry proves against the signed checkpoint", proven)?;
+
+    demo.heading("The run's own track record, from the audit log alone (warden report autonomy)");
+    let rules = warden_core::report::Rules::default();
+    let all = warden_core::report::Filter::default();
+    let report = crate::cmd::report::of_store(store.as_ref(), Default::default(), &all, &rules)
+        .map_err(|e| anyhow!("the report: {e:?}"))?;
+    let bundle = app.bundle().map_err(|e| anyhow!("the bundle in force: {}", e.message))?;
+    let diffs = crate::cmd::report::diffs(&report, bundle.files());
+    for line in crate::cmd::report::text(&report, &diffs, "the start").lines() {
+        demo.detail(line);
+    }
+    let runaway = report.rows.iter().find(|r| r.agent == EDR && r.action == "host.isolate");
+    demo.expect(
+        "the runaway EDR agent is proposed a level lower (never applied by Warden)",
+        runaway.is_some_and(|r| r.recommendation.verdict == "demote" && r.recommendation.proposed_level == Some(2)),
+    )?;
     Ok(isolation)
 }
