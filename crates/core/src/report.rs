@@ -162,6 +162,17 @@ pub struct Load {
     pub flags: Vec<String>,
 }
 
+/// One role's load: approvals that waited for it, votes cast in it, approvals that expired
+/// waiting for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RoleLoad {
+    pub role: String,
+    pub asked: u64,
+    pub votes: u64,
+    pub expired: u64,
+    pub votes_per_hour: Option<f64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AutonomyReport {
     pub rules: Rules,
@@ -170,8 +181,8 @@ pub struct AutonomyReport {
     pub in_window: u64,
     pub rows: Vec<Row>,
     pub approvers: Vec<Load>,
-    /// Approvals that expired, by the roles they waited for.
-    pub expired_by_role: BTreeMap<String, u64>,
+    /// Per role: what waited for it, what it decided, what expired.
+    pub roles: Vec<RoleLoad>,
 }
 
 #[derive(Debug, Default)]
@@ -289,7 +300,7 @@ pub fn autonomy(
     let mut accs: BTreeMap<(String, String), Acc> = BTreeMap::new();
     // Per approver: (decision time, seconds taken, approved).
     let mut approvers: BTreeMap<String, Vec<(OffsetDateTime, f64, bool)>> = BTreeMap::new();
-    let mut expired_by_role: BTreeMap<String, u64> = BTreeMap::new();
+    let mut roles: BTreeMap<String, RoleLoad> = BTreeMap::new();
     let (mut total, mut in_window) = (0, 0);
     let mut span: Option<(OffsetDateTime, OffsetDateTime)> = None;
     let keep = |agent: &str, action: &str| {
@@ -324,7 +335,7 @@ pub fn autonomy(
                 && let Some(p) = pending.remove(text(data, "approval"))
             {
                 for role in p.roles {
-                    *expired_by_role.entry(role).or_default() += 1;
+                    roles.entry(role).or_default().expired += 1;
                 }
             }
             continue;
@@ -352,10 +363,19 @@ pub fn autonomy(
                 r.outcome = Some(outcome);
             }
             EventType::ApprovalRequested if data["folded"] != Value::Bool(true) => {
-                let roles = data["roles"].as_array().into_iter().flatten().filter_map(Value::as_str);
+                let named: Vec<String> = data["roles"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect();
+                for role in &named {
+                    roles.entry(role.clone()).or_default().asked += 1;
+                }
                 pending.insert(
                     text(data, "approval").to_string(),
-                    Pending { request: request.clone(), asked: t, roles: roles.map(str::to_string).collect() },
+                    Pending { request: request.clone(), asked: t, roles: named },
                 );
             }
             EventType::ApprovalGranted | EventType::ApprovalRejected => {
@@ -366,6 +386,9 @@ pub fn autonomy(
                 let Some(p) = pending.get(approval).filter(|p| p.request == request) else { continue };
                 let secs = (t - p.asked).as_seconds_f64();
                 *row.approvals.deciders.entry(ev.actor.id.clone()).or_default() += 1;
+                if let Some(role) = data.get("role").and_then(Value::as_str) {
+                    roles.entry(role.to_string()).or_default().votes += 1;
+                }
                 approvers.entry(ev.actor.id.clone()).or_default().push((t, secs, approved));
                 if approved && text(data, "state") != "approved" {
                     continue; // a vote short of the quorum
@@ -387,7 +410,7 @@ pub fn autonomy(
                     if ev.kind == EventType::ApprovalExpired {
                         row.approvals.expired += 1;
                         for role in p.roles {
-                            *expired_by_role.entry(role).or_default() += 1;
+                            roles.entry(role).or_default().expired += 1;
                         }
                     } else {
                         row.approvals.cancelled += 1;
@@ -483,7 +506,11 @@ pub fn autonomy(
             }
         })
         .collect();
-    AutonomyReport { rules: rules.clone(), entries: total, in_window, rows, approvers, expired_by_role }
+    let roles = roles
+        .into_iter()
+        .map(|(role, load)| RoleLoad { votes_per_hour: hours.map(|h| load.votes as f64 / h), role, ..load })
+        .collect();
+    AutonomyReport { rules: rules.clone(), entries: total, in_window, rows, approvers, roles }
 }
 
 /// Promote, hold or demote, from `rules` and the row's evidence.

@@ -285,8 +285,19 @@ pub fn text(r: &AutonomyReport, diffs: &[Option<String>], since: &str) -> String
             ));
         }
     }
-    if !r.expired_by_role.is_empty() {
-        out.push(format!("expired approvals by role: {}", counts(&r.expired_by_role)));
+    if !r.roles.is_empty() {
+        out.push(String::new());
+        out.push("roles".into());
+        for l in &r.roles {
+            out.push(format!(
+                "  {}  asked {} · votes {} ({}) · expired {}",
+                l.role,
+                l.asked,
+                l.votes,
+                l.votes_per_hour.map_or_else(|| "—/h".into(), |h| format!("{h:.1}/h")),
+                l.expired
+            ));
+        }
     }
     out.join("\n")
 }

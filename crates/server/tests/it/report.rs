@@ -50,6 +50,15 @@ async fn the_autonomy_report_counts_what_happened() {
     assert_eq!(row.requests["require_approval"], 25);
     assert_eq!((row.approvals.approved, row.approvals.rejected), (22, 3));
     assert_eq!(row.approvals.deciders["ana"], 25);
+    // The load: one approver, 25 quick decisions (a sign of fatigue), 22 approved (not the
+    // approve-everything sign); the roles asked and the votes cast in each.
+    let ana_load = report.approvers.iter().find(|l| l.approver == "ana").unwrap();
+    assert_eq!((ana_load.decisions, ana_load.approved, ana_load.quick), (25, 22, 25));
+    assert_eq!(ana_load.flags.len(), 1, "{ana_load:?}");
+    assert!(ana_load.flags[0].contains("25 of 25 decisions in under 5 s"), "{ana_load:?}");
+    let role = |name: &str| report.roles.iter().find(|r| r.role == name).cloned().unwrap_or_default();
+    assert_eq!((role("soc-analyst").asked, role("soc-analyst").votes), (25, 25));
+    assert_eq!((role("incident-commander").asked, role("incident-commander").votes), (25, 0));
 
     // Independently: agreement and its 95 % Wilson interval.
     let (k, n) = (22.0f64, 25.0f64);
