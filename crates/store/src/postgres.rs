@@ -1507,10 +1507,7 @@ impl Store for PgStore {
 
     fn count_by_kind(&self, table: Table, q: &Query) -> Result<Vec<(String, u64)>, StoreError> {
         let (filter, args) = filter(q);
-        let sql = format!(
-            "SELECT kind, count(*) FROM {} WHERE {filter} AND kind IS NOT NULL GROUP BY kind ORDER BY kind",
-            table.name()
-        );
+        let sql = crate::records::count_by_kind_sql(table, &filter);
         self.read(|c| {
             Ok(c.rows(&sql, &refs(&args))?
                 .iter()

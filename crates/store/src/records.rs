@@ -276,3 +276,12 @@ pub(crate) fn filter_sql(q: &Query, ph: fn(usize) -> String) -> (String, Vec<Bou
     }
     (sql, args)
 }
+
+/// The grouped count of [`crate::Store::count_by_kind`] over `table`, for a `WHERE` clause
+/// made by [`filter_sql`]: one meaning for every backend.
+pub(crate) fn count_by_kind_sql(table: Table, filter: &str) -> String {
+    format!(
+        "SELECT kind, count(*) FROM {} WHERE {filter} AND kind IS NOT NULL GROUP BY kind ORDER BY kind",
+        table.name()
+    )
+}

@@ -741,10 +741,7 @@ impl Store for SqliteStore {
 
     fn count_by_kind(&self, table: Table, q: &Query) -> Result<Vec<(String, u64)>, StoreError> {
         let (filter, args) = filter(q);
-        let sql = format!(
-            "SELECT kind, count(*) FROM {} WHERE {filter} AND kind IS NOT NULL GROUP BY kind ORDER BY kind",
-            table.name()
-        );
+        let sql = crate::records::count_by_kind_sql(table, &filter);
         self.read(|c| {
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {

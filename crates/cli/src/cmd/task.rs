@@ -5,37 +5,18 @@
 //! close, the leases a close revokes). Showing and listing read either a server or a data
 //! directory (`--data`, read only).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use serde_json::{Value, json};
 use warden_core::request::TaskState;
 use warden_store::{DataDir, LedgerOptions, SystemClock};
 
 use crate::Failure;
 use crate::client::{Client, failure_for, segment};
+use crate::cmd::agent::Target;
 use crate::cmd::approvals::Remote;
 use crate::render::Output;
-
-/// Where tasks are read: a running server, or a data directory.
-#[derive(Debug, Args)]
-pub struct Source {
-    /// A running Warden server to ask (else `--data` is read).
-    #[arg(long, env = "WARDEN_SERVER")]
-    pub server: Option<String>,
-    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    #[arg(long, env = "WARDEN_CA_CERT")]
-    pub ca_cert: Option<PathBuf>,
-    /// Without --server: the data directory to read.
-    #[arg(long, env = "WARDEN_DATA", default_value = "./warden-data")]
-    pub data: PathBuf,
-    /// Where the store is: unset (or `sqlite`) for `warden.db` in the data directory, or a
-    /// `postgres://` URL (`sslmode`, `sslrootcert` as libpq reads them) shared by many nodes.
-    #[arg(long, env = "WARDEN_STORE", hide_env_values = true)]
-    pub store: Option<String>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum StateArg {
@@ -82,7 +63,7 @@ pub enum TaskCommand {
     Show {
         id: String,
         #[command(flatten)]
-        source: Source,
+        source: Target,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -95,13 +76,13 @@ pub enum TaskCommand {
         #[arg(long, default_value_t = 100)]
         limit: usize,
         #[command(flatten)]
-        source: Source,
+        source: Target,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
 }
 
-fn local(source: &Source) -> Result<DataDir, Failure> {
+fn local(source: &Target) -> Result<DataDir, Failure> {
     let at = crate::store_at(source.store.as_deref())?;
     DataDir::open_at(&source.data, &at, Arc::new(SystemClock), LedgerOptions::default())
         .map_err(crate::data_dir_failure)

@@ -6,10 +6,10 @@ use warden_core::{Bundle, Outcome, decide};
 
 use crate::example_files;
 
-const PHISH: &str = "spiffe://acme.example/soc/phish-triage";
+pub(crate) const PHISH: &str = "spiffe://acme.example/soc/phish-triage";
 
 /// The example bundle with one more rule in `cedar/containment.cedar`.
-fn with_rule(rule: &str) -> Result<Bundle, Vec<warden_core::Problem>> {
+pub(crate) fn with_rule(rule: &str) -> Result<Bundle, Vec<warden_core::Problem>> {
     let mut files = example_files();
     let f = files.iter_mut().find(|f| f.path == "cedar/containment.cedar").unwrap();
     f.text.push('\n');
@@ -28,7 +28,7 @@ fn forbid_when(condition: &str) -> String {
 
 /// phish-triage disabling an account in a verified phishing task where the alert has been
 /// enriched and `email.fetch` has run (no taint, so nothing else lowers it).
-fn disable(bundle: &Bundle) -> warden_core::Decision {
+pub(crate) fn disable(bundle: &Bundle) -> warden_core::Decision {
     let req: ActionRequest = serde_json::from_value(serde_json::json!({
         "task": "INC-1", "action": "account.disable", "target": "account:jdoe",
         "params": {"reason": "phished"}, "confidence": 0.97, "rationale": "phished",

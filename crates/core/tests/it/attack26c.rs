@@ -2,59 +2,15 @@
 //! `context.task.history` must be seen by the decision however the rule spells the access or
 //! the scope — or the rule is refused at load. A failing test is a finding.
 
-use warden_core::request::{ActionRequest, AgentStatus, BudgetUsage, DecisionInput, TaskInfo, TaskState};
-use warden_core::{Bundle, Outcome, decide};
+use warden_core::Outcome;
 
-use crate::example_files;
-
-const PHISH: &str = "spiffe://acme.example/soc/phish-triage";
-
-fn with_rule(rule: &str) -> Result<Bundle, Vec<warden_core::Problem>> {
-    let mut files = example_files();
-    let f = files.iter_mut().find(|f| f.path == "cedar/containment.cedar").unwrap();
-    f.text.push('\n');
-    f.text.push_str(rule);
-    f.text.push('\n');
-    Bundle::load(&files).map_err(|e| e.problems)
-}
+use crate::attack26b::{PHISH, disable, with_rule};
 
 fn forbid(scope: &str, condition: &str) -> String {
     format!("@id(\"attack26c-rule\")\n@owner(\"team:iam\")\nforbid (\n  {scope}\n)\nwhen {{ {condition} }};")
 }
 
 const DISABLE_SCOPE: &str = "principal == Warden::Agent::\"spiffe://acme.example/soc/phish-triage\",\n  action == Warden::Action::\"account.disable\",\n  resource";
-
-fn disable(bundle: &Bundle) -> warden_core::Decision {
-    let req: ActionRequest = serde_json::from_value(serde_json::json!({
-        "task": "INC-1", "action": "account.disable", "target": "account:jdoe",
-        "params": {"reason": "phished"}, "confidence": 0.97, "rationale": "phished",
-        "evidence": [{"kind": "mail", "ref": "m-1"}]
-    }))
-    .unwrap();
-    let task = TaskInfo {
-        id: "INC-1".into(),
-        state: TaskState::Open,
-        severity: "high".into(),
-        source: "phish-report".into(),
-        verified: true,
-        agents: Vec::new(),
-        taint: Vec::new(),
-        history: [("alert.enrich".to_string(), 1), ("email.fetch".to_string(), 1)].into_iter().collect(),
-    };
-    let now = time::macros::datetime!(2026-11-23 03:00 UTC);
-    let input = DecisionInput {
-        agent: PHISH,
-        agent_status: AgentStatus::Active,
-        request: &req,
-        task: Some(&task),
-        budget: BudgetUsage::default(),
-        halts: &[],
-        now,
-        shadow: false,
-        via: None,
-    };
-    decide(bundle, &input)
-}
 
 /// Control: with no extra rule the disable executes; the plain forbid denies.
 #[test]
