@@ -295,10 +295,23 @@ fn data_boundaries(c: &mut Criterion) {
     let one_mark = TaskInfo { taint: heavy.taint[..1].to_vec(), ..light.clone() };
     assert_eq!(decide_in(&one_mark).outcome, Outcome::RequireApproval);
 
+    // The same size, labels that do not lower this action (confidential: it sends nothing
+    // outside): it executes, as the clean one does — what the size alone costs.
+    let same_size = TaskInfo {
+        taint: heavy
+            .taint
+            .iter()
+            .map(|t| warden_core::request::Taint { label: TaintLabel::Confidential, ..t.clone() })
+            .collect(),
+        ..heavy.clone()
+    };
+    assert_eq!(decide_in(&same_size).outcome, Outcome::Execute);
+
     let mut g = c.benchmark_group("data_boundaries");
     g.bench_function("decide_history_1_no_taint", |b| b.iter(|| decide_in(black_box(&light))));
     g.bench_function("decide_history_1_taint_1", |b| b.iter(|| decide_in(black_box(&one_mark))));
     g.bench_function("decide_history_1000_taint_10", |b| b.iter(|| decide_in(black_box(&heavy))));
+    g.bench_function("decide_history_1000_confidential_10", |b| b.iter(|| decide_in(black_box(&same_size))));
     g.finish();
 }
 
