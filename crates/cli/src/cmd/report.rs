@@ -1,7 +1,7 @@
 //! `warden report autonomy`: an agent's track record per action, from the audit log alone
 //! (DESIGN §13; the figures are [`warden_core::report`]'s, so an auditor can recompute them).
-//! Reads a data directory's log (`--data`, `--store`); the recommendations are proposals,
-//! written as guardrail diffs, never applied.
+//! Reads a data directory's log (`--data`, `--store`) or a running server's (`--server`, a
+//! human's token); the recommendations are proposals, written as guardrail diffs, never applied.
 
 use std::path::PathBuf;
 
@@ -41,9 +41,17 @@ pub struct AutonomyArgs {
     #[arg(long, default_value_t = Rules::default().demote_agreement)]
     pub demote_agreement: f64,
     /// The policy bundle whose guardrail files the diffs change (default: the bundle in force
-    /// recorded in the store).
+    /// recorded in the store; with --server, no diffs without it).
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// A running server to read the log from (`GET /v1/audit/entries`, a human's token), instead
+    /// of `--data`.
+    #[arg(long, env = "WARDEN_SERVER")]
+    pub server: Option<String>,
+    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[arg(long, env = "WARDEN_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArg,
     #[arg(long, value_enum, default_value_t)]
@@ -95,6 +103,51 @@ impl Iterator for Entries<'_> {
     }
 }
 
+/// A server's log, a page of `GET /v1/audit/entries` at a time; the first failure ends it.
+struct ServerEntries<'c> {
+    client: &'c crate::client::Client,
+    next: u64,
+    batch: std::vec::IntoIter<serde_json::Value>,
+    error: Option<Failure>,
+}
+
+impl Iterator for ServerEntries<'_> {
+    type Item = Entry;
+    fn next(&mut self) -> Option<Entry> {
+        if self.error.is_some() {
+            return None;
+        }
+        let row = match self.batch.next() {
+            Some(r) => r,
+            None => {
+                let page: serde_json::Value =
+                    match self.client.get(&format!("/v1/audit/entries?since={}&limit=1000", self.next)) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            self.error = Some(e);
+                            return None;
+                        }
+                    };
+                let rows = page["entries"].as_array().cloned().unwrap_or_default();
+                if rows.is_empty() {
+                    return None;
+                }
+                self.batch = rows.into_iter();
+                self.batch.next()?
+            }
+        };
+        let seq = row["seq"].as_u64().unwrap_or(self.next);
+        self.next = seq + 1;
+        match serde_json::from_value::<Entry>(row["entry"].clone()) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                self.error = Some(Failure::Other(anyhow::anyhow!("the server's entry {seq} cannot be read: {e}")));
+                None
+            }
+        }
+    }
+}
+
 fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
     let from = match a.since.as_str() {
         "all" => None,
@@ -116,18 +169,35 @@ fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
         demote_agreement: a.demote_agreement,
         ..Rules::default()
     };
-    let at = crate::store_at(a.data.store.as_deref())?;
-    let store = warden_store::data_dir::open_store_at(&a.data.data, &at).map_err(crate::data_dir_failure)?;
     let filter = Filter { agent: a.agent.clone(), action: a.action.clone() };
     let window = Window { from, to: from.map(|_| time::OffsetDateTime::now_utc()) };
-    let report = of_store(store.as_ref(), window, &filter, &rules)?;
-    let files: Vec<warden_core::SourceFile> = match &a.policy {
-        Some(dir) => crate::cmd::policy::load(dir)?.1.files().to_vec(),
-        None => warden_server::state::stored_bundle(store.as_ref())
-            .ok()
-            .flatten()
-            .map(|b| b.files().to_vec())
-            .unwrap_or_default(),
+    let policy = match &a.policy {
+        Some(dir) => Some(crate::cmd::policy::load(dir)?.1.files().to_vec()),
+        None => None,
+    };
+    let (report, files) = match &a.server {
+        Some(url) => {
+            let client = crate::client::Client::new(url, a.token.as_deref(), a.ca_cert.as_deref())?;
+            let mut entries = ServerEntries { client: &client, next: 0, batch: Vec::new().into_iter(), error: None };
+            let report = warden_core::report::autonomy(&mut entries, window, &filter, &rules);
+            if let Some(e) = entries.error {
+                return Err(e);
+            }
+            (report, policy.unwrap_or_default())
+        }
+        None => {
+            let at = crate::store_at(a.data.store.as_deref())?;
+            let store = warden_store::data_dir::open_store_at(&a.data.data, &at).map_err(crate::data_dir_failure)?;
+            let report = of_store(store.as_ref(), window, &filter, &rules)?;
+            let files = policy.unwrap_or_else(|| {
+                warden_server::state::stored_bundle(store.as_ref())
+                    .ok()
+                    .flatten()
+                    .map(|b| b.files().to_vec())
+                    .unwrap_or_default()
+            });
+            (report, files)
+        }
     };
     let diffs = diffs(&report, &files);
     match a.output {

@@ -172,7 +172,8 @@ fn a_killed_server_leaves_unknown_executions_and_calls_nothing_twice() {
 /// `warden task open|close|show|list` (DESIGN §8): opened and closed through a running server
 /// (the token's human is the actor: an analyst's word verifies the trigger), shown and listed
 /// from the server or, read only, from the data directory; history and state as the server has
-/// them; bad input exits 3.
+/// them; bad input exits 3. `warden report autonomy` reads the same log from either side (an
+/// agent's token may not read it).
 #[test]
 fn tasks_from_the_command_line() {
     let (_lab, lab_addr, keys) = start_lab(0);
@@ -230,7 +231,20 @@ fn tasks_from_the_command_line() {
     assert!(done.contains("INC-8 — beacon (closed)") && done.contains("closed     "), "{done}");
     run(&["task", "close", "INC-8"]).code(3);
     run(&["task", "show", "INC-404"]).code(3);
+    // The autonomy report read from the server's log is the one read from the data directory.
+    let remote = text(run(&["report", "autonomy", "--since", "all", "--output", "json"]).success());
+    let remote: Value = serde_json::from_str(&remote).unwrap();
+    let row = &remote["rows"][0];
+    assert_eq!((row["agent"].as_str(), row["action"].as_str()), (Some(EDR), Some("host.isolate")), "{remote}");
+    assert_eq!(row["executions"]["succeeded"], 1);
+    let agent_token =
+        warden().args(["report", "autonomy", "--since", "all", "--server", &url]).env("WARDEN_TOKEN", &agent).assert();
+    agent_token.code(2);
     drop(server);
+    let local: Value =
+        serde_json::from_str(&stdout_of(data, &["report", "autonomy", "--since", "all", "--output", "json"])).unwrap();
+    assert_eq!(local["rows"][0]["executions"], remote["rows"][0]["executions"]);
+    assert_eq!(local["rows"][0]["requests"], remote["rows"][0]["requests"]);
 
     // Read only, from the data directory.
     let shown = stdout_of(data, &["task", "show", "INC-8"]);
