@@ -11,7 +11,6 @@ use warden_core::report::{AutonomyReport, Calibration, Filter, Row, Rules, Windo
 
 use crate::Failure;
 use crate::cmd::audit::DataArg;
-use crate::render::Output;
 
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
@@ -54,8 +53,18 @@ pub struct AutonomyArgs {
     pub ca_cert: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataArg,
+    /// `html`: one self-contained page (inline SVG charts, no script, nothing fetched).
     #[arg(long, value_enum, default_value_t)]
-    pub output: Output,
+    pub output: ReportOutput,
+}
+
+/// How a report is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportOutput {
+    #[default]
+    Text,
+    Json,
+    Html,
 }
 
 pub fn run(c: ReportCommand) -> Result<(), Failure> {
@@ -201,14 +210,19 @@ fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
     };
     let diffs = diffs(&report, &files);
     match a.output {
-        Output::Json => {
+        ReportOutput::Html => {
+            let page = warden_server::reports::autonomy_html(&report, &diffs, a.since.as_str())
+                .map_err(|e| anyhow::anyhow!("the report did not render: {e}"))?;
+            outln!("{page}");
+        }
+        ReportOutput::Json => {
             let mut v = serde_json::to_value(&report).map_err(anyhow::Error::from)?;
             for (row, d) in v["rows"].as_array_mut().into_iter().flatten().zip(&diffs) {
                 row["recommendation"]["diff"] = serde_json::json!(d);
             }
             outln!("{v}");
         }
-        Output::Text => outln!("{}", text(&report, &diffs, a.since.as_str())),
+        ReportOutput::Text => outln!("{}", text(&report, &diffs, a.since.as_str())),
     }
     Ok(())
 }

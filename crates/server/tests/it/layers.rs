@@ -42,7 +42,7 @@ fn imports() -> BTreeMap<String, (BTreeSet<String>, String)> {
     map
 }
 
-const FRONT_DOORS: &[&str] = &["http", "openapi", "mcp", "console"];
+const FRONT_DOORS: &[&str] = &["http", "openapi", "mcp", "console", "reports"];
 const SERVICES: &[&str] = &[
     "authority",
     "facts",

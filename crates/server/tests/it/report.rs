@@ -91,6 +91,13 @@ async fn the_autonomy_report_counts_what_happened() {
     assert_eq!(c.bins.iter().map(|b| b.n).sum::<u64>(), 25);
     assert!((c.ece.unwrap() - ece).abs() < 1e-9);
 
+    // The same figures on the HTML page (one self-contained file).
+    let page = warden_server::reports::autonomy_html(&report, &[None], "all").unwrap();
+    let shown = format!("88.0 % of 25 decided (95 % interval {:.1}–{:.1} %)", g.low * 100.0, g.high * 100.0);
+    assert!(page.contains(&shown), "{shown}");
+    assert!(page.contains(&format!("25 samples · ECE {:.3} · Brier {:.3}", ece, brier)));
+    assert!(page.contains("25 decisions") && !page.contains("<script"));
+
     // The rules: 88 % neither promotes (98 %) nor demotes (80 %).
     let rec = &row.recommendation;
     assert_eq!((rec.verdict, rec.level, rec.proposed_level), ("hold", Some(2), None), "{rec:?}");

@@ -1,0 +1,321 @@
+//! Reports as people would rather read them (DESIGN §13): one self-contained HTML file per
+//! report — inline SVG charts, inline style, no script, nothing fetched — rendered by askama,
+//! which escapes every value (an agent id or a reason is text, never markup). The figures are
+//! the core's ([`warden_core::report`]); this module only draws them.
+
+use askama::Template;
+use warden_core::report::{AutonomyReport, Calibration};
+
+/// A point of a reliability diagram, in the chart's coordinates.
+#[derive(Debug)]
+pub struct Dot {
+    pub x: f64,
+    pub y: f64,
+    pub r: f64,
+    pub label: String,
+}
+
+/// A reliability diagram: the diagonal is perfect calibration; each bin a dot at (mean
+/// confidence, observed), its area by its count.
+#[derive(Debug)]
+pub struct Curve {
+    pub title: String,
+    pub dots: Vec<Dot>,
+    pub summary: String,
+}
+
+/// One segment of an outcome bar.
+#[derive(Debug)]
+pub struct Segment {
+    pub x: f64,
+    pub width: f64,
+    pub colour: &'static str,
+    pub label: String,
+}
+
+#[derive(Debug)]
+pub struct RowView {
+    pub title: String,
+    pub facts: Vec<(String, String)>,
+    pub outcomes: Vec<Segment>,
+    pub curves: Vec<Curve>,
+    pub verdict: String,
+    pub reasons: String,
+    pub evidence: String,
+    pub diff: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Bar {
+    pub label: String,
+    pub y: f64,
+    pub width: f64,
+    pub text: String,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "reports/autonomy.html")]
+pub struct AutonomyPage {
+    pub heading: String,
+    pub rows: Vec<RowView>,
+    pub approvers: Vec<(String, String, Vec<String>)>,
+    pub load: Vec<Bar>,
+    pub load_height: f64,
+    pub roles: Vec<(String, String)>,
+}
+
+const WIDTH: f64 = 360.0;
+
+/// A coordinate to a tenth: short, stable markup.
+fn px(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+const PLOT: f64 = 200.0;
+
+fn curve(title: &str, c: &Calibration, min: u64) -> Curve {
+    let total = c.samples.max(1) as f64;
+    let dots = c
+        .bins
+        .iter()
+        .map(|b| Dot {
+            x: px(30.0 + b.mean_confidence * PLOT),
+            y: px(10.0 + (1.0 - b.observed) * PLOT),
+            r: px(3.0 + 9.0 * (b.n as f64 / total).sqrt()),
+            label: format!(
+                "{:.1}–{:.1}: {} samples, mean confidence {:.3}, observed {:.3}",
+                b.from, b.to, b.n, b.mean_confidence, b.observed
+            ),
+        })
+        .collect();
+    let summary = match (c.ece, c.brier) {
+        (Some(e), Some(b)) if c.samples >= min => format!("{} samples · ECE {e:.3} · Brier {b:.3}", c.samples),
+        (Some(e), Some(b)) => format!("{} samples — not enough evidence · ECE {e:.3} · Brier {b:.3}", c.samples),
+        _ => "no samples".into(),
+    };
+    Curve { title: title.into(), dots, summary }
+}
+
+/// The autonomy report as one self-contained HTML page; `diffs` are the rows' proposed changes.
+pub fn autonomy_html(r: &AutonomyReport, diffs: &[Option<String>], since: &str) -> Result<String, askama::Error> {
+    let colour = |outcome: &str| match outcome {
+        "execute" => "#2b7a3d",
+        "require_approval" => "#b7791f",
+        "advise" => "#4a6fa5",
+        _ => "#a23b3b",
+    };
+    let rows = r
+        .rows
+        .iter()
+        .zip(diffs.iter().chain(std::iter::repeat(&None)))
+        .map(|(row, diff)| {
+            let total = row.requests.values().sum::<u64>().max(1) as f64;
+            let mut x = 0.0;
+            let outcomes = row
+                .requests
+                .iter()
+                .map(|(o, n)| {
+                    let width = *n as f64 / total * WIDTH;
+                    let s = Segment { x: px(x), width: px(width), colour: colour(o), label: format!("{o}: {n}") };
+                    x += width;
+                    s
+                })
+                .collect();
+            let ap = &row.approvals;
+            let x = &row.executions;
+            let mut facts = vec![
+                (
+                    "requests".to_string(),
+                    row.requests.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", "),
+                ),
+                (
+                    "executions".into(),
+                    format!(
+                        "succeeded {}, failed {}, unknown {} · rolled back {} · breaker trips {}",
+                        x.succeeded, x.failed, x.unknown, row.rollbacks, row.breaker_trips
+                    ),
+                ),
+                (
+                    "approvals".into(),
+                    format!(
+                        "approved {}, rejected {}, expired {}, cancelled {}",
+                        ap.approved, ap.rejected, ap.expired, ap.cancelled
+                    ),
+                ),
+            ];
+            facts.push((
+                "agreement".into(),
+                match &row.agreement {
+                    Some(g) => format!(
+                        "{:.1} % of {} decided (95 % interval {:.1}–{:.1} %){}",
+                        g.rate * 100.0,
+                        g.decided,
+                        g.low * 100.0,
+                        g.high * 100.0,
+                        if g.decided < r.rules.min_decided { " — not enough evidence" } else { "" }
+                    ),
+                    None => "no decided approvals".into(),
+                },
+            ));
+            let rec = &row.recommendation;
+            let verdict = match (rec.level, rec.proposed_level) {
+                (Some(l), Some(p)) => format!("{} (level {l} → {p})", rec.verdict),
+                (Some(l), None) => format!("{} (level {l})", rec.verdict),
+                _ => rec.verdict.to_string(),
+            };
+            RowView {
+                title: format!("{} × {}", row.agent, row.action),
+                facts,
+                outcomes,
+                curves: vec![
+                    curve("against human verdicts", &row.calibration_verdicts, r.rules.min_decided),
+                    curve("against outcomes", &row.calibration_outcomes, r.rules.min_decided),
+                ],
+                verdict,
+                reasons: rec.reasons.join("; "),
+                evidence: rec.evidence.iter().map(u64::to_string).collect::<Vec<_>>().join(", "),
+                diff: diff.clone(),
+            }
+        })
+        .collect();
+    let most = r.approvers.iter().map(|l| l.decisions).max().unwrap_or(1).max(1) as f64;
+    let load = r
+        .approvers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Bar {
+            label: l.approver.clone(),
+            y: 10.0 + 24.0 * i as f64,
+            width: px(l.decisions as f64 / most * 240.0),
+            text: format!("{} ({} approved, {} quick)", l.decisions, l.approved, l.quick),
+        })
+        .collect();
+    let approvers = r
+        .approvers
+        .iter()
+        .map(|l| {
+            let rate = l.per_hour.map_or_else(|| "—".into(), |h| format!("{h:.1}/h"));
+            let median = l.median_secs.map_or_else(|| "—".into(), |s| format!("{s:.1} s"));
+            (l.approver.clone(), format!("{} decisions, {rate}, median {median}", l.decisions), l.flags.clone())
+        })
+        .collect();
+    let roles = r
+        .roles
+        .iter()
+        .map(|l| (l.role.clone(), format!("asked {} · votes {} · expired {}", l.asked, l.votes, l.expired)))
+        .collect();
+    let page = AutonomyPage {
+        heading: format!(
+            "since {since}: {} of {} log entries; promote at ≥ {:.0} % agreement with {} decided, demote below {:.0} %",
+            r.in_window,
+            r.entries,
+            r.rules.promote_agreement * 100.0,
+            r.rules.min_decided,
+            r.rules.demote_agreement * 100.0
+        ),
+        rows,
+        approvers,
+        load_height: 20.0 + 24.0 * r.approvers.len() as f64,
+        load,
+        roles,
+    };
+    page.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The page is self-contained (no script, nothing fetched) and escapes what the log holds:
+    /// a row named with markup renders as text.
+    #[test]
+    fn the_html_report_is_inert_and_self_contained() {
+        let entries: Vec<warden_core::audit::entry::Entry> = Vec::new();
+        let mut report = warden_core::report::autonomy(
+            entries,
+            Default::default(),
+            &Default::default(),
+            &warden_core::report::Rules::default(),
+        );
+        let mut row = warden_core::report::autonomy(Vec::new(), Default::default(), &Default::default(), &report.rules);
+        assert!(row.rows.is_empty());
+        // A row as the core would make it, its names hostile.
+        let json = serde_json::json!({
+            "agent": "<script>alert(1)</script>", "action": "host.isolate\"><img src=x>",
+            "requests": {"execute": 3, "deny": 1}, "bands": {}, "shadow": {},
+            "executions": {"succeeded": 3, "failed": 0, "unknown": 0}, "rollbacks": 0, "breaker_trips": 0,
+            "approvals": {"approved": 0, "rejected": 0, "expired": 0, "cancelled": 0, "median_secs": null,
+                          "p90_secs": null, "deciders": {}},
+            "agreement": null,
+            "calibration_verdicts": {"samples": 0, "bins": [], "ece": null, "brier": null},
+            "calibration_outcomes": {"samples": 3, "bins": [{"from": 0.9, "to": 1.0, "n": 3, "mean_confidence": 0.95, "observed": 1.0}], "ece": 0.05, "brier": 0.0025},
+            "recommendation": {"verdict": "hold", "reasons": ["not enough evidence"], "level": 3,
+                               "proposed_level": null, "grant": null, "evidence": []}
+        });
+        let parsed: TestRow = serde_json::from_value(json).unwrap();
+        row.rows.push(parsed.into_row());
+        report.rows = row.rows;
+        let page = autonomy_html(&report, &[Some("-level = 3\n+level = <b>4</b>".into())], "all").unwrap();
+        assert!(!page.contains("<script") && !page.contains("<img") && !page.contains("<b>"), "{page}");
+        assert!(page.contains("&#60;script&#62;alert(1)&#60;/script&#62;"), "{page}");
+        assert!(page.contains("3 samples — not enough evidence · ECE 0.050 · Brier 0.003"), "{page}");
+        assert!(page.contains("<circle cx=\"220\""), "the bin drawn at its mean confidence: {page}");
+        let fetched: Vec<&str> = page.match_indices("http").map(|(i, _)| &page[i..i + 26]).collect();
+        assert!(fetched.iter().all(|u| *u == "http://www.w3.org/2000/svg"), "{fetched:?}");
+    }
+
+    /// The core's row, read back from JSON (its fields are public but it has no constructor).
+    #[derive(serde::Deserialize)]
+    struct TestRow {
+        agent: String,
+        action: String,
+        requests: std::collections::BTreeMap<String, u64>,
+        executions: serde_json::Value,
+        calibration_outcomes: serde_json::Value,
+        recommendation: serde_json::Value,
+    }
+
+    impl TestRow {
+        fn into_row(self) -> warden_core::report::Row {
+            use warden_core::report::*;
+            let c = &self.calibration_outcomes;
+            let b = &c["bins"][0];
+            Row {
+                agent: self.agent,
+                action: self.action,
+                requests: self.requests,
+                bands: Default::default(),
+                shadow: Default::default(),
+                executions: Executions {
+                    succeeded: self.executions["succeeded"].as_u64().unwrap(),
+                    failed: 0,
+                    unknown: 0,
+                },
+                rollbacks: 0,
+                breaker_trips: 0,
+                approvals: Approvals::default(),
+                agreement: None,
+                calibration_verdicts: Calibration::default(),
+                calibration_outcomes: Calibration {
+                    samples: 3,
+                    bins: vec![Bin {
+                        from: b["from"].as_f64().unwrap(),
+                        to: b["to"].as_f64().unwrap(),
+                        n: 3,
+                        mean_confidence: b["mean_confidence"].as_f64().unwrap(),
+                        observed: b["observed"].as_f64().unwrap(),
+                    }],
+                    ece: c["ece"].as_f64(),
+                    brier: c["brier"].as_f64(),
+                },
+                recommendation: Recommendation {
+                    verdict: "hold",
+                    reasons: vec![self.recommendation["reasons"][0].as_str().unwrap().to_string()],
+                    level: Some(3),
+                    proposed_level: None,
+                    grant: None,
+                    evidence: Vec::new(),
+                },
+            }
+        }
+    }
+}
