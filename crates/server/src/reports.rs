@@ -223,37 +223,42 @@ pub fn autonomy_html(r: &AutonomyReport, diffs: &[Option<String>], since: &str) 
 
 #[cfg(test)]
 mod tests {
+    use warden_core::report::{Bin, Calibration, Executions, Recommendation, Row, Rules, autonomy};
+
     use super::*;
 
     /// The page is self-contained (no script, nothing fetched) and escapes what the log holds:
-    /// a row named with markup renders as text.
+    /// a row named with markup, and a diff holding markup, render as text.
     #[test]
     fn the_html_report_is_inert_and_self_contained() {
-        let entries: Vec<warden_core::audit::entry::Entry> = Vec::new();
-        let mut report = warden_core::report::autonomy(
-            entries,
-            Default::default(),
-            &Default::default(),
-            &warden_core::report::Rules::default(),
-        );
-        let mut row = warden_core::report::autonomy(Vec::new(), Default::default(), &Default::default(), &report.rules);
-        assert!(row.rows.is_empty());
-        // A row as the core would make it, its names hostile.
-        let json = serde_json::json!({
-            "agent": "<script>alert(1)</script>", "action": "host.isolate\"><img src=x>",
-            "requests": {"execute": 3, "deny": 1}, "bands": {}, "shadow": {},
-            "executions": {"succeeded": 3, "failed": 0, "unknown": 0}, "rollbacks": 0, "breaker_trips": 0,
-            "approvals": {"approved": 0, "rejected": 0, "expired": 0, "cancelled": 0, "median_secs": null,
-                          "p90_secs": null, "deciders": {}},
-            "agreement": null,
-            "calibration_verdicts": {"samples": 0, "bins": [], "ece": null, "brier": null},
-            "calibration_outcomes": {"samples": 3, "bins": [{"from": 0.9, "to": 1.0, "n": 3, "mean_confidence": 0.95, "observed": 1.0}], "ece": 0.05, "brier": 0.0025},
-            "recommendation": {"verdict": "hold", "reasons": ["not enough evidence"], "level": 3,
-                               "proposed_level": null, "grant": null, "evidence": []}
+        let mut report = autonomy(Vec::new(), Default::default(), &Default::default(), &Rules::default());
+        report.rows.push(Row {
+            agent: "<script>alert(1)</script>".into(),
+            action: "host.isolate\"><img src=x>".into(),
+            requests: [("execute".to_string(), 3), ("deny".to_string(), 1)].into(),
+            bands: Default::default(),
+            shadow: Default::default(),
+            executions: Executions { succeeded: 3, failed: 0, unknown: 0 },
+            rollbacks: 0,
+            breaker_trips: 0,
+            approvals: Default::default(),
+            agreement: None,
+            calibration_verdicts: Calibration::default(),
+            calibration_outcomes: Calibration {
+                samples: 3,
+                bins: vec![Bin { from: 0.9, to: 1.0, n: 3, mean_confidence: 0.95, observed: 1.0 }],
+                ece: Some(0.05),
+                brier: Some(0.0025),
+            },
+            recommendation: Recommendation {
+                verdict: "hold",
+                reasons: vec!["not enough evidence".into()],
+                level: Some(3),
+                proposed_level: None,
+                grant: None,
+                evidence: Vec::new(),
+            },
         });
-        let parsed: TestRow = serde_json::from_value(json).unwrap();
-        row.rows.push(parsed.into_row());
-        report.rows = row.rows;
         let page = autonomy_html(&report, &[Some("-level = 3\n+level = <b>4</b>".into())], "all").unwrap();
         assert!(!page.contains("<script") && !page.contains("<img") && !page.contains("<b>"), "{page}");
         assert!(page.contains("&#60;script&#62;alert(1)&#60;/script&#62;"), "{page}");
@@ -261,61 +266,5 @@ mod tests {
         assert!(page.contains("<circle cx=\"220\""), "the bin drawn at its mean confidence: {page}");
         let fetched: Vec<&str> = page.match_indices("http").map(|(i, _)| &page[i..i + 26]).collect();
         assert!(fetched.iter().all(|u| *u == "http://www.w3.org/2000/svg"), "{fetched:?}");
-    }
-
-    /// The core's row, read back from JSON (its fields are public but it has no constructor).
-    #[derive(serde::Deserialize)]
-    struct TestRow {
-        agent: String,
-        action: String,
-        requests: std::collections::BTreeMap<String, u64>,
-        executions: serde_json::Value,
-        calibration_outcomes: serde_json::Value,
-        recommendation: serde_json::Value,
-    }
-
-    impl TestRow {
-        fn into_row(self) -> warden_core::report::Row {
-            use warden_core::report::*;
-            let c = &self.calibration_outcomes;
-            let b = &c["bins"][0];
-            Row {
-                agent: self.agent,
-                action: self.action,
-                requests: self.requests,
-                bands: Default::default(),
-                shadow: Default::default(),
-                executions: Executions {
-                    succeeded: self.executions["succeeded"].as_u64().unwrap(),
-                    failed: 0,
-                    unknown: 0,
-                },
-                rollbacks: 0,
-                breaker_trips: 0,
-                approvals: Approvals::default(),
-                agreement: None,
-                calibration_verdicts: Calibration::default(),
-                calibration_outcomes: Calibration {
-                    samples: 3,
-                    bins: vec![Bin {
-                        from: b["from"].as_f64().unwrap(),
-                        to: b["to"].as_f64().unwrap(),
-                        n: 3,
-                        mean_confidence: b["mean_confidence"].as_f64().unwrap(),
-                        observed: b["observed"].as_f64().unwrap(),
-                    }],
-                    ece: c["ece"].as_f64(),
-                    brier: c["brier"].as_f64(),
-                },
-                recommendation: Recommendation {
-                    verdict: "hold",
-                    reasons: vec![self.recommendation["reasons"][0].as_str().unwrap().to_string()],
-                    level: Some(3),
-                    proposed_level: None,
-                    grant: None,
-                    evidence: Vec::new(),
-                },
-            }
-        }
     }
 }
