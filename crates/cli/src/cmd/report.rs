@@ -10,7 +10,6 @@ use warden_core::audit::entry::Entry;
 use warden_core::report::{AutonomyReport, Calibration, Filter, Row, Rules, Window, level_diff};
 
 use crate::Failure;
-use crate::cmd::audit::DataArg;
 
 #[derive(Debug, Subcommand)]
 pub enum ReportCommand {
@@ -43,16 +42,10 @@ pub struct AutonomyArgs {
     /// recorded in the store; with --server, no diffs without it).
     #[arg(long)]
     pub policy: Option<PathBuf>,
-    /// A running server to read the log from (`GET /v1/audit/entries`, a human's token), instead
-    /// of `--data`.
-    #[arg(long, env = "WARDEN_SERVER")]
-    pub server: Option<String>,
-    #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    #[arg(long, env = "WARDEN_CA_CERT")]
-    pub ca_cert: Option<PathBuf>,
+    /// The log to read: `--data` (and `--store`), or a running server's through
+    /// `GET /v1/audit/entries` (`--server`, a human's token).
     #[command(flatten)]
-    pub data: DataArg,
+    pub target: crate::cmd::agent::Target,
     /// `html`: one self-contained page (inline SVG charts, no script, nothing fetched).
     #[arg(long, value_enum, default_value_t)]
     pub output: ReportOutput,
@@ -73,88 +66,76 @@ pub fn run(c: ReportCommand) -> Result<(), Failure> {
     }
 }
 
-/// The log's entries, read a batch at a time; the first one that cannot be read ends it.
-struct Entries<'s> {
-    store: &'s dyn warden_store::Store,
+/// A log's entries, read a page at a time from `fetch` (the entries from a sequence number
+/// on; an empty page ends the log). The first failure ends it and is kept in `error`.
+struct Paged<F> {
+    fetch: F,
     next: u64,
-    batch: std::vec::IntoIter<warden_store::StoredEntry>,
-    error: Option<String>,
-}
-
-impl Iterator for Entries<'_> {
-    type Item = Entry;
-    fn next(&mut self) -> Option<Entry> {
-        if self.error.is_some() {
-            return None;
-        }
-        let stored = match self.batch.next() {
-            Some(e) => e,
-            None => match self.store.entries(self.next, 4096) {
-                Ok(b) if b.is_empty() => return None,
-                Ok(b) => {
-                    self.batch = b.into_iter();
-                    self.batch.next()?
-                }
-                Err(e) => {
-                    self.error = Some(e.to_string());
-                    return None;
-                }
-            },
-        };
-        self.next = stored.seq + 1;
-        match Entry::parse(&stored.bytes) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                self.error = Some(format!("entry {}: {e} (run `warden audit verify`)", stored.seq));
-                None
-            }
-        }
-    }
-}
-
-/// A server's log, a page of `GET /v1/audit/entries` at a time; the first failure ends it.
-struct ServerEntries<'c> {
-    client: &'c crate::client::Client,
-    next: u64,
-    batch: std::vec::IntoIter<serde_json::Value>,
+    page: std::vec::IntoIter<(u64, Entry)>,
     error: Option<Failure>,
 }
 
-impl Iterator for ServerEntries<'_> {
+impl<F: FnMut(u64) -> Result<Vec<(u64, Entry)>, Failure>> Iterator for Paged<F> {
     type Item = Entry;
     fn next(&mut self) -> Option<Entry> {
         if self.error.is_some() {
             return None;
         }
-        let row = match self.batch.next() {
-            Some(r) => r,
-            None => {
-                let page: serde_json::Value =
-                    match self.client.get(&format!("/v1/audit/entries?since={}&limit=1000", self.next)) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            self.error = Some(e);
-                            return None;
-                        }
-                    };
-                let rows = page["entries"].as_array().cloned().unwrap_or_default();
-                if rows.is_empty() {
+        if self.page.len() == 0 {
+            match (self.fetch)(self.next) {
+                Ok(page) => self.page = page.into_iter(),
+                Err(e) => {
+                    self.error = Some(e);
                     return None;
                 }
-                self.batch = rows.into_iter();
-                self.batch.next()?
-            }
-        };
-        let seq = row["seq"].as_u64().unwrap_or(self.next);
-        self.next = seq + 1;
-        match serde_json::from_value::<Entry>(row["entry"].clone()) {
-            Ok(e) => Some(e),
-            Err(e) => {
-                self.error = Some(Failure::Other(anyhow::anyhow!("the server's entry {seq} cannot be read: {e}")));
-                None
             }
         }
+        let (seq, entry) = self.page.next()?;
+        self.next = seq + 1;
+        Some(entry)
     }
+}
+
+/// The autonomy report of the entries `fetch` pages through.
+fn of_pages(
+    fetch: impl FnMut(u64) -> Result<Vec<(u64, Entry)>, Failure>,
+    window: Window,
+    filter: &Filter,
+    rules: &Rules,
+) -> Result<AutonomyReport, Failure> {
+    let mut entries = Paged { fetch, next: 0, page: Vec::new().into_iter(), error: None };
+    let report = warden_core::report::autonomy(&mut entries, window, filter, rules);
+    entries.error.map_or(Ok(report), Err)
+}
+
+/// A page of a store's log.
+fn store_page(store: &dyn warden_store::Store, from: u64) -> Result<Vec<(u64, Entry)>, Failure> {
+    let unreadable = |e: String| Failure::Other(anyhow::anyhow!("the audit log cannot be read: {e}"));
+    let stored = store.entries(from, 4096).map_err(|e| unreadable(e.to_string()))?;
+    stored
+        .iter()
+        .map(|e| {
+            Entry::parse(&e.bytes)
+                .map(|entry| (e.seq, entry))
+                .map_err(|err| unreadable(format!("entry {}: {err} (run `warden audit verify`)", e.seq)))
+        })
+        .collect()
+}
+
+/// A page of a server's log (`GET /v1/audit/entries`).
+fn server_page(client: &crate::client::Client, from: u64) -> Result<Vec<(u64, Entry)>, Failure> {
+    let page: serde_json::Value = client.get(&format!("/v1/audit/entries?since={from}&limit=1000"))?;
+    page["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|row| {
+            let seq = row["seq"].as_u64().unwrap_or(from);
+            serde_json::from_value::<Entry>(row["entry"].clone())
+                .map(|e| (seq, e))
+                .map_err(|e| Failure::Other(anyhow::anyhow!("the server's entry {seq} cannot be read: {e}")))
+        })
+        .collect()
 }
 
 fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
@@ -184,19 +165,15 @@ fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
         Some(dir) => Some(crate::cmd::policy::load(dir)?.1.files().to_vec()),
         None => None,
     };
-    let (report, files) = match &a.server {
+    let (report, files) = match &a.target.server {
         Some(url) => {
-            let client = crate::client::Client::new(url, a.token.as_deref(), a.ca_cert.as_deref())?;
-            let mut entries = ServerEntries { client: &client, next: 0, batch: Vec::new().into_iter(), error: None };
-            let report = warden_core::report::autonomy(&mut entries, window, &filter, &rules);
-            if let Some(e) = entries.error {
-                return Err(e);
-            }
+            let client = crate::client::Client::new(url, a.target.token.as_deref(), a.target.ca_cert.as_deref())?;
+            let report = of_pages(|from| server_page(&client, from), window, &filter, &rules)?;
             (report, policy.unwrap_or_default())
         }
         None => {
-            let at = crate::store_at(a.data.store.as_deref())?;
-            let store = warden_store::data_dir::open_store_at(&a.data.data, &at).map_err(crate::data_dir_failure)?;
+            let at = crate::store_at(a.target.store.as_deref())?;
+            let store = warden_store::data_dir::open_store_at(&a.target.data, &at).map_err(crate::data_dir_failure)?;
             let report = of_store(store.as_ref(), window, &filter, &rules)?;
             let files = policy.unwrap_or_else(|| {
                 warden_server::state::stored_bundle(store.as_ref())
@@ -234,12 +211,7 @@ pub fn of_store(
     filter: &Filter,
     rules: &Rules,
 ) -> Result<AutonomyReport, Failure> {
-    let mut entries = Entries { store, next: 0, batch: Vec::new().into_iter(), error: None };
-    let report = warden_core::report::autonomy(&mut entries, window, filter, rules);
-    match entries.error {
-        Some(e) => Err(Failure::Other(anyhow::anyhow!("the audit log cannot be read: {e}"))),
-        None => Ok(report),
-    }
+    of_pages(|from| store_page(store, from), window, filter, rules)
 }
 
 /// Each row's proposed guardrail diff, from the bundle's `files`.

@@ -196,13 +196,17 @@ fn drawn(bundle: &'static Bundle) -> impl Strategy<Value = Drawn> {
 }
 
 fn run(bundle: &Bundle, d: &Drawn) -> warden_core::Decision {
+    run_with(bundle, d, None)
+}
+
+fn run_with(bundle: &Bundle, d: &Drawn, task: Option<&warden_core::request::TaskInfo>) -> warden_core::Decision {
     decide(
         bundle,
         &DecisionInput {
             agent: &d.agent,
             agent_status: d.status,
             request: &d.request,
-            task: None,
+            task,
             budget: d.budget,
             halts: &d.halts,
             now: d.now,
@@ -230,20 +234,7 @@ fn run_in(
         taint: taint.to_vec(),
         history: history.clone(),
     };
-    decide(
-        bundle,
-        &DecisionInput {
-            agent: &d.agent,
-            agent_status: d.status,
-            request: &d.request,
-            task: Some(&task),
-            budget: d.budget,
-            halts: &d.halts,
-            now: d.now,
-            shadow: d.shadow,
-            via: None,
-        },
-    )
+    run_with(bundle, d, Some(&task))
 }
 
 fn history() -> impl Strategy<Value = std::collections::BTreeMap<String, u32>> {
