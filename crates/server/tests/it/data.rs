@@ -281,3 +281,67 @@ async fn a_decision_commits_only_on_the_history_it_read() {
     let (all, _) = warden_server::facts::task_history(store.as_ref(), "INC-H", None).unwrap();
     assert_eq!(all, [("alert.enrich".to_string(), 2), ("host.isolate".to_string(), 1)].into());
 }
+
+/// The history's preconditions on the pipeline's path: an enrichment (a trusted result: it
+/// does not touch the task's record) racing a quarantine that a rule forbids once an alert was
+/// enriched. Whenever the quarantine is decided `execute`, its decision precedes the
+/// enrichment's success in the log: it never commits on a history that an execution finishing
+/// meanwhile had already changed, nor starts on one (the start decides again: `policy_changed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decision_racing_an_execution_never_commits_on_a_stale_history() {
+    let (url, keys) = crate::lab();
+    let rule = "\n@id(\"no-quarantine-after-enrichment\")\n@owner(\"team:email-security\")\nforbid (\n  \
+                principal == Warden::Agent::\"spiffe://acme.example/soc/phish-triage\",\n  \
+                action == Warden::Action::\"email.quarantine\",\n  resource\n)\n\
+                when { context.task.history has \"alert.enrich\" };\n";
+    let last = "unless { context.task.history has \"alert.enrich\" };\n";
+    let policy = bundle_with("cedar/containment.cedar", last, &format!("{last}{rule}"));
+    let h = harness_full(
+        Some(policy.path()),
+        Arc::new(warden_store::SystemClock),
+        Default::default(),
+        Some(connector(&url, &keys)),
+    );
+    let ana = h.user("ana", &["soc-analyst"]);
+    let (phish, enrich) = (h.svid(PHISH), h.svid(ENRICH));
+    let (mut executed, mut denied, mut refused) = (0, 0, 0);
+    for i in 0..30 {
+        let task = format!("INC-S{i}");
+        let body = json!({"id": task, "title": "t", "trigger": {"source": "email-gateway", "severity": "high"}});
+        assert_eq!(h.call("POST", "/v1/tasks", Some(&ana), Some(body)).await.0, StatusCode::CREATED);
+        let e = json!({"task": task, "action": "alert.enrich", "target": format!("alert:A-{i}"), "params": {},
+                       "confidence": 0.9, "rationale": "r", "evidence": []});
+        let q = json!({"task": task, "action": "email.quarantine", "target": "mailbox:jdoe@acme.example",
+                       "params": {"message_id": format!("m-{i}")}, "confidence": 0.95, "rationale": "phish",
+                       "evidence": [{"kind": "email", "ref": "m"}]});
+        let (re, rq) = tokio::join!(
+            crate::call_router(&h.router, "POST", "/v1/actions", Some(&enrich), Some(e)),
+            crate::call_router(&h.router, "POST", "/v1/actions", Some(&phish), Some(q)),
+        );
+        assert_eq!(re.0, StatusCode::OK, "{}", re.1);
+        assert_eq!(re.1["state"], "succeeded", "{}", re.1);
+        let (_, entries) = h.call("GET", "/v1/audit/entries?limit=1000&since=0", Some(&h.admin), None).await;
+        let list = entries["entries"].as_array().unwrap().clone();
+        let at = |id: &serde_json::Value, kind: &str| {
+            list.iter().position(|x| x["entry"]["request"] == *id && x["entry"]["type"] == kind)
+        };
+        let enriched = at(&re.1["id"], "execution.succeeded");
+        if rq.0 == StatusCode::CONFLICT {
+            // Decided before the enrichment, refused at its start after it: nothing ran.
+            assert_eq!(rq.1["error"]["code"], "policy_changed", "{}", rq.1);
+            refused += 1;
+            continue;
+        }
+        assert_eq!(rq.0, StatusCode::OK, "{}", rq.1);
+        if rq.1["decision"]["outcome"] == "execute" {
+            executed += 1;
+            let (decided, started) = (at(&rq.1["id"], "decision.made"), at(&rq.1["id"], "execution.started"));
+            assert!(decided.is_some() && decided < enriched, "decided on a stale history: {decided:?} {enriched:?}");
+            assert!(started.is_some() && started < enriched, "started on a stale history: {started:?} {enriched:?}");
+        } else {
+            denied += 1;
+            assert!(rq.1["decision"]["caps"].to_string().contains("no-quarantine-after-enrichment"), "{}", rq.1);
+        }
+    }
+    eprintln!("{executed} executed before the enrichment, {refused} refused at their start, {denied} denied");
+}
