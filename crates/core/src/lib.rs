@@ -10,6 +10,7 @@ pub mod authority;
 pub mod binding;
 pub mod bundle;
 pub mod catalog;
+pub mod controls;
 pub mod decision;
 pub mod duration;
 pub mod guardrail;
@@ -19,6 +20,7 @@ mod policy;
 pub mod policy_test;
 pub mod report;
 pub mod request;
+pub mod simulate;
 pub mod source;
 
 pub use bundle::{Bundle, BundleError};

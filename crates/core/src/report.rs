@@ -44,7 +44,7 @@ pub struct Window {
 }
 
 impl Window {
-    fn holds(&self, t: OffsetDateTime) -> bool {
+    pub(crate) fn holds(&self, t: OffsetDateTime) -> bool {
         self.from.is_none_or(|f| t >= f) && self.to.is_none_or(|to| t < to)
     }
 }

@@ -3,7 +3,7 @@
 //! the start of an execution (DESIGN §6: an approved request runs only if the bundle in force
 //! when it starts still allows it).
 
-use time::Duration;
+use time::{Duration, OffsetDateTime};
 use warden_core::decision::Decision;
 use warden_core::request::{ActionRequest, AgentStatus, BudgetUsage, DecisionInput, TaskInfo};
 use warden_core::{Bundle, decide};
@@ -62,6 +62,10 @@ pub struct Facts {
     /// Preconditions that the task's history the decision read still holds (empty when no
     /// policy that may decide the action reads the history).
     pub history_unchanged: Vec<warden_store::Change>,
+    /// How far the budget usage was counted (the largest budgets the bundle can apply).
+    pub counted: warden_core::simulate::Counted,
+    /// When they were read: the decision's clock.
+    pub now: OffsetDateTime,
 }
 
 /// The execution states in which an action counts as done in its task's history (DESIGN
@@ -154,6 +158,8 @@ pub fn facts(
         budget_since_ms: since,
         breaker_seen: b.seen,
         history_unchanged,
+        counted: warden_core::simulate::Counted { executions: up_to.hits, distinct_targets: up_to.distinct_targets },
+        now: s.now(),
     })
 }
 
@@ -173,11 +179,34 @@ pub fn decide_with(
         task: f.task.as_ref(),
         budget: f.budget,
         halts: &f.halts.list,
-        now: s.now(),
+        now: f.now,
         shadow: s.shadow,
         via,
     };
     decide(bundle, &input)
+}
+
+/// What a decision read besides the request and the bundle, as its `decision.made` entry
+/// records it (`data.facts`): `warden policy simulate` decides it again from the log.
+pub fn recorded(
+    s: &AppState,
+    bundle: &Bundle,
+    status: AgentStatus,
+    req: &ActionRequest,
+    via: Option<&str>,
+    f: &Facts,
+) -> warden_core::simulate::RecordedFacts {
+    warden_core::simulate::RecordedFacts {
+        agent_status: status,
+        task: f.task.clone(),
+        budget: f.budget,
+        counted: f.counted,
+        halts: f.halts.list.clone(),
+        now: f.now,
+        shadow: s.shadow,
+        via: via.map(str::to_string),
+        history_read: bundle.history_read(&req.action).map(str::to_string).collect(),
+    }
 }
 
 /// What a decision reads of a task.

@@ -496,10 +496,10 @@ fn attempt(
         return Ok(Some(previous));
     }
     let f = facts(s, bundle, &agent.id, req, true)?;
+    let now = f.now;
     let started = std::time::Instant::now();
     let mut decision = decide_with(s, bundle, &agent.id, agent.status, req, digests.via.as_deref(), &f);
     s.metrics.decision_latency.observe(started.elapsed());
-    let now = s.now();
     let id = new_id("act")?;
     let target = req.target.to_string();
     let (joins, mut batch) = approval_for(s, bundle, agent, req, &digests.action, &id, &decision, now)?;
@@ -572,12 +572,12 @@ fn attempt(
                 "digest": digests.action,
             }),
         );
-    let decided = Event::new(EventType::DecisionMade, actor.clone())
-        .task(&req.task)
-        .request(&id)
-        .action(&req.action)
-        .data(json!({"target": target, "confidence": req.confidence, "state": record.state,
-                   "digest": digests.action, "decision": drec.decision}));
+    let decided =
+        Event::new(EventType::DecisionMade, actor.clone()).task(&req.task).request(&id).action(&req.action).data(
+            json!({"target": target, "confidence": req.confidence, "state": record.state,
+                   "digest": digests.action, "decision": drec.decision,
+                   "facts": crate::facts::recorded(s, bundle, agent.status, req, digests.via.as_deref(), &f)}),
+        );
     // What may lead to a tool call is recorded only if what it was decided on still holds in
     // the writer's transaction: the agent still active (no suspend or halt of it), the task
     // still open, no halt set or lifted since the halts were read.

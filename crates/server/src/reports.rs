@@ -268,3 +268,84 @@ mod tests {
         assert!(fetched.iter().all(|u| *u == "http://www.w3.org/2000/svg"), "{fetched:?}");
     }
 }
+
+/// One control as the controls page shows it.
+#[derive(Debug)]
+pub struct ControlView {
+    pub id: String,
+    pub title: String,
+    pub status: &'static str,
+    pub class: &'static str,
+    pub features: String,
+    pub evidence: String,
+    /// Each example entry with its inclusion proof (pretty JSON), when there is one.
+    pub examples: Vec<(u64, String)>,
+    pub gap: Option<String>,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "reports/controls.html")]
+pub struct ControlsPage {
+    pub heading: String,
+    pub summary: Vec<Segment>,
+    pub frameworks: Vec<(String, Vec<ControlView>)>,
+}
+
+/// The controls report as one self-contained HTML page, with each example's inclusion proof.
+pub fn controls_html(
+    r: &warden_core::controls::ControlsReport,
+    proofs: &std::collections::BTreeMap<u64, serde_json::Value>,
+    since: &str,
+) -> Result<String, askama::Error> {
+    use warden_core::controls::Status;
+    let look = |s: Status| match s {
+        Status::Evidenced => ("evidenced", "#2b7a3d"),
+        Status::NotInLog => ("not-in-log", "#4a6fa5"),
+        Status::NoEvidence => ("no-evidence", "#b7791f"),
+        Status::NoFeature => ("no-feature", "#a23b3b"),
+    };
+    let total = r.summary.values().sum::<u64>().max(1) as f64;
+    let mut x = 0.0;
+    let summary = r
+        .summary
+        .iter()
+        .map(|(s, n)| {
+            let width = *n as f64 / total * WIDTH;
+            let seg = Segment { x: px(x), width: px(width), colour: look(*s).1, label: format!("{}: {n}", s.as_str()) };
+            x += width;
+            seg
+        })
+        .collect();
+    let mut frameworks: Vec<(String, Vec<ControlView>)> = Vec::new();
+    for c in &r.controls {
+        if frameworks.last().is_none_or(|(f, _)| *f != c.framework) {
+            frameworks.push((c.framework.clone(), Vec::new()));
+        }
+        let evidence = match &c.last {
+            Some((seq, t)) => format!("{} entries, last #{seq} at {t}", c.evidence),
+            None => "none in the window".into(),
+        };
+        let examples = c
+            .examples
+            .iter()
+            .map(|s| (*s, proofs.get(s).and_then(|p| serde_json::to_string_pretty(p).ok()).unwrap_or_default()))
+            .collect();
+        let view = ControlView {
+            id: c.id.clone(),
+            title: c.title.clone(),
+            status: c.status.as_str(),
+            class: look(c.status).0,
+            features: c.features.join(", "),
+            evidence,
+            examples,
+            gap: c.gap.clone(),
+            note: c.note.clone(),
+        };
+        if let Some((_, rows)) = frameworks.last_mut() {
+            rows.push(view);
+        }
+    }
+    let heading = format!("since {since}: {} of {} log entries", r.in_window, r.entries);
+    ControlsPage { heading, summary, frameworks }.render()
+}

@@ -32,6 +32,38 @@ pub enum PolicyCommand {
     Eval(EvalArgs),
     /// Print the generated Cedar schema or the compiled policies of a bundle.
     Show(ShowArgs),
+    /// Replay the logged requests of a window through a proposed bundle, on the facts each was
+    /// decided on (recorded in the log), and print what would change.
+    ///
+    /// Outcomes before → after, per agent × action, approval load per role, and every request
+    /// that would newly execute on a tier0 or privileged target. Nothing is loaded or recorded.
+    /// Exit 2 when a `--fail-on` guard fails.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The proposed bundle directory.
+    pub dir: PathBuf,
+    /// How far back (`7d`, `12h`); `all` for the whole log.
+    #[arg(long, default_value = "7d")]
+    pub since: String,
+    /// Only this agent's requests (SPIFFE ID).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// Only this action class.
+    #[arg(long)]
+    pub action: Option<String>,
+    /// Exit 2 when the proposal would: `new-tier0-execute`, `new-privileged-execute`,
+    /// `new-execute` (newly execute any request), `any-change`. Repeatable.
+    #[arg(long, value_name = "GUARD")]
+    pub fail_on: Vec<String>,
+    /// The log to replay: `--data` (and `--store`), or a running server's (`--server`, a
+    /// human's token).
+    #[command(flatten)]
+    pub target: crate::cmd::agent::Target,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +111,7 @@ pub fn run(cmd: PolicyCommand) -> Result<(), Failure> {
         PolicyCommand::Test(a) => test(&a),
         PolicyCommand::Eval(a) => eval(&a),
         PolicyCommand::Show(a) => show(&a),
+        PolicyCommand::Simulate(a) => simulate(&a),
     }
 }
 
@@ -219,4 +252,145 @@ fn show(a: &ShowArgs) -> Result<(), Failure> {
         out!("{}", bundle.cedar_policies());
     }
     Ok(())
+}
+
+fn simulate(a: &SimulateArgs) -> Result<(), Failure> {
+    use warden_core::simulate::Guard;
+    let guards = a
+        .fail_on
+        .iter()
+        .map(|name| {
+            Guard::parse(name).ok_or_else(|| {
+                let known: Vec<&str> = Guard::ALL.iter().map(|(n, _)| *n).collect();
+                Failure::Invalid(format!("error: --fail-on `{name}`: not a guard (one of {})", known.join(", ")))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let window = crate::cmd::report::window(&a.since)?;
+    let (_, proposed) = load(&a.dir)?;
+    let filter = warden_core::report::Filter { agent: a.agent.clone(), action: a.action.clone() };
+    let sim = crate::cmd::report::over_log(&a.target, |entries| {
+        warden_core::simulate::simulate(entries, window, &filter, &proposed)
+    })?;
+    let broken: Vec<(Guard, u64)> = guards.iter().map(|g| (*g, g.broken(&sim))).filter(|(_, n)| *n > 0).collect();
+    match a.output {
+        Output::Text => outln!("{}", simulation_text(&sim, &a.since, &guards)),
+        Output::Json => {
+            let mut v = serde_json::to_value(&sim).map_err(anyhow::Error::from)?;
+            v["guards"] = guards
+                .iter()
+                .map(|g| json!({"guard": g.name(), "broken_by": g.broken(&sim)}))
+                .collect::<Vec<_>>()
+                .into();
+            outln!("{}", serde_json::to_string_pretty(&v).map_err(anyhow::Error::from)?);
+        }
+    }
+    if broken.is_empty() { Ok(()) } else { Err(Failure::Denied) }
+}
+
+/// `execute 3 → 5, deny 2 → 0`: every outcome either side has, in the ladder's order.
+fn shift(
+    before: &std::collections::BTreeMap<Outcome, u64>,
+    after: &std::collections::BTreeMap<Outcome, u64>,
+) -> String {
+    let mut outcomes: Vec<&Outcome> = before.keys().chain(after.keys()).collect();
+    outcomes.sort_unstable();
+    outcomes.dedup();
+    let n = |m: &std::collections::BTreeMap<Outcome, u64>, o: &Outcome| m.get(o).copied().unwrap_or(0);
+    let parts: Vec<String> = outcomes.iter().rev().map(|o| format!("{o} {} → {}", n(before, o), n(after, o))).collect();
+    if parts.is_empty() { "none".into() } else { parts.join(", ") }
+}
+
+fn change_line(c: &warden_core::simulate::Changed) -> String {
+    let mut what = Vec::new();
+    if c.tier0 {
+        what.push("tier0");
+    }
+    if c.privileged {
+        what.push("privileged");
+    }
+    let what = if what.is_empty() { String::new() } else { format!(" ({})", what.join(", ")) };
+    let caps: Vec<&str> = c.caps.iter().map(|c| c.as_str()).collect();
+    let caps = if caps.is_empty() { String::new() } else { format!(" · caps {}", caps.join(", ")) };
+    let inexact = c.inexact.as_deref().map_or(String::new(), |w| format!(" · inexact: {w}"));
+    format!(
+        "  #{} {} {} {} {} {}{what}: {} → {}{caps}{inexact}",
+        c.seq, c.time, c.request, c.agent, c.action, c.target, c.before, c.after
+    )
+}
+
+/// A simulation as text: totals, rows, roles, the sensitive list, the changes, the guards.
+pub fn simulation_text(
+    s: &warden_core::simulate::Simulation,
+    since: &str,
+    guards: &[warden_core::simulate::Guard],
+) -> String {
+    let mut out = vec![format!(
+        "policy simulate — {} over the log since {since}: {} decisions replayed ({} made under this bundle), {} change outcome",
+        s.bundle_version, s.replayed, s.same_bundle, s.changed
+    )];
+    if s.unrecorded > 0 {
+        out.push(format!(
+            "  not replayed: {} decisions logged without their facts (before Warden recorded them)",
+            s.unrecorded
+        ));
+    }
+    if s.same_bundle_differing > 0 {
+        out.push(format!(
+            "  warning: {} decisions made under this very bundle are decided otherwise now: the log does not hold what they were decided on (run `warden audit verify`)",
+            s.same_bundle_differing
+        ));
+    }
+    out.push(format!("  outcomes   {}", shift(&s.before, &s.after)));
+    if !s.rows.is_empty() {
+        out.push(String::new());
+        out.push("per agent × action".into());
+        for r in &s.rows {
+            let changed = if r.changed > 0 { format!(" · {} change", r.changed) } else { String::new() };
+            out.push(format!("  {} × {}: {}{changed}", r.agent, r.action, shift(&r.before, &r.after)));
+        }
+    }
+    if !s.roles.is_empty() {
+        out.push(String::new());
+        out.push("approval load per role (decisions asking it)".into());
+        for r in &s.roles {
+            out.push(format!("  {}  {} → {}", r.role, r.before, r.after));
+        }
+    }
+    out.push(String::new());
+    if s.newly_sensitive.is_empty() {
+        out.push("newly executing on tier0 or privileged targets: none".into());
+    } else {
+        out.push(format!("newly executing on tier0 or privileged targets: {}", s.newly_sensitive.len()));
+        out.extend(s.newly_sensitive.iter().map(change_line));
+    }
+    if !s.changes.is_empty() {
+        out.push(String::new());
+        let more = if (s.changes.len() as u64) < s.changed {
+            format!(" (the first {})", s.changes.len())
+        } else {
+            String::new()
+        };
+        out.push(format!("changes{more}"));
+        out.extend(s.changes.iter().map(change_line));
+    }
+    if s.inexact > 0 {
+        out.push(String::new());
+        out.push(format!("inexact: {} replays depend on what the log did not count", s.inexact));
+        for i in s.inexact_listed.iter().take(10) {
+            out.push(format!("  {}: {}", i.request, i.why));
+        }
+    }
+    if !guards.is_empty() {
+        out.push(String::new());
+        for g in guards {
+            let n = g.broken(s);
+            out.push(if n == 0 {
+                format!("guard {}: passed", g.name())
+            } else {
+                format!("guard {}: FAILED ({n} requests)", g.name())
+            });
+        }
+    }
+    out.join("\n")
 }

@@ -16,6 +16,27 @@ pub enum ReportCommand {
     /// Per agent × action: requests, executions, rollbacks, approvals, agreement, calibration,
     /// and a recommendation (promote, hold, demote) with the evidence behind it.
     Autonomy(AutonomyArgs),
+    /// Each control of OWASP ASI and NHI, NIST AI RMF, CSA MAESTRO and MITRE ATLAS: the
+    /// Warden features that address it and live evidence from the log (counts, last
+    /// occurrence, example entries with inclusion proofs); gaps named, never passed.
+    Controls(ControlsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ControlsArgs {
+    /// How far back (`7d`, `30d`, `12h`); `all` for the whole log.
+    #[arg(long, default_value = "30d")]
+    pub since: String,
+    /// Only controls of this framework (`OWASP`, `NIST`, `MAESTRO`, `ATLAS`: matched in the
+    /// framework's name).
+    #[arg(long)]
+    pub framework: Option<String>,
+    /// The log to read: `--data` (and `--store`), or a running server's (`--server`, a human's
+    /// token).
+    #[command(flatten)]
+    pub target: crate::cmd::agent::Target,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: ReportOutput,
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +84,7 @@ pub enum ReportOutput {
 pub fn run(c: ReportCommand) -> Result<(), Failure> {
     match c {
         ReportCommand::Autonomy(a) => autonomy(a),
+        ReportCommand::Controls(a) => controls(a),
     }
 }
 
@@ -96,16 +118,47 @@ impl<F: FnMut(u64) -> Result<Vec<(u64, Entry)>, Failure>> Iterator for Paged<F> 
     }
 }
 
-/// The autonomy report of the entries `fetch` pages through.
-fn of_pages(
+/// `f` over the entries `fetch` pages through; a failure to read any page is the answer.
+fn over_pages<T>(
     fetch: impl FnMut(u64) -> Result<Vec<(u64, Entry)>, Failure>,
-    window: Window,
-    filter: &Filter,
-    rules: &Rules,
-) -> Result<AutonomyReport, Failure> {
+    f: impl FnOnce(&mut dyn Iterator<Item = Entry>) -> T,
+) -> Result<T, Failure> {
     let mut entries = Paged { fetch, next: 0, page: Vec::new().into_iter(), error: None };
-    let report = warden_core::report::autonomy(&mut entries, window, filter, rules);
-    entries.error.map_or(Ok(report), Err)
+    let out = f(&mut entries);
+    entries.error.map_or(Ok(out), Err)
+}
+
+/// `f` over the whole log of `target`: a data directory's store, or a server's log through
+/// `GET /v1/audit/entries` (a human's token), read a page at a time.
+pub fn over_log<T>(
+    target: &crate::cmd::agent::Target,
+    f: impl FnOnce(&mut dyn Iterator<Item = Entry>) -> T,
+) -> Result<T, Failure> {
+    match &target.server {
+        Some(url) => {
+            let client = crate::client::Client::new(url, target.token.as_deref(), target.ca_cert.as_deref())?;
+            over_pages(|from| server_page(&client, from), f)
+        }
+        None => {
+            let at = crate::store_at(target.store.as_deref())?;
+            let store = warden_store::data_dir::open_store_at(&target.data, &at).map_err(crate::data_dir_failure)?;
+            over_pages(|from| store_page(store.as_ref(), from), f)
+        }
+    }
+}
+
+/// The window `--since` names, up to now: `all`, or a duration back (`7d`, `12h`).
+pub fn window(since: &str) -> Result<Window, Failure> {
+    let now = time::OffsetDateTime::now_utc();
+    match since {
+        "all" => Ok(Window { from: None, to: None }),
+        text => {
+            let d = warden_core::duration::Duration::parse(text)
+                .map_err(|e| Failure::Invalid(format!("error: --since `{text}`: {e}")))?;
+            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            Ok(Window { from: Some(now - time::Duration::seconds(secs)), to: Some(now) })
+        }
+    }
 }
 
 /// A page of a store's log.
@@ -139,15 +192,7 @@ fn server_page(client: &crate::client::Client, from: u64) -> Result<Vec<(u64, En
 }
 
 fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
-    let from = match a.since.as_str() {
-        "all" => None,
-        text => {
-            let d = warden_core::duration::Duration::parse(text)
-                .map_err(|e| Failure::Invalid(format!("error: --since `{text}`: {e}")))?;
-            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-            Some(time::OffsetDateTime::now_utc() - time::Duration::seconds(secs))
-        }
-    };
+    let window = window(&a.since)?;
     for (name, v) in [("--promote-agreement", a.promote_agreement), ("--demote-agreement", a.demote_agreement)] {
         if !(0.0..=1.0).contains(&v) {
             return Err(Failure::Invalid(format!("error: {name} must be 0 to 1, not {v}")));
@@ -160,7 +205,6 @@ fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
         ..Rules::default()
     };
     let filter = Filter { agent: a.agent.clone(), action: a.action.clone() };
-    let window = Window { from, to: from.map(|_| time::OffsetDateTime::now_utc()) };
     let policy = match &a.policy {
         Some(dir) => Some(crate::cmd::policy::load(dir)?.1.files().to_vec()),
         None => None,
@@ -168,7 +212,10 @@ fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
     let (report, files) = match &a.target.server {
         Some(url) => {
             let client = crate::client::Client::new(url, a.target.token.as_deref(), a.target.ca_cert.as_deref())?;
-            let report = of_pages(|from| server_page(&client, from), window, &filter, &rules)?;
+            let report = over_pages(
+                |from| server_page(&client, from),
+                |e| warden_core::report::autonomy(e, window, &filter, &rules),
+            )?;
             (report, policy.unwrap_or_default())
         }
         None => {
@@ -211,7 +258,7 @@ pub fn of_store(
     filter: &Filter,
     rules: &Rules,
 ) -> Result<AutonomyReport, Failure> {
-    of_pages(|from| store_page(store, from), window, filter, rules)
+    over_pages(|from| store_page(store, from), |e| warden_core::report::autonomy(e, window, filter, rules))
 }
 
 /// Each row's proposed guardrail diff, from the bundle's `files`.
@@ -355,5 +402,120 @@ pub fn text(r: &AutonomyReport, diffs: &[Option<String>], since: &str) -> String
             ));
         }
     }
+    out.join("\n")
+}
+
+/// The inclusion proofs of `seqs` against the latest checkpoint, by sequence number.
+fn proofs_of(
+    seqs: &std::collections::BTreeSet<u64>,
+    mut prove: impl FnMut(u64) -> Result<serde_json::Value, Failure>,
+) -> Result<std::collections::BTreeMap<u64, serde_json::Value>, Failure> {
+    seqs.iter().map(|&seq| prove(seq).map(|p| (seq, p))).collect()
+}
+
+fn controls(a: ControlsArgs) -> Result<(), Failure> {
+    use warden_core::controls::{ControlsReport, Mapping};
+    let window = window(&a.since)?;
+    let mapping = Mapping::shipped();
+    let examples = |r: &ControlsReport| -> std::collections::BTreeSet<u64> {
+        r.controls.iter().flat_map(|c| c.examples.iter().copied()).collect()
+    };
+    let (mut report, proofs) = match &a.target.server {
+        Some(url) => {
+            let client = crate::client::Client::new(url, a.target.token.as_deref(), a.target.ca_cert.as_deref())?;
+            let report = over_pages(
+                |from| server_page(&client, from),
+                |e| warden_core::controls::controls(e, window, &mapping),
+            )?;
+            let proofs =
+                proofs_of(&examples(&report), |seq| client.get(&format!("/v1/audit/proof/inclusion?index={seq}")))?;
+            (report, proofs)
+        }
+        None => {
+            let at = crate::store_at(a.target.store.as_deref())?;
+            let store = warden_store::data_dir::open_store_at(&a.target.data, &at).map_err(crate::data_dir_failure)?;
+            let report = over_pages(
+                |from| store_page(store.as_ref(), from),
+                |e| warden_core::controls::controls(e, window, &mapping),
+            )?;
+            let proofs = proofs_of(&examples(&report), |seq| {
+                let p = warden_store::proofs::inclusion(store.as_ref(), seq, None)
+                    .map_err(|e| Failure::Other(anyhow::anyhow!("no inclusion proof of entry {seq}: {e}")))?;
+                serde_json::to_value(p).map_err(|e| Failure::Other(e.into()))
+            })?;
+            (report, proofs)
+        }
+    };
+    if let Some(f) = &a.framework {
+        let f = f.to_lowercase();
+        report.controls.retain(|c| c.framework.to_lowercase().contains(&f));
+        if report.controls.is_empty() {
+            return Err(Failure::Invalid(format!("error: --framework `{f}` names no framework of the mapping")));
+        }
+        report.summary.clear();
+        for c in &report.controls {
+            *report.summary.entry(c.status).or_default() += 1;
+        }
+    }
+    match a.output {
+        ReportOutput::Json => {
+            let mut v = serde_json::to_value(&report).map_err(anyhow::Error::from)?;
+            v["proofs"] = serde_json::to_value(&proofs).map_err(anyhow::Error::from)?;
+            outln!("{v}");
+        }
+        ReportOutput::Html => {
+            let page = warden_server::reports::controls_html(&report, &proofs, a.since.as_str())
+                .map_err(|e| anyhow::anyhow!("the report did not render: {e}"))?;
+            outln!("{page}");
+        }
+        ReportOutput::Text => outln!("{}", controls_text(&report, &proofs, &a.since)),
+    }
+    Ok(())
+}
+
+/// The controls report as text: a summary, then a block per framework.
+pub fn controls_text(
+    r: &warden_core::controls::ControlsReport,
+    proofs: &std::collections::BTreeMap<u64, serde_json::Value>,
+    since: &str,
+) -> String {
+    let mut out = vec![format!(
+        "controls report — since {since}: {} of {} log entries · {}",
+        r.in_window,
+        r.entries,
+        r.summary.iter().map(|(s, n)| format!("{} {n}", s.as_str())).collect::<Vec<_>>().join(", ")
+    )];
+    let mut framework = "";
+    for c in &r.controls {
+        if c.framework != framework {
+            framework = &c.framework;
+            out.push(String::new());
+            out.push(framework.to_string());
+        }
+        out.push(format!("  {:<12} {:<16} {}", c.id, c.status.as_str(), c.title));
+        if !c.features.is_empty() {
+            out.push(format!("               features  {}", c.features.join(", ")));
+        }
+        if c.evidence > 0 {
+            let last = c.last.as_ref().map_or(String::new(), |(seq, t)| format!(", last #{seq} at {t}"));
+            let ex: Vec<String> = c
+                .examples
+                .iter()
+                .map(|s| {
+                    let size = proofs.get(s).and_then(|p| p["tree_size"].as_u64());
+                    size.map_or_else(|| format!("#{s}"), |n| format!("#{s} (proved in tree {n})"))
+                })
+                .collect();
+            out.push(format!("               evidence  {} entries{last}; e.g. {}", c.evidence, ex.join(", ")));
+        }
+        if let Some(g) = &c.gap {
+            out.push(format!("               gap       {g}"));
+        }
+        if let Some(n) = &c.note {
+            out.push(format!("               note      {n}"));
+        }
+    }
+    out.push(String::new());
+    out.push("each example's inclusion proof: `--output json` (`proofs`), or `warden audit proof --index N`".into());
     out.join("\n")
 }

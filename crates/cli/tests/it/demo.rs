@@ -115,6 +115,73 @@ fn the_demo_runs_the_whole_incident_as_narrated() {
     assert!(text.contains("→ demote (level 3 → 2): in the window: 10 rolled back, 1 breaker trips"), "{text}");
     assert!(text.contains("ivy") && text.contains("ian"), "both voters of the two-person disable: {text}");
     warden().args(["report", "autonomy", "--since", "soon", "--data"]).arg(&data).assert().code(3);
+    // The bundle in force, replayed over the run: every decision as logged.
+    let out = warden()
+        .args(["policy", "simulate", "--since", "all", "--fail-on", "any-change", "--data"])
+        .arg(&data)
+        .arg(crate::example_dir())
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(text.contains(" 0 change outcome") && text.contains("guard any-change: passed"), "{text}");
+    // The report's proposal, simulated before anyone loads it: the demoted EDR responder's
+    // isolations go to a human, nothing newly executes (that guard passes), any-change fails.
+    let proposal = crate::example_copy();
+    let path = proposal.path().join("agents/edr-responder.toml");
+    let guardrail = std::fs::read_to_string(&path).unwrap();
+    let demoted = guardrail.replacen("action = \"host.isolate\"\nlevel = 3", "action = \"host.isolate\"\nlevel = 2", 1);
+    assert_ne!(demoted, guardrail);
+    std::fs::write(&path, demoted).unwrap();
+    let sim = |guard: &str| {
+        warden()
+            .args(["policy", "simulate", "--since", "all", "--output", "json", "--fail-on", guard, "--data"])
+            .arg(&data)
+            .arg(proposal.path())
+            .assert()
+    };
+    let out = sim("new-execute").success();
+    let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let edr = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "host.isolate" && r["agent"] == "spiffe://acme.example/soc/edr-responder")
+        .unwrap();
+    assert_eq!(edr["after"]["execute"], Value::Null, "no isolation runs on its own: {edr}");
+    assert_eq!(edr["changed"], edr["before"]["execute"], "{edr}");
+    assert_eq!(v["guards"][0]["broken_by"], 0);
+    assert_eq!(v["same_bundle"], 0);
+    let out = sim("any-change").code(2);
+    let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["guards"][0]["broken_by"], v["changed"]);
+    warden()
+        .args(["policy", "simulate", "--fail-on", "nothing-bad", "--data"])
+        .arg(&data)
+        .arg(proposal.path())
+        .assert()
+        .code(3);
+    // The controls the run evidences, each example with its inclusion proof.
+    let out = warden()
+        .args(["report", "controls", "--since", "all", "--output", "json", "--data"])
+        .arg(&data)
+        .assert()
+        .success();
+    let v: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let control = |id: &str| v["controls"].as_array().unwrap().iter().find(|c| c["id"] == id).unwrap().clone();
+    assert_eq!(control("AML.M0029")["status"], "evidenced", "the demo's approvals");
+    assert_eq!(control("ASI07")["status"], "no_feature");
+    for seq in control("AML.M0029")["examples"].as_array().unwrap() {
+        let proof = &v["proofs"][seq.as_u64().unwrap().to_string()];
+        assert_eq!(proof["leaf_index"], *seq, "{v}");
+    }
+    let out = warden()
+        .args(["report", "controls", "--since", "all", "--framework", "atlas", "--data"])
+        .arg(&data)
+        .assert()
+        .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(text.contains("AML.M0029") && !text.contains("ASI01"), "{text}");
+    warden().args(["report", "controls", "--framework", "iso", "--data"]).arg(&data).assert().code(3);
     // A second run starts its own directory afresh; a foreign directory is refused.
     warden().args(["demo", "--data"]).arg(&data).assert().success();
     let foreign = tmp.path().join("foreign");

@@ -240,6 +240,19 @@ fn tasks_from_the_command_line() {
     let agent_token =
         warden().args(["report", "autonomy", "--since", "all", "--server", &url]).env("WARDEN_TOKEN", &agent).assert();
     agent_token.code(2);
+    // A simulation reads the same log through the server: the bundle in force changes nothing.
+    let example = crate::example_dir();
+    let simulated =
+        text(run(&["policy", "simulate", "--since", "all", "--output", "json", example.to_str().unwrap()]).success());
+    let simulated: Value = serde_json::from_str(&simulated).unwrap();
+    assert_eq!((simulated["changed"].as_u64(), simulated["unrecorded"].as_u64()), (Some(0), Some(0)), "{simulated}");
+    assert!(simulated["replayed"].as_u64() >= Some(1), "{simulated}");
+    // The controls report through the server: its examples proved by the server's proofs.
+    let controls = text(run(&["report", "controls", "--since", "all", "--output", "json"]).success());
+    let controls: Value = serde_json::from_str(&controls).unwrap();
+    let proofs = controls["proofs"].as_object().unwrap();
+    assert!(!proofs.is_empty(), "{controls}");
+    assert!(proofs.iter().all(|(seq, p)| p["leaf_index"].as_u64() == seq.parse().ok()), "{controls}");
     drop(server);
     let local: Value =
         serde_json::from_str(&stdout_of(data, &["report", "autonomy", "--since", "all", "--output", "json"])).unwrap();

@@ -4,6 +4,7 @@ mod attack26b;
 mod attack26c;
 mod bad_bundles;
 mod canonical;
+mod controls;
 mod example;
 mod merkle;
 mod ocsf;
