@@ -10,6 +10,15 @@
 //! | ticketing | `authorization: Bearer <key>` | create / close a ticket |
 //! | SIEM | `x-api-key` | enrich an alert, close it as a duplicate, reopen it |
 //! | EDR over MCP (`/edr/mcp`) | `authorization: Bearer <EDR key>` | isolate / release a host, kill a process, read a host, run a script |
+//! | SIEM ingest, Splunk HEC shape (`POST /services/collector/event`) | `authorization: Splunk <HEC token>` | receive OCSF events in HEC envelopes |
+//! | SIEM ingest, JSON lines (`POST /ingest/jsonl`) | `authorization: Bearer <HEC token>` | receive OCSF events, one per line |
+//!
+//! The ingest endpoints check the token and the shape of every event (an OCSF event with
+//! `class_uid`, `time` and `metadata.sequence`; in HEC, inside `{"time", "event"}`), answer as
+//! Splunk does (`{"text": "Success", "code": 0}`, 401/403 for a missing or wrong token, 400 code
+//! 6 for a malformed event, and nothing of a malformed batch kept), and keep each received
+//! event's sequence number in arrival order: `GET /siem/received`. `POST /siem/fail` with
+//! `{"next": N}` makes the next N ingest requests fail with 503 (a SIEM down for a while).
 //!
 //! `GET /state` (no key) shows every object, a counter of every call by endpoint, and of every
 //! request by method and path (`calls.by_path`). Warden never
@@ -36,6 +45,8 @@ pub struct Keys {
     pub mail: String,
     pub ticketing: String,
     pub siem: String,
+    /// The token the SIEM ingest endpoints expect (HEC and JSON lines).
+    pub hec: String,
 }
 
 impl Keys {
@@ -46,7 +57,15 @@ impl Keys {
             let _ = getrandom::fill(&mut b);
             format!("lab-{tool}-{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
         };
-        Keys { edr: k("edr"), idp: k("idp"), firewall: k("fw"), mail: k("mail"), ticketing: k("tkt"), siem: k("siem") }
+        Keys {
+            edr: k("edr"),
+            idp: k("idp"),
+            firewall: k("fw"),
+            mail: k("mail"),
+            ticketing: k("tkt"),
+            siem: k("siem"),
+            hec: k("hec"),
+        }
     }
 
     /// `(environment variable, key)` pairs, the names the example `connectors.toml` reads.
@@ -58,6 +77,7 @@ impl Keys {
             ("LAB_MAIL_KEY", &self.mail),
             ("LAB_TICKETING_KEY", &self.ticketing),
             ("LAB_SIEM_KEY", &self.siem),
+            ("LAB_HEC_TOKEN", &self.hec),
         ]
     }
 }
@@ -79,6 +99,10 @@ struct Estate {
     next: u64,
     /// Whether the EDR's MCP server offers `collect_triage` (see [`mcp`]).
     mcp_extra: bool,
+    /// The sequence numbers of the OCSF events each ingest endpoint received, in order.
+    received: BTreeMap<&'static str, Vec<u64>>,
+    /// Ingest requests still to fail (503) before the SIEM is "back".
+    ingest_failures: u64,
 }
 
 impl Estate {
@@ -421,6 +445,71 @@ async fn state(State(lab): State<Shared>) -> Response {
     .into_response()
 }
 
+/// The OCSF event's sequence number, if it is one: an object with a numeric `class_uid` and
+/// `time`, and `metadata.sequence`.
+fn ocsf_sequence(ev: &Value) -> Option<u64> {
+    ev.get("class_uid")?.as_u64()?;
+    ev.get("time")?.as_i64()?;
+    ev.get("metadata")?.get("sequence")?.as_u64()
+}
+
+/// Splunk's answer shape: `{"text", "code"}`.
+fn hec_answer(status: StatusCode, text: &str, code: u64) -> Response {
+    (status, Json(json!({"text": text, "code": code}))).into_response()
+}
+
+/// One ingest request: the token, then every event's shape; all of the batch is kept, or none.
+fn ingest(lab: &Lab, headers: &HeaderMap, scheme: &str, body: &str, endpoint: &'static str, hec: bool) -> Response {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let Some(auth) = auth else { return hec_answer(StatusCode::UNAUTHORIZED, "Token is required", 2) };
+    if auth != format!("{scheme} {}", lab.keys.hec) {
+        return hec_answer(StatusCode::FORBIDDEN, "Invalid token", 4);
+    }
+    let Ok(mut estate) = lab.estate.lock() else { return err(StatusCode::INTERNAL_SERVER_ERROR, "lab state poisoned") };
+    if estate.ingest_failures > 0 {
+        estate.ingest_failures -= 1;
+        return hec_answer(StatusCode::SERVICE_UNAVAILABLE, "Server is busy", 9);
+    }
+    let mut seqs = Vec::new();
+    for (n, item) in serde_json::Deserializer::from_str(body).into_iter::<Value>().enumerate() {
+        let event = match (item, hec) {
+            (Ok(envelope), true) if envelope.get("time").is_some_and(Value::is_number) => {
+                envelope.get("event").cloned()
+            }
+            (Ok(ev), false) => Some(ev),
+            _ => None,
+        };
+        match event.as_ref().and_then(ocsf_sequence) {
+            Some(seq) => seqs.push(seq),
+            None => return hec_answer(StatusCode::BAD_REQUEST, &format!("Invalid data format (event {n})"), 6),
+        }
+    }
+    if seqs.is_empty() {
+        return hec_answer(StatusCode::BAD_REQUEST, "No data", 5);
+    }
+    estate.received.entry(endpoint).or_default().extend(seqs);
+    hec_answer(StatusCode::OK, "Success", 0)
+}
+
+async fn hec_event(State(lab): State<Shared>, h: HeaderMap, body: String) -> Response {
+    ingest(&lab, &h, "Splunk", &body, "hec", true)
+}
+
+async fn jsonl_ingest(State(lab): State<Shared>, h: HeaderMap, body: String) -> Response {
+    ingest(&lab, &h, "Bearer", &body, "jsonl", false)
+}
+
+async fn siem_received(State(lab): State<Shared>) -> Response {
+    let Ok(e) = lab.estate.lock() else { return err(StatusCode::INTERNAL_SERVER_ERROR, "lab state poisoned") };
+    Json(json!(e.received)).into_response()
+}
+
+async fn siem_fail(State(lab): State<Shared>, Json(body): Json<Value>) -> Response {
+    let Ok(mut e) = lab.estate.lock() else { return err(StatusCode::INTERNAL_SERVER_ERROR, "lab state poisoned") };
+    e.ingest_failures = body["next"].as_u64().unwrap_or(0);
+    Json(json!({"next": e.ingest_failures})).into_response()
+}
+
 /// The lab's routes, with `keys` as the tools' API keys.
 pub fn router(keys: Keys) -> axum::Router {
     router_with(keys, std::time::Duration::ZERO)
@@ -432,7 +521,7 @@ pub fn router_with(keys: Keys, delay: std::time::Duration) -> axum::Router {
     let slow = move |req: axum::extract::Request, next: axum::middleware::Next| async move {
         // The call is counted and applied after the wait: a caller killed meanwhile still
         // reaches the tool, as with a real vendor API.
-        if delay.is_zero() || req.uri().path() == "/state" {
+        if delay.is_zero() || req.uri().path() == "/state" || req.uri().path() == "/siem/received" {
             return next.run(req).await;
         }
         // In a task of its own, so it completes even if the caller hangs up mid-wait.
@@ -463,6 +552,10 @@ pub fn router_with(keys: Keys, delay: std::time::Duration) -> axum::Router {
         .route("/siem/api/alerts/{alert}/enrich", post(enrich))
         .route("/siem/api/alerts/{alert}/close", post(close_alert))
         .route("/siem/api/alerts/{alert}/reopen", post(reopen_alert))
+        .route("/services/collector/event", post(hec_event))
+        .route("/ingest/jsonl", post(jsonl_ingest))
+        .route("/siem/received", get(siem_received))
+        .route("/siem/fail", post(siem_fail))
         .with_state(lab.clone())
         .merge(mcp::router(lab.clone()))
         .layer(axum::middleware::from_fn_with_state(lab, count))

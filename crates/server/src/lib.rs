@@ -36,6 +36,7 @@ pub mod policy_dir;
 pub mod reports;
 pub mod serve;
 pub mod session;
+pub mod siem;
 pub mod slack;
 pub mod startup;
 pub mod state;

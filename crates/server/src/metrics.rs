@@ -43,6 +43,24 @@ impl Histogram {
     }
 }
 
+/// Each SIEM sink's state, as `/metrics` shows it ([`crate::siem`] keeps it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkStats {
+    /// The next sequence number to send.
+    pub cursor: u64,
+    /// Entries not yet acknowledged.
+    pub backlog: u64,
+    pub max_backlog: u64,
+    /// Events the SIEM acknowledged (entries of a type the OCSF mapping skips are not events).
+    pub sent: u64,
+    /// Requests that failed (refused, unreachable, timed out).
+    pub failures: u64,
+    /// Whether the last attempt succeeded (none yet: true).
+    pub up: bool,
+    /// Whether this node holds the sink's lease (sends for it).
+    pub holder: bool,
+}
+
 /// Everything `/metrics` shows that the server counts itself.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -56,6 +74,8 @@ pub struct Metrics {
     open_connections: std::sync::atomic::AtomicI64,
     /// Sessions and streams open, by front door (`mcp`, `console_events`, …).
     sessions: Mutex<BTreeMap<&'static str, i64>>,
+    /// Each SIEM sink's state, by sink name.
+    siem: Mutex<BTreeMap<String, SinkStats>>,
 }
 
 /// Label values are action ids and outcomes; escape anyway.
@@ -111,6 +131,18 @@ impl Metrics {
     /// Sessions or streams open at `door` now.
     pub fn sessions(&self, door: &str) -> i64 {
         self.sessions.lock().ok().and_then(|m| m.get(door).copied()).unwrap_or(0)
+    }
+
+    /// Changes the state `/metrics` shows for SIEM sink `name`.
+    pub fn siem_update(&self, name: &str, f: impl FnOnce(&mut SinkStats)) {
+        if let Ok(mut m) = self.siem.lock() {
+            f(m.entry(name.to_string()).or_default());
+        }
+    }
+
+    /// SIEM sink `name`'s state as last updated.
+    pub fn siem(&self, name: &str) -> Option<SinkStats> {
+        self.siem.lock().ok().and_then(|m| m.get(name).cloned())
     }
 
     /// The text exposition format; `gauges` are read from the store by the caller.
@@ -201,6 +233,53 @@ impl Metrics {
             groups.failed,
             u8::from(groups.failing)
         );
+        if let Ok(m) = self.siem.lock()
+            && !m.is_empty()
+        {
+            let metric = |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&SinkStats) -> u64| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (sink, s) in m.iter() {
+                    let _ = writeln!(out, "{name}{{sink=\"{}\"}} {}", label(sink), value(s));
+                }
+            };
+            metric(&mut out, "warden_siem_cursor", "gauge", "The next audit entry each SIEM sink will send.", &|s| {
+                s.cursor
+            });
+            metric(
+                &mut out,
+                "warden_siem_backlog",
+                "gauge",
+                "Audit entries each SIEM sink has not had acknowledged yet (they wait in the log).",
+                &|s| s.backlog,
+            );
+            metric(
+                &mut out,
+                "warden_siem_over_backlog",
+                "gauge",
+                "1 while a sink's backlog is over its `max_backlog`.",
+                &|s| u64::from(s.backlog > s.max_backlog),
+            );
+            metric(&mut out, "warden_siem_events_sent_total", "counter", "OCSF events each SIEM acknowledged.", &|s| {
+                s.sent
+            });
+            metric(
+                &mut out,
+                "warden_siem_failures_total",
+                "counter",
+                "Requests to each SIEM that failed (refused, unreachable, timed out); each is retried.",
+                &|s| s.failures,
+            );
+            metric(&mut out, "warden_siem_up", "gauge", "1 while a sink's last attempt succeeded.", &|s| {
+                u64::from(s.up)
+            });
+            metric(
+                &mut out,
+                "warden_siem_holder",
+                "gauge",
+                "1 when this node sends for the sink (holds its lease).",
+                &|s| u64::from(s.holder),
+            );
+        }
         out
     }
 }

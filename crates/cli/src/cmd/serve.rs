@@ -41,7 +41,9 @@ pub struct ServeArgs {
     /// `[notify]` (`public_url`, `attempts`, `backoff_ms`) with `[[notify.webhooks]]` (`name`,
     /// `url`, `format` = `json` | `slack`) for approval notices; `[slack]` (`signing_secret =
     /// "secret:NAME"`, `[slack.users]` Slack id = Warden user) for Approve / Reject buttons in
-    /// Slack notices. Everything else is set by flag or `WARDEN_…` variable.
+    /// Slack notices; `[[siem.sinks]]` (`name`, `kind` = `splunk_hec` | `jsonl`, `url`, `token =
+    /// "secret:NAME"`, `batch`, `max_backlog`, …) to stream the audit log as OCSF events.
+    /// Everything else is set by flag or `WARDEN_…` variable.
     #[arg(long, env = "WARDEN_CONFIG")]
     pub config: Option<PathBuf>,
     /// The policy bundle directory.
@@ -152,6 +154,16 @@ struct ConfigFile {
     slack: Option<SlackSection>,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    siem: SiemSection,
+}
+
+/// `[siem]`: where the audit log streams, as OCSF events (docs/operations.md).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiemSection {
+    #[serde(default)]
+    sinks: Vec<warden_server::siem::SinkConfig>,
 }
 
 /// `[limits]`: the bounds that keep a client from exhausting the server (docs/operations.md
@@ -267,6 +279,7 @@ struct Config {
     notify: NotifySection,
     upstreams: Vec<warden_connectors::mcp::UpstreamConfig>,
     slack: Option<SlackSection>,
+    siem: Vec<warden_server::siem::SinkConfig>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -322,7 +335,24 @@ fn load_config(path: &std::path::Path) -> Result<Config, Failure> {
             path.display()
         )));
     }
-    Ok(Config { limits: cfg.limits, issuers, notify: cfg.notify, upstreams: cfg.mcp.upstreams, slack: cfg.slack })
+    let mut names = std::collections::BTreeSet::new();
+    for sink in &cfg.siem.sinks {
+        if !names.insert(sink.name.as_str()) {
+            return Err(Failure::Invalid(format!(
+                "error: `{}`: two `[[siem.sinks]]` are named `{}`",
+                path.display(),
+                sink.name
+            )));
+        }
+    }
+    Ok(Config {
+        limits: cfg.limits,
+        issuers,
+        notify: cfg.notify,
+        upstreams: cfg.mcp.upstreams,
+        slack: cfg.slack,
+        siem: cfg.siem.sinks,
+    })
 }
 
 /// The Slack app of `[slack]`, its signing secret resolved.
@@ -445,6 +475,15 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         ..defaults
     };
     let slack = slack_app(&a, config.slack)?;
+    let secrets = warden_connectors::EnvSecrets { given: Default::default(), dir: a.secrets_dir.clone() };
+    let sinks = config
+        .siem
+        .into_iter()
+        .map(|c| {
+            warden_server::siem::Sink::from_config(c, |name| warden_connectors::Secrets::get(&secrets, name))
+                .map_err(|e| Failure::Invalid(format!("error: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let (mut connector, connectors_source) = match load_connectors(&a)? {
         Some((c, text)) => (Some(c), Some(text)),
         None => (None, None),
@@ -477,6 +516,11 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
     };
     let app = AppState::with_options(data, bundle, clock, options).map_err(|e| anyhow::anyhow!(e.message))?;
     let watch = (a.policy_poll > 0).then(|| std::time::Duration::from_secs(a.policy_poll));
+    if !sinks.is_empty() {
+        let names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
+        tracing::info!(sinks = ?names, "streaming the audit log to SIEMs");
+    }
+    let streams = warden_server::siem::start(&app, sinks);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let listener =
@@ -503,5 +547,7 @@ pub fn run(a: ServeArgs) -> Result<(), Failure> {
         tracing::info!("stopped: in-flight requests finished, the log's tail signed");
         Ok::<(), anyhow::Error>(())
     })?;
+    // The sinks finish their current step; what they did not send waits in the log.
+    streams.stop();
     Ok(())
 }

@@ -11,6 +11,7 @@ mod nodes;
 mod policy;
 mod respond;
 mod serve;
+mod siem;
 mod upstream;
 
 use std::path::{Path, PathBuf};

@@ -31,7 +31,8 @@ pub fn spawn_lab(warden: &Path, delay_ms: u64) -> (Running, String, Vec<(String,
     out.read_line(&mut line).unwrap();
     let addr = line.trim().strip_prefix("lab estate listening on ").expect("the address is printed").to_string();
     let mut keys = Vec::new();
-    for _ in 0..6 {
+    // One line per key the lab prints (`warden_lab::Keys::env`).
+    for _ in 0..7 {
         line.clear();
         out.read_line(&mut line).unwrap();
         let (k, v) = line.trim().strip_prefix("export ").unwrap().split_once('=').unwrap();

@@ -25,6 +25,7 @@ mod nodes;
 mod openapi;
 mod reload;
 mod report;
+mod siem;
 mod simulate;
 mod slack;
 mod stranger;
