@@ -11,7 +11,13 @@ the admin token), then, as the people of the demo would:
 3. olga (incident commander) presses the emergency stop; the banner appears on her page and,
    without a reload, on the other analyst's.
 
-Screenshots of the inbox, activity, action and agents pages go to the directory given.
+4. ana opens the Reports page: the track record of the agents she oversees (the outcome mix
+   over time, calibration, approval load) and the controls with their evidence; then the
+   self-contained HTML reports (`warden report autonomy|controls --output html`, given as
+   files) open as they are, with nothing fetched.
+
+Screenshots of the inbox, activity, action, agents and reports pages, and of both HTML reports,
+go to the directory given.
 """
 
 import json
@@ -33,6 +39,8 @@ EDR = "spiffe://acme.example/soc/edr-responder"
 IAM = "spiffe://acme.example/soc/identity-responder"
 
 demo_out, shots = sys.argv[1], sys.argv[2]
+# The standalone reports, rendered from the demo's data directory.
+html_reports = sys.argv[3:]
 text = open(demo_out).read()
 base = re.search(r"^The analyst console: (http://\S+)/console$", text, re.M).group(1)
 ana = re.search(r"sign in as ana \(soc-analyst\) with (\S+)", text).group(1)
@@ -262,6 +270,33 @@ try:
     check(any(h["active"] and h["halt"]["scope"] == "all" for h in halts), "the halt is in force on the server")
     errors = console_errors(a1) + console_errors(a2)
     check(errors == [], f"no errors in the browser console (CSP, scripts): {errors}")
+    sign_out(a1)
+
+    # 4. the Reports page, then the standalone HTML reports.
+    sign_in(a1, ana)
+    a1.get(base + "/console/reports?since=all")
+    wait_text(a1, "h1", "Reports")
+    page = a1.find_element(By.ID, "main").text
+    check(EDR + " × host.isolate" in page, "ana's report shows the EDR responder she approves for")
+    check("network-guard" not in page, "and not the network guard, whose approvers are network engineers")
+    check("demote" in page, "the runaway EDR agent is proposed a level lower")
+    svgs = a1.find_elements(By.CSS_SELECTOR, "#autonomy svg")
+    check(len(svgs) >= 3, f"the outcome mix over time, the outcome bars and calibration are drawn ({len(svgs)} charts)")
+    check(a1.find_element(By.CSS_SELECTOR, "svg[aria-label='outcome mix over time']").size["width"] > 0, "the timeline is visible")
+    check("AML.M0029" in page and "gap: no feature" in page, "the controls, gaps named")
+    a1.save_screenshot(f"{shots}/reports.png")
+    errors = console_errors(a1)
+    check(errors == [], f"no errors on the Reports page (CSP): {errors}")
+    for path in html_reports:
+        a1.get("file://" + path)
+        name = path.rsplit("/", 1)[-1].removesuffix(".html")
+        title = a1.title
+        check(title.startswith("Warden — "), f"{name}: the report opens ({title})")
+        check(a1.find_elements(By.CSS_SELECTOR, "svg"), f"{name}: its charts are drawn")
+        resources = a1.execute_script("return performance.getEntriesByType('resource').length")
+        check(resources == 0, f"{name}: nothing is fetched ({resources} resources)")
+        a1.set_window_size(1280, 2000)
+        a1.save_screenshot(f"{shots}/{name}.png")
 finally:
     a1.quit()
     a2.quit()

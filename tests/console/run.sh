@@ -25,7 +25,11 @@ for _ in $(seq 600); do grep -q '^the server and the lab keep running' "$tmp/dem
 grep -q '^the server and the lab keep running' "$tmp/demo.out" || { cat "$tmp/demo.out" "$tmp/demo.log" >&2; exit 1; }
 
 mkdir -p target/console-screenshots
-if ! "$python" tests/console/browser.py "$tmp/demo.out" target/console-screenshots; then
+# The self-contained HTML reports of the demo's own log, opened as files.
+"$warden" report autonomy --since all --output html --data "$tmp/demo" > "$tmp/autonomy-report.html"
+"$warden" report controls --since all --output html --data "$tmp/demo" > "$tmp/controls-report.html"
+if ! "$python" tests/console/browser.py "$tmp/demo.out" target/console-screenshots \
+    "$tmp/autonomy-report.html" "$tmp/controls-report.html"; then
   echo "demo server log (last lines):" >&2
   tail -30 "$tmp/demo.log" >&2
   exit 1

@@ -54,6 +54,16 @@ impl Window {
 pub struct Filter {
     pub agent: Option<String>,
     pub action: Option<String>,
+    /// Only these agents (the console shows a person the agents they oversee).
+    pub agents: Option<std::collections::BTreeSet<String>>,
+}
+
+impl Filter {
+    pub fn keeps(&self, agent: &str, action: &str) -> bool {
+        self.agent.as_deref().is_none_or(|a| a == agent)
+            && self.action.as_deref().is_none_or(|a| a == action)
+            && self.agents.as_ref().is_none_or(|set| set.contains(agent))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -183,6 +193,17 @@ pub struct AutonomyReport {
     pub approvers: Vec<Load>,
     /// Per role: what waited for it, what it decided, what expired.
     pub roles: Vec<RoleLoad>,
+    /// The outcome mix over time: per UTC day of the window, the kept rows' decisions by
+    /// outcome (days without a decision left out).
+    pub days: Vec<DayMix>,
+}
+
+/// One day's decisions by outcome.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DayMix {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    pub outcomes: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Default)]
@@ -301,11 +322,10 @@ pub fn autonomy(
     // Per approver: (decision time, seconds taken, approved).
     let mut approvers: BTreeMap<String, Vec<(OffsetDateTime, f64, bool)>> = BTreeMap::new();
     let mut roles: BTreeMap<String, RoleLoad> = BTreeMap::new();
+    let mut days: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let (mut total, mut in_window) = (0, 0);
     let mut span: Option<(OffsetDateTime, OffsetDateTime)> = None;
-    let keep = |agent: &str, action: &str| {
-        filter.agent.as_deref().is_none_or(|a| a == agent) && filter.action.as_deref().is_none_or(|a| a == action)
-    };
+    let keep = |agent: &str, action: &str| filter.keeps(agent, action);
     for e in entries {
         total += 1;
         let Ok(t) = e.timestamp() else { continue };
@@ -350,6 +370,8 @@ pub fn autonomy(
                 let d = &data["decision"];
                 let outcome = text(d, "outcome").to_string();
                 *row.requests.entry(outcome.clone()).or_default() += 1;
+                let day = e.time.get(..10).unwrap_or_default().to_string();
+                *days.entry(day).or_default().entry(outcome.clone()).or_default() += 1;
                 *row.bands.entry(text(d, "band").to_string()).or_default() += 1;
                 if let Some(s) = d.get("shadow_outcome").and_then(Value::as_str) {
                     *row.shadow.entry(s.to_string()).or_default() += 1;
@@ -510,7 +532,24 @@ pub fn autonomy(
         .into_iter()
         .map(|(role, load)| RoleLoad { votes_per_hour: hours.map(|h| load.votes as f64 / h), role, ..load })
         .collect();
-    AutonomyReport { rules: rules.clone(), entries: total, in_window, rows, approvers, roles }
+    let days = days.into_iter().map(|(day, outcomes)| DayMix { day, outcomes }).collect();
+    AutonomyReport { rules: rules.clone(), entries: total, in_window, rows, approvers, roles, days }
+}
+
+/// Each row's proposed change as a unified diff of its grant's `level`, from the bundle's
+/// `files` (`None` where the grant is not a guardrail's, or nothing is proposed).
+pub fn diffs(report: &AutonomyReport, files: &[crate::SourceFile]) -> Vec<Option<String>> {
+    report
+        .rows
+        .iter()
+        .map(|r| {
+            let rec = &r.recommendation;
+            let (from, to) = (rec.level?, rec.proposed_level?);
+            let (path, line) = rec.grant.as_deref()?.rsplit_once(':')?;
+            let file = files.iter().find(|f| f.path == path)?;
+            level_diff(path, &file.text, line.parse().ok()?, from, to)
+        })
+        .collect()
 }
 
 /// Promote, hold or demote, from `rules` and the row's evidence.
@@ -606,6 +645,40 @@ pub fn level_diff(path: &str, text: &str, line: usize, from: u8, to: u8) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_outcome_mix_is_counted_per_utc_day_for_the_kept_rows() {
+        use crate::audit::entry::{Actor, Event};
+        let agent = "spiffe://acme.example/soc/edr";
+        let mk = |seq: u64, time: &str, kind: EventType, request: &str, agent: &str, data: serde_json::Value| Entry {
+            seq,
+            time: time.into(),
+            event: Event::new(kind, Actor::agent(agent)).request(request).action("host.isolate").data(data),
+        };
+        let decided = |outcome: &str| serde_json::json!({"decision": {"outcome": outcome, "band": "autonomous"}});
+        let log = vec![
+            mk(0, "2026-11-30T23:59:59.999Z", EventType::ActionRequested, "a", agent, serde_json::json!({"confidence": 0.9})),
+            mk(1, "2026-11-30T23:59:59.999Z", EventType::DecisionMade, "a", agent, decided("execute")),
+            mk(2, "2026-12-01T00:00:00.000Z", EventType::ActionRequested, "b", agent, serde_json::json!({"confidence": 0.9})),
+            mk(3, "2026-12-01T00:00:00.000Z", EventType::DecisionMade, "b", agent, decided("deny")),
+            mk(4, "2026-12-01T08:00:00.000Z", EventType::ActionRequested, "c", agent, serde_json::json!({"confidence": 0.9})),
+            mk(5, "2026-12-01T08:00:00.000Z", EventType::DecisionMade, "c", agent, decided("deny")),
+            mk(6, "2026-12-01T09:00:00.000Z", EventType::ActionRequested, "d", "spiffe://x/other", serde_json::json!({})),
+            mk(7, "2026-12-01T09:00:00.000Z", EventType::DecisionMade, "d", "spiffe://x/other", decided("execute")),
+        ];
+        let only = Filter { agent: Some(agent.into()), action: None , ..Default::default() };
+        let r = autonomy(log, Window::default(), &only, &Rules::default());
+        let days: Vec<(String, Vec<(String, u64)>)> =
+            r.days.iter().map(|d| (d.day.clone(), d.outcomes.clone().into_iter().collect())).collect();
+        assert_eq!(
+            days,
+            vec![
+                ("2026-11-30".to_string(), vec![("execute".to_string(), 1)]),
+                ("2026-12-01".to_string(), vec![("deny".to_string(), 2)]),
+            ],
+            "the other agent's decision is filtered out"
+        );
+    }
 
     #[test]
     fn wilson_matches_the_textbook() {

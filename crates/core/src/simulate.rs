@@ -245,9 +245,7 @@ pub fn simulate(
     let mut done: HashMap<String, BTreeMap<String, u32>> = HashMap::new();
     let mut rows: BTreeMap<(String, String), SimRow> = BTreeMap::new();
     let mut roles: BTreeMap<String, RoleShift> = BTreeMap::new();
-    let keep = |agent: &str, action: &str| {
-        filter.agent.as_deref().is_none_or(|a| a == agent) && filter.action.as_deref().is_none_or(|a| a == action)
-    };
+    let keep = |agent: &str, action: &str| filter.keeps(agent, action);
     for e in entries {
         sim.entries += 1;
         let ev = &e.event;

@@ -33,6 +33,7 @@ pub mod notify;
 pub mod openapi;
 pub mod pipeline;
 pub mod policy_dir;
+pub mod reporting;
 pub mod reports;
 pub mod serve;
 pub mod session;

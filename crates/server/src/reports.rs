@@ -53,15 +53,41 @@ pub struct Bar {
     pub text: String,
 }
 
-#[derive(Debug, Template)]
-#[template(path = "reports/autonomy.html")]
-pub struct AutonomyPage {
+/// One day's column of the outcome mix over time.
+#[derive(Debug)]
+pub struct Column {
+    pub x: f64,
+    pub day: String,
+    pub segments: Vec<Stack>,
+}
+
+/// One outcome's share of a column.
+#[derive(Debug)]
+pub struct Stack {
+    pub y: f64,
+    pub height: f64,
+    pub colour: &'static str,
+    pub label: String,
+}
+
+/// The autonomy report's figures, ready to draw: the standalone page and the console's
+/// Reports page include the same markup (`reports/autonomy_body.html`).
+#[derive(Debug)]
+pub struct AutonomyView {
     pub heading: String,
     pub rows: Vec<RowView>,
     pub approvers: Vec<(String, String, Vec<String>)>,
     pub load: Vec<Bar>,
     pub load_height: f64,
     pub roles: Vec<(String, String)>,
+    pub timeline: Vec<Column>,
+    pub timeline_width: f64,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "reports/autonomy.html")]
+pub struct AutonomyPage {
+    pub autonomy: AutonomyView,
 }
 
 const WIDTH: f64 = 360.0;
@@ -95,14 +121,47 @@ fn curve(title: &str, c: &Calibration, min: u64) -> Curve {
     Curve { title: title.into(), dots, summary }
 }
 
-/// The autonomy report as one self-contained HTML page; `diffs` are the rows' proposed changes.
-pub fn autonomy_html(r: &AutonomyReport, diffs: &[Option<String>], since: &str) -> Result<String, askama::Error> {
-    let colour = |outcome: &str| match outcome {
+/// The colour of an outcome in every chart.
+fn colour(outcome: &str) -> &'static str {
+    match outcome {
         "execute" => "#2b7a3d",
         "require_approval" => "#b7791f",
         "advise" => "#4a6fa5",
         _ => "#a23b3b",
-    };
+    }
+}
+
+const TIMELINE_HEIGHT: f64 = 120.0;
+
+/// The outcome mix over time: a stacked column per day, its height by the day's decisions.
+fn timeline(r: &AutonomyReport) -> Vec<Column> {
+    let most = r.days.iter().map(|d| d.outcomes.values().sum::<u64>()).max().unwrap_or(1).max(1) as f64;
+    r.days
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let mut y = 10.0 + TIMELINE_HEIGHT;
+            let segments = d
+                .outcomes
+                .iter()
+                .map(|(o, n)| {
+                    let height = *n as f64 / most * TIMELINE_HEIGHT;
+                    y -= height;
+                    Stack { y: px(y), height: px(height), colour: colour(o), label: format!("{}: {o} {n}", d.day) }
+                })
+                .collect();
+            Column { x: px(40.0 + 28.0 * i as f64), day: d.day.get(5..).unwrap_or(&d.day).to_string(), segments }
+        })
+        .collect()
+}
+
+/// The autonomy report as one self-contained HTML page; `diffs` are the rows' proposed changes.
+pub fn autonomy_html(r: &AutonomyReport, diffs: &[Option<String>], since: &str) -> Result<String, askama::Error> {
+    AutonomyPage { autonomy: autonomy_view(r, diffs, since) }.render()
+}
+
+/// The autonomy report's figures, for either page.
+pub fn autonomy_view(r: &AutonomyReport, diffs: &[Option<String>], since: &str) -> AutonomyView {
     let rows = r
         .rows
         .iter()
@@ -203,7 +262,10 @@ pub fn autonomy_html(r: &AutonomyReport, diffs: &[Option<String>], since: &str) 
         .iter()
         .map(|l| (l.role.clone(), format!("asked {} · votes {} · expired {}", l.asked, l.votes, l.expired)))
         .collect();
-    let page = AutonomyPage {
+    let timeline = timeline(r);
+    AutonomyView {
+        timeline_width: 60.0 + 28.0 * timeline.len() as f64,
+        timeline,
         heading: format!(
             "since {since}: {} of {} log entries; promote at ≥ {:.0} % agreement with {} decided, demote below {:.0} %",
             r.in_window,
@@ -217,8 +279,7 @@ pub fn autonomy_html(r: &AutonomyReport, diffs: &[Option<String>], since: &str) 
         load_height: 20.0 + 24.0 * r.approvers.len() as f64,
         load,
         roles,
-    };
-    page.render()
+    }
 }
 
 #[cfg(test)]
@@ -284,12 +345,19 @@ pub struct ControlView {
     pub note: Option<String>,
 }
 
-#[derive(Debug, Template)]
-#[template(path = "reports/controls.html")]
-pub struct ControlsPage {
+/// The controls report's figures, for the standalone page and the console's Reports page
+/// (`reports/controls_body.html`).
+#[derive(Debug)]
+pub struct ControlsView {
     pub heading: String,
     pub summary: Vec<Segment>,
     pub frameworks: Vec<(String, Vec<ControlView>)>,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "reports/controls.html")]
+pub struct ControlsPage {
+    pub controls: ControlsView,
 }
 
 /// The controls report as one self-contained HTML page, with each example's inclusion proof.
@@ -298,6 +366,15 @@ pub fn controls_html(
     proofs: &std::collections::BTreeMap<u64, serde_json::Value>,
     since: &str,
 ) -> Result<String, askama::Error> {
+    ControlsPage { controls: controls_view(r, proofs, since) }.render()
+}
+
+/// The controls report's figures, for either page.
+pub fn controls_view(
+    r: &warden_core::controls::ControlsReport,
+    proofs: &std::collections::BTreeMap<u64, serde_json::Value>,
+    since: &str,
+) -> ControlsView {
     use warden_core::controls::Status;
     let look = |s: Status| match s {
         Status::Evidenced => ("evidenced", "#2b7a3d"),
@@ -347,5 +424,5 @@ pub fn controls_html(
         }
     }
     let heading = format!("since {since}: {} of {} log entries", r.in_window, r.entries);
-    ControlsPage { heading, summary, frameworks }.render()
+    ControlsView { heading, summary, frameworks }
 }

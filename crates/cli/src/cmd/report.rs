@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use warden_core::audit::entry::Entry;
-use warden_core::report::{AutonomyReport, Calibration, Filter, Row, Rules, Window, level_diff};
+use warden_core::report::{AutonomyReport, Calibration, Filter, Rules, Window};
 
 use crate::Failure;
 
@@ -204,7 +204,7 @@ fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
         demote_agreement: a.demote_agreement,
         ..Rules::default()
     };
-    let filter = Filter { agent: a.agent.clone(), action: a.action.clone() };
+    let filter = Filter { agent: a.agent.clone(), action: a.action.clone() , ..Default::default() };
     let policy = match &a.policy {
         Some(dir) => Some(crate::cmd::policy::load(dir)?.1.files().to_vec()),
         None => None,
@@ -263,16 +263,7 @@ pub fn of_store(
 
 /// Each row's proposed guardrail diff, from the bundle's `files`.
 pub fn diffs(report: &AutonomyReport, files: &[warden_core::SourceFile]) -> Vec<Option<String>> {
-    report.rows.iter().map(|r| diff(r, files)).collect()
-}
-
-/// The guardrail diff a row's recommendation proposes, when its grant is a guardrail's.
-fn diff(r: &Row, files: &[warden_core::SourceFile]) -> Option<String> {
-    let rec = &r.recommendation;
-    let (from, to) = (rec.level?, rec.proposed_level?);
-    let (path, line) = rec.grant.as_deref()?.rsplit_once(':')?;
-    let file = files.iter().find(|f| f.path == path)?;
-    level_diff(path, &file.text, line.parse().ok()?, from, to)
+    warden_core::report::diffs(report, files)
 }
 
 fn counts(m: &std::collections::BTreeMap<String, u64>) -> String {

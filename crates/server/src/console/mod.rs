@@ -71,6 +71,7 @@ pub fn router(app: App) -> Router {
         .route("/console/audit/verify", post(forms::verify))
         .route("/console/audit/ocsf.jsonl", get(pages::ocsf))
         .route("/console/policy", get(pages::policy))
+        .route("/console/reports", get(pages::reports))
         .route("/console/static/console.js", get(|| static_file("text/javascript; charset=utf-8", JS)))
         .route("/console/static/console.css", get(|| static_file("text/css; charset=utf-8", CSS)))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, app.limits.timeout));

@@ -458,6 +458,69 @@ pub async fn agents(State(app): State<App>, who: Analyst, Query(q): Query<DoneQu
     Ok(html(&page).into_response())
 }
 
+#[derive(Deserialize)]
+pub struct ReportsQuery {
+    since: Option<String>,
+}
+
+/// The windows the Reports page offers.
+const WINDOWS: [&str; 4] = ["24h", "7d", "30d", "all"];
+/// Reports computed at once, per person and in all: each reads the whole log.
+const REPORTS_PER_USER: usize = 1;
+const REPORTS: usize = 2;
+
+/// The track record of the agents this person oversees and the controls' evidence, over a
+/// window of the log (DESIGN §13): the figures of `warden report autonomy|controls --output
+/// html`, drawn in the console.
+pub async fn reports(State(app): State<App>, who: Analyst, Query(q): Query<ReportsQuery>) -> PageResult {
+    let since = q.since.unwrap_or_else(|| "30d".into());
+    if !WINDOWS.contains(&since.as_str()) {
+        return Err(Failure(ApiError::new(
+            crate::error::Code::InvalidRequest,
+            format!("`since` must be one of {}", WINDOWS.join(", ")),
+        )));
+    }
+    let keys = [(format!("report:{}", who.user().id), REPORTS_PER_USER), ("report:all".to_string(), REPORTS)];
+    let Some(slot) = app.held.take(&keys) else {
+        app.metrics.refused("reports");
+        return Err(Failure(ApiError::new(
+            crate::error::Code::TooManyStreams,
+            format!("as many reports are being computed as allowed ({REPORTS_PER_USER} per person, {REPORTS} in all); try again in a moment"),
+        )));
+    };
+    let page = blocking(&app, move |s| {
+        let _slot = slot;
+        let now = s.now();
+        let window = match since.as_str() {
+            "all" => warden_core::report::Window::default(),
+            text => {
+                let d = warden_core::duration::Duration::parse(text)
+                    .map_err(|e| ApiError::new(crate::error::Code::InvalidRequest, e.to_string()))?;
+                let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                warden_core::report::Window { from: Some(now - time::Duration::seconds(secs)), to: Some(now) }
+            }
+        };
+        let agents = crate::reporting::overseen(s, who.user())?;
+        let scope = match &agents {
+            None => "every agent".to_string(),
+            Some(set) if set.is_empty() => "none: no agent names your roles as its approvers".to_string(),
+            Some(set) => set.iter().cloned().collect::<Vec<_>>().join(", "),
+        };
+        let (autonomy, diffs) = crate::reporting::autonomy(s, window, agents)?;
+        let (controls, proofs) = crate::reporting::controls(s, window)?;
+        Ok(views::ReportsPage {
+            chrome: chrome(s, &who, "reports", None)?,
+            windows: WINDOWS.to_vec(),
+            autonomy: crate::reports::autonomy_view(&autonomy, &diffs, &since),
+            controls: crate::reports::controls_view(&controls, &proofs, &since),
+            since,
+            scope,
+        })
+    })
+    .await?;
+    Ok(html(&page).into_response())
+}
+
 fn entry_line(e: &warden_store::StoredEntry) -> views::EntryLine {
     let v: Value = serde_json::from_slice(&e.bytes).unwrap_or(Value::Null);
     let actor = match (&v["actor"]["kind"], &v["actor"]["id"]) {

@@ -224,6 +224,19 @@ pub struct AgentView {
 }
 
 #[derive(Template)]
+#[template(path = "console/reports.html")]
+pub struct ReportsPage {
+    pub chrome: Chrome,
+    /// The window's choices (`7d`, …, `all`), and the one shown.
+    pub windows: Vec<&'static str>,
+    pub since: String,
+    /// Whose agents: "every agent", or the list.
+    pub scope: String,
+    pub autonomy: crate::reports::AutonomyView,
+    pub controls: crate::reports::ControlsView,
+}
+
+#[derive(Template)]
 #[template(path = "console/agents.html")]
 pub struct AgentsPage {
     pub chrome: Chrome,

@@ -178,6 +178,7 @@ async fn every_page_carries_a_strict_policy() {
         "/console/agents".into(),
         "/console/audit".into(),
         "/console/policy".into(),
+        "/console/reports".into(),
         "/console/actions/act_none".into(),
     ] {
         let p = get(&h, &path, Some(&cookie)).await;
@@ -591,4 +592,49 @@ async fn halting_is_offered_only_to_halting_roles() {
             assert_eq!(p.status, StatusCode::FORBIDDEN, "refused anyway");
         }
     }
+}
+
+/// The Reports page: the track record of the agents this person oversees (their roles approve
+/// for them), the figures of `warden report autonomy`, and every control once; an admin sees
+/// every agent; a window that is not offered is refused.
+#[tokio::test]
+async fn the_reports_page_shows_the_agents_a_person_oversees() {
+    let (h, _) = clocked();
+    pending_isolation(&h, "r", "s").await;
+    let net = h.svid("spiffe://acme.example/soc/network-guard");
+    let task = json!({"id": "INC-N", "title": "t", "trigger": {"source": "siem", "severity": "high"}});
+    assert_eq!(h.call("POST", "/v1/tasks", Some(&net), Some(task)).await.0, StatusCode::CREATED);
+    let block = json!({"task": "INC-N", "action": "ip.block", "target": "ip:203.0.113.66", "confidence": 0.95,
+        "params": {"reason": "c2", "duration_minutes": 60}, "rationale": "r", "evidence": [{"kind": "siem", "ref": "a:1"}]});
+    assert_eq!(h.call("POST", "/v1/actions", Some(&net), Some(block)).await.0, StatusCode::OK);
+    let edr_row = "spiffe://acme.example/soc/edr-responder × host.isolate";
+    let net_row = "spiffe://acme.example/soc/network-guard × ip.block";
+
+    // An analyst approves for the EDR responder, not for the network guard.
+    let ana = sign_in(&h, &h.user("ana", &["soc-analyst"])).await;
+    let p = get(&h, "/console/reports?since=all", Some(&ana)).await;
+    assert_eq!(p.status, StatusCode::OK, "{}", p.body);
+    assert!(p.body.contains(edr_row) && !p.body.contains(net_row), "{}", p.body);
+    assert!(p.body.contains("require_approval: 1"), "the EDR row's outcome mix");
+    assert!(p.body.contains("aria-label=\"outcome mix over time\""), "the timeline");
+    assert!(!p.body.contains("style=") && !p.body.contains("<script>"));
+    // Every control of the mapping, once.
+    for c in warden_core::controls::Mapping::shipped().controls {
+        assert_eq!(p.body.matches(&format!("<strong>{}</strong>", c.id)).count(), 1, "{}", c.id);
+    }
+    // A network engineer sees the network guard only.
+    let nel = sign_in(&h, &h.user("nel", &["network-engineer"])).await;
+    let p = get(&h, "/console/reports?since=7d", Some(&nel)).await;
+    assert!(p.body.contains(net_row) && !p.body.contains(edr_row), "{}", p.body);
+    // An admin sees every agent.
+    let admin = sign_in(&h, &h.admin.clone()).await;
+    let p = get(&h, "/console/reports", Some(&admin)).await;
+    assert!(p.body.contains("every agent") && p.body.contains(net_row) && p.body.contains(edr_row));
+    // A window the page does not offer.
+    let p = get(&h, "/console/reports?since=1y", Some(&admin)).await;
+    assert_eq!(p.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", p.body);
+    assert!(p.body.contains("invalid_request"));
+    // No session, no report.
+    let p = get(&h, "/console/reports", None).await;
+    assert_ne!(p.status, StatusCode::OK);
 }

@@ -45,6 +45,7 @@ fn imports() -> BTreeMap<String, (BTreeSet<String>, String)> {
 const FRONT_DOORS: &[&str] = &["http", "openapi", "mcp", "console", "reports"];
 const SERVICES: &[&str] = &[
     "authority",
+    "reporting",
     "siem",
     "facts",
     "pipeline",
