@@ -17,6 +17,58 @@ impl AppState {
         Self::with_options(data, bundle, clock, options)
     }
 
+    /// The state for a one-off change from the command line on a data directory (`warden task
+    /// open|close --data`): the bundle in force as the store records it, no policy load, no
+    /// notices, and — unlike a server's start — no reconciliation of executions (a server may
+    /// be running on the same store; what it is executing is its own).
+    pub fn offline(data: DataDir, clock: Arc<dyn Clock>) -> Result<App, ApiError> {
+        let store = data.ledger().store().clone();
+        let bundle = crate::state::stored_bundle(store.as_ref())?.ok_or_else(|| {
+            ApiError::new(
+                crate::error::Code::PolicyUnavailable,
+                "no policy bundle is in force in this data directory: serve it once (`warden serve --policy …`), or use --server",
+            )
+        })?;
+        let options = ServerOptions::default();
+        let local = LocalIssuer::new(LOCAL_ISSUER, &data.token_seed().0)?;
+        let tokens = TokenVerifier::new(options.audience, local, options.issuers);
+        let limits = options.limits;
+        let halts = crate::halt::load_gate(store.as_ref())?;
+        let notifier = crate::notify::Notifier::start(options.notify, data.ledger_handle());
+        let node = crate::model::new_id("node")?;
+        let shared_store = data.is_shared();
+        Ok(Arc::new(AppState {
+            data,
+            bundle: RwLock::new(Arc::new(bundle)),
+            tokens,
+            clock,
+            shadow: false,
+            policy_dir: None,
+            limits,
+            rate: crate::limits::RateLimiter::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.in_flight)),
+            metrics: crate::metrics::Metrics::default(),
+            notifier,
+            changes: tokio::sync::watch::Sender::new(0),
+            connector: None,
+            connectors_source: None,
+            halts: std::sync::RwLock::new(halts),
+            mcp: options.mcp,
+            upstreams: None,
+            sessions: options.sessions,
+            stopping: tokio::sync::watch::Sender::new(false),
+            secure_cookies: false,
+            slack: None,
+            held: Arc::default(),
+            sign_ins: crate::limits::Attempts::default(),
+            slack_jobs: Arc::new(tokio::sync::Semaphore::new(limits.console.slack_in_flight)),
+            refusals_logged: Default::default(),
+            node,
+            shared_store,
+            beats: Default::default(),
+        }))
+    }
+
     /// The state for a server; when the bundle came from a directory, its load is audited.
     pub fn with_options(
         data: DataDir,

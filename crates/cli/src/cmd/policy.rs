@@ -268,7 +268,7 @@ fn simulate(a: &SimulateArgs) -> Result<(), Failure> {
         .collect::<Result<Vec<_>, _>>()?;
     let window = crate::cmd::report::window(&a.since)?;
     let (_, proposed) = load(&a.dir)?;
-    let filter = warden_core::report::Filter { agent: a.agent.clone(), action: a.action.clone() , ..Default::default() };
+    let filter = warden_core::report::Filter { agent: a.agent.clone(), action: a.action.clone(), ..Default::default() };
     let sim = crate::cmd::report::over_log(&a.target, |entries| {
         warden_core::simulate::simulate(entries, window, &filter, &proposed)
     })?;

@@ -204,7 +204,7 @@ fn autonomy(a: AutonomyArgs) -> Result<(), Failure> {
         demote_agreement: a.demote_agreement,
         ..Rules::default()
     };
-    let filter = Filter { agent: a.agent.clone(), action: a.action.clone() , ..Default::default() };
+    let filter = Filter { agent: a.agent.clone(), action: a.action.clone(), ..Default::default() };
     let policy = match &a.policy {
         Some(dir) => Some(crate::cmd::policy::load(dir)?.1.files().to_vec()),
         None => None,

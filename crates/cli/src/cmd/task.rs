@@ -1,9 +1,10 @@
 //! `warden task open|close|show|list` (DESIGN §8): the incidents agents work within.
 //!
-//! Opening and closing go through a running server (`--server URL --token T`: the token's
-//! human is the actor, and the server applies every rule — who vouches for the trigger, who may
-//! close, the leases a close revokes). Showing and listing read either a server or a data
-//! directory (`--data`, read only).
+//! Every command works against a running server (`--server URL --token T`: the token's human
+//! is the actor) or a data directory (`--data`). On a data directory, opening and closing act
+//! as the local operator (`local:$USER`, with `admin`'s rights, as `warden agent suspend --data`
+//! does) through the same rules as the server — who vouches for the trigger, the approvals a
+//! close cancels and the leases it revokes — under the bundle in force recorded in the store.
 
 use std::sync::Arc;
 
@@ -15,7 +16,6 @@ use warden_store::{DataDir, LedgerOptions, SystemClock};
 use crate::Failure;
 use crate::client::{Client, failure_for, segment};
 use crate::cmd::agent::Target;
-use crate::cmd::approvals::Remote;
 use crate::render::Output;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,7 +47,7 @@ pub enum TaskCommand {
         #[arg(long = "agent")]
         agents: Vec<String>,
         #[command(flatten)]
-        server: Remote,
+        server: Target,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -55,7 +55,7 @@ pub enum TaskCommand {
     Close {
         id: String,
         #[command(flatten)]
-        server: Remote,
+        server: Target,
         #[arg(long, value_enum, default_value_t)]
         output: Output,
     },
@@ -86,6 +86,24 @@ fn local(source: &Target) -> Result<DataDir, Failure> {
     let at = crate::store_at(source.store.as_deref())?;
     DataDir::open_at(&source.data, &at, Arc::new(SystemClock), LedgerOptions::default())
         .map_err(crate::data_dir_failure)
+}
+
+/// The server's rules over a data directory, for one change (no reconciliation: a server may
+/// be running on it).
+fn offline(source: &Target) -> Result<warden_server::App, Failure> {
+    warden_server::AppState::offline(local(source)?, Arc::new(SystemClock)).map_err(api)
+}
+
+/// The person at this terminal, acting on a data directory they can write: `admin`'s rights.
+fn operator() -> warden_server::auth::Caller {
+    let name = std::env::var("USER").or_else(|_| std::env::var("USERNAME")).unwrap_or_else(|_| "unknown".into());
+    warden_server::auth::Caller::Human(warden_server::model::User {
+        id: format!("local:{name}"),
+        roles: vec!["admin".into()],
+        token_hash: String::new(),
+        status: "active".into(),
+        oidc: Vec::new(),
+    })
 }
 
 fn api(e: warden_server::ApiError) -> Failure {
@@ -162,13 +180,34 @@ pub fn run(c: TaskCommand) -> Result<(), Failure> {
                 body["trigger"]["summary"] = json!(sm);
             }
             if !agents.is_empty() {
-                body["agents"] = json!(agents);
+                body["agents"] = json!(agents.clone());
             }
-            let t: Value = server.client()?.post("/v1/tasks", &body)?;
+            let t: Value = match &server.server {
+                Some(url) => {
+                    Client::new(url, server.token.as_deref(), server.ca_cert.as_deref())?.post("/v1/tasks", &body)?
+                }
+                None => {
+                    let trigger: warden_server::model::Trigger = serde_json::from_value(body["trigger"].clone())
+                        .map_err(|e| Failure::Invalid(format!("error: {e}")))?;
+                    let id = body["id"].as_str().map(str::to_string);
+                    let title = body["title"].as_str().unwrap_or_default().to_string();
+                    let app = offline(&server)?;
+                    let t = warden_server::tasks::open(&app, &operator(), id, title, trigger, agents).map_err(api)?;
+                    serde_json::to_value(t).map_err(anyhow::Error::from)?
+                }
+            };
             print_one(&t, output);
         }
         TaskCommand::Close { id, server, output } => {
-            let t: Value = server.client()?.post(&format!("/v1/tasks/{}/close", segment(&id)), &json!({}))?;
+            let t: Value = match &server.server {
+                Some(url) => Client::new(url, server.token.as_deref(), server.ca_cert.as_deref())?
+                    .post(&format!("/v1/tasks/{}/close", segment(&id)), &json!({}))?,
+                None => {
+                    let app = offline(&server)?;
+                    let t = warden_server::tasks::close(&app, &operator(), &id).map_err(api)?;
+                    serde_json::to_value(t).map_err(anyhow::Error::from)?
+                }
+            };
             print_one(&t, output);
         }
         TaskCommand::Show { id, source, output } => {

@@ -259,12 +259,45 @@ fn tasks_from_the_command_line() {
     assert_eq!(local["rows"][0]["executions"], remote["rows"][0]["executions"]);
     assert_eq!(local["rows"][0]["requests"], remote["rows"][0]["requests"]);
 
+    // Opening and closing on the data directory: the local operator, through the same rules.
+    let opened: Value = serde_json::from_str(&stdout_of(
+        data,
+        &["task", "open", "--id", "INC-D", "--title", "offline", "--source", "siem", "--output", "json"],
+    ))
+    .unwrap();
+    // The example's authority.toml lets `admin` vouch for `siem`: verified, as for an admin over /v1.
+    assert_eq!((opened["state"].as_str(), opened["vouched_by"].as_str()), (Some("open"), Some("admin")), "{opened}");
+    assert!(opened["opened_by"].as_str().unwrap().starts_with("user:local:"), "{opened}");
+    let again = warden()
+        .args(["task", "open", "--id", "INC-D", "--title", "t", "--source", "siem", "--data"])
+        .arg(data)
+        .assert();
+    assert!(String::from_utf8_lossy(&again.code(3).get_output().stderr).contains("task_exists"));
+    let closed = stdout_of(data, &["task", "close", "INC-D"]);
+    assert!(closed.contains("(closed)") && closed.contains("by user:local:"), "{closed}");
+    let twice = warden().args(["task", "close", "INC-D", "--data"]).arg(data).assert();
+    assert!(String::from_utf8_lossy(&twice.get_output().stderr).contains("task_closed"));
+    warden()
+        .args(["task", "open", "--id", "bad id", "--title", "t", "--source", "siem", "--data"])
+        .arg(data)
+        .assert()
+        .code(3);
+    // A data directory no server ever ran has no bundle in force to decide with.
+    let fresh = tempfile::tempdir().unwrap();
+    crate::serve::init_admin(fresh.path());
+    let none = warden().args(["task", "open", "--title", "t", "--source", "siem", "--data"]).arg(fresh.path()).assert();
+    assert!(String::from_utf8_lossy(&none.failure().get_output().stderr).contains("no policy bundle is in force"));
+
     // Read only, from the data directory.
     let shown = stdout_of(data, &["task", "show", "INC-8"]);
     assert!(shown.contains("(closed)") && shown.contains("host.isolate ×1"), "{shown}");
     let closed: Value =
         serde_json::from_str(&stdout_of(data, &["task", "list", "--state", "closed", "--output", "json"])).unwrap();
-    assert_eq!(closed.as_array().unwrap().iter().map(|t| t["id"].clone()).collect::<Vec<_>>(), [json!("INC-8")]);
+    // Newest id first: the one closed on the data directory above, then the server's.
+    assert_eq!(
+        closed.as_array().unwrap().iter().map(|t| t["id"].clone()).collect::<Vec<_>>(),
+        [json!("INC-D"), json!("INC-8")]
+    );
     let all: Value =
         serde_json::from_str(&stdout_of(data, &["task", "list", "--limit", "1", "--output", "json"])).unwrap();
     assert_eq!(all.as_array().unwrap().len(), 1);

@@ -554,3 +554,41 @@ async fn the_action_list_pages_newest_first_by_cursor() {
         );
     }
 }
+
+/// `warden task close --data` runs the server's own close on a data directory (the bundle in
+/// force, no reconciliation): the task's pending approval is cancelled in the same commit, and
+/// the running server's next look at it says so.
+#[tokio::test]
+async fn a_task_closed_offline_cancels_its_pending_approvals() {
+    let h = harness();
+    let agent = h.svid(EDR);
+    let task = json!({"id": "INC-O", "title": "t", "trigger": {"source": "edr", "severity": "high"}});
+    assert_eq!(h.call("POST", "/v1/tasks", Some(&agent), Some(task)).await.0, StatusCode::CREATED);
+    let body = json!({"task": "INC-O", "action": "host.isolate", "target": "host:db-payments-01", "confidence": 0.95,
+        "params": {"reason": "beacon"}, "rationale": "C2", "evidence": [{"kind": "edr", "ref": "d:1"}]});
+    let (_, a) = h.call("POST", "/v1/actions", Some(&agent), Some(body)).await;
+    assert_eq!(a["state"], "pending_approval", "{a}");
+    let approval = a["decision"]["approval"]["id"].as_str().unwrap().to_string();
+
+    let data = warden_store::DataDir::open_at(
+        h._dir.path(),
+        &h.at,
+        std::sync::Arc::new(warden_store::SystemClock),
+        Default::default(),
+    )
+    .unwrap();
+    let offline = warden_server::AppState::offline(data, std::sync::Arc::new(warden_store::SystemClock)).unwrap();
+    let operator = warden_server::auth::Caller::Human(warden_server::model::User {
+        id: "local:ops".into(),
+        roles: vec!["admin".into()],
+        token_hash: String::new(),
+        status: "active".into(),
+        oidc: Vec::new(),
+    });
+    let closed = warden_server::tasks::close(&offline, &operator, "INC-O").unwrap();
+    assert_eq!(closed.closed_by.as_deref(), Some("user:local:ops"));
+    let (_, ap) = h.call("GET", &format!("/v1/approvals/{approval}"), Some(&h.admin), None).await;
+    assert_eq!(ap["state"], "cancelled", "{ap}");
+    let (_, req) = h.call("GET", &format!("/v1/actions/{}", a["id"].as_str().unwrap()), Some(&h.admin), None).await;
+    assert_eq!(req["state"], "cancelled", "{req}");
+}
