@@ -657,16 +657,44 @@ mod tests {
         };
         let decided = |outcome: &str| serde_json::json!({"decision": {"outcome": outcome, "band": "autonomous"}});
         let log = vec![
-            mk(0, "2026-11-30T23:59:59.999Z", EventType::ActionRequested, "a", agent, serde_json::json!({"confidence": 0.9})),
+            mk(
+                0,
+                "2026-11-30T23:59:59.999Z",
+                EventType::ActionRequested,
+                "a",
+                agent,
+                serde_json::json!({"confidence": 0.9}),
+            ),
             mk(1, "2026-11-30T23:59:59.999Z", EventType::DecisionMade, "a", agent, decided("execute")),
-            mk(2, "2026-12-01T00:00:00.000Z", EventType::ActionRequested, "b", agent, serde_json::json!({"confidence": 0.9})),
+            mk(
+                2,
+                "2026-12-01T00:00:00.000Z",
+                EventType::ActionRequested,
+                "b",
+                agent,
+                serde_json::json!({"confidence": 0.9}),
+            ),
             mk(3, "2026-12-01T00:00:00.000Z", EventType::DecisionMade, "b", agent, decided("deny")),
-            mk(4, "2026-12-01T08:00:00.000Z", EventType::ActionRequested, "c", agent, serde_json::json!({"confidence": 0.9})),
+            mk(
+                4,
+                "2026-12-01T08:00:00.000Z",
+                EventType::ActionRequested,
+                "c",
+                agent,
+                serde_json::json!({"confidence": 0.9}),
+            ),
             mk(5, "2026-12-01T08:00:00.000Z", EventType::DecisionMade, "c", agent, decided("deny")),
-            mk(6, "2026-12-01T09:00:00.000Z", EventType::ActionRequested, "d", "spiffe://x/other", serde_json::json!({})),
+            mk(
+                6,
+                "2026-12-01T09:00:00.000Z",
+                EventType::ActionRequested,
+                "d",
+                "spiffe://x/other",
+                serde_json::json!({}),
+            ),
             mk(7, "2026-12-01T09:00:00.000Z", EventType::DecisionMade, "d", "spiffe://x/other", decided("execute")),
         ];
-        let only = Filter { agent: Some(agent.into()), action: None , ..Default::default() };
+        let only = Filter { agent: Some(agent.into()), action: None, ..Default::default() };
         let r = autonomy(log, Window::default(), &only, &Rules::default());
         let days: Vec<(String, Vec<(String, u64)>)> =
             r.days.iter().map(|d| (d.day.clone(), d.outcomes.clone().into_iter().collect())).collect();

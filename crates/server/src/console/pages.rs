@@ -485,7 +485,9 @@ pub async fn reports(State(app): State<App>, who: Analyst, Query(q): Query<Repor
         app.metrics.refused("reports");
         return Err(Failure(ApiError::new(
             crate::error::Code::TooManyStreams,
-            format!("as many reports are being computed as allowed ({REPORTS_PER_USER} per person, {REPORTS} in all); try again in a moment"),
+            format!(
+                "as many reports are being computed as allowed ({REPORTS_PER_USER} per person, {REPORTS} in all); try again in a moment"
+            ),
         )));
     };
     let page = blocking(&app, move |s| {

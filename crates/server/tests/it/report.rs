@@ -43,7 +43,7 @@ async fn the_autonomy_report_counts_what_happened() {
         record.push((confidence, approve));
     }
     let log = entries(&h);
-    let only_edr = Filter { agent: Some(EDR.into()), action: Some("host.isolate".into()) , ..Default::default() };
+    let only_edr = Filter { agent: Some(EDR.into()), action: Some("host.isolate".into()), ..Default::default() };
     let report = autonomy(log.clone(), Window::default(), &only_edr, &Rules::default());
     assert_eq!(report.rows.len(), 1);
     let row = &report.rows[0];
@@ -99,7 +99,8 @@ async fn the_autonomy_report_counts_what_happened() {
     assert!(page.contains("25 decisions") && !page.contains("<script"));
     // The outcome mix over time: the day's column (two, if the test ran across midnight UTC)
     // holds the 25 decisions, all `require_approval`, each labelled on the page.
-    let per_day: Vec<u64> = report.days.iter().map(|d| d.outcomes.get("require_approval").copied().unwrap_or(0)).collect();
+    let per_day: Vec<u64> =
+        report.days.iter().map(|d| d.outcomes.get("require_approval").copied().unwrap_or(0)).collect();
     assert_eq!(per_day.iter().sum::<u64>(), 25, "{:?}", report.days);
     for (d, n) in report.days.iter().zip(&per_day) {
         assert!(page.contains(&format!("<title>{}: require_approval {n}</title>", d.day)), "the column's label");

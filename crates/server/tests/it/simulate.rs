@@ -255,7 +255,7 @@ async fn a_proposal_shows_each_request_it_would_newly_execute() {
     assert_eq!(drop("soc-analyst"), plain as u64, "{:?}", sim.roles);
 
     // Filtered to another agent, nothing changes and no guard fails.
-    let phish = Filter { agent: Some(PHISH.into()), action: None , ..Default::default() };
+    let phish = Filter { agent: Some(PHISH.into()), action: None, ..Default::default() };
     let only = simulate(log, Window::default(), &phish, &wider);
     assert!(only.replayed > 0 && only.changed == 0, "{only:?}");
     assert_eq!(Guard::AnyChange.broken(&only), 0);
