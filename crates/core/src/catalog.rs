@@ -413,6 +413,14 @@ impl Catalog {
                 } else if seen.contains(name) {
                     problems.push(file.problem_at(Some(p.span()), format!("duplicate parameter `{name}`")));
                 }
+                // The log records a secret as its commitment, a string: a secret of another type
+                // could not be decided again from the log as it was decided.
+                if p.get_ref().secret && p.get_ref().ty != ParamType::String {
+                    problems.push(file.problem_at(
+                        Some(p.span()),
+                        format!("secret parameter `{name}` must be of type `string` (a secret is recorded as its commitment)"),
+                    ));
+                }
                 seen.push(name.clone());
             }
             check_data_classes(file, &a.reads, &format!("action `{id}` `reads`"), &mut problems);

@@ -142,7 +142,18 @@ pub fn canonical_id(kind: &str, id: &str) -> String {
             // case is lower case, and one trailing dot after a name character is the name
             // (`web-02.` is `web-02`); a trailing dot after anything else is left for the
             // checks (`..`, `a/.`).
-            let lower = id.nfkc().collect::<String>().to_lowercase();
+            // Lower-casing an NFKC string can leave it out of NFKC (`Ϊ́` lowers to `ϊ` + an
+            // accent, which NFKC composes into `ΐ`): both again until nothing changes, so the
+            // canonical form of a canonical form is itself (a logged target parses back to the
+            // target that was decided).
+            let mut lower = id.nfkc().collect::<String>().to_lowercase();
+            for _ in 0..8 {
+                let again = lower.nfkc().collect::<String>().to_lowercase();
+                if again == lower {
+                    break;
+                }
+                lower = again;
+            }
             match lower.strip_suffix('.') {
                 Some(bare) if bare.ends_with(|c: char| c.is_alphanumeric() || c == '-' || c == '_') => bare.to_string(),
                 _ => lower,

@@ -80,6 +80,25 @@ fn target_schema() -> utoipa::openapi::schema::Object {
 }
 
 impl ActionRequest {
+    /// The request with its params as the audit log records them (RFC 8785 canonical JSON): an
+    /// integral float (`4242.0`) is the integer it equals (`4242`). The server decides, digests
+    /// and stores these, so a decision replayed from the log meets exactly what was decided.
+    pub fn with_canonical_params(mut self) -> Self {
+        let value = serde_json::Value::Object(std::mem::take(&mut self.params));
+        self.params = match crate::audit::canonical::to_vec(&value)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        {
+            Some(serde_json::Value::Object(m)) => m,
+            // Not representable canonically (validation refuses it): kept as sent.
+            _ => match value {
+                serde_json::Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            },
+        };
+        self
+    }
+
     /// What makes a request malformed whatever the policy: a confidence that is not a finite
     /// number in [0, 1]. Such a request is refused as input, never decided (a decision would
     /// record a band that means nothing).

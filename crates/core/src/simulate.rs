@@ -16,7 +16,9 @@
 //!
 //! What the log cannot tell is named, never guessed ([`Inexact`]): the store counts budget
 //! usage only as far as the bundle in force could need, so a proposal with a larger budget
-//! cannot know whether a request that met the old one would meet the new one.
+//! cannot know whether a request that met the old one would meet the new one; and a secret
+//! param is in the log only as its commitment (a string: the catalog refuses secrets of other
+//! types), so a request carrying one that a hand-written rule names is replayed as inexact.
 //! Decisions logged before Warden recorded their facts are counted, not replayed.
 
 use std::collections::{BTreeMap, HashMap};
@@ -63,6 +65,29 @@ pub struct RecordedFacts {
     /// The history classes the decision read (those its policies name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history_read: Vec<String>,
+    /// The target as the decision saw it (the inventory in force then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset: Option<AssetFacts>,
+}
+
+/// What the inventory in force said of a decision's target. An unknown target is decided as
+/// tier0 and privileged, and recorded so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssetFacts {
+    pub known: bool,
+    pub criticality: Criticality,
+    pub privileged: bool,
+}
+
+impl AssetFacts {
+    /// The target of `request` in `bundle`'s inventory.
+    pub fn of(bundle: &Bundle, target: &TargetRef) -> AssetFacts {
+        match bundle.inventory().get(target) {
+            Some(a) => AssetFacts { known: true, criticality: a.criticality, privileged: a.privileged },
+            None => AssetFacts { known: false, criticality: Criticality::Tier0, privileged: true },
+        }
+    }
 }
 
 /// Why a replayed decision may not be what the proposal would really have decided.
@@ -86,8 +111,9 @@ pub struct Changed {
     pub after: Outcome,
     /// The proposal's caps on it (their codes).
     pub caps: Vec<CapCode>,
-    /// The target is tier0 (in the proposed inventory, or its logged decision said so; an
-    /// unknown target counts as tier0 and privileged, as the ladder treats it).
+    /// The target is tier0 (in the proposed inventory, or in the one in force when it was
+    /// decided, or its logged decision said so; an unknown target counts as tier0 and
+    /// privileged, as the ladder treats it).
     pub tier0: bool,
     pub privileged: bool,
     /// Set when the replay cannot be exact for this request.
@@ -246,6 +272,9 @@ pub fn simulate(
     let mut rows: BTreeMap<(String, String), SimRow> = BTreeMap::new();
     let mut roles: BTreeMap<String, RoleShift> = BTreeMap::new();
     let keep = |agent: &str, action: &str| filter.keeps(agent, action);
+    // The hand-written rules' text: a secret param they name is replayed on its commitment.
+    let cedar: String =
+        proposed.files().iter().filter(|f| f.path.ends_with(".cedar")).map(|f| f.text.as_str()).collect();
     for e in entries {
         sim.entries += 1;
         let ev = &e.event;
@@ -321,7 +350,7 @@ pub fn simulate(
                 sim.same_bundle_differing += 1;
             }
         }
-        let inexact = inexact(proposed, agent, action, &facts);
+        let inexact = inexact(proposed, agent, action, &facts).or_else(|| secret_read(proposed, &request, &cedar));
         if let Some(why) = &inexact {
             sim.inexact += 1;
             if sim.inexact_listed.len() < CHANGES_LISTED {
@@ -371,10 +400,12 @@ pub fn simulate(
         let logged_cap = |code: &str| {
             logged["caps"].as_array().into_iter().flatten().any(|c| c.get("code").and_then(Value::as_str) == Some(code))
         };
-        let (tier0, privileged) = match proposed.inventory().get(&request.target) {
-            Some(a) => (a.criticality == Criticality::Tier0, a.privileged),
-            None => (true, true),
-        };
+        // Sensitive by the proposed inventory or by the one in force when it was decided: a
+        // proposal that demotes an asset does not make its new executions less sensitive.
+        let now = AssetFacts::of(proposed, &request.target);
+        let then = facts.asset.unwrap_or(now);
+        let tier0 = now.criticality == Criticality::Tier0 || then.criticality == Criticality::Tier0;
+        let privileged = now.privileged || then.privileged;
         let changed = Changed {
             seq: e.seq,
             request: id,
@@ -437,6 +468,18 @@ fn inexact(proposed: &Bundle, agent: &str, action: &str, facts: &RecordedFacts) 
         ));
     }
     None
+}
+
+/// Why a request's replay may miss what a rule reads of a secret param: the log holds only its
+/// commitment, and a hand-written rule names the param.
+fn secret_read(proposed: &Bundle, request: &ActionRequest, cedar: &str) -> Option<String> {
+    let class = proposed.catalog().get(&request.action)?;
+    class
+        .params
+        .iter()
+        .filter(|p| p.secret && request.params.contains_key(&p.name))
+        .find(|p| cedar.contains(p.name.as_str()))
+        .map(|p| format!("a rule names secret param `{}`, which the log holds only as its commitment", p.name))
 }
 
 /// Where a logged decision and a new one differ, by field name.

@@ -206,6 +206,7 @@ pub fn recorded(
         shadow: s.shadow,
         via: via.map(str::to_string),
         history_read: bundle.history_read(&req.action).map(str::to_string).collect(),
+        asset: Some(warden_core::simulate::AssetFacts::of(bundle, &req.target)),
     }
 }
 

@@ -191,6 +191,8 @@ pub fn submit(
     via: Option<String>,
     recorded: &std::sync::OnceLock<String>,
 ) -> Result<ActionAnswer, ApiError> {
+    // Decided on the params the log will hold (`4242.0` is `4242` there).
+    let req = req.with_canonical_params();
     let agent = &admitted.agent;
     let target = req.target.to_string();
     let digest = bundle
@@ -804,6 +806,8 @@ pub fn recent(s: &AppState, f: Recent) -> Result<crate::model::Page<ActionAnswer
 /// registered is decided as active (the decision then says what its guardrail allows).
 pub fn dry_run(s: &AppState, bundle: &Bundle, agent: &str, req: &ActionRequest) -> Result<DryRunAnswer, ApiError> {
     req.validate().map_err(|why| ApiError::new(Code::InvalidRequest, why))?;
+    let canonical = req.clone().with_canonical_params();
+    let req = &canonical;
     let status = s
         .ledger()
         .store()

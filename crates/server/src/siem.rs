@@ -10,8 +10,9 @@
 //! nothing is skipped.
 //!
 //! **One sender per sink.** On a shared store, the node holding the sink's lease
-//! (`siem.<name>.holder`, renewed every few seconds, taken over when it lapses) sends; the
-//! cursor's commit expects the lease unchanged, so a node that lost it cannot move the cursor.
+//! (`siem.<name>.holder`: three request timeouts, renewed before a request whenever less than
+//! two are left, so no request outlives it; taken over when it lapses) sends; the cursor's
+//! commit expects the lease unchanged, so a node that lost it cannot move the cursor.
 //!
 //! **Bounded.** The backlog is the log itself (durable, nothing held in memory but one batch
 //! of at most `batch` events and `max_batch_bytes`). Past `max_backlog` entries behind, a
@@ -66,6 +67,10 @@ pub struct SinkConfig {
     pub index: Option<String>,
     /// PEM CA certificates to trust for an `https://` SIEM with a private CA.
     pub ca_cert: Option<std::path::PathBuf>,
+    /// How long one request may take (default `10s`). The sink's lease lasts three times as
+    /// long and is renewed before a request whenever less than twice is left, so a slow
+    /// request never outlives its sender's lease.
+    pub timeout: Option<warden_core::duration::Duration>,
 }
 
 /// A sink ready to run: its token resolved, its TLS roots loaded.
@@ -125,6 +130,10 @@ impl Sink {
             None if c.kind == SinkKind::SplunkHec => return Err(fail("a Splunk HEC sink needs `token`".into())),
             None => None,
         };
+        let timeout = c.timeout.map_or(10, |d| d.as_secs());
+        if timeout == 0 || timeout > 300 {
+            return Err(fail("`timeout` must be between 1s and 5m".into()));
+        }
         let batch = c.batch.unwrap_or(100);
         let max_batch_bytes = c.max_batch_bytes.unwrap_or(512 * 1024);
         let max_backlog = c.max_backlog.unwrap_or(100_000);
@@ -162,7 +171,7 @@ impl Sink {
             poll: Duration::from_millis(500),
             backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(60),
-            timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(timeout),
             roots,
         })
     }
@@ -225,8 +234,11 @@ pub fn start(app: &App, sinks: Vec<Sink>) -> Streams {
     Streams { stop, threads }
 }
 
-/// How long a lease lasts; renewed at half of it.
-const LEASE_MS: i64 = 10_000;
+/// How long a sink's lease lasts: three request timeouts. It is renewed before each request
+/// when less than two are left, so a request always ends before the lease does.
+fn lease_ms(sink: &Sink) -> i64 {
+    i64::try_from(sink.timeout.as_millis()).unwrap_or(i64::MAX / 4).saturating_mul(3)
+}
 
 /// Sleeps `d` in short steps, returning early when stopped.
 fn nap(d: Duration, stop: &AtomicBool) {
@@ -306,10 +318,11 @@ fn hold(app: &App, sink: &Sink, held: &Option<String>) -> Result<Option<String>,
     if !mine && !lapsed {
         return Ok(None);
     }
-    if mine && current == *held && parsed.as_ref().is_some_and(|(_, until)| until - now > LEASE_MS / 2) {
+    let lease = lease_ms(sink);
+    if mine && current == *held && parsed.as_ref().is_some_and(|(_, until)| until - now > lease * 2 / 3) {
         return Ok(current);
     }
-    let next = format!("{}@{}", app.node, now + LEASE_MS);
+    let next = format!("{}@{}", app.node, now.saturating_add(lease));
     let batch = Batch::new()
         .change(Change::ExpectMeta { key: key.clone(), value: current })
         .change(Change::SetMeta { key, value: next.clone() });
@@ -458,6 +471,7 @@ mod tests {
             sourcetype: None,
             index: None,
             ca_cert: None,
+            timeout: None,
         }
     }
 

@@ -44,7 +44,7 @@ fn a_server_killed_mid_stream_resumes_and_no_entry_is_missing() {
         &config,
         format!(
             "[[siem.sinks]]\nname = \"splunk\"\nkind = \"splunk_hec\"\nurl = \"http://{lab}/services/collector/event\"\n\
-             token = \"secret:LAB_HEC_TOKEN\"\nbatch = 3\n"
+             token = \"secret:LAB_HEC_TOKEN\"\nbatch = 3\ntimeout = \"2s\"\n"
         ),
     )
     .unwrap();

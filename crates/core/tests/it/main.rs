@@ -2,6 +2,7 @@
 
 mod attack26b;
 mod attack26c;
+mod attack27;
 mod bad_bundles;
 mod canonical;
 mod controls;

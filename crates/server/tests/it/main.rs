@@ -6,6 +6,7 @@ mod api;
 mod approvals;
 mod attack26b;
 mod attack26c;
+mod attack27;
 mod authority;
 mod authority_table;
 mod bounds;

@@ -23,6 +23,7 @@ fn sink(name: &str, kind: SinkKind, url: String, token: &str, batch: usize) -> S
         sourcetype: None,
         index: None,
         ca_cert: None,
+        timeout: None,
     };
     let token = token.to_string();
     let mut s = Sink::from_config(config, move |_| Some(token.clone())).unwrap();
