@@ -145,6 +145,9 @@ pub struct Row {
     pub bands: BTreeMap<String, u64>,
     /// Shadow-mode decisions by what they would have done.
     pub shadow: BTreeMap<String, u64>,
+    /// The shadow decisions set against what humans then did: the next human verdict in the
+    /// window on the same action on the same target (any agent's request).
+    pub shadow_humans: ShadowHumans,
     pub executions: Executions,
     pub rollbacks: u64,
     pub breaker_trips: u64,
@@ -156,6 +159,17 @@ pub struct Row {
     /// rolled back 0).
     pub calibration_outcomes: Calibration,
     pub recommendation: Recommendation,
+}
+
+/// What humans did after a shadow decision (which would have executed or asked): the next
+/// human verdict on the same action on the same target. `approved`: humans agreed it should be
+/// done; `rejected`: they refused what the agent would have done or asked; `unseen`: no human
+/// verdict on it in the window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ShadowHumans {
+    pub approved: u64,
+    pub rejected: u64,
+    pub unseen: u64,
 }
 
 /// One approver's load.
@@ -239,6 +253,7 @@ fn row(agent: &str, action: &str) -> Row {
         requests: BTreeMap::new(),
         bands: BTreeMap::new(),
         shadow: BTreeMap::new(),
+        shadow_humans: ShadowHumans::default(),
         executions: Executions::default(),
         rollbacks: 0,
         breaker_trips: 0,
@@ -323,6 +338,10 @@ pub fn autonomy(
     let mut approvers: BTreeMap<String, Vec<(OffsetDateTime, f64, bool)>> = BTreeMap::new();
     let mut roles: BTreeMap<String, RoleLoad> = BTreeMap::new();
     let mut days: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    // Shadow decisions waiting for a human verdict on their action × target, by row; and what
+    // each approval is about.
+    let mut shadow_wait: HashMap<(String, String), Vec<(String, String)>> = HashMap::new();
+    let mut about: HashMap<String, (String, String)> = HashMap::new();
     let (mut total, mut in_window) = (0, 0);
     let mut span: Option<(OffsetDateTime, OffsetDateTime)> = None;
     let keep = |agent: &str, action: &str| filter.keeps(agent, action);
@@ -350,6 +369,33 @@ pub fn autonomy(
         }
         in_window += 1;
         span = Some(span.map_or((t, t), |(a, b)| (a.min(t), b.max(t))));
+        // Human verdicts, whichever agent asked: they answer the shadow decisions that wait on
+        // the same action × target.
+        match ev.kind {
+            EventType::ApprovalRequested => {
+                let target = text(data, "target").to_string();
+                about.insert(text(data, "approval").to_string(), (ev.action.clone().unwrap_or_default(), target));
+            }
+            EventType::ApprovalGranted | EventType::ApprovalRejected
+                if ev.actor.kind == ActorKind::User
+                    && (ev.kind == EventType::ApprovalRejected || text(data, "state") == "approved") =>
+            {
+                if let Some(key) = about.get(text(data, "approval"))
+                    && let Some(waiting) = shadow_wait.remove(key)
+                {
+                    for row_key in waiting {
+                        if let Some(row) = accs.get_mut(&row_key).and_then(|a| a.row.as_mut()) {
+                            if ev.kind == EventType::ApprovalGranted {
+                                row.shadow_humans.approved += 1;
+                            } else {
+                                row.shadow_humans.rejected += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
         let Some(r) = requests.get_mut(&request) else {
             if ev.kind == EventType::ApprovalExpired
                 && let Some(p) = pending.remove(text(data, "approval"))
@@ -375,6 +421,10 @@ pub fn autonomy(
                 *row.bands.entry(text(d, "band").to_string()).or_default() += 1;
                 if let Some(s) = d.get("shadow_outcome").and_then(Value::as_str) {
                     *row.shadow.entry(s.to_string()).or_default() += 1;
+                    shadow_wait
+                        .entry((r.action.clone(), text(data, "target").to_string()))
+                        .or_default()
+                        .push((r.agent.clone(), r.action.clone()));
                 }
                 if let Some(level) = d.get("granted_level").and_then(Value::as_u64).and_then(|l| u8::try_from(l).ok()) {
                     *acc.levels.entry(level).or_default() += 1;
@@ -472,6 +522,13 @@ pub fn autonomy(
             && let Some(ok) = r.executed
         {
             outcomes.entry((r.agent.clone(), r.action.clone())).or_default().push((r.confidence, ok && !r.rolled_back));
+        }
+    }
+    for waiting in shadow_wait.into_values() {
+        for row_key in waiting {
+            if let Some(row) = accs.get_mut(&row_key).and_then(|a| a.row.as_mut()) {
+                row.shadow_humans.unseen += 1;
+            }
         }
     }
     let rows = accs

@@ -201,6 +201,19 @@ pub fn autonomy_view(r: &AutonomyReport, diffs: &[Option<String>], since: &str) 
                     ),
                 ),
             ];
+            if !row.shadow.is_empty() {
+                let h = &row.shadow_humans;
+                facts.push((
+                    "shadow".into(),
+                    format!(
+                        "would have: {} · then humans, on the same action and target: approved {}, rejected {}, no verdict {}",
+                        row.shadow.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", "),
+                        h.approved,
+                        h.rejected,
+                        h.unseen
+                    ),
+                ));
+            }
             facts.push((
                 "agreement".into(),
                 match &row.agreement {

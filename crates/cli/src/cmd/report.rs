@@ -309,7 +309,14 @@ pub fn text(r: &AutonomyReport, diffs: &[Option<String>], since: &str) -> String
         out.push(format!("{} × {}", row.agent, row.action));
         out.push(format!("  requests     {} · bands {}", counts(&row.requests), counts(&row.bands)));
         if !row.shadow.is_empty() {
-            out.push(format!("  shadow       would have: {}", counts(&row.shadow)));
+            let h = &row.shadow_humans;
+            out.push(format!(
+                "  shadow       would have: {} · then humans, on the same action and target: approved {}, rejected {}, no verdict {}",
+                counts(&row.shadow),
+                h.approved,
+                h.rejected,
+                h.unseen
+            ));
         }
         let x = &row.executions;
         out.push(format!(

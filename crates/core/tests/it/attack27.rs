@@ -63,10 +63,7 @@ fn a_secret_a_rule_names_makes_its_replay_inexact() {
         warden_core::Bundle::load(files).unwrap()
     };
     let named = "\n@id(\"wipe-reason\")\n@owner(\"team:x\")\nforbid (principal, action, resource) when { context has params && context.params has reason && context.params.reason == \"wipe\" };\n";
-    let bundles = [
-        secret(&mut crate::example_files(), named),
-        secret(&mut crate::example_files(), ""),
-    ];
+    let bundles = [secret(&mut crate::example_files(), named), secret(&mut crate::example_files(), "")];
     for (bundle, inexact) in bundles.iter().zip([1, 0]) {
         let request: warden_core::ActionRequest = serde_json::from_value(serde_json::json!({
             "task": "INC-1", "action": "host.isolate", "target": "host:web-01", "params": {"reason": "wipe"},

@@ -134,3 +134,55 @@ async fn the_autonomy_report_counts_what_happened() {
     let later = Window { from: Some(time::OffsetDateTime::now_utc() + time::Duration::hours(1)), to: None };
     assert!(autonomy(log, later, &Filter::default(), &Rules::default()).rows.is_empty());
 }
+
+/// An agent in shadow mode: what its decisions would have done, set against what humans then
+/// did on the same action and target — here, another agent's isolations of the same hosts,
+/// one approved, one rejected, one never asked.
+#[tokio::test]
+async fn shadow_decisions_are_set_against_what_humans_then_did() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in crate::read_bundle(&crate::example_dir()) {
+        let path = dir.path().join(&f.path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let text = if f.path == "agents/edr-responder.toml" {
+            f.text.replacen(
+                "owner = \"team:endpoint-response\"",
+                "owner = \"team:endpoint-response\"\nmode = \"shadow\"",
+                1,
+            )
+        } else {
+            f.text.clone()
+        };
+        std::fs::write(path, text).unwrap();
+    }
+    let h = crate::harness_from(Some(dir.path()));
+    let ana = h.user("ana", &["soc-analyst"]);
+    let task = json!({"id": "INC-S", "title": "t", "trigger": {"source": "siem", "severity": "high"}});
+    assert_eq!(h.call("POST", "/v1/tasks", Some(&ana), Some(task)).await.0, StatusCode::CREATED);
+    let ask = |host: &str| {
+        json!({"task": "INC-S", "action": "host.isolate", "target": format!("host:{host}"), "confidence": 0.95,
+            "params": {"reason": "beacon"}, "rationale": "C2", "evidence": [{"kind": "edr", "ref": "d:1"}]})
+    };
+    for host in ["web-01", "web-02", "web-42"] {
+        let (_, a) = h.call("POST", "/v1/actions", Some(&h.svid(EDR)), Some(ask(host))).await;
+        assert_eq!(a["decision"]["shadow_outcome"], "execute", "{a}");
+    }
+    // The triage agent asks for two of the same isolations; the analyst approves one, rejects
+    // the other.
+    for (host, verb) in [("web-01", "approve"), ("web-02", "reject")] {
+        let (_, a) = h.call("POST", "/v1/actions", Some(&h.svid(crate::PHISH)), Some(ask(host))).await;
+        assert_eq!(a["state"], "pending_approval", "{a}");
+        let approval = a["decision"]["approval"]["id"].as_str().unwrap();
+        let (status, _) =
+            h.call("POST", &format!("/v1/approvals/{approval}/{verb}"), Some(&ana), Some(json!({"reason": "r"}))).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let only_edr = Filter { agent: Some(EDR.into()), ..Default::default() };
+    let report = autonomy(entries(&h), Window::default(), &only_edr, &Rules::default());
+    let row = &report.rows[0];
+    assert_eq!(row.shadow.get("execute"), Some(&3));
+    let s = &row.shadow_humans;
+    assert_eq!((s.approved, s.rejected, s.unseen), (1, 1, 1), "{s:?}");
+    let page = warden_server::reports::autonomy_html(&report, &[None], "all").unwrap();
+    assert!(page.contains("approved 1, rejected 1, no verdict 1"), "the page says so");
+}

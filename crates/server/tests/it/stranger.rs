@@ -902,7 +902,20 @@ async fn stranger_huge_and_mistyped_integers_are_refused() {
         let (s, v) = h.call("POST", "/v1/actions", Some(&h.svid(EDR)), Some(body)).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{pid}: {v}");
     }
-    for pid in [json!(4.0), json!("4"), json!(1e300)] {
+    // `4.0` is the integer 4, as JSON Schema and the log's canonical JSON have it: decided,
+    // digested and recorded as 4 (so a replay from the log meets what was decided).
+    let body = json!({"task": "INC-S3", "action": "process.kill", "target": "host:detonation-01",
+                      "confidence": 0.99, "params": {"pid": 4.0}, "rationale": "r",
+                      "evidence": [{"kind": "e", "ref": "1"}]});
+    let (s, v) = h.call("POST", "/v1/actions", Some(&h.svid(EDR)), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let logged = crate::simulate::entries(&h)
+        .into_iter()
+        .find(|e| e.event.request.as_deref() == v["id"].as_str() && e.event.kind.as_str() == "action.requested")
+        .unwrap();
+    assert!(logged.event.data["params"]["pid"].is_u64(), "{:?}", logged.event.data);
+    assert_eq!(logged.event.data["params"]["pid"], json!(4));
+    for pid in [json!("4"), json!(1e300), json!(4.5)] {
         let body = json!({"task": "INC-S3", "action": "process.kill", "target": "host:detonation-01",
                           "confidence": 0.99, "params": {"pid": pid}, "rationale": "r",
                           "evidence": [{"kind": "e", "ref": "1"}]});
