@@ -312,6 +312,7 @@ mod tests {
             requests: [("execute".to_string(), 3), ("deny".to_string(), 1)].into(),
             bands: Default::default(),
             shadow: Default::default(),
+            shadow_humans: Default::default(),
             executions: Executions { succeeded: 3, failed: 0, unknown: 0 },
             rollbacks: 0,
             breaker_trips: 0,
