@@ -13,8 +13,9 @@ the admin token), then, as the people of the demo would:
 
 4. ana opens the Reports page: the track record of the agents she oversees (the outcome mix
    over time, calibration, approval load) and the controls with their evidence; then the
-   self-contained HTML reports (`warden report autonomy|controls --output html`, given as
-   files) open as they are, with nothing fetched.
+   self-contained HTML reports (`warden report autonomy|controls --output html` and `warden
+   policy simulate --output html` of the report's own proposal, given as files) open as they
+   are, with nothing fetched.
 
 Screenshots of the inbox, activity, action, agents and reports pages, and of both HTML reports,
 go to the directory given.

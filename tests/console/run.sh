@@ -28,8 +28,12 @@ mkdir -p target/console-screenshots
 # The self-contained HTML reports of the demo's own log, opened as files.
 "$warden" report autonomy --since all --output html --data "$tmp/demo" > "$tmp/autonomy-report.html"
 "$warden" report controls --since all --output html --data "$tmp/demo" > "$tmp/controls-report.html"
+# …and the report's own proposal (the EDR responder a level lower), simulated over the run.
+cp -r examples/policy "$tmp/proposal"
+sed -i '0,/^level = 3$/s//level = 2/' "$tmp/proposal/agents/edr-responder.toml"
+"$warden" policy simulate "$tmp/proposal" --since all --output html --data "$tmp/demo" > "$tmp/simulation.html"
 if ! "$python" tests/console/browser.py "$tmp/demo.out" target/console-screenshots \
-    "$tmp/autonomy-report.html" "$tmp/controls-report.html"; then
+    "$tmp/autonomy-report.html" "$tmp/controls-report.html" "$tmp/simulation.html"; then
   echo "demo server log (last lines):" >&2
   tail -30 "$tmp/demo.log" >&2
   exit 1

@@ -440,3 +440,150 @@ pub fn controls_view(
     let heading = format!("since {since}: {} of {} log entries", r.in_window, r.entries);
     ControlsView { heading, summary, frameworks }
 }
+
+/// A before → after pair of outcome bars.
+#[derive(Debug)]
+pub struct ShiftView {
+    pub title: String,
+    pub before: Vec<Segment>,
+    pub after: Vec<Segment>,
+    pub text: String,
+}
+
+/// One changed request, as the simulation page lists it.
+#[derive(Debug)]
+pub struct ChangeView {
+    pub seq: u64,
+    pub time: String,
+    pub request: String,
+    pub agent: String,
+    pub action: String,
+    pub target: String,
+    pub shift: String,
+    pub flags: String,
+    pub caps: String,
+}
+
+#[derive(Debug, Template)]
+#[template(path = "reports/simulate.html")]
+pub struct SimulatePage {
+    pub heading: String,
+    pub notes: Vec<String>,
+    pub total: ShiftView,
+    pub rows: Vec<ShiftView>,
+    pub roles: Vec<Bar>,
+    pub roles_height: f64,
+    pub sensitive: Vec<ChangeView>,
+    pub changes: Vec<ChangeView>,
+    pub more: u64,
+    pub guards: Vec<(String, bool, u64)>,
+}
+
+fn outcome_bar(counts: &std::collections::BTreeMap<warden_core::Outcome, u64>, scale: f64) -> Vec<Segment> {
+    let mut x = 0.0;
+    counts
+        .iter()
+        .rev()
+        .map(|(o, n)| {
+            let width = *n as f64 / scale * WIDTH;
+            let s = Segment { x: px(x), width: px(width), colour: colour(o.as_str()), label: format!("{o}: {n}") };
+            x += width;
+            s
+        })
+        .collect()
+}
+
+fn shift_view(
+    title: String,
+    before: &std::collections::BTreeMap<warden_core::Outcome, u64>,
+    after: &std::collections::BTreeMap<warden_core::Outcome, u64>,
+) -> ShiftView {
+    let scale = before.values().sum::<u64>().max(after.values().sum::<u64>()).max(1) as f64;
+    let mut outcomes: Vec<&warden_core::Outcome> = before.keys().chain(after.keys()).collect();
+    outcomes.sort_unstable();
+    outcomes.dedup();
+    let n = |m: &std::collections::BTreeMap<warden_core::Outcome, u64>, o: &warden_core::Outcome| {
+        m.get(o).copied().unwrap_or(0)
+    };
+    let text =
+        outcomes.iter().rev().map(|o| format!("{o} {} → {}", n(before, o), n(after, o))).collect::<Vec<_>>().join(", ");
+    ShiftView { title, before: outcome_bar(before, scale), after: outcome_bar(after, scale), text }
+}
+
+fn change_view(c: &warden_core::simulate::Changed) -> ChangeView {
+    let mut flags = Vec::new();
+    if c.tier0 {
+        flags.push("tier0".to_string());
+    }
+    if c.privileged {
+        flags.push("privileged".to_string());
+    }
+    if let Some(w) = &c.inexact {
+        flags.push(format!("inexact: {w}"));
+    }
+    ChangeView {
+        seq: c.seq,
+        time: c.time.clone(),
+        request: c.request.clone(),
+        agent: c.agent.clone(),
+        action: c.action.clone(),
+        target: c.target.clone(),
+        shift: format!("{} → {}", c.before, c.after),
+        flags: flags.join(", "),
+        caps: c.caps.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// A simulation as one self-contained HTML page: outcomes before → after (in total and per
+/// agent × action), the approval load per role, every new execution on a tier0 or privileged
+/// target, the changes and the guards.
+pub fn simulate_html(
+    s: &warden_core::simulate::Simulation,
+    since: &str,
+    guards: &[warden_core::simulate::Guard],
+) -> Result<String, askama::Error> {
+    let mut notes = Vec::new();
+    if s.unrecorded > 0 {
+        notes.push(format!(
+            "{} decisions were logged without their facts (before Warden recorded them): not replayed",
+            s.unrecorded
+        ));
+    }
+    if s.same_bundle_differing > 0 {
+        notes.push(format!(
+            "{} decisions made under this very bundle are decided otherwise now: the log does not hold what they were decided on",
+            s.same_bundle_differing
+        ));
+    }
+    if s.inexact > 0 {
+        notes.push(format!("{} replays depend on what the log did not count (listed as inexact)", s.inexact));
+    }
+    let most = s.roles.iter().map(|r| r.before.max(r.after)).max().unwrap_or(1).max(1) as f64;
+    let roles = s
+        .roles
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Bar {
+            label: r.role.clone(),
+            y: 10.0 + 24.0 * i as f64,
+            width: px(r.after as f64 / most * 240.0),
+            text: format!("{} → {}", r.before, r.after),
+        })
+        .collect();
+    SimulatePage {
+        heading: format!(
+            "{} over the log since {since}: {} decisions replayed ({} made under this bundle), {} change outcome",
+            s.bundle_version, s.replayed, s.same_bundle, s.changed
+        ),
+        notes,
+        total: shift_view("every request".into(), &s.before, &s.after),
+        rows: s.rows.iter().map(|r| shift_view(format!("{} × {}", r.agent, r.action), &r.before, &r.after)).collect(),
+        roles_height: 20.0 + 24.0 * s.roles.len() as f64,
+        roles,
+        sensitive: s.newly_sensitive.iter().map(change_view).collect(),
+        changes: s.changes.iter().map(change_view).collect(),
+        more: s.changed.saturating_sub(s.changes.len() as u64),
+        guards: guards.iter().map(|g| (g.name().to_string(), g.broken(s) == 0, g.broken(s))).collect(),
+    }
+    .render()
+}

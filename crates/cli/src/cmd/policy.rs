@@ -62,8 +62,9 @@ pub struct SimulateArgs {
     /// human's token).
     #[command(flatten)]
     pub target: crate::cmd::agent::Target,
+    /// `html`: one self-contained page (inline SVG, no script, nothing fetched).
     #[arg(long, value_enum, default_value_t)]
-    pub output: Output,
+    pub output: crate::cmd::report::ReportOutput,
 }
 
 #[derive(Debug, Args)]
@@ -274,8 +275,13 @@ fn simulate(a: &SimulateArgs) -> Result<(), Failure> {
     })?;
     let broken: Vec<(Guard, u64)> = guards.iter().map(|g| (*g, g.broken(&sim))).filter(|(_, n)| *n > 0).collect();
     match a.output {
-        Output::Text => outln!("{}", simulation_text(&sim, &a.since, &guards)),
-        Output::Json => {
+        crate::cmd::report::ReportOutput::Html => {
+            let page = warden_server::reports::simulate_html(&sim, &a.since, &guards)
+                .map_err(|e| anyhow::anyhow!("the report did not render: {e}"))?;
+            outln!("{page}");
+        }
+        crate::cmd::report::ReportOutput::Text => outln!("{}", simulation_text(&sim, &a.since, &guards)),
+        crate::cmd::report::ReportOutput::Json => {
             let mut v = serde_json::to_value(&sim).map_err(anyhow::Error::from)?;
             v["guards"] = guards
                 .iter()

@@ -254,6 +254,24 @@ async fn a_proposal_shows_each_request_it_would_newly_execute() {
         newly.iter().filter(|c| inventory.get(&c.target.parse().unwrap()).is_some_and(|a| !a.privileged)).count();
     assert_eq!(drop("soc-analyst"), plain as u64, "{:?}", sim.roles);
 
+    // The HTML page: every sensitive request listed, the guard failed, the totals as counted,
+    // nothing fetched, agent-named text inert.
+    let page = warden_server::reports::simulate_html(&sim, "all", &[Guard::NewTier0Execute]).unwrap();
+    for c in &sim.newly_sensitive {
+        assert!(page.contains(&format!("<code>{}</code>", c.request)), "{}", c.request);
+    }
+    assert!(page.contains(&format!("Newly executing on tier0 or privileged targets: {}", sim.newly_sensitive.len())));
+    assert!(page.contains(&format!("new-tier0-execute: FAILED ({} requests)", Guard::NewTier0Execute.broken(&sim))));
+    let n = |m: &BTreeMap<Outcome, u64>, o| m.get(&o).copied().unwrap_or(0);
+    assert!(page.contains(&format!(
+        "execute {} → {}",
+        n(&sim.before, Outcome::Execute),
+        n(&sim.after, Outcome::Execute)
+    )));
+    for fetches in ["<script", "<link", " src=", "href=", "url(", "@import"] {
+        assert!(!page.contains(fetches), "self-contained: no `{fetches}`");
+    }
+
     // Filtered to another agent, nothing changes and no guard fails.
     let phish = Filter { agent: Some(PHISH.into()), action: None, ..Default::default() };
     let only = simulate(log, Window::default(), &phish, &wider);
