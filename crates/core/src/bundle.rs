@@ -45,6 +45,15 @@ pub struct Bundle {
     warnings: Vec<Problem>,
 }
 
+/// The params hand-written rules read, as the binding check needs them: every param of every
+/// action when a rule reads `context.params` as a whole.
+fn params_read(policy: &CompiledPolicy, catalog: &Catalog) -> std::collections::BTreeSet<String> {
+    match policy.params_read() {
+        (_, true) => catalog.iter().flat_map(|a| a.params.iter().map(|p| p.name.clone())).collect(),
+        (named, false) => named.clone(),
+    }
+}
+
 /// Grants that can never be used because their action (or an upstream MCP tool mapped to it)
 /// reads a data class the agent's `[data] allowed` does not list: every such request is denied
 /// `data_not_allowed`.
@@ -255,7 +264,7 @@ impl Bundle {
         }
         let bindings = match find("connectors.toml") {
             None => Bindings::default(),
-            Some(f) => match crate::binding::check(f, &catalog, &crate::binding::params_read(&cedar_files)) {
+            Some(f) => match crate::binding::check(f, &catalog, &params_read(&policy, &catalog)) {
                 Ok(b) => b,
                 Err(p) => {
                     problems.extend(p);
@@ -374,6 +383,12 @@ impl Bundle {
 
     /// The action classes whose counts in `context.task.history` a decision of `action` may
     /// read: what a front end must count for it (and nothing else matters to it).
+    /// Whether a hand-written rule reads param `name` (by `has`, `.` or index, however spelt), or
+    /// every param (using `context.params` as a whole).
+    pub fn reads_param(&self, name: &str) -> bool {
+        self.policy.reads_param(name)
+    }
+
     pub fn history_read(&self, action: &str) -> impl Iterator<Item = &str> {
         self.policy.history_read(action)
     }

@@ -18,7 +18,7 @@
 //! usage only as far as the bundle in force could need, so a proposal with a larger budget
 //! cannot know whether a request that met the old one would meet the new one; and a secret
 //! param is in the log only as its commitment (a string: the catalog refuses secrets of other
-//! types), so a request carrying one that a hand-written rule names is replayed as inexact.
+//! types), so a request carrying one that a hand-written rule reads is replayed as inexact.
 //! Decisions logged before Warden recorded their facts are counted, not replayed.
 
 use std::collections::{BTreeMap, HashMap};
@@ -272,9 +272,6 @@ pub fn simulate(
     let mut rows: BTreeMap<(String, String), SimRow> = BTreeMap::new();
     let mut roles: BTreeMap<String, RoleShift> = BTreeMap::new();
     let keep = |agent: &str, action: &str| filter.keeps(agent, action);
-    // The hand-written rules' text: a secret param they name is replayed on its commitment.
-    let cedar: String =
-        proposed.files().iter().filter(|f| f.path.ends_with(".cedar")).map(|f| f.text.as_str()).collect();
     for e in entries {
         sim.entries += 1;
         let ev = &e.event;
@@ -350,7 +347,7 @@ pub fn simulate(
                 sim.same_bundle_differing += 1;
             }
         }
-        let inexact = inexact(proposed, agent, action, &facts).or_else(|| secret_read(proposed, &request, &cedar));
+        let inexact = inexact(proposed, agent, action, &facts).or_else(|| secret_read(proposed, &request));
         if let Some(why) = &inexact {
             sim.inexact += 1;
             if sim.inexact_listed.len() < CHANGES_LISTED {
@@ -471,15 +468,16 @@ fn inexact(proposed: &Bundle, agent: &str, action: &str, facts: &RecordedFacts) 
 }
 
 /// Why a request's replay may miss what a rule reads of a secret param: the log holds only its
-/// commitment, and a hand-written rule names the param.
-fn secret_read(proposed: &Bundle, request: &ActionRequest, cedar: &str) -> Option<String> {
+/// commitment, and a hand-written rule reads the param (by `has`, `.` or index, however spelt —
+/// the policy analysis sees the decoded name — or `context.params` whole).
+fn secret_read(proposed: &Bundle, request: &ActionRequest) -> Option<String> {
     let class = proposed.catalog().get(&request.action)?;
     class
         .params
         .iter()
         .filter(|p| p.secret && request.params.contains_key(&p.name))
-        .find(|p| cedar.contains(p.name.as_str()))
-        .map(|p| format!("a rule names secret param `{}`, which the log holds only as its commitment", p.name))
+        .find(|p| proposed.reads_param(&p.name))
+        .map(|p| format!("a rule reads secret param `{}`, which the log holds only as its commitment", p.name))
 }
 
 /// Where a logged decision and a new one differ, by field name.

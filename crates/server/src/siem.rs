@@ -376,7 +376,9 @@ fn step(
         // A type the mapping does not export has nothing to send.
         let line = ocsf::event(&entry, product).map(|ev| envelope(sink, &entry, ev));
         if let Some(line) = line {
-            if events > 0 && body.len() + line.len() > sink.max_batch_bytes {
+            // The line and its newline: a request is never over the limit (one event alone
+            // always goes, whole).
+            if events > 0 && body.len() + line.len() + 1 > sink.max_batch_bytes {
                 break;
             }
             body.push_str(&line);

@@ -251,6 +251,54 @@ pub(super) fn history_use(v: &serde_json::Value) -> HistoryUse {
     u
 }
 
+/// What a policy (JSON form) reads of `context.params`: the params it names by `has`, by `.` or
+/// by index (the JSON form holds them decoded, however the source spelt them: `["reas\u{6f}n"]`
+/// is `reason`), and whether it uses the record as a whole (which reads every param).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct ParamsUse {
+    pub named: Vec<String>,
+    pub whole: bool,
+}
+
+pub(super) fn params_use(v: &serde_json::Value) -> ParamsUse {
+    fn is_params(e: &serde_json::Value) -> bool {
+        e.get(".").is_some_and(|a| {
+            a.get("attr").and_then(|x| x.as_str()) == Some("params")
+                && a.get("left").and_then(|l| l.get("Var")).and_then(|x| x.as_str()) == Some("context")
+        })
+    }
+    fn walk(v: &serde_json::Value, left: bool, u: &mut ParamsUse) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if !left && is_params(v) {
+                    u.whole = true;
+                }
+                for (op, e) in m {
+                    if op == "has" || op == "." {
+                        if let Some(l) = e.get("left") {
+                            if is_params(l)
+                                && let Some(a) = e.get("attr").and_then(|a| a.as_str())
+                            {
+                                u.named.push(a.to_string());
+                            }
+                            walk(l, true, u);
+                        }
+                        continue;
+                    }
+                    walk(e, false, u);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, false, u)),
+            _ => {}
+        }
+    }
+    let mut u = ParamsUse::default();
+    walk(v, false, &mut u);
+    u.named.sort();
+    u.named.dedup();
+    u
+}
+
 /// Whether a policy's condition mentions `context` (conservatively yes if it cannot be told).
 pub(super) fn reads_context(p: &Policy) -> bool {
     p.to_json().map_or(true, |v| v.get("conditions").is_none_or(json_reads_context))
@@ -314,6 +362,8 @@ impl CompiledPolicy {
         // What the policies read of the task's history, per action they may decide (only
         // hand-written ones read it).
         let mut history_read: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
+        let mut params_read: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+        let mut params_whole = false;
         let mut add = |policy: Policy, m: PolicyMeta, owner: Option<(&str, &str)>, problems: &mut Vec<Problem>| {
             match owner {
                 Some((agent, action)) => {
@@ -385,6 +435,12 @@ impl CompiledPolicy {
                         ),
                     });
                 }
+                // The params it reads: each must be sent by the calls of the actions that have
+                // it (binding), and a secret one makes its replay inexact (simulate).
+                let params =
+                    policy.to_json().map_or(ParamsUse { whole: true, ..ParamsUse::default() }, |j| params_use(&j));
+                params_whole |= params.whole;
+                params_read.extend(params.named);
                 let HistoryUse { named, whole, .. } = used;
                 for class in &named {
                     if catalog.get(class).is_none() {
@@ -511,6 +567,8 @@ impl CompiledPolicy {
             entities,
             authorizer,
             history_read,
+            params_read,
+            params_whole,
         })
     }
 }

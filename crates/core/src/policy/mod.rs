@@ -148,6 +148,10 @@ pub(crate) struct CompiledPolicy {
     /// (every class, when one uses the record whole). No policy can tell the others apart from
     /// absent, so decisions show Cedar only these, and the server counts only these.
     history_read: HashMap<String, std::collections::BTreeSet<String>>,
+    /// The params hand-written rules read (by `has`, `.` or index), and whether one uses
+    /// `context.params` as a whole.
+    params_read: std::collections::BTreeSet<String>,
+    params_whole: bool,
 }
 
 const NS: &str = "Warden";
@@ -194,6 +198,16 @@ fn type_name(name: &str) -> Result<EntityTypeName, String> {
 impl CompiledPolicy {
     /// The classes of `context.task.history` a decision of `action` may read (none: no policy
     /// that may decide it reads the history). Every one is in the catalog (checked at load).
+    /// Whether a hand-written rule reads param `name` (or every param, using the record whole).
+    pub(crate) fn reads_param(&self, name: &str) -> bool {
+        self.params_whole || self.params_read.contains(name)
+    }
+
+    /// The params hand-written rules name, and whether one reads them all.
+    pub(crate) fn params_read(&self) -> (&std::collections::BTreeSet<String>, bool) {
+        (&self.params_read, self.params_whole)
+    }
+
     pub(crate) fn history_read(&self, action: &str) -> impl Iterator<Item = &str> {
         self.history_read.get(action).into_iter().flatten().map(String::as_str)
     }

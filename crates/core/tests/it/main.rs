@@ -3,6 +3,7 @@
 mod attack26b;
 mod attack26c;
 mod attack27;
+mod attack27b;
 mod bad_bundles;
 mod canonical;
 mod controls;

@@ -7,6 +7,7 @@ mod approvals;
 mod attack26b;
 mod attack26c;
 mod attack27;
+mod attack27b;
 mod authority;
 mod authority_table;
 mod bounds;
