@@ -506,3 +506,13 @@ pub fn differences(logged: &Value, new: &Decision) -> Vec<&'static str> {
     }
     out
 }
+
+/// `execute 3 → 5, deny 2 → 0`: every outcome either side has, most permissive first.
+pub fn shift_text(before: &BTreeMap<Outcome, u64>, after: &BTreeMap<Outcome, u64>) -> String {
+    let mut outcomes: Vec<&Outcome> = before.keys().chain(after.keys()).collect();
+    outcomes.sort_unstable();
+    outcomes.dedup();
+    let n = |m: &BTreeMap<Outcome, u64>, o: &Outcome| m.get(o).copied().unwrap_or(0);
+    let parts: Vec<String> = outcomes.iter().rev().map(|o| format!("{o} {} → {}", n(before, o), n(after, o))).collect();
+    if parts.is_empty() { "none".into() } else { parts.join(", ") }
+}

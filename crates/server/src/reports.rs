@@ -499,14 +499,7 @@ fn shift_view(
     after: &std::collections::BTreeMap<warden_core::Outcome, u64>,
 ) -> ShiftView {
     let scale = before.values().sum::<u64>().max(after.values().sum::<u64>()).max(1) as f64;
-    let mut outcomes: Vec<&warden_core::Outcome> = before.keys().chain(after.keys()).collect();
-    outcomes.sort_unstable();
-    outcomes.dedup();
-    let n = |m: &std::collections::BTreeMap<warden_core::Outcome, u64>, o: &warden_core::Outcome| {
-        m.get(o).copied().unwrap_or(0)
-    };
-    let text =
-        outcomes.iter().rev().map(|o| format!("{o} {} → {}", n(before, o), n(after, o))).collect::<Vec<_>>().join(", ");
+    let text = warden_core::simulate::shift_text(before, after);
     ShiftView { title, before: outcome_bar(before, scale), after: outcome_bar(after, scale), text }
 }
 

@@ -29,44 +29,7 @@ impl AppState {
                 "no policy bundle is in force in this data directory: serve it once (`warden serve --policy …`), or use --server",
             )
         })?;
-        let options = ServerOptions::default();
-        let local = LocalIssuer::new(LOCAL_ISSUER, &data.token_seed().0)?;
-        let tokens = TokenVerifier::new(options.audience, local, options.issuers);
-        let limits = options.limits;
-        let halts = crate::halt::load_gate(store.as_ref())?;
-        let notifier = crate::notify::Notifier::start(options.notify, data.ledger_handle());
-        let node = crate::model::new_id("node")?;
-        let shared_store = data.is_shared();
-        Ok(Arc::new(AppState {
-            data,
-            bundle: RwLock::new(Arc::new(bundle)),
-            tokens,
-            clock,
-            shadow: false,
-            policy_dir: None,
-            limits,
-            rate: crate::limits::RateLimiter::default(),
-            in_flight: Arc::new(tokio::sync::Semaphore::new(limits.in_flight)),
-            metrics: crate::metrics::Metrics::default(),
-            notifier,
-            changes: tokio::sync::watch::Sender::new(0),
-            connector: None,
-            connectors_source: None,
-            halts: std::sync::RwLock::new(halts),
-            mcp: options.mcp,
-            upstreams: None,
-            sessions: options.sessions,
-            stopping: tokio::sync::watch::Sender::new(false),
-            secure_cookies: false,
-            slack: None,
-            held: Arc::default(),
-            sign_ins: crate::limits::Attempts::default(),
-            slack_jobs: Arc::new(tokio::sync::Semaphore::new(limits.console.slack_in_flight)),
-            refusals_logged: Default::default(),
-            node,
-            shared_store,
-            beats: Default::default(),
-        }))
+        Self::assemble(data, bundle, clock, ServerOptions::default())
     }
 
     /// The state for a server; when the bundle came from a directory, its load is audited.
@@ -109,6 +72,20 @@ impl AppState {
                 bundle
             }
         };
+        let app = Self::assemble(data, bundle, clock, options)?;
+        if app.shared_store {
+            crate::node::beat(&app)?;
+        }
+        let unknown = crate::execution::reconcile_after_restart(&app)?;
+        if !unknown.is_empty() {
+            tracing::warn!(executions = ?unknown, "executions interrupted by a stop are now `unknown`: reconcile them");
+        }
+        Ok(app)
+    }
+
+    /// The state itself, around `bundle` (already in force): shared by a server's start and a
+    /// one-off change on a data directory.
+    fn assemble(data: DataDir, bundle: Bundle, clock: Arc<dyn Clock>, options: ServerOptions) -> Result<App, ApiError> {
         let local = LocalIssuer::new(LOCAL_ISSUER, &data.token_seed().0)?;
         let tokens = TokenVerifier::new(options.audience, local, options.issuers);
         let limits = options.limits;
@@ -117,7 +94,7 @@ impl AppState {
         let notifier = crate::notify::Notifier::start(notify, data.ledger_handle());
         let node = crate::model::new_id("node")?;
         let shared_store = data.is_shared();
-        let app = Arc::new(AppState {
+        Ok(Arc::new(AppState {
             data,
             bundle: RwLock::new(Arc::new(bundle)),
             tokens,
@@ -146,14 +123,6 @@ impl AppState {
             node,
             shared_store,
             beats: Default::default(),
-        });
-        if app.shared_store {
-            crate::node::beat(&app)?;
-        }
-        let unknown = crate::execution::reconcile_after_restart(&app)?;
-        if !unknown.is_empty() {
-            tracing::warn!(executions = ?unknown, "executions interrupted by a stop are now `unknown`: reconcile them");
-        }
-        Ok(app)
+        }))
     }
 }

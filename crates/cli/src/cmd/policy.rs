@@ -294,19 +294,6 @@ fn simulate(a: &SimulateArgs) -> Result<(), Failure> {
     if broken.is_empty() { Ok(()) } else { Err(Failure::Denied) }
 }
 
-/// `execute 3 → 5, deny 2 → 0`: every outcome either side has, in the ladder's order.
-fn shift(
-    before: &std::collections::BTreeMap<Outcome, u64>,
-    after: &std::collections::BTreeMap<Outcome, u64>,
-) -> String {
-    let mut outcomes: Vec<&Outcome> = before.keys().chain(after.keys()).collect();
-    outcomes.sort_unstable();
-    outcomes.dedup();
-    let n = |m: &std::collections::BTreeMap<Outcome, u64>, o: &Outcome| m.get(o).copied().unwrap_or(0);
-    let parts: Vec<String> = outcomes.iter().rev().map(|o| format!("{o} {} → {}", n(before, o), n(after, o))).collect();
-    if parts.is_empty() { "none".into() } else { parts.join(", ") }
-}
-
 fn change_line(c: &warden_core::simulate::Changed) -> String {
     let mut what = Vec::new();
     if c.tier0 {
@@ -347,13 +334,18 @@ pub fn simulation_text(
             s.same_bundle_differing
         ));
     }
-    out.push(format!("  outcomes   {}", shift(&s.before, &s.after)));
+    out.push(format!("  outcomes   {}", warden_core::simulate::shift_text(&s.before, &s.after)));
     if !s.rows.is_empty() {
         out.push(String::new());
         out.push("per agent × action".into());
         for r in &s.rows {
             let changed = if r.changed > 0 { format!(" · {} change", r.changed) } else { String::new() };
-            out.push(format!("  {} × {}: {}{changed}", r.agent, r.action, shift(&r.before, &r.after)));
+            out.push(format!(
+                "  {} × {}: {}{changed}",
+                r.agent,
+                r.action,
+                warden_core::simulate::shift_text(&r.before, &r.after)
+            ));
         }
     }
     if !s.roles.is_empty() {
