@@ -220,14 +220,27 @@ pub struct DayMix {
     pub outcomes: BTreeMap<String, u64>,
 }
 
+/// What the report keeps of every request in the log (a million requests are a million of
+/// these): names shared, not copied.
 #[derive(Debug, Default)]
 struct Request {
-    agent: String,
-    action: String,
+    agent: std::rc::Rc<str>,
+    action: std::rc::Rc<str>,
     confidence: f64,
-    outcome: Option<String>,
+    /// Its decision was `execute`.
+    executes: bool,
     executed: Option<bool>,
     rolled_back: bool,
+}
+
+/// One shared copy of each agent and action name.
+fn intern(names: &mut HashMap<String, std::rc::Rc<str>>, name: &str) -> std::rc::Rc<str> {
+    if let Some(n) = names.get(name) {
+        return n.clone();
+    }
+    let n: std::rc::Rc<str> = name.into();
+    names.insert(name.to_string(), n.clone());
+    n
 }
 
 #[derive(Debug)]
@@ -332,6 +345,7 @@ pub fn autonomy(
     rules: &Rules,
 ) -> AutonomyReport {
     let mut requests: HashMap<String, Request> = HashMap::new();
+    let mut names: HashMap<String, std::rc::Rc<str>> = HashMap::new();
     let mut pending: HashMap<String, Pending> = HashMap::new();
     let mut accs: BTreeMap<(String, String), Acc> = BTreeMap::new();
     // Per approver: (decision time, seconds taken, approved).
@@ -354,15 +368,13 @@ pub fn autonomy(
         let request = ev.request.clone().unwrap_or_default();
         // What every request is, whenever it was made: later events in the window refer to it.
         if ev.kind == EventType::ActionRequested && ev.actor.kind == ActorKind::Agent {
-            requests.insert(
-                request.clone(),
-                Request {
-                    agent: ev.actor.id.clone(),
-                    action: ev.action.clone().unwrap_or_default(),
-                    confidence: data.get("confidence").and_then(Value::as_f64).unwrap_or(0.0),
-                    ..Request::default()
-                },
-            );
+            let r = Request {
+                agent: intern(&mut names, &ev.actor.id),
+                action: intern(&mut names, ev.action.as_deref().unwrap_or_default()),
+                confidence: data.get("confidence").and_then(Value::as_f64).unwrap_or(0.0),
+                ..Request::default()
+            };
+            requests.insert(request.clone(), r);
         }
         if !window.holds(t) {
             continue;
@@ -409,7 +421,7 @@ pub fn autonomy(
         if !keep(&r.agent, &r.action) {
             continue;
         }
-        let acc = accs.entry((r.agent.clone(), r.action.clone())).or_default();
+        let acc = accs.entry((r.agent.to_string(), r.action.to_string())).or_default();
         let row = acc.row.get_or_insert_with(|| self::row(&r.agent, &r.action));
         match ev.kind {
             EventType::DecisionMade => {
@@ -422,9 +434,9 @@ pub fn autonomy(
                 if let Some(s) = d.get("shadow_outcome").and_then(Value::as_str) {
                     *row.shadow.entry(s.to_string()).or_default() += 1;
                     shadow_wait
-                        .entry((r.action.clone(), text(data, "target").to_string()))
+                        .entry((r.action.to_string(), text(data, "target").to_string()))
                         .or_default()
-                        .push((r.agent.clone(), r.action.clone()));
+                        .push((r.agent.to_string(), r.action.to_string()));
                 }
                 if let Some(level) = d.get("granted_level").and_then(Value::as_u64).and_then(|l| u8::try_from(l).ok()) {
                     *acc.levels.entry(level).or_default() += 1;
@@ -432,7 +444,7 @@ pub fn autonomy(
                         acc.grants.entry(level).or_insert_with(|| format!("{}:{}", text(p, "file"), p["line"]));
                     }
                 }
-                r.outcome = Some(outcome);
+                r.executes = outcome == "execute";
             }
             EventType::ApprovalRequested if data["folded"] != Value::Bool(true) => {
                 let named: Vec<String> = data["roles"]
@@ -518,10 +530,13 @@ pub fn autonomy(
     // Outcomes of what was decided to execute on its own, per row.
     let mut outcomes: BTreeMap<(String, String), Vec<(f64, bool)>> = BTreeMap::new();
     for r in requests.values() {
-        if r.outcome.as_deref() == Some("execute")
+        if r.executes
             && let Some(ok) = r.executed
         {
-            outcomes.entry((r.agent.clone(), r.action.clone())).or_default().push((r.confidence, ok && !r.rolled_back));
+            outcomes
+                .entry((r.agent.to_string(), r.action.to_string()))
+                .or_default()
+                .push((r.confidence, ok && !r.rolled_back));
         }
     }
     for waiting in shadow_wait.into_values() {
