@@ -178,3 +178,67 @@ async fn two_nodes_share_a_sink_through_its_lease() {
     one.stop();
     two.stop();
 }
+
+/// An HTTPS JSON-lines endpoint behind a private CA (the lab's receiver over TLS, the
+/// fixtures' certificate for `localhost`): with the CA given (`ca_cert`), everything arrives;
+/// without it, the certificate is not trusted, nothing is sent and the sink says it is down.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_sink_trusts_its_private_ca_and_nothing_else() {
+    let fixture = |name: &str| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls").join(name);
+    let (h, _lab, keys) = crate::harness_lab();
+    a_week_of_work(&h).await;
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tls = warden_server::tls::acceptor(&fixture("cert.pem"), &fixture("key.pem")).unwrap();
+    let listener = warden_server::tls::TlsListener::new(tcp, tls).unwrap();
+    let port = axum::serve::Listener::local_addr(&listener).unwrap().port();
+    let router = warden_lab::router(keys.clone());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let https = |name: &str, ca: bool| {
+        let config = SinkConfig {
+            name: name.into(),
+            kind: SinkKind::Jsonl,
+            url: format!("https://localhost:{port}/ingest/jsonl"),
+            token: Some("secret:T".into()),
+            batch: Some(40),
+            max_batch_bytes: None,
+            max_backlog: None,
+            sourcetype: None,
+            index: None,
+            ca_cert: ca.then(|| fixture("ca.pem")),
+            timeout: None,
+        };
+        let token = keys.hec.clone();
+        let mut s = Sink::from_config(config, move |_| Some(token.clone())).unwrap();
+        s.poll = Duration::from_millis(20);
+        s.backoff = Duration::from_millis(20);
+        s.max_backoff = Duration::from_millis(100);
+        s
+    };
+    // Untrusted first: nothing is sent.
+    let untrusted = start(&h.app, vec![https("untrusted", false)]);
+    until(|| h.app.metrics.siem("untrusted").is_some_and(|s| s.failures >= 2)).await;
+    untrusted.stop();
+    let stats = h.app.metrics.siem("untrusted").unwrap();
+    assert_eq!((stats.sent, stats.up), (0, false), "{stats:?}");
+    // Trusted: every exported entry, in order, once.
+    let streams = start(&h.app, vec![https("lake", true)]);
+    let size = h.app.ledger().store().size().unwrap();
+    until(|| h.app.metrics.siem("lake").is_some_and(|s| s.cursor == size)).await;
+    streams.stop();
+    let lab = format!("https://localhost:{port}");
+    let pem = std::fs::read(fixture("ca.pem")).unwrap();
+    let ca: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|i| match i {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
+            _ => None,
+        })
+        .collect();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .tls_config(ureq::tls::TlsConfig::builder().root_certs(ureq::tls::RootCerts::new_with_certs(&ca)).build())
+        .build()
+        .into();
+    let v: serde_json::Value =
+        agent.get(format!("{lab}/siem/received")).call().unwrap().body_mut().read_json().unwrap();
+    let got: Vec<u64> = v["jsonl"].as_array().unwrap().iter().filter_map(serde_json::Value::as_u64).collect();
+    assert_eq!(got, exported(&entries(&h)));
+}
