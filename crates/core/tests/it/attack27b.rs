@@ -5,7 +5,7 @@ use warden_core::SourceFile;
 
 /// The example bundle with `host.isolate`'s `reason` a secret, no connectors.toml, and `rule`
 /// appended to the hand-written containment rules.
-fn secret_bundle(rule: &str) -> warden_core::Bundle {
+pub(crate) fn secret_bundle(rule: &str) -> warden_core::Bundle {
     let mut files = crate::example_files();
     files.retain(|f| f.path != "connectors.toml");
     let actions = files.iter_mut().find(|f| f.path == "actions.toml").unwrap();
@@ -21,7 +21,7 @@ fn secret_bundle(rule: &str) -> warden_core::Bundle {
 
 /// Logs one request decided live under `bundle`, replays it under the same bundle, and returns
 /// the simulation.
-fn replay_one(bundle: &warden_core::Bundle) -> (warden_core::Decision, warden_core::simulate::Simulation) {
+pub(crate) fn replay_one(bundle: &warden_core::Bundle) -> (warden_core::Decision, warden_core::simulate::Simulation) {
     use warden_core::audit::entry::{Actor, Entry, Event, EventType};
     use warden_core::report::{Filter, Window};
     use warden_core::request::{AgentStatus, DecisionInput};
